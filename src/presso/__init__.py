@@ -1,0 +1,30 @@
+"""presso: compress trained models for fast CPU inference, and prove it.
+
+>>> import presso
+>>> example = presso.load_example("digits")           # doctest: +SKIP
+>>> result = presso.compress(example.model, "int8", data=example.data)  # doctest: +SKIP
+>>> result.save("digits-int8")                          # doctest: +SKIP
+>>> presso.load("digits-int8").predict(example.data.inputs["x"][:4])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["BudgetError", "PressoError", "__version__", "compress", "load", "load_example"]
+
+from presso.errors import BudgetError, PressoError
+
+
+def __getattr__(name: str):
+    # Lazy: `import presso` must stay light (no torch/onnxruntime until used).
+    if name == "compress":
+        from presso.recipe.runner import compress
+        return compress
+    if name == "load":
+        from presso.runtime.predictor import load
+        return load
+    if name == "load_example":
+        from presso.data.examples import load_example
+        return load_example
+    raise AttributeError(f"module 'presso' has no attribute {name!r}")

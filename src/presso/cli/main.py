@@ -1,0 +1,62 @@
+"""Entry point: registers sub-commands and turns errors into one line and an exit code.
+
+Exit codes: 0 success; 1 the quality budget could not be met (nothing written);
+2 bad input (model, data, recipe or option); 130 interrupted (Ctrl-C, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from presso.cli import bench, compress, evaluate, recipes
+
+COMMANDS = (compress, bench, evaluate, recipes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from presso import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="presso",
+        description="Compress trained models for fast CPU inference on ONNX Runtime, and prove it: "
+                    "every result comes with quality, latency, throughput and size measured "
+                    "against the original in the same run.",
+        epilog="Exit codes: 0 ok, 1 quality budget not met, 2 bad input, 130 interrupted. "
+               "Start with: presso compress --example digits",
+    )
+    parser.add_argument("--version", action="version", version=f"presso {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from presso.errors import PressoError
+
+    debug = getattr(args, "debug", False) or os.environ.get("PRESSO_DEBUG") == "1"
+    try:
+        return args.run(args) or 0
+    except PressoError as exc:
+        if debug:
+            raise
+        print(f"presso: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("presso: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

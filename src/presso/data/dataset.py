@@ -1,0 +1,105 @@
+"""The in-memory dataset every model sees: named input arrays plus optional targets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from presso.errors import PressoError
+
+
+@dataclass
+class Dataset:
+    """Rows of model inputs, keyed by the model's input names.
+
+    ``inputs`` maps an input name to an array whose first axis is the row; ``target``
+    holds labels or regression targets (or ``None`` when the data has none); ``texts``
+    keeps the raw strings of a text dataset so reports can show examples.
+    """
+
+    inputs: dict[str, np.ndarray]
+    target: np.ndarray | None = None
+    source: str = "in-memory arrays"
+    texts: list[str] | None = None
+    feature_names: list[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise PressoError("The dataset has no input arrays: give at least one array of rows.")
+        lengths = {name: len(a) for name, a in self.inputs.items()}
+        if self.target is not None:
+            lengths["target"] = len(self.target)
+        if len(set(lengths.values())) != 1:
+            raise PressoError(
+                f"The data's arrays have different numbers of rows: {lengths}. "
+                "Give arrays with one row per example on the first axis."
+            )
+        if len(self) == 0:
+            raise PressoError(f"The data from {self.source} has no rows.")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def has_labels(self) -> bool:
+        return self.target is not None
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        return Dataset(
+            inputs={k: v[index] for k, v in self.inputs.items()},
+            target=None if self.target is None else self.target[index],
+            source=self.source,
+            texts=None if self.texts is None else [self.texts[i] for i in index],
+            feature_names=self.feature_names,
+        )
+
+    def head(self, n: int) -> Dataset:
+        return self.subset(np.arange(min(n, len(self))))
+
+    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self), size):
+            yield {k: v[start:start + size] for k, v in self.inputs.items()}
+
+
+@dataclass(frozen=True)
+class Split:
+    calibration: Dataset
+    evaluation: Dataset
+    seed: int
+    calibration_fraction: float
+    calibration_index: np.ndarray  # row numbers in the original data
+    evaluation_index: np.ndarray
+
+    def describe(self) -> dict:
+        return {
+            "method": "seeded random permutation",
+            "seed": self.seed,
+            "calibration_fraction": self.calibration_fraction,
+            "calibration_rows": len(self.calibration),
+            "evaluation_rows": len(self.evaluation),
+            "note": "calibration rows calibrate and choose variants; every reported "
+                    "metric is measured on the held-out evaluation rows only",
+        }
+
+
+def split(data: Dataset, calibration_fraction: float = 0.3, seed: int = 0) -> Split:
+    """Split rows deterministically into calibration and held-out evaluation parts."""
+    if not 0.0 < calibration_fraction < 1.0:
+        raise PressoError(
+            f"The calibration fraction must be in (0, 1). Got {calibration_fraction} instead."
+        )
+    n = len(data)
+    if n < 4:
+        raise PressoError(
+            f"The data has {n} rows; presso needs at least 4 (some to calibrate, "
+            "some to evaluate). Give more rows."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = min(max(1, round(n * calibration_fraction)), n - 2)
+    cal, ev = np.sort(order[:n_cal]), np.sort(order[n_cal:])
+    return Split(
+        calibration=data.subset(cal), evaluation=data.subset(ev), seed=seed,
+        calibration_fraction=calibration_fraction, calibration_index=cal, evaluation_index=ev,
+    )

@@ -1,0 +1,58 @@
+"""An offline English text set: sentences from the Python standard library's docs.
+
+No text corpus ships inside a package we may depend on, and nothing may be fetched at
+run time; the docstrings of stdlib modules are real, varied English prose that every
+Python installation has. The selection is deterministic for a given Python version.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+
+import numpy as np
+
+_MODULES = (
+    "argparse", "asyncio", "bisect", "calendar", "collections", "concurrent.futures",
+    "configparser", "contextlib", "csv", "dataclasses", "datetime", "decimal", "difflib",
+    "email.message", "enum", "fractions", "ftplib", "functools", "gettext", "gzip", "heapq",
+    "hmac", "html.parser", "http.client", "http.cookies", "imaplib", "inspect", "ipaddress",
+    "itertools", "json", "logging", "mailbox", "mimetypes", "multiprocessing", "numbers",
+    "optparse", "os", "pathlib", "pickle", "pprint", "queue", "random", "re", "sched",
+    "shlex", "shutil", "smtplib", "socket", "sqlite3", "statistics", "string", "subprocess",
+    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback",
+    "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave",
+    "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile",
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_CODE_LIKE = re.compile(r"[=<>{}\[\]`|\\]|>>>|\w\(|::|__|\.\.\.")
+
+
+def _docstrings(module_name: str):
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # an optional stdlib part missing on this build
+        return
+    yield inspect.getdoc(module) or ""
+    for _, obj in sorted(vars(module).items()):
+        if getattr(obj, "__module__", None) == module.__name__ and (inspect.isclass(obj) or inspect.isfunction(obj)):
+            yield inspect.getdoc(obj) or ""
+
+
+def stdlib_sentences(n: int = 800, seed: int = 0, min_words: int = 6, max_words: int = 40) -> list[str]:
+    """``n`` distinct prose sentences from stdlib docstrings, shuffled with ``seed``."""
+    seen, sentences = set(), []
+    for name in _MODULES:
+        for doc in _docstrings(name):
+            for para in doc.split("\n\n"):
+                text = " ".join(para.split())
+                for sent in _SENTENCE_END.split(text):
+                    words = sent.split()
+                    if (min_words <= len(words) <= max_words and sent[0].isupper()
+                            and sent.endswith(".") and not _CODE_LIKE.search(sent)
+                            and sent.lower() not in seen):
+                        seen.add(sent.lower())
+                        sentences.append(sent)
+    order = np.random.default_rng(seed).permutation(len(sentences))
+    return [sentences[i] for i in order[:n]]

@@ -1,0 +1,146 @@
+"""Reading user data files into a :class:`Dataset` keyed by the model's input names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from presso.data.dataset import Dataset
+from presso.errors import PressoError
+
+SUPPORTED = ".npz (arrays X and optional y), .csv or .parquet (with --target COLUMN), .txt (one text per line)"
+
+
+def load_data(path: str | Path, input_names: list[str], target: str | None = None,
+              tokenizer: Any = None, seq_len: int = 128) -> Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise PressoError(f"Data file '{path}' not found. Supported: {SUPPORTED}.")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        if target is not None:
+            raise PressoError("--target applies to .csv/.parquet data; an .npz holds its targets in array 'y'.")
+        return _from_npz(path, input_names)
+    if suffix in (".csv", ".parquet"):
+        return _from_table(path, input_names, target)
+    if suffix == ".txt":
+        return from_texts(_read_lines(path), input_names, tokenizer, seq_len, source=str(path))
+    raise PressoError(f"Unsupported data file '{path.name}'. Supported: {SUPPORTED}.")
+
+
+def _check_finite(name: str, array: np.ndarray, source: Path | str) -> None:
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad.reshape(len(array), -1))[0])
+            raise PressoError(
+                f"'{source}': array '{name}' has {int(bad.sum())} NaN/inf values in "
+                f"{len(rows)} rows (first row {rows[0]}). Drop or impute them first."
+            )
+
+
+def _as_model_dtype(array: np.ndarray) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.floating) or array.dtype == bool:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64)
+    raise PressoError(f"Arrays must be numeric; got dtype {array.dtype}.")
+
+
+def _from_npz(path: Path, input_names: list[str]) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise PressoError(f"Cannot read '{path}' as .npz: {exc}") from exc
+    if set(input_names) <= set(arrays):
+        inputs = {n: arrays[n] for n in input_names}
+    elif len(input_names) == 1 and "X" in arrays:
+        inputs = {input_names[0]: arrays["X"]}
+    else:
+        wanted = "an array 'X'" if len(input_names) == 1 else f"arrays {input_names}"
+        raise PressoError(
+            f"'{path}' has arrays {sorted(arrays)}; the model needs {wanted}. "
+            "Save with np.savez(path, X=inputs, y=targets)."
+        )
+    target = arrays.get("y")
+    for name, a in {**inputs, **({"y": target} if target is not None else {})}.items():
+        _check_finite(name, a, path)
+    inputs = {n: _as_model_dtype(a) for n, a in inputs.items()}
+    if target is not None and np.issubdtype(target.dtype, np.floating):
+        target = target.astype(np.float32)
+    return Dataset(inputs=inputs, target=target, source=str(path))
+
+
+def _from_table(path: Path, input_names: list[str], target: str | None) -> Dataset:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise PressoError("Reading .csv/.parquet needs pandas: pip install 'presso[data]'.") from None
+    try:
+        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except ImportError:
+        raise PressoError("Reading .parquet needs pyarrow: pip install 'presso[data]'.") from None
+    except Exception as exc:
+        raise PressoError(f"Cannot read '{path}': {str(exc).splitlines()[0]}") from exc
+    if len(input_names) != 1:
+        raise PressoError(
+            f"A table feeds one input, but the model takes {input_names}. Use an .npz with one array per input."
+        )
+    y = None
+    if target is not None:
+        if target not in frame.columns:
+            raise PressoError(
+                f"Column '{target}' not found in '{path}'. Columns: {', '.join(map(str, frame.columns))}."
+            )
+        y = frame.pop(target).to_numpy()
+    non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if non_numeric:
+        raise PressoError(
+            f"'{path}' has non-numeric feature columns {non_numeric}; encode them as numbers "
+            "or name the label column with --target."
+        )
+    missing = frame.isna().sum()
+    if missing.any():
+        cols = {str(c): int(n) for c, n in missing.items() if n}
+        raise PressoError(f"'{path}' has missing values in columns {cols}. Drop or impute them first.")
+    if y is not None:
+        if pd.isna(y).any():
+            raise PressoError(f"Target column '{target}' of '{path}' has missing values. Drop those rows.")
+        y = y.astype(np.float32) if np.issubdtype(y.dtype, np.floating) else y
+    x = frame.to_numpy(dtype=np.float32)
+    return Dataset(inputs={input_names[0]: x}, target=y, source=str(path),
+                   feature_names=[str(c) for c in frame.columns])
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise PressoError(f"'{path}' is not UTF-8 text. Save it as UTF-8, one text per line.") from None
+    return [ln for ln in lines if ln]
+
+
+def from_texts(texts: list[str], input_names: list[str], tokenizer: Any, seq_len: int = 128,
+               source: str = "texts") -> Dataset:
+    if tokenizer is None:
+        raise PressoError(
+            "Text data needs a text model: give a Hugging Face model folder with a tokenizer."
+        )
+    if not texts:
+        raise PressoError(f"'{source}' has no non-empty lines of text.")
+    # Fixed-length padding: every row has the same shape, so batches and latency
+    # measurements are comparable across models.
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len,
+                    return_tensors="np")
+    inputs = {}
+    for name in input_names:
+        if name in enc:
+            inputs[name] = enc[name].astype(np.int64)
+        elif name == "token_type_ids":
+            inputs[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
+        else:
+            raise PressoError(f"The tokenizer gives no '{name}' input for this model.")
+    return Dataset(inputs=inputs, target=None, source=source, texts=list(texts))

@@ -1,0 +1,19 @@
+"""Errors that presso reports to users as one line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class PressoError(Exception):
+    """Bad input or an unsupported request.
+
+    The message names the problem and the fix; the CLI prints it on one line and
+    exits with code 2.
+    """
+
+    exit_code = 2
+
+
+class BudgetError(PressoError):
+    """No compressed variant meets the quality budget; nothing is written (exit code 1)."""
+
+    exit_code = 1

@@ -1,0 +1,112 @@
+"""Latency and throughput, measured the same way for the baseline and every variant.
+
+Models are timed in interleaved rounds (round r runs every model in turn, in an order
+rotated each round) so drifting machine load hits all of them alike; the figures are
+percentiles over all rounds. ORT thread spinning is off while comparing, so an idle
+session does not keep cores busy while another one is timed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from presso.runtime.session import default_threads, make_session
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    rounds: int = 10
+    round_seconds: float = 0.25  # target time of one model's share of one round
+    throughput_batch: int = 64
+    threads: int | None = None
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or default_threads()
+
+
+def _time_calls(fn: Callable[[], object], n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _calls_per_round(fn: Callable[[], object], seconds: float, cap: int = 200) -> int:
+    fn()  # warm-up: first runs allocate and pick kernels
+    probe = float(np.median(_time_calls(fn, 3)))
+    return int(min(cap, max(2, seconds / max(probe, 1e-6))))
+
+
+def interleaved(fns: dict[str, Callable[[], object]], settings: BenchSettings,
+                on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Per-call wall times (seconds) of each callable over interleaved rounds."""
+    names = list(fns)
+    calls = {k: _calls_per_round(fns[k], settings.round_seconds) for k in names}
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(settings.rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            times[k] += _time_calls(fns[k], calls[k])
+        if on_round:
+            on_round()
+    return times
+
+
+def summarize(times_batch1: list[float], times_batch_n: list[float], batch_n: int) -> dict:
+    ms = np.asarray(times_batch1) * 1e3
+    return {
+        "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 4),
+                       "p95": round(float(np.percentile(ms, 95)), 4), "batch": 1},
+        "throughput_per_s": round(batch_n / float(np.median(times_batch_n)), 2),
+        "throughput_batch": batch_n,
+    }
+
+
+def bench_onnx(paths: dict[str, Path], batch1: dict[str, np.ndarray],
+               batch_n: dict[str, np.ndarray], settings: BenchSettings = BenchSettings(),
+               on_round: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Latency at batch 1 and throughput at ``batch_n`` rows for each ONNX model."""
+    n = len(next(iter(batch_n.values())))
+    sessions = {k: make_session(p, threads=settings.thread_count, spinning=False)
+                for k, p in paths.items()}
+
+    def caller(sess, feed):
+        names = [i.name for i in sess.get_inputs()]
+        feed = {k: feed[k] for k in names}
+        return lambda: sess.run(None, feed)
+
+    lat = interleaved({k: caller(s, batch1) for k, s in sessions.items()}, settings, on_round)
+    thr_settings = BenchSettings(rounds=max(3, settings.rounds // 2),
+                                 round_seconds=settings.round_seconds, threads=settings.threads)
+    thr = interleaved({k: caller(s, batch_n) for k, s in sessions.items()}, thr_settings, on_round)
+    return {k: summarize(lat[k], thr[k], n) for k in paths}
+
+
+def bench_torch(module, input_names: list[str], batch1: dict[str, np.ndarray],
+                settings: BenchSettings = BenchSettings()) -> dict:
+    """Eager PyTorch fp32 latency at batch 1 (a reference; not what presso deploys)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.thread_count)
+    try:
+        args = [torch.from_numpy(np.ascontiguousarray(batch1[k])) for k in input_names]
+
+        def call():
+            with torch.inference_mode():
+                module(*args)
+
+        times = interleaved({"torch": call}, BenchSettings(rounds=max(3, settings.rounds // 2),
+                                                            round_seconds=settings.round_seconds))
+    finally:
+        torch.set_num_threads(previous)
+    ms = np.asarray(times["torch"]) * 1e3
+    return {"p50": round(float(np.percentile(ms, 50)), 4),
+            "p95": round(float(np.percentile(ms, 95)), 4), "batch": 1}

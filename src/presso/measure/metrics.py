@@ -1,0 +1,163 @@
+"""Task metrics (scikit-learn) and fidelity to the original model's outputs.
+
+One function, :func:`evaluate`, serves the baseline and every compressed variant, so
+their numbers are computed by the same code on the same rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from presso.errors import PressoError
+from presso.tasks import primary_metric
+
+TOP_K = 3
+RETRIEVAL_K = 10
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def anomaly_scores(outputs: np.ndarray, inputs: dict[str, np.ndarray] | None) -> np.ndarray:
+    """One score per row: the output itself, or the squared reconstruction error."""
+    if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
+        return outputs.reshape(-1)
+    if inputs is not None and len(inputs) == 1:
+        x = next(iter(inputs.values()))
+        if x.shape == outputs.shape:
+            return ((x - outputs) ** 2).reshape(len(x), -1).mean(axis=1)
+    raise PressoError(
+        f"An anomaly model must return one score per row (N,) or a reconstruction of its "
+        f"input; it returned shape {outputs.shape}."
+    )
+
+
+def check_target(task: str, outputs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Validate labels against the model's outputs; returns them in the dtype metrics need."""
+    if task == "classification":
+        if outputs.ndim != 2 or outputs.shape[1] < 2:
+            raise PressoError(
+                f"A classifier must return scores of shape (N, classes); this one returns {outputs.shape}. "
+                "Use --task regression for real-valued outputs."
+            )
+        y = np.asarray(target)
+        if y.ndim != 1 or not np.all(np.mod(y, 1) == 0):
+            raise PressoError("Classification labels must be one integer class index per row.")
+        y = y.astype(np.int64)
+        if y.min() < 0 or y.max() >= outputs.shape[1]:
+            raise PressoError(
+                f"Labels range over [{y.min()}, {y.max()}] but the model has {outputs.shape[1]} classes."
+            )
+        return y
+    if task == "anomaly":
+        y = np.asarray(target).reshape(-1)
+        if set(np.unique(y).tolist()) - {0, 1}:
+            raise PressoError("Anomaly labels must be 0 (normal) or 1 (anomaly).")
+        return y.astype(np.int64)
+    if task in ("regression", "forecast"):
+        y = np.asarray(target, dtype=np.float32)
+        if y.size != outputs.size:
+            raise PressoError(
+                f"Targets have {y.size // len(y)} values per row but the model predicts "
+                f"{outputs.size // len(outputs)}. Give targets shaped like the model's outputs."
+            )
+        return y.reshape(outputs.shape)
+    return target
+
+
+def _classification(out, ref, y) -> dict[str, float]:
+    pred, ref_pred = out.argmax(1), ref.argmax(1)
+    m = {"agreement": float(np.mean(pred == ref_pred))}
+    if y is None:
+        return m
+    probs, n_classes = _softmax(out), out.shape[1]
+    m["accuracy"] = float(skm.accuracy_score(y, pred))
+    if n_classes > TOP_K:
+        m[f"top{TOP_K}_accuracy"] = float(
+            skm.top_k_accuracy_score(y, probs, k=TOP_K, labels=np.arange(n_classes)))
+    if n_classes == 2:
+        m["f1"] = float(skm.f1_score(y, pred, zero_division=0))
+        if len(np.unique(y)) == 2:
+            m["roc_auc"] = float(skm.roc_auc_score(y, probs[:, 1]))
+    else:
+        m["f1_macro"] = float(skm.f1_score(y, pred, average="macro", zero_division=0))
+    return m
+
+
+def _regression(out, ref, y) -> dict[str, float]:
+    m = {
+        "r2_to_original": float(skm.r2_score(ref.reshape(len(ref), -1), out.reshape(len(out), -1))),
+        "max_abs_diff": float(np.max(np.abs(out - ref))),
+    }
+    if y is None:
+        return m
+    o, t = out.reshape(len(out), -1), y.reshape(len(y), -1)
+    m["mae"] = float(skm.mean_absolute_error(t, o))
+    m["rmse"] = float(skm.root_mean_squared_error(t, o))
+    m["mape"] = float(skm.mean_absolute_percentage_error(t, o))
+    m["r2"] = float(skm.r2_score(t, o))
+    return m
+
+
+def _anomaly(out, ref, y, inputs) -> dict[str, float]:
+    s, s_ref = anomaly_scores(out, inputs), anomaly_scores(ref, inputs)
+    m = {"r2_to_original": float(skm.r2_score(s_ref, s))}
+    if y is None:
+        return m
+    m["roc_auc"] = float(skm.roc_auc_score(y, s))
+    m["average_precision"] = float(skm.average_precision_score(y, s))
+    return m
+
+
+def top_k_agreement(a: np.ndarray, b: np.ndarray, k: int = RETRIEVAL_K) -> float:
+    """Mean overlap of each row's k nearest neighbours (cosine) under two embeddings.
+
+    Every row is a query over all the other rows: the retrieval a user of an
+    embedding model actually runs.
+    """
+    k = min(k, len(a) - 1)
+    if k < 1:
+        return 1.0
+
+    def neighbours(e):
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        sim = e @ e.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argpartition(-sim, k - 1, axis=1)[:, :k]
+
+    na, nb = neighbours(a), neighbours(b)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb, strict=True)]))
+
+
+def _embedding(out, ref) -> dict[str, float]:
+    o, r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+    cos = 1.0 - skm.pairwise.paired_cosine_distances(o, r)
+    return {
+        "mean_cosine": float(np.mean(cos)),
+        "min_cosine": float(np.min(cos)),
+        f"top{RETRIEVAL_K}_agreement": top_k_agreement(o, r),
+    }
+
+
+def evaluate(task: str, outputs: np.ndarray, reference: np.ndarray,
+             target: np.ndarray | None = None,
+             inputs: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """All metrics of ``task`` for ``outputs``, plus fidelity to ``reference`` outputs."""
+    if task == "classification":
+        return _classification(outputs, reference, target)
+    if task in ("regression", "forecast"):
+        return _regression(outputs, reference, target)
+    if task == "anomaly":
+        return _anomaly(outputs, reference, target, inputs)
+    if task == "embedding":
+        return _embedding(outputs, reference)
+    raise PressoError(f"Unknown task '{task}'.")
+
+
+def primary(task: str, metrics: dict[str, float], has_labels: bool) -> tuple[str, float]:
+    name = primary_metric(task, has_labels)
+    return name, metrics[name]

@@ -1,0 +1,78 @@
+"""A model presso can work on, whatever it was loaded from."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The model's prediction when forward returns a tuple, list, dict or ModelOutput."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):  # also transformers' ModelOutput
+        out = list(out.values())
+    if isinstance(out, list | tuple) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"forward returned {type(out).__name__}, not a tensor")
+
+
+def forward_input_names(module: nn.Module) -> list[str]:
+    """Names of the positional arguments of ``module.forward`` (the ONNX input names)."""
+    params = inspect.signature(module.forward).parameters.values()
+    names = [
+        p.name for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return names or [next(iter(inspect.signature(module.forward).parameters))]
+
+
+@dataclass
+class LoadedModel:
+    """A PyTorch module or an ONNX file, with what presso needs to feed it.
+
+    ``dynamic_axes`` maps input names to the axes that vary (the row axis always,
+    the sequence axis for text). ``tokenizer`` is set for text models.
+    """
+
+    name: str
+    source: str
+    module: nn.Module | None = None
+    onnx_path: Path | None = None
+    input_names: list[str] = field(default_factory=list)
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    tokenizer: Any = None
+    task_hint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "onnx" if self.module is None else "torch"
+
+    @property
+    def is_transformer(self) -> bool:
+        return self.tokenizer is not None
+
+    def parameter_count(self) -> int | None:
+        if self.module is None:
+            return None
+        return sum(p.numel() for p in self.module.parameters())
+
+    @torch.no_grad()
+    def run_torch(self, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Outputs of the PyTorch module on named numpy inputs, in batches."""
+        if self.module is None:
+            raise ValueError("not a PyTorch model")
+        n = len(next(iter(inputs.values())))
+        outs = []
+        for start in range(0, n, batch_size):
+            args = [torch.from_numpy(np.ascontiguousarray(inputs[k][start:start + batch_size]))
+                    for k in self.input_names]
+            outs.append(first_tensor(self.module(*args)).float().numpy())
+        return np.concatenate(outs)

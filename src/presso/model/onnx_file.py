@@ -1,0 +1,33 @@
+"""Loading a user's ONNX file (checked now, so a corrupt file fails before any work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from presso.errors import PressoError
+from presso.model.loaded import LoadedModel
+
+
+def load_onnx(path: Path) -> LoadedModel:
+    import onnx
+
+    if not path.is_file():
+        raise PressoError(f"ONNX file '{path}' not found.")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PressoError(
+            f"'{path}' is not a valid ONNX model ({reason}). Re-export it, e.g. with torch.onnx.export."
+        ) from exc
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    dynamic = {}
+    for i in inputs:
+        dims = i.type.tensor_type.shape.dim
+        dynamic[i.name] = {k: d.dim_param or f"dim{k}" for k, d in enumerate(dims) if not d.dim_value}
+    return LoadedModel(
+        name=path.stem, source=f"ONNX file {path}", onnx_path=path.resolve(),
+        input_names=[i.name for i in inputs], dynamic_axes=dynamic,
+    )

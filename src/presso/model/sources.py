@@ -1,0 +1,128 @@
+"""Turn what the user gave (module, factory, HF folder, ONNX file) into a LoadedModel."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from presso.errors import PressoError
+from presso.model.loaded import LoadedModel, forward_input_names
+
+_HOW = ("Give an .onnx file, a Hugging Face model folder (with config.json), "
+        "or a factory 'path/to/file.py:function' / 'package.module:function'.")
+
+
+def load_model(model: Any, weights: str | Path | None = None) -> LoadedModel:
+    """Load ``model`` from any source presso supports.
+
+    The user's module is deep-copied, so presso never mutates it.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        if weights is not None:
+            raise PressoError("weights= applies to factories only; load them into your module.")
+        return from_module(copy.deepcopy(model), name=type(model).__name__, source="nn.Module")
+    if not isinstance(model, str | Path):
+        raise PressoError(f"Cannot use a {type(model).__name__} as a model. {_HOW}")
+    spec = str(model)
+    path = Path(spec)
+    if path.suffix == ".onnx":
+        if weights is not None:
+            raise PressoError("--weights applies to factories only; an ONNX file has its weights.")
+        from presso.model.onnx_file import load_onnx
+        return load_onnx(path)
+    if path.is_dir():
+        if weights is not None:
+            raise PressoError("--weights applies to factories only; a model folder has its weights.")
+        from presso.model.huggingface import load_hf_folder
+        return load_hf_folder(path)
+    if ":" in spec and not path.exists():
+        return load_factory(spec, weights)
+    if path.exists():
+        raise PressoError(f"Cannot load model '{spec}': unsupported kind of file. {_HOW}")
+    raise PressoError(f"Model '{spec}' not found. {_HOW}")
+
+
+def from_module(module: nn.Module, name: str, source: str) -> LoadedModel:
+    module.eval()
+    names = forward_input_names(module)
+    return LoadedModel(
+        name=name, source=source, module=module, input_names=names,
+        dynamic_axes={n: {0: "batch"} for n in names},
+    )
+
+
+def _import_factory(spec: str):
+    target, _, fn_name = spec.rpartition(":")
+    if not target or not fn_name:
+        raise PressoError(f"Factory '{spec}' must look like 'file.py:function' or 'pkg.module:function'.")
+    if target.endswith(".py"):
+        file = Path(target)
+        if not file.is_file():
+            raise PressoError(f"Factory file '{target}' not found. {_HOW}")
+        mod_name = f"presso_user_factory_{abs(hash(str(file.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, file)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module  # dataclasses and pickling look modules up here
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PressoError(f"Importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise PressoError(f"Cannot import module '{target}' of factory '{spec}': {exc}") from exc
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise PressoError(f"'{target}' has no function '{fn_name}'. Check the name after ':'.")
+    return fn
+
+
+def load_factory(spec: str, weights: str | Path | None) -> LoadedModel:
+    fn = _import_factory(spec)
+    try:
+        module = fn()
+    except Exception as exc:
+        raise PressoError(f"Factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise PressoError(
+            f"Factory '{spec}' returned a {type(module).__name__}; it must return a torch.nn.Module."
+        )
+    if weights is not None:
+        load_weights(module, Path(weights))
+    return from_module(module, name=spec.rpartition(":")[2], source=f"factory {spec}")
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load a state dict from .pt/.pth (weights only, never unpickling code) or .safetensors."""
+    if not path.is_file():
+        raise PressoError(f"Weights file '{path}' not found.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            import torch
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PressoError(
+            f"Cannot read weights '{path}': {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            "Give a state dict saved with torch.save(model.state_dict(), ...) or a .safetensors file."
+        ) from exc
+    if not isinstance(state, dict):
+        raise PressoError(f"Weights '{path}' hold a {type(state).__name__}, not a state dict.")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[0:2]
+        raise PressoError(
+            f"Weights '{path}' do not fit the model: {' '.join(s.strip() for s in first)}"
+        ) from exc

@@ -1,0 +1,23 @@
+"""How long-running work tells the user where it is, without knowing who listens.
+
+The library reports to a :class:`Progress`; the default is silent, the CLI passes one
+that draws rich progress bars.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+class Progress:
+    """Silent progress (the Python API's default)."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    @contextmanager
+    def task(self, description: str, total: int | None = None):
+        yield lambda n=1: None
+
+
+SILENT = Progress()

@@ -1,0 +1,88 @@
+"""The outcome of :func:`presso.compress`, and writing it as an artifact folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+from presso.errors import PressoError
+from presso.recipe.schema import Recipe
+from presso.report.schema import Report
+
+ARTIFACT_FILES = ("model.onnx", "report.json", "report.html", "recipe.yaml")
+
+
+class CompressionResult:
+    """A compressed model with its evidence; ``save(dir)`` writes the artifact."""
+
+    def __init__(self, report: Report, model_path: Path, workdir: Path, recipe: Recipe,
+                 tokenizer: Any = None):
+        self.report, self.model_path, self.recipe, self.tokenizer = report, model_path, recipe, tokenizer
+        self._workdir = workdir
+        self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
+
+    def __repr__(self) -> str:
+        b = self.report.budget
+        return (f"CompressionResult(task={self.report.task!r}, {b.primary_metric} "
+                f"{b.baseline:.4f} -> {b.compressed:.4f}, size x{self.report.ratios['size']}, "
+                f"speed x{self.report.ratios['latency_speedup']})")
+
+    def predictor(self):
+        from presso.runtime.predictor import Predictor
+        return Predictor(self.model_path, tokenizer=self.tokenizer, task=self.report.task)
+
+    def save(self, out: str | Path, overwrite: bool = True) -> Path:
+        """Write model.onnx, report.json, report.html, recipe.yaml (and tokenizer/) to ``out``.
+
+        Everything is written to a temporary folder beside ``out`` and renamed into
+        place, so an interrupted save leaves no half-written artifact. An existing
+        presso artifact at ``out`` is replaced; any other non-empty folder is refused.
+        """
+        from presso.report.html import render_html
+
+        out = Path(out)
+        check_output_dir(out, overwrite)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            shutil.copyfile(self.model_path, tmp / "model.onnx")
+            (tmp / "report.json").write_text(self.report_json())
+            (tmp / "report.html").write_text(render_html(self.report))
+            (tmp / "recipe.yaml").write_text(self.recipe.to_yaml())
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def report_json(self) -> str:
+        return json.dumps(self.report.model_dump(mode="json"), indent=2)
+
+
+def check_output_dir(out: Path, overwrite: bool = True) -> None:
+    """Refuse an output path that holds something other than a presso artifact."""
+    if out.exists() and not _replaceable(out, overwrite):
+        raise PressoError(
+            f"Output folder '{out}' exists and is not a presso artifact. Choose another --out."
+        )
+
+
+def _replaceable(out: Path, overwrite: bool) -> bool:
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    return overwrite and (out / "report.json").is_file() and (out / "model.onnx").is_file()

@@ -1,0 +1,313 @@
+"""The compression flow: load -> reference -> export -> transform -> verify -> measure.
+
+Reading :func:`compress` top to bottom shows how a model moves through presso. The
+baseline and the compressed model are measured by the same functions, in the same
+process, on the same held-out rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from presso.data.dataset import Dataset, split
+from presso.data.resolve import resolve_data
+from presso.errors import BudgetError, PressoError
+from presso.export.onnx_export import check_parity, export_onnx
+from presso.measure.bench import BenchSettings, bench_onnx, bench_torch
+from presso.measure.memory import peak_memory_mb
+from presso.measure.metrics import check_target, evaluate
+from presso.measure.size import file_size, parameter_count
+from presso.model.loaded import LoadedModel
+from presso.model.sources import load_model
+from presso.progress import SILENT, Progress
+from presso.recipe.schema import Recipe, Settings, Stage, load_recipe
+from presso.recipe.result import CompressionResult
+from presso.report.build import build_report
+from presso.runtime.session import make_session, run_session
+from presso.tasks import get_task, primary_metric
+from presso.techniques.base import Candidate, Score, StageContext
+
+
+@dataclass
+class Run:
+    """What the flow knows about one compression run, shared by its steps."""
+
+    model: LoadedModel
+    task: str
+    max_drop: float
+    data: Dataset
+    calibration: Dataset
+    evaluation: Dataset
+    split_info: dict
+    ref_cal: np.ndarray  # original model's outputs on the calibration rows
+    ref_eval: np.ndarray  # ... and on the held-out evaluation rows
+    y_cal: np.ndarray | None
+    y_eval: np.ndarray | None
+    workdir: Path
+    bench: BenchSettings
+    progress: Progress
+    baseline_eval: np.ndarray | None = None  # the fp32 ONNX baseline's held-out outputs
+
+    @property
+    def primary(self) -> str:
+        return primary_metric(self.task, self.evaluation.has_labels)
+
+    def metrics(self, outputs: np.ndarray, on: str) -> dict[str, float]:
+        if on == "calibration":
+            return evaluate(self.task, outputs, self.ref_cal, self.y_cal, self.calibration.inputs)
+        return evaluate(self.task, outputs, self.ref_eval, self.y_eval, self.evaluation.inputs)
+
+
+def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None, *,
+             task: str | None = None, max_drop: float | None = None, target: str | None = None,
+             weights: str | Path | None = None, seed: int | None = None,
+             calibration_fraction: float | None = None, seq_len: int = 128,
+             bench: BenchSettings | None = None, progress: Progress = SILENT) -> CompressionResult:
+    """Compress ``model`` with ``recipe`` and measure it against the original.
+
+    Parameters
+    ----------
+    model : nn.Module, str or Path
+        A PyTorch module, an ``.onnx`` file, a Hugging Face model folder, or a factory
+        ``"file.py:fn"`` / ``"package.module:fn"`` (with ``weights=`` a state dict).
+    recipe : str, Path or Recipe
+        A built-in recipe name (``presso recipes`` lists them) or a recipe YAML file.
+    data : path, arrays, (X, y), list of texts or Dataset
+        Rows the model was not trained on. They are split (seeded) into calibration
+        rows and held-out evaluation rows; every reported metric uses the latter.
+    task : str, optional
+        classification, regression, forecast, anomaly or embedding; inferred if obvious.
+    max_drop : float, optional
+        Largest allowed absolute drop of the task's primary metric (default per task,
+        0.01: one accuracy point, 0.01 of R^2, ROC-AUC or mean cosine).
+
+    Returns
+    -------
+    CompressionResult
+        ``.report`` (the evidence), ``.model_path`` and ``.save(dir)``.
+
+    Examples
+    --------
+    >>> import presso
+    >>> ex = presso.load_example("tabular")
+    >>> result = presso.compress(ex.model, "int8", data=ex.data, task=ex.task)  # doctest: +SKIP
+    >>> result.save("tabular-int8")  # doctest: +SKIP
+    """
+    recipe = load_recipe(recipe)
+    stages = recipe.configs()
+    settings = recipe.settings
+    seed = _first(seed, settings.seed, 0)
+    calibration_fraction = _first(calibration_fraction, settings.calibration_fraction, 0.3)
+    bench = bench or BenchSettings()
+
+    progress.log("loading the model")
+    loaded = load_model(model, weights=weights)
+    data = resolve_data(data, loaded, target=target, seq_len=seq_len)
+    if loaded.kind == "onnx" and any(t.domain == "torch" for t, _ in stages):
+        raise PressoError(f"Recipe '{recipe.name}' has PyTorch stages; they need a PyTorch model, not an ONNX file.")
+
+    workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
+    try:
+        run = _prepare(loaded, data, task or settings.task, max_drop, settings, seed,
+                       calibration_fraction, workdir, bench, progress)
+        baseline_path = _baseline(run)
+        current = baseline_path
+        stage_reports, notes = [], list(loaded.notes)
+        chosen: Candidate | None = None
+        for index, (technique, config) in enumerate(stages, 1):
+            stage_dir = workdir / f"stage{index}-{technique.name}"
+            stage_dir.mkdir()
+            with progress.task(f"stage {index}/{len(stages)}: {technique.name}"):
+                result = technique.apply(current, config, _stage_context(run, stage_dir))
+            chosen, eval_metrics = _verify(run, result.ranked, result.tried, technique.name)
+            stage_reports.append({
+                "technique": technique.name, "chosen": chosen.name,
+                "variants": [c.describe() for c in result.tried],
+                "notes": result.notes, "layers": result.layers,
+            })
+            notes += result.notes
+            current = chosen.path
+        resolved = _resolved_recipe(recipe, stages, chosen, run, seed, calibration_fraction)
+        report = _measure(run, baseline_path, current, eval_metrics, resolved, stage_reports, notes)
+        return CompressionResult(report=report, model_path=current, workdir=workdir,
+                                 tokenizer=loaded.tokenizer, recipe=resolved)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: float | None,
+             settings: Settings, seed: int, calibration_fraction: float, workdir: Path,
+             bench: BenchSettings, progress: Progress) -> Run:
+    """Check the data fits the model, take reference outputs, split, settle the task."""
+    progress.log("running the original model on the data")
+    try:
+        _reference_outputs(loaded, data.head(2))
+    except PressoError:
+        raise
+    except Exception as exc:
+        shapes = {k: list(v.shape[1:]) for k, v in data.inputs.items()}
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PressoError(
+            f"The data does not fit the model: {msg}. Data rows have shapes {shapes} "
+            f"for inputs {loaded.input_names}; reshape the data to what the model expects."
+        ) from exc
+    # References come from the original model before anything is exported (exporting
+    # can alter a live model, DESIGN.md).
+    reference = _reference_outputs(loaded, data)
+    task = task or _infer_task(loaded, data, reference)
+    spec = get_task(task)
+    max_drop = _first(max_drop, settings.max_drop, spec.default_max_drop)
+    if max_drop < 0:
+        raise PressoError(f"--max-drop must be >= 0 (an allowed drop of the primary metric). Got {max_drop}.")
+    target = None if data.target is None else check_target(task, reference, data.target)
+    if target is not None:
+        data = Dataset(inputs=data.inputs, target=target, source=data.source, texts=data.texts)
+    parts = split(data, calibration_fraction, seed)
+    return Run(
+        model=loaded, task=task, max_drop=float(max_drop), data=data,
+        calibration=parts.calibration, evaluation=parts.evaluation, split_info=parts.describe(),
+        ref_cal=reference[parts.calibration_index], ref_eval=reference[parts.evaluation_index],
+        y_cal=parts.calibration.target, y_eval=parts.evaluation.target,
+        workdir=workdir, bench=bench, progress=progress,
+    )
+
+
+def _reference_outputs(loaded: LoadedModel, data: Dataset) -> np.ndarray:
+    if loaded.module is not None:
+        out = loaded.run_torch(data.inputs)
+    else:
+        out = run_session(make_session(loaded.onnx_path), data.inputs)
+    if not np.all(np.isfinite(out)):
+        raise PressoError("The original model returns NaN/inf on this data; check the data's scale.")
+    return out
+
+
+def _infer_task(loaded: LoadedModel, data: Dataset, outputs: np.ndarray) -> str:
+    if loaded.task_hint:
+        return loaded.task_hint
+    y = data.target
+    if y is not None and outputs.ndim == 2 and outputs.shape[1] >= 2:
+        if np.all(np.mod(y, 1) == 0) and y.ndim == 1 and 0 <= y.min() and y.max() < outputs.shape[1]:
+            return "classification"
+    if y is not None and np.issubdtype(np.asarray(y).dtype, np.floating):
+        return "regression"
+    raise PressoError(
+        "Cannot infer the task from this model and data. Pass --task "
+        "classification|regression|forecast|anomaly|embedding."
+    )
+
+
+def _baseline(run: Run) -> Path:
+    """The fp32 ONNX model everything is compared with, checked against PyTorch."""
+    path = run.workdir / "baseline.onnx"
+    if run.model.module is None:
+        shutil.copyfile(run.model.onnx_path, path)
+        run.baseline_eval = run.ref_eval
+        return path
+    run.progress.log("exporting the original model to ONNX")
+    export_onnx(run.model, run.calibration.head(2).inputs, path)
+    try:
+        out = run_session(make_session(path), run.evaluation.inputs)
+    except Exception as exc:
+        raise PressoError(f"The exported ONNX model does not run on ONNX Runtime: {exc}") from exc
+    run.split_info["export_max_abs_diff"] = check_parity(run.ref_eval, out, "ONNX export")
+    run.baseline_eval = out
+    return path
+
+
+def _stage_context(run: Run, stage_dir: Path) -> StageContext:
+    baseline_cal = run.metrics(run.ref_cal, "calibration")[run.primary]
+
+    def score(path: Path) -> Score:
+        out = run_session(make_session(path), run.calibration.inputs)
+        metrics = run.metrics(out, "calibration")
+        value = metrics[run.primary]
+        drop = baseline_cal - value
+        return Score(run.primary, value, drop, drop <= run.max_drop + 1e-12, metrics)
+
+    def time_models(paths: dict[str, Path]) -> dict[str, float]:
+        sample = run.evaluation.head(1).inputs
+        quick = BenchSettings(rounds=4, round_seconds=0.1, throughput_batch=8,
+                              threads=run.bench.threads)
+        with run.progress.task("timing variants"):
+            timed = bench_onnx(paths, sample, sample, quick)
+        return {k: v["latency_ms"]["p50"] for k, v in timed.items()}
+
+    return StageContext(workdir=stage_dir, calibration=run.calibration, score=score,
+                        time_models=time_models, is_transformer=run.model.is_transformer,
+                        log=run.progress.log)
+
+
+def _verify(run: Run, ranked: list[Candidate], tried: list[Candidate], technique: str):
+    """First candidate (best first) that also meets the budget on the held-out rows."""
+    baseline_value = run.metrics(run.baseline_eval, "evaluation")[run.primary]
+    for cand in ranked:
+        out = run_session(make_session(cand.path), run.evaluation.inputs)
+        metrics = run.metrics(out, "evaluation")
+        drop = baseline_value - metrics[run.primary]
+        if drop <= run.max_drop + 1e-12:
+            return cand, metrics
+        cand.note += f"; failed on held-out rows ({run.primary} drop {drop:.4f})"
+    lines = "; ".join(
+        f"{c.name}: " + (f"{run.primary} drop {c.score.drop:.4f}" if c.score else c.note[:120])
+        for c in tried
+    )
+    raise BudgetError(
+        f"No {technique} variant keeps the {run.primary} drop within --max-drop {run.max_drop} "
+        f"({lines}). Nothing was written. Raise --max-drop or try another recipe."
+    )
+
+
+def _resolved_recipe(recipe: Recipe, stages, chosen: Candidate | None, run: Run,
+                     seed: int, calibration_fraction: float) -> Recipe:
+    """The recipe as run: each stage pinned to the variant it chose, plus the settings."""
+    pinned = []
+    for technique, config in stages:
+        options = config.model_dump(mode="json")
+        if chosen is not None and technique.name == "int8":
+            options.update(chosen.options)
+        pinned.append(Stage(technique=technique.name, options=options))
+    return Recipe(
+        name=recipe.name, description=recipe.description, stages=pinned,
+        settings=Settings(task=run.task, max_drop=run.max_drop, seed=seed,
+                          calibration_fraction=calibration_fraction),
+    )
+
+
+def _measure(run: Run, baseline_path: Path, compressed_path: Path, compressed_metrics: dict,
+             recipe: Recipe, stage_reports: list, notes: list[str]):
+    progress = run.progress
+    baseline_metrics = run.metrics(run.baseline_eval, "evaluation")
+    batch1 = run.evaluation.head(1).inputs
+    rows = run.bench.throughput_batch
+    reps = int(np.ceil(rows / len(run.evaluation)))
+    batch_n = {k: np.concatenate([v] * reps)[:rows] for k, v in run.evaluation.inputs.items()}
+    paths = {"baseline": baseline_path, "compressed": compressed_path}
+    with progress.task("benchmarking baseline and compressed (interleaved rounds)",
+                       total=run.bench.rounds + max(3, run.bench.rounds // 2)) as advance:
+        timing = bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance)
+    torch_latency = None
+    if run.model.module is not None:
+        with progress.task("timing PyTorch eager fp32 (reference)"):
+            torch_latency = bench_torch(run.model.module, run.model.input_names, batch1, run.bench)
+    with progress.task("measuring peak memory (fresh processes)"):
+        memory = {k: peak_memory_mb(p, batch_n, run.bench.thread_count) for k, p in paths.items()}
+    figures = {}
+    for key, path, metrics in (("baseline", baseline_path, baseline_metrics),
+                               ("compressed", compressed_path, compressed_metrics)):
+        figures[key] = {
+            "size_bytes": file_size(path), "parameters": parameter_count(path),
+            **timing[key], "peak_memory_mb": memory[key], "metrics": metrics,
+        }
+    return build_report(run, recipe, figures, torch_latency, stage_reports, notes)

@@ -1,0 +1,74 @@
+"""Assemble the :class:`Report` from what a run measured."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+
+from presso.report.schema import Report
+from presso.techniques.quantization.cpu import cpu_features
+
+
+def _runtime_label(stage_reports: list[dict]) -> str:
+    if not stage_reports:
+        return "ONNX Runtime fp32"
+    last = stage_reports[-1]
+    return f"ONNX Runtime {last['technique']} ({last['chosen']})"
+
+
+def speed_note(baseline: dict, compressed: dict) -> str:
+    b, c = baseline["latency_ms"]["p50"], compressed["latency_ms"]["p50"]
+    tb, tc = baseline["throughput_per_s"], compressed["throughput_per_s"]
+    if c < b:
+        return (f"The compressed model is {b / c:.2f}x faster than ONNX Runtime fp32 at batch 1 "
+                f"({c:.3f} ms vs {b:.3f} ms p50) and {tc / tb:.2f}x the throughput.")
+    return (f"The compressed model is NOT faster than ONNX Runtime fp32 on this machine at batch 1: "
+            f"{c:.3f} ms vs {b:.3f} ms p50 ({b / c:.2f}x); throughput {tc / tb:.2f}x. "
+            "It is smaller; for speed, try structured pruning or a smaller student.")
+
+
+def build_report(run, recipe, figures: dict, torch_latency: dict | None,
+                 stage_reports: list[dict], notes: list[str]) -> Report:
+    import onnxruntime
+    import torch
+
+    import presso
+
+    base, comp = figures["baseline"], figures["compressed"]
+    primary = run.primary
+    drop = base["metrics"][primary] - comp["metrics"][primary]
+    sample = run.evaluation.head(1).inputs
+    inputs = [
+        {"name": n, "dtype": str(sample[n].dtype),
+         "shape": ["batch"] + [run.model.dynamic_axes.get(n, {}).get(i + 1, int(d))
+                               for i, d in enumerate(sample[n].shape[1:])]}
+        for n in run.model.input_names
+    ]
+    return Report(
+        presso_version=presso.__version__,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        task=run.task,
+        recipe=recipe.model_dump(mode="json", exclude_none=True),
+        model={"name": run.model.name, "source": run.model.source, "kind": run.model.kind},
+        data={"source": run.data.source, "rows": len(run.data), "has_labels": run.data.has_labels,
+              "split": run.split_info},
+        inputs=inputs,
+        budget={"primary_metric": primary, "max_drop": run.max_drop,
+                "baseline": base["metrics"][primary], "compressed": comp["metrics"][primary],
+                "drop": drop, "passed": drop <= run.max_drop + 1e-12},
+        baseline={"runtime": "ONNX Runtime fp32", **base},
+        compressed={"runtime": _runtime_label(stage_reports), **comp},
+        ratios={
+            "size": round(base["size_bytes"] / comp["size_bytes"], 3),
+            "latency_speedup": round(base["latency_ms"]["p50"] / comp["latency_ms"]["p50"], 3),
+            "throughput": round(comp["throughput_per_s"] / base["throughput_per_s"], 3),
+        },
+        reference={"pytorch_fp32_latency_ms": torch_latency,
+                   "export_max_abs_diff": run.split_info.pop("export_max_abs_diff", None),
+                   "outputs_compared_with": "the original model's outputs, taken before export"},
+        machine={**cpu_features().describe(), "threads": run.bench.thread_count,
+                 "ort_thread_spinning": False, "onnxruntime": onnxruntime.__version__,
+                 "torch": torch.__version__, "python": platform.python_version()},
+        stages=stage_reports,
+        notes=[*notes, speed_note(base, comp)],
+    )

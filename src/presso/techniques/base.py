@@ -1,0 +1,68 @@
+"""What a technique sees and returns; kept free of measuring and printing.
+
+Techniques never measure on their own: accuracy-aware ones ask the pipeline, through
+:class:`StageContext`, to score or time a candidate, so the baseline and every variant
+are measured by the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from presso.data.dataset import Dataset
+
+
+@dataclass
+class Score:
+    """Quality of a candidate on the calibration rows, against the budget."""
+
+    primary: str
+    value: float
+    drop: float
+    passed: bool
+    metrics: dict[str, float]
+
+
+@dataclass
+class StageContext:
+    workdir: Path
+    calibration: Dataset
+    score: Callable[[Path], Score]
+    time_models: Callable[[dict[str, Path]], dict[str, float]]  # name -> p50 ms at batch 1
+    is_transformer: bool
+    log: Callable[[str], None] = lambda _msg: None
+
+
+@dataclass
+class Candidate:
+    name: str
+    path: Path | None
+    score: Score | None = None
+    latency_ms: float | None = None
+    note: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # pins this variant in recipe.yaml
+
+    def describe(self) -> dict:
+        return {
+            "variant": self.name,
+            "calibration_" + (self.score.primary if self.score else "quality"):
+                None if self.score is None else round(self.score.value, 6),
+            "calibration_drop": None if self.score is None else round(self.score.drop, 6),
+            "passed_on_calibration": None if self.score is None else self.score.passed,
+            "latency_p50_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
+            "note": self.note,
+        }
+
+
+@dataclass
+class StageResult:
+    """Passing candidates, best first (the pipeline verifies them on held-out rows in
+    this order), and every variant tried, for the report."""
+
+    ranked: list[Candidate]
+    tried: list[Candidate]
+    notes: list[str] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)

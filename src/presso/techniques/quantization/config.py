@@ -1,0 +1,27 @@
+"""Typed options of the int8 technique."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Variant = Literal["dynamic", "dynamic-reduce-range", "static-s8s8", "static-u8s8"]
+
+
+class Int8Config(BaseModel):
+    """int8 post-training quantization.
+
+    ``variants="auto"`` tries what fits the model (static QDQ and dynamic for most nets,
+    dynamic on a fused graph for transformers), scores each on the calibration rows
+    and keeps the fastest one within the quality budget.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variants: Literal["auto"] | list[Variant] = "auto"
+    per_channel: bool = True
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_rows: int = Field(default=256, ge=1, le=100_000)
+    fuse_transformer: bool = True
+    keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32

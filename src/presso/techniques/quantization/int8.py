@@ -1,0 +1,176 @@
+"""int8 post-training quantization, executed by ONNX Runtime's integer kernels.
+
+Accuracy-aware: every variant that fits the model is quantized, scored on the
+calibration rows against the budget and timed; the passing ones are returned fastest
+first. If none passes, variants that keep the first and last weighted layers in float
+are tried before giving up. Nothing here assumes a speed-up: it is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.quantization.config import Int8Config
+from presso.techniques.quantization.cpu import cpu_features
+from presso.techniques.quantization.graph import float_weight_nodes, weighted_nodes
+
+_STATIC = ("static-s8s8", "static-u8s8")
+
+
+def default_variants(is_transformer: bool) -> list[str]:
+    # Static QDQ of whole transformers collapses unless LayerNorm/Softmax/GELU/Add stay
+    # float (DESIGN.md); the fused dynamic path is both faithful and fast for them.
+    if is_transformer:
+        return ["dynamic", "dynamic-reduce-range"]
+    return ["static-s8s8", "static-u8s8", "dynamic"]
+
+
+class _Reader:
+    """ORT CalibrationDataReader over the calibration rows, in small batches."""
+
+    def __init__(self, data, input_names: list[str], rows: int, batch: int = 16):
+        self._feeds = [
+            {k: v for k, v in feed.items() if k in input_names}
+            for feed in data.head(rows).batches(batch)
+        ]
+        self._it = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._feeds)
+
+
+def _preprocess(src: Path, dst: Path, log) -> Path:
+    """Shape inference + graph clean-up that ORT recommends before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        return dst
+    except Exception as exc:  # some graphs defeat symbolic shape inference; quantize as is
+        log(f"pre-processing skipped ({type(exc).__name__}); quantizing the graph as exported")
+        return src
+
+
+def _fuse_transformer(src: Path, dst: Path, log) -> tuple[Path, dict[str, int]]:
+    """ORT's BERT-family fusion (Attention, SkipLayerNorm, BiasGelu...) before quantizing."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
+                                   opt_level=0, use_gpu=False)
+        stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        optimized.save_model_to_file(str(dst))
+        return dst, stats
+    except Exception as exc:
+        log(f"transformer fusion failed ({type(exc).__name__}); quantizing the unfused graph")
+        return src, {}
+
+
+def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageContext,
+              input_names: list[str], exclude: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    if variant.startswith("dynamic"):
+        quantize_dynamic(
+            str(src), str(dst), per_channel=cfg.per_channel,
+            reduce_range=variant == "dynamic-reduce-range", weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude or None,
+            # Fused transformer ops (com.microsoft domain) defeat ORT's type inference;
+            # their tensors are float.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.calibration]
+    u8 = variant == "static-u8s8"
+    quantize_static(
+        str(src), str(dst), _Reader(ctx.calibration, input_names, cfg.calibration_rows),
+        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+        # u8 activations x s8 weights can saturate 16-bit accumulators on x86 without
+        # VNNI; 7-bit weights (reduce_range) are ORT's documented remedy there.
+        reduce_range=u8 and not cpu_features().vnni,
+        activation_type=QuantType.QUInt8 if u8 else QuantType.QInt8,
+        weight_type=QuantType.QInt8, calibrate_method=method,
+        nodes_to_exclude=exclude or None,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                       "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
+    import onnx
+
+    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer logs at WARNING
+    work = ctx.workdir
+    notes: list[str] = []
+    input_names = [i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input]
+    variants = default_variants(ctx.is_transformer) if cfg.variants == "auto" else list(cfg.variants)
+
+    src = _preprocess(onnx_path, work / "preprocessed.onnx", ctx.log)
+    if ctx.is_transformer and cfg.fuse_transformer:
+        src, fused = _fuse_transformer(src, work / "fused.onnx", ctx.log)
+        if fused:
+            notes.append("transformer fusion: " + ", ".join(f"{v} {k}" for k, v in sorted(fused.items())))
+    weighted = weighted_nodes(onnx.load(str(src), load_external_data=False))
+
+    def attempt(variant: str, exclude: list[str], suffix: str = "") -> Candidate:
+        name = variant + suffix
+        dst = work / f"int8-{name}.onnx"
+        options = {"variants": [variant], "keep_float": sorted(exclude)}
+        ctx.log(f"int8: quantizing ({name})")
+        try:
+            _quantize(variant, src, dst, cfg, ctx, input_names, exclude)
+        except Exception as exc:
+            msg = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
+            return Candidate(name, None, note=f"quantizer failed: {msg[:200]}", options=options)
+        cand = Candidate(name, dst, options=options)
+        try:
+            cand.score = ctx.score(dst)
+        except Exception as exc:  # a graph ORT cannot run is a failed variant, not a crash
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            cand.path, cand.note = None, f"does not run on ONNX Runtime: {msg[:160]}"
+        return cand
+
+    base_exclude = list(cfg.keep_float)
+    tried = [attempt(v, base_exclude) for v in variants]
+    passing = [c for c in tried if c.score is not None and c.score.passed]
+    if not passing and len(weighted) > 2:
+        # Fall-back: the first and last weighted layers are the usual sensitive ones.
+        edge = sorted(set(base_exclude) | {weighted[0], weighted[-1]})
+        best = max((c for c in tried if c.score is not None), key=lambda c: c.score.value,
+                   default=None)
+        for variant in [best.name] if best else variants[:1]:
+            cand = attempt(variant, edge, suffix="+float-edges")
+            cand.note = (cand.note + "; " if cand.note else "") + f"kept {edge[0]} and {edge[-1]} in fp32"
+            tried.append(cand)
+            if cand.score is not None and cand.score.passed:
+                passing.append(cand)
+
+    if passing:
+        timings = ctx.time_models({c.name: c.path for c in passing})
+        for c in passing:
+            c.latency_ms = timings[c.name]
+        passing.sort(key=lambda c: c.latency_ms)
+
+    layers = []
+    if passing:
+        quantized_model = onnx.load(str(passing[0].path), load_external_data=False)
+        still_float = float_weight_nodes(quantized_model)
+        if still_float:
+            kinds = sorted({op for _, op in still_float})
+            notes.append(
+                f"{len(still_float)} weighted node(s) stay fp32 ({', '.join(kinds)}): "
+                "ONNX Runtime has no integer kernel for them in this variant, or they were kept float"
+            )
+        layers = [{"node": n, "op": op, "precision": "fp32"} for n, op in still_float]
+    return StageResult(ranked=passing, tried=tried, notes=notes, layers=layers)
+
+

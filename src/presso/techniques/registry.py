@@ -1,0 +1,42 @@
+"""The explicit table of techniques a recipe stage may name."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from presso.errors import PressoError
+from presso.techniques.quantization.config import Int8Config
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    config: type[BaseModel]
+    domain: str  # "onnx": transforms an ONNX graph; "torch": transforms an nn.Module
+    summary: str
+    apply_path: str  # "module:function", imported only when a stage runs (keeps import light)
+
+    def apply(self, *args, **kwargs):
+        module, _, fn = self.apply_path.partition(":")
+        return getattr(importlib.import_module(module), fn)(*args, **kwargs)
+
+
+TECHNIQUES: dict[str, Technique] = {
+    "int8": Technique(
+        "int8", Int8Config, "onnx",
+        "int8 post-training quantization on ONNX Runtime integer kernels, accuracy-aware",
+        "presso.techniques.quantization.int8:quantize_int8",
+    ),
+}
+
+
+def get_technique(name: str) -> Technique:
+    try:
+        return TECHNIQUES[name]
+    except KeyError:
+        raise PressoError(
+            f"Unknown technique '{name}'. Available: {', '.join(TECHNIQUES)}."
+        ) from None

@@ -1,0 +1,158 @@
+"""Bad input: one-line error naming the problem and the fix, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FAST_BENCH, run_cli
+
+
+def _assert_refused(done, out, *fragments: str, code: int = 2):
+    assert done.returncode == code, (done.returncode, done.stderr)
+    err = done.stderr.strip()
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("presso: error: ")
+    for fragment in fragments:
+        assert fragment in last, last
+    assert not out.exists(), "no output folder may be left behind"
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    assert not leftovers
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "artifact"
+
+
+def test_missing_model_path(tmp_path, out):
+    done = run_cli("compress", str(tmp_path / "nope.onnx"), "--data", "x.npz", "--out", str(out))
+    _assert_refused(done, out, "not found")
+
+
+def test_missing_factory_file(tmp_path, out):
+    done = run_cli("compress", str(tmp_path / "nope.py") + ":build", "--data", "x.npz", "--out", str(out))
+    _assert_refused(done, out, "nope.py", "not found")
+
+
+def test_factory_without_function(mlp_project, out):
+    done = run_cli("compress", str(mlp_project["dir"] / "mlp.py") + ":missing",
+                   "--data", str(mlp_project["dir"] / "data.npz"), "--out", str(out))
+    _assert_refused(done, out, "no function 'missing'")
+
+
+def test_unreadable_weights(mlp_project, out):
+    bad = mlp_project["dir"] / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    done = run_cli("compress", mlp_project["factory"], "--weights", str(bad),
+                   "--data", str(mlp_project["dir"] / "data.npz"), "--out", str(out))
+    _assert_refused(done, out, "Cannot read weights")
+
+
+def test_weights_that_do_not_fit(mlp_project, out, tmp_path):
+    import torch
+    torch.save({"net.0.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    done = run_cli("compress", mlp_project["factory"], "--weights", str(tmp_path / "other.pt"),
+                   "--data", str(mlp_project["dir"] / "data.npz"), "--out", str(out))
+    _assert_refused(done, out, "do not fit the model")
+
+
+def test_corrupt_onnx(tmp_path, out):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage-not-a-protobuf" * 10)
+    done = run_cli("compress", str(bad), "--data", "x.npz", "--out", str(out))
+    _assert_refused(done, out, "not a valid ONNX model")
+
+
+def test_data_shape_does_not_fit(mlp_project, tmp_path, out):
+    np.savez(tmp_path / "wrong.npz", X=np.zeros((50, 7), np.float32), y=np.zeros(50, np.int64))
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "wrong.npz"), "--out", str(out))
+    _assert_refused(done, out, "does not fit the model", "[7]")
+
+
+def test_npz_without_X(mlp_project, tmp_path, out):
+    np.savez(tmp_path / "named.npz", inputs=np.zeros((50, 12), np.float32))
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "named.npz"), "--out", str(out))
+    _assert_refused(done, out, "array 'X'")
+
+
+def test_unknown_recipe(mlp_project, out):
+    done = run_cli("compress", mlp_project["factory"], "--data", str(mlp_project["dir"] / "data.npz"),
+                   "--recipe", "int7", "--out", str(out))
+    _assert_refused(done, out, "Unknown recipe 'int7'", "int8")
+
+
+def test_recipe_with_bad_option(mlp_project, tmp_path, out):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: mine\nstages:\n  - technique: int8\n    options: {calibration: median}\n")
+    done = run_cli("compress", mlp_project["factory"], "--data", str(mlp_project["dir"] / "data.npz"),
+                   "--recipe", str(recipe), "--out", str(out))
+    _assert_refused(done, out, "stage 1 'int8'", "calibration")
+
+
+def test_missing_target_column(mlp_project, tmp_path, out):
+    frame = pd.DataFrame(mlp_project["x"], columns=[f"f{i}" for i in range(12)])
+    frame["label"] = mlp_project["y"]
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "rows.csv"),
+                   "--target", "class", "--out", str(out))
+    _assert_refused(done, out, "Column 'class' not found", "label")
+
+
+def test_nans_in_npz(mlp_project, tmp_path, out):
+    x = mlp_project["x"].copy()
+    x[5, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", X=x, y=mlp_project["y"])
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "nan.npz"), "--out", str(out))
+    _assert_refused(done, out, "NaN", "row 5")
+
+
+def test_nans_in_csv(mlp_project, tmp_path, out):
+    frame = pd.DataFrame(mlp_project["x"], columns=[f"f{i}" for i in range(12)])
+    frame.loc[3, "f4"] = np.nan
+    frame["label"] = mlp_project["y"]
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "rows.csv"),
+                   "--target", "label", "--out", str(out))
+    _assert_refused(done, out, "missing values", "f4")
+
+
+def test_unsupported_data_file(mlp_project, tmp_path, out):
+    (tmp_path / "rows.json").write_text("{}")
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "rows.json"), "--out", str(out))
+    _assert_refused(done, out, "Unsupported data file", ".npz")
+
+
+def test_labels_out_of_range(mlp_project, tmp_path, out):
+    np.savez(tmp_path / "labels.npz", X=mlp_project["x"], y=mlp_project["y"] + 5)
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "labels.npz"),
+                   "--task", "classification", "--out", str(out))
+    _assert_refused(done, out, "classes")
+
+
+def test_unknown_example(out):
+    done = run_cli("compress", "--example", "mnist", "--out", str(out))
+    _assert_refused(done, out, "Unknown example 'mnist'", "digits")
+
+
+def test_text_data_for_a_non_text_model(mlp_project, tmp_path, out):
+    (tmp_path / "t.txt").write_text("hello world\n")
+    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "t.txt"), "--out", str(out))
+    _assert_refused(done, out, "text model")
+
+
+def test_existing_non_artifact_output_is_refused(mlp_project, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    done = run_cli("compress", mlp_project["factory"], "--data", str(mlp_project["dir"] / "data.npz"),
+                   "--out", str(out), *FAST_BENCH)
+    assert done.returncode == 2 and "not a presso artifact" in done.stderr
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_debug_shows_traceback(tmp_path, out):
+    done = run_cli("compress", str(tmp_path / "nope.onnx"), "--data", "x.npz", "--debug")
+    assert done.returncode != 0 and "Traceback" in done.stderr
