@@ -85,6 +85,8 @@ def _classification(out, ref, y) -> dict[str, float]:
             m["roc_auc"] = float(skm.roc_auc_score(y, probs[:, 1]))
     else:
         m["f1_macro"] = float(skm.f1_score(y, pred, average="macro", zero_division=0))
+        if len(np.unique(y)) == n_classes:  # one-vs-rest AUC needs every class present
+            m["roc_auc"] = float(skm.roc_auc_score(y, probs, multi_class="ovr"))
     return m
 
 

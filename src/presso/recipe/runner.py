@@ -33,6 +33,12 @@ from presso.runtime.session import make_session, run_session
 from presso.tasks import get_task, primary_metric
 from presso.techniques.base import Candidate, Score, StageContext
 
+# Quality is measured one row at a time, as a real-time service runs the model: with
+# dynamic quantization a row's output depends on the other rows of its batch (the
+# activation range is computed per batch), so batched figures would not be the ones
+# a user gets at batch 1.
+EVAL_BATCH = 1
+
 
 @dataclass
 class Run:
@@ -174,9 +180,10 @@ def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: flo
     if target is not None:
         data = Dataset(inputs=data.inputs, target=target, source=data.source, texts=data.texts)
     parts = split(data, calibration_fraction, seed)
+    split_info = {**parts.describe(), "evaluation_batch": EVAL_BATCH}
     return Run(
         model=loaded, task=task, max_drop=float(max_drop), data=data,
-        calibration=parts.calibration, evaluation=parts.evaluation, split_info=parts.describe(),
+        calibration=parts.calibration, evaluation=parts.evaluation, split_info=split_info,
         ref_cal=reference[parts.calibration_index], ref_eval=reference[parts.evaluation_index],
         y_cal=parts.calibration.target, y_eval=parts.evaluation.target,
         workdir=workdir, bench=bench, progress=progress,
@@ -187,7 +194,7 @@ def _reference_outputs(loaded: LoadedModel, data: Dataset) -> np.ndarray:
     if loaded.module is not None:
         out = loaded.run_torch(data.inputs)
     else:
-        out = run_session(make_session(loaded.onnx_path), data.inputs)
+        out = run_session(make_session(loaded.onnx_path), data.inputs, EVAL_BATCH)
     if not np.all(np.isfinite(out)):
         raise PressoError("The original model returns NaN/inf on this data; check the data's scale.")
     return out
@@ -218,7 +225,7 @@ def _baseline(run: Run) -> Path:
     run.progress.log("exporting the original model to ONNX")
     export_onnx(run.model, run.calibration.head(2).inputs, path)
     try:
-        out = run_session(make_session(path), run.evaluation.inputs)
+        out = run_session(make_session(path), run.evaluation.inputs, EVAL_BATCH)
     except Exception as exc:
         raise PressoError(f"The exported ONNX model does not run on ONNX Runtime: {exc}") from exc
     run.split_info["export_max_abs_diff"] = check_parity(run.ref_eval, out, "ONNX export")
@@ -230,7 +237,7 @@ def _stage_context(run: Run, stage_dir: Path) -> StageContext:
     baseline_cal = run.metrics(run.ref_cal, "calibration")[run.primary]
 
     def score(path: Path) -> Score:
-        out = run_session(make_session(path), run.calibration.inputs)
+        out = run_session(make_session(path), run.calibration.inputs, EVAL_BATCH)
         metrics = run.metrics(out, "calibration")
         value = metrics[run.primary]
         drop = baseline_cal - value
@@ -253,14 +260,15 @@ def _verify(run: Run, ranked: list[Candidate], tried: list[Candidate], technique
     """First candidate (best first) that also meets the budget on the held-out rows."""
     baseline_value = run.metrics(run.baseline_eval, "evaluation")[run.primary]
     for cand in ranked:
-        out = run_session(make_session(cand.path), run.evaluation.inputs)
+        out = run_session(make_session(cand.path), run.evaluation.inputs, EVAL_BATCH)
         metrics = run.metrics(out, "evaluation")
         drop = baseline_value - metrics[run.primary]
         if drop <= run.max_drop + 1e-12:
             return cand, metrics
         cand.note += f"; failed on held-out rows ({run.primary} drop {drop:.4f})"
     lines = "; ".join(
-        f"{c.name}: " + (f"{run.primary} drop {c.score.drop:.4f}" if c.score else c.note[:120])
+        f"{c.name}: " + (f"{run.primary} drop {c.score.drop:.4f} on calibration rows" if c.score
+                         else c.note[:120]) + ("; " + c.note.rsplit("; ", 1)[-1] if "held-out" in c.note else "")
         for c in tried
     )
     raise BudgetError(

@@ -27,6 +27,14 @@ def speed_note(baseline: dict, compressed: dict) -> str:
             "It is smaller; for speed, try structured pruning or a smaller student.")
 
 
+def size_note(baseline: dict, compressed: dict) -> str | None:
+    if compressed["size_bytes"] < baseline["size_bytes"]:
+        return None
+    return (f"The compressed file is NOT smaller ({compressed['size_bytes']:,} vs "
+            f"{baseline['size_bytes']:,} bytes): with {baseline['parameters']:,} parameters the "
+            "quantization nodes and scales outweigh the 4x smaller weights.")
+
+
 def build_report(run, recipe, figures: dict, torch_latency: dict | None,
                  stage_reports: list[dict], notes: list[str]) -> Report:
     import onnxruntime
@@ -70,5 +78,5 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
                  "ort_thread_spinning": False, "onnxruntime": onnxruntime.__version__,
                  "torch": torch.__version__, "python": platform.python_version()},
         stages=stage_reports,
-        notes=[*notes, speed_note(base, comp)],
+        notes=[*notes, speed_note(base, comp), *filter(None, [size_note(base, comp)])],
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import warnings
 
 import numpy as np
 
@@ -31,13 +32,21 @@ _CODE_LIKE = re.compile(r"[=<>{}\[\]`|\\]|>>>|\w\(|::|__|\.\.\.")
 
 def _docstrings(module_name: str):
     try:
-        module = importlib.import_module(module_name)
+        with warnings.catch_warnings():  # deprecated stdlib aliases warn when touched
+            warnings.simplefilter("ignore")
+            module = importlib.import_module(module_name)
+            docs = _module_docs(module)
     except Exception:  # an optional stdlib part missing on this build
         return
-    yield inspect.getdoc(module) or ""
+    yield from docs
+
+
+def _module_docs(module) -> list[str]:
+    docs = [inspect.getdoc(module) or ""]
     for _, obj in sorted(vars(module).items()):
         if getattr(obj, "__module__", None) == module.__name__ and (inspect.isclass(obj) or inspect.isfunction(obj)):
-            yield inspect.getdoc(obj) or ""
+            docs.append(inspect.getdoc(obj) or "")
+    return docs
 
 
 def stdlib_sentences(n: int = 800, seed: int = 0, min_words: int = 6, max_words: int = 40) -> list[str]:

@@ -12,12 +12,15 @@ import logging
 from pathlib import Path
 
 
+from presso.errors import PressoError
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import Int8Config
 from presso.techniques.quantization.cpu import cpu_features
 from presso.techniques.quantization.graph import float_weight_nodes, weighted_nodes
 
-_STATIC = ("static-s8s8", "static-u8s8")
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                  "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
+                  "MatMulNBits", "QAttention"}
 
 
 def default_variants(is_transformer: bool) -> list[str]:
@@ -111,7 +114,14 @@ def quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageR
     logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer logs at WARNING
     work = ctx.workdir
     notes: list[str] = []
-    input_names = [i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input]
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    quantized_ops = sorted({n.op_type for n in proto.graph.node} & _QUANTIZED_OPS)
+    if quantized_ops:
+        raise PressoError(
+            f"The model is already quantized (it has {', '.join(quantized_ops)} nodes). "
+            "Give presso the original fp32 model."
+        )
+    input_names = [i.name for i in proto.graph.input]
     variants = default_variants(ctx.is_transformer) if cfg.variants == "auto" else list(cfg.variants)
 
     src = _preprocess(onnx_path, work / "preprocessed.onnx", ctx.log)

@@ -1,0 +1,102 @@
+"""The quality budget: refusal when int8 cannot meet it, fall-back to float edge layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import presso
+from presso.measure import BenchSettings
+
+from conftest import run_cli
+
+QUICK = BenchSettings(rounds=1, throughput_batch=8)
+
+
+class OutlierInput(nn.Module):
+    """Depends only on 15 small features; feature 0 spans +-1e4 but has weight 0.
+
+    Any int8 activation quantization of the whole input row uses a step of ~80, which
+    rounds the 15 informative features to zero: quantizing the first layer is fatal.
+    """
+
+    def __init__(self, depth: int):
+        super().__init__()
+        torch.manual_seed(0)
+        first = nn.Linear(16, 32)
+        with torch.no_grad():
+            first.weight[:, 0] = 0.0
+        layers = [first, nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(32, 32), nn.ReLU()]
+        layers.append(nn.Linear(32, 4))
+        self.net = nn.Sequential(*layers)
+        with torch.no_grad():  # larger weights, no biases: every class gets predicted
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    layer.weight.mul_(3.0)
+                    layer.bias.zero_()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _data(model):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 16)).astype(np.float32)
+    x[:, 0] = rng.uniform(-1e4, 1e4, size=400)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    return x, y
+
+
+def test_refuses_when_no_variant_meets_the_budget(tmp_path):
+    model = OutlierInput(depth=1)
+    model.net = nn.Sequential(model.net[0], nn.ReLU(), nn.Linear(32, 4))
+    x, y = _data(model)
+    # Two weighted layers: no middle to quantize once both edges stay float.
+    with pytest.raises(presso.BudgetError, match="No int8 variant keeps the accuracy drop within"):
+        presso.compress(model, "int8", data=(x, y), bench=QUICK)
+
+
+def test_refusal_from_the_cli_exits_1_and_writes_nothing(tmp_path):
+    factory = tmp_path / "outlier.py"
+    factory.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def build():\n    torch.manual_seed(0)\n    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))\n"
+        "    with torch.no_grad():\n        m[0].weight[:, 0] = 0.0\n    return m\n"
+    )
+    namespace: dict = {}
+    exec(factory.read_text(), namespace)
+    x, y = _data(namespace["build"]())
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    out = tmp_path / "art"
+    done = run_cli("compress", f"{factory}:build", "--data", str(tmp_path / "d.npz"), "--out", str(out),
+                   "--rounds", "1", "--quiet")
+    assert done.returncode == 1, done.stderr
+    assert "No int8 variant" in done.stderr and "Nothing was written" in done.stderr
+    assert not out.exists()
+
+
+def test_falls_back_to_float_edge_layers(tmp_path):
+    model = OutlierInput(depth=3)
+    x, y = _data(model)
+    result = presso.compress(model, "int8", data=(x, y), bench=QUICK, max_drop=0.05)
+    stage = result.report.stages[0]
+    assert stage.chosen.endswith("+float-edges")
+    assert result.report.budget.passed and result.report.budget.drop <= 0.05
+    kept = [layer["node"] for layer in stage.layers]
+    assert len(kept) == 2  # exactly the first and last weighted layers stayed fp32
+    assert result.recipe.stages[0].options["keep_float"] == sorted(kept)
+    # The plain variants failed on calibration rows, and the report says by how much.
+    plain = [v for v in stage.variants if not v["variant"].endswith("+float-edges") and v["calibration_drop"] is not None]
+    assert plain and all(v["calibration_drop"] > 0.5 for v in plain)
+
+
+def test_max_drop_zero_is_honoured_exactly(tmp_path):
+    ex = presso.load_example("tabular")
+    result = presso.compress(ex.model, "int8", data=ex.data, task=ex.task, max_drop=0.0, bench=QUICK)
+    assert result.report.budget.drop <= 0.0
+    assert result.report.budget.max_drop == 0.0

@@ -1,0 +1,63 @@
+"""Hugging Face folders and .txt data, on a tiny BERT built here (fast) and the real MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import presso
+from presso.data.examples.minilm import model_folder
+from presso.data.examples.texts import stdlib_sentences
+
+from conftest import FAST_BENCH, read_report, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder()))  # a real vocabulary, offline
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sentences_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "sentences.txt"
+    path.write_text("\n".join(stdlib_sentences(120)) + "\n\n")  # blank lines are skipped
+    return path
+
+
+def test_hf_folder_with_text_file(tiny_bert, sentences_file, tmp_path):
+    out = tmp_path / "art"
+    done = run_cli("compress", str(tiny_bert), "--data", str(sentences_file), "--seq-len", "32",
+                   "--out", str(out), *FAST_BENCH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = read_report(out)
+    assert report["task"] == "embedding"  # inferred: a text encoder
+    assert report["data"]["rows"] == 120
+    assert [i["name"] for i in report["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert report["budget"]["primary_metric"] == "mean_cosine"
+    assert report["compressed"]["metrics"]["mean_cosine"] >= 0.99
+    model = presso.load(out)
+    emb = model.predict(["The quick brown fox.", "A sentence about files and folders."])
+    assert emb.shape == (2, 32) and np.all(np.isfinite(emb))
+
+
+def test_text_model_refuses_wrong_file_kind(tiny_bert, tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.zeros((10, 4), np.float32))
+    done = run_cli("compress", str(tiny_bert), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "input_ids" in done.stderr.splitlines()[-1]
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = run_cli("compress", str(tmp_path / "empty"), "--data", "x.txt", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "config.json" in done.stderr
