@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
 import presso
 from presso.measure import BenchSettings
-
-from conftest import run_cli
 
 QUICK = BenchSettings(rounds=1, throughput_batch=8)
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST_BENCH, read_report, run_cli
 from safetensors.torch import save_file
 
 import presso
 from presso.measure import BenchSettings
 from presso.measure.metrics import evaluate
 from presso.recipe.runner import compress
-
-from conftest import FAST_BENCH, read_report, run_cli
 
 
 def _plain_ort(path, feed):

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import FAST_BENCH, run_cli
 
 import presso
 from presso.data.dataset import split
 from presso.measure.metrics import evaluate
 from presso.model import load_model
 from presso.report.schema import Report
-
-from conftest import FAST_BENCH, run_cli
 
 EXPECTED_METRICS = {
     "digits": {"accuracy", "top3_accuracy", "f1_macro", "roc_auc", "agreement"},

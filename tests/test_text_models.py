@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_BENCH, read_report, run_cli
 
 import presso
 from presso.data.examples.minilm import model_folder
 from presso.data.examples.texts import stdlib_sentences
-
-from conftest import FAST_BENCH, read_report, run_cli
 
 
 @pytest.fixture(scope="module")

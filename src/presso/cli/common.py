@@ -60,7 +60,8 @@ class RichProgress(Progress):
         if not self.enabled:
             yield lambda n=1: None
             return
-        from rich.progress import BarColumn, Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
 
         columns = [SpinnerColumn(), TextColumn("{task.description}")]
         if total:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from presso.cli.common import add_bench_options, add_common, bench_settings, console, make_progress, print_json
+from presso.cli.common import (
+    add_bench_options,
+    add_common,
+    bench_settings,
+    console,
+    make_progress,
+    print_json,
+)
 
 HELP = "compress a model (or a built-in example) and write model.onnx with its evidence"
 

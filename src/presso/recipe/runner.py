@@ -26,8 +26,8 @@ from presso.measure.size import file_size, parameter_count
 from presso.model.loaded import LoadedModel
 from presso.model.sources import load_model
 from presso.progress import SILENT, Progress
-from presso.recipe.schema import Recipe, Settings, Stage, load_recipe
 from presso.recipe.result import CompressionResult
+from presso.recipe.schema import Recipe, Settings, Stage, load_recipe
 from presso.report.build import build_report
 from presso.runtime.session import make_session, run_session
 from presso.tasks import get_task, primary_metric

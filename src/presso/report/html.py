@@ -30,8 +30,8 @@ def render_html(report: Report) -> str:
     import yaml
 
     b = report.budget
-    verdict = (f'<span class="pass">within budget</span>' if b.passed
-               else f'<span class="fail">over budget</span>')
+    verdict = ('<span class="pass">within budget</span>' if b.passed
+               else '<span class="fail">over budget</span>')
     variants = []
     for stage in report.stages:
         for v in stage.variants:
@@ -42,7 +42,7 @@ def render_html(report: Report) -> str:
         variant_header += [k for k in report.stages[0].variants[0] if k != "variant"]
     split = report.data["split"]
     parts = [
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>presso report: {html.escape(report.model['name'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>presso: {html.escape(report.model['name'])} ({html.escape(report.task)})</h1>",
         f"<p>{html.escape(report.model['source'])}; recipe <b>{html.escape(report.recipe['name'])}</b>; "

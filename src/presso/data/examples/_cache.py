@@ -158,3 +158,28 @@ class Standardize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def cached_model(name: str, version: int, seed: int,
+                 build: Callable[[bool], nn.Module], fit: Callable[[nn.Module], object],
+                 progress: Callable[[str], None] | None = None) -> tuple[nn.Module, bool]:
+    """An example's trained model: from the cache, or built, fitted and cached now.
+
+    ``build(fitting)`` makes the module (under ``seed``; ``fitting`` is True when it will
+    be trained, so train-row statistics can be computed) and ``fit(model)`` trains it.
+    Returns the model in eval mode and whether it was trained now.
+    """
+
+    def train() -> dict:
+        if progress is not None:
+            progress(f"training the {name} example model (first use only)")
+        with seeded(seed):
+            model = build(True)
+        fit(model)
+        return model.state_dict()
+
+    state, trained = cached_state_dict(name, version, train)
+    with seeded(seed):  # keep the caller's RNG untouched by the skeleton's init
+        model = build(False)
+    model.load_state_dict(state)
+    return model.eval(), trained

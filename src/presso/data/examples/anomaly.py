@@ -13,12 +13,7 @@ import torch
 from torch import nn
 
 from presso.data.dataset import Dataset
-from presso.data.examples._cache import (
-    Standardize,
-    cached_state_dict,
-    seeded,
-    train_supervised,
-)
+from presso.data.examples._cache import Standardize, cached_model, train_supervised
 from presso.data.examples.registry import Example
 
 NAME = "anomaly"
@@ -80,22 +75,16 @@ def _roc_auc(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
 def build(progress: Callable[[str], None] | None = None) -> Example:
     X_tr, X_ho, y_ho, feature_names = _split()
 
-    def train() -> dict:
-        if progress is not None:
-            progress(f"training the {NAME} example model (first use only)")
-        X = torch.from_numpy(X_tr)
-        with seeded(SEED):
-            model = AnomalyScorer(Standardize.fit(X))
+    X = torch.from_numpy(X_tr)
+
+    def fit(model: AnomalyScorer) -> None:
         Z = model.standardize(X)  # the autoencoder learns to reproduce standardised rows
         train_supervised(model.autoencoder, Z, Z, nn.functional.mse_loss,
                          EPOCHS, LR, BATCH_SIZE, SEED)
-        return model.state_dict()
 
-    state, trained = cached_state_dict(NAME, VERSION, train)
-    with seeded(SEED):  # keep the caller's RNG untouched by the skeleton's init
-        model = AnomalyScorer()
-    model.load_state_dict(state)
-    model.eval()
+    model, trained = cached_model(
+        NAME, VERSION, SEED, lambda fitting: AnomalyScorer(Standardize.fit(X) if fitting else None),
+        fit, progress)
     with torch.no_grad():
         train_error = float(model(torch.from_numpy(X_tr)).mean())
     return Example(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from presso.data.dataset import Dataset
-from presso.data.examples._cache import cached_state_dict, seeded, train_supervised
+from presso.data.examples._cache import cached_model, train_supervised
 from presso.data.examples.registry import Example
 
 NAME = "digits"
@@ -58,20 +58,11 @@ def _accuracy(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
 def build(progress: Callable[[str], None] | None = None) -> Example:
     X_tr, X_ho, y_tr, y_ho = _split()
 
-    def train() -> dict:
-        if progress is not None:
-            progress(f"training the {NAME} example model (first use only)")
-        with seeded(SEED):
-            model = DigitsCNN()
-        train_supervised(model, torch.from_numpy(X_tr), torch.from_numpy(y_tr),
-                         nn.functional.cross_entropy, EPOCHS, LR, BATCH_SIZE, SEED)
-        return model.state_dict()
-
-    state, trained = cached_state_dict(NAME, VERSION, train)
-    with seeded(SEED):  # keep the caller's RNG untouched by the skeleton's init
-        model = DigitsCNN()
-    model.load_state_dict(state)
-    model.eval()
+    model, trained = cached_model(
+        NAME, VERSION, SEED, lambda fitting: DigitsCNN(),
+        lambda m: train_supervised(m, torch.from_numpy(X_tr), torch.from_numpy(y_tr),
+                                   nn.functional.cross_entropy, EPOCHS, LR, BATCH_SIZE, SEED),
+        progress)
     return Example(
         name=NAME,
         model=model,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from presso.data.dataset import Dataset
-from presso.data.examples._cache import cached_state_dict, seeded, train_supervised
+from presso.data.examples._cache import cached_model, train_supervised
 from presso.data.examples.registry import Example
 
 if TYPE_CHECKING:
@@ -85,20 +85,11 @@ def build(progress: Callable[[str], None] | None = None) -> Example:
     heldout_dates = dates[target_week[n_train:]]
     span = f"{heldout_dates[0]:%Y-%m-%d} .. {heldout_dates[-1]:%Y-%m-%d}"
 
-    def train() -> dict:
-        if progress is not None:
-            progress(f"training the {NAME} example model (first use only)")
-        with seeded(SEED):
-            model = CO2Forecaster()
-        train_supervised(model, torch.from_numpy(X_tr), torch.from_numpy(y_tr),
-                         nn.functional.mse_loss, EPOCHS, LR, BATCH_SIZE, SEED)
-        return model.state_dict()
-
-    state, trained = cached_state_dict(NAME, VERSION, train)
-    with seeded(SEED):  # keep the caller's RNG untouched by the skeleton's init
-        model = CO2Forecaster()
-    model.load_state_dict(state)
-    model.eval()
+    model, trained = cached_model(
+        NAME, VERSION, SEED, lambda fitting: CO2Forecaster(),
+        lambda m: train_supervised(m, torch.from_numpy(X_tr), torch.from_numpy(y_tr),
+                                   nn.functional.mse_loss, EPOCHS, LR, BATCH_SIZE, SEED),
+        progress)
     return Example(
         name=NAME,
         model=model,

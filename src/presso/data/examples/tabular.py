@@ -9,12 +9,7 @@ import torch
 from torch import nn
 
 from presso.data.dataset import Dataset
-from presso.data.examples._cache import (
-    Standardize,
-    cached_state_dict,
-    seeded,
-    train_supervised,
-)
+from presso.data.examples._cache import Standardize, cached_model, train_supervised
 from presso.data.examples.registry import Example
 
 NAME = "tabular"
@@ -63,21 +58,12 @@ def _accuracy(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
 def build(progress: Callable[[str], None] | None = None) -> Example:
     X_tr, X_ho, y_tr, y_ho, feature_names = _split()
 
-    def train() -> dict:
-        if progress is not None:
-            progress(f"training the {NAME} example model (first use only)")
-        X = torch.from_numpy(X_tr)
-        with seeded(SEED):
-            model = TabularMLP(Standardize.fit(X))
-        train_supervised(model, X, torch.from_numpy(y_tr),
-                         nn.functional.cross_entropy, EPOCHS, LR, BATCH_SIZE, SEED)
-        return model.state_dict()
-
-    state, trained = cached_state_dict(NAME, VERSION, train)
-    with seeded(SEED):  # keep the caller's RNG untouched by the skeleton's init
-        model = TabularMLP()
-    model.load_state_dict(state)
-    model.eval()
+    X = torch.from_numpy(X_tr)
+    model, trained = cached_model(
+        NAME, VERSION, SEED, lambda fitting: TabularMLP(Standardize.fit(X) if fitting else None),
+        lambda m: train_supervised(m, X, torch.from_numpy(y_tr), nn.functional.cross_entropy,
+                                   EPOCHS, LR, BATCH_SIZE, SEED),
+        progress)
     return Example(
         name=NAME,
         model=model,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 from presso.errors import PressoError
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import Int8Config
@@ -78,8 +77,13 @@ def _fuse_transformer(src: Path, dst: Path, log) -> tuple[Path, dict[str, int]]:
 def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageContext,
               input_names: list[str], exclude: list[str]) -> None:
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     if variant.startswith("dynamic"):
         quantize_dynamic(
