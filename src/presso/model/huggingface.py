@@ -57,6 +57,19 @@ class SequenceClassifier(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
 
 
+def _quietly(fn, *args, **kwargs):
+    """Call ``fn`` without transformers' own progress bar (presso draws its own)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_folder(path: Path) -> LoadedModel:
     if not (path / "config.json").is_file():
         raise PressoError(
@@ -79,7 +92,7 @@ def load_hf_folder(path: Path) -> LoadedModel:
                 else transformers.AutoModel)
         # Eager attention exports to the MatMul/Softmax pattern that ONNX Runtime's
         # transformer optimizer fuses; the SDPA export fuses nothing (measured, DESIGN.md).
-        hf_model = auto.from_pretrained(str(path), attn_implementation="eager")
+        hf_model = _quietly(auto.from_pretrained, str(path), attn_implementation="eager")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PressoError(f"Cannot load Hugging Face model from '{path}': {first}") from exc

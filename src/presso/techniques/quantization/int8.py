@@ -113,9 +113,18 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
 
 
 def quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's quantizer logs advice at WARNING on the root logger
+    try:
+        return _quantize_int8(onnx_path, cfg, ctx)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
     import onnx
 
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer logs at WARNING
     work = ctx.workdir
     notes: list[str] = []
     proto = onnx.load(str(onnx_path), load_external_data=False)
