@@ -27,6 +27,13 @@ def speed_note(baseline: dict, compressed: dict) -> str:
             "It is smaller; for speed, try structured pruning or a smaller student.")
 
 
+def torch_note(torch_latency: dict | None, compressed: dict) -> str | None:
+    if not torch_latency or torch_latency["p50"] >= compressed["latency_ms"]["p50"]:
+        return None
+    return (f"PyTorch fp32 eager ({torch_latency['p50']:.3f} ms p50) is faster than the compressed "
+            f"ONNX model ({compressed['latency_ms']['p50']:.3f} ms) on this machine at batch 1.")
+
+
 def size_note(baseline: dict, compressed: dict) -> str | None:
     if compressed["size_bytes"] < baseline["size_bytes"]:
         return None
@@ -78,5 +85,5 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
                  "ort_thread_spinning": False, "onnxruntime": onnxruntime.__version__,
                  "torch": torch.__version__, "python": platform.python_version()},
         stages=stage_reports,
-        notes=[*notes, speed_note(base, comp), *filter(None, [size_note(base, comp)])],
+        notes=[*notes, speed_note(base, comp), *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
     )
