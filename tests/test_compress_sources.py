@@ -102,3 +102,23 @@ def test_table_data_with_target(mlp_project, tmp_path, fmt):
     report = read_report(out)
     assert report["baseline"]["metrics"]["accuracy"] == 1.0
     assert report["data"]["split"]["evaluation_rows"] == 210
+
+
+def test_onnx_with_fixed_batch_one_is_measured_at_batch_one(mlp_project, tmp_path):
+    onnx_path = tmp_path / "static.onnx"
+    torch.onnx.export(mlp_project["model"].eval(), (torch.zeros(1, 12),), str(onnx_path), dynamo=False,
+                      input_names=["x"], output_names=["y"])  # no dynamic axes: batch fixed at 1
+    result = compress(str(onnx_path), data=mlp_project["dir"] / "data.npz", max_drop=0.05,
+                      bench=BenchSettings(rounds=1, throughput_batch=8))
+    assert result.report.baseline.throughput_batch == 1
+    assert {v["variant"]: v["note"] for v in result.report.stages[0].variants}["static-s8s8"] == ""
+    assert result.report.budget.passed
+
+
+def test_onnx_with_fixed_batch_above_one_is_refused(mlp_project, tmp_path):
+    onnx_path = tmp_path / "static4.onnx"
+    torch.onnx.export(mlp_project["model"].eval(), (torch.zeros(4, 12),), str(onnx_path), dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    done = run_cli("compress", str(onnx_path), "--data", str(mlp_project["dir"] / "data.npz"),
+                   "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "fixed batch size" in done.stderr

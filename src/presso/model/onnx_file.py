@@ -27,6 +27,13 @@ def load_onnx(path: Path) -> LoadedModel:
     for i in inputs:
         dims = i.type.tensor_type.shape.dim
         dynamic[i.name] = {k: d.dim_param or f"dim{k}" for k, d in enumerate(dims) if not d.dim_value}
+    fixed = {i.name: d.dim_value for i in inputs
+             for d in i.type.tensor_type.shape.dim[:1] if d.dim_value and d.dim_value != 1}
+    if fixed:
+        raise PressoError(
+            f"'{path}' has a fixed batch size ({fixed}); presso runs rows one at a time and in "
+            "batches. Re-export it with a dynamic first axis (dynamic_axes={name: {0: 'batch'}})."
+        )
     return LoadedModel(
         name=path.stem, source=f"ONNX file {path}", onnx_path=path.resolve(),
         input_names=[i.name for i in inputs], dynamic_axes=dynamic,

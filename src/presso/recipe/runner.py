@@ -293,12 +293,20 @@ def _resolved_recipe(recipe: Recipe, stages, chosen: Candidate | None, run: Run,
     )
 
 
+def _batch_axis_is_free(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return all(not i.type.tensor_type.shape.dim or not i.type.tensor_type.shape.dim[0].dim_value
+               for i in graph.input)
+
+
 def _measure(run: Run, baseline_path: Path, compressed_path: Path, compressed_metrics: dict,
              recipe: Recipe, stage_reports: list, notes: list[str]):
     progress = run.progress
     baseline_metrics = run.metrics(run.baseline_eval, "evaluation")
     batch1 = run.evaluation.head(1).inputs
-    rows = run.bench.throughput_batch
+    rows = run.bench.throughput_batch if _batch_axis_is_free(baseline_path) else 1
     reps = int(np.ceil(rows / len(run.evaluation)))
     batch_n = {k: np.concatenate([v] * reps)[:rows] for k, v in run.evaluation.inputs.items()}
     paths = {"baseline": baseline_path, "compressed": compressed_path}

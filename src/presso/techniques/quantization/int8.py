@@ -75,7 +75,7 @@ def _fuse_transformer(src: Path, dst: Path, log) -> tuple[Path, dict[str, int]]:
 
 
 def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageContext,
-              input_names: list[str], exclude: list[str]) -> None:
+              input_names: list[str], exclude: list[str], calibration_batch: int) -> None:
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -99,7 +99,7 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
     u8 = variant == "static-u8s8"
     quantize_static(
-        str(src), str(dst), _Reader(ctx.calibration, input_names, cfg.calibration_rows),
+        str(src), str(dst), _Reader(ctx.calibration, input_names, cfg.calibration_rows, calibration_batch),
         quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
         # u8 activations x s8 weights can saturate 16-bit accumulators on x86 without
         # VNNI; 7-bit weights (reduce_range) are ORT's documented remedy there.
@@ -135,6 +135,10 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
             "Give presso the original fp32 model."
         )
     input_names = [i.name for i in proto.graph.input]
+    # A graph with a fixed batch axis (exported without dynamic axes) calibrates row by row.
+    fixed_batch = any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_value
+                      for i in proto.graph.input)
+    calibration_batch = 1 if fixed_batch else 16
     variants = default_variants(ctx.is_transformer) if cfg.variants == "auto" else list(cfg.variants)
 
     src = _preprocess(onnx_path, work / "preprocessed.onnx", ctx.log)
@@ -150,7 +154,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         options = {"variants": [variant], "keep_float": sorted(exclude)}
         ctx.log(f"int8: quantizing ({name})")
         try:
-            _quantize(variant, src, dst, cfg, ctx, input_names, exclude)
+            _quantize(variant, src, dst, cfg, ctx, input_names, exclude, calibration_batch)
         except Exception as exc:
             msg = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
             return Candidate(name, None, note=f"quantizer failed: {msg[:200]}", options=options)
