@@ -65,3 +65,14 @@ def test_ctrl_c_during_compress(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted; nothing was written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_result_exposes_model_and_predictor(result):
+    import numpy as np
+
+    ex = presso.load_example("tabular")
+    proto = result.model
+    assert [i.name for i in proto.graph.input] == ["x"]
+    assert any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in proto.graph.node)
+    probs = result.predictor().predict(ex.data.inputs["x"][:5])
+    assert probs.shape == (5, 2) and np.all(np.isfinite(probs))

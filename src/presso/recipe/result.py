@@ -32,6 +32,12 @@ class CompressionResult:
                 f"{b.baseline:.4f} -> {b.compressed:.4f}, size x{self.report.ratios['size']}, "
                 f"speed x{self.report.ratios['latency_speedup']})")
 
+    @property
+    def model(self):
+        """The compressed model as an ``onnx.ModelProto``."""
+        import onnx
+        return onnx.load(str(self.model_path))
+
     def predictor(self):
         from presso.runtime.predictor import Predictor
         return Predictor(self.model_path, tokenizer=self.tokenizer, task=self.report.task)
