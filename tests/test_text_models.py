@@ -44,6 +44,8 @@ def test_hf_folder_with_text_file(tiny_bert, sentences_file, tmp_path):
     assert [i["name"] for i in report["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert report["budget"]["primary_metric"] == "mean_cosine"
     assert report["compressed"]["metrics"]["mean_cosine"] >= 0.99
+    # ONNX Runtime's transformer fusion found every attention block (given heads/width).
+    assert any("2 Attention" in note for note in report["notes"]), report["notes"]
     model = presso.load(out)
     emb = model.predict(["The quick brown fox.", "A sentence about files and folders."])
     assert emb.shape == (2, 32) and np.all(np.isfinite(emb))
@@ -60,3 +62,12 @@ def test_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     done = run_cli("compress", str(tmp_path / "empty"), "--data", "x.txt", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "config.json" in done.stderr
+
+
+def test_no_temporary_files_left_in_the_working_directory(tiny_bert, sentences_file, tmp_path):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    done = run_cli("compress", str(tiny_bert), "--data", str(sentences_file), "--seq-len", "32",
+                   "--out", str(tmp_path / "art"), *FAST_BENCH, cwd=work)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(work.iterdir()) == []

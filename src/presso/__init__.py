@@ -11,7 +11,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["BudgetError", "PressoError", "__version__", "compress", "load", "load_example"]
+__all__ = ["BudgetError", "PressoError", "__version__", "compress", "fake_quantize", "load",
+           "load_example"]
 
 from presso.errors import BudgetError, PressoError
 
@@ -21,6 +22,9 @@ def __getattr__(name: str):
     if name == "compress":
         from presso.recipe.runner import compress
         return compress
+    if name == "fake_quantize":
+        from presso.techniques.quantization.quantizers import fake_quantize
+        return fake_quantize
     if name == "load":
         from presso.runtime.predictor import load
         return load

@@ -112,6 +112,9 @@ def load_hf_folder(path: Path) -> LoadedModel:
         name=path.name, source=f"Hugging Face folder {path}", module=module,
         input_names=names, dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
         tokenizer=tokenizer, task_hint=task,
+        transformer={"model_type": config.get("model_type", "bert"),
+                     "num_heads": int(config.get("num_attention_heads", 0)),
+                     "hidden_size": int(config.get("hidden_size", 0))},
         notes=[f"{config.get('model_type', 'transformer')} loaded with eager attention "
                "(fusable by ONNX Runtime)"],
     )

@@ -50,6 +50,9 @@ class LoadedModel:
     tokenizer: Any = None
     task_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    # For transformer encoders: {"model_type", "num_heads", "hidden_size"}, which ONNX
+    # Runtime's fusion needs (its auto-detection misses the attention of BERT exports).
+    transformer: dict | None = None
 
     @property
     def kind(self) -> str:
@@ -57,7 +60,7 @@ class LoadedModel:
 
     @property
     def is_transformer(self) -> bool:
-        return self.tokenizer is not None
+        return self.transformer is not None
 
     def parameter_count(self) -> int | None:
         if self.module is None:

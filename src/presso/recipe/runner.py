@@ -252,7 +252,7 @@ def _stage_context(run: Run, stage_dir: Path) -> StageContext:
         return {k: v["latency_ms"]["p50"] for k, v in timed.items()}
 
     return StageContext(workdir=stage_dir, calibration=run.calibration, score=score,
-                        time_models=time_models, is_transformer=run.model.is_transformer,
+                        time_models=time_models, transformer=run.model.transformer,
                         log=run.progress.log)
 
 

@@ -32,7 +32,7 @@ class StageContext:
     calibration: Dataset
     score: Callable[[Path], Score]
     time_models: Callable[[dict[str, Path]], dict[str, float]]  # name -> p50 ms at batch 1
-    is_transformer: bool
+    transformer: dict | None  # heads / hidden size of a transformer encoder, else None
     log: Callable[[str], None] = lambda _msg: None
 
 
