@@ -48,8 +48,9 @@ def parameter_count(path: str | Path) -> int:
     total = 0
     for init in proto.graph.initializer:
         is_weight = init.data_type in _WEIGHT_DTYPES or init.name in dequantized
-        # ORT's quantizers name every scale and zero point with these suffixes, also
-        # where they feed a plain Mul (dynamic per-channel) rather than a slot above.
+        # ORT's quantizers name every scale and zero point with these suffixes (kept by
+        # export/compact.py), also where they feed a plain Mul (dynamic per-channel)
+        # rather than a slot above.
         is_qparam = init.name in qparams or init.name.endswith(("_scale", "_zero_point"))
         if is_weight and not is_qparam:
             n = int(np.prod(init.dims)) if init.dims else 1

@@ -18,6 +18,7 @@ import numpy as np
 from presso.data.dataset import Dataset, split
 from presso.data.resolve import resolve_data
 from presso.errors import BudgetError, PressoError
+from presso.export.compact import compact_names
 from presso.export.onnx_export import check_parity, export_onnx
 from presso.measure.bench import BenchSettings, bench_onnx, bench_torch
 from presso.measure.memory import peak_memory_mb
@@ -139,6 +140,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
             })
             notes += result.notes
             current = chosen.path
+        compact_names(current)
         resolved = _resolved_recipe(recipe, stages, chosen, run, seed, calibration_fraction)
         report = _measure(run, baseline_path, current, eval_metrics, resolved, stage_reports, notes)
         return CompressionResult(report=report, model_path=current, workdir=workdir,
@@ -220,10 +222,12 @@ def _baseline(run: Run) -> Path:
     path = run.workdir / "baseline.onnx"
     if run.model.module is None:
         shutil.copyfile(run.model.onnx_path, path)
+        compact_names(path)
         run.baseline_eval = run.ref_eval
         return path
     run.progress.log("exporting the original model to ONNX")
     export_onnx(run.model, run.calibration.head(2).inputs, path)
+    compact_names(path)  # the baseline gets the same storage treatment as the result
     try:
         out = run_session(make_session(path), run.evaluation.inputs, EVAL_BATCH)
     except Exception as exc:
