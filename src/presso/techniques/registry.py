@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from presso.errors import PressoError
-from presso.techniques.quantization.config import Int8Config
+from presso.techniques.quantization.config import Int4Config, Int8Config
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ TECHNIQUES: dict[str, Technique] = {
         "int8", Int8Config, "onnx",
         "int8 post-training quantization on ONNX Runtime integer kernels, accuracy-aware",
         "presso.techniques.quantization.int8:quantize_int8",
+    ),
+    "int4": Technique(
+        "int4", Int4Config, "onnx",
+        "4-bit weight-only quantization, packed two values a byte (per group / per channel)",
+        "presso.techniques.quantization.weight_only:quantize_int4",
     ),
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Variant = Literal["dynamic", "dynamic-reduce-range", "static-s8s8", "static-u8s8"]
 
@@ -25,3 +25,28 @@ class Int8Config(BaseModel):
     calibration_rows: int = Field(default=256, ge=1, le=100_000)
     fuse_transformer: bool = True
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
+
+
+AUTO_GROUP = 32
+
+
+class Int4Config(BaseModel):
+    """4-bit weight-only quantization: per group of input features for matrix weights,
+    per output channel for convolutions.
+
+    ``group_size="auto"`` uses groups of 32 where 32 divides a layer's input features and
+    one scale per output channel elsewhere; an explicit size must divide every layer.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_size: Literal["auto"] | int = "auto"
+    symmetric: bool = True
+    keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
+
+    @field_validator("group_size")
+    @classmethod
+    def _check_group(cls, v):
+        if v != "auto" and not 2 <= v <= 4096:
+            raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
+        return v

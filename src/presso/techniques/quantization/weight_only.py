@@ -1,0 +1,174 @@
+"""Weight-only int4: weights stored as packed 4-bit integers, activations stay float.
+
+Each weighted layer's float initializer is replaced by an INT4 initializer (two values a
+byte, so the file really shrinks) plus its scales, and an ONNX ``DequantizeLinear``
+(opset 21: int4 types and ``block_size``) that restores the float weight at run time.
+MatMul weights are quantized per group of ``group_size`` input features (ONNX Runtime
+fuses DequantizeLinear + MatMul into its 4-bit ``MatMulNBits`` kernel); Gemm weights per
+group as well; Conv weights per output channel. The math is presso's own quantizer
+(``quantizers.py``), so the stored integers equal ``presso.fake_quantize``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from presso.errors import PressoError
+from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.quantization.config import AUTO_GROUP, Int4Config
+from presso.techniques.quantization.packing import pack_int4
+from presso.techniques.quantization.quantizers import compute_qparams, dequantize, quantize
+
+INT4_OPSET = 21
+
+
+@dataclass
+class _Plan:
+    """How one node's weight is stored: transpose into (rows, K), group along K."""
+
+    node: str
+    op: str
+    weight: str
+    transposed: bool  # the initializer is (K, N): quantize its transpose
+    group: int | None  # None: per output channel
+
+
+def _plan(model, cfg: Int4Config, keep: set[str]) -> list[_Plan]:
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    plans = []
+    for node in model.graph.node:
+        slot = 1 if node.op_type in ("MatMul", "Gemm", "Conv") else None
+        if slot is None or node.name in keep or len(node.input) <= slot:
+            continue
+        w = inits.get(node.input[slot])
+        if w is None or w.data_type != 1 or uses.get(w.name, 0) != 1:
+            continue  # not a float constant of this node alone
+        if node.op_type == "Conv":
+            plans.append(_Plan(node.name, "Conv", w.name, False, None))
+            continue
+        if len(w.dims) != 2:
+            continue
+        trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        transposed = not (node.op_type == "Gemm" and trans_b)
+        k = w.dims[0] if transposed else w.dims[1]
+        group = AUTO_GROUP if cfg.group_size == "auto" else cfg.group_size
+        if k % group:
+            if cfg.group_size != "auto":
+                raise PressoError(
+                    f"The 'group_size' option of stage 'int4' ({group}) does not divide the {k} input "
+                    f"features of layer '{node.name}'. Choose a divisor of {k}, or keep the layer "
+                    "float with keep_float."
+                )
+            group = None  # "auto": where 32 does not divide, one scale per output channel
+        plans.append(_Plan(node.name, node.op_type, w.name, transposed, group))
+    return plans
+
+
+def _quantize_weight(w: np.ndarray, plan: _Plan, symmetric: bool):
+    """(ints in ONNX layout, scales, zero points or None, DQ axis, block size, dequantized w)."""
+    t = torch.from_numpy(np.array(w.T if plan.transposed else w))  # (outputs, K...)
+    if plan.group is None:
+        qp = compute_qparams(t, bits=4, symmetric=symmetric, axis=0)
+        axis, block = 0, None
+    else:
+        qp = compute_qparams(t, bits=4, symmetric=symmetric, group_size=plan.group)
+        axis, block = 1, plan.group  # scales (outputs, K/g): blocks along K
+    q_t = quantize(t, qp)
+    deq = dequantize(q_t, qp).numpy()
+    q, scale, zp = q_t.numpy(), qp.scale.numpy(), qp.zero_point.numpy()
+    if plan.transposed:  # ONNX layout is (K, N): transpose back, the K axis becomes 0
+        q, deq = q.T, deq.T
+        if block:
+            scale, zp, axis = scale.T, zp.T, 0
+        else:
+            axis = 1
+    zp = None if symmetric else np.ascontiguousarray(zp)
+    return np.ascontiguousarray(q), np.ascontiguousarray(scale, np.float32), zp, axis, block, deq
+
+
+def _int4_tensor(name: str, values: np.ndarray, signed: bool):
+    from onnx import TensorProto, helper
+
+    kind = TensorProto.INT4 if signed else TensorProto.UINT4
+    packed = pack_int4(values.reshape(-1).astype(np.int8 if signed else np.uint8), signed=signed)
+    return helper.make_tensor(name, kind, list(values.shape), packed.tobytes(), raw=True)
+
+
+def write_int4(src: Path, dst: Path, cfg: Int4Config, keep: set[str]) -> list[dict]:
+    """Rewrite ``src`` with 4-bit weights into ``dst``; returns one row per layer."""
+    import onnx
+    from onnx import helper, numpy_helper, version_converter
+
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < INT4_OPSET:
+        model = version_converter.convert_version(model, INT4_OPSET)
+    plans = _plan(model, cfg, keep)
+    inits = {i.name: i for i in model.graph.initializer}
+    new_nodes, rows = [], []
+    for plan in plans:
+        w = numpy_helper.to_array(inits[plan.weight])
+        q, scale, zp, axis, block, deq = _quantize_weight(w, plan, cfg.symmetric)
+        model.graph.initializer.remove(inits[plan.weight])
+        q_name, s_name = f"{plan.weight}_int4", f"{plan.weight}_scale"
+        model.graph.initializer.extend([_int4_tensor(q_name, q, cfg.symmetric),
+                                        numpy_helper.from_array(scale, s_name)])
+        inputs = [q_name, s_name]
+        if zp is not None:
+            z_name = f"{plan.weight}_zero_point"
+            model.graph.initializer.append(_int4_tensor(z_name, zp, signed=False))
+            inputs.append(z_name)
+        attrs = {"axis": axis, **({"block_size": block} if block else {})}
+        new_nodes.append(helper.make_node("DequantizeLinear", inputs, [plan.weight],
+                                          name=f"{plan.node}/weight_int4", **attrs))
+        err = float(np.linalg.norm(deq - w) / max(float(np.linalg.norm(w)), 1e-12))
+        rows.append({"node": plan.node, "op": plan.op, "precision": "int4",
+                     "granularity": f"group {block}" if block else "per channel",
+                     "parameters": int(w.size), "relative_error": round(err, 6)})
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes + nodes)  # dequantize before any consumer
+    onnx.save(model, str(dst))
+    return rows
+
+
+def quantize_int4(onnx_path: Path, cfg: Int4Config, ctx: StageContext) -> StageResult:
+    import onnx
+
+    from presso.techniques.quantization.graph import weighted_nodes
+
+    tried = []
+
+    def attempt(name: str, keep: set[str]) -> Candidate:
+        dst = ctx.workdir / f"{name}.onnx"
+        ctx.log(f"int4: writing 4-bit weights ({name})")
+        layers = write_int4(onnx_path, dst, cfg, keep)
+        cand = Candidate(name, dst, options={"keep_float": sorted(keep)})
+        cand.score = ctx.score(dst)
+        cand.layers = layers  # type: ignore[attr-defined]
+        tried.append(cand)
+        return cand
+
+    keep = set(cfg.keep_float)
+    cand = attempt("int4", keep)
+    weighted = weighted_nodes(onnx.load(str(onnx_path), load_external_data=False))
+    if not cand.score.passed and len(weighted) > 2:
+        cand = attempt("int4+float-edges", keep | {weighted[0], weighted[-1]})
+    ranked = [cand] if cand.score.passed else []
+    if ranked:
+        cand.latency_ms = ctx.time_models({cand.name: cand.path})[cand.name]
+    layers = getattr(cand, "layers", [])
+    kept = sorted(set(weighted) - {row["node"] for row in layers})
+    notes = [f"{len(layers)} layers store 4-bit weights"] + (
+        [f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}" + (" ..." if len(kept) > 6 else "")]
+        if kept else [])
+    return StageResult(ranked=ranked, tried=tried, notes=notes,
+                       layers=layers + [{"node": n, "precision": "fp32"} for n in kept])
