@@ -126,13 +126,14 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
         baseline_path = _baseline(run)
         current = baseline_path
         stage_reports, notes = [], list(loaded.notes)
-        chosen: Candidate | None = None
+        chosen_per_stage: list[Candidate] = []
         for index, (technique, config) in enumerate(stages, 1):
             stage_dir = workdir / f"stage{index}-{technique.name}"
             stage_dir.mkdir()
             with progress.task(f"stage {index}/{len(stages)}: {technique.name}"):
                 result = technique.apply(current, config, _stage_context(run, stage_dir))
             chosen, eval_metrics = _verify(run, result.ranked, result.tried, technique.name)
+            chosen_per_stage.append(chosen)
             stage_reports.append({
                 "technique": technique.name, "chosen": chosen.name,
                 "variants": [c.describe() for c in result.tried],
@@ -141,7 +142,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
             notes += result.notes
             current = chosen.path
         compact_names(current)
-        resolved = _resolved_recipe(recipe, stages, chosen, run, seed, calibration_fraction)
+        resolved = _resolved_recipe(recipe, stages, chosen_per_stage, run, seed, calibration_fraction)
         report = _measure(run, baseline_path, current, eval_metrics, resolved, stage_reports, notes)
         return CompressionResult(report=report, model_path=current, workdir=workdir,
                                  tokenizer=loaded.tokenizer, recipe=resolved)
@@ -281,14 +282,13 @@ def _verify(run: Run, ranked: list[Candidate], tried: list[Candidate], technique
     )
 
 
-def _resolved_recipe(recipe: Recipe, stages, chosen: Candidate | None, run: Run,
+def _resolved_recipe(recipe: Recipe, stages, chosen: list[Candidate], run: Run,
                      seed: int, calibration_fraction: float) -> Recipe:
     """The recipe as run: each stage pinned to the variant it chose, plus the settings."""
     pinned = []
-    for technique, config in stages:
+    for (technique, config), picked in zip(stages, chosen, strict=True):
         options = config.model_dump(mode="json")
-        if chosen is not None and technique.name == "int8":
-            options.update(chosen.options)
+        options.update(picked.options)
         pinned.append(Stage(technique=technique.name, options=options))
     return Recipe(
         name=recipe.name, description=recipe.description, stages=pinned,
