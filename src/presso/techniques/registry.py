@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from presso.errors import PressoError
-from presso.techniques.quantization.config import Int4Config, Int8Config
+from presso.techniques.quantization.config import Int4Config, Int8Config, KMeansConfig
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ TECHNIQUES: dict[str, Technique] = {
         "int4", Int4Config, "onnx",
         "4-bit weight-only quantization, packed two values a byte (per group / per channel)",
         "presso.techniques.quantization.weight_only:quantize_int4",
+    ),
+    "kmeans": Technique(
+        "kmeans", KMeansConfig, "onnx",
+        "k-means weight clustering: a codebook of 2^bits values per layer plus packed indices",
+        "presso.techniques.quantization.clustering:cluster_weights",
     ),
 }
 

@@ -50,3 +50,14 @@ class Int4Config(BaseModel):
         if v != "auto" and not 2 <= v <= 4096:
             raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
         return v
+
+
+class KMeansConfig(BaseModel):
+    """k-means weight clustering: 2^bits shared values per layer, stored as a codebook and
+    packed indices (two a byte for bits <= 4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bits: int = Field(default=4, ge=1, le=8)
+    seed: int = 0
+    keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32

@@ -37,38 +37,56 @@ class _Plan:
     group: int | None  # None: per output channel
 
 
-def _plan(model, cfg: Int4Config, keep: set[str]) -> list[_Plan]:
+def float_weight_plans(model, keep: set[str]) -> list[tuple[str, str, str]]:
+    """(node, op, weight initializer) of MatMul/Gemm/Conv nodes with a float weight of their own."""
     inits = {i.name: i for i in model.graph.initializer}
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    plans = []
+    out = []
     for node in model.graph.node:
-        slot = 1 if node.op_type in ("MatMul", "Gemm", "Conv") else None
-        if slot is None or node.name in keep or len(node.input) <= slot:
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or node.name in keep or len(node.input) < 2:
             continue
-        w = inits.get(node.input[slot])
+        w = inits.get(node.input[1])
         if w is None or w.data_type != 1 or uses.get(w.name, 0) != 1:
             continue  # not a float constant of this node alone
-        if node.op_type == "Conv":
-            plans.append(_Plan(node.name, "Conv", w.name, False, None))
+        if node.op_type != "Conv" and len(w.dims) != 2:
             continue
-        if len(w.dims) != 2:
+        out.append((node.name, node.op_type, w.name))
+    return out
+
+
+def to_opset(model, opset: int):
+    """``model`` at ``opset`` or later (int4/uint4 tensors need opset 21)."""
+    from onnx import version_converter
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return model if current >= opset else version_converter.convert_version(model, opset)
+
+
+def _plan(model, cfg: Int4Config, keep: set[str]) -> list[_Plan]:
+    nodes = {n.name: n for n in model.graph.node}
+    inits = {i.name: i for i in model.graph.initializer}
+    plans = []
+    for name, op, weight in float_weight_plans(model, keep):
+        if op == "Conv":
+            plans.append(_Plan(name, op, weight, False, None))
             continue
-        trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-        transposed = not (node.op_type == "Gemm" and trans_b)
-        k = w.dims[0] if transposed else w.dims[1]
+        trans_b = any(a.name == "transB" and a.i == 1 for a in nodes[name].attribute)
+        transposed = not (op == "Gemm" and trans_b)
+        dims = inits[weight].dims
+        k = dims[0] if transposed else dims[1]
         group = AUTO_GROUP if cfg.group_size == "auto" else cfg.group_size
         if k % group:
             if cfg.group_size != "auto":
                 raise PressoError(
                     f"The 'group_size' option of stage 'int4' ({group}) does not divide the {k} input "
-                    f"features of layer '{node.name}'. Choose a divisor of {k}, or keep the layer "
+                    f"features of layer '{name}'. Choose a divisor of {k}, or keep the layer "
                     "float with keep_float."
                 )
             group = None  # "auto": where 32 does not divide, one scale per output channel
-        plans.append(_Plan(node.name, node.op_type, w.name, transposed, group))
+        plans.append(_Plan(name, op, weight, transposed, group))
     return plans
 
 
@@ -105,12 +123,9 @@ def _int4_tensor(name: str, values: np.ndarray, signed: bool):
 def write_int4(src: Path, dst: Path, cfg: Int4Config, keep: set[str]) -> list[dict]:
     """Rewrite ``src`` with 4-bit weights into ``dst``; returns one row per layer."""
     import onnx
-    from onnx import helper, numpy_helper, version_converter
+    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < INT4_OPSET:
-        model = version_converter.convert_version(model, INT4_OPSET)
+    model = to_opset(onnx.load(str(src)), INT4_OPSET)
     plans = _plan(model, cfg, keep)
     inits = {i.name: i for i in model.graph.initializer}
     new_nodes, rows = [], []
@@ -140,35 +155,41 @@ def write_int4(src: Path, dst: Path, cfg: Int4Config, keep: set[str]) -> list[di
     return rows
 
 
-def quantize_int4(onnx_path: Path, cfg: Int4Config, ctx: StageContext) -> StageResult:
+def budgeted(onnx_path: Path, cfg, ctx: StageContext, name: str, writer) -> StageResult:
+    """Write ``onnx_path`` with ``writer``; if the budget breaks, retry with the first and
+    last weighted layers in fp32. Shared by the weight-storage techniques."""
     import onnx
 
     from presso.techniques.quantization.graph import weighted_nodes
 
-    tried = []
+    tried: list[Candidate] = []
+    layers_of: dict[str, list[dict]] = {}
 
-    def attempt(name: str, keep: set[str]) -> Candidate:
-        dst = ctx.workdir / f"{name}.onnx"
-        ctx.log(f"int4: writing 4-bit weights ({name})")
-        layers = write_int4(onnx_path, dst, cfg, keep)
-        cand = Candidate(name, dst, options={"keep_float": sorted(keep)})
+    def attempt(variant: str, keep: set[str]) -> Candidate:
+        dst = ctx.workdir / f"{variant}.onnx"
+        ctx.log(f"{name}: writing weights ({variant})")
+        layers_of[variant] = writer(onnx_path, dst, cfg, keep)
+        cand = Candidate(variant, dst, options={"keep_float": sorted(keep)})
         cand.score = ctx.score(dst)
-        cand.layers = layers  # type: ignore[attr-defined]
         tried.append(cand)
         return cand
 
     keep = set(cfg.keep_float)
-    cand = attempt("int4", keep)
+    cand = attempt(name, keep)
     weighted = weighted_nodes(onnx.load(str(onnx_path), load_external_data=False))
     if not cand.score.passed and len(weighted) > 2:
-        cand = attempt("int4+float-edges", keep | {weighted[0], weighted[-1]})
+        cand = attempt(f"{name}+float-edges", keep | {weighted[0], weighted[-1]})
     ranked = [cand] if cand.score.passed else []
     if ranked:
         cand.latency_ms = ctx.time_models({cand.name: cand.path})[cand.name]
-    layers = getattr(cand, "layers", [])
+    layers = layers_of[cand.name]
     kept = sorted(set(weighted) - {row["node"] for row in layers})
-    notes = [f"{len(layers)} layers store 4-bit weights"] + (
+    notes = [f"{len(layers)} layers store {name} weights"] + (
         [f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}" + (" ..." if len(kept) > 6 else "")]
         if kept else [])
     return StageResult(ranked=ranked, tried=tried, notes=notes,
                        layers=layers + [{"node": n, "precision": "fp32"} for n in kept])
+
+
+def quantize_int4(onnx_path: Path, cfg: Int4Config, ctx: StageContext) -> StageResult:
+    return budgeted(onnx_path, cfg, ctx, "int4", write_int4)

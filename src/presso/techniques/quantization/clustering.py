@@ -1,0 +1,89 @@
+"""k-means weight clustering ("vector quantization", as in Deep Compression).
+
+Each layer's weights are replaced by the nearest of 2^bits shared values (centroids,
+found by 1-D k-means with linear initialisation, which Deep Compression found best for
+keeping the rare large weights). The ONNX file stores the codebook and one index per
+weight in a packed INT4 initializer (bits <= 4; UINT8 above), and rebuilds the weight at
+run time: DequantizeLinear(index) -> Cast(int64) -> Gather(codebook).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from presso.techniques.base import StageContext, StageResult
+from presso.techniques.quantization.config import KMeansConfig
+from presso.techniques.quantization.packing import pack_int4
+
+
+def cluster(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook (2^bits,), indices shaped like ``w``) from 1-D k-means of ``w``'s values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
+    >>> codebook, idx = cluster(w, bits=2)
+    >>> codebook.shape, idx.shape, int(idx.max()) <= 3
+    ((4,), (64, 32), True)
+    """
+    from sklearn.cluster import KMeans
+
+    values = w.reshape(-1, 1).astype(np.float64)  # (n, 1)
+    k = min(2 ** bits, len(np.unique(values)))
+    init = np.linspace(values.min(), values.max(), k).reshape(-1, 1)  # linear init
+    km = KMeans(n_clusters=k, init=init, n_init=1, max_iter=300, tol=0.0,  # run to convergence
+                random_state=seed).fit(values)
+    order = np.argsort(km.cluster_centers_[:, 0])  # sorted codebook: index order = value order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(k)
+    codebook = km.cluster_centers_[order, 0].astype(np.float32)
+    idx = rank[km.labels_].reshape(w.shape)
+    return codebook, idx.astype(np.uint8)
+
+
+def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> list[dict]:
+    """Rewrite ``src`` with clustered weights into ``dst``; returns one row per layer."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from presso.techniques.quantization.weight_only import INT4_OPSET, float_weight_plans, to_opset
+
+    model = to_opset(onnx.load(str(src)), INT4_OPSET)
+    inits = {i.name: i for i in model.graph.initializer}
+    new_nodes, rows = [], []
+    for node_name, op, weight in float_weight_plans(model, keep):
+        w = numpy_helper.to_array(inits[weight])
+        codebook, idx = cluster(w, cfg.bits, cfg.seed)
+        model.graph.initializer.remove(inits[weight])
+        i_name, c_name, one = f"{weight}_index", f"{weight}_codebook", f"{weight}_index_scale"
+        if cfg.bits <= 4:  # packed two indices a byte
+            packed = pack_int4(idx.reshape(-1), signed=False)
+            index = helper.make_tensor(i_name, TensorProto.UINT4, list(idx.shape), packed.tobytes(), raw=True)
+        else:
+            index = numpy_helper.from_array(idx, i_name)
+        model.graph.initializer.extend([index, numpy_helper.from_array(codebook, c_name),
+                                        numpy_helper.from_array(np.array(1.0, np.float32), one)])
+        new_nodes += [
+            helper.make_node("DequantizeLinear", [i_name, one], [f"{weight}_index_f"], name=f"{node_name}/index"),
+            helper.make_node("Cast", [f"{weight}_index_f"], [f"{weight}_index_i"], to=TensorProto.INT64,
+                             name=f"{node_name}/index_int"),
+            helper.make_node("Gather", [c_name, f"{weight}_index_i"], [weight], axis=0,
+                             name=f"{node_name}/codebook"),
+        ]
+        err = float(np.linalg.norm(codebook[idx] - w) / max(float(np.linalg.norm(w)), 1e-12))
+        rows.append({"node": node_name, "op": op, "precision": f"kmeans {2 ** cfg.bits} values",
+                     "parameters": int(w.size), "relative_error": round(err, 6)})
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
+    onnx.save(model, str(dst))
+    return rows
+
+
+def cluster_weights(onnx_path: Path, cfg: KMeansConfig, ctx: StageContext) -> StageResult:
+    from presso.techniques.quantization.weight_only import budgeted
+
+    return budgeted(onnx_path, cfg, ctx, "kmeans", write_kmeans)

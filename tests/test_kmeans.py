@@ -1,0 +1,71 @@
+"""k-means weight clustering: nearest-centroid codes, exact rebuild in ONNX Runtime, packed indices."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import presso
+from presso.errors import PressoError
+from presso.measure import BenchSettings
+from presso.techniques.quantization.clustering import cluster, write_kmeans
+from presso.techniques.quantization.config import KMeansConfig
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6])
+def test_cluster_assigns_every_weight_to_its_nearest_centroid(bits):
+    w = np.random.default_rng(bits).laplace(size=(96, 40)).astype(np.float32)
+    codebook, idx = cluster(w, bits)
+    assert codebook.shape == (2 ** bits,) and np.all(np.diff(codebook) > 0)  # sorted, distinct
+    nearest = np.abs(w[..., None] - codebook).argmin(-1)
+    assert np.array_equal(idx, nearest)
+    # k-means' fixed point: every centroid is the mean of its members.
+    for k, c in enumerate(codebook):
+        np.testing.assert_allclose(c, w[idx == k].mean(), rtol=1e-4, atol=1e-6)
+    # More clusters, less error (the quantization-error trade-off).
+    if bits > 1:
+        coarse, coarse_idx = cluster(w, bits - 1)
+        assert np.linalg.norm(coarse[coarse_idx] - w) > np.linalg.norm(codebook[idx] - w)
+
+
+def test_onnx_rebuild_equals_codebook_weights(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)).eval()
+    src, dst = tmp_path / "m.onnx", tmp_path / "k.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(src), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    rows = write_kmeans(src, dst, KMeansConfig(bits=4), keep=set())
+    assert [r["precision"] for r in rows] == ["kmeans 16 values"] * 2
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in (reference[0], reference[3]):
+            codebook, idx = cluster(layer.weight.numpy(), 4)
+            layer.weight.copy_(torch.from_numpy(codebook[idx]))
+    x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, reference(torch.from_numpy(x)).numpy(), rtol=0, atol=1e-5)
+    indices = [i for i in onnx.load(str(dst)).graph.initializer if i.data_type == onnx.TensorProto.UINT4]
+    assert sum(len(i.raw_data) for i in indices) == sum((int(np.prod(i.dims)) + 1) // 2 for i in indices)
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5])
+def test_bad_bits(bits):
+    from presso.recipe.schema import Recipe, Stage
+
+    with pytest.raises(PressoError, match="stage 1 'kmeans'"):
+        Recipe(name="r", stages=[Stage(technique="kmeans", options={"bits": bits})]).configs()
+
+
+def test_digits_kmeans_within_a_point_and_six_times_smaller():
+    ex = presso.load_example("digits")
+    report = presso.compress(ex.model, "kmeans", data=ex.data, task=ex.task,
+                             bench=BenchSettings(rounds=1, throughput_batch=8)).report
+    assert report.budget.passed and report.budget.drop <= 0.01
+    assert report.baseline.size_bytes / report.compressed.size_bytes >= 6.0
