@@ -91,3 +91,16 @@ def test_digits_int4_within_budget_and_six_times_smaller():
     assert report.budget.passed and report.budget.drop <= 0.01
     assert report.baseline.size_bytes / report.compressed.size_bytes >= 6.0
     assert all(layer["precision"] == "int4" for layer in report.stages[0].layers)
+
+
+def test_weight_only_models_ask_for_constant_folding(cnn, tmp_path):
+    from presso.runtime.session import make_session
+
+    _, path = cnn
+    out = tmp_path / "int4.onnx"
+    write_int4(path, out, Int4Config(), keep=set())
+    session = make_session(out)
+    assert session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+    plain = make_session(path)  # an ordinary model keeps ONNX Runtime's defaults
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        plain.get_session_options().get_session_config_entry("session.disable_quant_qdq")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,7 +35,27 @@ def make_session(model: str | Path | bytes, threads: int | None = None, spinning
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    wanted = session.get_modelmeta().custom_metadata_map.get(SESSION_CONFIG_KEY)
+    if wanted:  # the model asks for session settings (see mark_session_config): rebuild with them
+        for key, value in json.loads(wanted).items():
+            opts.add_session_config_entry(key, str(value))
+        session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    return session
+
+
+# Session settings a model needs to run as measured, kept in its own metadata so that
+# presso.load() and every presso measurement apply them.
+SESSION_CONFIG_KEY = "presso.ort_session_config"
+
+
+def mark_session_config(model, entries: dict[str, str]) -> None:
+    """Record ORT session config ``entries`` in ``model``'s metadata (an onnx.ModelProto)."""
+    for prop in list(model.metadata_props):
+        if prop.key == SESSION_CONFIG_KEY:
+            model.metadata_props.remove(prop)
+    prop = model.metadata_props.add()
+    prop.key, prop.value = SESSION_CONFIG_KEY, json.dumps(entries, sort_keys=True)
 
 
 def session_input_names(session) -> list[str]:

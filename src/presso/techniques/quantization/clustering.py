@@ -49,7 +49,9 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> lis
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from presso.techniques.quantization.weight_only import INT4_OPSET, float_weight_plans, to_opset
+    from presso.runtime.session import mark_session_config
+    from presso.techniques.quantization.weight_only import (INT4_OPSET, WEIGHT_ONLY_SESSION,
+                                                            float_weight_plans, to_opset)
 
     model = to_opset(onnx.load(str(src)), INT4_OPSET)
     inits = {i.name: i for i in model.graph.initializer}
@@ -79,6 +81,7 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> lis
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
+    mark_session_config(model, WEIGHT_ONLY_SESSION)  # fold the rebuild once, at load
     onnx.save(model, str(dst))
     return rows
 
