@@ -104,3 +104,18 @@ def test_weight_only_models_ask_for_constant_folding(cnn, tmp_path):
     plain = make_session(path)  # an ordinary model keeps ONNX Runtime's defaults
     with pytest.raises(RuntimeError, match="does not have configuration"):
         plain.get_session_options().get_session_config_entry("session.disable_quant_qdq")
+
+
+def test_writer_failure_is_a_clear_refusal(cnn, tmp_path, monkeypatch):
+    import presso.techniques.quantization.weight_only as wo
+
+    model, _ = cnn
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported graph. details")
+
+    monkeypatch.setattr(wo, "write_int4", broken)
+    x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
+    with pytest.raises(presso.BudgetError, match="int4 failed: unsupported graph"):
+        presso.compress(model, "int4", data=(x, np.zeros(40, np.int64)), task="classification",
+                        bench=BenchSettings(rounds=1, throughput_batch=4))

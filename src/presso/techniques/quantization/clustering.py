@@ -50,8 +50,12 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> lis
     from onnx import TensorProto, helper, numpy_helper
 
     from presso.runtime.session import mark_session_config
-    from presso.techniques.quantization.weight_only import (INT4_OPSET, WEIGHT_ONLY_SESSION,
-                                                            float_weight_plans, to_opset)
+    from presso.techniques.quantization.weight_only import (
+        INT4_OPSET,
+        WEIGHT_ONLY_SESSION,
+        float_weight_plans,
+        to_opset,
+    )
 
     model = to_opset(onnx.load(str(src)), INT4_OPSET)
     inits = {i.name: i for i in model.graph.initializer}

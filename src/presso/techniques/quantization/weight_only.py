@@ -174,21 +174,28 @@ def budgeted(onnx_path: Path, cfg, ctx: StageContext, name: str, writer) -> Stag
     def attempt(variant: str, keep: set[str]) -> Candidate:
         dst = ctx.workdir / f"{variant}.onnx"
         ctx.log(f"{name}: writing weights ({variant})")
-        layers_of[variant] = writer(onnx_path, dst, cfg, keep)
         cand = Candidate(variant, dst, options={"keep_float": sorted(keep)})
-        cand.score = ctx.score(dst)
         tried.append(cand)
+        try:
+            layers_of[variant] = writer(onnx_path, dst, cfg, keep)
+            cand.score = ctx.score(dst)
+        except PressoError:
+            raise  # the user's options do not fit the model: say so, do not retry
+        except Exception as exc:  # a graph this writer or ORT cannot handle is a failed variant
+            msg = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
+            cand.path, cand.note = None, f"{name} failed: {msg[:200]}"
         return cand
 
     keep = set(cfg.keep_float)
     cand = attempt(name, keep)
     weighted = weighted_nodes(onnx.load(str(onnx_path), load_external_data=False))
-    if not cand.score.passed and len(weighted) > 2:
+    if cand.score is not None and not cand.score.passed and len(weighted) > 2:
         cand = attempt(f"{name}+float-edges", keep | {weighted[0], weighted[-1]})
-    ranked = [cand] if cand.score.passed else []
+    passed = cand.score is not None and cand.score.passed
+    ranked = [cand] if passed else []
     if ranked:
         cand.latency_ms = ctx.time_models({cand.name: cand.path})[cand.name]
-    layers = layers_of[cand.name]
+    layers = layers_of.get(cand.name, [])
     kept = sorted(set(weighted) - {row["node"] for row in layers})
     notes = [f"{len(layers)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
              "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
