@@ -119,3 +119,31 @@ def test_writer_failure_is_a_clear_refusal(cnn, tmp_path, monkeypatch):
     with pytest.raises(presso.BudgetError, match="int4 failed: unsupported graph"):
         presso.compress(model, "int4", data=(x, np.zeros(40, np.int64)), task="classification",
                         bench=BenchSettings(rounds=1, throughput_batch=4))
+
+
+class _Embedder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.lin = nn.Embedding(100, 64), nn.Linear(64, 8)
+
+    def forward(self, ids):
+        return self.lin(self.emb(ids).mean(1))
+
+
+def test_embedding_tables_are_quantized_too(tmp_path):
+    model = _Embedder().eval()
+    src, dst = tmp_path / "e.onnx", tmp_path / "e4.onnx"
+    torch.onnx.export(model, (torch.zeros(2, 5, dtype=torch.long),), str(src), dynamo=False,
+                      input_names=["ids"], dynamic_axes={"ids": {0: "n", 1: "t"}})
+    rows = write_int4(src, dst, Int4Config(), keep=set())
+    assert {r["op"] for r in rows} == {"Gather", "Gemm"}
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference.emb.weight.copy_(fake_quantize(reference.emb.weight, 4, True, group_size=32))
+        reference.lin.weight.copy_(fake_quantize(reference.lin.weight, 4, True, group_size=32))
+    ids = np.random.default_rng(0).integers(0, 100, (3, 5)).astype(np.int64)
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, reference(torch.from_numpy(ids)).numpy(), rtol=0, atol=1e-5)
+    assert dst.stat().st_size < src.stat().st_size / 5

@@ -42,8 +42,14 @@ class _Plan:
     group: int | None  # None: per output channel
 
 
+# Operand that holds the weight: MatMul/Gemm/Conv multiply by input 1; an embedding
+# table (Gather) is input 0, indexed by token ids.
+_WEIGHT_SLOT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
+
+
 def float_weight_plans(model, keep: set[str]) -> list[tuple[str, str, str]]:
-    """(node, op, weight initializer) of MatMul/Gemm/Conv nodes with a float weight of their own."""
+    """(node, op, weight initializer) of MatMul/Gemm/Conv nodes and embedding lookups
+    (Gather of a 2-D table) with a float weight of their own."""
     inits = {i.name: i for i in model.graph.initializer}
     uses: dict[str, int] = {}
     for node in model.graph.node:
@@ -51,13 +57,16 @@ def float_weight_plans(model, keep: set[str]) -> list[tuple[str, str, str]]:
             uses[name] = uses.get(name, 0) + 1
     out = []
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm", "Conv") or node.name in keep or len(node.input) < 2:
+        slot = _WEIGHT_SLOT.get(node.op_type)
+        if slot is None or node.name in keep or len(node.input) < 2:
             continue
-        w = inits.get(node.input[1])
+        w = inits.get(node.input[slot])
         if w is None or w.data_type != 1 or uses.get(w.name, 0) != 1:
             continue  # not a float constant of this node alone
         if node.op_type != "Conv" and len(w.dims) != 2:
             continue
+        if node.op_type == "Gather" and any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue  # not a row lookup
         out.append((node.name, node.op_type, w.name))
     return out
 
@@ -79,7 +88,9 @@ def _plan(model, cfg: Int4Config, keep: set[str]) -> list[_Plan]:
             plans.append(_Plan(name, op, weight, False, None))
             continue
         trans_b = any(a.name == "transB" and a.i == 1 for a in nodes[name].attribute)
-        transposed = not (op == "Gemm" and trans_b)
+        # Rows of the stored layout are outputs (Gemm with transB, embedding rows); a MatMul
+        # weight (K, N) is quantized through its transpose. Groups run along the other axis.
+        transposed = not ((op == "Gemm" and trans_b) or op == "Gather")
         dims = inits[weight].dims
         k = dims[0] if transposed else dims[1]
         group = AUTO_GROUP if cfg.group_size == "auto" else cfg.group_size
