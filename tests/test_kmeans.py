@@ -34,6 +34,15 @@ def test_cluster_assigns_every_weight_to_its_nearest_centroid(bits):
         assert np.linalg.norm(coarse[coarse_idx] - w) > np.linalg.norm(codebook[idx] - w)
 
 
+def test_large_tensors_are_fitted_on_a_sample_and_refined_on_all_values():
+    w = np.random.default_rng(0).normal(size=(1000, 600)).astype(np.float32)  # 600k > fit sample
+    codebook, idx = cluster(w, 4)
+    assert np.array_equal(idx, np.abs(w[..., None] - codebook).argmin(-1))  # nearest, for all values
+    means = np.bincount(idx.ravel(), weights=w.ravel().astype(np.float64)) / np.bincount(idx.ravel())
+    # Lloyd fixed point, up to the stopping rule (centroids moving < 1e-7 of the range).
+    np.testing.assert_allclose(codebook, means, rtol=0, atol=1e-5)
+
+
 def test_onnx_rebuild_equals_codebook_weights(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)).eval()

@@ -31,17 +31,41 @@ def cluster(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     """
     from sklearn.cluster import KMeans
 
-    values = w.reshape(-1, 1).astype(np.float64)  # (n, 1)
+    values = w.reshape(-1).astype(np.float64)  # (n,)
     k = min(2 ** bits, len(np.unique(values)))
-    init = np.linspace(values.min(), values.max(), k).reshape(-1, 1)  # linear init
+    rng = np.random.default_rng(seed)
+    # scikit-learn fits the codebook on at most _FIT_SAMPLE values (an embedding table has
+    # millions); exact 1-D Lloyd steps on all values then refine it to a fixed point.
+    sample = values if len(values) <= _FIT_SAMPLE else rng.choice(values, _FIT_SAMPLE, replace=False)
+    init = np.linspace(sample.min(), sample.max(), k).reshape(-1, 1)  # linear init
     km = KMeans(n_clusters=k, init=init, n_init=1, max_iter=300, tol=0.0,  # run to convergence
-                random_state=seed).fit(values)
-    order = np.argsort(km.cluster_centers_[:, 0])  # sorted codebook: index order = value order
-    rank = np.empty_like(order)
-    rank[order] = np.arange(k)
-    codebook = km.cluster_centers_[order, 0].astype(np.float32)
-    idx = rank[km.labels_].reshape(w.shape)
-    return codebook, idx.astype(np.uint8)
+                random_state=seed).fit(sample.reshape(-1, 1))
+    codebook = np.sort(km.cluster_centers_[:, 0])
+    idx = _nearest(values, codebook)
+    for _ in range(_MAX_REFINE):
+        counts = np.bincount(idx, minlength=k)
+        sums = np.bincount(idx, weights=values, minlength=k)
+        updated = np.where(counts > 0, sums / np.maximum(counts, 1), codebook)  # (k,)
+        moved = np.max(np.abs(updated - codebook)) / max(float(np.ptp(values)), 1e-12)
+        codebook = updated
+        new_idx = _nearest(values, codebook)
+        if np.array_equal(new_idx, idx) or moved < 1e-7:
+            idx = new_idx
+            break
+        idx = new_idx
+    return codebook.astype(np.float32), idx.reshape(w.shape).astype(np.uint8)
+
+
+_FIT_SAMPLE = 200_000
+_MAX_REFINE = 300  # Lloyd steps; 1-D Lloyd creeps, so also stop once centroids stop moving
+
+
+def _nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Index of the nearest value of a sorted ``codebook`` for each of ``values``."""
+    order = np.argsort(codebook, kind="stable")
+    sorted_book = codebook[order]
+    midpoints = (sorted_book[1:] + sorted_book[:-1]) / 2  # decision boundaries
+    return order[np.searchsorted(midpoints, values)]
 
 
 def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> list[dict]:
