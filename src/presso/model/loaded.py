@@ -59,6 +59,11 @@ class LoadedModel:
         return "onnx" if self.module is None else "torch"
 
     @property
+    def batch_axis_is_free(self) -> bool:
+        """Whether every input takes any number of rows (else the model runs row by row)."""
+        return all(0 in self.dynamic_axes.get(n, {}) for n in self.input_names)
+
+    @property
     def is_transformer(self) -> bool:
         return self.transformer is not None
 

@@ -8,6 +8,14 @@ from presso.errors import PressoError
 from presso.model.loaded import LoadedModel
 
 
+def fixed_batch_sizes(graph) -> dict[str, int]:
+    """Graph inputs (not initializers) whose first axis has a fixed size, with that size."""
+    initializers = {i.name for i in graph.initializer}
+    return {i.name: i.type.tensor_type.shape.dim[0].dim_value for i in graph.input
+            if i.name not in initializers and i.type.tensor_type.shape.dim
+            and i.type.tensor_type.shape.dim[0].dim_value}
+
+
 def load_onnx(path: Path) -> LoadedModel:
     import onnx
 
@@ -26,9 +34,10 @@ def load_onnx(path: Path) -> LoadedModel:
     dynamic = {}
     for i in inputs:
         dims = i.type.tensor_type.shape.dim
-        dynamic[i.name] = {k: d.dim_param or f"dim{k}" for k, d in enumerate(dims) if not d.dim_value}
-    fixed = {i.name: d.dim_value for i in inputs
-             for d in i.type.tensor_type.shape.dim[:1] if d.dim_value and d.dim_value != 1}
+        # No shape recorded: nothing is fixed, the row axis included.
+        dynamic[i.name] = ({k: d.dim_param or f"dim{k}" for k, d in enumerate(dims) if not d.dim_value}
+                           if dims else {0: "batch"})
+    fixed = {name: n for name, n in fixed_batch_sizes(proto.graph).items() if n != 1}
     if fixed:
         raise PressoError(
             f"'{path}' has a fixed batch size ({fixed}); presso runs rows one at a time and in "

@@ -270,16 +270,22 @@ def _verify(run: Run, ranked: list[Candidate], tried: list[Candidate], technique
         drop = baseline_value - metrics[run.primary]
         if drop <= run.max_drop + 1e-12:
             return cand, metrics
+        cand.heldout_drop = drop
         cand.note += f"; failed on held-out rows ({run.primary} drop {drop:.4f})"
-    lines = "; ".join(
-        f"{c.name}: " + (f"{run.primary} drop {c.score.drop:.4f} on calibration rows" if c.score
-                         else c.note[:120]) + ("; " + c.note.rsplit("; ", 1)[-1] if "held-out" in c.note else "")
-        for c in tried
-    )
+    lines = "; ".join(_refusal_line(c, run.primary) for c in tried)
     raise BudgetError(
         f"No {technique} variant keeps the {run.primary} drop within --max-drop {run.max_drop} "
         f"({lines}). Nothing was written. Raise --max-drop or try another recipe."
     )
+
+
+def _refusal_line(c: Candidate, primary: str) -> str:
+    if c.score is None:
+        return f"{c.name}: {c.note[:120]}"
+    line = f"{c.name}: {primary} drop {c.score.drop:.4f} on calibration rows"
+    if c.heldout_drop is not None:
+        line += f"; failed on held-out rows ({primary} drop {c.heldout_drop:.4f})"
+    return line
 
 
 def _resolved_recipe(recipe: Recipe, stages, chosen: list[Candidate], run: Run,
@@ -297,20 +303,12 @@ def _resolved_recipe(recipe: Recipe, stages, chosen: list[Candidate], run: Run,
     )
 
 
-def _batch_axis_is_free(path: Path) -> bool:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return all(not i.type.tensor_type.shape.dim or not i.type.tensor_type.shape.dim[0].dim_value
-               for i in graph.input)
-
-
 def _measure(run: Run, baseline_path: Path, compressed_path: Path, compressed_metrics: dict,
              recipe: Recipe, stage_reports: list, notes: list[str]):
     progress = run.progress
     baseline_metrics = run.metrics(run.baseline_eval, "evaluation")
     batch1 = run.evaluation.head(1).inputs
-    rows = run.bench.throughput_batch if _batch_axis_is_free(baseline_path) else 1
+    rows = run.bench.throughput_batch if run.model.batch_axis_is_free else 1
     reps = int(np.ceil(rows / len(run.evaluation)))
     batch_n = {k: np.concatenate([v] * reps)[:rows] for k, v in run.evaluation.inputs.items()}
     paths = {"baseline": baseline_path, "compressed": compressed_path}

@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 
 
+# Session settings a model needs to run as measured, kept in its own metadata so that
+# presso.load() and every presso measurement apply them.
+SESSION_CONFIG_KEY = "presso.ort_session_config"
+
+
 def default_threads() -> int:
     """Cores this process may use (affinity-aware), the intra-op thread count presso pins."""
     try:
@@ -42,11 +47,6 @@ def make_session(model: str | Path | bytes, threads: int | None = None, spinning
             opts.add_session_config_entry(key, str(value))
         session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
     return session
-
-
-# Session settings a model needs to run as measured, kept in its own metadata so that
-# presso.load() and every presso measurement apply them.
-SESSION_CONFIG_KEY = "presso.ort_session_config"
 
 
 def mark_session_config(model, entries: dict[str, str]) -> None:

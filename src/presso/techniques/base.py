@@ -42,6 +42,7 @@ class Candidate:
     path: Path | None
     score: Score | None = None
     latency_ms: float | None = None
+    heldout_drop: float | None = None  # set when it passed calibration but failed held-out rows
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # pins this variant in recipe.yaml
 

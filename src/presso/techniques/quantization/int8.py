@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from presso.errors import PressoError
+from presso.model.onnx_file import fixed_batch_sizes
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import Int8Config
 from presso.techniques.quantization.cpu import cpu_features
@@ -162,9 +163,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         )
     input_names = [i.name for i in proto.graph.input]
     # A graph with a fixed batch axis (exported without dynamic axes) calibrates row by row.
-    fixed_batch = any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_value
-                      for i in proto.graph.input)
-    calibration_batch = 1 if fixed_batch else 16
+    calibration_batch = 1 if fixed_batch_sizes(proto.graph) else 16
     variants = (default_variants(ctx.transformer is not None, cpu_features().vnni)
                 if cfg.variants == "auto" else list(cfg.variants))
 
