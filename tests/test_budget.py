@@ -1,4 +1,5 @@
-"""The quality budget: refusal when int8 cannot meet it, fall-back to float edge layers."""
+"""The quality budget: refusal when int8 cannot meet it, mixed-precision fall-back of the
+most sensitive layers to fp32."""
 
 from __future__ import annotations
 
@@ -51,11 +52,18 @@ def _data(model):
     return x, y
 
 
+def _single_layer():
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4)
+    with torch.no_grad():
+        model.weight[:, 0] = 0.0
+    return model
+
+
 def test_refuses_when_no_variant_meets_the_budget(tmp_path):
-    model = OutlierInput(depth=1)
-    model.net = nn.Sequential(model.net[0], nn.ReLU(), nn.Linear(32, 4))
+    model = _single_layer()
     x, y = _data(model)
-    # Two weighted layers: no middle to quantize once both edges stay float.
+    # One weighted layer whose quantization is fatal: keeping it fp32 is no compression.
     with pytest.raises(presso.BudgetError, match="No int8 variant keeps the accuracy drop within"):
         presso.compress(model, "int8", data=(x, y), bench=QUICK)
 
@@ -64,8 +72,8 @@ def test_refusal_from_the_cli_exits_1_and_writes_nothing(tmp_path):
     factory = tmp_path / "outlier.py"
     factory.write_text(
         "import torch\nfrom torch import nn\n"
-        "def build():\n    torch.manual_seed(0)\n    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))\n"
-        "    with torch.no_grad():\n        m[0].weight[:, 0] = 0.0\n    return m\n"
+        "def build():\n    torch.manual_seed(0)\n    m = nn.Linear(16, 4)\n"
+        "    with torch.no_grad():\n        m.weight[:, 0] = 0.0\n    return m\n"
     )
     namespace: dict = {}
     exec(factory.read_text(), namespace)
@@ -79,19 +87,24 @@ def test_refusal_from_the_cli_exits_1_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_falls_back_to_float_edge_layers(tmp_path):
-    model = OutlierInput(depth=3)
+def test_most_sensitive_layer_falls_back_to_fp32(tmp_path):
+    model = OutlierInput(depth=3)  # 4 weighted layers; only the first sees the outlier feature
     x, y = _data(model)
     result = presso.compress(model, "int8", data=(x, y), bench=QUICK, max_drop=0.05)
     stage = result.report.stages[0]
-    assert stage.chosen.endswith("+float-edges")
     assert result.report.budget.passed and result.report.budget.drop <= 0.05
-    kept = [layer["node"] for layer in stage.layers]
-    assert len(kept) == 2  # exactly the first and last weighted layers stayed fp32
-    assert result.recipe.stages[0].options["keep_float"] == sorted(kept)
+    rows = {row["node"]: row for row in stage.layers if "sensitivity" in row}
+    assert len(rows) == 4  # every weighted layer's sensitivity was measured
+    first, *rest = sorted(rows.values(), key=lambda r: -r["sensitivity"])
+    # Quantized alone, the first layer costs most of the accuracy; the others almost none.
+    assert first["sensitivity"] > 0.5 and all(r["sensitivity"] < 0.05 for r in rest)
+    assert first["precision"] == "fp32" and "fell back to fp32" in first["reason"]
+    assert all(r["precision"] == "int8" for r in rest)  # only the one layer stayed float
+    assert result.recipe.stages[0].options["keep_float"] == [first["node"]]
     # The plain variants failed on calibration rows, and the report says by how much.
-    plain = [v for v in stage.variants if not v["variant"].endswith("+float-edges") and v["calibration_drop"] is not None]
+    plain = [v for v in stage.variants if "+" not in v["variant"] and v["calibration_drop"] is not None]
     assert plain and all(v["calibration_drop"] > 0.5 for v in plain)
+    assert stage.chosen.endswith("+1-fp32")
 
 
 def test_max_drop_zero_is_honoured_exactly(tmp_path):

@@ -34,7 +34,7 @@ def cnn(tmp_path):
 def test_runtime_weights_equal_presso_fake_quantize(cnn, tmp_path, symmetric):
     model, path = cnn
     out = tmp_path / "int4.onnx"
-    rows = write_int4(path, out, Int4Config(symmetric=symmetric), keep=set())
+    rows = write_int4(path, out, Int4Config(symmetric=symmetric), precision={})
     assert [r["precision"] for r in rows] == ["int4"] * 3
     reference = copy.deepcopy(model)
     with torch.no_grad():  # what the file should compute: presso's own 4-bit weights
@@ -51,7 +51,7 @@ def test_runtime_weights_equal_presso_fake_quantize(cnn, tmp_path, symmetric):
 def test_weights_are_packed_two_per_byte(cnn, tmp_path):
     model, path = cnn
     out = tmp_path / "int4.onnx"
-    write_int4(path, out, Int4Config(), keep=set())
+    write_int4(path, out, Int4Config(), precision={})
     graph = onnx.load(str(out)).graph
     packed = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT4]
     n_weights = sum(p.numel() for name, p in model.named_parameters() if name.endswith("weight"))
@@ -63,7 +63,7 @@ def test_weights_are_packed_two_per_byte(cnn, tmp_path):
 def test_explicit_group_size_must_divide(cnn, tmp_path):
     _, path = cnn
     with pytest.raises(PressoError, match="does not divide the 512 input features of layer"):
-        write_int4(path, tmp_path / "o.onnx", Int4Config(group_size=48), keep=set())
+        write_int4(path, tmp_path / "o.onnx", Int4Config(group_size=48), precision={})
 
 
 def test_auto_group_falls_back_to_per_channel(tmp_path):
@@ -72,7 +72,7 @@ def test_auto_group_falls_back_to_per_channel(tmp_path):
     path = tmp_path / "m.onnx"
     torch.onnx.export(model, (torch.zeros(1, 30),), str(path), dynamo=False, input_names=["x"],
                       dynamic_axes={"x": {0: "n"}})
-    rows = write_int4(path, tmp_path / "o.onnx", Int4Config(), keep=set())
+    rows = write_int4(path, tmp_path / "o.onnx", Int4Config(), precision={})
     assert [r["granularity"] for r in rows] == ["per channel", "group 32"]
 
 
@@ -98,7 +98,7 @@ def test_weight_only_models_ask_for_constant_folding(cnn, tmp_path):
 
     _, path = cnn
     out = tmp_path / "int4.onnx"
-    write_int4(path, out, Int4Config(), keep=set())
+    write_int4(path, out, Int4Config(), precision={})
     session = make_session(out)
     assert session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
     plain = make_session(path)  # an ordinary model keeps ONNX Runtime's defaults
@@ -136,7 +136,7 @@ def test_embedding_tables_are_quantized_too(tmp_path):
     src, dst = tmp_path / "e.onnx", tmp_path / "e4.onnx"
     torch.onnx.export(model, (torch.zeros(2, 5, dtype=torch.long),), str(src), dynamo=False,
                       input_names=["ids"], dynamic_axes={"ids": {0: "n", 1: "t"}})
-    rows = write_int4(src, dst, Int4Config(), keep=set())
+    rows = write_int4(src, dst, Int4Config(), precision={})
     assert {r["op"] for r in rows} == {"Gather", "Gemm"}
     reference = copy.deepcopy(model)
     with torch.no_grad():

@@ -49,7 +49,7 @@ def test_onnx_rebuild_equals_codebook_weights(tmp_path):
     src, dst = tmp_path / "m.onnx", tmp_path / "k.onnx"
     torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(src), dynamo=False, input_names=["x"],
                       dynamic_axes={"x": {0: "n"}})
-    rows = write_kmeans(src, dst, KMeansConfig(bits=4), keep=set())
+    rows = write_kmeans(src, dst, KMeansConfig(bits=4), precision={})
     assert [r["precision"] for r in rows] == ["kmeans 16 values"] * 2
     reference = copy.deepcopy(model)
     with torch.no_grad():

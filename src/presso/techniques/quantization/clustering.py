@@ -68,8 +68,10 @@ def _nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(midpoints, values)]
 
 
-def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> list[dict]:
-    """Rewrite ``src`` with clustered weights into ``dst``; returns one row per layer."""
+def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig,
+                 precision: dict[str, str] | None = None) -> list[dict]:
+    """Rewrite ``src`` with clustered weights into ``dst``; returns one row per layer.
+    Nodes that ``precision`` maps to ``"fp32"`` stay float."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -84,6 +86,7 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> lis
     model = to_opset(onnx.load(str(src)), INT4_OPSET)
     inits = {i.name: i for i in model.graph.initializer}
     new_nodes, rows = [], []
+    keep = {n for n, p in (precision or {}).items() if p == "fp32"}
     for node_name, op, weight in float_weight_plans(model, keep):
         w = numpy_helper.to_array(inits[weight])
         codebook, idx = cluster(w, cfg.bits, cfg.seed)
@@ -115,6 +118,6 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig, keep: set[str]) -> lis
 
 
 def cluster_weights(onnx_path: Path, cfg: KMeansConfig, ctx: StageContext) -> StageResult:
-    from presso.techniques.quantization.weight_only import budgeted
+    from presso.techniques.quantization.weight_only import accuracy_aware
 
-    return budgeted(onnx_path, cfg, ctx, "kmeans", write_kmeans)
+    return accuracy_aware(onnx_path, cfg, ctx, "kmeans", write_kmeans)

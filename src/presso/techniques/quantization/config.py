@@ -43,6 +43,9 @@ class Int4Config(BaseModel):
     group_size: Literal["auto"] | int = "auto"
     symmetric: bool = True
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
+    # ONNX node name -> "int8": 8-bit weights for that layer (mixed precision; presso
+    # fills it in the resolved recipe when sensitive layers fall back)
+    precision: dict[str, Literal["int8"]] = Field(default_factory=dict)
 
     @field_validator("group_size")
     @classmethod

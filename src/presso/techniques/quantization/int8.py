@@ -2,8 +2,8 @@
 
 Accuracy-aware: every variant that fits the model is quantized, scored on the
 calibration rows against the budget and timed; the passing ones are returned fastest
-first. If none passes, variants that keep the first and last weighted layers in float
-are tried before giving up. Nothing here assumes a speed-up: it is measured.
+first. If none passes, the most sensitive layers of the most faithful variant fall back
+to fp32 (``mixed.py``) before giving up. Nothing here assumes a speed-up: it is measured.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import Int8Config
 from presso.techniques.quantization.cpu import cpu_features
 from presso.techniques.quantization.graph import float_weight_nodes, weighted_nodes
+from presso.techniques.quantization.mixed import FP32, MixedSearch, annotate, search
 
 _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                   "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
@@ -176,9 +177,9 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     src = _preprocess(src, work / "preprocessed.onnx", ctx.log)
     weighted = weighted_nodes(onnx.load(str(src), load_external_data=False))
 
-    def attempt(variant: str, exclude: list[str], suffix: str = "") -> Candidate:
-        name = variant + suffix
-        dst = work / f"int8-{name}.onnx"
+    def attempt(variant: str, exclude: list[str], name: str | None = None) -> Candidate:
+        name = name or variant
+        dst = work / f"int8-{name.replace('/', '_')}.onnx"
         options = {"variants": [variant], "keep_float": sorted(exclude)}
         ctx.log(f"int8: quantizing ({name})")
         try:
@@ -197,17 +198,23 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     base_exclude = list(cfg.keep_float)
     tried = [attempt(v, base_exclude) for v in variants]
     passing = [c for c in tried if c.score is not None and c.score.passed]
-    if not passing and len(weighted) > 2:
-        # Fall-back: the first and last weighted layers are the usual sensitive ones.
-        edge = sorted(set(base_exclude) | {weighted[0], weighted[-1]})
-        best = max((c for c in tried if c.score is not None), key=lambda c: c.score.value,
-                   default=None)
-        for variant in [best.name] if best else variants[:1]:
-            cand = attempt(variant, edge, suffix="+float-edges")
-            cand.note = (cand.note + "; " if cand.note else "") + f"kept {edge[0]} and {edge[-1]} in fp32"
-            tried.append(cand)
-            if cand.score is not None and cand.score.passed:
-                passing.append(cand)
+    found = MixedSearch(chosen=None)
+    if not passing:
+        # Mixed precision: the most sensitive layers of the most faithful variant stay fp32.
+        scored = [c for c in tried if c.score is not None]
+        best = max(scored, key=lambda c: c.score.value, default=None)
+        if best is not None:
+            variant = best.options["variants"][0]
+
+            def mixed_attempt(name: str, precision: dict[str, str]) -> Candidate:
+                return attempt(variant, sorted(n for n, p in precision.items() if p == FP32), name)
+
+            layers = [n for n in weighted if n not in base_exclude]
+            found = search(best, layers, {n: FP32 for n in base_exclude}, mixed_attempt,
+                           [FP32], variant, ctx)
+            tried += found.tried
+            if found.chosen is not None:
+                passing.append(found.chosen)
 
     if passing:
         timings = ctx.time_models({c.name: c.path for c in passing})
@@ -217,7 +224,8 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
 
     layers = []
     if passing:
-        quantized_model = onnx.load(str(passing[0].path), load_external_data=False)
+        chosen = passing[0]
+        quantized_model = onnx.load(str(chosen.path), load_external_data=False)
         still_float = float_weight_nodes(quantized_model)
         if still_float:
             kinds = sorted({op for _, op in still_float})
@@ -225,7 +233,25 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
                 f"{len(still_float)} weighted node(s) stay fp32 ({', '.join(kinds)}): "
                 "ONNX Runtime has no integer kernel for them in this variant, or they were kept float"
             )
-        layers = [{"node": n, "op": op, "precision": "fp32"} for n, op in still_float]
+        if found.precision and found.chosen is chosen:
+            notes.append(f"mixed precision: the {len(found.precision)} most sensitive layer(s) stay fp32 "
+                         f"({', '.join(list(found.precision)[:4])}{' ...' if len(found.precision) > 4 else ''})")
+        float_names = {n for n, _ in still_float}
+        variant = chosen.options["variants"][0]
+        observer = ("per batch, at run time" if variant.startswith("dynamic")
+                    else f"{cfg.calibration} on {min(cfg.calibration_rows, len(ctx.calibration))} rows")
+        ops = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
+        for node in weighted:
+            row = {"node": node, "op": ops.get(node, "")}
+            if node in float_names or node in chosen.options["keep_float"]:
+                row["precision"] = FP32
+            else:
+                row.update(precision="int8", granularity="per channel" if cfg.per_channel else "per tensor",
+                           activations=f"int8, {observer}")
+            layers.append(row)
+        layers = annotate(layers, found)
+        known = set(weighted)
+        layers += [{"node": n, "op": op, "precision": FP32} for n, op in still_float if n not in known]
     return StageResult(ranked=passing, tried=tried, notes=notes, layers=layers)
 
 

@@ -106,14 +106,14 @@ def _plan(model, cfg: Int4Config, keep: set[str]) -> list[_Plan]:
     return plans
 
 
-def _quantize_weight(w: np.ndarray, plan: _Plan, symmetric: bool):
+def _quantize_weight(w: np.ndarray, plan: _Plan, symmetric: bool, bits: int = 4):
     """(ints in ONNX layout, scales, zero points or None, DQ axis, block size, dequantized w)."""
     t = torch.from_numpy(np.array(w.T if plan.transposed else w))  # (outputs, K...)
     if plan.group is None:
-        qp = compute_qparams(t, bits=4, symmetric=symmetric, axis=0)
+        qp = compute_qparams(t, bits=bits, symmetric=symmetric, axis=0)
         axis, block = 0, None
     else:
-        qp = compute_qparams(t, bits=4, symmetric=symmetric, group_size=plan.group)
+        qp = compute_qparams(t, bits=bits, symmetric=symmetric, group_size=plan.group)
         axis, block = 1, plan.group  # scales (outputs, K/g): blocks along K
     q_t = quantize(t, qp)
     deq = dequantize(q_t, qp).numpy()
@@ -128,40 +128,53 @@ def _quantize_weight(w: np.ndarray, plan: _Plan, symmetric: bool):
     return np.ascontiguousarray(q), np.ascontiguousarray(scale, np.float32), zp, axis, block, deq
 
 
-def _int4_tensor(name: str, values: np.ndarray, signed: bool):
-    from onnx import TensorProto, helper
+def _int_tensor(name: str, values: np.ndarray, signed: bool, bits: int):
+    from onnx import TensorProto, helper, numpy_helper
 
+    if bits == 8:
+        return numpy_helper.from_array(values.astype(np.int8 if signed else np.uint8), name)
     kind = TensorProto.INT4 if signed else TensorProto.UINT4
     packed = pack_int4(values.reshape(-1).astype(np.int8 if signed else np.uint8), signed=signed)
     return helper.make_tensor(name, kind, list(values.shape), packed.tobytes(), raw=True)
 
 
-def write_int4(src: Path, dst: Path, cfg: Int4Config, keep: set[str]) -> list[dict]:
-    """Rewrite ``src`` with 4-bit weights into ``dst``; returns one row per layer."""
+_BITS = {"int4": 4, "int8": 8}
+
+
+def write_int4(src: Path, dst: Path, cfg: Int4Config,
+               precision: dict[str, str] | None = None) -> list[dict]:
+    """Rewrite ``src`` with 4-bit weights into ``dst``; returns one row per layer.
+
+    ``precision`` overrides single nodes: ``"fp32"`` leaves the weight float, ``"int8"``
+    stores it in 8 bits with the same granularity (mixed precision).
+    """
     import onnx
     from onnx import helper, numpy_helper
 
+    precision = precision or {}
     model = to_opset(onnx.load(str(src)), INT4_OPSET)
-    plans = _plan(model, cfg, keep)
+    plans = _plan(model, cfg, {n for n, p in precision.items() if p == "fp32"})
     inits = {i.name: i for i in model.graph.initializer}
     new_nodes, rows = [], []
     for plan in plans:
+        label = precision.get(plan.node, "int4")
+        bits = _BITS[label]
         w = numpy_helper.to_array(inits[plan.weight])
-        q, scale, zp, axis, block, deq = _quantize_weight(w, plan, cfg.symmetric)
+        q, scale, zp, axis, block, deq = _quantize_weight(w, plan, cfg.symmetric, bits)
         model.graph.initializer.remove(inits[plan.weight])
-        q_name, s_name = f"{plan.weight}_int4", f"{plan.weight}_scale"
-        model.graph.initializer.extend([_int4_tensor(q_name, q, cfg.symmetric),
+        q_name, s_name = f"{plan.weight}_{label}", f"{plan.weight}_scale"
+        model.graph.initializer.extend([_int_tensor(q_name, q, cfg.symmetric, bits),
                                         numpy_helper.from_array(scale, s_name)])
         inputs = [q_name, s_name]
         if zp is not None:
             z_name = f"{plan.weight}_zero_point"
-            model.graph.initializer.append(_int4_tensor(z_name, zp, signed=False))
+            model.graph.initializer.append(_int_tensor(z_name, zp, False, bits))
             inputs.append(z_name)
         attrs = {"axis": axis, **({"block_size": block} if block else {})}
         new_nodes.append(helper.make_node("DequantizeLinear", inputs, [plan.weight],
-                                          name=f"{plan.node}/weight_int4", **attrs))
+                                          name=f"{plan.node}/weight_{label}", **attrs))
         err = float(np.linalg.norm(deq - w) / max(float(np.linalg.norm(w)), 1e-12))
-        rows.append({"node": plan.node, "op": plan.op, "precision": "int4",
+        rows.append({"node": plan.node, "op": plan.op, "precision": label,
                      "granularity": f"group {block}" if block else "per channel",
                      "parameters": int(w.size), "relative_error": round(err, 6)})
     nodes = list(model.graph.node)
@@ -172,23 +185,32 @@ def write_int4(src: Path, dst: Path, cfg: Int4Config, keep: set[str]) -> list[di
     return rows
 
 
-def budgeted(onnx_path: Path, cfg, ctx: StageContext, name: str, writer) -> StageResult:
-    """Write ``onnx_path`` with ``writer``; if the budget breaks, retry with the first and
-    last weighted layers in fp32. Shared by the weight-storage techniques."""
+def accuracy_aware(onnx_path: Path, cfg, ctx: StageContext, name: str, writer,
+                   fallbacks: tuple[str, ...] = ("fp32",)) -> StageResult:
+    """Write ``onnx_path`` with ``writer``; if the budget breaks, the most sensitive layers
+    fall back (``mixed.search``). Shared by the weight-storage techniques.
+
+    ``writer(src, dst, cfg, precision)`` writes the model with ``precision[node]`` (one of
+    ``fallbacks``) overriding the technique's own precision, and returns per-layer rows.
+    """
     import onnx
 
     from presso.techniques.quantization.graph import weighted_nodes
+    from presso.techniques.quantization.mixed import FP32, annotate, search
 
-    tried: list[Candidate] = []
     layers_of: dict[str, list[dict]] = {}
 
-    def attempt(variant: str, keep: set[str]) -> Candidate:
-        dst = ctx.workdir / f"{variant}.onnx"
+    def attempt(variant: str, precision: dict[str, str]) -> Candidate:
+        dst = ctx.workdir / f"{variant.replace('/', '_')}.onnx"
         ctx.log(f"{name}: writing weights ({variant})")
-        cand = Candidate(variant, dst, options={"keep_float": sorted(keep)})
-        tried.append(cand)
+        keep = sorted(n for n, p in precision.items() if p == FP32)
+        options = {"keep_float": keep}
+        wider = {n: p for n, p in precision.items() if p != FP32}
+        if wider:
+            options["precision"] = wider
+        cand = Candidate(variant, dst, options=options)
         try:
-            layers_of[variant] = writer(onnx_path, dst, cfg, keep)
+            layers_of[variant] = writer(onnx_path, dst, cfg, precision)
             cand.score = ctx.score(dst)
         except PressoError:
             raise  # the user's options do not fit the model: say so, do not retry
@@ -197,26 +219,38 @@ def budgeted(onnx_path: Path, cfg, ctx: StageContext, name: str, writer) -> Stag
             cand.path, cand.note = None, f"{name} failed: {msg[:200]}"
         return cand
 
-    keep = set(cfg.keep_float)
-    cand = attempt(name, keep)
-    weighted = weighted_nodes(onnx.load(str(onnx_path), load_external_data=False))
-    if cand.score is not None and not cand.score.passed and len(weighted) > 2:
-        cand = attempt(f"{name}+float-edges", keep | {weighted[0], weighted[-1]})
-    passed = cand.score is not None and cand.score.passed
-    ranked = [cand] if passed else []
-    if ranked:
+    base = {n: FP32 for n in cfg.keep_float}
+    base.update(getattr(cfg, "precision", None) or {})
+    first = attempt(name, base)
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    layers = [n for n, _, _ in float_weight_plans(proto, set(base))]
+    found = search(first, layers, base, attempt, list(fallbacks), name, ctx)
+    tried = [first, *found.tried]
+    cand = found.chosen
+    ranked = [cand] if cand is not None else []
+    if cand is not None:
         cand.latency_ms = ctx.time_models({cand.name: cand.path})[cand.name]
-    layers = layers_of.get(cand.name, [])
-    kept = sorted(set(weighted) - {row["node"] for row in layers})
-    notes = [f"{len(layers)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
+    rows = annotate(layers_of.get(cand.name, []) if cand else [], found)
+    weighted = weighted_nodes(proto)
+    kept = sorted(set(weighted) - {row["node"] for row in rows})
+    notes = [f"{len(rows)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
              "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
              "restores the float weights once at load: set it too when loading model.onnx "
              "with plain onnxruntime, or the weights are rebuilt on every call"] + (
         [f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}" + (" ..." if len(kept) > 6 else "")]
         if kept else [])
-    return StageResult(ranked=ranked, tried=tried, notes=notes,
-                       layers=layers + [{"node": n, "precision": "fp32"} for n in kept])
+    if found.precision:
+        notes.append(f"mixed precision: {len(found.precision)} most sensitive layer(s) fell back "
+                     f"({', '.join(f'{n} -> {p}' for n, p in list(found.precision.items())[:4])}"
+                     f"{' ...' if len(found.precision) > 4 else ''}); sensitivity of every layer is "
+                     "in the per-layer table")
+    fp32_rows = [{"node": n, "precision": FP32,
+                  **({"sensitivity": round(found.sensitivity[n], 6)} if n in found.sensitivity else {}),
+                  **({"reason": annotate([{"node": n}], found)[0].get("reason", "kept float by the recipe")}
+                     if n in found.precision or n in base else {})}
+                 for n in kept]
+    return StageResult(ranked=ranked, tried=tried, notes=notes, layers=rows + fp32_rows)
 
 
 def quantize_int4(onnx_path: Path, cfg: Int4Config, ctx: StageContext) -> StageResult:
-    return budgeted(onnx_path, cfg, ctx, "int4", write_int4)
+    return accuracy_aware(onnx_path, cfg, ctx, "int4", write_int4, fallbacks=("int8", "fp32"))
