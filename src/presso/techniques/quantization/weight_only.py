@@ -22,7 +22,7 @@ from presso.runtime.session import mark_session_config
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import AUTO_GROUP, Int4Config
 from presso.techniques.quantization.packing import pack_int4
-from presso.techniques.quantization.quantizers import compute_qparams, dequantize, quantize
+from presso.techniques.quantization.quantizers import QuantParams, compute_qparams, dequantize, quantize
 
 INT4_OPSET = 21
 # With QDQ handling on (the default), ONNX Runtime keeps a weight's DequantizeLinear and
@@ -106,14 +106,21 @@ def _plan(model, cfg: Int4Config, keep: set[str]) -> list[_Plan]:
     return plans
 
 
-def _quantize_weight(w: np.ndarray, plan: _Plan, symmetric: bool, bits: int = 4):
-    """(ints in ONNX layout, scales, zero points or None, DQ axis, block size, dequantized w)."""
+def _quantize_weight(w: np.ndarray, plan: _Plan, symmetric: bool, bits: int = 4,
+                     grid: QuantParams | None = None):
+    """(ints in ONNX layout, scales, zero points or None, DQ axis, block size, dequantized w).
+
+    ``grid`` (scales in the (outputs, K) layout, e.g. learned by QAT) replaces min-max."""
     t = torch.from_numpy(np.array(w.T if plan.transposed else w))  # (outputs, K...)
+    if grid is not None:
+        plan = _Plan(plan.node, plan.op, plan.weight, plan.transposed, grid.group_size)
+        qp = grid
     if plan.group is None:
-        qp = compute_qparams(t, bits=bits, symmetric=symmetric, axis=0)
+        qp = qp if grid is not None else compute_qparams(t, bits=bits, symmetric=symmetric, axis=0)
         axis, block = 0, None
     else:
-        qp = compute_qparams(t, bits=bits, symmetric=symmetric, group_size=plan.group)
+        qp = qp if grid is not None else compute_qparams(t, bits=bits, symmetric=symmetric,
+                                                         group_size=plan.group)
         axis, block = 1, plan.group  # scales (outputs, K/g): blocks along K
     q_t = quantize(t, qp)
     deq = dequantize(q_t, qp).numpy()
@@ -141,12 +148,14 @@ def _int_tensor(name: str, values: np.ndarray, signed: bool, bits: int):
 _BITS = {"int4": 4, "int8": 8}
 
 
-def write_int4(src: Path, dst: Path, cfg: Int4Config,
-               precision: dict[str, str] | None = None) -> list[dict]:
+def write_int4(src: Path, dst: Path, cfg: Int4Config, precision: dict[str, str] | None = None,
+               grids: dict[str, QuantParams] | None = None) -> list[dict]:
     """Rewrite ``src`` with 4-bit weights into ``dst``; returns one row per layer.
 
     ``precision`` overrides single nodes: ``"fp32"`` leaves the weight float, ``"int8"``
-    stores it in 8 bits with the same granularity (mixed precision).
+    stores it in 8 bits with the same granularity (mixed precision). ``grids`` maps a
+    weight initializer to the 4-bit scales to store it with (QAT's learned ones; the
+    weight must already lie on that grid for the storage to be lossless).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -160,7 +169,8 @@ def write_int4(src: Path, dst: Path, cfg: Int4Config,
         label = precision.get(plan.node, "int4")
         bits = _BITS[label]
         w = numpy_helper.to_array(inits[plan.weight])
-        q, scale, zp, axis, block, deq = _quantize_weight(w, plan, cfg.symmetric, bits)
+        grid = (grids or {}).get(plan.weight) if bits == 4 else None
+        q, scale, zp, axis, block, deq = _quantize_weight(w, plan, cfg.symmetric, bits, grid)
         model.graph.initializer.remove(inits[plan.weight])
         q_name, s_name = f"{plan.weight}_{label}", f"{plan.weight}_scale"
         model.graph.initializer.extend([_int_tensor(q_name, q, cfg.symmetric, bits),
