@@ -7,9 +7,10 @@ process, on the same held-out rows.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
     progress.log("loading the model")
     loaded = load_model(model, weights=weights)
     data = resolve_data(data, loaded, target=target, seq_len=seq_len)
-    if loaded.kind == "onnx" and any(t.domain == "torch" for t, _ in stages):
-        raise PressoError(f"Recipe '{recipe.name}' has PyTorch stages; they need a PyTorch model, not an ONNX file.")
+    _check_stage_order(recipe, stages, loaded)
 
     workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
     try:
@@ -127,13 +127,16 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
         current = baseline_path
         stage_reports, notes = [], list(loaded.notes)
         chosen_per_stage: list[Candidate] = []
+        module = loaded.module  # the PyTorch model torch stages train, until an ONNX stage runs
         for index, (technique, config) in enumerate(stages, 1):
             stage_dir = workdir / f"stage{index}-{technique.name}"
             stage_dir.mkdir()
+            ctx = _stage_context(run, stage_dir, module if technique.domain == "torch" else None, seed)
             with progress.task(f"stage {index}/{len(stages)}: {technique.name}"):
-                result = technique.apply(current, config, _stage_context(run, stage_dir))
+                result = technique.apply(current, config, ctx)
             chosen, eval_metrics = _verify(run, result.ranked, result.tried, technique.name)
             chosen_per_stage.append(chosen)
+            module = chosen.module if technique.domain == "torch" else None
             stage_reports.append({
                 "technique": technique.name, "chosen": chosen.name,
                 "variants": [c.describe() for c in result.tried],
@@ -149,6 +152,22 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+
+
+def _check_stage_order(recipe: Recipe, stages, loaded: LoadedModel) -> None:
+    """Stages that train the PyTorch model need one, and must run before ONNX stages."""
+    torch_stages = [(i, t.name) for i, (t, _) in enumerate(stages, 1) if t.domain == "torch"]
+    if torch_stages and loaded.kind == "onnx":
+        i, name = torch_stages[0]
+        raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model; it needs "
+                          "a PyTorch model or Hugging Face folder, not an ONNX file.")
+    first_onnx = next((i for i, (t, _) in enumerate(stages, 1) if t.domain == "onnx"), None)
+    late = [(i, n) for i, n in torch_stages if first_onnx is not None and i > first_onnx]
+    if late:
+        i, name = late[0]
+        raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model, so it must "
+                          f"come before stage {first_onnx} '{stages[first_onnx - 1][0].name}', which works "
+                          "on the exported ONNX graph. Reorder the stages.")
 
 
 def _first(*values):
@@ -238,7 +257,7 @@ def _baseline(run: Run) -> Path:
     return path
 
 
-def _stage_context(run: Run, stage_dir: Path) -> StageContext:
+def _stage_context(run: Run, stage_dir: Path, module, seed: int) -> StageContext:
     baseline_cal = run.metrics(run.ref_cal, "calibration")[run.primary]
 
     def score(path: Path) -> Score:
@@ -256,9 +275,22 @@ def _stage_context(run: Run, stage_dir: Path) -> StageContext:
             timed = bench_onnx(paths, sample, sample, quick)
         return {k: v["latency_ms"]["p50"] for k, v in timed.items()}
 
+    def export(trained, path: Path) -> Path:
+        """Export a trained copy of the model like the baseline, checked against PyTorch."""
+        model = replace(run.model, module=trained)
+        export_onnx(model, run.calibration.head(2).inputs, path)
+        compact_names(path)
+        sample = run.calibration.head(8)
+        check_parity(model.run_torch(sample.inputs),
+                     run_session(make_session(path), sample.inputs, EVAL_BATCH), "ONNX export")
+        return path
+
     return StageContext(workdir=stage_dir, calibration=run.calibration, score=score,
                         time_models=time_models, transformer=run.model.transformer,
-                        log=run.progress.log)
+                        log=run.progress.log, task=run.task, seed=seed,
+                        module=None if module is None else copy.deepcopy(module).eval(),
+                        teacher=run.ref_cal, input_names=list(run.model.input_names),
+                        export=export if module is not None else None)
 
 
 def _verify(run: Run, ranked: list[Candidate], tried: list[Candidate], technique: str):

@@ -34,6 +34,13 @@ class StageContext:
     time_models: Callable[[dict[str, Path]], dict[str, float]]  # name -> p50 ms at batch 1
     transformer: dict | None  # heads / hidden size of a transformer encoder, else None
     log: Callable[[str], None] = lambda _msg: None
+    # For stages that train the PyTorch model ("torch" domain); None for ONNX stages.
+    module: Any = None  # the current nn.Module, a copy the stage may change
+    task: str = ""
+    teacher: Any = None  # the original model's outputs on the calibration rows (np.ndarray)
+    input_names: list[str] = field(default_factory=list)
+    export: Callable[[Any, Path], Path] | None = None  # nn.Module -> ONNX file, checked
+    seed: int = 0
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Candidate:
     heldout_drop: float | None = None  # set when it passed calibration but failed held-out rows
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # pins this variant in recipe.yaml
+    module: Any = None  # torch stages: the trained nn.Module the ONNX file was exported from
 
     def describe(self) -> dict:
         return {

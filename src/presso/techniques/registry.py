@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from presso.errors import PressoError
 from presso.techniques.quantization.config import Int4Config, Int8Config, KMeansConfig
+from presso.techniques.quantization.qat_config import QATConfig
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ TECHNIQUES: dict[str, Technique] = {
         "kmeans", KMeansConfig, "onnx",
         "k-means weight clustering: a codebook of 2^bits values per layer plus packed indices",
         "presso.techniques.quantization.clustering:cluster_weights",
+    ),
+    "qat": Technique(
+        "qat", QATConfig, "torch",
+        "quantization-aware fine-tuning (STE / learned step size), stored as packed 4-bit weights",
+        "presso.techniques.quantization.qat_stage:quantize_aware",
     ),
 }
 

@@ -1,0 +1,136 @@
+"""The ``qat`` recipe stage: fine-tune with fake-quantized weights, export, store in 4 bits.
+
+1. Fake-quantize the weights of the PyTorch model's Linear / Conv layers (``qat.py``).
+2. Fine-tune to the original model's outputs on the calibration rows (a seeded part of
+   them held back for early stopping), optionally quantizing the layers progressively.
+3. Bake the trained weights onto their grids, export to ONNX and store each weight with
+   exactly its trained integers and scales (``write_int4``'s ``grids``), then score the
+   result against the budget like any weight-only model; sensitive layers fall back to
+   8 bits or fp32 if the budget still breaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from presso.errors import PressoError
+from presso.techniques.base import StageContext, StageResult
+from presso.techniques.quantization.qat_config import QATConfig
+
+
+def _digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return hashlib.sha1(a.tobytes() + str(a.shape).encode()).hexdigest()
+
+
+def grids_by_initializer(onnx_path: Path, module, qparams: dict) -> dict:
+    """ONNX weight initializer -> the QuantParams its values were trained on.
+
+    Matched by content, not name: the exporter renames and transposes weights (a MatMul
+    stores ``W.T``), but their values are the trained ones bit for bit. A weight the
+    exporter changed (e.g. a BatchNorm folded into a convolution) finds no match and is
+    stored with min-max scales instead.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from presso.techniques.quantization.weight_only import float_weight_plans
+
+    layers = dict(module.named_modules())
+    by_digest = {_digest(layers[name].weight.detach().numpy()): qp for name, qp in qparams.items()}
+    model = onnx.load(str(onnx_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for _, op, weight in float_weight_plans(model, set()):
+        w = numpy_helper.to_array(inits[weight])
+        for candidate in (w, w.T) if w.ndim == 2 else (w,):
+            qp = by_digest.get(_digest(candidate))
+            if qp is not None:
+                out[weight] = qp
+                break
+    return out
+
+
+def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageResult:
+    from presso.techniques.quantization.qat import (
+        convert,
+        prepare_qat,
+        progressive_hook,
+        progressive_schedule,
+    )
+    from presso.techniques.quantization.weight_only import accuracy_aware, write_int4
+    from presso.train import FitSettings, fit, teacher_loss
+
+    if ctx.module is None or ctx.export is None:
+        raise PressoError("The 'qat' stage fine-tunes the PyTorch model; give presso a PyTorch model "
+                          "or Hugging Face folder, and put 'qat' before ONNX stages.")
+    module = ctx.module
+    names = prepare_qat(module, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
+                        learned_scale=cfg.learned_scale)
+    if not names:
+        raise PressoError("The 'qat' stage found no Linear or Conv layer to quantize in this model.")
+
+    # Early stopping needs rows the fine-tuning does not see: a seeded part of calibration.
+    n = len(ctx.calibration)
+    order = np.random.default_rng(ctx.seed).permutation(n)
+    n_val = max(1, int(round(n * cfg.validation_fraction))) if n > 1 else 0
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    if len(train_idx) == 0:
+        raise PressoError(f"The 'qat' stage needs calibration rows to fine-tune on; got {n}. "
+                          "Give more data or a larger --calibration-fraction.")
+    inputs = {k: v for k, v in ctx.calibration.inputs.items() if k in ctx.input_names}
+    teacher = np.asarray(ctx.teacher, np.float32)
+    train = ({k: v[train_idx] for k, v in inputs.items()}, teacher[train_idx])
+    val = ({k: v[val_idx] for k, v in inputs.items()}, teacher[val_idx]) if n_val else None
+
+    progressive = cfg.progressive_stages > 1
+    schedule = progressive_schedule(names, cfg.progressive_stages, cfg.epochs) if progressive else {}
+    settings = FitSettings(
+        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
+        # Early stopping could end before the last group of layers starts quantizing.
+        patience=None if progressive else cfg.patience,
+        max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60,
+    )
+
+    def on_epoch(row: dict) -> None:
+        score = row.get("val_score")
+        ctx.log(f"qat: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
+                + ("" if score is None else f", validation loss {-score:.4g}"))
+
+    ctx.log(f"qat: fine-tuning {len(names)} layers with {cfg.bits}-bit weights on {len(train_idx)} rows")
+    # Validation by the (continuous) teacher loss: agreement on a few dozen rows saturates
+    # at 1.0 before fine-tuning starts, and early stopping would then keep the start.
+    report = fit(module, train, val, teacher_loss(ctx.task, cfg.temperature), None, settings,
+                 input_names=ctx.input_names, on_epoch=on_epoch,
+                 before_epoch=progressive_hook(module, schedule) if progressive else None)
+    qparams = convert(module.eval())
+    exported = ctx.export(module, ctx.workdir / "qat-float.onnx")
+    grids = grids_by_initializer(exported, module, qparams) if cfg.bits == 4 else {}
+
+    def writer(src, dst, config, precision, grids_=grids):
+        if cfg.bits == 8:  # 8-bit: every layer in the int8 container
+            precision = {**{n: "int8" for n, _, _ in _plans(src)}, **(precision or {})}
+        return write_int4(src, dst, config, precision, grids_)
+
+    result = accuracy_aware(exported, cfg, ctx, "qat", writer,
+                            fallbacks=("int8", "fp32") if cfg.bits < 8 else ("fp32",))
+    for cand in result.tried:
+        cand.module = module
+    result.notes.insert(0, (
+        f"qat: fine-tuned {len(names)} layers for {report.epochs_run} epochs on {len(train_idx)} "
+        f"calibration rows (best epoch {report.best_epoch}, validation loss {-report.best_score:.4g} "
+        f"on {n_val} rows, stopped: {report.stopped}); {len(grids)} of {len(qparams)} layers stored "
+        "with their trained scales" + ("" if len(grids) == len(qparams) or cfg.bits != 4 else
+                                       ", the rest re-quantized min-max (changed by the export)")))
+    return result
+
+
+def _plans(src):
+    import onnx
+
+    from presso.techniques.quantization.weight_only import float_weight_plans
+
+    return float_weight_plans(onnx.load(str(src), load_external_data=False), set())
