@@ -21,7 +21,9 @@ class Int8Config(BaseModel):
 
     variants: Literal["auto"] | list[Variant] = "auto"
     per_channel: bool = True
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # Observer of the activation ranges (static variants): presso's streaming observers;
+    # "auto" picks per tensor the one with the least int8 error on the observed histogram.
+    calibration: Literal["minmax", "moving_average", "percentile", "mse", "entropy", "auto"] = "minmax"
     calibration_rows: int = Field(default=256, ge=1, le=100_000)
     fuse_transformer: bool = True
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32

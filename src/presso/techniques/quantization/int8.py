@@ -102,7 +102,6 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
               input_names: list[str], exclude: list[str], calibration_batch: int) -> None:
     import onnx
     from onnxruntime.quantization import (
-        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -119,20 +118,22 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[cfg.calibration]
+    from presso.techniques.quantization.calibrate import static_quantize_kwargs
+
     u8 = variant == "static-u8s8"
+    # presso's own streaming calibration (bounded memory; ORT's calibrators keep every
+    # activation), handed to ORT as explicit per-tensor ranges.
+    feeds = _Reader(ctx.calibration, input_names, cfg.calibration_rows, calibration_batch)
+    kwargs = static_quantize_kwargs(src, feeds, cfg.calibration, "u8" if u8 else "s8",
+                                    nodes_to_exclude=exclude, workdir=ctx.workdir)
+    extra = {"WeightSymmetric": True, "DefaultTensorType": onnx.TensorProto.FLOAT,
+             **kwargs.pop("extra_options")}
     quantize_static(
-        str(src), str(dst), _Reader(ctx.calibration, input_names, cfg.calibration_rows, calibration_batch),
-        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+        str(src), str(dst), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
         # u8 activations x s8 weights can saturate 16-bit accumulators on x86 without
         # VNNI; 7-bit weights (reduce_range) are ORT's documented remedy there.
-        reduce_range=u8 and not cpu_features().vnni,
-        activation_type=QuantType.QUInt8 if u8 else QuantType.QInt8,
-        weight_type=QuantType.QInt8, calibrate_method=method,
-        nodes_to_exclude=exclude or None,
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                       "DefaultTensorType": onnx.TensorProto.FLOAT},
+        reduce_range=u8 and not cpu_features().vnni, weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude or None, extra_options=extra, **kwargs,
     )
 
 
