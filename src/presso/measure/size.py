@@ -57,3 +57,60 @@ def parameter_count(path: str | Path) -> int:
             if n > 1:  # scalars are constants of the graph, not parameters
                 total += n
     return total
+
+
+# Ops that rebuild or reshape a stored weight on its way to the layer that uses it.
+_WEIGHT_PATH_OPS = {"DequantizeLinear", "Cast", "Gather", "Transpose", "Reshape", "Mul",
+                    "DynamicQuantizeLinear"}
+
+
+def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
+    """Bytes of the stored weights and biases (with their scales, zero points and
+    codebooks) of each named node: its initializer operands, followed back through the nodes that rebuild a
+    weight at run time (DequantizeLinear, Cast, a codebook Gather...).
+
+    Packed 4-bit tensors count at their packed size; an initializer shared by two layers
+    counts for both.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+    by_name = {n.name: n for n in graph.node}
+
+    def nbytes(init) -> int:
+        n = int(np.prod(init.dims)) if init.dims else 1
+        bits = {21: 4, 22: 4, 2: 8, 3: 8, 10: 16, 16: 16, 11: 64, 7: 64, 6: 32, 12: 32}.get(init.data_type, 32)
+        return (n * bits + 7) // 8
+
+    def stored(tensor: str, seen: set[str]) -> int:
+        if tensor in seen:
+            return 0
+        seen.add(tensor)
+        if tensor in inits:
+            return nbytes(inits[tensor])
+        node = producer.get(tensor)
+        if node is None or node.op_type not in _WEIGHT_PATH_OPS:
+            return 0  # an activation, not a weight
+        return sum(stored(t, seen) for t in node.input if t)
+
+    out = {}
+    for name in nodes:
+        node = by_name.get(name)
+        if node is not None:
+            seen: set[str] = set()
+            # Activations (input 0 of most ops) are not storage: only constant operands count.
+            out[name] = sum(stored(t, seen) for t in node.input if t and _constant(t, inits, producer))
+    return out
+
+
+def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0) -> bool:
+    """Whether ``tensor`` is computed from initializers only (a stored weight)."""
+    if tensor in inits:
+        return True
+    node = producer.get(tensor)
+    if node is None or depth > 8 or node.op_type not in _WEIGHT_PATH_OPS:
+        return False
+    return all(_constant(t, inits, producer, depth + 1) for t in node.input if t)

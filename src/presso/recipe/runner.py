@@ -24,7 +24,7 @@ from presso.export.onnx_export import check_parity, export_onnx
 from presso.measure.bench import BenchSettings, bench_onnx, bench_torch
 from presso.measure.memory import peak_memory_mb
 from presso.measure.metrics import check_target, evaluate
-from presso.measure.size import file_size, parameter_count
+from presso.measure.size import file_size, layer_storage_bytes, parameter_count
 from presso.model.loaded import LoadedModel
 from presso.model.sources import load_model
 from presso.progress import SILENT, Progress
@@ -140,7 +140,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
             stage_reports.append({
                 "technique": technique.name, "chosen": chosen.name,
                 "variants": [c.describe() for c in result.tried],
-                "notes": result.notes, "layers": result.layers,
+                "notes": result.notes, "layers": _with_storage(result.layers, chosen.path),
             })
             notes += result.notes
             current = chosen.path
@@ -291,6 +291,13 @@ def _stage_context(run: Run, stage_dir: Path, module, seed: int) -> StageContext
                         module=None if module is None else copy.deepcopy(module).eval(),
                         teacher=run.ref_cal, input_names=list(run.model.input_names),
                         export=export if module is not None else None)
+
+
+def _with_storage(layers: list[dict], path: Path) -> list[dict]:
+    """Per-layer rows plus the bytes each layer's weights take in the stage's model."""
+    sizes = layer_storage_bytes(path, [row["node"] for row in layers if "node" in row])
+    return [{**row, "stored_bytes": sizes[row["node"]]} if row.get("node") in sizes else row
+            for row in layers]
 
 
 def _verify(run: Run, ranked: list[Candidate], tried: list[Candidate], technique: str):

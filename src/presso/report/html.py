@@ -26,6 +26,35 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+# Per-layer columns in reading order; any other keys a technique reports follow them.
+_LAYER_COLUMNS = ["node", "op", "precision", "granularity", "activations", "sensitivity",
+                  "parameters", "stored_bytes", "relative_error", "reason"]
+
+
+def _layer_tables(report: Report) -> list[str]:
+    parts = []
+    for i, stage in enumerate(report.stages, 1):
+        if not stage.layers:
+            continue
+        keys = {k for row in stage.layers for k in row}
+        header = [c for c in _LAYER_COLUMNS if c in keys] + sorted(keys - set(_LAYER_COLUMNS))
+        rows = [["" if row.get(k) is None else _cell(row.get(k)) for k in header] for row in stage.layers]
+        parts += [f"<h2>Layers after stage {i} ({html.escape(stage.technique)})</h2>",
+                  "<p>sensitivity: drop of the primary metric on calibration rows with only that layer "
+                  "quantized (measured when the whole model missed the budget); relative_error: "
+                  "||w_q - w|| / ||w|| of the stored weight.</p>",
+                  _table(header, rows)]
+    return parts
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
 def render_html(report: Report) -> str:
     import yaml
 
@@ -55,6 +84,7 @@ def render_html(report: Report) -> str:
         "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>",
         "<h2>Variants tried</h2>",
         _table(variant_header, variants),
+        *_layer_tables(report),
         "<h2>Data</h2>",
         f"<p>{html.escape(report.data['source'])}: {report.data['rows']} rows, split by "
         f"{html.escape(split['method'])} (seed {split['seed']}) into {split['calibration_rows']} "

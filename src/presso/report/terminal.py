@@ -26,5 +26,12 @@ def print_summary(report: Report, console: Console, out_dir: str | None = None) 
     )
     for note in report.notes:
         console.print(f"• {note}")
+    for stage in report.stages:
+        counts: dict[str, int] = {}
+        for row in stage.layers:
+            counts[row.get("precision", "?")] = counts.get(row.get("precision", "?"), 0) + 1
+        if counts:
+            listed = ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            console.print(f"• {stage.technique}: layers {listed} (per-layer table in report.html)")
     if out_dir:
         console.print(f"Artifact written to [bold]{out_dir}[/bold] (model.onnx, report.json, report.html, recipe.yaml)")

@@ -1,0 +1,47 @@
+"""The per-layer table: stored bytes per layer and its place in report.html."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import presso
+from presso.measure import BenchSettings
+from presso.measure.size import file_size, layer_storage_bytes
+from presso.techniques.quantization.config import Int4Config
+from presso.techniques.quantization.weight_only import write_int4
+
+
+def test_stored_bytes_count_packed_weights_scales_and_biases(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    src = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 64),), str(src), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    dst = tmp_path / "q.onnx"
+    rows = write_int4(src, dst, Int4Config(), {})
+    sizes = layer_storage_bytes(dst, [r["node"] for r in rows])
+    first, second = (sizes[r["node"]] for r in rows)
+    # 64x32 weights in 4 bits + one float scale per group of 32 inputs + float bias.
+    assert first == 64 * 32 // 2 + 32 * 2 * 4 + 32 * 4
+    assert second == 32 * 10 // 2 + 10 * 1 * 4 + 10 * 4
+    fp32 = layer_storage_bytes(src, [r["node"] for r in rows])
+    assert list(fp32.values()) == [(64 * 32 + 32) * 4, (32 * 10 + 10) * 4]
+    assert sum(sizes.values()) < file_size(dst)  # the rest is graph structure
+
+
+def test_report_html_has_a_layer_table_with_stored_bytes(tmp_path):
+    ex = presso.load_example("tabular")
+    result = presso.compress(ex.model, "int4", data=ex.data, task=ex.task,
+                             bench=BenchSettings(rounds=1, throughput_batch=8))
+    layers = result.report.stages[0].layers
+    assert layers and all(isinstance(row["stored_bytes"], int) and row["stored_bytes"] > 0 for row in layers)
+    out = tmp_path / "art"
+    result.save(out)
+    page = (out / "report.html").read_text()
+    assert "Layers after stage 1 (int4)" in page and "stored_bytes" in page
+    assert all(row["node"] in page for row in layers)
+    # Every layer's weights are part of the file, packed: about a byte per 2 parameters.
+    stored = sum(r["stored_bytes"] for r in layers)
+    assert stored <= result.report.compressed.size_bytes
+    assert stored < 0.2 * 4 * sum(r["parameters"] for r in layers)
