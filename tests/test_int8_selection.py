@@ -23,6 +23,6 @@ def test_more_faithful_wins_a_timing_tie():
 
 
 def test_reduce_range_only_without_vnni():
-    assert default_variants(True, vnni=True) == ["dynamic"]
+    assert default_variants(True, vnni=True) == ["dynamic", "dynamic-smooth"]
     assert "dynamic-reduce-range" in default_variants(True, vnni=False)
     assert default_variants(False, vnni=True)[0].startswith("static")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Variant = Literal["dynamic", "dynamic-reduce-range", "static-s8s8", "static-u8s8"]
+Variant = Literal["dynamic", "dynamic-smooth", "dynamic-reduce-range", "static-s8s8", "static-u8s8"]
 
 
 class Int8Config(BaseModel):
