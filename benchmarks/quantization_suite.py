@@ -44,7 +44,8 @@ def main() -> None:
             print(f"| {name} | {recipe} | {r.stages[-1].chosen} | {r.budget.primary_metric} | "
                   f"{r.budget.baseline:.4f} | {r.budget.compressed:.4f} | {r.budget.drop:+.4f} | "
                   f"{b.size_bytes / 1e3:.1f} kB -> {c.size_bytes / 1e3:.1f} kB ({r.ratios['size']:.2f}x) | "
-                  f"{b.latency_ms.p50:.3f} -> {c.latency_ms.p50:.3f} ms ({r.ratios['latency_speedup']:.2f}x) | "
+                  f"{b.latency_ms.p50:.3f} -> {c.latency_ms.p50:.3f} ms "
+                  f"({r.ratios['latency_speedup']:.2f}x) | "
                   f"{', '.join(f'{n} {p}' for p, n in counts.items())} |", flush=True)
 
 
