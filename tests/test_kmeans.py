@@ -78,3 +78,32 @@ def test_digits_kmeans_within_a_point_and_six_times_smaller():
                              bench=BenchSettings(rounds=1, throughput_batch=8)).report
     assert report.budget.passed and report.budget.drop <= 0.01
     assert report.baseline.size_bytes / report.compressed.size_bytes >= 6.0
+
+
+def test_per_channel_codebooks_rebuild_exactly_and_fit_better(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)).eval()
+    with torch.no_grad():  # channels of very different scales: one codebook fits them badly
+        model[3].weight.mul_(torch.logspace(-2, 0, 10)[:, None])
+    src = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(src), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    per_layer = write_kmeans(src, tmp_path / "l.onnx", KMeansConfig(bits=2), precision={})
+    per_channel = write_kmeans(src, tmp_path / "c.onnx", KMeansConfig(bits=2, per_channel=True), precision={})
+    assert [r["granularity"] for r in per_channel] == ["per channel"] * 2
+    for a, b in zip(per_channel, per_layer, strict=True):
+        assert a["relative_error"] < b["relative_error"]
+    from presso.techniques.quantization.clustering import cluster_rows
+
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in (reference[0], reference[3]):
+            w = layer.weight.numpy().reshape(layer.weight.shape[0], -1)
+            books, idx = cluster_rows(w, 2)
+            assert books.shape == (w.shape[0], 4)
+            layer.weight.copy_(torch.from_numpy(np.take_along_axis(books, idx.astype(np.int64), 1))
+                               .reshape(layer.weight.shape))
+    x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, reference(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)

@@ -56,6 +56,47 @@ def cluster(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return codebook.astype(np.float32), idx.reshape(w.shape).astype(np.uint8)
 
 
+def cluster_rows(w2: np.ndarray, bits: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row codebooks: ((rows, 2^bits) centroids, indices shaped like ``w2``).
+
+    One 1-D k-means per row (output channel), vectorised over rows: linear initialisation
+    over the row's range, then Lloyd steps (an empty cluster keeps its centroid).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
+    >>> books, idx = cluster_rows(w, bits=2)
+    >>> books.shape, idx.shape
+    ((8, 4), (8, 64))
+    """
+    v = w2.astype(np.float64)  # (C, n)
+    k = 2 ** bits
+    books = np.linspace(v.min(1), v.max(1), k, axis=1)  # (C, k)
+    idx = np.abs(v[:, :, None] - books[:, None, :]).argmin(-1)  # (C, n)
+    for _ in range(iters):
+        onehot = idx[:, :, None] == np.arange(k)  # (C, n, k)
+        counts = onehot.sum(1)
+        sums = (onehot * v[:, :, None]).sum(1)
+        books = np.where(counts > 0, sums / np.maximum(counts, 1), books)
+        new_idx = np.abs(v[:, :, None] - books[:, None, :]).argmin(-1)
+        if np.array_equal(new_idx, idx):
+            break
+        idx = new_idx
+    return books.astype(np.float32), idx.astype(np.uint8)
+
+
+# Axis of the output channel in each op's stored weight layout (MatMul stores (K, N)).
+def _channel_axis(model, node_name: str, op: str) -> int | None:
+    if op == "Conv":
+        return 0
+    if op == "Gather":
+        return None  # embedding rows are tokens: one codebook per table
+    node = next(n for n in model.graph.node if n.name == node_name)
+    trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+    return 0 if op == "Gemm" and trans_b else 1
+
+
 _FIT_SAMPLE = 200_000
 _MAX_REFINE = 300  # Lloyd steps; 1-D Lloyd creeps, so also stop once centroids stop moving
 
@@ -89,7 +130,19 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig,
     keep = {n for n, p in (precision or {}).items() if p == "fp32"}
     for node_name, op, weight in float_weight_plans(model, keep):
         w = numpy_helper.to_array(inits[weight])
-        codebook, idx = cluster(w, cfg.bits, cfg.seed)
+        axis = _channel_axis(model, node_name, op) if cfg.per_channel else None
+        if axis is None:
+            codebook, idx = cluster(w, cfg.bits, cfg.seed)
+            rebuilt, offsets = codebook[idx], None
+        else:  # one codebook per output channel; indices offset into the flattened books
+            moved = np.moveaxis(w, axis, 0)
+            books, idx2 = cluster_rows(moved.reshape(moved.shape[0], -1), cfg.bits)
+            idx = np.moveaxis(idx2.reshape(moved.shape), 0, axis)
+            codebook = books.reshape(-1)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            offsets = (np.arange(books.shape[0], dtype=np.int64) * books.shape[1]).reshape(shape)
+            rebuilt = codebook[idx + offsets]
         model.graph.initializer.remove(inits[weight])
         i_name, c_name, one = f"{weight}_index", f"{weight}_codebook", f"{weight}_index_scale"
         if cfg.bits <= 4:  # packed two indices a byte
@@ -99,15 +152,23 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig,
             index = numpy_helper.from_array(idx, i_name)
         model.graph.initializer.extend([index, numpy_helper.from_array(codebook, c_name),
                                         numpy_helper.from_array(np.array(1.0, np.float32), one)])
+        gather_in = f"{weight}_index_i"
         new_nodes += [
             helper.make_node("DequantizeLinear", [i_name, one], [f"{weight}_index_f"], name=f"{node_name}/index"),
-            helper.make_node("Cast", [f"{weight}_index_f"], [f"{weight}_index_i"], to=TensorProto.INT64,
+            helper.make_node("Cast", [f"{weight}_index_f"], [gather_in], to=TensorProto.INT64,
                              name=f"{node_name}/index_int"),
-            helper.make_node("Gather", [c_name, f"{weight}_index_i"], [weight], axis=0,
-                             name=f"{node_name}/codebook"),
         ]
-        err = float(np.linalg.norm(codebook[idx] - w) / max(float(np.linalg.norm(w)), 1e-12))
+        if offsets is not None:
+            o_name = f"{weight}_codebook_offsets"
+            model.graph.initializer.append(numpy_helper.from_array(offsets, o_name))
+            new_nodes.append(helper.make_node("Add", [gather_in, o_name], [f"{weight}_index_g"],
+                                              name=f"{node_name}/codebook_offset"))
+            gather_in = f"{weight}_index_g"
+        new_nodes.append(helper.make_node("Gather", [c_name, gather_in], [weight], axis=0,
+                                          name=f"{node_name}/codebook"))
+        err = float(np.linalg.norm(rebuilt - w) / max(float(np.linalg.norm(w)), 1e-12))
         rows.append({"node": node_name, "op": op, "precision": f"kmeans {2 ** cfg.bits} values",
+                     "granularity": "per channel" if offsets is not None else "per layer",
                      "parameters": int(w.size), "relative_error": round(err, 6)})
     nodes = list(model.graph.node)
     del model.graph.node[:]

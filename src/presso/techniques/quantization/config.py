@@ -64,5 +64,6 @@ class KMeansConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bits: int = Field(default=4, ge=1, le=8)
+    per_channel: bool = False  # a codebook per output channel (2^bits values each)
     seed: int = 0
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
