@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from presso.errors import PressoError
-from presso.techniques.quantization.config import Int4Config, Int8Config, KMeansConfig
+from presso.techniques.quantization.config import Int4Config, Int8Config, KMeansConfig, WeightOnlyConfig
+from presso.techniques.quantization.hashing_config import HashedConfig
 from presso.techniques.quantization.qat_config import QATConfig
 
 
@@ -36,6 +37,12 @@ TECHNIQUES: dict[str, Technique] = {
         "4-bit weight-only quantization, packed two values a byte (per group / per channel)",
         "presso.techniques.quantization.weight_only:quantize_int4",
     ),
+    "weight-only": Technique(
+        "weight-only", WeightOnlyConfig, "onnx",
+        "weight-only quantization: int 2-8 bits, power-of-two scales, binary, float16/bfloat16; "
+        "optional AdaRound rounding and bias correction from the calibration rows",
+        "presso.techniques.quantization.weight_only:quantize_weight_only",
+    ),
     "kmeans": Technique(
         "kmeans", KMeansConfig, "onnx",
         "k-means weight clustering: a codebook of 2^bits values per layer plus packed indices",
@@ -45,6 +52,12 @@ TECHNIQUES: dict[str, Technique] = {
         "qat", QATConfig, "torch",
         "quantization-aware fine-tuning (STE / learned step size), stored as packed 4-bit weights",
         "presso.techniques.quantization.qat_stage:quantize_aware",
+    ),
+    "hashed": Technique(
+        "hashed", HashedConfig, "torch",
+        "hashed weight sharing (HashedNets): a hash of each weight's position picks one of K shared "
+        "values per layer, fine-tuned to the original model; stores K values + the hash seed",
+        "presso.techniques.quantization.hashing:hash_weights",
     ),
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Variant = Literal["dynamic", "dynamic-smooth", "dynamic-reduce-range", "static-s8s8", "static-u8s8"]
 
@@ -54,6 +54,96 @@ class Int4Config(BaseModel):
     def _check_group(cls, v):
         if v != "auto" and not 2 <= v <= 4096:
             raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
+        return v
+
+
+Scheme = Literal["int", "power-of-two", "binary", "float16", "bfloat16"]
+INT_SCHEMES = ("int", "power-of-two")
+# Per-layer precisions a weight-only stage may store (mixed precision overrides)
+WeightPrecision = Literal["int2", "int3", "int4", "int5", "int6", "int7", "int8", "binary",
+                          "float16", "bfloat16"]
+
+
+class WeightOnlyConfig(BaseModel):
+    """Weight-only quantization: weights stored small, activations stay float.
+
+    ``scheme``: ``"int"`` (linear, ``bits`` 2-8), ``"power-of-two"`` (linear with every
+    scale rounded up to ``2**-p``, for shift-only hardware), ``"binary"`` (1 bit:
+    ``sign(w)`` times the mean ``|w|`` of each output channel), ``"float16"`` or
+    ``"bfloat16"`` (half-precision copies). Integer weights use groups of ``group_size``
+    input features (``"auto"``: 32 where it divides, else per output channel; convolutions
+    per output channel); ``bits <= 4`` are packed two a byte, 5-8 bits take a byte each.
+    ``rounding="adaround"`` learns each weight's rounding from the calibration rows
+    (AdaRound) instead of rounding to nearest; ``bias_correction`` removes the mean output
+    shift that quantization causes, through the layer's bias.
+
+    Examples
+    --------
+    >>> WeightOnlyConfig(bits=3, rounding="adaround", bias_correction=True).bits
+    3
+    >>> WeightOnlyConfig(scheme="binary").bits is None
+    True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Scheme = "int"
+    bits: int | None = None  # 4 for the integer schemes when not given
+    symmetric: bool = True
+    group_size: Literal["auto"] | int = "auto"
+    keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
+    # ONNX node name -> precision of that layer (mixed precision; presso fills it in the
+    # resolved recipe when sensitive layers fall back, e.g. to "int8")
+    precision: dict[str, WeightPrecision] = Field(default_factory=dict)
+    rounding: Literal["nearest", "adaround"] = "nearest"
+    bias_correction: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_bits(cls, data):
+        if isinstance(data, dict) and data.get("bits") is None \
+                and data.get("scheme", "int") in INT_SCHEMES:
+            data = {**data, "bits": 4}
+        return data
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _check_bits(cls, v, info: ValidationInfo):
+        scheme = info.data.get("scheme", "int")
+        if scheme not in INT_SCHEMES:
+            if v is not None:
+                raise ValueError(f"scheme '{scheme}' has a fixed width: leave 'bits' out")
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 8:
+            hint = "; for 1-bit weights use scheme: binary" if v == 1 and not isinstance(v, bool) else ""
+            raise ValueError(f"bits must be an int in [2, 8] for scheme '{scheme}'{hint}")
+        return v
+
+    @field_validator("symmetric")
+    @classmethod
+    def _check_symmetric(cls, v, info: ValidationInfo):
+        scheme = info.data.get("scheme", "int")
+        if not v and scheme not in INT_SCHEMES:
+            raise ValueError(f"symmetric applies to the integer schemes, not '{scheme}'")
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _check_group(cls, v, info: ValidationInfo):
+        if v != "auto" and not 2 <= v <= 4096:
+            raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
+        scheme = info.data.get("scheme", "int")
+        if v != "auto" and scheme not in INT_SCHEMES:
+            raise ValueError(f"group_size applies to the integer schemes, not '{scheme}' "
+                             "(binary scales are per output channel; half floats have none)")
+        return v
+
+    @field_validator("rounding")
+    @classmethod
+    def _check_rounding(cls, v, info: ValidationInfo):
+        scheme = info.data.get("scheme", "int")
+        if v == "adaround" and scheme not in INT_SCHEMES:
+            raise ValueError(f"rounding 'adaround' applies to the integer schemes, not '{scheme}'")
         return v
 
 
