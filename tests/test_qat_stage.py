@@ -65,13 +65,16 @@ def test_digits_qat_beats_int4_within_a_point_and_six_times_smaller():
     assert any("with their trained scales" in note for note in qat.stages[0].notes)
 
 
-def test_progressive_qat_runs_every_stage_and_meets_the_budget():
+def test_progressive_3_bit_qat_runs_every_stage_and_meets_the_budget():
     ex = presso.load_example("digits")
-    recipe = Recipe(name="p", stages=[Stage(technique="qat", options={"progressive_stages": 2, "epochs": 4})])
+    options = {"progressive_stages": 2, "epochs": 4, "bits": 3}
+    recipe = Recipe(name="p", stages=[Stage(technique="qat", options=options)])
     report = presso.compress(ex.model, recipe, data=ex.data, task=ex.task, bench=QUICK).report
     assert report.budget.passed
     note = next(n for n in report.stages[0].notes if n.startswith("qat: fine-tuned"))
     assert "for 4 epochs" in note  # no early stop before the last group started quantizing
+    assert "4 of 4 layers stored with their trained scales" in note
+    assert {row["precision"] for row in report.stages[0].layers} <= {"int3", "int8"}
 
 
 def test_qat_must_precede_onnx_stages():

@@ -50,7 +50,7 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "qat": Technique(
         "qat", QATConfig, "torch",
-        "quantization-aware fine-tuning (STE / learned step size), stored as packed 4-bit weights",
+        "quantization-aware fine-tuning (STE / learned step size), stored as packed 2-8-bit weights",
         "presso.techniques.quantization.qat_stage:quantize_aware",
     ),
     "hashed": Technique(

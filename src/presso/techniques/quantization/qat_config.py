@@ -19,7 +19,7 @@ class QATConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bits: Literal[4, 8] = 4
+    bits: int = Field(default=4, ge=2, le=8)  # 2-3 bits are stored in 4-bit containers
     group_size: Literal["auto"] | int = "auto"
     symmetric: bool = True
     learned_scale: bool = False  # LSQ; min-max scales with the STE were as accurate and steadier (digits)
@@ -33,6 +33,14 @@ class QATConfig(BaseModel):
     max_minutes: float | None = Field(default=None, gt=0)
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
     precision: dict[str, Literal["int8"]] = Field(default_factory=dict)  # mixed-precision pins
+
+    def weight_only(self):
+        """The storage options: the weight-only writer's config for these bits and grid."""
+        from presso.techniques.quantization.config import WeightOnlyConfig
+
+        return WeightOnlyConfig(scheme="int", bits=self.bits, symmetric=self.symmetric,
+                                group_size=self.group_size, keep_float=self.keep_float,
+                                precision=self.precision)
 
     @field_validator("group_size")
     @classmethod

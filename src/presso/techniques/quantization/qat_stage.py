@@ -1,4 +1,4 @@
-"""The ``qat`` recipe stage: fine-tune with fake-quantized weights, export, store in 4 bits.
+"""The ``qat`` recipe stage: fine-tune with fake-quantized weights, export, store in 2-8 bits.
 
 1. Fake-quantize the weights of the PyTorch model's Linear / Conv layers (``qat.py``).
 2. Fine-tune to the original model's outputs on the calibration rows (a seeded part of
@@ -61,7 +61,7 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
         progressive_hook,
         progressive_schedule,
     )
-    from presso.techniques.quantization.weight_only import accuracy_aware, write_int4
+    from presso.techniques.quantization.weight_only import accuracy_aware, write_weight_only
     from presso.train import FitSettings, fit, teacher_loss
 
     if ctx.module is None or ctx.export is None:
@@ -108,12 +108,11 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
                  before_epoch=progressive_hook(module, schedule) if progressive else None)
     qparams = convert(module.eval())
     exported = ctx.export(module, ctx.workdir / "qat-float.onnx")
-    grids = grids_by_initializer(exported, module, qparams) if cfg.bits == 4 else {}
+    grids = grids_by_initializer(exported, module, qparams)
+    storage = cfg.weight_only()
 
-    def writer(src, dst, config, precision, grids_=grids):
-        if cfg.bits == 8:  # 8-bit: every layer in the int8 container
-            precision = {**{n: "int8" for n, _, _ in _plans(src)}, **(precision or {})}
-        return write_int4(src, dst, config, precision, grids_)
+    def writer(src, dst, _cfg, precision, grids_=grids):
+        return write_weight_only(src, dst, storage, precision, grids_)
 
     result = accuracy_aware(exported, cfg, ctx, "qat", writer,
                             fallbacks=("int8", "fp32") if cfg.bits < 8 else ("fp32",))
@@ -123,7 +122,7 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
         f"qat: fine-tuned {len(names)} layers for {report.epochs_run} epochs on {len(train_idx)} "
         f"calibration rows (best epoch {report.best_epoch}, validation loss {-report.best_score:.4g} "
         f"on {n_val} rows, stopped: {report.stopped}); {len(grids)} of {len(qparams)} layers stored "
-        "with their trained scales" + ("" if len(grids) == len(qparams) or cfg.bits != 4 else
+        "with their trained scales" + ("" if len(grids) == len(qparams) else
                                        ", the rest re-quantized min-max (changed by the export)")))
     return result
 
