@@ -12,13 +12,21 @@ from onnx import TensorProto, helper, numpy_helper
 from presso.techniques.quantization.smooth import choose_scales, simulated_error, smooth_matmuls
 
 
-def _matmul_model(path, w: np.ndarray):
+def _layernorm(x, gamma):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return ((x - mu) / np.sqrt(var + 1e-5) * gamma).astype(np.float32)
+
+
+def _matmul_model(path, w: np.ndarray, gamma: np.ndarray):
+    """LayerNorm (scale ``gamma``, which makes outlier channels as in BERT) -> MatMul."""
     k, n = w.shape
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", epsilon=1e-5),
+         helper.make_node("MatMul", ["h", "w"], ["y"], name="mm")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", n])],
-        [numpy_helper.from_array(w, "w")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(gamma, "gamma"),
+         numpy_helper.from_array(np.zeros(k, np.float32), "beta")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -34,54 +42,60 @@ def _quantize(src, dst):
                      extra_options={"MatMulConstBOnly": True})
 
 
-def _outlier_calls(rng, k=64, calls=16, rows=48):
-    out = []
-    for _ in range(calls):
-        x = rng.normal(size=(rows, k)).astype(np.float32)
-        x[:, 3] *= 25.0  # one outlier channel, as the feed-forward input of BERT layers
-        out.append(x)
-    return out
-
-
 @pytest.fixture
 def outlier_layer(tmp_path):
     rng = np.random.default_rng(0)
     w = (rng.normal(size=(64, 32)) * 0.1).astype(np.float32)
+    gamma = np.ones(64, np.float32)
+    gamma[3] = 25.0  # one outlier channel, as the feed-forward input of BERT layers
     src = tmp_path / "mm.onnx"
-    _matmul_model(src, w)
-    return src, w, _outlier_calls(rng)
+    _matmul_model(src, w, gamma)
+    inputs = [rng.normal(size=(48, 64)).astype(np.float32) for _ in range(16)]
+    return src, w, inputs, [_layernorm(x, gamma) for x in inputs]
 
 
 def test_simulation_matches_onnx_runtime_int8_error(outlier_layer, tmp_path):
-    src, w, calls = outlier_layer
+    src, w, inputs, calls = outlier_layer
     _quantize(src, tmp_path / "q.onnx")
-    measured = sum(float(np.sum((_run(tmp_path / "q.onnx", x) - x @ w) ** 2)) for x in calls)
+    measured = sum(float(np.sum((_run(tmp_path / "q.onnx", x) - h @ w) ** 2)) for x, h in zip(inputs, calls))
     rows = [np.arange(len(x)) for x in calls]
     simulated = simulated_error(calls, rows, w, None)
     assert simulated == pytest.approx(measured, rel=0.1)
 
 
 def test_smoothing_is_exact_in_float_and_cuts_the_real_int8_error(outlier_layer, tmp_path):
-    src, w, calls = outlier_layer
+    src, w, inputs, calls = outlier_layer
     dst = tmp_path / "smooth.onnx"
-    rows = smooth_matmuls(src, dst, ({"x": x} for x in calls))
+    rows = smooth_matmuls(src, dst, ({"x": x} for x in inputs))
     assert rows[0]["smoothing"].startswith("alpha") and rows[0]["simulated_error_ratio"] < 0.5
-    x = np.concatenate(calls)
+    x = np.concatenate(inputs)
     np.testing.assert_allclose(_run(dst, x), _run(src, x), rtol=1e-4, atol=1e-4)  # same function
     _quantize(src, tmp_path / "q_plain.onnx")
     _quantize(dst, tmp_path / "q_smooth.onnx")
-    plain = np.mean([np.sum((_run(tmp_path / "q_plain.onnx", c) - c @ w) ** 2) for c in calls])
-    smooth = np.mean([np.sum((_run(tmp_path / "q_smooth.onnx", c) - c @ w) ** 2) for c in calls])
+    pairs = list(zip(inputs, calls, strict=True))
+    plain = np.mean([np.sum((_run(tmp_path / "q_plain.onnx", x) - h @ w) ** 2) for x, h in pairs])
+    smooth = np.mean([np.sum((_run(tmp_path / "q_smooth.onnx", x) - h @ w) ** 2) for x, h in pairs])
     assert smooth < 0.5 * plain  # ORT's real int8 error, not only the simulation
 
 
 def test_layers_without_outliers_are_left_alone(tmp_path):
     rng = np.random.default_rng(1)
     w = (rng.normal(size=(64, 32)) * 0.1).astype(np.float32)
-    calls = [rng.normal(size=(48, 64)).astype(np.float32) for _ in range(8)]
+    calls = [_layernorm(rng.normal(size=(48, 64)).astype(np.float32), 1.0) for _ in range(8)]
     s, alpha, ratio = choose_scales(calls, w)
     assert s is None and alpha is None and ratio > 0.95
     src, dst = tmp_path / "mm.onnx", tmp_path / "s.onnx"
-    _matmul_model(src, w)
+    _matmul_model(src, w, np.ones(64, np.float32))
     smooth_matmuls(src, dst, ({"x": x} for x in calls))
-    assert [n.op_type for n in onnx.load(str(dst)).graph.node] == ["MatMul"]  # no Mul added
+    assert [n.op_type for n in onnx.load(str(dst)).graph.node] == ["LayerNormalization", "MatMul"]  # no Mul
+
+
+def test_only_layernorm_fed_matmuls_are_considered(tmp_path):
+    w = np.ones((8, 4), np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
+                              [numpy_helper.from_array(w, "w")])
+    src = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert smooth_matmuls(src, tmp_path / "o.onnx", [{"x": np.ones((2, 8), np.float32)}]) == []
