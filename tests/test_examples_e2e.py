@@ -81,9 +81,10 @@ def test_example_int8(name, tmp_path):
 def test_example_minilm_int8(tmp_path):
     out, report = _compress_example("minilm", tmp_path)
     m = report.compressed.metrics
-    assert m["mean_cosine"] >= 0.99
+    # The fidelity bar on held-out sentences (speed is benchmarks/int8_minilm.py's job).
+    assert m["mean_cosine"] >= 0.99 and m["min_cosine"] >= 0.97 and m["top10_agreement"] >= 0.9
+    assert report.compressed.size_bytes <= 25e6
     assert report.baseline.size_bytes / report.compressed.size_bytes >= 3.5
-    assert report.compressed.latency_ms.p50 < report.baseline.latency_ms.p50
     assert (out / "tokenizer").is_dir()
     emb = presso.load(out).predict(["A sentence to embed.", "Another one."])
     assert emb.shape == (2, 384) and np.all(np.isfinite(emb))
