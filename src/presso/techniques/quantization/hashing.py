@@ -51,6 +51,7 @@ from torch.nn.utils import parametrize
 from presso.errors import PressoError
 from presso.techniques.base import StageContext, StageResult
 from presso.techniques.quantization.hashing_config import HashedConfig
+from presso.techniques.recovery import teacher_split
 
 P = 2_147_483_647  # 2^31 - 1, prime: positions up to P - 1 hash one-to-one before "mod K"
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -299,22 +300,6 @@ def write_hashed(src: Path, dst: Path, cfg: HashedConfig, precision: dict[str, s
     return rows
 
 
-def _split(ctx: StageContext, fraction: float):
-    """Training and validation (inputs, teacher outputs) from a seeded split of calibration."""
-    n = len(ctx.calibration)
-    order = np.random.default_rng(ctx.seed).permutation(n)
-    n_val = max(1, round(n * fraction)) if n > 1 else 0
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    if len(train_idx) == 0:
-        raise PressoError(f"The 'hashed' stage needs calibration rows to fine-tune on; got {n}. "
-                          "Give more data or a larger --calibration-fraction.")
-    inputs = {k: v for k, v in ctx.calibration.inputs.items() if k in ctx.input_names}
-    teacher = np.asarray(ctx.teacher, np.float32)
-    train = ({k: v[train_idx] for k, v in inputs.items()}, teacher[train_idx])
-    val = ({k: v[val_idx] for k, v in inputs.items()}, teacher[val_idx]) if n_val else None
-    return train, val
-
-
 def _mixup(train, teacher: nn.Module, copies: int, seed: int, names: list[str]):
     """``train`` plus ``copies`` x its rows of mixup inputs (``lam * x_i + (1 - lam) * x_j``,
     ``lam`` uniform) labelled by ``teacher``, the model before hashing; float inputs only."""
@@ -359,7 +344,7 @@ def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> Stage
     if not originals:
         raise PressoError(f"The 'hashed' stage found no Linear or Conv layer with at least {cfg.min_values} "
                           "weights to hash in this model (lower min_values, or check keep_float).")
-    train, val = _split(ctx, cfg.validation_fraction)
+    train, val = teacher_split(ctx, cfg.validation_fraction, "hashed")
     train, n_mixed = _mixup(train, teacher, copies, ctx.seed, ctx.input_names)
     settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
                            patience=cfg.patience, max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60)

@@ -19,6 +19,7 @@ import numpy as np
 from presso.errors import PressoError
 from presso.techniques.base import StageContext, StageResult
 from presso.techniques.quantization.qat_config import QATConfig
+from presso.techniques.recovery import teacher_split
 
 
 def _digest(a: np.ndarray) -> str:
@@ -74,17 +75,8 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
         raise PressoError("The 'qat' stage found no Linear or Conv layer to quantize in this model.")
 
     # Early stopping needs rows the fine-tuning does not see: a seeded part of calibration.
-    n = len(ctx.calibration)
-    order = np.random.default_rng(ctx.seed).permutation(n)
-    n_val = max(1, int(round(n * cfg.validation_fraction))) if n > 1 else 0
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    if len(train_idx) == 0:
-        raise PressoError(f"The 'qat' stage needs calibration rows to fine-tune on; got {n}. "
-                          "Give more data or a larger --calibration-fraction.")
-    inputs = {k: v for k, v in ctx.calibration.inputs.items() if k in ctx.input_names}
-    teacher = np.asarray(ctx.teacher, np.float32)
-    train = ({k: v[train_idx] for k, v in inputs.items()}, teacher[train_idx])
-    val = ({k: v[val_idx] for k, v in inputs.items()}, teacher[val_idx]) if n_val else None
+    train, val = teacher_split(ctx, cfg.validation_fraction, "qat")
+    n_train, n_val = len(train[1]), 0 if val is None else len(val[1])
 
     progressive = cfg.progressive_stages > 1
     schedule = progressive_schedule(names, cfg.progressive_stages, cfg.epochs) if progressive else {}
@@ -100,7 +92,7 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
         ctx.log(f"qat: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
                 + ("" if score is None else f", validation loss {-score:.4g}"))
 
-    ctx.log(f"qat: fine-tuning {len(names)} layers with {cfg.bits}-bit weights on {len(train_idx)} rows")
+    ctx.log(f"qat: fine-tuning {len(names)} layers with {cfg.bits}-bit weights on {n_train} rows")
     # Validation by the (continuous) teacher loss: agreement on a few dozen rows saturates
     # at 1.0 before fine-tuning starts, and early stopping would then keep the start.
     report = fit(module, train, val, teacher_loss(ctx.task, cfg.temperature), None, settings,
@@ -119,7 +111,7 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
     for cand in result.tried:
         cand.module = module
     result.notes.insert(0, (
-        f"qat: fine-tuned {len(names)} layers for {report.epochs_run} epochs on {len(train_idx)} "
+        f"qat: fine-tuned {len(names)} layers for {report.epochs_run} epochs on {n_train} "
         f"calibration rows (best epoch {report.best_epoch}, validation loss {-report.best_score:.4g} "
         f"on {n_val} rows, stopped: {report.stopped}); {len(grids)} of {len(qparams)} layers stored "
         "with their trained scales" + ("" if len(grids) == len(qparams) else
