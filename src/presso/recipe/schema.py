@@ -60,7 +60,8 @@ def _first_error(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown option '{key}'"
     got = err.get("input")
-    return f"option '{key}': {err['msg']} (got {got!r})"
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for validator messages
+    return f"option '{key}': {msg} (got {got!r})"
 
 
 def builtin_names() -> list[str]:
