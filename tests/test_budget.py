@@ -105,6 +105,9 @@ def test_most_sensitive_layer_falls_back_to_fp32(tmp_path):
     plain = [v for v in stage.variants if "+" not in v["variant"] and v["calibration_drop"] is not None]
     assert plain and all(v["calibration_drop"] > 0.5 for v in plain)
     assert stage.chosen.endswith("+1-fp32")
+    # The pinned recipe is valid and re-runs to the same layer kept float.
+    again = presso.compress(model, result.recipe, data=(x, y), bench=QUICK, max_drop=0.05)
+    assert [r["node"] for r in again.report.stages[0].layers if r["precision"] == "fp32"] == [first["node"]]
 
 
 def test_max_drop_zero_is_honoured_exactly(tmp_path):

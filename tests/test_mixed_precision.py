@@ -42,6 +42,9 @@ def test_search_keeps_the_fewest_most_sensitive_layers_float(tmp_path):
     assert found.sensitivity == costs
     # n sensitivity runs + doubling (1, 2, 4) + bisection (3): not one scoring per count.
     assert len(calls) == 1 + len(costs) + 4
+    # The passing count found by doubling is kept as a backup for the held-out check.
+    assert [c.name for c in found.backups] == ["q+4-fp32"]
+    assert found.fallback_of["q+4-fp32"] == {"l1": FP32, "l3": FP32, "l5": FP32, "l7": FP32}
 
 
 def test_search_never_returns_an_all_float_model(tmp_path):

@@ -137,12 +137,13 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
             chosen, eval_metrics = _verify(run, result.ranked, result.tried, technique.name)
             chosen_per_stage.append(chosen)
             module = chosen.module if technique.domain == "torch" else None
+            layers = chosen.layers if chosen.layers is not None else result.layers
             stage_reports.append({
                 "technique": technique.name, "chosen": chosen.name,
                 "variants": [c.describe() for c in result.tried],
-                "notes": result.notes, "layers": _with_storage(result.layers, chosen.path),
+                "notes": result.notes + chosen.notes, "layers": _with_storage(layers, chosen.path),
             })
-            notes += result.notes
+            notes += result.notes + chosen.notes
             current = chosen.path
         compact_names(current)
         resolved = _resolved_recipe(recipe, stages, chosen_per_stage, run, seed, calibration_fraction)

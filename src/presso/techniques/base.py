@@ -53,6 +53,10 @@ class Candidate:
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # pins this variant in recipe.yaml
     module: Any = None  # torch stages: the trained nn.Module the ONNX file was exported from
+    # Per-layer rows and notes of this candidate, when they differ between candidates
+    # (the pipeline reports those of the one it verifies); else StageResult's are used.
+    layers: list[dict] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
         return {

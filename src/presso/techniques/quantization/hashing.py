@@ -367,7 +367,8 @@ def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> Stage
         cand.module = module
     stored = sum(h.k for h in hashed.values() if h.name in matched)
     total = sum(h.weight.size for h in hashed.values() if h.name in matched)
-    result.notes = [n for n in result.notes if "disable_quant_qdq" not in n]  # no DequantizeLinear here
+    for cand in result.ranked:  # no DequantizeLinear here: the weight-only session note does not apply
+        cand.notes = [n for n in cand.notes if "disable_quant_qdq" not in n]
     result.notes[:0] = [*notes, (
         f"hashed: {len(matched)} layers store {stored} shared values for {total} weights (compression "
         f"{cfg.compression}, sign hash {'on' if cfg.sign_hash else 'off'}); ONNX Runtime recomputes the hash "

@@ -243,7 +243,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
                            [FP32], variant, ctx)
             tried += found.tried
             if found.chosen is not None:
-                passing.append(found.chosen)
+                passing += [found.chosen, *found.backups]
 
     if passing:
         timings = ctx.time_models({c.name: c.path for c in passing})
@@ -251,41 +251,50 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
             c.latency_ms = timings[c.name]
         passing = rank(passing)
 
-    layers = []
     if passing:
-        chosen = passing[0]
-        quantized_model = onnx.load(str(chosen.path), load_external_data=False)
-        still_float = float_weight_nodes(quantized_model)
-        if still_float:
-            kinds = sorted({op for _, op in still_float})
-            notes.append(
-                f"{len(still_float)} weighted node(s) stay fp32 ({', '.join(kinds)}): "
-                "ONNX Runtime has no integer kernel for them in this variant, or they were kept float"
-            )
-        if found.precision and found.chosen is chosen:
-            notes.append(f"mixed precision: the {len(found.precision)} most sensitive layer(s) stay fp32 "
-                         f"({', '.join(list(found.precision)[:4])}{' ...' if len(found.precision) > 4 else ''})")
-        float_names = {n for n, _ in still_float}
-        variant = chosen.options["variants"][0]
-        observer = ("per batch, at run time" if variant.startswith("dynamic")
-                    else f"{cfg.calibration} on {min(cfg.calibration_rows, len(ctx.calibration))} rows")
         ops = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
-        for node in weighted:
-            row = {"node": node, "op": ops.get(node, "")}
-            if node in float_names or node in chosen.options["keep_float"]:
-                row["precision"] = FP32
-            else:
-                row.update(precision="int8", granularity="per channel" if cfg.per_channel else "per tensor",
-                           activations=f"int8, {observer}")
-            layers.append(row)
-        if variant == "dynamic-smooth":
-            smoothing = smoothing_rows(ctx)
-            for row in layers:
-                if row["node"] in smoothing:
-                    row["smoothing"] = smoothing[row["node"]]["smoothing"]
-        layers = annotate(layers, found)
-        known = set(weighted)
-        layers += [{"node": n, "op": op, "precision": FP32} for n, op in still_float if n not in known]
-    return StageResult(ranked=passing, tried=tried, notes=notes, layers=layers)
+        for cand in passing:  # each candidate's own per-layer table: the pipeline may verify any
+            cand.layers, cand.notes = _layer_rows(cand, weighted, ops, found, cfg, ctx)
+    return StageResult(ranked=passing, tried=tried, notes=notes,
+                       layers=passing[0].layers if passing else [])
+
+
+def _layer_rows(cand: Candidate, weighted: list[str], ops: dict[str, str], found: MixedSearch,
+                cfg: Int8Config, ctx: StageContext) -> tuple[list[dict], list[str]]:
+    """Per-layer rows and notes of one quantized candidate."""
+    import onnx
+
+    notes = []
+    still_float = float_weight_nodes(onnx.load(str(cand.path), load_external_data=False))
+    if still_float:
+        kinds = sorted({op for _, op in still_float})
+        notes.append(
+            f"{len(still_float)} weighted node(s) stay fp32 ({', '.join(kinds)}): "
+            "ONNX Runtime has no integer kernel for them in this variant, or they were kept float"
+        )
+    fell_back = found.fallback_of.get(cand.name, {})
+    if fell_back:
+        notes.append(f"mixed precision: the {len(fell_back)} most sensitive layer(s) stay fp32 "
+                     f"({', '.join(list(fell_back)[:4])}{' ...' if len(fell_back) > 4 else ''})")
+    float_names = {n for n, _ in still_float}
+    variant = cand.options["variants"][0]
+    observer = ("per batch, at run time" if variant.startswith("dynamic")
+                else f"{cfg.calibration} on {min(cfg.calibration_rows, len(ctx.calibration))} rows")
+    smoothing = smoothing_rows(ctx) if variant == "dynamic-smooth" else {}
+    layers = []
+    for node in weighted:
+        row = {"node": node, "op": ops.get(node, "")}
+        if node in float_names or node in cand.options["keep_float"]:
+            row["precision"] = FP32
+        else:
+            row.update(precision="int8", granularity="per channel" if cfg.per_channel else "per tensor",
+                       activations=f"int8, {observer}")
+        if node in smoothing:
+            row["smoothing"] = smoothing[node]["smoothing"]
+        layers.append(row)
+    layers = annotate(layers, found, fell_back)
+    known = set(weighted)
+    layers += [{"node": n, "op": op, "precision": FP32} for n, op in still_float if n not in known]
+    return layers, notes
 
 

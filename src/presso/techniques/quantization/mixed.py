@@ -31,6 +31,10 @@ class MixedSearch:
     sensitivity: dict[str, float] = field(default_factory=dict)
     tried: list[Candidate] = field(default_factory=list)
     precision: dict[str, str] = field(default_factory=dict)  # fallback precision per node
+    # Other passing candidates with more layers fallen back, fewest first: tried in turn
+    # when the chosen one misses the budget on the held-out rows.
+    backups: list[Candidate] = field(default_factory=list)
+    fallback_of: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate -> fallbacks
 
 
 def _passed(c: Candidate) -> bool:
@@ -74,16 +78,18 @@ def search(first: Candidate, layers: list[str], base: dict[str, str], attempt: A
             cand.note = (cand.note + "; " if cand.note else "") + (
                 f"{k} most sensitive layer(s) at {level}: {', '.join(order[:k][:4])}"
                 + (" ..." if k > 4 else ""))
-            cand.options.setdefault("precision", {n: level for n in order[:k]})
+            result.fallback_of[cand.name] = {n: level for n in order[:k]}
             result.tried.append(cand)
             return cand
 
         # Doubling finds a passing count; bisection then finds the smallest one.
+        passed: dict[int, Candidate] = {}
         lo, k, hit = 0, 1, None
         while k <= top:
             cand = trial(k)
             if _passed(cand):
                 hit = (k, cand)
+                passed[k] = cand
                 break
             lo, k = k, (top if k < top < 2 * k else 2 * k)
         if hit is None:
@@ -94,24 +100,28 @@ def search(first: Candidate, layers: list[str], base: dict[str, str], attempt: A
             cand = trial(mid)
             if _passed(cand):
                 hi, best = mid, cand
+                passed[mid] = cand
             else:
                 lo = mid
         result.chosen = best
         result.precision = {n: level for n in order[:hi]}
+        result.backups = [passed[k] for k in sorted(passed) if k > hi]
         return result
     return result
 
 
-def annotate(rows: list[dict], found: MixedSearch) -> list[dict]:
-    """Per-layer report rows with the measured sensitivity and why a layer fell back."""
+def annotate(rows: list[dict], found: MixedSearch, precision: dict[str, str] | None = None) -> list[dict]:
+    """Per-layer report rows with the measured sensitivity and why a layer fell back
+    (``precision``: the fallbacks of the candidate the rows describe; default the chosen's)."""
+    fell_back = found.precision if precision is None else precision
     out = []
     for row in rows:
         node = row.get("node")
         row = dict(row)
         if node in found.sensitivity:
             row["sensitivity"] = round(found.sensitivity[node], 6)
-        if node in found.precision:
-            row["reason"] = (f"fell back to {found.precision[node]}: quantized alone it costs "
+        if node in fell_back and node in found.sensitivity:
+            row["reason"] = (f"fell back to {fell_back[node]}: quantized alone it costs "
                              f"{found.sensitivity[node]:.4f} of the primary metric")
         out.append(row)
     return out

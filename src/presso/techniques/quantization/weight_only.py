@@ -435,30 +435,35 @@ def accuracy_aware(onnx_path: Path, cfg, ctx: StageContext, name: str, writer,
     layers = [n for n, _, _ in float_weight_plans(proto, set(base))]
     found = search(first, layers, base, attempt, list(fallbacks), name, ctx)
     tried = [first, *found.tried]
-    cand = found.chosen
-    ranked = [cand] if cand is not None else []
-    if cand is not None:
-        cand.latency_ms = ctx.time_models({cand.name: cand.path})[cand.name]
-    rows = annotate(layers_of.get(cand.name, []) if cand else [], found)
+    ranked = [found.chosen, *found.backups] if found.chosen is not None else []
+    if ranked:
+        timings = ctx.time_models({c.name: c.path for c in ranked})
+        for c in ranked:
+            c.latency_ms = timings[c.name]
     weighted = weighted_nodes(proto)
-    kept = sorted(set(weighted) - {row["node"] for row in rows})
-    notes = [(f"{len(rows)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
-              "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
-              "restores the float weights once at load: set it too when loading model.onnx "
-              "with plain onnxruntime, or the weights are rebuilt on every call")] + (
-        [f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}" + (" ..." if len(kept) > 6 else "")]
-        if kept else [])
-    if found.precision:
-        notes.append(f"mixed precision: {len(found.precision)} most sensitive layer(s) fell back "
-                     f"({', '.join(f'{n} -> {p}' for n, p in list(found.precision.items())[:4])}"
-                     f"{' ...' if len(found.precision) > 4 else ''}); sensitivity of every layer is "
-                     "in the per-layer table")
-    fp32_rows = [{"node": n, "precision": FP32,
-                  **({"sensitivity": round(found.sensitivity[n], 6)} if n in found.sensitivity else {}),
-                  **({"reason": annotate([{"node": n}], found)[0].get("reason", "kept float by the recipe")}
-                     if n in found.precision or n in base else {})}
-                 for n in kept]
-    return StageResult(ranked=ranked, tried=tried, notes=notes, layers=rows + fp32_rows)
+    for c in ranked:  # each candidate's own per-layer table: the pipeline may verify a backup
+        fell_back = found.fallback_of.get(c.name, {})
+        rows = annotate(layers_of.get(c.name, []), found, fell_back)
+        kept = sorted(set(weighted) - {row["node"] for row in rows})
+        c.layers = rows + [{"node": n, "precision": FP32,
+                            **({"sensitivity": round(found.sensitivity[n], 6)} if n in found.sensitivity else {}),
+                            **({"reason": annotate([{"node": n}], found, fell_back)[0].get(
+                                "reason", "kept float by the recipe")} if n in fell_back or n in base else {})}
+                           for n in kept]
+        c.notes = [(f"{len(rows)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
+                    "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
+                    "restores the float weights once at load: set it too when loading model.onnx "
+                    "with plain onnxruntime, or the weights are rebuilt on every call")]
+        if kept:
+            c.notes.append(f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}"
+                           + (" ..." if len(kept) > 6 else ""))
+        if fell_back:
+            c.notes.append(f"mixed precision: {len(fell_back)} most sensitive layer(s) fell back "
+                           f"({', '.join(f'{n} -> {p}' for n, p in list(fell_back.items())[:4])}"
+                           f"{' ...' if len(fell_back) > 4 else ''}); sensitivity of every layer is "
+                           "in the per-layer table")
+    return StageResult(ranked=ranked, tried=tried, notes=[],
+                       layers=ranked[0].layers if ranked else [])
 
 
 def calibrate(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageContext, name: str) -> Calibrated:
