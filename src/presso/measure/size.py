@@ -60,8 +60,12 @@ def parameter_count(path: str | Path) -> int:
 
 
 # Ops that rebuild or reshape a stored weight on its way to the layer that uses it.
+# Only followed along tensors computed from initializers alone (see _constant), so
+# arithmetic ops here never pull in activations: they rebuild sparse (bitmask + CumSum),
+# hashed (Range/Mod) and clustered weights.
 _WEIGHT_PATH_OPS = {"DequantizeLinear", "Cast", "Gather", "Transpose", "Reshape", "Mul",
-                    "DynamicQuantizeLinear"}
+                    "DynamicQuantizeLinear", "Slice", "CumSum", "Add", "Sub", "Mod", "Range",
+                    "Where", "Unsqueeze", "Squeeze", "Concat", "Expand", "Flatten"}
 
 
 def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
@@ -106,11 +110,16 @@ def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
     return out
 
 
-def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0) -> bool:
+def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0,
+              memo: dict | None = None) -> bool:
     """Whether ``tensor`` is computed from initializers only (a stored weight)."""
+    memo = {} if memo is None else memo
     if tensor in inits:
         return True
+    if tensor in memo:
+        return memo[tensor]
     node = producer.get(tensor)
-    if node is None or depth > 8 or node.op_type not in _WEIGHT_PATH_OPS:
+    if node is None or depth > 64 or node.op_type not in _WEIGHT_PATH_OPS:
         return False
-    return all(_constant(t, inits, producer, depth + 1) for t in node.input if t)
+    memo[tensor] = all(_constant(t, inits, producer, depth + 1, memo) for t in node.input if t)
+    return memo[tensor]

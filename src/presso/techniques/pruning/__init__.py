@@ -1,0 +1,1 @@
+"""Pruning: importance criteria, masks and schedules, and sparse storage of pruned weights."""
