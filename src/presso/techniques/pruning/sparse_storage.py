@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from presso.errors import PressoError
+from presso.techniques.quantization.graph import input_uses
 from presso.techniques.quantization.weight_only import float_weight_plans, to_opset
 
 SPARSE_OPSET = 13  # Slice / Reshape / CumSum with tensor inputs
@@ -85,10 +86,7 @@ def _int8_weights(model, keep: set[str]) -> list[tuple[str, str, str]]:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = input_uses(model.graph)
     out = []
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.name in keep:

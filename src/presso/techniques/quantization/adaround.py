@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from presso.techniques.quantization.graph import input_uses
 from presso.techniques.quantization.quantizers import QuantParams
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper values)
@@ -341,10 +342,7 @@ def subtract_from_bias(model, node, shift: np.ndarray, rms: np.ndarray | None) -
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = input_uses(graph)
     shift = np.asarray(shift, np.float64)
     tiny = rms is not None and bool(np.all(np.abs(shift) <= NEGLIGIBLE * np.asarray(rms)))
 
@@ -362,35 +360,31 @@ def subtract_from_bias(model, node, shift: np.ndarray, rms: np.ndarray | None) -
     def is_float_const(name: str) -> bool:
         return name in inits and inits[name].data_type == 1
 
+    def into_bias_input(amount: np.ndarray) -> str | None:
+        """Gemm's C / Conv's B: corrected, or added; None when it is computed (not constant)."""
+        if len(node.input) > 2 and node.input[2]:
+            if is_float_const(node.input[2]):
+                node.input[2] = minus(node.input[2], amount)
+                return f"{node.op_type} bias"
+            return None
+        if tiny:
+            return "negligible"
+        name = f"{node.name}_bias_correction"
+        graph.initializer.append(numpy_helper.from_array((-amount).astype(np.float32), name))
+        node.input.append(name)
+        return f"new {node.op_type} bias"
+
     attrs = {a.name: a for a in node.attribute}
     if node.op_type == "Gemm":
         alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
         beta = attrs["beta"].f if "beta" in attrs else 1.0
-        if beta != 0:
-            amount = shift * alpha / beta  # y = alpha * A B + beta * C
-            if len(node.input) > 2 and node.input[2]:
-                if is_float_const(node.input[2]):
-                    node.input[2] = minus(node.input[2], amount)
-                    return "Gemm bias"
-            elif tiny:
-                return "negligible"
-            else:
-                name = f"{node.name}_bias_correction"
-                graph.initializer.append(numpy_helper.from_array((-amount).astype(np.float32), name))
-                node.input.append(name)
-                return "new Gemm bias"
+        done = into_bias_input(shift * alpha / beta) if beta != 0 else None  # y = alpha A B + beta C
+        if done:
+            return done
     elif node.op_type == "Conv":
-        if len(node.input) > 2 and node.input[2]:
-            if is_float_const(node.input[2]):
-                node.input[2] = minus(node.input[2], shift)
-                return "Conv bias"
-        elif tiny:
-            return "negligible"
-        else:
-            name = f"{node.name}_bias_correction"
-            graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
-            node.input.append(name)
-            return "new Conv bias"
+        done = into_bias_input(shift)
+        if done:
+            return done
     elif node.op_type == "MatMul":
         out = node.output[0]
         consumers = [n for n in graph.node if out in n.input]

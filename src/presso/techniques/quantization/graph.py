@@ -7,6 +7,15 @@ _WEIGHTED = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "LSTM": 1, "
 _FLOAT = {1, 10, 16}  # float, float16, bfloat16
 
 
+def input_uses(graph) -> dict[str, int]:
+    """How many node inputs of ``graph`` read each tensor (a weight used once is private)."""
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    return uses
+
+
 def weighted_nodes(model) -> list[str]:
     """Names of nodes whose weight operand is an initializer, in graph order."""
     inits = {i.name for i in model.graph.initializer}

@@ -32,6 +32,7 @@ from presso.errors import PressoError
 from presso.runtime.session import mark_session_config
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import AUTO_GROUP, INT_SCHEMES, Int4Config, WeightOnlyConfig
+from presso.techniques.quantization.graph import input_uses
 from presso.techniques.quantization.packing import pack_int4
 from presso.techniques.quantization.quantizers import (
     QuantParams,
@@ -69,10 +70,7 @@ def float_weight_plans(model, keep: set[str]) -> list[tuple[str, str, str]]:
     """(node, op, weight initializer) of MatMul/Gemm/Conv nodes and embedding lookups
     (Gather of a 2-D table) with a float weight of their own."""
     inits = {i.name: i for i in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = input_uses(model.graph)
     out = []
     for node in model.graph.node:
         slot = _WEIGHT_SLOT.get(node.op_type)
