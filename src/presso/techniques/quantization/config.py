@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+def _group_in_range(v):
+    if v != "auto" and not 2 <= v <= 4096:
+        raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
+    return v
+
+
+# Weights per scale along a layer's input features; "auto": 32 where it divides.
+GroupSize = Annotated[Literal["auto"] | int, AfterValidator(_group_in_range)]
 
 Variant = Literal["dynamic", "dynamic-smooth", "dynamic-reduce-range", "static-s8s8", "static-u8s8"]
 
@@ -42,19 +60,12 @@ class Int4Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    group_size: Literal["auto"] | int = "auto"
+    group_size: GroupSize = "auto"
     symmetric: bool = True
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
     # ONNX node name -> "int8": 8-bit weights for that layer (mixed precision; presso
     # fills it in the resolved recipe when sensitive layers fall back)
     precision: dict[str, Literal["int8"]] = Field(default_factory=dict)
-
-    @field_validator("group_size")
-    @classmethod
-    def _check_group(cls, v):
-        if v != "auto" and not 2 <= v <= 4096:
-            raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
-        return v
 
 
 Scheme = Literal["int", "power-of-two", "binary", "float16", "bfloat16"]
@@ -90,7 +101,7 @@ class WeightOnlyConfig(BaseModel):
     scheme: Scheme = "int"
     bits: int | None = None  # 4 for the integer schemes when not given
     symmetric: bool = True
-    group_size: Literal["auto"] | int = "auto"
+    group_size: GroupSize = "auto"
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
     # ONNX node name -> precision of that layer (mixed precision; presso fills it in the
     # resolved recipe when sensitive layers fall back, e.g. to "int8")
@@ -130,8 +141,6 @@ class WeightOnlyConfig(BaseModel):
     @field_validator("group_size")
     @classmethod
     def _check_group(cls, v, info: ValidationInfo):
-        if v != "auto" and not 2 <= v <= 4096:
-            raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
         scheme = info.data.get("scheme", "int")
         if v != "auto" and scheme not in INT_SCHEMES:
             raise ValueError(f"group_size applies to the integer schemes, not '{scheme}' "

@@ -30,11 +30,15 @@ class MixedSearch:
     chosen: Candidate | None
     sensitivity: dict[str, float] = field(default_factory=dict)
     tried: list[Candidate] = field(default_factory=list)
-    precision: dict[str, str] = field(default_factory=dict)  # fallback precision per node
     # Other passing candidates with more layers fallen back, fewest first: tried in turn
     # when the chosen one misses the budget on the held-out rows.
     backups: list[Candidate] = field(default_factory=list)
     fallback_of: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate -> fallbacks
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """Fallback precision per node of the chosen candidate (empty when none fell back)."""
+        return self.fallback_of.get(self.chosen.name, {}) if self.chosen is not None else {}
 
 
 def _passed(c: Candidate) -> bool:
@@ -104,7 +108,6 @@ def search(first: Candidate, layers: list[str], base: dict[str, str], attempt: A
             else:
                 lo = mid
         result.chosen = best
-        result.precision = {n: level for n in order[:hi]}
         result.backups = [passed[k] for k in sorted(passed) if k > hi]
         return result
     return result

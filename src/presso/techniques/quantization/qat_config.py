@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from presso.techniques.quantization.config import GroupSize, WeightOnlyConfig
 
 
 class QATConfig(BaseModel):
@@ -20,7 +22,7 @@ class QATConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bits: int = Field(default=4, ge=2, le=8)  # 2-3 bits are stored in 4-bit containers
-    group_size: Literal["auto"] | int = "auto"
+    group_size: GroupSize = "auto"
     symmetric: bool = True
     learned_scale: bool = False  # LSQ; min-max scales with the STE were as accurate and steadier (digits)
     progressive_stages: int = Field(default=1, ge=1, le=64)
@@ -36,15 +38,6 @@ class QATConfig(BaseModel):
 
     def weight_only(self):
         """The storage options: the weight-only writer's config for these bits and grid."""
-        from presso.techniques.quantization.config import WeightOnlyConfig
-
         return WeightOnlyConfig(scheme="int", bits=self.bits, symmetric=self.symmetric,
                                 group_size=self.group_size, keep_float=self.keep_float,
                                 precision=self.precision)
-
-    @field_validator("group_size")
-    @classmethod
-    def _check_group(cls, v):
-        if v != "auto" and not 2 <= v <= 4096:
-            raise ValueError("group_size must be 'auto' or an int in [2, 4096]")
-        return v
