@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import math
 import zlib
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from torch.nn.utils import parametrize
 from presso.errors import PressoError
 from presso.techniques.base import StageContext, StageResult
 from presso.techniques.quantization.hashing_config import HashedConfig
-from presso.techniques.recovery import teacher_split
+from presso.techniques.recovery import fit_to_teacher, teacher_split, weights_by_value
 
 P = 2_147_483_647  # 2^31 - 1, prime: positions up to P - 1 hash one-to-one before "mod K"
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -194,34 +193,14 @@ def materialize(module: nn.Module, originals: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-def _digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return hashlib.sha1(a.tobytes() + str(a.shape).encode()).hexdigest()
-
-
 def match_initializers(onnx_path: Path, weights: dict[str, np.ndarray]) -> dict[str, tuple[str, str, bool]]:
-    """Layer name -> (ONNX node, weight initializer, transposed) for ``weights`` (PyTorch layout).
-
-    Matched by value: the exporter renames weights and stores a MatMul's as ``W.T``
-    (transposed: the graph rebuilds PyTorch's layout, hashing its positions, then
-    transposes). A weight the exporter changed (a BatchNorm folded into a Conv) has no match.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    from presso.techniques.quantization.weight_only import float_weight_plans
-
-    by_digest = {_digest(w): name for name, w in weights.items()}
-    model = onnx.load(str(onnx_path))
-    inits = {i.name: i for i in model.graph.initializer}
-    out = {}
-    for node, _, weight in float_weight_plans(model, set()):
-        w = numpy_helper.to_array(inits[weight])
-        for candidate, transposed in ((w, False), (w.T, True)) if w.ndim == 2 else ((w, False),):
-            name = by_digest.get(_digest(candidate))
-            if name is not None and name not in out:
-                out[name] = (node, weight, transposed)
-                break
+    """Layer name -> (ONNX node, weight initializer, transposed) for ``weights`` (PyTorch
+    layout), matched by value (:func:`presso.techniques.recovery.weights_by_value`); a
+    transposed weight's graph rebuilds PyTorch's layout, hashing its positions, then
+    transposes. Each layer takes its first match."""
+    out: dict[str, tuple[str, str, bool]] = {}
+    for name, node, weight, transposed in weights_by_value(onnx_path, weights):
+        out.setdefault(name, (node, weight, transposed))
     return out
 
 
@@ -323,7 +302,6 @@ def _mixup(train, teacher: nn.Module, copies: int, seed: int, names: list[str]):
 def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> StageResult:
     """The ``hashed`` technique: hash, fine-tune, export, store K values per layer."""
     from presso.techniques.quantization.weight_only import accuracy_aware
-    from presso.train import FitSettings, fit, teacher_loss
 
     if ctx.module is None or ctx.export is None:
         raise PressoError("The 'hashed' stage fine-tunes the PyTorch model; give presso a PyTorch model "
@@ -346,18 +324,8 @@ def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> Stage
                           "weights to hash in this model (lower min_values, or check keep_float).")
     train, val = teacher_split(ctx, cfg.validation_fraction, "hashed")
     train, n_mixed = _mixup(train, teacher, copies, ctx.seed, ctx.input_names)
-    settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
-                           patience=cfg.patience, max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60)
-
-    def on_epoch(row: dict) -> None:
-        score = row.get("val_score")
-        ctx.log(f"hashed: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
-                + ("" if score is None else f", validation loss {-score:.4g}"))
-
     ctx.log(f"hashed: fine-tuning {len(originals)} hashed layers on {len(train[1])} rows")
-    # Validation by the (continuous) teacher loss, as in qat: agreement saturates early.
-    report = fit(module, train, val, teacher_loss(ctx.task, cfg.temperature), None, settings,
-                 input_names=ctx.input_names, on_epoch=on_epoch)
+    report = fit_to_teacher(module, train, val, ctx, "hashed", cfg, patience=cfg.patience)
     hashed = materialize(module.eval(), originals)
     exported = ctx.export(module, ctx.workdir / "hashed-float.onnx")
     matched = match_initializers(exported, {name: h.weight for name, h in hashed.items()})

@@ -11,48 +11,24 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-
-import numpy as np
 
 from presso.errors import PressoError
 from presso.techniques.base import StageContext, StageResult
 from presso.techniques.quantization.qat_config import QATConfig
-from presso.techniques.recovery import teacher_split
-
-
-def _digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return hashlib.sha1(a.tobytes() + str(a.shape).encode()).hexdigest()
+from presso.techniques.recovery import fit_to_teacher, teacher_split, weights_by_value
 
 
 def grids_by_initializer(onnx_path: Path, module, qparams: dict) -> dict:
     """ONNX weight initializer -> the QuantParams its values were trained on.
 
-    Matched by content, not name: the exporter renames and transposes weights (a MatMul
-    stores ``W.T``), but their values are the trained ones bit for bit. A weight the
-    exporter changed (e.g. a BatchNorm folded into a convolution) finds no match and is
-    stored with min-max scales instead.
+    Matched by value (the exporter renames and transposes weights, but their values are
+    the trained ones bit for bit). A weight the exporter changed (e.g. a BatchNorm folded
+    into a convolution) finds no match and is stored with min-max scales instead.
     """
-    import onnx
-    from onnx import numpy_helper
-
-    from presso.techniques.quantization.weight_only import float_weight_plans
-
     layers = dict(module.named_modules())
-    by_digest = {_digest(layers[name].weight.detach().numpy()): qp for name, qp in qparams.items()}
-    model = onnx.load(str(onnx_path))
-    inits = {i.name: i for i in model.graph.initializer}
-    out = {}
-    for _, op, weight in float_weight_plans(model, set()):
-        w = numpy_helper.to_array(inits[weight])
-        for candidate in (w, w.T) if w.ndim == 2 else (w,):
-            qp = by_digest.get(_digest(candidate))
-            if qp is not None:
-                out[weight] = qp
-                break
-    return out
+    weights = {name: layers[name].weight.detach().numpy() for name in qparams}
+    return {weight: qparams[name] for name, _, weight, _ in weights_by_value(onnx_path, weights)}
 
 
 def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageResult:
@@ -63,7 +39,6 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
         progressive_schedule,
     )
     from presso.techniques.quantization.weight_only import accuracy_aware, write_weight_only
-    from presso.train import FitSettings, fit, teacher_loss
 
     if ctx.module is None or ctx.export is None:
         raise PressoError("The 'qat' stage fine-tunes the PyTorch model; give presso a PyTorch model "
@@ -80,24 +55,12 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
 
     progressive = cfg.progressive_stages > 1
     schedule = progressive_schedule(names, cfg.progressive_stages, cfg.epochs) if progressive else {}
-    settings = FitSettings(
-        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
+    ctx.log(f"qat: fine-tuning {len(names)} layers with {cfg.bits}-bit weights on {n_train} rows")
+    report = fit_to_teacher(
+        module, train, val, ctx, "qat", cfg,
         # Early stopping could end before the last group of layers starts quantizing.
         patience=None if progressive else cfg.patience,
-        max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60,
-    )
-
-    def on_epoch(row: dict) -> None:
-        score = row.get("val_score")
-        ctx.log(f"qat: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
-                + ("" if score is None else f", validation loss {-score:.4g}"))
-
-    ctx.log(f"qat: fine-tuning {len(names)} layers with {cfg.bits}-bit weights on {n_train} rows")
-    # Validation by the (continuous) teacher loss: agreement on a few dozen rows saturates
-    # at 1.0 before fine-tuning starts, and early stopping would then keep the start.
-    report = fit(module, train, val, teacher_loss(ctx.task, cfg.temperature), None, settings,
-                 input_names=ctx.input_names, on_epoch=on_epoch,
-                 before_epoch=progressive_hook(module, schedule) if progressive else None)
+        before_epoch=progressive_hook(module, schedule) if progressive else None)
     qparams = convert(module.eval())
     exported = ctx.export(module, ctx.workdir / "qat-float.onnx")
     grids = grids_by_initializer(exported, module, qparams)
