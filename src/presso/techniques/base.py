@@ -7,7 +7,7 @@ are measured by the same code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,15 @@ class StageContext:
     time_models: Callable[[dict[str, Path]], dict[str, float]]  # name -> p50 ms at batch 1
     transformer: dict | None  # heads / hidden size of a transformer encoder, else None
     log: Callable[[str], None] = lambda _msg: None
+    # Scores outputs computed elsewhere (e.g. by a PyTorch model) on the calibration rows,
+    # in the same terms as ``score``; used by sensitivity analysis, which cannot export per probe.
+    score_outputs: Callable[[Any], Score] | None = None
     # For stages that train the PyTorch model ("torch" domain); None for ONNX stages.
     module: Any = None  # the current nn.Module, a copy the stage may change
     task: str = ""
     teacher: Any = None  # the original model's outputs on the calibration rows (np.ndarray)
+    labels: Any = None  # the data's targets on the calibration rows, if it has them (np.ndarray)
+    max_drop: float = 0.0  # the run's quality budget (pruning sensitivity uses it)
     input_names: list[str] = field(default_factory=list)
     export: Callable[[Any, Path], Path] | None = None  # nn.Module -> ONNX file, checked
     seed: int = 0
@@ -73,9 +78,13 @@ class Candidate:
 @dataclass
 class StageResult:
     """Passing candidates, best first (the pipeline verifies them on held-out rows in
-    this order), and every variant tried, for the report."""
+    this order), and every variant tried, for the report.
 
-    ranked: list[Candidate]
+    ``ranked`` may be a lazy iterable that builds the next (milder, costlier to train)
+    candidate only when the previous one failed on the held-out rows; it then appends
+    each candidate it builds to ``tried`` as it goes."""
+
+    ranked: Iterable[Candidate]
     tried: list[Candidate]
     notes: list[str] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)

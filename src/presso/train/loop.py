@@ -221,7 +221,8 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
     def validate() -> float:
         out = _predict(module, val_xs)
         if score_fn is None:
-            return -float(loss_fn(out, val_y.cpu()))
+            with torch.no_grad():
+                return -float(loss_fn(out, val_y.cpu()))
         return float(score_fn(out.numpy(), np.asarray(val[1])))
 
     def snapshot() -> dict[str, Tensor]:
@@ -309,6 +310,32 @@ def teacher_loss(task: str, temperature: float = 1.0) -> LossFn:
         return 1.0 - F.cosine_similarity(s.reshape(len(s), -1), ref.reshape(len(s), -1), dim=1).mean()
 
     return {"classification": kl, "embedding": cosine}.get(task, mse)
+
+
+def label_loss(task: str) -> LossFn:
+    """Loss of outputs against the data's own labels: cross-entropy for classification
+    (integer class labels), mean squared error otherwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(float(label_loss("regression")(torch.tensor([[1.0], [3.0]]), torch.tensor([1.0, 1.0]))), 3)
+    2.0
+    """
+    get_task(task)
+
+    def ce(s: Tensor, y: Tensor) -> Tensor:
+        if y.is_floating_point() and torch.any(y != y.round()):
+            raise PressoError("Classification labels must be class indices (integers); got fractional values.")
+        return F.cross_entropy(s, y.reshape(-1).long())
+
+    def mse(s: Tensor, y: Tensor) -> Tensor:
+        if y.numel() != s.numel():
+            raise PressoError(f"Outputs {tuple(s.shape)} and labels {tuple(y.shape)} differ in size; "
+                              "fine-tune on labels only with one target per output value.")
+        return F.mse_loss(s, y.reshape(s.shape).to(s.dtype))
+
+    return ce if task == "classification" else mse
 
 
 def task_score(task: str) -> ScoreFn:

@@ -50,7 +50,7 @@ from torch.nn.utils import parametrize
 from presso.errors import PressoError
 from presso.techniques.base import StageContext, StageResult
 from presso.techniques.quantization.hashing_config import HashedConfig
-from presso.techniques.recovery import fit_to_teacher, teacher_split, weights_by_value
+from presso.techniques.recovery import fit_to_teacher, mixup_rows, teacher_split, weights_by_value
 
 P = 2_147_483_647  # 2^31 - 1, prime: positions up to P - 1 hash one-to-one before "mod K"
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -279,26 +279,6 @@ def write_hashed(src: Path, dst: Path, cfg: HashedConfig, precision: dict[str, s
     return rows
 
 
-def _mixup(train, teacher: nn.Module, copies: int, seed: int, names: list[str]):
-    """``train`` plus ``copies`` x its rows of mixup inputs (``lam * x_i + (1 - lam) * x_j``,
-    ``lam`` uniform) labelled by ``teacher``, the model before hashing; float inputs only."""
-    inputs, targets = train
-    if copies == 0 or any(inputs[k].dtype.kind != "f" for k in names):
-        return train, 0
-    rng = np.random.default_rng(seed)
-    n, m = len(targets), copies * len(targets)
-    i, j, lam = rng.integers(0, n, m), rng.integers(0, n, m), rng.random(m, dtype=np.float32)
-    mixed = {k: (lam.reshape(-1, *[1] * (v.ndim - 1)) * v[i] + (1 - lam).reshape(-1, *[1] * (v.ndim - 1)) * v[j])
-             .astype(v.dtype) for k, v in inputs.items()}  # (m, ...)
-    outs = []
-    with torch.no_grad():
-        for start in range(0, m, 256):
-            out = teacher(*[torch.from_numpy(mixed[k][start:start + 256]) for k in names])
-            outs.append((out[0] if isinstance(out, (tuple, list)) else out).float().numpy())
-    labels = np.concatenate(outs).reshape(m, *targets.shape[1:])
-    return ({k: np.concatenate([v, mixed[k]]) for k, v in inputs.items()}, np.concatenate([targets, labels])), m
-
-
 def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> StageResult:
     """The ``hashed`` technique: hash, fine-tune, export, store K values per layer."""
     from presso.techniques.quantization.weight_only import accuracy_aware
@@ -323,7 +303,7 @@ def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> Stage
         raise PressoError(f"The 'hashed' stage found no Linear or Conv layer with at least {cfg.min_values} "
                           "weights to hash in this model (lower min_values, or check keep_float).")
     train, val = teacher_split(ctx, cfg.validation_fraction, "hashed")
-    train, n_mixed = _mixup(train, teacher, copies, ctx.seed, ctx.input_names)
+    train, n_mixed = mixup_rows(train, teacher, copies, ctx.seed, ctx.input_names)
     ctx.log(f"hashed: fine-tuning {len(originals)} hashed layers on {len(train[1])} rows")
     report = fit_to_teacher(module, train, val, ctx, "hashed", cfg, patience=cfg.patience)
     hashed = materialize(module.eval(), originals)
