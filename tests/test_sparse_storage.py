@@ -194,3 +194,15 @@ def test_layer_table_counts_the_sparse_bytes(tmp_path):
     # The stored weight bytes plus the bias and the shared 256x8 bit lookup table.
     assert rows[sparse_node]["stored_bytes"] + 256 * 4 <= sizes[sparse_node] <= \
         rows[sparse_node]["stored_bytes"] + 256 * 4 + 256 * 8 + 64
+
+
+def test_parameter_count_counts_the_kept_values_not_the_bitmask(tmp_path):
+    from presso.measure.size import parameter_count
+
+    rng = np.random.default_rng(3)
+    w0, w1 = _sparse(rng, (64, 128), 0.9), _sparse(rng, (10, 128), 0.2)  # the second stays dense
+    dense = _mlp(tmp_path / "dense.onnx", [w0, w1])
+    write_sparse(dense, tmp_path / "sparse.onnx")
+    kept = int((w0 != 0).sum()) + w1.size + 128 + 10  # non-zero weights, dense layer, biases
+    assert parameter_count(dense) == w0.size + w1.size + 128 + 10
+    assert parameter_count(tmp_path / "sparse.onnx") == kept

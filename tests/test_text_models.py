@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -95,3 +97,36 @@ def test_static_int8_keeps_layernorm_softmax_gelu_and_adds_float(tiny_bert, sent
     # several times larger (measured 8.4e-5 vs 1.4e-5); on trained transformers it collapses.
     assert (1 - careful) < 0.5 * (1 - everything) and careful >= 0.99
     print(f"static int8 tiny BERT mean cosine: matrix products only {careful:.4f}, everything {everything:.4f}")
+
+
+def test_slim_removes_heads_and_neurons_and_composes_with_fused_int8(tiny_bert, sentences_file):
+    """slim on a BERT folder prunes heads / FFN neurons; the int8 stage after it must fuse
+    attention with the *pruned* head count (a stale count fuses wrong heads silently)."""
+    import onnx
+
+    from presso.measure.bench import BenchSettings
+    from presso.recipe.schema import Recipe, Stage
+
+    slim = Stage(technique="slim", options={"heads": 0.5, "ffn": 0.5, "epochs": 0, "backoff": 0})
+    bench = BenchSettings(rounds=1, throughput_batch=4)
+    runs = {}
+    for name, stages in (("slim", [slim]), ("slim-int8", [slim, Stage(technique="int8")])):
+        runs[name] = presso.compress(str(tiny_bert), Recipe(name=name, stages=stages), data=str(sentences_file),
+                                     seq_len=32, max_drop=1.0, bench=bench)
+    report = runs["slim"].report
+    # 2 layers x (2 of 4 heads of 8 dims: Q, K, V rows + output columns; 32 of 64 neurons)
+    heads = 2 * (3 * (16 * 32 + 16) + 16 * 32)
+    ffn = 2 * (32 * 32 + 32 + 32 * 32)
+    note = next(n for n in report.notes if n.startswith("slim:"))
+    before, after = (int(v.replace(",", "")) for v in re.search(r"parameters ([\d,]+) -> ([\d,]+)", note).groups())
+    assert before - after == heads + ffn
+    # The ONNX count (initializers) sees the same cut, give or take graph constants.
+    assert abs((report.baseline.parameters - report.compressed.parameters) - (heads + ffn)) < 0.02 * (heads + ffn)
+    assert any("50% of heads, 50% of ffn removed" in n for n in report.notes)
+    kinds = [n.op_type for n in onnx.load(str(runs["slim-int8"].model_path)).graph.node]
+    assert kinds.count("Attention") == 2 or "MatMulInteger" in kinds
+    texts = stdlib_sentences(120)[-16:]
+    a = presso.load(runs["slim"].save(sentences_file.parent / "a")).predict(texts)
+    b = presso.load(runs["slim-int8"].save(sentences_file.parent / "b")).predict(texts)
+    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= 0.98, cos  # int8 of the pruned model stays close to the pruned model

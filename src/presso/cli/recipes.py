@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from presso.errors import PressoError
-    from presso.recipe.schema import BUILTIN_DIR, builtin_names, load_recipe
+    from presso.recipe.schema import builtin_names, builtin_path, load_recipe
 
     if args.action == "show":
         if not args.name:
@@ -30,8 +30,8 @@ def run(args) -> int:
         if args.json:
             print_json(json.dumps(recipe.model_dump(mode="json"), indent=2))
         else:
-            print((BUILTIN_DIR / f"{args.name}.yaml").read_text() if args.name in builtin_names()
-                  else recipe.to_yaml(), end="")
+            path = builtin_path(args.name)
+            print(path.read_text() if path is not None else recipe.to_yaml(), end="")
         return 0
     recipes = [load_recipe(n) for n in builtin_names()]
     if args.json:

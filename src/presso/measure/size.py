@@ -45,7 +45,12 @@ def parameter_count(path: str | Path) -> int:
                 qparams.add(node.input[slot])
     # int32 biases of QDQ graphs are weights too: they feed DequantizeLinear.
     dequantized = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
-    total = 0
+    # Sparse storage (techniques/pruning/sparse_storage.py): the bitmask and the shared bit
+    # table are bookkeeping, the values tensor holds the kept weights after a leading 0.
+    masks = {n.input[0] for n in proto.graph.node if n.name.endswith("/sparse_bytes")}
+    values = {n.input[0] for n in proto.graph.node if n.name.endswith("/sparse_values")}
+    qparams |= masks | {n.input[0] for n in proto.graph.node if n.name.endswith("/sparse_bits")}
+    total = -len(values)
     for init in proto.graph.initializer:
         is_weight = init.data_type in _WEIGHT_DTYPES or init.name in dequantized
         # ORT's quantizers name every scale and zero point with these suffixes (kept by

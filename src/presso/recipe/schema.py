@@ -64,8 +64,19 @@ def _first_error(exc: ValidationError) -> str:
     return f"option '{key}': {msg} (got {got!r})"
 
 
+def builtin_path(name: str) -> Path | None:
+    """The file of built-in recipe ``name`` ("2:4" lives in 2-4.yaml: no ':' in file names)."""
+    path = BUILTIN_DIR / f"{name.replace(':', '-')}.yaml"
+    return path if path.is_file() and name in builtin_names() else None
+
+
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+    """Built-in recipes by the name they are called with (the ``name`` in each file)."""
+    names = []
+    for path in BUILTIN_DIR.glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        names.append(str(raw.get("name", path.stem)) if isinstance(raw, dict) else path.stem)
+    return sorted(names)
 
 
 def load_recipe(spec: str | Path | Recipe) -> Recipe:
@@ -78,8 +89,8 @@ def load_recipe(spec: str | Path | Recipe) -> Recipe:
         if not path.is_file():
             raise PressoError(f"Recipe file '{spec}' not found.")
         where = str(path)
-    elif spec in builtin_names():
-        path, where = BUILTIN_DIR / f"{spec}.yaml", f"built-in recipe '{spec}'"
+    elif (found := builtin_path(spec)) is not None:
+        path, where = found, f"built-in recipe '{spec}'"
     else:
         raise PressoError(
             f"Unknown recipe '{spec}'. Built-in recipes: {', '.join(builtin_names())}; "

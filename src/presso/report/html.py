@@ -31,6 +31,19 @@ _LAYER_COLUMNS = ["node", "op", "precision", "granularity", "activations", "sens
                   "parameters", "stored_bytes", "relative_error", "reason"]
 
 
+_LAYER_NOTES = {
+    "quantization": "sensitivity: drop of the primary metric on calibration rows with only that layer "
+                    "quantized (measured when the whole model missed the budget); relative_error: "
+                    "||w_q - w|| / ||w|| of the stored weight.",
+    "prune": "sparsity: fraction of the layer's weights that are zero; drop@s: drop of the primary metric on "
+             "calibration rows with only that layer pruned to sparsity s (its sensitivity curve, measured with "
+             "scope: sensitivity and used to choose the per-layer sparsities).",
+    "slim": "outputs / inputs: channels or neurons before -> after the physical removal.",
+    "sparse-storage": "storage: bitmask = a bit per weight plus the non-zero values; dense = left as is "
+                      "(too few zeros to pay).",
+}
+
+
 def _layer_tables(report: Report) -> list[str]:
     parts = []
     for i, stage in enumerate(report.stages, 1):
@@ -40,9 +53,7 @@ def _layer_tables(report: Report) -> list[str]:
         header = [c for c in _LAYER_COLUMNS if c in keys] + sorted(keys - set(_LAYER_COLUMNS))
         rows = [["" if row.get(k) is None else _cell(row.get(k)) for k in header] for row in stage.layers]
         parts += [f"<h2>Layers after stage {i} ({html.escape(stage.technique)})</h2>",
-                  "<p>sensitivity: drop of the primary metric on calibration rows with only that layer "
-                  "quantized (measured when the whole model missed the budget); relative_error: "
-                  "||w_q - w|| / ||w|| of the stored weight.</p>",
+                  f"<p>{_LAYER_NOTES.get(stage.technique, _LAYER_NOTES['quantization'])}</p>",
                   _table(header, rows)]
     return parts
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from presso.errors import PressoError
+from presso.techniques.pruning.config import PruneConfig, SlimConfig
 from presso.techniques.quantization.config import Int4Config, Int8Config, KMeansConfig, WeightOnlyConfig
 from presso.techniques.quantization.hashing_config import HashedConfig
 from presso.techniques.quantization.qat_config import QATConfig
@@ -58,6 +59,19 @@ TECHNIQUES: dict[str, Technique] = {
         "hashed weight sharing (HashedNets): a hash of each weight's position picks one of K shared "
         "values per layer, fine-tuned to the original model; stores K values + the hash seed",
         "presso.techniques.quantization.hashing:hash_weights",
+    ),
+    "prune": Technique(
+        "prune", PruneConfig, "torch",
+        "weight pruning: unstructured (magnitude / Taylor / random, global, per layer or from sensitivity "
+        "curves) or N:M masks on a one-shot, iterative or gradual schedule with fine-tuning; zeros stored as "
+        "a bitmask + surviving values",
+        "presso.techniques.pruning.prune_stage:prune_weights",
+    ),
+    "slim": Technique(
+        "slim", SlimConfig, "torch",
+        "structured pruning: physically removes channels / neurons (or attention heads and feed-forward "
+        "neurons), rewiring residual and concatenated layers, then fine-tunes: a smaller, faster model",
+        "presso.techniques.pruning.slim_stage:slim",
     ),
 }
 

@@ -15,10 +15,10 @@ so ONNX Runtime folds them into one initializer when the session is created)::
     w     = Reshape(Gather(values, idx), shape)                 # values[0] = 0
 
 Bytes per weight: ``4 * (1 - sparsity) + 1/8`` instead of 4 (90% sparse: 0.13x); for an
-INT8 weight (DequantizeLinear of an integer initializer with zero point 0), the integers
-are stored the same way, ``(1 - sparsity) + 1/8`` bytes instead of 1. Layers
-less sparse than ``min_sparsity`` stay dense. Zeros are stored as +0.0 (a -0.0 comes
-back as +0.0); every other value comes back bit for bit.
+INT8 weight (an integer initializer with zero point 0 into a DequantizeLinear, MatMulInteger
+or ConvInteger), the integers are stored the same way, ``(1 - sparsity) + 1/8`` bytes
+instead of 1. Layers less sparse than ``min_sparsity`` stay dense. Zeros are stored as +0.0
+(a -0.0 comes back as +0.0); every other value comes back bit for bit.
 """
 
 from __future__ import annotations
@@ -80,22 +80,29 @@ def _shared_tensors():
             numpy_helper.from_array(np.array(0, dtype=np.int32), f"{_LUT}_zero32")]
 
 
+# op -> (input index of the integer weight, input index of its zero point)
+_INT8_WEIGHT_INPUTS = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3), "ConvInteger": (1, 3)}
+
+
 def _int8_weights(model, keep: set[str]) -> list[tuple[str, str, str]]:
-    """(node, "DequantizeLinear", initializer) of INT8/UINT8 constants dequantized with a zero
-    point of 0 (or none), so that integer 0 is float 0: quantized pruned weights."""
+    """(node, op, initializer) of INT8/UINT8 constant weights with a zero point of 0 (or none),
+    so that integer 0 is float 0: quantized pruned weights, dequantized by a DequantizeLinear
+    (static QDQ, weight-only) or consumed by a MatMulInteger / ConvInteger (dynamic int8)."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     uses = input_uses(model.graph)
     out = []
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or node.name in keep:
+        if node.op_type not in _INT8_WEIGHT_INPUTS or node.name in keep:
             continue
-        q = inits.get(node.input[0])
+        w_at, zp_at = _INT8_WEIGHT_INPUTS[node.op_type]
+        q = inits.get(node.input[w_at]) if len(node.input) > w_at else None
         if q is None or q.data_type not in (2, 3) or uses.get(q.name, 0) != 1:  # UINT8, INT8
             continue
-        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if len(node.input) > 2 and node.input[2] and (zp is None or numpy_helper.to_array(zp).any()):
+        zp_name = node.input[zp_at] if len(node.input) > zp_at else ""
+        zp = inits.get(zp_name) if zp_name else None
+        if zp_name and (zp is None or numpy_helper.to_array(zp).any()):
             continue  # integer 0 is not float 0 here
         out.append((node.name, node.op_type, q.name))
     return out
@@ -111,9 +118,10 @@ def write_sparse(src, dst, min_sparsity: float = 0.5, keep: set[str] | frozenset
     """Rewrite the ONNX model ``src`` into ``dst`` with its sparse weights stored as bitmask
     + non-zero values; returns one row per weighted layer (sparse or not).
 
-    Quantized weights (an INT8/UINT8 initializer into a ``DequantizeLinear`` with zero
-    point 0 or none, as presso's symmetric int8 and weight-only int8 write them) are
-    stored the same way with 1-byte values; their rows have op ``DequantizeLinear``.
+    Quantized weights (an INT8/UINT8 initializer into a ``DequantizeLinear``, ``MatMulInteger``
+    or ``ConvInteger`` with zero point 0 or none, as presso's symmetric static, dynamic and
+    weight-only int8 write them) are stored the same way with 1-byte values; their rows have
+    that node's op.
 
     ``keep`` names nodes whose weights stay dense whatever their sparsity.
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from presso.errors import PressoError
 
-IMPORTANCES = ("l2", "l1", "taylor", "random")
+IMPORTANCES = ("l2", "l1", "taylor", "activation", "random")
 SCOPES = ("layer", "global")
 # Layers whose normalisation statistics mix channels: removing a channel changes the
 # others, so no masked model is exactly equivalent (the group is still pruned, unchecked).
@@ -84,9 +84,64 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def _importance(kind: str):
+def _activations(work: nn.Module, inputs: tuple) -> dict[nn.Module, torch.Tensor]:
+    """Mean |input| of every Linear / Conv input channel over the example inputs (rows,
+    positions): what a channel's consumers receive, after its activation function."""
+    from presso.techniques.pruning.criteria import activation_importance
+
+    acts: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(layer, inp):
+        axis = 1 if isinstance(layer, nn.modules.conv._ConvNd) else -1  # Linear: (N, ..., C)
+        acts[layer] = activation_importance(inp[0].detach(), axis=axis)
+
+    layers = [m for m in work.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    try:
+        _forward(work, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return acts
+
+
+def _activation_importance(acts: dict[nn.Module, torch.Tensor]):
+    """Activation-based channel importance (mean |activation|) summed over a coupled group.
+
+    A channel is scored by what its consumers receive (their input activations, after
+    ReLU / pooling), so a dead neuron scores 0 whatever its pre-activation. Torch-Pruning
+    has no activation criterion; this reuses its group reduction and normalisation so
+    global ranking treats it like the magnitude ones."""
+    import torch_pruning as tp
+    from torch_pruning.pruner import function
+
+    ins = (function.prune_conv_in_channels, function.prune_linear_in_channels)
+
+    class ActivationImportance(tp.importance.GroupMagnitudeImportance):
+        @torch.no_grad()
+        def __call__(self, group):
+            imps, idxs_of = [], []
+            for i, (dep, idxs) in enumerate(group):
+                if dep.pruning_fn in ins and dep.layer in acts:
+                    imps.append(acts[dep.layer][idxs])
+                    idxs_of.append(group[i].root_idxs)
+            if not imps:
+                return None
+            # Sum onto the root's channels (a flattened consumer has several inputs per channel).
+            position = {int(c): k for k, c in enumerate(group[0].root_idxs)}
+            score = torch.zeros(len(position))
+            for imp, roots in zip(imps, idxs_of, strict=True):
+                score.index_add_(0, torch.tensor([position[int(c)] for c in roots]), imp.float())
+            return self._normalize(score, self.normalizer)
+
+    return ActivationImportance()
+
+
+def _importance(kind: str, acts: dict | None = None):
     import torch_pruning as tp
 
+    if kind == "activation":
+        return _activation_importance(acts or {})
     if kind == "l2":
         return tp.importance.GroupMagnitudeImportance(p=2)
     if kind == "l1":
@@ -197,7 +252,8 @@ def _plan_and_prune(work: nn.Module, original: nn.Module, inputs: tuple, ratio: 
         work.zero_grad()
         out = work(*inputs)
         out.float().pow(2).mean().backward()
-    watched = _Watched(_importance(importance), names)
+    acts = _activations(work, inputs) if importance == "activation" else None
+    watched = _Watched(_importance(importance, acts), names)
     pruner = tp.pruner.MetaPruner(
         work, inputs, importance=watched, global_pruning=scope == "global",
         pruning_ratio=ratio, ignored_layers=ignored_modules, round_to=round_to)
@@ -321,9 +377,10 @@ def prune_channels(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     ratio : float in [0, 1)
         Fraction of channels / neurons removed from each Conv / Linear layer (``scope=
         "layer"``), or overall with per-group shares from a global ranking (``"global"``).
-    importance : {"l2", "l1", "taylor", "random"}
+    importance : {"l2", "l1", "taylor", "activation", "random"}
         Channel score summed over the coupled group. ``"taylor"`` is ``|w * grad|`` with
-        the gradient of the mean squared output on ``example_inputs``.
+        the gradient of the mean squared output on ``example_inputs``; ``"activation"``
+        the mean ``|output|`` of each channel on ``example_inputs``.
     ignored_layers : sequence of str
         Fully qualified layer names (or ``re:`` patterns) whose output channels are kept.
     round_to : int, optional

@@ -1,0 +1,108 @@
+"""The ``slim`` recipe stage: physically remove channels / neurons (or attention heads and
+feed-forward neurons of a transformer encoder), fine-tune, export a smaller, faster model.
+
+CNNs and MLPs go through ``structured.prune_channels`` (Torch-Pruning's dependency graph,
+with presso's equivalence checks and refusals); BERT-style encoders through
+``transformer.prune_transformer``. ``schedule: iterative`` removes the same fraction of
+the remaining channels in each of ``rounds`` rounds, fine-tuning in between. If the budget
+breaks, milder ratios are retried (``with_backoff``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from torch import nn
+
+from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.pruning.config import SlimConfig
+from presso.techniques.pruning.recover import PRUNABLE, example_inputs, milder, recovery_for, with_backoff
+from presso.techniques.recovery import weights_by_value
+
+
+def _n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(m.weight.shape) for n, m in module.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def _layer_rows(before: dict, module: nn.Module, exported: Path) -> list[dict]:
+    layers = {n: m for n, m in module.named_modules() if isinstance(m, PRUNABLE)}
+    nodes = {name: node for name, node, _, _ in
+             weights_by_value(exported, {n: m.weight.detach().numpy() for n, m in layers.items()})}
+    rows = []
+    for n, m in layers.items():
+        shape = tuple(m.weight.shape)
+        old = before.get(n, shape)
+        row = {"layer": n, "outputs": f"{old[0]} -> {shape[0]}", "inputs": f"{old[1]} -> {shape[1]}",
+               "parameters": int(sum(p.numel() for p in m.parameters(recurse=False)))}
+        if n in nodes:
+            row["node"] = nodes[n]
+        rows.append(row)
+    return rows
+
+
+def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageContext, transformer: bool):
+    if transformer:
+        from presso.techniques.pruning.transformer import attention_shape, prune_transformer
+
+        scale = fraction / (cfg.ffn or cfg.heads)
+        importance = "taylor" if cfg.importance == "auto" else cfg.importance
+        report = prune_transformer(module, example_inputs(ctx), heads_ratio=min(cfg.heads * scale, 0.95),
+                                   ffn_ratio=min(cfg.ffn * scale, 0.95), importance=importance,
+                                   scope=cfg.scope, round_to=cfg.round_to or 8, seed=ctx.seed)
+        # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
+        # fuses the heads wrongly without an error; 0 / 0 (uneven heads) disables the fusion.
+        ctx.transformer.update(attention_shape(module))
+        return report
+    from presso.techniques.pruning.structured import prune_channels
+
+    importance = "l2" if cfg.importance == "auto" else cfg.importance
+    return prune_channels(module, example_inputs(ctx), fraction, importance=importance, scope=cfg.scope,
+                          ignored_layers=cfg.skip, round_to=cfg.round_to, seed=ctx.seed)
+
+
+def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
+    """The ``slim`` technique (see the module docstring)."""
+    rec = recovery_for(ctx, cfg, "slim")
+    cfg = rec.cfg  # epochs and lr resolved for this model
+    original = ctx.module
+    transformer = ctx.transformer is not None
+    what = "attention heads and feed-forward neurons" if transformer else "channels / neurons"
+    first = (cfg.ffn or cfg.heads) if transformer else cfg.ratio
+
+    def attempt(fraction: float) -> Candidate:
+        module = copy.deepcopy(original)
+        before_shapes, before = _shapes(module), _n_params(module)
+        rounds = cfg.rounds if cfg.schedule == "iterative" else 1
+        per_round = 1.0 - (1.0 - fraction) ** (1.0 / rounds)
+        fits = []
+        for r in range(rounds):
+            ctx.log(f"slim: removing {per_round:.0%} of the {what}"
+                    + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+            _prune_once(module, cfg, per_round, ctx, transformer)
+            epochs = cfg.epochs // rounds + (cfg.epochs % rounds if r == rounds - 1 else 0)
+            if epochs:
+                layers = [m for m in module.modules() if isinstance(m, PRUNABLE)]
+                fits.append(rec.fit(module, layers, epochs=epochs))
+        module.eval()
+        after = _n_params(module)
+        dst = ctx.export(module, ctx.workdir / f"slim-{fraction:g}.onnx")
+        if transformer:
+            scale = fraction / (cfg.ffn or cfg.heads)
+            label = f"{min(cfg.heads * scale, 0.95):.0%} of heads, {min(cfg.ffn * scale, 0.95):.0%} of ffn removed"
+        else:
+            label = f"{fraction:.0%} of {what} removed"
+        cand = Candidate(label, dst, module=module, options={"ffn" if transformer else "ratio": fraction})
+        cand.score = ctx.score(dst)
+        cand.layers = _layer_rows(before_shapes, module, dst)
+        cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"
+        tuned = "; ".join(rec.describe(f) for f in fits) if fits else "no fine-tuning (epochs: 0)"
+        cand.notes = [f"slim: {label} ({cfg.importance}, scope {cfg.scope}, {rounds} round"
+                      f"{'s' if rounds > 1 else ''}): parameters {before:,} -> {after:,}; {tuned}"]
+        return cand
+
+    return with_backoff(milder(first, cfg.backoff), attempt, ctx, "slim")
