@@ -68,7 +68,7 @@ def recovery_for(ctx: StageContext, cfg: RecoveryOptions, stage: str) -> Recover
         raise PressoError(f"The '{stage}' stage prunes and fine-tunes the PyTorch model; give presso a PyTorch "
                           f"model or Hugging Face folder, and put '{stage}' before ONNX stages.")
     big = ctx.transformer is not None
-    cfg = cfg.model_copy(update={"epochs": cfg.epochs if cfg.epochs is not None else (4 if big else 30),
+    cfg = cfg.model_copy(update={"epochs": cfg.epochs if cfg.epochs is not None else (4 if big else 60),
                                  "lr": cfg.lr if cfg.lr is not None else (2e-4 if big else 1e-3)})
     train, val = teacher_split(ctx, cfg.validation_fraction, stage, cfg.targets)
     n_mixed = 0
