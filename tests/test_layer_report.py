@@ -45,3 +45,15 @@ def test_report_html_has_a_layer_table_with_stored_bytes(tmp_path):
     stored = sum(r["stored_bytes"] for r in layers)
     assert stored <= result.report.compressed.size_bytes
     assert stored < 0.2 * 4 * sum(r["parameters"] for r in layers)
+
+
+def test_terminal_layer_summary_per_kind_of_stage():
+    from presso.report.terminal import _layer_summary
+
+    assert _layer_summary([{"precision": "int4"}, {"precision": "int4"}, {"node": "x"}]) == "layers 2 int4, 1 other"
+    assert _layer_summary([{"zeros": 9, "parameters": 10}, {"zeros": 1, "parameters": 30}]) == \
+        "2 layers, 10 of 40 weights zero"
+    assert _layer_summary([{"storage": "bitmask"}, {"storage": "dense"}]) == \
+        "1 of 2 weight tensors stored as bitmask + values"
+    assert _layer_summary([{"layer": "fc", "outputs": "64 -> 22"}]) == "1 layer reshaped"
+    assert _layer_summary([]) == ""

@@ -27,11 +27,24 @@ def print_summary(report: Report, console: Console, out_dir: str | None = None) 
     for note in report.notes:
         console.print(f"• {note}")
     for stage in report.stages:
-        counts: dict[str, int] = {}
-        for row in stage.layers:
-            counts[row.get("precision", "?")] = counts.get(row.get("precision", "?"), 0) + 1
-        if counts:
-            listed = ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-            console.print(f"• {stage.technique}: layers {listed} (per-layer table in report.html)")
+        summary = _layer_summary(stage.layers)
+        if summary:
+            console.print(f"• {stage.technique}: {summary} (per-layer table in report.html)")
     if out_dir:
         console.print(f"Artifact written to [bold]{out_dir}[/bold] (model.onnx, report.json, report.html, recipe.yaml)")
+
+
+def _layer_summary(rows: list[dict]) -> str:
+    """One line per stage: precision counts (quantization), zeros (pruning), storage or layer count."""
+    if any("precision" in r for r in rows):
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row.get("precision", "other")] = counts.get(row.get("precision", "other"), 0) + 1
+        return "layers " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if any("zeros" in r for r in rows):
+        zeros, total = sum(r.get("zeros", 0) for r in rows), sum(r.get("parameters", 0) for r in rows)
+        return f"{len(rows)} layers, {zeros:,} of {total:,} weights zero"
+    if any("storage" in r for r in rows):
+        sparse = sum(r["storage"] == "bitmask" for r in rows)
+        return f"{sparse} of {len(rows)} weight tensors stored as bitmask + values"
+    return f"{len(rows)} layer{'' if len(rows) == 1 else 's'} reshaped" if rows else ""
