@@ -24,7 +24,7 @@ def speed_note(baseline: dict, compressed: dict) -> str:
                 f"({c:.3f} ms vs {b:.3f} ms p50) and {tc / tb:.2f}x the throughput.")
     return (f"The compressed model is NOT faster than ONNX Runtime fp32 on this machine at batch 1: "
             f"{c:.3f} ms vs {b:.3f} ms p50 ({b / c:.2f}x); throughput {tc / tb:.2f}x. "
-            "It is smaller; for speed, try structured pruning or a smaller student.")
+            "It is smaller; for speed, try --recipe slim (structured pruning) or a smaller student.")
 
 
 def torch_note(torch_latency: dict | None, compressed: dict) -> str | None:
