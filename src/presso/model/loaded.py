@@ -23,6 +23,11 @@ def first_tensor(out: Any) -> torch.Tensor:
     raise TypeError(f"forward returned {type(out).__name__}, not a tensor")
 
 
+def count_parameters(module: nn.Module) -> int:
+    """Elements of every parameter of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def forward_input_names(module: nn.Module) -> list[str]:
     """Names of the positional arguments of ``module.forward`` (the ONNX input names)."""
     params = inspect.signature(module.forward).parameters.values()
@@ -70,7 +75,7 @@ class LoadedModel:
     def parameter_count(self) -> int | None:
         if self.module is None:
             return None
-        return sum(p.numel() for p in self.module.parameters())
+        return count_parameters(self.module)
 
     @torch.no_grad()
     def run_torch(self, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:

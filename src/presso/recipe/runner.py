@@ -148,7 +148,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
             current = chosen.path
         compact_names(current)
         storage = None
-        if any(t.name == "prune" for t, _ in stages):  # a scan of every weight: only where zeros were made
+        if any(t.sparse for t, _ in stages):  # a scan of every weight: only where zeros were made
             current, storage = _store_sparse(run, current)
         if storage is not None:
             stage_reports.append(storage)
@@ -314,18 +314,18 @@ def _store_sparse(run: Run, path: Path) -> tuple[Path, dict | None]:
     dst = path.with_name("sparse.onnx")
     rows = write_sparse(path, dst)
     sparse = [r for r in rows if r["storage"] == "bitmask"]
-    if not sparse or file_size(dst) >= file_size(path):
+    before, after = file_size(path), file_size(dst)
+    if not sparse or after >= before:
         dst.unlink(missing_ok=True)
         return path, None
     sample = run.calibration.head(32).inputs
     diff = check_parity(run_session(make_session(path), sample, EVAL_BATCH),
                         run_session(make_session(dst), sample, EVAL_BATCH), "sparse storage")
-    before, after = file_size(path), file_size(dst)
     note = (f"sparse storage: {len(sparse)} of {len(rows)} weight tensors stored as a bitmask + their non-zero "
             f"values ({before:,} -> {after:,} bytes); ONNX Runtime rebuilds them once at load "
             f"(outputs identical, max difference {diff:.2g})")
     return dst, {"technique": "sparse-storage", "chosen": "bitmask", "variants": [], "notes": [note],
-                 "layers": [{k: v for k, v in r.items()} for r in rows]}
+                 "layers": rows}
 
 
 def _with_storage(layers: list[dict], path: Path) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +65,25 @@ def _first_error(exc: ValidationError) -> str:
     return f"option '{key}': {msg} (got {got!r})"
 
 
+@functools.cache
+def _builtin_files() -> dict[str, Path]:
+    """Built-in recipe name (the ``name`` in each file: "2:4" lives in 2-4.yaml, as file
+    names have no ':') -> its file; read once, the folder ships with the package."""
+    files = {}
+    for path in BUILTIN_DIR.glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        files[str(raw.get("name", path.stem)) if isinstance(raw, dict) else path.stem] = path
+    return files
+
+
 def builtin_path(name: str) -> Path | None:
-    """The file of built-in recipe ``name`` ("2:4" lives in 2-4.yaml: no ':' in file names)."""
-    path = BUILTIN_DIR / f"{name.replace(':', '-')}.yaml"
-    return path if path.is_file() and name in builtin_names() else None
+    """The file of built-in recipe ``name``, or None."""
+    return _builtin_files().get(name)
 
 
 def builtin_names() -> list[str]:
-    """Built-in recipes by the name they are called with (the ``name`` in each file)."""
-    names = []
-    for path in BUILTIN_DIR.glob("*.yaml"):
-        raw = yaml.safe_load(path.read_text())
-        names.append(str(raw.get("name", path.stem)) if isinstance(raw, dict) else path.stem)
-    return sorted(names)
+    """Built-in recipes by the name they are called with."""
+    return sorted(_builtin_files())
 
 
 def load_recipe(spec: str | Path | Recipe) -> Recipe:

@@ -49,6 +49,8 @@ def mixup_rows(train: Data, teacher, copies: int, seed: int, names: list[str]) -
     overfitting them (digits, hashed: 0.6-0.8 points lost with them, 1.6-2.8 without)."""
     import torch
 
+    from presso.model.loaded import first_tensor
+
     inputs, targets = train
     if copies == 0 or any(inputs[k].dtype.kind != "f" for k in names):
         return train, 0
@@ -61,20 +63,20 @@ def mixup_rows(train: Data, teacher, copies: int, seed: int, names: list[str]) -
     with torch.no_grad():
         for start in range(0, m, 256):
             out = teacher(*[torch.from_numpy(mixed[k][start:start + 256]) for k in names])
-            outs.append((out[0] if isinstance(out, (tuple, list)) else out).float().numpy())
+            outs.append(first_tensor(out).float().numpy())
     labels = np.concatenate(outs).reshape(m, *targets.shape[1:])
     return ({k: np.concatenate([v, mixed[k]]) for k, v in inputs.items()}, np.concatenate([targets, labels])), m
 
 
 def fit_to_teacher(module, train: Data, val: Data | None, ctx: StageContext, stage: str, cfg,
-                   *, patience: int | None, before_epoch=None, loss=None, regularize=None):
+                   *, patience: int | None, before_epoch=None, loss=None):
     """Fine-tune ``module`` to the teacher's outputs with ``cfg``'s epochs, lr, batch size,
     temperature and time cap, logging each epoch; returns :class:`presso.train.FitReport`.
 
-    ``loss`` replaces the teacher loss (e.g. :func:`presso.train.label_loss`);
-    ``regularize(loss) -> loss`` adds penalties (L1, group lasso). Validation compares the
-    penalised loss too: with the plain one the best-weights restore would undo the
-    penalties' work by keeping the weights from before it (seen on 3-epoch runs)."""
+    ``loss`` replaces the teacher loss (e.g. :func:`presso.train.label_loss`, or a loss with
+    L1 / group-lasso penalties). Validation compares that same loss: with a plain one the
+    best-weights restore would undo the penalties' work by keeping the weights from before
+    it (seen on 3-epoch runs)."""
     from presso.train import FitSettings, fit, teacher_loss
 
     settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
@@ -88,8 +90,8 @@ def fit_to_teacher(module, train: Data, val: Data | None, ctx: StageContext, sta
 
     # Validation by the (continuous) teacher loss: agreement on a few dozen rows saturates
     # at 1.0 before fine-tuning starts, and early stopping would then keep the start.
-    base = loss if loss is not None else teacher_loss(ctx.task, cfg.temperature)
-    return fit(module, train, val, base if regularize is None else regularize(base), None, settings,
+    loss = loss if loss is not None else teacher_loss(ctx.task, cfg.temperature)
+    return fit(module, train, val, loss, None, settings,
                input_names=ctx.input_names, on_epoch=on_epoch, before_epoch=before_epoch)
 
 

@@ -21,6 +21,7 @@ class Technique:
     domain: str  # "onnx": transforms an ONNX graph; "torch": transforms an nn.Module
     summary: str
     apply_path: str  # "module:function", imported only when a stage runs (keeps import light)
+    sparse: bool = False  # leaves zero weights: the run stores them as a bitmask + values at the end
 
     def apply(self, *args, **kwargs):
         module, _, fn = self.apply_path.partition(":")
@@ -66,6 +67,7 @@ TECHNIQUES: dict[str, Technique] = {
         "curves) or N:M masks on a one-shot, iterative or gradual schedule with fine-tuning; zeros stored as "
         "a bitmask + surviving values",
         "presso.techniques.pruning.prune_stage:prune_weights",
+        sparse=True,
     ),
     "slim": Technique(
         "slim", SlimConfig, "torch",

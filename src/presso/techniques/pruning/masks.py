@@ -150,13 +150,13 @@ def iterative_sparsity(round: int, rounds: int, final: float) -> float:
     return 1.0 - math.pow(1.0 - final, r / rounds)
 
 
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def prunable_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     """``{"<module>.weight": weight}`` of every Linear and Conv layer (the tensors, not copies)."""
     return {f"{name}.weight" if name else "weight": m.weight for name, m in module.named_modules()
-            if isinstance(m, _PRUNABLE)}
+            if isinstance(m, PRUNABLE)}
 
 
 def _split(module: nn.Module, key: str) -> tuple[nn.Module, str]:
@@ -184,6 +184,14 @@ def apply_masks(module: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
                               f"{tuple(current.shape)}.")
         prune.custom_from_mask(sub, param, mask.to(device=current.device, dtype=torch.bool))
     return module
+
+
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight as the layer's forward uses it, detached: with :func:`apply_masks`' hooks
+    ``weight_orig * weight_mask`` now (``.weight`` is only refreshed at the next forward)."""
+    if hasattr(layer, "weight_mask"):
+        return (layer.weight_orig * layer.weight_mask).detach()
+    return layer.weight.detach()
 
 
 def make_permanent(module: nn.Module) -> nn.Module:

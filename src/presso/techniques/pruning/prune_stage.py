@@ -20,25 +20,21 @@ import torch
 from torch import nn
 
 from presso.errors import PressoError
+from presso.model.loaded import first_tensor
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.pruning import criteria
 from presso.techniques.pruning.config import PruneConfig
 from presso.techniques.pruning.masks import (
+    PRUNABLE,
     apply_masks,
+    effective_weight,
     iterative_sparsity,
     make_permanent,
     nm_mask,
     polynomial_sparsity,
     unstructured_masks,
 )
-from presso.techniques.pruning.recover import (
-    PRUNABLE,
-    Recovery,
-    milder,
-    recovery_for,
-    with_backoff,
-)
-from presso.techniques.recovery import weights_by_value
+from presso.techniques.pruning.recover import Recovery, layer_nodes, milder, recovery_for, with_backoff
 
 
 def _plural(n: int, word: str) -> str:
@@ -69,13 +65,6 @@ def schedule_sparsity(epoch: int, cfg: PruneConfig, final: float) -> float:
     return polynomial_sparsity(min(epoch, ramp), ramp, final)
 
 
-def _effective(layer: nn.Module) -> torch.Tensor:
-    """The weight as the layer uses it (with torch's prune hooks: weight_orig * mask)."""
-    if hasattr(layer, "weight_mask"):
-        return (layer.weight_orig * layer.weight_mask).detach()
-    return layer.weight.detach()
-
-
 def _gradients(module: nn.Module, layers: dict[str, nn.Module], rec: Recovery) -> dict[str, torch.Tensor]:
     """d loss / d weight of each layer over the training rows (for Taylor scores)."""
     xs = [torch.from_numpy(rec.train[0][n]) for n in rec.ctx.input_names]
@@ -85,8 +74,7 @@ def _gradients(module: nn.Module, layers: dict[str, nn.Module], rec: Recovery) -
     module.eval()
     loss_fn = rec.loss
     for start in range(0, len(y), 256):
-        out = module(*[x[start:start + 256] for x in xs])
-        out = out[0] if isinstance(out, (tuple, list)) else out
+        out = first_tensor(module(*[x[start:start + 256] for x in xs]))
         (loss_fn(out, y[start:start + 256]) * len(out) / len(y)).backward()
     module.train(was)
     grads = {}
@@ -97,8 +85,9 @@ def _gradients(module: nn.Module, layers: dict[str, nn.Module], rec: Recovery) -
     return grads
 
 
-def _scores(module, layers, cfg: PruneConfig, rec: Recovery, step: int) -> dict[str, torch.Tensor]:
-    weights = {n: _effective(m) for n, m in layers.items()}
+def _scores(module, layers, weights: dict[str, torch.Tensor], cfg: PruneConfig, rec: Recovery,
+            step: int) -> dict[str, torch.Tensor]:
+    """Each layer's weight scores by the criterion; ``weights`` are the effective weights."""
     if cfg.criterion == "taylor":
         grads = _gradients(module, layers, rec)
         scores = {n: criteria.taylor(w, grads[n]) for n, w in weights.items()}
@@ -115,17 +104,17 @@ def _scores(module, layers, cfg: PruneConfig, rec: Recovery, step: int) -> dict[
 def masks_at(module, layers, cfg: PruneConfig, finals: dict[str, float] | float, epoch: int,
              rec: Recovery) -> dict[str, torch.Tensor]:
     """Each layer's mask at ``epoch``: ``finals`` is one global sparsity or one per layer."""
-    scores = _scores(module, layers, cfg, rec, epoch)
+    weights = {n: effective_weight(m) for n, m in layers.items()}
+    scores = _scores(module, layers, weights, cfg, rec, epoch)
     if cfg.pattern == "n:m":
         return {f"{n}.weight": nm_mask(scores[n].clamp(min=0), cfg.n, cfg.m, name=n) for n in layers}
     if isinstance(finals, float):
-        weights = {n: _effective(m) for n, m in layers.items()}
         masks = unstructured_masks(weights, schedule_sparsity(epoch, cfg, finals), scores, scope="global")
         return {f"{n}.weight": mask for n, mask in masks.items()}
     out = {}
-    for n, layer in layers.items():
+    for n in layers:
         s = schedule_sparsity(epoch, cfg, finals[n])
-        out[f"{n}.weight"] = unstructured_masks({n: _effective(layer)}, s, {n: scores[n]}, scope="layer")[n]
+        out[f"{n}.weight"] = unstructured_masks({n: weights[n]}, s, {n: scores[n]}, scope="layer")[n]
     return out
 
 
@@ -167,7 +156,7 @@ def _finals(module, layers, cfg: PruneConfig, target: float, ctx: StageContext) 
     def evaluate(m: nn.Module) -> float:
         with torch.no_grad():
             out = m(*xs)
-        return ctx.score_outputs((out[0] if isinstance(out, (tuple, list)) else out).float().numpy()).drop
+        return ctx.score_outputs(first_tensor(out).float().numpy()).drop
 
     ctx.log(f"prune: sensitivity curves of {len(layers)} layers")
     curves = sensitivity_curves(module, list(layers), evaluate, kind="unstructured", progress=ctx.log)
@@ -177,8 +166,7 @@ def _finals(module, layers, cfg: PruneConfig, target: float, ctx: StageContext) 
 
 
 def _layer_rows(module, layers: dict[str, nn.Module], exported: Path, curves: list[dict]) -> list[dict]:
-    weights = {n: m.weight.detach().numpy() for n, m in layers.items()}
-    nodes = {name: node for name, node, _, _ in weights_by_value(exported, weights)}
+    nodes = layer_nodes(exported, layers)
     by_layer = {row["layer"]: row for row in curves}
     rows = []
     for n, layer in layers.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,9 +15,7 @@ from torch import nn
 from presso.errors import PressoError
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.pruning.config import RecoveryOptions
-from presso.techniques.recovery import Data, fit_to_teacher, mixup_rows, teacher_split
-
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from presso.techniques.recovery import Data, fit_to_teacher, mixup_rows, teacher_split, weights_by_value
 
 
 @dataclass
@@ -43,14 +42,9 @@ class Recovery:
         from presso.techniques.pruning.regularizers import regularized
 
         cfg = self.cfg if epochs is None else self.cfg.model_copy(update={"epochs": epochs})
-
-        def regularize(loss):
-            return regularized(loss, layers, l1=cfg.l1, group_lasso=cfg.group_lasso)
-
-        penalised = cfg.l1 > 0 or cfg.group_lasso > 0
+        loss = regularized(self.loss, layers, l1=cfg.l1, group_lasso=cfg.group_lasso)  # itself if both 0
         return fit_to_teacher(module, self.train, self.val, self.ctx, self.stage, cfg, patience=cfg.patience,
-                              before_epoch=before_epoch, loss=self.loss,
-                              regularize=regularize if penalised else None)
+                              before_epoch=before_epoch, loss=loss)
 
     def describe(self, report) -> str:
         rows = len(self.train[1]) - self.n_mixed
@@ -82,6 +76,12 @@ def example_inputs(ctx: StageContext, rows: int = 8) -> tuple[torch.Tensor, ...]
     """A few calibration rows as tensors, in the model's call order (for tracing)."""
     head = ctx.calibration.head(rows).inputs
     return tuple(torch.from_numpy(np.ascontiguousarray(head[n])) for n in ctx.input_names)
+
+
+def layer_nodes(exported: Path, layers: dict[str, nn.Module]) -> dict[str, str]:
+    """Layer name -> the ONNX node that uses its (trained, exported) weight."""
+    weights = {n: m.weight.detach().numpy() for n, m in layers.items()}
+    return {name: node for name, node, _, _ in weights_by_value(exported, weights)}
 
 
 def milder(fraction: float, steps: int) -> list[float]:

@@ -24,7 +24,12 @@ from torch import nn
 
 from presso.errors import PressoError
 from presso.techniques.pruning.criteria import l2_norm
-from presso.techniques.pruning.masks import _check_sparsity, prunable_weights, unstructured_masks
+from presso.techniques.pruning.masks import (
+    _check_sparsity,
+    effective_weight,
+    prunable_weights,
+    unstructured_masks,
+)
 
 LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 KINDS = ("unstructured", "channels")
@@ -41,17 +46,17 @@ def _check_levels(levels, where: str) -> tuple[float, ...]:
     return tuple(float(x) for x in levels)
 
 
-def _param(layer: nn.Module, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The stored tensor behind ``layer.<name>`` and its mask when ``torch.nn.utils.prune`` masks it."""
+def _param(layer: nn.Module, name: str) -> torch.Tensor | None:
+    """The stored tensor behind ``layer.<name>`` (``<name>_orig`` when ``torch.nn.utils.prune`` masks it)."""
     if hasattr(layer, f"{name}_orig"):
-        return getattr(layer, f"{name}_orig"), getattr(layer, f"{name}_mask", None)
-    return getattr(layer, name, None), None
+        return getattr(layer, f"{name}_orig")
+    return getattr(layer, name, None)
 
 
 def _prune_layer(layer: nn.Module, level: float, kind: str, key: str) -> None:
     """Zero the ``level`` fraction of the layer's weights (or output channels with their bias)."""
-    weight, mask = _param(layer, "weight")
-    effective = weight.detach() if mask is None else weight.detach() * mask  # what the forward uses
+    weight = _param(layer, "weight")
+    effective = effective_weight(layer)
     with torch.no_grad():
         if kind == "unstructured":
             scores = {key: effective.abs().cpu()}
@@ -61,7 +66,7 @@ def _prune_layer(layer: nn.Module, level: float, kind: str, key: str) -> None:
         scores = l2_norm(effective).cpu()  # (out,)
         drop = torch.argsort(scores, stable=True)[:round(level * scores.numel())].to(weight.device)
         weight[drop] = 0
-        bias, _ = _param(layer, "bias")
+        bias = _param(layer, "bias")
         if isinstance(bias, torch.Tensor):
             bias[drop] = 0
 
@@ -119,7 +124,7 @@ def sensitivity_curves(module: nn.Module, layers: Sequence[str], evaluate: Calla
     for name in layers:
         layer = module.get_submodule(name)
         saved = {p: t.detach().clone() for p in ("weight", "bias")
-                 if isinstance(t := _param(layer, p)[0], torch.Tensor)}
+                 if isinstance(t := _param(layer, p), torch.Tensor)}
         curve = []
         for level in levels:
             try:
@@ -128,7 +133,7 @@ def sensitivity_curves(module: nn.Module, layers: Sequence[str], evaluate: Calla
             finally:
                 with torch.no_grad():
                     for p, original in saved.items():
-                        _param(layer, p)[0].copy_(original)
+                        _param(layer, p).copy_(original)
                 _refresh_masked(layer)
             try:
                 drop = float(result)

@@ -15,14 +15,11 @@ from pathlib import Path
 
 from torch import nn
 
+from presso.model.loaded import count_parameters
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.pruning.config import SlimConfig
-from presso.techniques.pruning.recover import PRUNABLE, example_inputs, milder, recovery_for, with_backoff
-from presso.techniques.recovery import weights_by_value
-
-
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from presso.techniques.pruning.masks import PRUNABLE
+from presso.techniques.pruning.recover import example_inputs, layer_nodes, milder, recovery_for, with_backoff
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -31,8 +28,7 @@ def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 
 def _layer_rows(before: dict, module: nn.Module, exported: Path) -> list[dict]:
     layers = {n: m for n, m in module.named_modules() if isinstance(m, PRUNABLE)}
-    nodes = {name: node for name, node, _, _ in
-             weights_by_value(exported, {n: m.weight.detach().numpy() for n, m in layers.items()})}
+    nodes = layer_nodes(exported, layers)
     rows = []
     for n, m in layers.items():
         shape = tuple(m.weight.shape)
@@ -45,14 +41,21 @@ def _layer_rows(before: dict, module: nn.Module, exported: Path) -> list[dict]:
     return rows
 
 
+def heads_and_ffn(cfg: SlimConfig, fraction: float) -> tuple[float, float]:
+    """The head and feed-forward fractions when ``fraction`` replaces the leading one
+    (``ffn``, or ``heads`` when ffn is 0): milder retries scale both alike."""
+    scale = fraction / (cfg.ffn or cfg.heads)
+    return min(cfg.heads * scale, 0.95), min(cfg.ffn * scale, 0.95)
+
+
 def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageContext, transformer: bool):
     if transformer:
         from presso.techniques.pruning.transformer import attention_shape, prune_transformer
 
-        scale = fraction / (cfg.ffn or cfg.heads)
+        heads, ffn = heads_and_ffn(cfg, fraction)
         importance = "taylor" if cfg.importance == "auto" else cfg.importance
-        report = prune_transformer(module, example_inputs(ctx), heads_ratio=min(cfg.heads * scale, 0.95),
-                                   ffn_ratio=min(cfg.ffn * scale, 0.95), importance=importance,
+        report = prune_transformer(module, example_inputs(ctx), heads_ratio=heads, ffn_ratio=ffn,
+                                   importance=importance,
                                    scope=cfg.scope, round_to=cfg.round_to or 8, seed=ctx.seed)
         # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
         # fuses the heads wrongly without an error; 0 / 0 (uneven heads) disables the fusion.
@@ -76,7 +79,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
 
     def attempt(fraction: float) -> Candidate:
         module = copy.deepcopy(original)
-        before_shapes, before = _shapes(module), _n_params(module)
+        before_shapes, before = _shapes(module), count_parameters(module)
         rounds = cfg.rounds if cfg.schedule == "iterative" else 1
         per_round = 1.0 - (1.0 - fraction) ** (1.0 / rounds)
         fits = []
@@ -89,11 +92,11 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
                 layers = [m for m in module.modules() if isinstance(m, PRUNABLE)]
                 fits.append(rec.fit(module, layers, epochs=epochs))
         module.eval()
-        after = _n_params(module)
+        after = count_parameters(module)
         dst = ctx.export(module, ctx.workdir / f"slim-{fraction:g}.onnx")
         if transformer:
-            scale = fraction / (cfg.ffn or cfg.heads)
-            label = f"{min(cfg.heads * scale, 0.95):.0%} of heads, {min(cfg.ffn * scale, 0.95):.0%} of ffn removed"
+            heads, ffn = heads_and_ffn(cfg, fraction)
+            label = f"{heads:.0%} of heads, {ffn:.0%} of ffn removed"
         else:
             label = f"{fraction:.0%} of {what} removed"
         cand = Candidate(label, dst, module=module, options={"ffn" if transformer else "ratio": fraction})

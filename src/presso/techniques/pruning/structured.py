@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from presso.errors import PressoError
+from presso.model.loaded import count_parameters
 
 IMPORTANCES = ("l2", "l1", "taylor", "activation", "random")
 SCOPES = ("layer", "global")
@@ -67,10 +68,6 @@ class StructuredReport:
         """Per layer and dimension: kept and removed counts (for reports)."""
         return [{"layer": c.name, "dim": c.dim, "kept": c.kept, "removed": len(c.removed)}
                 for c in self.layers.values()]
-
-
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -304,7 +301,7 @@ def _plan_and_prune(work: nn.Module, original: nn.Module, inputs: tuple, ratio: 
         where = root if root != "?" else watched.root
         raise _refuse(where, f"the dependency graph could not rewire it "
                              f"({type(err).__name__}: {err})") from err
-    return StructuredReport(_n_params(original), _n_params(work), changes, tuple(unchecked))
+    return StructuredReport(count_parameters(original), count_parameters(work), changes, tuple(unchecked))
 
 
 def _seeded(groups, seed: int):

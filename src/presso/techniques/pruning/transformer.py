@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from presso.errors import PressoError
-from presso.model.loaded import first_tensor
+from presso.model.loaded import count_parameters, first_tensor
 
 IMPORTANCES = ("l2", "taylor", "activation", "random")
 SCOPES = ("layer", "global")
@@ -328,10 +328,6 @@ def _check(module: nn.Module, L: _Layer, inputs, ref: torch.Tensor, expect: torc
 
 # ---------------------------------------------------------------- entry points
 
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def _layers(module: nn.Module) -> list[_Layer]:
     found = find_encoder_layers(module)
     if not found:
@@ -393,7 +389,7 @@ def prune_transformer(module: nn.Module, example_inputs: tuple | dict, heads_rat
     inputs = example_inputs if isinstance(example_inputs, dict) else (
         (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
     layers = _layers(module)
-    before = _n_params(module)
+    before = count_parameters(module)
     was_training = module.training
     module.eval()
     undo: list = []
@@ -422,7 +418,7 @@ def prune_transformer(module: nn.Module, example_inputs: tuple | dict, heads_rat
         raise
     finally:
         module.train(was_training)
-    return TransformerPruneReport(before, _n_params(module), heads, neurons,
+    return TransformerPruneReport(before, count_parameters(module), heads, neurons,
                                   tuple(L.name for L in layers), tuple(L.n_heads for L in layers),
                                   tuple(L.n_ffn for L in layers))
 
