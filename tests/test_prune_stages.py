@@ -502,3 +502,18 @@ def test_builtin_pruning_recipes_on_digits(name):
     else:
         assert report.compressed.parameters <= 0.3 * report.baseline.parameters
         assert smaller >= 3.0
+
+
+def test_transformer_retry_fractions_are_reproduced_by_the_pinned_recipe():
+    """A milder slim retry scales heads and ffn together; recipe.yaml pins both, so the
+    pinned recipe re-runs exactly the retried fractions (pinning ffn alone would restore
+    the original heads fraction)."""
+    from presso.techniques.pruning.config import SlimConfig
+    from presso.techniques.pruning.slim_stage import heads_and_ffn
+
+    cfg = SlimConfig(heads=0.25, ffn=0.5)
+    heads, ffn = heads_and_ffn(cfg, 0.25)  # the first milder retry
+    assert (heads, ffn) == (0.125, 0.25)
+    pinned = SlimConfig(heads=heads, ffn=ffn)
+    assert heads_and_ffn(pinned, pinned.ffn) == (0.125, 0.25)
+    assert heads_and_ffn(SlimConfig(heads=0.25, ffn=ffn), ffn) != (0.125, 0.25)  # ffn alone: wrong heads

@@ -130,3 +130,18 @@ def test_slim_removes_heads_and_neurons_and_composes_with_fused_int8(tiny_bert, 
     b = presso.load(runs["slim-int8"].save(sentences_file.parent / "b")).predict(texts)
     cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() >= 0.98, cos  # int8 of the pruned model stays close to the pruned model
+
+
+def test_slim_pins_the_retried_heads_and_ffn_fractions(tiny_bert, sentences_file, monkeypatch):
+    """A milder retry scales heads and ffn together: recipe.yaml must pin both, or re-running
+    it would prune the original fraction of heads."""
+    from presso.measure.bench import BenchSettings
+    from presso.recipe.schema import Recipe, Stage
+    from presso.techniques.pruning import slim_stage
+
+    monkeypatch.setattr(slim_stage, "milder", lambda first, steps: [first / 2])  # start at the retry
+    slim = Stage(technique="slim", options={"heads": 0.5, "ffn": 0.5, "epochs": 0})
+    result = presso.compress(str(tiny_bert), Recipe(name="slim", stages=[slim]), data=str(sentences_file),
+                             seq_len=32, max_drop=1.0, bench=BenchSettings(rounds=1, throughput_batch=4))
+    pinned = result.recipe.stages[0].options
+    assert (pinned["heads"], pinned["ffn"]) == (0.25, 0.25)

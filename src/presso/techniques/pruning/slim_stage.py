@@ -97,9 +97,11 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
         if transformer:
             heads, ffn = heads_and_ffn(cfg, fraction)
             label = f"{heads:.0%} of heads, {ffn:.0%} of ffn removed"
+            pins = {"heads": heads, "ffn": ffn}  # both: a milder retry scaled both
         else:
             label = f"{fraction:.0%} of {what} removed"
-        cand = Candidate(label, dst, module=module, options={"ffn" if transformer else "ratio": fraction})
+            pins = {"ratio": fraction}
+        cand = Candidate(label, dst, module=module, options=pins)
         cand.score = ctx.score(dst)
         cand.layers = _layer_rows(before_shapes, module, dst)
         cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"
