@@ -217,6 +217,24 @@ def test_sensitivity_scope_allocates_per_layer_sparsities_from_its_curves(tmp_pa
     assert mean >= 0.7 - 1e-3
 
 
+def test_a_sensitivity_retry_reallocates_so_its_pinned_sparsity_reproduces_it(tmp_path, monkeypatch):
+    """A milder retry allocates its own per-layer sparsities from the curves for the milder
+    target, exactly what re-running the pinned recipe (sparsity = that target) does."""
+    from presso.techniques.pruning import prune_stage
+
+    monkeypatch.setattr(prune_stage, "milder", lambda first, steps: [0.5])  # start at a retry of 0.7
+    options = {**FAST, "epochs": 3, "sparsity": 0.7, "scope": "sensitivity"}
+    result = _compress(_trained_mlp(), "prune", options, _blobs(300, seed=2), max_drop=0.05)
+    assert result.recipe.stages[0].options["sparsity"] == 0.5
+    rows = _stage(result.report, "prune").layers
+    levels = [f"drop@{lv:g}" for lv in LEVELS]
+    curves = {r["layer"]: [(lv, r[key]) for lv, key in zip(LEVELS, levels, strict=True)] for r in rows}
+    finals = allocate(curves, {r["layer"]: r["parameters"] for r in rows}, 0.5, 0.05)
+    stored = _stored_weights(result.model_path, tmp_path)
+    for r in rows:
+        assert abs(float((stored[r["node"]] == 0).mean()) - finals[r["layer"]]) <= 1 / r["parameters"]
+
+
 # 4. N:M (2:4) pruning
 
 

@@ -141,12 +141,14 @@ def _nm_layers(layers: dict[str, nn.Module], cfg: PruneConfig) -> tuple[dict[str
     return ok, left
 
 
-def _finals(module, layers, cfg: PruneConfig, target: float, ctx: StageContext) -> tuple[dict | float, list[dict]]:
-    """Final sparsity: global (one number), per layer (same number), or from sensitivity curves."""
+def _finals(module, layers, cfg: PruneConfig, ctx: StageContext):
+    """``(finals, table)``: ``finals(sparsity)`` gives the final sparsity of a run aiming at
+    ``sparsity`` (one global number, the same per layer, or per-layer from sensitivity
+    curves, measured once and re-allocated for each target); ``table`` rows the curves."""
     if cfg.scope == "global" or cfg.pattern == "n:m":
-        return target, []
+        return (lambda target: target), []
     if cfg.scope == "layer":
-        return {n: target for n in layers}, []
+        return (lambda target: {n: target for n in layers}), []
     from presso.techniques.pruning.sensitivity import allocate, curves_table, sensitivity_curves
 
     if ctx.score_outputs is None:
@@ -161,8 +163,7 @@ def _finals(module, layers, cfg: PruneConfig, target: float, ctx: StageContext) 
     ctx.log(f"prune: sensitivity curves of {len(layers)} layers")
     curves = sensitivity_curves(module, list(layers), evaluate, kind="unstructured", progress=ctx.log)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
-    finals = allocate(curves, sizes, target, ctx.max_drop)
-    return finals, curves_table(curves)
+    return (lambda target: allocate(curves, sizes, target, ctx.max_drop)), curves_table(curves)
 
 
 def _layer_rows(module, layers: dict[str, nn.Module], exported: Path, curves: list[dict]) -> list[dict]:
@@ -192,13 +193,12 @@ def prune_weights(onnx_path: Path, cfg: PruneConfig, ctx: StageContext) -> Stage
         if left:
             notes.append(f"prune: {_plural(len(left), 'layer')} left dense, inputs per output not a multiple of "
                          f"m={cfg.m}: {', '.join(left[:6])}")
-    finals0, curves = _finals(original, layers0, cfg, cfg.target, ctx)
+    finals_for, curves = _finals(original, layers0, cfg, ctx)
 
     def attempt(fraction: float) -> Candidate:
         module = copy.deepcopy(original)
         layers = {n: module.get_submodule(n) for n in layers0}
-        scale = fraction / cfg.target if cfg.target else 0.0
-        finals = fraction if isinstance(finals0, float) else {n: s * scale for n, s in finals0.items()}
+        finals = finals_for(fraction)  # a retry re-allocates, so the pinned sparsity reproduces it
         label = f"{cfg.n}:{cfg.m}" if cfg.pattern == "n:m" else f"{fraction:.0%} sparse"
         ctx.log(f"prune: {label}, {cfg.ramp_schedule} schedule, {cfg.epochs} epochs")
         changes: list[float] = []
