@@ -45,18 +45,54 @@ def _calls_per_round(fn: Callable[[], object], seconds: float, cap: int = 200) -
     return int(min(cap, max(2, seconds / max(probe, 1e-6))))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], settings: BenchSettings,
-                on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Per-call wall times (seconds) of each callable over interleaved rounds."""
+def interleaved_rounds(fns: dict[str, Callable[[], object]], settings: BenchSettings,
+                       on_round: Callable[[], None] | None = None) -> dict[str, list[list[float]]]:
+    """Per-call wall times (seconds) of each callable, one list per interleaved round."""
     names = list(fns)
     calls = {k: _calls_per_round(fns[k], settings.round_seconds) for k in names}
-    times: dict[str, list[float]] = {k: [] for k in names}
+    times: dict[str, list[list[float]]] = {k: [] for k in names}
     for r in range(settings.rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            times[k] += _time_calls(fns[k], calls[k])
+            times[k].append(_time_calls(fns[k], calls[k]))
         if on_round:
             on_round()
     return times
+
+
+def interleaved(fns: dict[str, Callable[[], object]], settings: BenchSettings,
+                on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Per-call wall times (seconds) of each callable over interleaved rounds."""
+    return {k: [t for r in rounds for t in r]
+            for k, rounds in interleaved_rounds(fns, settings, on_round).items()}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Batch-1 latency of one model in a comparison: the p50 over all calls and the
+    median of each interleaved round (what tells a real difference from noise)."""
+
+    p50_ms: float
+    rounds_ms: tuple[float, ...]
+
+
+def time_latency(paths: dict[str, Path], batch1: dict[str, np.ndarray],
+                 settings: BenchSettings) -> dict[str, Timing]:
+    """Batch-1 latency of each ONNX model, interleaved, for choosing between variants."""
+    sessions = _sessions(paths, settings)
+    timed = interleaved_rounds({k: _caller(s, batch1) for k, s in sessions.items()}, settings)
+    return {k: Timing(round(float(np.percentile(np.concatenate(r) * 1e3, 50)), 4),
+                      tuple(round(float(np.median(x)) * 1e3, 4) for x in r))
+            for k, r in timed.items()}
+
+
+def clearly_slower(slow: Timing, fast: Timing, margin: float) -> bool:
+    """``slow`` is slower than ``fast`` beyond timing noise: by more than ``margin`` at
+    the p50 *and* in every interleaved round. On a shared machine a single p50 over a
+    few rounds moved by more than 3% between runs (CI picked a less faithful int8
+    variant over a 1% difference); a slowdown that is real shows in every round."""
+    if slow.p50_ms <= fast.p50_ms * (1 + margin):
+        return False
+    return all(s > f for s, f in zip(slow.rounds_ms, fast.rounds_ms, strict=True))
 
 
 def summarize(times_batch1: list[float], times_batch_n: list[float], batch_n: int) -> dict:
@@ -69,23 +105,25 @@ def summarize(times_batch1: list[float], times_batch_n: list[float], batch_n: in
     }
 
 
+def _sessions(paths: dict[str, Path], settings: BenchSettings) -> dict:
+    return {k: make_session(p, threads=settings.thread_count, spinning=False) for k, p in paths.items()}
+
+
+def _caller(sess, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    feed = {i.name: feed[i.name] for i in sess.get_inputs()}
+    return lambda: sess.run(None, feed)
+
+
 def bench_onnx(paths: dict[str, Path], batch1: dict[str, np.ndarray],
                batch_n: dict[str, np.ndarray], settings: BenchSettings = BenchSettings(),
                on_round: Callable[[], None] | None = None) -> dict[str, dict]:
     """Latency at batch 1 and throughput at ``batch_n`` rows for each ONNX model."""
     n = len(next(iter(batch_n.values())))
-    sessions = {k: make_session(p, threads=settings.thread_count, spinning=False)
-                for k, p in paths.items()}
-
-    def caller(sess, feed):
-        names = [i.name for i in sess.get_inputs()]
-        feed = {k: feed[k] for k in names}
-        return lambda: sess.run(None, feed)
-
-    lat = interleaved({k: caller(s, batch1) for k, s in sessions.items()}, settings, on_round)
+    sessions = _sessions(paths, settings)
+    lat = interleaved({k: _caller(s, batch1) for k, s in sessions.items()}, settings, on_round)
     thr_settings = BenchSettings(rounds=max(3, settings.rounds // 2),
                                  round_seconds=settings.round_seconds, threads=settings.threads)
-    thr = interleaved({k: caller(s, batch_n) for k, s in sessions.items()}, thr_settings, on_round)
+    thr = interleaved({k: _caller(s, batch_n) for k, s in sessions.items()}, thr_settings, on_round)
     return {k: summarize(lat[k], thr[k], n) for k in paths}
 
 

@@ -22,7 +22,7 @@ from presso.data.resolve import resolve_data
 from presso.errors import BudgetError, PressoError
 from presso.export.compact import compact_names
 from presso.export.onnx_export import check_parity, export_onnx
-from presso.measure.bench import BenchSettings, bench_onnx, bench_torch
+from presso.measure.bench import BenchSettings, Timing, bench_onnx, bench_torch, time_latency
 from presso.measure.memory import peak_memory_mb
 from presso.measure.metrics import check_target, evaluate
 from presso.measure.size import file_size, layer_storage_bytes, parameter_count
@@ -277,13 +277,10 @@ def _stage_context(run: Run, stage_dir: Path, module, seed: int) -> StageContext
     def score(path: Path) -> Score:
         return score_outputs(run_session(make_session(path), run.calibration.inputs, EVAL_BATCH))
 
-    def time_models(paths: dict[str, Path]) -> dict[str, float]:
-        sample = run.evaluation.head(1).inputs
-        quick = BenchSettings(rounds=4, round_seconds=0.1, throughput_batch=8,
-                              threads=run.bench.threads)
+    def time_models(paths: dict[str, Path]) -> dict[str, Timing]:
+        quick = BenchSettings(rounds=6, round_seconds=0.1, threads=run.bench.threads)
         with run.progress.task("timing variants"):
-            timed = bench_onnx(paths, sample, sample, quick)
-        return {k: v["latency_ms"]["p50"] for k, v in timed.items()}
+            return time_latency(paths, run.evaluation.head(1).inputs, quick)
 
     def export(trained, path: Path) -> Path:
         """Export a trained copy of the model like the baseline, checked against PyTorch."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from presso.data.dataset import Dataset
+from presso.measure.bench import Timing
 
 
 @dataclass
@@ -31,7 +32,7 @@ class StageContext:
     workdir: Path
     calibration: Dataset
     score: Callable[[Path], Score]
-    time_models: Callable[[dict[str, Path]], dict[str, float]]  # name -> p50 ms at batch 1
+    time_models: Callable[[dict[str, Path]], dict[str, Timing]]  # name -> batch-1 latency, interleaved
     transformer: dict | None  # heads / hidden size of a transformer encoder, else None
     log: Callable[[str], None] = lambda _msg: None
     # Scores outputs computed elsewhere (e.g. by a PyTorch model) on the calibration rows,
@@ -54,6 +55,7 @@ class Candidate:
     path: Path | None
     score: Score | None = None
     latency_ms: float | None = None
+    timing: Timing | None = None  # what latency_ms (its p50) came from: per-round medians too
     heldout_drop: float | None = None  # set when it passed calibration but failed held-out rows
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # pins this variant in recipe.yaml
@@ -62,6 +64,9 @@ class Candidate:
     # (the pipeline reports those of the one it verifies); else StageResult's are used.
     layers: list[dict] | None = None
     notes: list[str] = field(default_factory=list)
+
+    def timed(self, timing: Timing) -> None:
+        self.timing, self.latency_ms = timing, timing.p50_ms
 
     def describe(self) -> dict:
         return {

@@ -113,7 +113,7 @@ def with_backoff(fractions: list[float], attempt: Callable[[float], Candidate], 
             cand = attempt(fraction)
             tried.append(cand)
             if cand.score is not None and cand.score.passed:
-                cand.latency_ms = ctx.time_models({cand.name: cand.path})[cand.name]
+                cand.timed(ctx.time_models({cand.name: cand.path})[cand.name])
                 yield cand
 
     return StageResult(ranked=ranked(), tried=tried)

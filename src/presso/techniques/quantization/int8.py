@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from presso.errors import PressoError
+from presso.measure.bench import clearly_slower
 from presso.model.onnx_file import fixed_batch_sizes
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import Int8Config
@@ -43,19 +44,20 @@ def default_variants(is_transformer: bool, vnni: bool) -> list[str]:
 # collapses (a known failure; measured on a tiny BERT in tests/test_text_models.py).
 STATIC_TRANSFORMER_OPS = ["MatMul", "Gemm"]
 
-# Variants whose latencies differ by less than this are a tie (timing noise on a shared
-# machine is of this order); the more faithful one wins the tie.
+# A variant is slower than the fastest only by more than this and in every interleaved
+# round (``clearly_slower``); otherwise it is a tie and the more faithful one wins it.
 _LATENCY_TIE = 0.03
 
 
 def rank(passing: list[Candidate]) -> list[Candidate]:
-    """Fastest first; among those within the tie margin of the fastest, most faithful first."""
+    """Fastest first; among those not clearly slower than the fastest, most faithful first."""
     by_speed = sorted(passing, key=lambda c: c.latency_ms)
     if not by_speed:
         return by_speed
-    limit = by_speed[0].latency_ms * (1 + _LATENCY_TIE)
-    tied = sorted((c for c in by_speed if c.latency_ms <= limit), key=lambda c: -c.score.value)
-    return tied + [c for c in by_speed if c.latency_ms > limit]
+    fastest = by_speed[0].timing
+    tied = [c for c in by_speed if not clearly_slower(c.timing, fastest, _LATENCY_TIE)]
+    return (sorted(tied, key=lambda c: -c.score.value)
+            + [c for c in by_speed if all(c is not t for t in tied)])
 
 
 class _Reader:
@@ -248,7 +250,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     if passing:
         timings = ctx.time_models({c.name: c.path for c in passing})
         for c in passing:
-            c.latency_ms = timings[c.name]
+            c.timed(timings[c.name])
         passing = rank(passing)
 
     if passing:

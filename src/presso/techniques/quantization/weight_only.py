@@ -437,7 +437,7 @@ def accuracy_aware(onnx_path: Path, cfg, ctx: StageContext, name: str, writer,
     if ranked:
         timings = ctx.time_models({c.name: c.path for c in ranked})
         for c in ranked:
-            c.latency_ms = timings[c.name]
+            c.timed(timings[c.name])
     weighted = weighted_nodes(proto)
     for c in ranked:  # each candidate's own per-layer table: the pipeline may verify a backup
         fell_back = found.fallback_of.get(c.name, {})
