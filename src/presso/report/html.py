@@ -39,6 +39,11 @@ _LAYER_NOTES = {
              "calibration rows with only that layer pruned to sparsity s (its sensitivity curve, measured with "
              "scope: sensitivity and used to choose the per-layer sparsities).",
     "slim": "outputs / inputs: channels or neurons before -> after the physical removal.",
+    "factorize": "method: svd = the Linear layer became two thin ones (W ~ U_r S_r V_r^T), tucker2 = the "
+                 "convolution became 1x1 -> core -> 1x1; rank: r, or R_out x R_in; macs: multiply-adds per "
+                 "input row (Linear) or output position (conv); frobenius_error: ||W - W_r||, for svd equal to "
+                 "the square root of the sum of the discarded squared singular values; relative_error: that / "
+                 "||W||; reason: why a layer was left whole.",
     "sparse-storage": "storage: bitmask = a bit per weight plus the non-zero values; dense = left as is "
                       "(too few zeros to pay).",
 }

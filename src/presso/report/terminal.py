@@ -44,6 +44,10 @@ def _layer_summary(rows: list[dict]) -> str:
     if any("zeros" in r for r in rows):
         zeros, total = sum(r.get("zeros", 0) for r in rows), sum(r.get("parameters", 0) for r in rows)
         return f"{len(rows)} layers, {zeros:,} of {total:,} weights zero"
+    if any("method" in r for r in rows):  # factorization
+        done = [r for r in rows if r.get("factorized")]
+        ranks = ", ".join(f"{r['layer']} rank {r['rank']}" for r in done[:4])
+        return f"{len(done)} of {len(rows)} layers factorized ({ranks}{', ...' if len(done) > 4 else ''})"
     if any("storage" in r for r in rows):
         sparse = sum(r["storage"] == "bitmask" for r in rows)
         return f"{sparse} of {len(rows)} weight tensors stored as bitmask + values"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from presso.errors import PressoError
+from presso.techniques.lowrank.config import FactorizeConfig
 from presso.techniques.pruning.config import PruneConfig, SlimConfig
 from presso.techniques.quantization.config import Int4Config, Int8Config, KMeansConfig, WeightOnlyConfig
 from presso.techniques.quantization.hashing_config import HashedConfig
@@ -74,6 +75,13 @@ TECHNIQUES: dict[str, Technique] = {
         "structured pruning: physically removes channels / neurons (or attention heads and feed-forward "
         "neurons), rewiring residual and concatenated layers, then fine-tunes: a smaller, faster model",
         "presso.techniques.pruning.slim_stage:slim",
+    ),
+    "factorize": Technique(
+        "factorize", FactorizeConfig, "torch",
+        "low-rank factorization: Linear layers by truncated SVD (two thin layers), convolutions by Tucker-2 "
+        "(1x1 -> core -> 1x1); rank by fixed rank, ratio, kept energy, max error or measured speed; "
+        "fine-tuned to the original model",
+        "presso.techniques.lowrank.stage:factorize_stage",
     ),
 }
 

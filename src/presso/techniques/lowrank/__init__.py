@@ -1,0 +1,1 @@
+"""Low-rank factorization: truncated SVD of Linear layers, Tucker-2 of convolutions."""

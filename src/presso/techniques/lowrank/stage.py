@@ -1,0 +1,149 @@
+"""The ``factorize`` recipe stage: replace layers by low-rank factors, fine-tune, export.
+
+With ``rank: auto`` every chosen layer keeps a quarter of its parameters; if the budget
+breaks on the calibration or held-out rows, milder retries keep half, then three
+quarters (``with_backoff``, shared with the pruning stages). The ranks each candidate
+used are pinned in recipe.yaml, so re-running it factorizes exactly the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+from torch import nn
+
+from presso.errors import PressoError
+from presso.model.loaded import count_parameters
+from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.lowrank.config import FactorizeConfig
+from presso.techniques.lowrank.factorize import (
+    LayerDecision,
+    Selector,
+    factorizable,
+    factorize_conv,
+    factorize_linear,
+    replace_module,
+)
+from presso.techniques.lowrank.speed import input_shapes, speed_selectors, speeds_up
+from presso.techniques.pruning.recover import example_inputs, milder, recovery_for, with_backoff
+
+# Feed-forward layers of BERT-style encoders (Hugging Face names): the FFN holds two
+# thirds of a layer's weights, and leaving the attention projections whole keeps ONNX
+# Runtime's attention fusion, which matches their exact pattern.
+_FFN = re.compile(r"(\.intermediate\.dense|(?<!attention)\.output\.dense)$")
+
+
+def target_layers(module: nn.Module, cfg: FactorizeConfig, ctx: StageContext,
+                  order: list[str]) -> tuple[list[str], str]:
+    """(layer names to factorize, what was left out and why)."""
+    candidates = factorizable(module)
+    if isinstance(cfg.layers, list):
+        missing = [n for n in cfg.layers if n not in candidates]
+        if missing:
+            raise PressoError(f"factorize: no Linear / Conv layer named {', '.join(map(repr, missing))}; the model's "
+                              f"are: {', '.join(candidates) or 'none'}.")
+        return list(cfg.layers), ""
+    if cfg.layers == "all":
+        return candidates, ""
+    if ctx.transformer is not None:
+        ffn = [n for n in candidates if _FFN.search(n)]
+        if ffn:
+            return ffn, "attention projections and other layers kept whole (layers: auto = feed-forward layers)"
+    run = [n for n in order if n in candidates]
+    if len(run) > 1:
+        return [n for n in candidates if n != run[-1]], f"output layer {run[-1]} kept whole (layers: all includes it)"
+    return candidates, ""
+
+
+def _selector(cfg: FactorizeConfig, name: str, keep: float | None) -> Selector:
+    if name in cfg.ranks:
+        r = cfg.ranks[name]
+        return Selector(rank=r if isinstance(r, int) else tuple(r))
+    if keep is not None:
+        return Selector(keep=keep)
+    return Selector(rank=cfg.rank if isinstance(cfg.rank, int) else None, ratio=cfg.ratio, energy=cfg.energy,
+                    max_error=cfg.max_error)
+
+
+def _describe(cfg: FactorizeConfig, keep: float | None) -> str:
+    if keep is not None:
+        return f"keep {keep:.0%} of each layer's parameters"
+    if cfg.rank == "speed":
+        return "the largest rank measured faster (rank: speed)"
+    if cfg.automatic:
+        return "ranks given per layer"
+    return _selector(cfg, "", None).describe()
+
+
+def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) -> StageResult:
+    """The ``factorize`` technique (see the module docstring)."""
+    rec = recovery_for(ctx, cfg, "factorize")
+    cfg = rec.cfg
+    original = ctx.module
+    example = example_inputs(ctx)
+    shapes = input_shapes(original, factorizable(original), example)
+    names, left_out = target_layers(original, cfg, ctx, list(shapes))
+    if not names:
+        raise PressoError("factorize: the model has no Linear or Conv layers to factorize.")
+    timed = speed_selectors(original, [n for n in names if n not in cfg.ranks], shapes, ctx.workdir, ctx.log) \
+        if cfg.rank == "speed" else {}
+
+    def decide(module: nn.Module, keep: float | None) -> list[LayerDecision]:
+        decisions = []
+        for j, name in enumerate(names):
+            layer = module.get_submodule(name)
+            ctx.log(f"factorize: layer {j + 1}/{len(names)} ({name})")
+            how = factorize_linear if isinstance(layer, nn.Linear) else factorize_conv
+            if name in timed and timed[name] is None:
+                new, d = how(layer, name, Selector(keep=0.15))
+                d.factorized, d.reason, new = False, "no rank measured faster than the dense layer on ONNX Runtime", None
+            else:
+                new, d = how(layer, name, timed.get(name) or _selector(cfg, name, keep))
+            if new is not None and cfg.pays == "speed" and cfg.rank != "speed" and name not in cfg.ranks \
+                    and not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}"):
+                d.factorized, d.reason, new = False, "its factors did not run measurably faster (pays: speed)", None
+            if new is not None:
+                replace_module(module, name, new)
+            decisions.append(d)
+        return decisions
+
+    def attempt(removed: float | None) -> Candidate:
+        keep = None if removed is None else round(1.0 - removed, 6)
+        module = copy.deepcopy(original)
+        before = count_parameters(module)
+        decisions = decide(module, keep)
+        done = [d for d in decisions if d.factorized]
+        if not done:
+            why = "; ".join(f"{d.layer}: {d.reason}" for d in decisions)
+            raise PressoError(f"factorize: no layer would pay ({why}). Lower the rank (e.g. keep: 0.25), use "
+                              "pays: size, or choose other layers.")
+        factors = [m for d in done for m in module.get_submodule(d.layer).modules()
+                   if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+        fit = rec.fit(module, factors) if cfg.epochs else None
+        module.eval()
+        after = count_parameters(module)
+        how = _describe(cfg, keep)
+        label = f"factorized {len(done)}/{len(decisions)} layers ({how})"
+        dst = ctx.export(module, ctx.workdir / f"factorized-{len(tried_labels)}.onnx")
+        tried_labels.append(label)
+        cand = Candidate(label, dst, module=module, options={
+            "rank": "auto", "ratio": None, "energy": None, "max_error": None, "pays": "size",
+            "layers": [d.layer for d in done],
+            "ranks": {d.layer: (int(d.rank) if d.method == "svd" else [int(v) for v in d.rank.split("x")])
+                      for d in done}})
+        cand.score = ctx.score(dst)
+        cand.layers = [d.row() for d in decisions]
+        alone = [f"{d.layer} ({d.reason})" for d in decisions if not d.factorized]
+        cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"
+        cand.notes = [f"factorize: {label}: parameters {before:,} -> {after:,}"
+                      + (f"; left whole: {', '.join(alone)}" if alone else "")
+                      + (f"; {left_out}" if left_out else "")
+                      + f"; {rec.describe(fit) if fit else 'no fine-tuning (epochs: 0)'}"]
+        return cand
+
+    tried_labels: list[str] = []
+    if cfg.automatic and not cfg.ranks:
+        return with_backoff(milder(1.0 - cfg.keep, cfg.backoff), attempt, ctx, "factorize")
+    return with_backoff([None], attempt, ctx, "factorize")

@@ -1,0 +1,74 @@
+"""Truncated SVD of Linear layers: W (m x n) ~ (U_r S_r) V_r^T, run as two thin Linears.
+
+x -> V_r^T x (r outputs, no bias) -> (U_r S_r) (.) + b. The singular values are folded
+into the second factor, so the first has orthonormal rows (its values stay small and
+evenly spread, which keeps a later int8 stage's per-channel scales fine). Parameters
+fall from m*n to r*(m+n): it pays when r < m*n / (m+n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class LowRankLinear(nn.Sequential):
+    """A Linear layer replaced by its rank-r factors (``[0]``: n -> r, ``[1]``: r -> m)."""
+
+    def __init__(self, first: nn.Linear, second: nn.Linear):
+        super().__init__(first, second)
+
+    @property
+    def rank(self) -> int:
+        return self[0].out_features
+
+
+@dataclass(frozen=True)
+class LinearFactors:
+    first: np.ndarray  # (r, n) = V_r^T
+    second: np.ndarray  # (m, r) = U_r S_r
+    sigma: np.ndarray  # all min(m, n) singular values, descending
+    rank: int
+
+    @property
+    def error(self) -> float:
+        """Frobenius error ||W - second @ first||: sqrt of the discarded sigma^2."""
+        return float(np.sqrt(np.sum(self.sigma[self.rank:].astype(np.float64) ** 2)))
+
+    @property
+    def relative_error(self) -> float:
+        total = float(np.sqrt(np.sum(self.sigma.astype(np.float64) ** 2)))
+        return self.error / total if total else 0.0
+
+
+def spectrum(weight: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U, sigma, V^T of a 2-D weight, in float64 (float32 SVD loses the small tail values
+    that the error formula sums)."""
+    w = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)
+    return np.linalg.svd(w.astype(np.float64), full_matrices=False)
+
+
+def svd_factors(weight, rank: int, decomposed=None) -> LinearFactors:
+    u, s, vt = decomposed if decomposed is not None else spectrum(weight)
+    return LinearFactors(first=vt[:rank], second=u[:, :rank] * s[:rank], sigma=s, rank=rank)
+
+
+def low_rank_linear(layer: nn.Linear, factors: LinearFactors) -> LowRankLinear:
+    r = factors.rank
+    first = nn.Linear(layer.in_features, r, bias=False)
+    second = nn.Linear(r, layer.out_features, bias=layer.bias is not None)
+    dtype, device = layer.weight.dtype, layer.weight.device
+    with torch.no_grad():
+        first.weight.copy_(torch.as_tensor(factors.first, dtype=dtype))
+        second.weight.copy_(torch.as_tensor(factors.second, dtype=dtype))
+        if layer.bias is not None:
+            second.bias.copy_(layer.bias)
+    return LowRankLinear(first, second).to(device)
+
+
+def linear_pays(m: int, n: int, rank: int) -> bool:
+    """Fewer parameters and multiply-adds than the dense layer."""
+    return rank * (m + n) < m * n
