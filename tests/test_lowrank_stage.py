@@ -178,3 +178,18 @@ def test_non_transformers_keep_the_last_layer_run_whole():
 
     names, why = target_layers(Reordered(), FactorizeConfig(), SimpleNamespace(transformer=None), ["body", "head"])
     assert names == ["body"] and "output layer head kept whole" in why
+
+
+def test_speed_probe_times_real_exports_of_the_layer_and_its_factors(tmp_path):
+    # Which probe wins depends on the machine; that the dense layer and each probe are
+    # exported, run on ONNX Runtime and compared is what this checks.
+    layer = nn.Linear(256, 192)
+    keep = speed.speed_keep(layer, (1, 256), tmp_path)
+    assert keep is None or keep in speed._PROBES
+    assert (tmp_path / "dense.onnx").is_file() and len(list(tmp_path.glob("keep-*.onnx"))) == len(speed._PROBES)
+
+
+def test_layer_input_shapes_are_taken_at_batch_1_in_run_order():
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    shapes = speed.input_shapes(model, ["2", "0"], (torch.zeros(4, 6),))
+    assert list(shapes.items()) == [("0", (1, 6)), ("2", (1, 16))]

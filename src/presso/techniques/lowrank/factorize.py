@@ -113,6 +113,13 @@ def _keep_ranks_conv(o: int, i: int, kernel: int, keep: float) -> tuple[int, int
     return max(1, math.floor(lo * o)), max(1, math.floor(lo * i))
 
 
+def left_whole(layer: nn.Module, name: str, reason: str) -> LayerDecision:
+    """The row of a layer that stays dense."""
+    macs = int(np.prod(layer.weight.shape))
+    return LayerDecision(name, "svd" if isinstance(layer, nn.Linear) else "tucker2", tuple(layer.weight.shape), "-",
+                         _n_params(layer), _n_params(layer), macs, macs, None, None, factorized=False, reason=reason)
+
+
 def factorize_linear(layer: nn.Linear, name: str, sel: Selector,
                      require_savings: bool = True) -> tuple[LowRankLinear | None, LayerDecision]:
     m, n = layer.weight.shape
@@ -139,8 +146,7 @@ def factorize_conv(layer: nn.Module, name: str, sel: Selector,
     kernel = int(np.prod(k))
     shape = tuple(layer.weight.shape)
     bias = 0 if layer.bias is None else o
-    dense = LayerDecision(name, "tucker2", shape, "-", _n_params(layer), _n_params(layer), o * i * kernel,
-                          o * i * kernel, None, None, factorized=False)
+    dense = left_whole(layer, name, "")
     if layer.groups != 1:
         dense.reason = f"grouped convolution (groups={layer.groups}): Tucker-2 needs groups=1"
         return None, dense

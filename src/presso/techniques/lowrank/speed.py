@@ -90,6 +90,9 @@ def speed_selectors(module: nn.Module, names: list[str], shapes: dict[str, tuple
     out = {}
     for j, name in enumerate(names):
         layer = module.get_submodule(name)
+        if name not in shapes:  # not run by the forward pass: nothing to time
+            out[name] = None
+            continue
         key = (type(layer).__name__, tuple(layer.weight.shape), shapes[name])
         if key not in seen:
             log(f"factorize: timing ranks of {name} ({j + 1}/{len(names)})")

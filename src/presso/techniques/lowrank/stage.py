@@ -24,6 +24,7 @@ from presso.techniques.lowrank.factorize import (
     factorizable,
     factorize_conv,
     factorize_linear,
+    left_whole,
     replace_module,
 )
 from presso.techniques.lowrank.speed import input_shapes, speed_selectors, speeds_up
@@ -97,13 +98,13 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
             ctx.log(f"factorize: layer {j + 1}/{len(names)} ({name})")
             how = factorize_linear if isinstance(layer, nn.Linear) else factorize_conv
             if name in timed and timed[name] is None:
-                new, d = how(layer, name, Selector(keep=0.15))
-                d.factorized, d.reason, new = False, "no rank measured faster than the dense layer on ONNX Runtime", None
+                new, d = None, left_whole(layer, name, "no rank measured faster than the dense layer on ONNX Runtime")
             else:
                 new, d = how(layer, name, timed.get(name) or _selector(cfg, name, keep))
             if new is not None and cfg.pays == "speed" and cfg.rank != "speed" and name not in cfg.ranks \
-                    and not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}"):
-                d.factorized, d.reason, new = False, "its factors did not run measurably faster (pays: speed)", None
+                    and (name not in shapes or not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}")):
+                new, d = None, left_whole(layer, name, f"its rank-{d.rank} factors did not run measurably faster "
+                                                       "(pays: speed)")
             if new is not None:
                 replace_module(module, name, new)
             decisions.append(d)
