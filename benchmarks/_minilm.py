@@ -17,6 +17,15 @@ from presso.runtime.session import make_session, run_session
 FP32 = "ONNX Runtime fp32"
 
 
+def parse(parser):
+    """Add the timing options, parse: (args, settings for the table, quick settings for compress)."""
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    return (args, BenchSettings(rounds=args.rounds, round_seconds=0.5, throughput_batch=16, threads=args.threads),
+            BenchSettings(rounds=2, throughput_batch=8, threads=args.threads))
+
+
 def setup():
     """(example, held-out rows, PyTorch fp32 embeddings of them, exported fp32 path)."""
     ex = presso.load_example("minilm")

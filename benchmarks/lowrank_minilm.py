@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _minilm import FP32, compare, setup
+from _minilm import FP32, compare, parse, setup
 
 import presso
-from presso.measure.bench import BenchSettings
 from presso.recipe.schema import Recipe, Stage
 
 
@@ -30,11 +29,7 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=0.5,
                         help="allowed mean-cosine drop for the low-rank runs (so that they are measured, not refused)")
     parser.add_argument("--no-int8", action="store_true", help="skip the low-rank + int8 runs")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    settings = BenchSettings(rounds=args.rounds, round_seconds=0.5, throughput_batch=16, threads=args.threads)
-    quick = BenchSettings(rounds=2, throughput_batch=8, threads=args.threads)
+    args, settings, quick = parse(parser)
 
     ex, ev, reference, fp32 = setup()
     int8 = presso.compress(ex.model, "int8", data=ex.data, task="embedding", bench=quick)
@@ -54,7 +49,7 @@ def main() -> None:
             notes += [n for n in result.report.notes if n.startswith("factorize:")][:1]
     compare(paths, ev, reference, settings, "low rank: the 12 feed-forward Linear layers as truncated SVD factors, "
             "fine-tuned to the original on the calibration sentences", int8_key)
-    for note in notes:
+    for note in dict.fromkeys(notes):  # the fp32 and + int8 runs of one keep share theirs
         print(f"\n{note}")
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _minilm import FP32, compare, setup
+from _minilm import FP32, compare, parse, setup
 
 import presso
-from presso.measure.bench import BenchSettings
 from presso.recipe.schema import Recipe, Stage
 
 
@@ -29,11 +28,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="recovery learning rate (default: the stage's)")
     parser.add_argument("--max-drop", type=float, default=0.2,
                         help="allowed mean-cosine drop for the slim runs (slim cannot keep 0.01 here)")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    settings = BenchSettings(rounds=args.rounds, round_seconds=0.5, throughput_batch=16, threads=args.threads)
-    quick = BenchSettings(rounds=2, throughput_batch=8, threads=args.threads)
+    args, settings, quick = parse(parser)
 
     ex, ev, reference, fp32 = setup()
     model = ex.model

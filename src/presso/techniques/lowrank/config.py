@@ -29,7 +29,9 @@ class FactorizeConfig(RecoveryOptions):
     Linear / Conv layer but the last one run (the output layer, where a low rank costs the
     most quality); ``all``; or a list of module names. A layer is left whole when its
     factors would not save parameters (``pays: size``) or, with ``pays: speed``, would not
-    run measurably faster; the report says which and why.
+    run measurably faster; the report says which and why. ``weighting: activations`` fits
+    each Linear layer's factors to its inputs on the calibration rows (activation-aware
+    SVD), which keeps far more of the model before fine-tuning than plain SVD (``none``).
     """
 
     rank: int | Literal["auto", "speed"] = "auto"
@@ -40,6 +42,12 @@ class FactorizeConfig(RecoveryOptions):
     ranks: dict[str, int | list[int]] = Field(default_factory=dict)
     layers: Literal["auto", "all"] | list[str] = "auto"
     pays: Literal["size", "speed"] = "size"
+    # none: plain truncated SVD of the weight; activations: Linear factors minimise the
+    # output error on the calibration rows' inputs (activation-aware SVD). Before fine-tuning
+    # activations keeps far more (1024-wide digits MLP, keep 25%: drop 0.6 vs 3.0 points);
+    # after it, the small examples came out 1-2 held-out rows worse (digits 0.0119 vs 0.0080),
+    # so plain SVD stays the default until a wider comparison decides.
+    weighting: Literal["activations", "none"] = "none"
 
     @model_validator(mode="after")
     def _check(self):

@@ -19,7 +19,14 @@ from torch import nn
 
 from presso.errors import PressoError
 from presso.techniques.lowrank.ranks import check_selector, rank_from_spectrum
-from presso.techniques.lowrank.svd import LowRankLinear, linear_pays, low_rank_linear, spectrum, svd_factors
+from presso.techniques.lowrank.svd import (
+    LowRankLinear,
+    linear_pays,
+    low_rank_linear,
+    spectrum,
+    svd_factors,
+    weighted_factors,
+)
 from presso.techniques.lowrank.tucker import (
     CONVS,
     TuckerConv,
@@ -120,16 +127,24 @@ def left_whole(layer: nn.Module, name: str, reason: str) -> LayerDecision:
                          _n_params(layer), _n_params(layer), macs, macs, None, None, factorized=False, reason=reason)
 
 
-def factorize_linear(layer: nn.Linear, name: str, sel: Selector,
-                     require_savings: bool = True) -> tuple[LowRankLinear | None, LayerDecision]:
+def factorize_linear(layer: nn.Linear, name: str, sel: Selector, require_savings: bool = True,
+                     gram: np.ndarray | None = None) -> tuple[LowRankLinear | None, LayerDecision]:
+    """``gram``: the layer's input covariance X^T X / N on calibration rows, for
+    activation-aware factors (None: plain truncated SVD of the weight)."""
     m, n = layer.weight.shape
     if isinstance(sel.rank, tuple):
         raise PressoError(f"'{name}' is a Linear layer: give it one rank, not a pair {list(sel.rank)}.")
-    decomposed = spectrum(layer.weight)
-    sigma = decomposed[1]
-    r = _keep_rank_linear(m, n, sel.keep) if sel.keep is not None else \
-        rank_from_spectrum(sigma, **sel.spectral(), layer=name)
-    factors = svd_factors(None, r, decomposed)
+
+    def choose(sigma: np.ndarray) -> int:
+        return _keep_rank_linear(m, n, sel.keep) if sel.keep is not None else \
+            rank_from_spectrum(sigma, **sel.spectral(), layer=name)
+
+    if gram is not None:
+        factors = weighted_factors(layer.weight, gram, choose)
+    else:
+        decomposed = spectrum(layer.weight)
+        factors = svd_factors(None, choose(decomposed[1]), decomposed)
+    r = factors.rank
     bias = 0 if layer.bias is None else m
     decision = LayerDecision(name, "svd", (m, n), str(r), _n_params(layer), r * (m + n) + bias, m * n, r * (m + n),
                              factors.error, factors.relative_error, factorized=linear_pays(m, n, r))

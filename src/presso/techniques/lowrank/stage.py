@@ -12,6 +12,8 @@ import copy
 import re
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
 
 from presso.errors import PressoError
@@ -58,6 +60,29 @@ def target_layers(module: nn.Module, cfg: FactorizeConfig, ctx: StageContext,
     return candidates, ""
 
 
+def input_grams(module: nn.Module, names: list[str], ctx: StageContext, batch: int = 64) -> dict[str, np.ndarray]:
+    """X^T X / N of each named Linear layer's inputs over the calibration rows (float64)."""
+    grams: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(_module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            grams[name] = grams.get(name, 0) + (x.T @ x).numpy()
+            counts[name] = counts.get(name, 0) + len(x)
+        return hook
+
+    hooks = [module.get_submodule(n).register_forward_pre_hook(record(n)) for n in names]
+    try:
+        with torch.no_grad():
+            for feed in ctx.calibration.batches(batch):
+                module(*[torch.from_numpy(np.ascontiguousarray(feed[k])) for k in ctx.input_names])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: g / counts[n] for n, g in grams.items()}
+
+
 def _selector(cfg: FactorizeConfig, name: str, keep: float | None) -> Selector:
     if name in cfg.ranks:
         r = cfg.ranks[name]
@@ -88,6 +113,8 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
     names, left_out = target_layers(original, cfg, ctx, list(shapes))
     if not names:
         raise PressoError("factorize: the model has no Linear or Conv layers to factorize.")
+    linear = [n for n in names if isinstance(original.get_submodule(n), nn.Linear)]
+    grams = input_grams(original, linear, ctx) if cfg.weighting == "activations" else {}
     timed = speed_selectors(original, [n for n in names if n not in cfg.ranks], shapes, ctx.workdir, ctx.log) \
         if cfg.rank == "speed" else {}
 
@@ -100,7 +127,8 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
             if name in timed and timed[name] is None:
                 new, d = None, left_whole(layer, name, "no rank measured faster than the dense layer on ONNX Runtime")
             else:
-                new, d = how(layer, name, timed.get(name) or _selector(cfg, name, keep))
+                sel = timed.get(name) or _selector(cfg, name, keep)
+                new, d = how(layer, name, sel, gram=grams[name]) if name in grams else how(layer, name, sel)
             if new is not None and cfg.pays == "speed" and cfg.rank != "speed" and name not in cfg.ranks \
                     and (name not in shapes or not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}")):
                 new, d = None, left_whole(layer, name, f"its rank-{d.rank} factors did not run measurably faster "
