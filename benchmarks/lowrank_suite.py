@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 
 import wide_mlp
-from pruning_suite import figures, machine
+from pruning_suite import figures, start
 
 import presso
 from presso.errors import PressoError
-from presso.measure.bench import BenchSettings
 from presso.recipe.schema import Recipe, Stage
 
 MODELS = ["digits", "tabular", "wide-mlp"]
@@ -67,12 +66,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="save the raw figures here")
     args = parser.parse_args()
-    bench = BenchSettings(rounds=args.rounds, throughput_batch=args.batch, threads=args.threads)
-    info = machine(bench)
-    flags = ", ".join(k for k in ("avx2", "avx512", "vnni") if info[k])
-    print(f"machine: {info['cpu']} ({flags}), {info['cores_visible']} cores visible; ONNX Runtime "
-          f"{info['onnxruntime']} with {info['threads']} threads, torch {info['torch']}, python {info['python']}")
-    print(f"{args.rounds} interleaved rounds; latency at batch 1, throughput at batch {args.batch}", flush=True)
+    bench, info = start(args)
     saved: dict = {"machine": info, "settings": {**vars(args), "json": str(args.json)}, "runs": [], "checks": {}}
     for name in args.models:
         print(f"\n### {name}\n")

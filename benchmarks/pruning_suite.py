@@ -132,6 +132,20 @@ def machine(settings: BenchSettings) -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+def start(args) -> tuple[BenchSettings, dict]:
+    """Bench settings from the common options (rounds, batch, threads, seeds), and the
+    machine, printed above the tables."""
+    bench = BenchSettings(rounds=args.rounds, throughput_batch=args.batch, threads=args.threads)
+    info = machine(bench)
+    flags = ", ".join(k for k in ("avx2", "avx512", "vnni") if info[k])
+    print(f"machine: {info['cpu']} ({flags}), {info['cores_visible']} cores visible; ONNX Runtime "
+          f"{info['onnxruntime']} with {info['threads']} threads, torch {info['torch']}, "
+          f"python {info['python']}")
+    print(f"{args.rounds} interleaved rounds; latency at batch 1, throughput at batch {args.batch}; "
+          f"seeds {' '.join(map(str, args.seeds))}", flush=True)
+    return bench, info
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", nargs="+", default=EXAMPLE_NAMES, choices=EXAMPLE_NAMES)
@@ -142,14 +156,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="save the raw figures and reports here")
     args = parser.parse_args()
-    bench = BenchSettings(rounds=args.rounds, throughput_batch=args.batch, threads=args.threads)
-    info = machine(bench)
-    flags = ", ".join(k for k in ("avx2", "avx512", "vnni") if info[k])
-    print(f"machine: {info['cpu']} ({flags}), {info['cores_visible']} cores visible; ONNX Runtime "
-          f"{info['onnxruntime']} with {info['threads']} threads, torch {info['torch']}, "
-          f"python {info['python']}")
-    print(f"{args.rounds} interleaved rounds; latency at batch 1, throughput at batch {args.batch}; "
-          f"seeds {' '.join(map(str, args.seeds))}", flush=True)
+    bench, info = start(args)
 
     saved: dict = {"machine": info, "settings": {**vars(args), "json": str(args.json)},
                    "runs": [], "checks": {}}

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from presso.data.dataset import Dataset
-from presso.measure.bench import Timing
+
+if TYPE_CHECKING:  # a type only: techniques do not measure (see above)
+    from presso.measure.bench import Timing
 
 
 @dataclass

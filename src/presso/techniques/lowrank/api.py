@@ -10,9 +10,8 @@ from presso.errors import PressoError
 from presso.techniques.lowrank.factorize import (
     Selector,
     factorizable,
-    factorize_conv,
+    factorize_layer,
     factorize_layers,
-    factorize_linear,
 )
 from presso.techniques.lowrank.tucker import CONVS
 
@@ -43,8 +42,7 @@ def factorize(layer_or_model: nn.Module, rank: int | None = None, *, ratio: floa
         raise PressoError(f"factorize takes a torch.nn.Module (a layer or a model); got {type(layer_or_model).__name__}.")
     target = copy.deepcopy(layer_or_model)
     if isinstance(target, (nn.Linear, *CONVS)):
-        how = factorize_linear if isinstance(target, nn.Linear) else factorize_conv
-        new, decision = how(target, type(target).__name__, sel, require_savings=False)
+        new, decision = factorize_layer(target, type(target).__name__, sel, require_savings=False)
         if new is None:
             raise PressoError(f"This layer cannot be factorized: {decision.reason}.")
         new.decision = decision

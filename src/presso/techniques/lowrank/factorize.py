@@ -191,6 +191,17 @@ def factorize_conv(layer: nn.Module, name: str, sel: Selector,
     return tucker_conv(layer, factors), decision
 
 
+def factorize_layer(layer: nn.Module, name: str, sel: Selector, require_savings: bool = True,
+                    gram: np.ndarray | None = None) -> tuple[nn.Module | None, LayerDecision]:
+    """SVD for a Linear layer (activation-weighted with ``gram``), Tucker-2 for a convolution."""
+    if isinstance(layer, nn.Linear):
+        return factorize_linear(layer, name, sel, require_savings, gram)
+    if isinstance(layer, CONVS):
+        return factorize_conv(layer, name, sel, require_savings)
+    raise PressoError(f"Layer '{name}' is a {type(layer).__name__}; only Linear and Conv1d/2d/3d layers "
+                      "can be factorized.")
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
@@ -204,13 +215,7 @@ def factorize_layers(model: nn.Module, names: list[str], selector: Callable[[str
         layer = model.get_submodule(name)
         sel = selector(name) if callable(selector) else selector
         log(f"factorize: layer {j + 1}/{len(names)} ({name})")
-        if isinstance(layer, nn.Linear):
-            new, decision = factorize_linear(layer, name, sel)
-        elif isinstance(layer, CONVS):
-            new, decision = factorize_conv(layer, name, sel)
-        else:
-            raise PressoError(f"Layer '{name}' is a {type(layer).__name__}; only Linear and Conv1d/2d/3d layers "
-                              "can be factorized.")
+        new, decision = factorize_layer(layer, name, sel)
         if new is not None:
             replace_module(model, name, new)
         decisions.append(decision)

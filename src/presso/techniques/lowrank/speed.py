@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from presso.measure.bench import BenchSettings, clearly_slower, time_latency
-from presso.techniques.lowrank.factorize import Selector, factorize_conv, factorize_linear
+from presso.techniques.lowrank.factorize import Selector, factorize_layer
 
 # Factors must beat the dense layer by this much at the p50 (and in every round) to count
 # as faster; smaller gains vanish in the model's other work and in run-to-run noise.
@@ -56,9 +56,7 @@ def _export(layer: nn.Module, shape: tuple, path: Path) -> Path:
 
 
 def _factorized(layer: nn.Module, keep: float) -> nn.Module | None:
-    how = factorize_linear if isinstance(layer, nn.Linear) else factorize_conv
-    new, _ = how(layer, "probe", Selector(keep=keep))
-    return new
+    return factorize_layer(layer, "probe", Selector(keep=keep))[0]
 
 
 def faster_at(layer: nn.Module, shape: tuple, candidates: dict[str, nn.Module], workdir: Path) -> dict[str, bool]:

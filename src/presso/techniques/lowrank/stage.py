@@ -24,8 +24,7 @@ from presso.techniques.lowrank.factorize import (
     LayerDecision,
     Selector,
     factorizable,
-    factorize_conv,
-    factorize_linear,
+    factorize_layer,
     left_whole,
     replace_module,
 )
@@ -123,12 +122,11 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
         for j, name in enumerate(names):
             layer = module.get_submodule(name)
             ctx.log(f"factorize: layer {j + 1}/{len(names)} ({name})")
-            how = factorize_linear if isinstance(layer, nn.Linear) else factorize_conv
             if name in timed and timed[name] is None:
                 new, d = None, left_whole(layer, name, "no rank measured faster than the dense layer on ONNX Runtime")
             else:
-                sel = timed.get(name) or _selector(cfg, name, keep)
-                new, d = how(layer, name, sel, gram=grams[name]) if name in grams else how(layer, name, sel)
+                new, d = factorize_layer(layer, name, timed.get(name) or _selector(cfg, name, keep),
+                                         gram=grams.get(name))
             if new is not None and cfg.pays == "speed" and cfg.rank != "speed" and name not in cfg.ranks \
                     and (name not in shapes or not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}")):
                 new, d = None, left_whole(layer, name, f"its rank-{d.rank} factors did not run measurably faster "

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from presso.techniques.lowrank.ranks import tail_error
+
 
 class LowRankLinear(nn.Sequential):
     """A Linear layer replaced by its rank-r factors (``[0]``: n -> r, ``[1]``: r -> m)."""
@@ -38,9 +40,7 @@ class LinearFactors:
     @property
     def error(self) -> float:
         """Frobenius error ||W - second @ first||: for plain SVD, sqrt of the discarded sigma^2."""
-        if self.measured_error is not None:
-            return self.measured_error
-        return float(np.sqrt(np.sum(self.sigma[self.rank:].astype(np.float64) ** 2)))
+        return self.measured_error if self.measured_error is not None else tail_error(self.sigma, self.rank)
 
     @property
     def relative_error(self) -> float:
