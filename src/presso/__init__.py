@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["BudgetError", "PressoError", "__version__", "compress", "factorize", "fake_quantize", "load",
+__all__ = ["BudgetError", "PressoError", "__version__", "compress", "distill", "factorize", "fake_quantize", "load",
            "load_example"]
 
 from presso.errors import BudgetError, PressoError
@@ -22,6 +22,9 @@ def __getattr__(name: str):
     if name == "compress":
         from presso.recipe.runner import compress
         return compress
+    if name == "distill":
+        from presso.techniques.distill.api import distill
+        return distill
     if name == "factorize":
         from presso.techniques.lowrank.api import factorize
         return factorize

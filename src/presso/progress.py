@@ -17,7 +17,9 @@ class Progress:
 
     @contextmanager
     def task(self, description: str, total: int | None = None):
-        yield lambda n=1: None
+        """Yields ``advance(n=1, description=None)``; a new description replaces the old
+        one (training shows its latest loss there)."""
+        yield lambda n=1, description=None: None
 
 
 SILENT = Progress()

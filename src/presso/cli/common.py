@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from presso.progress import Progress
 
@@ -13,6 +14,44 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--data, --target, --weights, --task: what compress and distill read the model and rows with."""
+    parser.add_argument("--data", metavar="FILE", help="held-out rows: .npz (X, optional y), "
+                        ".csv/.parquet (with --target), .txt (one text per line)")
+    parser.add_argument("--target", metavar="COLUMN", help="label column of a .csv/.parquet file")
+    parser.add_argument("--weights", metavar="FILE", help="state dict (.pt, loaded weights-only, or "
+                        ".safetensors) for a factory model")
+    parser.add_argument("--task", choices=["classification", "regression", "forecast", "anomaly", "embedding"],
+                        help="what the model does (inferred when obvious)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The budget, the split and the text length, shared by compress and distill."""
+    parser.add_argument("--max-drop", type=float, default=None, metavar="X",
+                        help="largest allowed absolute drop of the primary metric (default 0.01)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the calibration/evaluation split (default 0)")
+    parser.add_argument("--calibration-fraction", type=float, default=None, metavar="F",
+                        help="share of rows used to calibrate, choose variants and train (default 0.3)")
+    parser.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
+
+
+def model_and_data(args, progress, what: str = "MODEL") -> tuple:
+    """(model, data, task, name) from MODEL/--data or --example, with one-line errors."""
+    import presso
+    from presso.errors import PressoError
+
+    if args.example and (args.model or args.data):
+        raise PressoError(f"--example brings its own model and data; drop {what}/--data, or drop --example.")
+    if not args.example and not args.model:
+        raise PressoError(f"Give a {what} (or --example NAME). See: presso {args.command} --help")
+    if args.example:
+        ex = presso.load_example(args.example, progress=progress.log)
+        return ex.model, ex.data, args.task or ex.task, args.example
+    spec = str(args.model).rstrip("/")
+    name = spec.rsplit(":", 1)[-1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
+    return args.model, args.data, args.task, name
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +97,7 @@ class RichProgress(Progress):
     @contextmanager
     def task(self, description: str, total: int | None = None):
         if not self.enabled:
-            yield lambda n=1: None
+            yield lambda n=1, description=None: None
             return
         from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
@@ -69,7 +108,10 @@ class RichProgress(Progress):
         columns.append(TimeElapsedColumn())
         with Bar(*columns, console=self.console, transient=False) as bar:
             task_id = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task_id, n)
+            def advance(n=1, description=None):
+                bar.update(task_id, advance=n, **({} if description is None else {"description": description}))
+
+            yield advance
             if total:
                 bar.update(task_id, completed=total)
 

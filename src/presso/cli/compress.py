@@ -8,9 +8,12 @@ from pathlib import Path
 from presso.cli.common import (
     add_bench_options,
     add_common,
+    add_data_options,
+    add_run_options,
     bench_settings,
     console,
     make_progress,
+    model_and_data,
     print_json,
 )
 
@@ -37,21 +40,10 @@ Default 0.01. If no variant meets it, presso writes nothing and exits with code 
                    "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module")
     p.add_argument("--example", metavar="NAME",
                    help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm")
-    p.add_argument("--data", metavar="FILE", help="held-out rows: .npz (X, optional y), "
-                   ".csv/.parquet (with --target), .txt (one text per line)")
-    p.add_argument("--target", metavar="COLUMN", help="label column of a .csv/.parquet file")
-    p.add_argument("--weights", metavar="FILE", help="state dict (.pt, loaded weights-only, or "
-                   ".safetensors) for a factory model")
-    p.add_argument("--task", choices=["classification", "regression", "forecast", "anomaly", "embedding"],
-                   help="what the model does (inferred when obvious)")
+    add_data_options(p)
     p.add_argument("--recipe", default="int8", help="built-in recipe name or recipe .yaml (default: int8)")
-    p.add_argument("--max-drop", type=float, default=None, metavar="X",
-                   help="largest allowed absolute drop of the primary metric (default 0.01)")
     p.add_argument("--out", metavar="DIR", help="artifact folder (default: ./presso-NAME-RECIPE)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the calibration/evaluation split (default 0)")
-    p.add_argument("--calibration-fraction", type=float, default=None, metavar="F",
-                   help="share of rows used to calibrate and choose variants (default 0.3)")
-    p.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
+    add_run_options(p)
     add_bench_options(p)
     add_common(p)
     p.set_defaults(run=run)
@@ -59,22 +51,12 @@ Default 0.01. If no variant meets it, presso writes nothing and exits with code 
 
 def run(args) -> int:
     import presso
-    from presso.errors import PressoError
     from presso.recipe.result import check_output_dir
     from presso.report.terminal import print_summary
 
     progress = make_progress(args)
-    if args.example and (args.model or args.data):
-        raise PressoError("--example brings its own model and data; drop MODEL/--data, or drop --example.")
-    if not args.example and not args.model:
-        raise PressoError("Give a MODEL (or --example NAME). See: presso compress --help")
-    task, data, model, weights = args.task, args.data, args.model, args.weights
-    if args.example:
-        ex = presso.load_example(args.example, progress=progress.log)
-        model, data, task, name = ex.model, ex.data, task or ex.task, args.example
-    else:
-        spec = str(model).rstrip("/")
-        name = spec.rsplit(":", 1)[-1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
+    model, data, task, name = model_and_data(args, progress)
+    weights = args.weights
     recipe_name = Path(args.recipe).stem if args.recipe.endswith((".yaml", ".yml")) else args.recipe
     out = Path(args.out or f"presso-{name}-{recipe_name}")
     check_output_dir(out)  # fail before minutes of work, not after

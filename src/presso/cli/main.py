@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from presso.cli import bench, compress, evaluate, recipes
+from presso.cli import bench, compress, distill, evaluate, recipes
 
-COMMANDS = (compress, bench, evaluate, recipes)
+COMMANDS = (compress, distill, bench, evaluate, recipes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"presso: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("presso: interrupted; nothing was written.", file=sys.stderr)
+        resume = " Training was checkpointed: run the same command with --resume to continue." \
+            if args.command == "distill" else ""
+        print(f"presso: interrupted; nothing was written.{resume}", file=sys.stderr)
         return 130
 
 

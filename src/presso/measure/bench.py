@@ -114,17 +114,41 @@ def _caller(sess, feed: dict[str, np.ndarray]) -> Callable[[], object]:
     return lambda: sess.run(None, feed)
 
 
+def bench_calls(batch1_calls: dict[str, Callable[[], object]], batch_n_calls: dict[str, Callable[[], object]],
+                n: int, settings: BenchSettings = BenchSettings(),
+                on_round: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Latency (the batch-1 calls) and throughput (calls on ``n`` rows), interleaved."""
+    lat = interleaved(batch1_calls, settings, on_round)
+    thr_settings = BenchSettings(rounds=max(3, settings.rounds // 2),
+                                 round_seconds=settings.round_seconds, threads=settings.threads)
+    thr = interleaved(batch_n_calls, thr_settings, on_round)
+    return {k: summarize(lat[k], thr[k], n) for k in batch1_calls}
+
+
 def bench_onnx(paths: dict[str, Path], batch1: dict[str, np.ndarray],
                batch_n: dict[str, np.ndarray], settings: BenchSettings = BenchSettings(),
                on_round: Callable[[], None] | None = None) -> dict[str, dict]:
     """Latency at batch 1 and throughput at ``batch_n`` rows for each ONNX model."""
-    n = len(next(iter(batch_n.values())))
     sessions = _sessions(paths, settings)
-    lat = interleaved({k: _caller(s, batch1) for k, s in sessions.items()}, settings, on_round)
-    thr_settings = BenchSettings(rounds=max(3, settings.rounds // 2),
-                                 round_seconds=settings.round_seconds, threads=settings.threads)
-    thr = interleaved({k: _caller(s, batch_n) for k, s in sessions.items()}, thr_settings, on_round)
-    return {k: summarize(lat[k], thr[k], n) for k in paths}
+    return bench_calls({k: _caller(s, batch1) for k, s in sessions.items()},
+                       {k: _caller(s, batch_n) for k, s in sessions.items()},
+                       len(next(iter(batch_n.values()))), settings, on_round)
+
+
+def bench_with_callable(teacher, path: Path, batch1: dict[str, np.ndarray], batch_n: dict[str, np.ndarray],
+                        settings: BenchSettings = BenchSettings(),
+                        on_round: Callable[[], None] | None = None) -> dict[str, dict]:
+    """A callable teacher (``baseline``: its own predict, called as the user calls it) and an
+    ONNX model (``compressed``), timed in the same interleaved rounds."""
+    sess = make_session(path, threads=settings.thread_count, spinning=False)
+
+    def own(feed: dict[str, np.ndarray]) -> Callable[[], object]:
+        arg = feed[teacher.input_names[0]] if len(teacher.input_names) == 1 else feed
+        return lambda: teacher.predict(arg)
+
+    return bench_calls({"baseline": own(batch1), "compressed": _caller(sess, batch1)},
+                       {"baseline": own(batch_n), "compressed": _caller(sess, batch_n)},
+                       len(next(iter(batch_n.values()))), settings, on_round)
 
 
 def bench_torch(module, input_names: list[str], batch1: dict[str, np.ndarray],

@@ -128,3 +128,14 @@ def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0,
         return False
     memo[tensor] = all(_constant(t, inits, producer, depth + 1, memo) for t in node.input if t)
     return memo[tensor]
+
+
+def callable_size(fn) -> int | None:
+    """Bytes of a callable teacher pickled (a bound method pickles its model, e.g. the trees
+    of a gradient-boosting classifier); None when it cannot be pickled."""
+    import pickle
+
+    try:
+        return len(pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return None

@@ -40,7 +40,10 @@ def forward_input_names(module: nn.Module) -> list[str]:
 
 @dataclass
 class LoadedModel:
-    """A PyTorch module or an ONNX file, with what presso needs to feed it.
+    """A PyTorch module, an ONNX file or a Python callable, with what presso needs to feed it.
+
+    A callable (``predict``: e.g. a scikit-learn model's ``predict_proba``) is a teacher
+    only: presso cannot export or transform it, but distils a student from it.
 
     ``dynamic_axes`` maps input names to the axes that vary (the row axis always,
     the sequence axis for text). ``tokenizer`` is set for text models.
@@ -58,10 +61,13 @@ class LoadedModel:
     # For transformer encoders: {"model_type", "num_heads", "hidden_size"}, which ONNX
     # Runtime's fusion needs (its auto-detection misses the attention of BERT exports).
     transformer: dict | None = None
+    predict: Any = None  # a Python callable: one input array (or the inputs dict) -> outputs
 
     @property
     def kind(self) -> str:
-        return "onnx" if self.module is None else "torch"
+        if self.module is not None:
+            return "torch"
+        return "callable" if self.predict is not None else "onnx"
 
     @property
     def batch_axis_is_free(self) -> bool:
@@ -89,3 +95,32 @@ class LoadedModel:
                     for k in self.input_names]
             outs.append(first_tensor(self.module(*args)).float().numpy())
         return np.concatenate(outs)
+
+    def run_callable(self, inputs: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+        """Outputs of the ``predict`` callable on named numpy inputs, in batches, as float32.
+
+        A model with one input gets that array (what scikit-learn's ``predict_proba``
+        takes), one with several gets the dict of arrays."""
+        if self.predict is None:
+            raise ValueError("not a callable model")
+        n = len(next(iter(inputs.values())))
+        outs = []
+        for start in range(0, n, batch_size):
+            part = {k: inputs[k][start:start + batch_size] for k in self.input_names}
+            out = self.predict(part[self.input_names[0]] if len(self.input_names) == 1 else part)
+            if isinstance(out, torch.Tensor):
+                out = out.detach().cpu().numpy()
+            outs.append(np.asarray(out, dtype=np.float32))
+        out = np.concatenate(outs)
+        if out.ndim == 0 or len(out) != n:
+            raise ValueError(f"the callable returned {out.shape[0] if out.ndim else 'a scalar'} rows for {n} inputs")
+        return out
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Outputs of the model, whatever its kind (ONNX files on ONNX Runtime, row by row)."""
+        if self.module is not None:
+            return self.run_torch(inputs)
+        if self.predict is not None:
+            return self.run_callable(inputs)
+        from presso.runtime.session import make_session, run_session
+        return run_session(make_session(self.onnx_path), inputs, 1)

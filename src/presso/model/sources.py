@@ -16,6 +16,8 @@ from presso.model.loaded import LoadedModel, forward_input_names
 
 _HOW = ("Give an .onnx file, a Hugging Face model folder (with config.json), "
         "or a factory 'path/to/file.py:function' / 'package.module:function'.")
+_CALLABLE_NOTE = ("a Python callable is a teacher only: presso times it and distils a student from it, "
+                  "but cannot export or transform it")
 
 
 def load_model(model: Any, weights: str | Path | None = None) -> LoadedModel:
@@ -29,6 +31,10 @@ def load_model(model: Any, weights: str | Path | None = None) -> LoadedModel:
         if weights is not None:
             raise PressoError("weights= applies to factories only; load them into your module.")
         return from_module(copy.deepcopy(model), name=type(model).__name__, source="nn.Module")
+    if callable(model) and not isinstance(model, str | Path):
+        if weights is not None:
+            raise PressoError("weights= applies to factories only; a callable carries its own model.")
+        return from_callable(model, name=_callable_name(model), source="Python callable")
     if not isinstance(model, str | Path):
         raise PressoError(f"Cannot use a {type(model).__name__} as a model. {_HOW}")
     spec = str(model)
@@ -57,6 +63,20 @@ def from_module(module: nn.Module, name: str, source: str) -> LoadedModel:
         name=name, source=source, module=module, input_names=names,
         dynamic_axes={n: {0: "batch"} for n in names},
     )
+
+
+def _callable_name(fn) -> str:
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__name__}.{getattr(fn, '__name__', 'predict')}"
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def from_callable(fn, name: str, source: str, input_names: list[str] | None = None) -> LoadedModel:
+    """A teacher that is any Python callable: one input array (rows first) -> outputs."""
+    names = input_names or ["x"]
+    return LoadedModel(name=name, source=source, predict=fn, input_names=names,
+                       dynamic_axes={n: {0: "batch"} for n in names}, notes=[_CALLABLE_NOTE])
 
 
 def _import_factory(spec: str):
@@ -92,9 +112,15 @@ def load_factory(spec: str, weights: str | Path | None) -> LoadedModel:
         module = fn()
     except Exception as exc:
         raise PressoError(f"Factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module) and callable(module):
+        if weights is not None:
+            raise PressoError(f"--weights applies to factories returning an nn.Module; '{spec}' returned a "
+                              f"{type(module).__name__}, which carries its own model.")
+        return from_callable(module, name=_callable_name(module), source=f"callable from factory {spec}")
     if not isinstance(module, nn.Module):
         raise PressoError(
-            f"Factory '{spec}' returned a {type(module).__name__}; it must return a torch.nn.Module."
+            f"Factory '{spec}' returned a {type(module).__name__}; it must return a torch.nn.Module "
+            "(or, as a distillation teacher, a callable such as a fitted model's predict_proba)."
         )
     if weights is not None:
         load_weights(module, Path(weights))

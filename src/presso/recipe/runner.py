@@ -22,10 +22,17 @@ from presso.data.resolve import resolve_data
 from presso.errors import BudgetError, PressoError
 from presso.export.compact import compact_names
 from presso.export.onnx_export import check_parity, export_onnx
-from presso.measure.bench import BenchSettings, Timing, bench_onnx, bench_torch, time_latency
+from presso.measure.bench import (
+    BenchSettings,
+    Timing,
+    bench_onnx,
+    bench_torch,
+    bench_with_callable,
+    time_latency,
+)
 from presso.measure.memory import peak_memory_mb
 from presso.measure.metrics import check_target, evaluate
-from presso.measure.size import file_size, layer_storage_bytes, parameter_count
+from presso.measure.size import callable_size, file_size, layer_storage_bytes, parameter_count
 from presso.model.loaded import LoadedModel
 from presso.model.sources import load_model
 from presso.progress import SILENT, Progress
@@ -132,7 +139,8 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
         for index, (technique, config) in enumerate(stages, 1):
             stage_dir = workdir / f"stage{index}-{technique.name}"
             stage_dir.mkdir()
-            ctx = _stage_context(run, stage_dir, module if technique.domain == "torch" else None, seed)
+            torch_stage = technique.domain == "torch"
+            ctx = _stage_context(run, stage_dir, module if torch_stage else None, seed, torch_stage)
             with progress.task(f"stage {index}/{len(stages)}: {technique.name}"):
                 result = technique.apply(current, config, ctx)
             chosen, eval_metrics = _verify(run, result.ranked, result.tried, technique.name)
@@ -165,10 +173,26 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
 def _check_stage_order(recipe: Recipe, stages, loaded: LoadedModel) -> None:
     """Stages that train the PyTorch model need one, and must run before ONNX stages."""
     torch_stages = [(i, t.name) for i, (t, _) in enumerate(stages, 1) if t.domain == "torch"]
-    if torch_stages and loaded.kind == "onnx":
-        i, name = torch_stages[0]
-        raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model; it needs "
-                          "a PyTorch model or Hugging Face folder, not an ONNX file.")
+    if loaded.kind != "torch":
+        # A student with its own architecture (distill: student mlp / a factory) can learn from
+        # an ONNX file or a callable; every stage after it works on that student.
+        own = [i for i, (t, c) in enumerate(stages, 1) if not getattr(c, "needs_teacher_module", True)]
+        what = "an ONNX file" if loaded.kind == "onnx" else "a Python callable"
+        if own[:1] != [1]:
+            first, config = stages[0] if stages else (None, None)
+            if getattr(config, "needs_teacher_module", False):
+                raise PressoError(f"Recipe '{recipe.name}' stage 1 '{first.name}': student: auto derives the student "
+                                  f"from the teacher's PyTorch architecture, and this teacher is {what}. Use "
+                                  "student: mlp (flat rows) or your own student factory file.py:fn.")
+            if loaded.kind == "callable":
+                raise PressoError(f"Recipe '{recipe.name}' cannot start from {what}: presso can only distil a "
+                                  "student from it. Use a recipe whose first stage is distill with student: mlp "
+                                  "or a factory (e.g. presso distill MODEL --student mlp).")
+            if torch_stages:
+                i, name = torch_stages[0]
+                raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model; it needs "
+                                  "a PyTorch model or Hugging Face folder, not an ONNX file (or a distill stage "
+                                  "first with student: mlp or a factory).")
     first_onnx = next((i for i, (t, _) in enumerate(stages, 1) if t.domain == "onnx"), None)
     late = [(i, n) for i, n in torch_stages if first_onnx is not None and i > first_onnx]
     if late:
@@ -221,10 +245,7 @@ def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: flo
 
 
 def _reference_outputs(loaded: LoadedModel, data: Dataset) -> np.ndarray:
-    if loaded.module is not None:
-        out = loaded.run_torch(data.inputs)
-    else:
-        out = run_session(make_session(loaded.onnx_path), data.inputs, EVAL_BATCH)
+    out = loaded.run(data.inputs)
     if not np.all(np.isfinite(out)):
         raise PressoError("The original model returns NaN/inf on this data; check the data's scale.")
     return out
@@ -245,9 +266,13 @@ def _infer_task(loaded: LoadedModel, data: Dataset, outputs: np.ndarray) -> str:
     )
 
 
-def _baseline(run: Run) -> Path:
-    """The fp32 ONNX model everything is compared with, checked against PyTorch."""
+def _baseline(run: Run) -> Path | None:
+    """The fp32 ONNX model everything is compared with, checked against PyTorch; None for a
+    callable teacher, which is measured as it is (its own predict)."""
     path = run.workdir / "baseline.onnx"
+    if run.model.kind == "callable":
+        run.baseline_eval = run.ref_eval
+        return None
     if run.model.module is None:
         shutil.copyfile(run.model.onnx_path, path)
         compact_names(path)
@@ -265,7 +290,7 @@ def _baseline(run: Run) -> Path:
     return path
 
 
-def _stage_context(run: Run, stage_dir: Path, module, seed: int) -> StageContext:
+def _stage_context(run: Run, stage_dir: Path, module, seed: int, torch_stage: bool) -> StageContext:
     baseline_cal = run.metrics(run.ref_cal, "calibration")[run.primary]
 
     def score_outputs(out: np.ndarray) -> Score:
@@ -284,7 +309,7 @@ def _stage_context(run: Run, stage_dir: Path, module, seed: int) -> StageContext
 
     def export(trained, path: Path) -> Path:
         """Export a trained copy of the model like the baseline, checked against PyTorch."""
-        model = replace(run.model, module=trained)
+        model = replace(run.model, module=trained, predict=None)
         export_onnx(model, run.calibration.head(2).inputs, path)
         compact_names(path)
         sample = run.calibration.head(8)
@@ -299,7 +324,17 @@ def _stage_context(run: Run, stage_dir: Path, module, seed: int) -> StageContext
                         module=None if module is None else copy.deepcopy(module).eval(),
                         teacher=run.ref_cal, labels=run.y_cal, max_drop=run.max_drop,
                         input_names=list(run.model.input_names),
-                        export=export if module is not None else None)
+                        export=export if torch_stage else None, teacher_fn=run.model.run,
+                        evaluation_inputs=run.evaluation.inputs, progress=run.progress,
+                        read_data=lambda path: resolve_data(path, run.model, seq_len=_seq_len(run)))
+
+
+def _seq_len(run: Run) -> int:
+    """Token length of a text run's rows (extra text is tokenized to the same length)."""
+    if run.model.tokenizer is None:
+        return 128
+    first = run.data.inputs[run.model.input_names[0]]
+    return int(first.shape[1]) if first.ndim == 2 else 128
 
 
 def _store_sparse(run: Run, path: Path) -> tuple[Path, dict | None]:
@@ -385,18 +420,22 @@ def _measure(run: Run, baseline_path: Path, compressed_path: Path, compressed_me
     paths = {"baseline": baseline_path, "compressed": compressed_path}
     with progress.task("benchmarking baseline and compressed (interleaved rounds)",
                        total=run.bench.rounds + max(3, run.bench.rounds // 2)) as advance:
-        timing = bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance)
+        if baseline_path is None:  # a callable teacher, timed calling its own predict
+            timing = bench_with_callable(run.model, compressed_path, batch1, batch_n, run.bench, advance)
+        else:
+            timing = bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance)
     torch_latency = None
     if run.model.module is not None:
         with progress.task("timing PyTorch eager fp32 (reference)"):
             torch_latency = bench_torch(run.model.module, run.model.input_names, batch1, run.bench)
     with progress.task("measuring peak memory (fresh processes)"):
-        memory = {k: peak_memory_mb(p, batch_n, run.bench.thread_count) for k, p in paths.items()}
+        memory = {k: None if p is None else peak_memory_mb(p, batch_n, run.bench.thread_count)
+                  for k, p in paths.items()}
     figures = {}
     for key, path, metrics in (("baseline", baseline_path, baseline_metrics),
                                ("compressed", compressed_path, compressed_metrics)):
-        figures[key] = {
-            "size_bytes": file_size(path), "parameters": parameter_count(path),
-            **timing[key], "peak_memory_mb": memory[key], "metrics": metrics,
-        }
+        size, params = (file_size(path), parameter_count(path)) if path is not None else (
+            callable_size(run.model.predict), None)
+        figures[key] = {"size_bytes": size, "parameters": params, **timing[key],
+                        "peak_memory_mb": memory[key], "metrics": metrics}
     return build_report(run, recipe, figures, torch_latency, stage_reports, notes)

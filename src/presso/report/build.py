@@ -16,13 +16,13 @@ def _runtime_label(stage_reports: list[dict]) -> str:
     return f"ONNX Runtime {last['technique']} ({last['chosen']})"
 
 
-def speed_note(baseline: dict, compressed: dict) -> str:
+def speed_note(baseline: dict, compressed: dict, label: str = "ONNX Runtime fp32") -> str:
     b, c = baseline["latency_ms"]["p50"], compressed["latency_ms"]["p50"]
     tb, tc = baseline["throughput_per_s"], compressed["throughput_per_s"]
     if c < b:
-        return (f"The compressed model is {b / c:.2f}x faster than ONNX Runtime fp32 at batch 1 "
+        return (f"The compressed model is {b / c:.2f}x faster than {label} at batch 1 "
                 f"({c:.3f} ms vs {b:.3f} ms p50) and {tc / tb:.2f}x the throughput.")
-    return (f"The compressed model is NOT faster than ONNX Runtime fp32 on this machine at batch 1: "
+    return (f"The compressed model is NOT faster than {label} on this machine at batch 1: "
             f"{c:.3f} ms vs {b:.3f} ms p50 ({b / c:.2f}x); throughput {tc / tb:.2f}x. "
             "It is smaller; for speed, try --recipe slim (structured pruning) or a smaller student.")
 
@@ -35,6 +35,8 @@ def torch_note(torch_latency: dict | None, compressed: dict) -> str | None:
 
 
 def size_note(baseline: dict, compressed: dict) -> str | None:
+    if baseline["size_bytes"] is None or baseline["parameters"] is None:
+        return None
     if compressed["size_bytes"] < baseline["size_bytes"]:
         return None
     return (f"The compressed file is NOT smaller ({compressed['size_bytes']:,} vs "
@@ -50,6 +52,8 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
     import presso
 
     base, comp = figures["baseline"], figures["compressed"]
+    label = ("ONNX Runtime fp32" if run.model.kind != "callable"
+             else f"the teacher's own {run.model.name} (Python)")
     primary = run.primary
     drop = base["metrics"][primary] - comp["metrics"][primary]
     sample = run.evaluation.head(1).inputs
@@ -71,10 +75,10 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
         budget={"primary_metric": primary, "max_drop": run.max_drop,
                 "baseline": base["metrics"][primary], "compressed": comp["metrics"][primary],
                 "drop": drop, "passed": drop <= run.max_drop + 1e-12},
-        baseline={"runtime": "ONNX Runtime fp32", **base},
+        baseline={"runtime": label, **base},
         compressed={"runtime": _runtime_label(stage_reports), **comp},
         ratios={
-            "size": round(base["size_bytes"] / comp["size_bytes"], 3),
+            "size": None if base["size_bytes"] is None else round(base["size_bytes"] / comp["size_bytes"], 3),
             "latency_speedup": round(base["latency_ms"]["p50"] / comp["latency_ms"]["p50"], 3),
             "throughput": round(comp["throughput_per_s"] / base["throughput_per_s"], 3),
         },
@@ -85,5 +89,5 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
                  "ort_thread_spinning": False, "onnxruntime": onnxruntime.__version__,
                  "torch": torch.__version__, "python": platform.python_version()},
         stages=stage_reports,
-        notes=[*notes, speed_note(base, comp), *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
+        notes=[*notes, speed_note(base, comp, label), *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
     )

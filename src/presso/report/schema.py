@@ -19,8 +19,8 @@ class Latency(_Strict):
 
 class ModelFigures(_Strict):
     runtime: str
-    size_bytes: int
-    parameters: int
+    size_bytes: int | None
+    parameters: int | None  # None for a Python callable teacher
     latency_ms: Latency
     throughput_per_s: float
     throughput_batch: int
@@ -63,7 +63,7 @@ class Report(_Strict):
     budget: Budget
     baseline: ModelFigures
     compressed: ModelFigures
-    ratios: dict[str, float]
+    ratios: dict[str, float | None]  # size is None for a callable teacher of unknown size
     reference: dict[str, Any]
     machine: dict[str, Any]
     stages: list[StageReport]

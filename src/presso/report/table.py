@@ -5,15 +5,22 @@ from __future__ import annotations
 from presso.report.schema import Report
 
 
-def _mb(n: int) -> str:
+def _mb(n: int | None) -> str:
+    if n is None:
+        return "n/a"
     return f"{n / 1e6:.3f} MB" if n < 1e7 else f"{n / 1e6:.1f} MB"
+
+
+def _count(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,}"
 
 
 def comparison_rows(report: Report) -> list[list[str]]:
     b, c = report.baseline, report.compressed
     rows = [
-        ["size", _mb(b.size_bytes), _mb(c.size_bytes), f"{b.size_bytes / c.size_bytes:.2f}x smaller"],
-        ["parameters", f"{b.parameters:,}", f"{c.parameters:,}", ""],
+        ["size", _mb(b.size_bytes), _mb(c.size_bytes),
+         f"{b.size_bytes / c.size_bytes:.2f}x smaller" if b.size_bytes else ""],
+        ["parameters", _count(b.parameters), _count(c.parameters), ""],
         ["latency p50 (batch 1)", f"{b.latency_ms.p50:.3f} ms", f"{c.latency_ms.p50:.3f} ms",
          f"{b.latency_ms.p50 / c.latency_ms.p50:.2f}x faster"],
         ["latency p95 (batch 1)", f"{b.latency_ms.p95:.3f} ms", f"{c.latency_ms.p95:.3f} ms", ""],

@@ -49,6 +49,12 @@ class StageContext:
     input_names: list[str] = field(default_factory=list)
     export: Callable[[Any, Path], Path] | None = None  # nn.Module -> ONNX file, checked
     seed: int = 0
+    # The original model run on any rows (dict of name -> array -> outputs), whatever it is:
+    # PyTorch, ONNX Runtime or a Python callable. Distillation labels extra rows with it.
+    teacher_fn: Callable[[dict], Any] | None = None
+    evaluation_inputs: dict | None = None  # the held-out rows: extra training rows must not repeat them
+    read_data: Callable[[str], Dataset] | None = None  # a data file -> rows in the model's inputs
+    progress: Any = None  # a presso.progress.Progress for long training (None: silent)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from presso.errors import PressoError
+from presso.techniques.distill.config import DistillConfig
 from presso.techniques.lowrank.config import FactorizeConfig
 from presso.techniques.pruning.config import PruneConfig, SlimConfig
 from presso.techniques.quantization.config import Int4Config, Int8Config, KMeansConfig, WeightOnlyConfig
@@ -82,6 +83,13 @@ TECHNIQUES: dict[str, Technique] = {
         "(1x1 -> core -> 1x1); rank by fixed rank, ratio, kept energy, max error or measured speed; "
         "fine-tuned to the original model",
         "presso.techniques.lowrank.stage:factorize_stage",
+    ),
+    "distill": Technique(
+        "distill", DistillConfig, "torch",
+        "knowledge distillation: a smaller student (derived from the teacher: narrower / fewer layers; a plain "
+        "MLP; or your own) fitted to the teacher's outputs (soft targets with temperature, MSE or cosine, "
+        "optional hints); the teacher may be PyTorch, ONNX or any Python callable",
+        "presso.techniques.distill.stage:distill_stage",
     ),
 }
 

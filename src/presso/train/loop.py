@@ -4,15 +4,22 @@ QAT, pruning, low-rank factorisation and distillation all fit a module to target
 or a teacher's outputs) the same way, so they share :func:`fit`. Validation of the starting
 weights gives epoch 0, and the best weights are restored at the end: fine-tuning never ends
 worse on the validation data than where it started.
+
+Long fits can write a checkpoint after each epoch and resume from it bit for bit, and run
+data-parallel under torchrun (:mod:`presso.train.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +28,7 @@ from torch import Tensor, nn
 
 from presso.errors import PressoError
 from presso.tasks import get_task
+from presso.train import distributed as _dist
 
 Data = tuple[dict[str, np.ndarray], np.ndarray]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -80,7 +88,9 @@ class FitReport:
 
     ``best_epoch`` 0 means the starting weights were best (validation never improved);
     without validation data it is the last epoch and ``best_score`` is NaN. ``stopped``
-    is "epochs", "early-stop" or "time".
+    is "epochs", "early-stop" or "time". ``resumed_from``: the epoch of the checkpoint the
+    fit went on from (0: it started afresh); ``epochs_run`` and ``history`` count the
+    epochs before it too.
     """
 
     epochs_run: int
@@ -88,6 +98,7 @@ class FitReport:
     best_score: float
     history: list[dict]  # per epoch: {"epoch", "train_loss", "val_score"}
     stopped: str
+    resumed_from: int = 0
 
 
 def _tensor(a, device) -> Tensor:
@@ -147,21 +158,45 @@ def _predict(module: nn.Module, xs: list[Tensor]) -> Tensor:
     return torch.cat(outs).float().cpu()
 
 
-def _train_epoch(module, xs, y, loss_fn, opt, batch_size: int, gen: torch.Generator) -> float:
-    module.train()
+def _train_epoch(module, xs, y, loss_fn, opt, batch_size: int, gen: torch.Generator,
+                 net: nn.Module | None = None) -> float:
+    """One pass over the rows in the order ``gen`` draws; the mean training loss.
+
+    ``net`` is ``module`` wrapped in DistributedDataParallel. Every rank then draws the same
+    permutation, takes its contiguous shard of each global batch and scales its mean loss
+    by its share of the rows (``rows * world / global rows``): DDP averages gradients over
+    ranks, so each step is the one a single process takes on the whole batch, up to float
+    summation order. That holds for losses that are a mean over rows plus terms that do
+    not depend on the rows (penalties on the weights), which is what :func:`fit` asks for.
+    """
+    (module if net is None else net).train()
     n = len(y)
-    perm = torch.randperm(n, generator=gen)
+    perm = torch.randperm(n, generator=gen)  # (n,), the same on every rank
     total, seen = 0.0, 0
     for start in range(0, n, batch_size):
         idx = perm[start:start + batch_size]
         if len(idx) == 1 and n > 1:  # BatchNorm cannot train on one row; reshuffled next epoch
-            continue
-        loss = loss_fn(_first(module(*[x[idx] for x in xs])), y[idx])
+            continue  # decided on the global batch, so all ranks skip it together
+        if net is None:
+            loss = step = loss_fn(_first(module(*[x[idx] for x in xs])), y[idx])
+        else:
+            world = _dist.world_size()
+            lo, hi = _dist.shard(len(idx), _dist.rank(), world)
+            part, rows = idx[lo:hi], len(idx)
+            out = _first(net(*[x[part] for x in xs]))  # every rank calls DDP: it syncs in forward
+            if len(part):
+                loss = loss_fn(out, y[part])
+                step = loss * (len(part) * world / rows)
+            else:  # fewer rows than ranks: a zero gradient still joins the average
+                loss = step = out.sum() * 0.0
+            idx = part
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        step.backward()
         opt.step()
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
+    if net is not None:
+        total, seen = _dist.all_sum([total, seen])
     return total / seen
 
 
@@ -169,10 +204,59 @@ def _better(score: float, best: float) -> bool:
     return math.isfinite(score) and (not math.isfinite(best) or score > best)
 
 
+# --- checkpoints ------------------------------------------------------------------------------
+
+_FORMAT = "presso.fit-checkpoint/1"
+
+
+def _fingerprint(module: nn.Module, settings: FitSettings, train_rows: int, val_rows: int | None) -> dict:
+    """What must match for a checkpoint to belong to this fit (taken before any hook runs)."""
+    return {"settings": dataclasses.asdict(settings), "train_rows": train_rows, "val_rows": val_rows,
+            "parameters": [[name, list(p.shape)] for name, p in module.named_parameters()]}
+
+
+def _write_atomic(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The rename is atomic, so a crash or Ctrl-C while writing leaves the previous epoch's
+    checkpoint whole rather than a truncated file that cannot be resumed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per fit: rank 0
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_checkpoint(path: Path, fingerprint: dict) -> dict:
+    """The checkpoint at ``path``, refused unless it was written by a fit like this one."""
+    fix = "delete it or pick another checkpoint path"
+    try:  # tensors, numbers, strings, lists and dicts only: no code runs while loading
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PressoError(f"The checkpoint {path} could not be read ({type(e).__name__}); {fix}.") from e
+    if not (isinstance(ckpt, dict) and ckpt.get("format") == _FORMAT):
+        raise PressoError(f"The file {path} is not a presso fine-tuning checkpoint; {fix}.")
+    saved = ckpt.get("fingerprint", {})
+    for key, what in (("settings", "fine-tuning settings"), ("train_rows", "number of training rows"),
+                      ("val_rows", "number of validation rows"), ("parameters", "parameter names or shapes")):
+        if saved.get(key) != fingerprint[key]:
+            raise PressoError(f"The checkpoint {path} is from another fine-tuning run (the {what} differ); {fix}.")
+    return ckpt
+
+
 def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
         score_fn: ScoreFn | None = None, settings: FitSettings = FitSettings(),
         input_names: list[str] | None = None, on_epoch: Callable[[dict], None] | None = None,
-        before_epoch: Callable[[int], bool | None] | None = None) -> FitReport:
+        before_epoch: Callable[[int], bool | None] | None = None,
+        checkpoint: str | Path | None = None) -> FitReport:
     """Fine-tune ``module`` in place on ``train``; keep the weights that score best on ``val``.
 
     Parameters
@@ -184,22 +268,51 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
         Inputs (rows first) and targets: labels or a teacher's outputs. Without ``val``
         every epoch runs (no early stopping) and the last weights are kept.
     loss_fn : callable (outputs, targets) -> scalar tensor
-        For example :func:`teacher_loss` or ``torch.nn.functional.cross_entropy``.
+        For example :func:`teacher_loss` or ``torch.nn.functional.cross_entropy``. A mean
+        over rows, plus any terms that do not depend on the rows (weight penalties).
     score_fn : callable (outputs, targets) -> float, optional
         Validation score, higher is better (e.g. :func:`task_score`); default ``-loss_fn``.
     settings : FitSettings
         Epochs, step size, batch size, stopping rules and seed.
     on_epoch : callable, optional
-        Called with each history row ``{"epoch", "train_loss", "val_score"}``.
+        Called with each history row ``{"epoch", "train_loss", "val_score"}``, after that
+        epoch's checkpoint is written.
     before_epoch : callable (epoch) -> bool or None, optional
         Called before each epoch (1-based). Returning True says the module now computes
         something else (progressive QAT enabled more layers): its current weights are
-        validated again and become the reference that later epochs must beat.
+        validated again and become the reference that later epochs must beat. On resume
+        it is called again for the finished epochs (its answer ignored) before the saved
+        weights are loaded, so it should depend on the epoch only.
+    checkpoint : str or Path, optional
+        A file written (atomically) after every epoch with all that the next epochs need:
+        weights, optimizer, best weights so far, history and random-number states. If it
+        exists when ``fit`` starts, the fit goes on after its epoch and ends with exactly
+        the weights and history of a fit that was never interrupted; one from a fit with
+        other settings, rows or parameters is refused. After the last epoch it stays,
+        marked finished: fitting again restores the best weights without training.
 
     Returns
     -------
     FitReport
-        The module holds the best weights (also after Ctrl-C, which propagates).
+        The module holds the best weights (also after Ctrl-C, which propagates; the
+        checkpoint then holds the last finished epoch).
+
+    Notes
+    -----
+    Under torchrun with an initialised process group (:func:`presso.train.distributed.init_from_env`)
+    the fit is data-parallel: each global batch of ``settings.batch_size`` rows is split over
+    the ranks and the gradients averaged by DistributedDataParallel (gloo, CPU), so the
+    weights are those of one process up to float summation order (about 1e-6). Every rank
+    validates on all of ``val``, so all take the same early-stopping decisions; rank 0 alone
+    writes the checkpoint and every rank resumes from it (give all the same path, in a
+    folder they share). Each rank draws dropout from its own seeded stream. DDP looks for
+    parameters a step leaves unused (progressive QAT's switched-off layers) at the cost of
+    one graph traversal per step, and warns once per process when it finds none.
+
+    BatchNorm normalises each rank's shard with that shard's statistics, and the running
+    statistics kept are rank 0's: results differ from one process unless the module is
+    converted with ``nn.SyncBatchNorm`` (not supported here), and every shard then needs
+    two rows or more.
 
     Examples
     --------
@@ -217,6 +330,9 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
     xs, y = _columns(train, input_names, "training", device)
     names = input_names if input_names is not None else list(train[0])
     val_xs, val_y = _columns(val, names, "validation", device) if val is not None else (None, None)
+    path = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = _fingerprint(module, settings, len(y), None if val is None else len(val_y))
+    parallel, rank = _dist.active(), _dist.rank()
 
     def validate() -> float:
         out = _predict(module, val_xs)
@@ -228,45 +344,91 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
+    def save(epoch: int, stop: str | None) -> None:
+        rngs = _dist.gather(torch.get_rng_state()) if parallel else [torch.get_rng_state()]
+        error = None
+        if rank == 0:
+            try:
+                _write_atomic({"format": _FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+                               "finished": stop is not None, "stopped": stop or "", "module": module.state_dict(),
+                               "optimizer": opt.state_dict(), "best_state": best_state, "best_score": best_score,
+                               "best_epoch": best_epoch, "since_best": since_best, "history": history,
+                               "generator": gen.get_state(), "rng": rngs, "elapsed": time.monotonic() - start}, path)
+            except Exception as e:
+                error = e
+        # Also the barrier: the other ranks go on once rank 0 has written, and stop if it failed.
+        written = _dist.from_main(error is None) if parallel else error is None
+        if error is not None:
+            raise error
+        if not written:
+            raise PressoError(f"Rank 0 could not write the checkpoint {path}; see its error.")
+
     opt = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
     gen = torch.Generator().manual_seed(settings.seed)
     was_training, start = module.training, time.monotonic()
     history: list[dict] = []
-    stopped, best_epoch, since_best = "epochs", 0, 0
+    stopped, best_epoch, since_best, best_score, best_state, done = "epochs", 0, 0, math.nan, None, 0
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout draws from a seeded, private stream
-        torch.manual_seed(settings.seed)
-        best_score = validate() if val is not None else math.nan
-        best_state = snapshot() if val is not None else None
+        torch.manual_seed(settings.seed + rank)
+        ckpt = _read_checkpoint(path, fingerprint) if path is not None and path.exists() else None
         try:
-            for epoch in range(1, settings.epochs + 1):
+            if ckpt is not None:
+                done = ckpt["epoch"]
+                if before_epoch is not None:  # hooks that switch layers on rebuild the module the weights fit
+                    for epoch in range(1, done + 1):
+                        before_epoch(epoch)
+                module.load_state_dict(ckpt["module"])
+                best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
+                since_best, history, stopped = ckpt["since_best"], ckpt["history"], ckpt["stopped"] or stopped
+                start -= ckpt["elapsed"]  # the time cap counts the epochs before the interruption too
+                if ckpt["finished"]:
+                    return FitReport(len(history), best_epoch, best_score, history, stopped, done)
+                opt.load_state_dict(ckpt["optimizer"])
+                gen.set_state(ckpt["generator"])
+                if len(ckpt["rng"]) == _dist.world_size():
+                    torch.set_rng_state(ckpt["rng"][rank])
+                else:  # resumed with another number of processes: fresh streams, not bit for bit
+                    torch.manual_seed(settings.seed + rank + 7919 * done)
+            # DDP starts every rank from rank 0's weights, before anything is validated.
+            net = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True) if parallel else None
+            if ckpt is None and val is not None:
+                best_score, best_state = validate(), snapshot()
+            for epoch in range(done + 1, settings.epochs + 1):
                 if before_epoch is not None and before_epoch(epoch) and val is not None:
                     best_score, best_state, best_epoch, since_best = validate(), snapshot(), epoch - 1, 0
-                train_loss = _train_epoch(module, xs, y, loss_fn, opt, settings.batch_size, gen)
+                train_loss = _train_epoch(module, xs, y, loss_fn, opt, settings.batch_size, gen, net)
+                if parallel:
+                    _dist.broadcast_buffers(module)
                 score = validate() if val is not None else None
                 row = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
                 history.append(row)
-                if on_epoch is not None:
-                    on_epoch(row)
                 if val is None:
                     best_epoch = epoch
                 elif _better(score, best_score):
                     best_score, best_state, best_epoch, since_best = score, snapshot(), epoch, 0
                 else:
                     since_best += 1
+                stop = None
                 if epoch == settings.epochs:
-                    break
-                if val is not None and settings.patience is not None and since_best >= settings.patience:
-                    stopped = "early-stop"
-                    break
-                if settings.max_seconds is not None and time.monotonic() - start >= settings.max_seconds:
-                    stopped = "time"
+                    stop = "epochs"
+                elif val is not None and settings.patience is not None and since_best >= settings.patience:
+                    stop = "early-stop"
+                elif settings.max_seconds is not None:
+                    late = time.monotonic() - start >= settings.max_seconds
+                    stop = "time" if (_dist.from_main(late) if parallel else late) else None  # clocks differ
+                if path is not None:
+                    save(epoch, stop)
+                if on_epoch is not None:
+                    on_epoch(row)
+                if stop is not None:
+                    stopped = stop
                     break
         finally:
             if best_state is not None:
                 module.load_state_dict(best_state)
             module.train(was_training)
-    return FitReport(len(history), best_epoch, best_score, history, stopped)
+    return FitReport(len(history), best_epoch, best_score, history, stopped, done)
 
 
 def teacher_loss(task: str, temperature: float = 1.0) -> LossFn:

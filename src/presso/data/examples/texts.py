@@ -30,6 +30,18 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _CODE_LIKE = re.compile(r"[=<>{}\[\]`|\\]|>>>|\w\(|::|__|\.\.\.")
 
 
+# Modules whose import has side effects (opens a browser, prints, needs a display) or is slow.
+_SKIP = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3", "ensurepip", "venv",
+         "pydoc_data", "test", "xxsubtype", "xxlimited"}
+
+
+def all_stdlib_modules() -> tuple[str, ...]:
+    """Every public top-level stdlib module (a larger pool of sentences, e.g. for distillation)."""
+    import sys
+
+    return tuple(sorted(m for m in sys.stdlib_module_names if not m.startswith("_") and m not in _SKIP))
+
+
 def _docstrings(module_name: str):
     try:
         with warnings.catch_warnings():  # deprecated stdlib aliases warn when touched
@@ -49,10 +61,11 @@ def _module_docs(module) -> list[str]:
     return docs
 
 
-def stdlib_sentences(n: int = 800, seed: int = 0, min_words: int = 6, max_words: int = 40) -> list[str]:
-    """``n`` distinct prose sentences from stdlib docstrings, shuffled with ``seed``."""
+def stdlib_sentences(n: int = 800, seed: int = 0, min_words: int = 6, max_words: int = 40,
+                     modules: tuple[str, ...] = _MODULES) -> list[str]:
+    """``n`` distinct prose sentences from the docstrings of ``modules``, shuffled with ``seed``."""
     seen, sentences = set(), []
-    for name in _MODULES:
+    for name in modules:
         for doc in _docstrings(name):
             for para in doc.split("\n\n"):
                 text = " ".join(para.split())

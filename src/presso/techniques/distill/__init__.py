@@ -1,0 +1,1 @@
+"""Knowledge distillation: students derived from the teacher or built from scratch."""

@@ -1,0 +1,105 @@
+"""Typed options of the ``distill`` technique (pydantic only, no torch: recipes validate fast)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class DistillConfig(BaseModel):
+    """Knowledge distillation: a smaller student learns to reproduce the teacher.
+
+    The teacher is the model presso was given: a PyTorch module, an ONNX file run by ONNX
+    Runtime, or any Python callable returning outputs (e.g. a scikit-learn model's
+    ``predict_proba``).
+
+    Student (``student``):
+
+    - ``auto``: derived from a PyTorch teacher: ``width`` keeps that fraction of every
+      layer's channels / neurons (attention heads and feed-forward neurons of a transformer),
+      ``depth`` keeps that many blocks / transformer layers (evenly spaced); ``init:
+      teacher`` starts from the teacher's surviving weights, ``random`` from scratch.
+    - ``mlp``: a plain MLP (``hidden`` sizes, inputs standardised) for flat float rows; for
+      teachers without a PyTorch architecture (ONNX, scikit-learn).
+    - ``file.py:fn`` / ``package.module:fn``: the user's own student (``student_weights``
+      optional), an ``nn.Module`` taking the same inputs and giving outputs of the teacher's shape.
+
+    Loss (``loss: auto`` picks by task): ``kl`` for classification, the Hinton soft-target
+    loss ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))``
+    (labels where the data has them; rows without use the KL term alone); ``mse`` (forecasters,
+    autoencoders, regression); ``cosine`` (embeddings). ``hints: [[student_layer, teacher_layer],
+    ...]`` adds ``hint_weight`` x the MSE between those layers' outputs (a learned projection
+    when their widths differ; FitNets).
+
+    Data: the calibration rows (a seeded ``validation_fraction`` held back for early stopping)
+    plus ``train_data`` (a file of extra rows, labels optional: the teacher labels them) plus
+    ``augment`` copies of mixup rows labelled by the teacher. Rows equal to held-out evaluation
+    rows are dropped from ``train_data``. ``checkpoint`` (a file) saves every epoch and resumes
+    an interrupted run from it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    student: str = "auto"
+    student_weights: str | None = None
+    width: float | None = Field(default=None, gt=0, le=1)  # None: 0.5 for a derived student
+    depth: int | None = Field(default=None, ge=1)
+    init: Literal["teacher", "random"] = "teacher"
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    loss: Literal["auto", "kl", "mse", "cosine"] = "auto"
+    alpha: float = Field(default=0.9, ge=0, le=1)
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    hints: list[list[str]] = Field(default_factory=list)
+    hint_weight: float = Field(default=1.0, ge=0, le=1000)
+    # None: 60 epochs at lr 1e-3, or for transformer encoders 4 epochs at 1e-4
+    epochs: int | None = Field(default=None, ge=0, le=10000)
+    lr: float | None = Field(default=None, gt=0, le=1.0)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    patience: int | None = Field(default=10, ge=1)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    augment: int = Field(default=8, ge=0, le=64)
+    train_data: str | None = None
+    max_minutes: float | None = Field(default=None, gt=0)
+    checkpoint: str | None = None
+    backoff: int = Field(default=1, ge=0, le=4)  # wider retries (width -> (1 + width) / 2) if the budget breaks
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v: str) -> str:
+        if v not in ("auto", "mlp") and ":" not in v:
+            raise ValueError(f"student must be auto, mlp or a factory 'file.py:fn' / 'package.module:fn'; got {v!r}")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden(cls, v: list[int]) -> list[int]:
+        if not v or any(h < 1 for h in v):
+            raise ValueError(f"hidden must list one or more layer sizes >= 1, e.g. [64, 64]; got {v}")
+        return v
+
+    @field_validator("hints")
+    @classmethod
+    def _hints(cls, v: list[list[str]]) -> list[list[str]]:
+        if any(len(pair) != 2 for pair in v):
+            raise ValueError("hints must be pairs [student_layer, teacher_layer], e.g. [[features.2, features.2]]")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.student != "auto" and (self.width is not None or self.depth is not None):
+            raise ValueError("width and depth derive a student from the teacher (student: auto); "
+                             f"they do not apply to student: {self.student}")
+        if self.student_weights is not None and ":" not in self.student:
+            raise ValueError("student_weights loads a state dict into a factory student (student: file.py:fn)")
+        return self
+
+    @property
+    def student_width(self) -> float:
+        return 0.5 if self.width is None else self.width
+
+    @property
+    def needs_teacher_module(self) -> bool:
+        """Only a derived student needs the teacher's PyTorch architecture."""
+        return self.student == "auto"
+

@@ -1,0 +1,195 @@
+"""The ``distill`` stage: build a student, fit it to the teacher, export it.
+
+The teacher is the run's original model, whatever it is (``ctx.teacher_fn`` runs it);
+its outputs on the calibration rows are the pipeline's reference outputs. A derived
+student that breaks the budget is retried wider (``backoff``), like pruning's milder retries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from presso.errors import PressoError
+from presso.model.loaded import count_parameters, first_tensor
+from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.distill.config import DistillConfig
+from presso.techniques.distill.data import DistillData, distill_data, teacher_cache_dir
+from presso.techniques.distill.objective import Trainee, distill_loss, loss_kind, target_rows
+from presso.techniques.pruning.recover import example_inputs, with_backoff
+
+STAGE = "distill"
+
+
+def wider(width: float, steps: int) -> list[float]:
+    """``width`` then up to ``steps`` wider ones, each halfway to the full width."""
+    out = [width]
+    for _ in range(steps):
+        if out[-1] >= 0.95:
+            break
+        out.append(round((1 + out[-1]) / 2, 4))
+    return out
+
+
+def _factory_student(spec: str, weights: str | None) -> nn.Module:
+    from presso.model.sources import _import_factory, load_weights
+
+    fn = _import_factory(spec)
+    try:
+        module = fn()
+    except Exception as exc:
+        raise PressoError(f"Student factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise PressoError(f"Student factory '{spec}' returned a {type(module).__name__}; it must return an nn.Module.")
+    if weights is not None:
+        load_weights(module, Path(weights))
+    return module
+
+
+def build_student(cfg: DistillConfig, ctx: StageContext, width: float, rows: dict[str, np.ndarray],
+                  n_out: int) -> tuple[nn.Module, list[str]]:
+    """The student and lines saying what it is."""
+    example = example_inputs(ctx)
+    if cfg.student == "auto":
+        if ctx.module is None:
+            raise PressoError("student: auto derives the student from the teacher's PyTorch architecture; this "
+                              "teacher is an ONNX file or a callable. Use student: mlp or a factory file.py:fn.")
+        from presso.techniques.distill.students import StudentPlan, derive_student
+
+        plan = StudentPlan(width=width, depth=cfg.depth, init=cfg.init)
+        student, notes = derive_student(ctx.module, example, plan, transformer=ctx.transformer, seed=ctx.seed)
+        if ctx.transformer is not None and width < 1:
+            from presso.techniques.pruning.transformer import attention_shape
+
+            # ONNX Runtime's attention fusion needs the student's head count, not the config's
+            ctx.transformer.update(attention_shape(student))
+    elif cfg.student == "mlp":
+        name = ctx.input_names[0]
+        x = rows[name]
+        if len(ctx.input_names) != 1 or x.ndim != 2 or x.dtype.kind != "f":
+            raise PressoError("student: mlp takes one input of flat float rows (N, features); this model takes "
+                              f"{ctx.input_names} with shape {tuple(x.shape[1:])}. Give a student factory file.py:fn.")
+        from presso.techniques.distill.students import mlp_student
+
+        student = mlp_student(x.shape[1], n_out, tuple(cfg.hidden), seed=ctx.seed, inputs=x)
+        notes = [f"student: MLP {x.shape[1]}-{'-'.join(map(str, cfg.hidden))}-{n_out} (inputs standardised)"]
+    else:
+        student = _factory_student(cfg.student, cfg.student_weights)
+        notes = [f"student: {type(student).__name__} from {cfg.student}"]
+    student.eval()
+    try:
+        with torch.no_grad():
+            out = first_tensor(student(*example))
+    except Exception as exc:
+        raise PressoError(f"The student does not run on the model's inputs {ctx.input_names}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    if out[0].numel() != n_out:
+        raise PressoError(f"The student gives {out[0].numel()} values per row, the teacher {n_out}; "
+                          "give a student whose output has the teacher's shape.")
+    return student, notes
+
+
+def _settings(cfg: DistillConfig, ctx: StageContext) -> DistillConfig:
+    big = ctx.transformer is not None
+    return cfg.model_copy(update={"epochs": cfg.epochs if cfg.epochs is not None else (3 if big else 60),
+                                  "lr": cfg.lr if cfg.lr is not None else (1e-4 if big else 1e-3)})
+
+
+def _extra_rows(cfg: DistillConfig, ctx: StageContext):
+    if cfg.train_data is None:
+        return None
+    if ctx.read_data is None:
+        raise PressoError("train_data needs the pipeline's data reader; run the distill stage through compress.")
+    ds = ctx.read_data(cfg.train_data)
+    return ds.inputs, None if ds.target is None else np.asarray(ds.target)
+
+
+def _checkpoint(cfg: DistillConfig, width: float, first: bool) -> Path | None:
+    if cfg.checkpoint is None:
+        return None
+    path = Path(cfg.checkpoint)
+    return path if first else path.with_name(f"{path.stem}-width{width:g}{path.suffix}")
+
+
+def train_student(student: nn.Module, data: DistillData, cfg: DistillConfig, ctx: StageContext,
+                  checkpoint: Path | None):
+    """Fit ``student`` (in place) to the teacher; returns the :class:`presso.train.FitReport`."""
+    from presso.train import FitSettings, fit
+    from presso.train.losses import teacher_logits_from
+
+    kind = loss_kind(cfg.loss, ctx.task)
+    teacher, val_teacher = data.teacher, data.val_teacher
+    if kind == "kl":  # a probability teacher (predict_proba) gives its log-probabilities
+        teacher = teacher_logits_from(teacher).numpy()
+        val_teacher = None if val_teacher is None else teacher_logits_from(val_teacher).numpy()
+    n_out = int(np.prod(teacher.shape[1:]))
+    has_labels = kind == "kl" and data.labels is not None
+    train = (data.train, target_rows(teacher, data.labels if has_labels else None))
+    val = None if data.val is None else (data.val, target_rows(val_teacher, data.val_labels if has_labels else None))
+    trainee = Trainee(student, ctx.module if cfg.hints else None, cfg.hints, example_inputs(ctx))
+    loss = distill_loss(kind, n_out, alpha=cfg.alpha, temperature=cfg.temperature, has_labels=has_labels,
+                        trainee=trainee, hint_weight=cfg.hint_weight)
+    settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
+                           patience=cfg.patience, max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60)
+    progress = ctx.progress
+    with (progress.task(f"{STAGE}: training the student", total=cfg.epochs) if progress is not None
+          else _no_bar()) as advance:
+        def on_epoch(row: dict) -> None:
+            score = row.get("val_score")
+            line = (f"{STAGE}: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
+                    + ("" if score is None else f", validation loss {-score:.4g}"))
+            advance(1, description=line)
+            ctx.log(line)
+
+        report = fit(trainee, train, val, loss, None, settings, input_names=ctx.input_names, on_epoch=on_epoch,
+                     checkpoint=checkpoint)
+    return report, kind
+
+
+class _no_bar:
+    def __enter__(self):
+        return lambda n=1, description=None: None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext) -> StageResult:
+    from presso.train import distributed
+
+    if ctx.export is None or ctx.teacher_fn is None:
+        raise PressoError("The distill stage trains a PyTorch student; put it first in the recipe, before ONNX stages.")
+    cfg = _settings(cfg, ctx)
+    data = distill_data(ctx, validation_fraction=cfg.validation_fraction, augment=cfg.augment,
+                        extra=_extra_rows(cfg, ctx), cache=teacher_cache_dir())
+    n_out = int(np.prod(data.teacher.shape[1:]))
+    teacher_params = None if ctx.module is None else count_parameters(ctx.module)
+    widths = wider(cfg.student_width, cfg.backoff) if cfg.student == "auto" else [1.0]
+
+    def attempt(width: float) -> Candidate:
+        student, notes = build_student(cfg, ctx, width, data.train, n_out)
+        params = count_parameters(student)
+        report, kind = train_student(student, data, cfg, ctx, _checkpoint(cfg, width, width == widths[0]))
+        if distributed.world_size() > 1 and not distributed.is_main():
+            raise distributed.WorkerDone()  # rank 0 exports, verifies and writes; the others are done
+        name = f"student width {width:g}" if cfg.student == "auto" else "student"
+        path = ctx.export(student.eval(), ctx.workdir / f"student-{width:g}.onnx")
+        score = ctx.score(path)
+        size = (f"{teacher_params:,} -> {params:,} parameters ({params / teacher_params:.1%} of the teacher)"
+                if teacher_params else f"{params:,} parameters")
+        loss_words = {"kl": f"soft targets T={cfg.temperature:g}, alpha {cfg.alpha:g}"
+                            + (" with labels" if data.labels is not None and cfg.alpha < 1 else ""),
+                      "mse": "mean squared error to the teacher", "cosine": "cosine to the teacher"}[kind]
+        hints = f", hints on {len(cfg.hints)} layer pair(s)" if cfg.hints else ""
+        note = (f"{size}; distilled ({loss_words}{hints}) for {report.epochs_run} epochs on {data.describe()} "
+                f"(best epoch {report.best_epoch}, stopped: {report.stopped}"
+                + (f", resumed after epoch {report.resumed_from}" if getattr(report, "resumed_from", 0) else "") + ")")
+        # The checkpoint belongs to this run only; the pinned recipe starts afresh.
+        options = {"width": width, "checkpoint": None} if cfg.student == "auto" else {"checkpoint": None}
+        return Candidate(name=name, path=path, score=score, note=note, options=options, module=student,
+                         notes=[*notes, f"{STAGE}: {note}"])
+
+    return with_backoff(widths, attempt, ctx, STAGE)

@@ -1,0 +1,364 @@
+"""Students for knowledge distillation, derived from the teacher or built from scratch.
+
+:func:`derive_student` copies a PyTorch teacher (never changing it) and makes it
+
+* shallower (``depth``): keeps ``depth`` of the transformer encoder's layers (DistilBERT
+  style) or of the longest stack of same-shape blocks in an ``nn.Sequential`` /
+  ``nn.ModuleList``, evenly spaced: ``numpy.linspace(0, L - 1, depth).round()`` (numpy rounds
+  halves to even), so the first and last are always kept: 6 -> 3 keeps 0, 2, 5; 4 -> 2 keeps
+  0, 3; ``depth=1`` keeps the first;
+* narrower (``width``): presso's structured pruning physically removes channels / neurons
+  (:func:`~presso.techniques.pruning.structured.prune_channels`, the output layer keeps its
+  size) or attention heads and feed-forward neurons
+  (:func:`~presso.techniques.pruning.transformer.prune_transformer`). Depth goes first.
+
+``init="teacher"`` keeps the surviving weights (the student starts close to the teacher);
+``init="random"`` re-initialises the same architecture from a seed: a student trained from
+scratch is the classic baseline that shows what distillation adds.
+
+:func:`mlp_student` is the student for teachers presso cannot take apart (ONNX files,
+scikit-learn models): a plain MLP on flat rows that standardises its raw inputs.
+
+>>> import torch
+>>> from torch import nn
+>>> teacher = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+...                         nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+>>> student, notes = derive_student(teacher, (torch.randn(4, 8),), StudentPlan(width=0.5, depth=1))
+>>> notes[0]
+'kept 1 of 2 same-shape blocks of the Sequential (blocks 0): 2,466 -> 1,410 parameters'
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from presso.data.examples._cache import Standardize, seeded
+from presso.errors import PressoError
+from presso.model.loaded import count_parameters, first_tensor
+from presso.techniques.pruning.structured import prune_channels
+from presso.techniques.pruning.transformer import find_encoder_layers, prune_transformer
+
+INITS = ("teacher", "random")
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    """How :func:`derive_student` shrinks the teacher; validated at construction.
+
+    width : kept fraction of channels / neurons (of a transformer's heads and FFN neurons), (0, 1].
+    depth : blocks / transformer layers kept, evenly spaced; None keeps all.
+    init : ``"teacher"`` keeps the surviving weights; ``"random"``: same architecture, seeded init.
+    """
+
+    width: float = 1.0
+    depth: int | None = None
+    init: str = "teacher"
+
+    def __post_init__(self) -> None:
+        w = self.width
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
+            raise PressoError(f"The 'width' of a student must be a float in (0, 1]. Got {w!r} instead.")
+        d = self.depth
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise PressoError(f"The 'depth' of a student must be an int >= 1 or None (keep all). "
+                              f"Got {d!r} instead.")
+        if self.init not in INITS:
+            raise PressoError(f"The 'init' of a student must be one of {', '.join(INITS)}. "
+                              f"Got {self.init!r} instead.")
+
+
+def _run(module: nn.Module, inputs: tuple) -> torch.Tensor:
+    with torch.no_grad():
+        return first_tensor(module(*inputs))
+
+
+def _evenly(count: int, depth: int, what: str) -> list[int]:
+    """Indices of the ``depth`` of ``count`` items kept (first and last included)."""
+    if depth > count:
+        raise PressoError(f"A student 'depth' of {depth} exceeds the teacher's {count} {what}; "
+                          f"give a depth in [1, {count}].")
+    return sorted({int(i) for i in np.linspace(0, count - 1, depth).round()})
+
+
+def _keep_children(container: nn.Module, drop: set[int]) -> None:
+    """Remove the children at positions ``drop``; numbered names are renumbered (as torch does)."""
+    items = list(container._modules.items())
+    kept = [(k, m) for j, (k, m) in enumerate(items) if j not in drop]
+    numbered = all(k.isdigit() for k, _ in items)
+    container._modules = OrderedDict((str(j) if numbered else k, m) for j, (k, m) in enumerate(kept))
+
+
+# ---------------------------------------------------------------- depth: transformers
+
+def _shallower_transformer(student: nn.Module, depth: int) -> str:
+    layers = find_encoder_layers(student)
+    parents = {name.rpartition(".")[0] for name, _ in layers}
+    parent = student.get_submodule(parents.pop()) if len(parents) == 1 else None
+    if not isinstance(parent, nn.ModuleList) or len(parent) != len(layers):
+        raise PressoError("depth needs the encoder's layers in one nn.ModuleList of nothing else (as in "
+                          "BERT's encoder.layer); this model spreads them out — use width.")
+    keep = _evenly(len(layers), depth, "encoder layers")
+    _keep_children(parent, set(range(len(layers))) - set(keep))
+    for new_idx, layer in enumerate(parent):  # cache slots of HF attention follow the layer's position
+        for sub in layer.modules():
+            if isinstance(getattr(sub, "layer_idx", None), int):
+                sub.layer_idx = new_idx
+    path = layers[0][0].split(".")[:-2]       # modules from the root down to the ModuleList's owner
+    for i in range(len(path) + 1):
+        config = getattr(student.get_submodule(".".join(path[:i])), "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):
+            config.num_hidden_layers = len(keep)
+    return f"kept encoder layers {', '.join(map(str, keep))} of {len(layers)}"
+
+
+# ---------------------------------------------------------------- depth: stacks of blocks
+
+def _same_shape_calls(student: nn.Module, containers: list, inputs: tuple) -> dict[int, list[bool]]:
+    """For every child of ``containers``: per call, whether it mapped a tensor to one of the same shape."""
+    calls: dict[int, list[bool]] = {}
+
+    def hook(child, args, out):
+        same = (len(args) >= 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor)
+                and out.shape == args[0].shape)
+        calls.setdefault(id(child), []).append(same)
+
+    handles = [c.register_forward_hook(hook) for _, box in containers for c in box.children()]
+    try:
+        _run(student, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _runs(box: nn.Module, calls: dict[int, list[bool]]) -> list[list[list[int]]]:
+    """Runs of consecutive blocks of ``box``; a block is a child with parameters that keeps its
+    input's shape, followed by the parameter-free shape-keeping children after it (activations)."""
+    runs: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    for j, child in enumerate(box.children()):
+        seen = calls.get(id(child), [])
+        if not seen or not all(seen):          # changes the shape, or never called: the run ends
+            if current:
+                runs.append(current)
+            current = []
+        elif any(True for _ in child.parameters()):
+            current.append([j])
+        elif current:
+            current[-1].append(j)
+    if current:
+        runs.append(current)
+    return runs
+
+
+def _shallower_stack(student: nn.Module, depth: int, inputs: tuple) -> str:
+    containers = [(n, m) for n, m in student.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))]
+    calls = _same_shape_calls(student, containers, inputs)
+    best_name, best_box, best = "", None, []
+    for name, box in containers:
+        for run in _runs(box, calls):
+            if len(run) > len(best):
+                best_name, best_box, best = name, box, run
+    if not best:
+        raise PressoError("depth needs a transformer encoder or a stack of same-shape blocks (nn.Sequential / "
+                          "nn.ModuleList); this model has none — use width.")
+    keep = _evenly(len(best), depth, f"same-shape blocks of '{best_name or type(best_box).__name__}'")
+    _keep_children(best_box, {j for b, block in enumerate(best) if b not in keep for j in block})
+    where = f"'{best_name}'" if best_name else f"the {type(best_box).__name__}"
+    return (f"kept {len(keep)} of {len(best)} same-shape blocks of {where} "
+            f"(blocks {', '.join(map(str, keep))})")
+
+
+# ---------------------------------------------------------------- width
+
+def _narrower_transformer(student: nn.Module, width: float, inputs: tuple) -> str:
+    report = prune_transformer(student, inputs, heads_ratio=1 - width, ffn_ratio=1 - width,
+                               importance="l2", scope="layer", round_to=8)
+    rows = report.summary()
+    heads = sorted({(r["heads_kept"], r["heads_kept"] + r["heads_removed"]) for r in rows})
+    ffn = sorted({(r["ffn_kept"], r["ffn_kept"] + r["ffn_removed"]) for r in rows})
+    return (f"kept {width:.0%} of attention heads and FFN neurons per layer (heads "
+            f"{', '.join(f'{k} of {n}' for k, n in heads)}; FFN {', '.join(f'{k} of {n}' for k, n in ffn)}; "
+            f"fuse its ONNX export with attention_shape(student))")
+
+
+def _narrower(student: nn.Module, width: float, inputs: tuple) -> str:
+    prune_channels(student, inputs, ratio=1 - width, importance="l2", scope="layer")
+    return f"kept {width:.0%} of channels / neurons (the output layer keeps its size)"
+
+
+# ---------------------------------------------------------------- init
+
+def _hf_models(student: nn.Module) -> list[nn.Module]:
+    """The outermost Hugging Face PreTrainedModels inside ``student`` (transformers only if loaded)."""
+    if "transformers" not in sys.modules:
+        return []
+    from transformers import PreTrainedModel
+
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in student.named_modules():
+        if isinstance(m, PreTrainedModel) and not any(name.startswith(f + ".") or f == "" for f, _ in found):
+            found.append((name, m))
+    return [m for _, m in found]
+
+
+def _reinitialise(student: nn.Module, seed: int) -> list[str]:
+    """Fresh weights everywhere but in Standardize layers (fitted input statistics, not weights)."""
+    fixed = {id(m) for s in student.modules() if isinstance(s, Standardize) for m in s.modules()}
+    owners = set()
+    with seeded(seed):
+        for m in student.modules():
+            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            if id(m) not in fixed and callable(reset):
+                reset()
+                owners.add(id(m))
+        for hf in _hf_models(student):
+            # The model's own scheme (normal(0, initializer_range), LayerNorm 1/0); transformers 5
+            # skips tensors flagged as loaded, so the flags go first.
+            for t in (*hf.parameters(), *hf.buffers()):
+                if getattr(t, "_is_hf_initialized", False):
+                    t._is_hf_initialized = False
+            hf.apply(hf._init_weights)
+            owners.update(id(m) for m in hf.modules())
+    missed = [n for n, m in student.named_modules() if id(m) not in owners
+              for p, _ in m.named_parameters(recurse=False)]
+    notes = [f"re-initialised all weights from seed {seed} (a from-scratch student of the same shape)"]
+    if missed:
+        notes.append(f"kept the teacher's values of {len(missed)} parameters whose module has no "
+                     f"reset_parameters (first: {missed[0]})")
+    if fixed:
+        notes.append("kept the fitted input standardisation (Standardize layers)")
+    return notes
+
+
+# ---------------------------------------------------------------- entry points
+
+def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...], plan: StudentPlan,
+                   *, transformer: dict | None = None, seed: int = 0) -> tuple[nn.Module, list[str]]:
+    """A smaller copy of ``teacher``: ``plan.depth`` blocks / layers, ``plan.width`` of its channels.
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        Left unchanged (the student is built on a deep copy).
+    example_inputs : tuple of Tensor
+        What the teacher's forward takes, positionally (a small batch is enough).
+    plan : StudentPlan
+        ``width``, ``depth`` and ``init`` (see the module docstring for the rules).
+    transformer : dict, optional
+        ``LoadedModel.transformer`` of a transformer encoder; BERT-like encoder layers found in
+        the model make it a transformer too.
+    seed : int
+        Seed of ``init="random"``.
+
+    Returns
+    -------
+    (nn.Module, list of str)
+        The student (in the teacher's train / eval mode) and one line per thing done.
+
+    Raises
+    ------
+    PressoError
+        For a depth the model has no stack for or more than it has, a layer that structured
+        pruning refuses, or a student that no longer runs or gives another output shape.
+
+    Examples
+    --------
+    >>> from presso.data.examples.digits import DigitsCNN
+    >>> student, notes = derive_student(DigitsCNN(), (torch.rand(2, 1, 8, 8),), StudentPlan(width=0.45))
+    >>> notes[-1]
+    'kept 45% of channels / neurons (the output layer keeps its size): 38,282 -> 7,556 parameters'
+    """
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    student = copy.deepcopy(teacher).eval()
+    try:
+        ref = _run(student, inputs)
+    except Exception as err:
+        raise PressoError(f"derive_student could not run the teacher on the example inputs "
+                          f"({type(err).__name__}: {err}); pass what its forward takes, as a tuple.") from err
+    is_transformer = bool(find_encoder_layers(student))
+    if transformer is not None and not is_transformer:
+        raise PressoError("The teacher is marked as a transformer but has no BERT-style encoder layers "
+                          "(attention.self.query/key/value, intermediate.dense, output.dense); "
+                          "derive_student shrinks BERT-like encoders only — give a factory student.")
+    notes = []
+    for step, wanted in (("depth", plan.depth is not None), ("width", plan.width < 1.0)):
+        if not wanted:
+            continue
+        before = count_parameters(student)
+        if step == "depth":
+            note = (_shallower_transformer(student, plan.depth) if is_transformer
+                    else _shallower_stack(student, plan.depth, inputs))
+        else:
+            note = (_narrower_transformer if is_transformer else _narrower)(student, plan.width, inputs)
+        notes.append(f"{note}: {before:,} -> {count_parameters(student):,} parameters")
+    try:
+        out = _run(student, inputs)
+    except Exception as err:
+        raise PressoError(f"The derived student no longer runs ({type(err).__name__}: {err}); its forward "
+                          f"probably indexes the removed blocks — use width only, or a factory student.") from err
+    if out.shape != ref.shape:
+        raise PressoError(f"The derived student's output shape {tuple(out.shape)} differs from the teacher's "
+                          f"{tuple(ref.shape)}; use width only, or a factory student.")
+    if plan.init == "random":
+        notes += _reinitialise(student, seed)
+    if not notes:
+        notes.append(f"kept the teacher whole ({count_parameters(student):,} parameters): width 1, all blocks")
+    return student.train(teacher.training), notes
+
+
+class MLPStudent(nn.Module):
+    """(N, n_inputs) raw features -> (N, n_outputs): standardise, then Linear/ReLU layers."""
+
+    def __init__(self, standardize: Standardize, net: nn.Sequential) -> None:
+        super().__init__()
+        self.standardize, self.net = standardize, net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.standardize(x))                    # (N, n_outputs)
+
+
+def mlp_student(n_inputs: int, n_outputs: int, hidden: tuple[int, ...] = (64, 64), seed: int = 0,
+                inputs: np.ndarray | None = None) -> MLPStudent:
+    """A plain MLP student for flat float rows, for teachers without a PyTorch architecture.
+
+    ``inputs`` (N, n_inputs) rows fit the standardisation (mean / std per feature, kept as
+    buffers), so the student takes raw features; without them it passes inputs through.
+    The weights come from ``seed``; the forward's one input is named ``x``.
+
+    >>> student = mlp_student(30, 2, hidden=(16,), inputs=np.random.rand(50, 30) * 1000)
+    >>> student(torch.rand(4, 30) * 1000).shape
+    torch.Size([4, 2])
+    """
+    for key, value in (("n_inputs", n_inputs), ("n_outputs", n_outputs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PressoError(f"The '{key}' of an MLP student must be a positive int. Got {value!r} instead.")
+    sizes = tuple(hidden)
+    if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
+        raise PressoError(f"The 'hidden' sizes of an MLP student must be one or more positive ints, "
+                          f"e.g. (64, 64). Got {hidden!r} instead.")
+    standardize = Standardize(n_inputs)
+    if inputs is not None:
+        rows = np.asarray(inputs, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != n_inputs or len(rows) < 2:
+            raise PressoError(f"The inputs fitting an MLP student's standardisation must be (N >= 2, "
+                              f"{n_inputs}) rows. Got shape {rows.shape}; reshape to (-1, {n_inputs}).")
+        if not np.isfinite(rows).all():
+            raise PressoError("The inputs fitting an MLP student's standardisation contain NaN or inf; "
+                              "impute or drop those rows first.")
+        standardize = Standardize.fit(torch.from_numpy(rows))
+    widths = (n_inputs, *sizes)
+    with seeded(seed):
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        net = nn.Sequential(*layers, nn.Linear(widths[-1], n_outputs))
+    return MLPStudent(standardize, net).eval()

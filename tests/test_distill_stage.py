@@ -1,0 +1,248 @@
+"""The distill stage end to end: students of PyTorch, ONNX and callable teachers, the
+objective's numbers, the data rules (held-out rows never trained on, cached teacher
+outputs), the CLI and its checkpoint / resume contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import presso
+from presso.errors import PressoError
+from presso.measure.bench import BenchSettings
+from presso.techniques.distill.data import NO_LABEL, cached_teacher_outputs, without_rows
+from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
+from presso.techniques.distill.stage import wider
+
+QUICK = BenchSettings(rounds=2, round_seconds=0.02, throughput_batch=16)
+
+
+def _blobs(n=300, d=6, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(k, d))
+    y = rng.integers(0, k, n)
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y.astype(np.int64)
+
+
+class Wide(nn.Module):
+    def __init__(self, d=6, k=3, h=64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _teacher(X, y, seed=0):
+    torch.manual_seed(seed)
+    m = Wide()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(m(torch.from_numpy(X)), torch.from_numpy(y)).backward()
+        opt.step()
+    return m.eval()
+
+
+# --- the objective --------------------------------------------------------------------------
+
+def test_kl_objective_mixes_soft_targets_and_labels_by_hand():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]])
+    t = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    labels = np.array([2, NO_LABEL])
+    targets = torch.from_numpy(target_rows(t.numpy(), labels))
+    trainee = Trainee(nn.Identity(), None, [], (s,))
+    loss = distill_loss("kl", 3, alpha=0.7, temperature=2.0, has_labels=True, trainee=trainee, hint_weight=0)
+    # by hand: T^2 * mean_rows KL(p_t || p_s) at T=2, then cross-entropy on the labelled row only
+    pt = np.exp(t.numpy() / 2) / np.exp(t.numpy() / 2).sum(1, keepdims=True)
+    ps = np.exp(s.numpy() / 2) / np.exp(s.numpy() / 2).sum(1, keepdims=True)
+    kl = float(np.mean((pt * (np.log(pt) - np.log(ps))).sum(1))) * 4
+    ce = -np.log(np.exp(0.5) / np.exp(s.numpy()[0]).sum())
+    assert float(loss(s, targets)) == pytest.approx(0.7 * kl + 0.3 * ce, rel=1e-5)
+    # alpha 0: labels alone; a batch with no labelled row then gives 0 with a gradient path
+    only_ce = distill_loss("kl", 3, alpha=0.0, temperature=2.0, has_labels=True, trainee=trainee, hint_weight=0)
+    assert float(only_ce(s, targets)) == pytest.approx(ce, rel=1e-6)
+    unlabelled = torch.from_numpy(target_rows(t.numpy(), np.array([NO_LABEL, NO_LABEL])))
+    s_req = s.clone().requires_grad_(True)
+    zero = only_ce(s_req, unlabelled)
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
+
+
+def test_cosine_and_mse_objectives_against_numpy():
+    s, t = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [2.0, 2.0]])
+    trainee = Trainee(nn.Identity(), None, [], (s,))
+    cos = distill_loss("cosine", 2, alpha=1, temperature=1, has_labels=False, trainee=trainee, hint_weight=0)
+    mse = distill_loss("mse", 2, alpha=1, temperature=1, has_labels=False, trainee=trainee, hint_weight=0)
+    assert float(cos(s, torch.from_numpy(target_rows(t.numpy(), None)))) == pytest.approx(0.5)
+    assert float(mse(s, t)) == pytest.approx(float(np.mean((s.numpy() - t.numpy()) ** 2)))
+
+
+def test_wider_halves_the_gap_to_full_width():
+    assert wider(0.45, 2) == [0.45, 0.725, 0.8625]
+    assert wider(0.97, 3) == [0.97]
+
+
+# --- data rules -----------------------------------------------------------------------------
+
+def test_extra_rows_equal_to_heldout_rows_are_dropped():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    kept, labels, dropped = without_rows({"x": x}, np.arange(6), {"x": x[[1, 4]]})
+    assert dropped == 2 and kept["x"].tolist() == x[[0, 2, 3, 5]].tolist() and labels.tolist() == [0, 2, 3, 5]
+
+
+def test_teacher_outputs_are_cached_and_a_changed_teacher_misses(tmp_path):
+    x = {"x": np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)}
+    probe = {"x": x["x"][:4]}
+    calls = []
+
+    def teacher(scale):
+        def run(rows):
+            calls.append(len(rows["x"]))
+            return rows["x"] * scale
+        return run
+
+    a = cached_teacher_outputs(teacher(2.0), x, probe, tmp_path)
+    b = cached_teacher_outputs(teacher(2.0), x, probe, tmp_path)
+    np.testing.assert_array_equal(a, b)
+    assert calls == [4, 20, 4]  # the second call ran the probe only
+    c = cached_teacher_outputs(teacher(3.0), x, probe, tmp_path)
+    np.testing.assert_allclose(c, x["x"] * 3.0)
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob("*.tmp*"))
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+def test_derived_student_of_a_torch_teacher_within_budget():
+    X, y = _blobs()
+    teacher = _teacher(X, y)
+    r = presso.distill(teacher, (X, y), width=0.25, epochs=40, bench=QUICK, max_drop=0.02)
+    rep = r.report
+    assert rep.budget.passed and rep.budget.drop <= 0.02
+    assert rep.baseline.parameters == 4803 and rep.compressed.parameters < rep.baseline.parameters / 4
+    assert r.recipe.stages[0].options["width"] == 0.25 and r.recipe.stages[0].options["checkpoint"] is None
+    assert any("soft targets T=4" in n and "with labels" in n for n in rep.notes)
+
+
+def test_callable_teacher_gets_an_mlp_student_and_is_timed_as_itself(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _blobs(400)
+    clf = LogisticRegression(max_iter=500).fit(X[:200], y[:200])
+    np.savez(tmp_path / "extra.npz", X=X[:200])
+    r = presso.distill(clf.predict_proba, (X[200:], y[200:]), student="mlp", hidden=[32],
+                       train_data=str(tmp_path / "extra.npz"), task="classification", epochs=60, bench=QUICK)
+    rep = r.report
+    assert rep.model["kind"] == "callable" and "predict_proba" in rep.baseline.runtime
+    assert rep.baseline.parameters is None and rep.baseline.size_bytes > 0
+    assert rep.budget.drop <= 0.01
+    assert rep.compressed.parameters == 6 * 32 + 32 + 32 * 3 + 3 + 2 * 6  # + the standardisation mean, std
+    assert any("200 extra rows labelled by the teacher" in n for n in rep.notes)
+    assert presso.load(_saved(r, tmp_path)).predict(X[:3]).shape == (3, 3)
+
+
+def _saved(result, tmp_path):
+    out = tmp_path / "artifact"
+    result.save(out)
+    return out
+
+
+def test_heldout_rows_in_train_data_are_dropped_and_reported(tmp_path):
+    X, y = _blobs()
+    teacher = _teacher(X, y)
+    np.savez(tmp_path / "extra.npz", X=X)  # every row, held-out ones included
+    r = presso.distill(teacher, (X, y), width=0.5, epochs=2, train_data=str(tmp_path / "extra.npz"),
+                       bench=QUICK, max_drop=1.0)
+    n_eval = r.report.data["split"]["evaluation_rows"]
+    assert any(f"({n_eval} dropped: they repeat held-out rows)" in n for n in r.report.notes)
+
+
+def test_onnx_teacher_with_a_factory_student(tmp_path):
+    from presso.export.onnx_export import export_onnx
+    from presso.model.sources import from_module
+
+    X, y = _blobs()
+    teacher = _teacher(X, y)
+    onnx_path = tmp_path / "teacher.onnx"
+    export_onnx(from_module(teacher, "t", "test"), {"x": X[:2]}, onnx_path)
+    (tmp_path / "small.py").write_text(
+        "import torch\n"
+        "class Small(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))\n"
+        "    def forward(self, x):\n"
+        "        return self.net(x)\n"
+        "def build():\n"
+        "    return Small()\n")
+    r = presso.distill(str(onnx_path), (X, y), student=f"{tmp_path / 'small.py'}:build", epochs=40, bench=QUICK)
+    assert r.report.compressed.parameters == 6 * 16 + 16 + 16 * 3 + 3 and r.report.budget.drop <= 0.01
+
+
+def test_hints_train_a_projection_and_need_a_torch_teacher():
+    X, y = _blobs()
+    teacher = _teacher(X, y)
+    r = presso.distill(teacher, (X, y), width=0.5, epochs=3, hints=[["net.2", "net.2"]], bench=QUICK, max_drop=1.0)
+    assert any("hints on 1 layer pair(s)" in n for n in r.report.notes)
+    clf_fn = lambda x: teacher(torch.from_numpy(x)).detach().numpy()  # noqa: E731
+    with pytest.raises(PressoError, match="hints .* need a PyTorch teacher|student: auto derives"):
+        presso.distill(clf_fn, (X, y), student="mlp", hints=[["net.1", "net.1"]], task="classification",
+                       epochs=1, bench=QUICK)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"student": "mlp", "width": 0.3}, "width and depth derive a student"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"student": "nothing"}, "student must be auto, mlp or a factory"),
+    ({"hints": [["a"]]}, "pairs"),
+])
+def test_bad_options_name_the_option(kwargs, match):
+    X, y = _blobs(60)
+    with pytest.raises(PressoError, match=match):
+        presso.distill(Wide(), (X, y), **kwargs)
+
+
+def test_auto_student_needs_a_torch_teacher_and_callables_need_distill_first(tmp_path):
+    X, y = _blobs(60)
+    fn = lambda x: np.tile(np.array([[0.2, 0.3, 0.5]], np.float32), (len(x), 1))  # noqa: E731
+    with pytest.raises(PressoError, match="student: auto derives the student from the teacher.s PyTorch"):
+        presso.distill(fn, (X, y), task="classification", epochs=1, bench=QUICK)
+    with pytest.raises(PressoError, match="cannot start from a Python callable"):
+        presso.compress(fn, "int8", data=(X, y), task="classification")
+
+
+def test_student_with_the_wrong_output_shape_is_refused(tmp_path):
+    (tmp_path / "bad.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(6, 5)\n")
+    X, y = _blobs(60)
+    with pytest.raises(PressoError, match="gives 5 values per row, the teacher 3"):
+        presso.distill(_teacher(X, y), (X, y), student=f"{tmp_path / 'bad.py'}:build", epochs=1, bench=QUICK)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, capsys):
+    from presso.cli.main import main
+
+    X, y = _blobs()
+    torch.save(_teacher(X, y).state_dict(), tmp_path / "t.pt")
+    (tmp_path / "model.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(6, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), "
+        "torch.nn.ReLU(), torch.nn.Linear(64, 3))\n")
+    # the teacher's state dict is a Wide's: keys net.0..., so save the Sequential's own keys
+    state = {k.removeprefix("net."): v for k, v in torch.load(tmp_path / "t.pt").items()}
+    torch.save(state, tmp_path / "t.pt")
+    np.savez(tmp_path / "rows.npz", X=X, y=y)
+    out = tmp_path / "student"
+    args = [f"{tmp_path / 'model.py'}:build", "--weights", str(tmp_path / "t.pt"), "--data", str(tmp_path / "rows.npz"),
+            "--width", "0.5", "--epochs", "3", "--rounds", "2", "--max-drop", "1", "--quiet", "--out", str(out)]
+    assert main(["distill", *args]) == 0
+    assert (out / "model.onnx").is_file() and not out.with_name("student.checkpoint.pt").exists()
+    out2 = tmp_path / "student2"
+    args2 = [a if a != str(out) else str(out2) for a in args]
+    out2.with_name("student2.checkpoint.pt").write_bytes(b"left by a killed run")
+    assert main(["distill", *args2]) == 2
+    assert "add --resume to continue it" in capsys.readouterr().err and not out2.exists()
