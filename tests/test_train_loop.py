@@ -275,3 +275,12 @@ def test_unknown_task_and_bad_temperature():
         teacher_loss("classification", 0.0)
     with pytest.raises(PressoError, match=r"integers; for labels use .*cross_entropy"):
         teacher_loss("classification")(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+def test_batch_size_one_trains_every_row():
+    """batch_size 1 used to skip every batch (the lone-last-row rule) and divide by zero."""
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)
+    net = torch.nn.Linear(1, 1)
+    r = fit(net, ({"x": x}, 3 * x), None, torch.nn.functional.mse_loss,
+            settings=FitSettings(epochs=2, lr=0.05, batch_size=1))
+    assert r.epochs_run == 2 and np.isfinite(r.history[-1]["train_loss"])

@@ -25,7 +25,7 @@ def register(sub) -> None:
         "distill", help=HELP, description=HELP + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
-  presso distill --example digits --width 0.5
+  presso distill --example digits --width 0.45
   presso distill --example minilm --depth 3 --width 1 --train-data more-sentences.txt
   presso distill model.py:build --weights model.pt --data rows.npz --student small.py:build
   presso distill teacher.onnx --data rows.csv --target label --student mlp --int8
@@ -49,7 +49,7 @@ student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
                    "flat rows), or a factory 'file.py:fn' returning your nn.Module")
     s.add_argument("--student-weights", metavar="FILE", help="state dict for a factory student")
     s.add_argument("--width", type=float, default=None, help="auto: fraction of channels / neurons / heads kept "
-                   "(default 0.5)")
+                   "(default 0.45)")
     s.add_argument("--depth", type=int, default=None, help="auto: blocks / transformer layers kept (default all)")
     s.add_argument("--init", choices=["teacher", "random"], default="teacher",
                    help="auto: start from the teacher's weights (default) or from scratch")

@@ -175,7 +175,7 @@ def _train_epoch(module, xs, y, loss_fn, opt, batch_size: int, gen: torch.Genera
     total, seen = 0.0, 0
     for start in range(0, n, batch_size):
         idx = perm[start:start + batch_size]
-        if len(idx) == 1 and n > 1:  # BatchNorm cannot train on one row; reshuffled next epoch
+        if len(idx) == 1 and n > 1 and batch_size > 1:  # a lone last row: BatchNorm cannot train on one
             continue  # decided on the global batch, so all ranks skip it together
         if net is None:
             loss = step = loss_fn(_first(module(*[x[idx] for x in xs])), y[idx])

@@ -43,7 +43,8 @@ class DistillConfig(BaseModel):
 
     student: str = "auto"
     student_weights: str | None = None
-    width: float | None = Field(default=None, gt=0, le=1)  # None: 0.5 for a derived student
+    # None: 0.45 for a derived student (DigitsCNN keeps 19.7% of its parameters; 0.5 would keep 25.6%)
+    width: float | None = Field(default=None, gt=0, le=1)
     depth: int | None = Field(default=None, ge=1)
     init: Literal["teacher", "random"] = "teacher"
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
@@ -96,7 +97,7 @@ class DistillConfig(BaseModel):
 
     @property
     def student_width(self) -> float:
-        return 0.5 if self.width is None else self.width
+        return 0.45 if self.width is None else self.width
 
     @property
     def needs_teacher_module(self) -> bool:

@@ -192,4 +192,4 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
         return Candidate(name=name, path=path, score=score, note=note, options=options, module=student,
                          notes=[*notes, f"{STAGE}: {note}"])
 
-    return with_backoff(widths, attempt, ctx, STAGE)
+    return with_backoff(widths, attempt, ctx, STAGE, what="with a wider student, width")

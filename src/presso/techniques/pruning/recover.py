@@ -98,7 +98,7 @@ def milder(fraction: float, steps: int) -> list[float]:
 
 
 def with_backoff(fractions: list[float], attempt: Callable[[float], Candidate], ctx: StageContext,
-                 stage: str) -> StageResult:
+                 stage: str, what: str = "milder") -> StageResult:
     """Candidates at each fraction in turn, built lazily: the next, milder one is trained
     only when the previous failed the budget on the calibration rows or, when the
     pipeline verifies it, on the held-out rows."""
@@ -109,7 +109,7 @@ def with_backoff(fractions: list[float], attempt: Callable[[float], Candidate], 
             if i:
                 last = tried[-1]
                 drop = last.heldout_drop if last.heldout_drop is not None else last.score.drop
-                ctx.log(f"{stage}: {last.name} broke the budget (drop {drop:.4f}); retrying milder at {fraction:g}")
+                ctx.log(f"{stage}: {last.name} broke the budget (drop {drop:.4f}); retrying {what} at {fraction:g}")
             cand = attempt(fraction)
             tried.append(cand)
             if cand.score is not None and cand.score.passed:
