@@ -31,7 +31,7 @@ from pruning_suite import figures, start
 
 import presso
 
-KD = {"alpha": 0.9, "temperature": 4.0, "augment": 8}
+KD = {"alpha": 0.9, "temperature": 4.0, "augment": 2}
 LABELS_ONLY = {"alpha": 0.0, "augment": 0}
 
 
