@@ -29,6 +29,14 @@ from torch import Tensor, nn
 from presso.errors import PressoError
 from presso.tasks import get_task
 from presso.train import distributed as _dist
+from presso.train.losses import (
+    check_temperature,
+    cosine_loss,
+    finite_number,
+    loss_kind,
+    regression_loss,
+    soft_target_loss,
+)
 
 Data = tuple[dict[str, np.ndarray], np.ndarray]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -38,10 +46,6 @@ _EVAL_BATCH = 256
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -65,17 +69,17 @@ class FitSettings:
         bad = None
         if not (_is_int(self.epochs) and self.epochs >= 0):
             bad = ("epochs", "an int >= 0", self.epochs)
-        elif not (_is_num(self.lr) and self.lr > 0):
+        elif not (finite_number(self.lr) and self.lr > 0):
             bad = ("lr", "a positive number", self.lr)
         elif not (_is_int(self.batch_size) and self.batch_size >= 1):
             bad = ("batch_size", "an int >= 1", self.batch_size)
-        elif not (_is_num(self.weight_decay) and self.weight_decay >= 0):
+        elif not (finite_number(self.weight_decay) and self.weight_decay >= 0):
             bad = ("weight_decay", "a number >= 0", self.weight_decay)
         elif not (self.patience is None or (_is_int(self.patience) and self.patience >= 1)):
             bad = ("patience", "an int >= 1 or None", self.patience)
         elif not _is_int(self.seed):
             bad = ("seed", "an int", self.seed)
-        elif not (self.max_seconds is None or (_is_num(self.max_seconds) and self.max_seconds > 0)):
+        elif not (self.max_seconds is None or (finite_number(self.max_seconds) and self.max_seconds > 0)):
             bad = ("max_seconds", "a positive number or None", self.max_seconds)
         if bad:
             raise PressoError(f"The '{bad[0]}' option of the fine-tuning settings must be {bad[1]}. "
@@ -446,32 +450,11 @@ def teacher_loss(task: str, temperature: float = 1.0) -> LossFn:
     0.0
     """
     get_task(task)
-    if not (_is_num(temperature) and temperature > 0):
-        raise PressoError(f"The 'temperature' option must be a positive number. Got {temperature!r} instead.")
-    t = float(temperature)
-
-    def check(s: Tensor, ref: Tensor) -> Tensor:
-        if not ref.is_floating_point():
-            raise PressoError("teacher_loss compares with a teacher's raw outputs, but the targets are "
-                              "integers; for labels use torch.nn.functional.cross_entropy.")
-        if ref.numel() != s.numel():
-            raise PressoError(f"Student outputs {tuple(s.shape)} and teacher outputs {tuple(ref.shape)} "
-                              "differ in size; fit the student to outputs of the same shape.")
-        return ref.reshape(s.shape).to(s.dtype)
-
-    def kl(s: Tensor, ref: Tensor) -> Tensor:
-        ref = check(s, ref)
-        return F.kl_div(F.log_softmax(s / t, -1), F.log_softmax(ref / t, -1), reduction="batchmean",
-                        log_target=True) * (t * t)
-
-    def mse(s: Tensor, ref: Tensor) -> Tensor:
-        return F.mse_loss(s, check(s, ref))
-
-    def cosine(s: Tensor, ref: Tensor) -> Tensor:
-        ref = check(s, ref)
-        return 1.0 - F.cosine_similarity(s.reshape(len(s), -1), ref.reshape(len(s), -1), dim=1).mean()
-
-    return {"classification": kl, "embedding": cosine}.get(task, mse)
+    t = check_temperature(temperature)
+    kind = loss_kind(task)
+    if kind == "kl":
+        return lambda s, ref: soft_target_loss(s, ref, t)
+    return cosine_loss if kind == "cosine" else regression_loss
 
 
 def label_loss(task: str) -> LossFn:

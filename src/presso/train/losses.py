@@ -37,14 +37,21 @@ _MIN_PROB = 1e-7  # probabilities are clamped here before the log: log(0) would 
 _PROB_TOL = 1e-4
 
 
-def _is_num(v) -> bool:
+def finite_number(v) -> bool:
+    """A real, finite number that is not a bool (option checks here and in :mod:`presso.train.loop`)."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_temperature(temperature) -> float:
-    if not (_is_num(temperature) and temperature > 0):
+def check_temperature(temperature) -> float:
+    if not (finite_number(temperature) and temperature > 0):
         raise PressoError(f"The 'temperature' option must be a positive number. Got {temperature!r} instead.")
     return float(temperature)
+
+
+def loss_kind(task: str) -> str:
+    """The teacher loss a task uses: ``kl`` (soft targets) for classification, ``cosine``
+    for embeddings, ``mse`` for regression, forecasts and reconstructions."""
+    return {"classification": "kl", "embedding": "cosine"}.get(task, "mse")
 
 
 def _student(x, name: str) -> Tensor:
@@ -59,8 +66,8 @@ def _teacher(t, s: Tensor, name: str, student_name: str) -> Tensor:
     """``t`` as a detached tensor shaped and typed like the student output ``s``."""
     t = torch.as_tensor(t, device=s.device)
     if not t.is_floating_point():
-        raise PressoError(f"The '{name}' are integers, not a teacher's raw outputs; "
-                          "give class labels through hinton_loss(labels=...).")
+        raise PressoError(f"The '{name}' are integers; for labels use torch.nn.functional.cross_entropy, "
+                          "or hinton_loss(labels=...) beside a teacher's raw (float) outputs.")
     if t.numel() != s.numel():
         raise PressoError(f"The '{name}' have shape {tuple(t.shape)} but the '{student_name}' have "
                           f"{tuple(s.shape)}; give teacher outputs of the same shape as the student's.")
@@ -96,7 +103,7 @@ def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, temperature
     >>> float(soft_target_loss(s, s, temperature=2.0))
     0.0
     """
-    temp = _check_temperature(temperature)
+    temp = check_temperature(temperature)
     s = _student(student_logits, "student_logits")
     t = _teacher(teacher_logits, s, "teacher_logits", "student_logits")
     classes = s.shape[-1] if s.ndim else 1
@@ -148,10 +155,10 @@ def hinton_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor |
     >>> round(float(hinton_loss(s, t, temperature=2.0, alpha=1.0)), 4)
     1.2806
     """
-    if not (_is_num(alpha) and 0 <= alpha <= 1):
+    if not (finite_number(alpha) and 0 <= alpha <= 1):
         raise PressoError(f"The 'alpha' option must be a number in [0, 1] (the teacher's weight). "
                           f"Got {alpha!r} instead.")
-    temp = _check_temperature(temperature)
+    temp = check_temperature(temperature)
     s = _student(student_logits, "student_logits")
     if alpha < 1 and labels is None:
         raise PressoError(f"hinton_loss with alpha {alpha} needs labels; give labels or set alpha: 1.")

@@ -19,12 +19,6 @@ from presso.errors import PressoError
 from presso.train.losses import FeatureTap, HintLoss, cosine_loss, regression_loss, soft_target_loss
 
 
-def loss_kind(cfg_loss: str, task: str) -> str:
-    if cfg_loss != "auto":
-        return cfg_loss
-    return {"classification": "kl", "embedding": "cosine"}.get(task, "mse")
-
-
 def target_rows(teacher: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     """Teacher outputs flattened per row, then the label column when there are labels."""
     flat = np.asarray(teacher, np.float32).reshape(len(teacher), -1)

@@ -18,7 +18,7 @@ from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.distill.config import DistillConfig
 from presso.techniques.distill.data import DistillData, distill_data, teacher_cache_dir
-from presso.techniques.distill.objective import Trainee, distill_loss, loss_kind, target_rows
+from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
 from presso.techniques.pruning.recover import example_inputs, with_backoff
 
 STAGE = "distill"
@@ -118,9 +118,9 @@ def train_student(student: nn.Module, data: DistillData, cfg: DistillConfig, ctx
                   checkpoint: Path | None):
     """Fit ``student`` (in place) to the teacher; returns the :class:`presso.train.FitReport`."""
     from presso.train import FitSettings, fit
-    from presso.train.losses import teacher_logits_from
+    from presso.train.losses import loss_kind, teacher_logits_from
 
-    kind = loss_kind(cfg.loss, ctx.task)
+    kind = loss_kind(ctx.task) if cfg.loss == "auto" else cfg.loss
     teacher, val_teacher = data.teacher, data.val_teacher
     if kind == "kl":  # a probability teacher (predict_proba) gives its log-probabilities
         teacher = teacher_logits_from(teacher).numpy()
