@@ -11,11 +11,8 @@ data-parallel under torchrun (:mod:`presso.train.distributed`).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ from torch import Tensor, nn
 from presso.errors import PressoError
 from presso.tasks import get_task
 from presso.train import distributed as _dist
+from presso.train.checkpoint import FORMAT, fingerprint_of, read_checkpoint, save_atomic
 from presso.train.losses import (
     check_temperature,
     cosine_loss,
@@ -208,54 +206,6 @@ def _better(score: float, best: float) -> bool:
     return math.isfinite(score) and (not math.isfinite(best) or score > best)
 
 
-# --- checkpoints ------------------------------------------------------------------------------
-
-_FORMAT = "presso.fit-checkpoint/1"
-
-
-def _fingerprint(module: nn.Module, settings: FitSettings, train_rows: int, val_rows: int | None) -> dict:
-    """What must match for a checkpoint to belong to this fit (taken before any hook runs)."""
-    return {"settings": dataclasses.asdict(settings), "train_rows": train_rows, "val_rows": val_rows,
-            "parameters": [[name, list(p.shape)] for name, p in module.named_parameters()]}
-
-
-def _write_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    The rename is atomic, so a crash or Ctrl-C while writing leaves the previous epoch's
-    checkpoint whole rather than a truncated file that cannot be resumed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per fit: rank 0
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_checkpoint(path: Path, fingerprint: dict) -> dict:
-    """The checkpoint at ``path``, refused unless it was written by a fit like this one."""
-    fix = "delete it or pick another checkpoint path"
-    try:  # tensors, numbers, strings, lists and dicts only: no code runs while loading
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PressoError(f"The checkpoint {path} could not be read ({type(e).__name__}); {fix}.") from e
-    if not (isinstance(ckpt, dict) and ckpt.get("format") == _FORMAT):
-        raise PressoError(f"The file {path} is not a presso fine-tuning checkpoint; {fix}.")
-    saved = ckpt.get("fingerprint", {})
-    for key, what in (("settings", "fine-tuning settings"), ("train_rows", "number of training rows"),
-                      ("val_rows", "number of validation rows"), ("parameters", "parameter names or shapes")):
-        if saved.get(key) != fingerprint[key]:
-            raise PressoError(f"The checkpoint {path} is from another fine-tuning run (the {what} differ); {fix}.")
-    return ckpt
-
-
 def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
         score_fn: ScoreFn | None = None, settings: FitSettings = FitSettings(),
         input_names: list[str] | None = None, on_epoch: Callable[[dict], None] | None = None,
@@ -335,7 +285,7 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
     names = input_names if input_names is not None else list(train[0])
     val_xs, val_y = _columns(val, names, "validation", device) if val is not None else (None, None)
     path = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(module, settings, len(y), None if val is None else len(val_y))
+    fingerprint = fingerprint_of(module, settings, len(y), None if val is None else len(val_y))
     parallel, rank = _dist.active(), _dist.rank()
 
     def validate() -> float:
@@ -353,7 +303,7 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
         error = None
         if rank == 0:
             try:
-                _write_atomic({"format": _FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+                save_atomic({"format": FORMAT, "fingerprint": fingerprint, "epoch": epoch,
                                "finished": stop is not None, "stopped": stop or "", "module": module.state_dict(),
                                "optimizer": opt.state_dict(), "best_state": best_state, "best_score": best_score,
                                "best_epoch": best_epoch, "since_best": since_best, "history": history,
@@ -375,7 +325,7 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout draws from a seeded, private stream
         torch.manual_seed(settings.seed + rank)
-        ckpt = _read_checkpoint(path, fingerprint) if path is not None and path.exists() else None
+        ckpt = read_checkpoint(path, fingerprint) if path is not None and path.exists() else None
         try:
             if ckpt is not None:
                 done = ckpt["epoch"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from presso.train.checkpoint import save_atomic
 
 CACHE_ENV = "PRESSO_CACHE_DIR"
 
@@ -46,20 +47,6 @@ def _load(path: Path) -> dict | None:
     return state
 
 
-def _save(state: dict, path: Path) -> None:
-    """Write ``state`` atomically: a temp file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def cached_state_dict(
     name: str, version: int, train_fn: Callable[[], dict]
 ) -> tuple[dict, bool]:
@@ -74,7 +61,7 @@ def cached_state_dict(
         return state, False
     state = {k: v.detach().cpu().clone() for k, v in train_fn().items()}
     try:
-        _save(state, path)
+        save_atomic(state, path)
     except OSError as exc:
         warnings.warn(
             f"Could not cache the trained '{name}' example weights at {path} ({exc}); "
