@@ -16,17 +16,23 @@ from presso.techniques.base import StageContext
 Data = tuple[dict[str, np.ndarray], np.ndarray]
 
 
+def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) row indices of :func:`teacher_split`: a seeded ``fraction``
+    (at least one row, none of a single row) held back, each part in row order."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * fraction)) if n > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 def teacher_split(ctx: StageContext, fraction: float, stage: str,
                   targets: str = "teacher") -> tuple[Data, Data | None]:
     """(training, validation) inputs and targets from a seeded split of the calibration
     rows; validation is None with a single row. ``targets``: "teacher" (the original
     model's outputs) or "labels" (the data's target column)."""
-    n = len(ctx.calibration)
-    order = np.random.default_rng(ctx.seed).permutation(n)
-    n_val = max(1, round(n * fraction)) if n > 1 else 0
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    train_idx, val_idx = split_indices(len(ctx.calibration), fraction, ctx.seed)
+    n_val = len(val_idx)
     if len(train_idx) == 0:
-        raise PressoError(f"The '{stage}' stage needs calibration rows to fine-tune on; got {n}. "
+        raise PressoError(f"The '{stage}' stage needs calibration rows to fine-tune on; got {len(ctx.calibration)}. "
                           "Give more data or a larger --calibration-fraction.")
     inputs = {k: v for k, v in ctx.calibration.inputs.items() if k in ctx.input_names}
     if targets == "labels":

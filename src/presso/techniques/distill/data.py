@@ -19,7 +19,7 @@ import numpy as np
 
 from presso.errors import PressoError
 from presso.techniques.base import StageContext
-from presso.techniques.recovery import mixup_inputs, teacher_split
+from presso.techniques.recovery import mixup_inputs, split_indices, teacher_split
 
 Inputs = dict[str, np.ndarray]
 NO_LABEL = -1  # label of a row the data gives none for (extra and mixup rows)
@@ -110,13 +110,13 @@ def cached_teacher_outputs(teacher_fn: Callable[[Inputs], np.ndarray], inputs: I
     return out
 
 
-def _labels_for(ctx: StageContext, n_train: int, fraction: float) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The calibration labels in :func:`teacher_split`'s order (same seeded permutation)."""
+def _labels_for(ctx: StageContext, fraction: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The calibration labels of :func:`teacher_split`'s training and validation rows."""
     if ctx.labels is None or ctx.task != "classification":
         return None, None
-    (_, y_train), val = teacher_split(ctx, fraction, "distill", targets="labels")
-    y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
-    return y_train, None if val is None else np.asarray(val[1]).astype(np.int64).reshape(-1)
+    labels = np.asarray(ctx.labels).astype(np.int64).reshape(-1)
+    train_idx, val_idx = split_indices(len(labels), fraction, ctx.seed)
+    return labels[train_idx], labels[val_idx] if len(val_idx) else None
 
 
 def distill_data(ctx: StageContext, *, validation_fraction: float, augment: int,
@@ -124,7 +124,7 @@ def distill_data(ctx: StageContext, *, validation_fraction: float, augment: int,
                  cache: Path | None = None) -> DistillData:
     """Rows for distillation in the stage's context (see the module docstring)."""
     (train, teacher), val = teacher_split(ctx, validation_fraction, "distill")
-    y_train, y_val = _labels_for(ctx, len(teacher), validation_fraction)
+    y_train, y_val = _labels_for(ctx, validation_fraction)
     teacher = np.asarray(teacher, np.float32)
     n_cal, n_extra, n_mixed, dropped = len(teacher), 0, 0, 0
     probe = {k: v[:4] for k, v in train.items()}
