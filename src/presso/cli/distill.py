@@ -97,6 +97,7 @@ def _checkpoints(checkpoint: Path) -> list[Path]:
 def run(args) -> int:
     import presso
     from presso.errors import PressoError
+    from presso.progress import SILENT
     from presso.recipe.result import check_output_dir
     from presso.recipe.schema import Recipe, Stage
     from presso.report.terminal import print_summary
@@ -104,7 +105,7 @@ def run(args) -> int:
 
     distributed.init_from_env()
     main = distributed.is_main()
-    progress = make_progress(args) if main else make_progress(argparse.Namespace(quiet=True))
+    progress = make_progress(args) if main else SILENT  # rank 0 alone reports
     model, data, task, name = model_and_data(args, progress, "TEACHER")
     out = Path(args.out or f"presso-{name}-student")
     if main:

@@ -140,10 +140,10 @@ def bench_with_callable(teacher, path: Path, batch1: dict[str, np.ndarray], batc
                         on_round: Callable[[], None] | None = None) -> dict[str, dict]:
     """A callable teacher (``baseline``: its own predict, called as the user calls it) and an
     ONNX model (``compressed``), timed in the same interleaved rounds."""
-    sess = make_session(path, threads=settings.thread_count, spinning=False)
+    sess = _sessions({"compressed": path}, settings)["compressed"]
 
     def own(feed: dict[str, np.ndarray]) -> Callable[[], object]:
-        arg = feed[teacher.input_names[0]] if len(teacher.input_names) == 1 else feed
+        arg = teacher.predict_arg(feed)
         return lambda: teacher.predict(arg)
 
     return bench_calls({"baseline": own(batch1), "compressed": _caller(sess, batch1)},

@@ -96,18 +96,21 @@ class LoadedModel:
             outs.append(first_tensor(self.module(*args)).float().numpy())
         return np.concatenate(outs)
 
-    def run_callable(self, inputs: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
-        """Outputs of the ``predict`` callable on named numpy inputs, in batches, as float32.
+    def predict_arg(self, inputs: dict[str, np.ndarray]):
+        """What ``predict`` is called with: the one input's array (what scikit-learn's
+        ``predict_proba`` takes), or the dict of the model's inputs."""
+        if len(self.input_names) == 1:
+            return inputs[self.input_names[0]]
+        return {k: inputs[k] for k in self.input_names}
 
-        A model with one input gets that array (what scikit-learn's ``predict_proba``
-        takes), one with several gets the dict of arrays."""
+    def run_callable(self, inputs: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+        """Outputs of the ``predict`` callable on named numpy inputs, in batches, as float32."""
         if self.predict is None:
             raise ValueError("not a callable model")
         n = len(next(iter(inputs.values())))
         outs = []
         for start in range(0, n, batch_size):
-            part = {k: inputs[k][start:start + batch_size] for k in self.input_names}
-            out = self.predict(part[self.input_names[0]] if len(self.input_names) == 1 else part)
+            out = self.predict(self.predict_arg({k: v[start:start + batch_size] for k, v in inputs.items()}))
             if isinstance(out, torch.Tensor):
                 out = out.detach().cpu().numpy()
             outs.append(np.asarray(out, dtype=np.float32))

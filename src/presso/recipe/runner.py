@@ -69,6 +69,7 @@ class Run:
     bench: BenchSettings
     progress: Progress
     baseline_eval: np.ndarray | None = None  # the fp32 ONNX baseline's held-out outputs
+    seq_len: int = 128  # token length of text rows (extra text for a stage is tokenized alike)
 
     @property
     def primary(self) -> str:
@@ -130,7 +131,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
     workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
     try:
         run = _prepare(loaded, data, task or settings.task, max_drop, settings, seed,
-                       calibration_fraction, workdir, bench, progress)
+                       calibration_fraction, workdir, bench, progress, seq_len)
         baseline_path = _baseline(run)
         current = baseline_path
         stage_reports, notes = [], list(loaded.notes)
@@ -176,23 +177,22 @@ def _check_stage_order(recipe: Recipe, stages, loaded: LoadedModel) -> None:
     if loaded.kind != "torch":
         # A student with its own architecture (distill: student mlp / a factory) can learn from
         # an ONNX file or a callable; every stage after it works on that student.
-        own = [i for i, (t, c) in enumerate(stages, 1) if not getattr(c, "needs_teacher_module", True)]
+        first, config = stages[0] if stages else (None, None)
+        needs_module = getattr(config, "needs_teacher_module", None)  # None: not a distill stage
         what = "an ONNX file" if loaded.kind == "onnx" else "a Python callable"
-        if own[:1] != [1]:
-            first, config = stages[0] if stages else (None, None)
-            if getattr(config, "needs_teacher_module", False):
-                raise PressoError(f"Recipe '{recipe.name}' stage 1 '{first.name}': student: auto derives the student "
-                                  f"from the teacher's PyTorch architecture, and this teacher is {what}. Use "
-                                  "student: mlp (flat rows) or your own student factory file.py:fn.")
-            if loaded.kind == "callable":
-                raise PressoError(f"Recipe '{recipe.name}' cannot start from {what}: presso can only distil a "
-                                  "student from it. Use a recipe whose first stage is distill with student: mlp "
-                                  "or a factory (e.g. presso distill MODEL --student mlp).")
-            if torch_stages:
-                i, name = torch_stages[0]
-                raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model; it needs "
-                                  "a PyTorch model or Hugging Face folder, not an ONNX file (or a distill stage "
-                                  "first with student: mlp or a factory).")
+        if needs_module:
+            raise PressoError(f"Recipe '{recipe.name}' stage 1 '{first.name}': student: auto derives the student "
+                              f"from the teacher's PyTorch architecture, and this teacher is {what}. Use "
+                              "student: mlp (flat rows) or your own student factory file.py:fn.")
+        if needs_module is None and loaded.kind == "callable":
+            raise PressoError(f"Recipe '{recipe.name}' cannot start from {what}: presso can only distil a "
+                              "student from it. Use a recipe whose first stage is distill with student: mlp "
+                              "or a factory (e.g. presso distill MODEL --student mlp).")
+        if needs_module is None and torch_stages:
+            i, name = torch_stages[0]
+            raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model; it needs "
+                              "a PyTorch model or Hugging Face folder, not an ONNX file (or a distill stage "
+                              "first with student: mlp or a factory).")
     first_onnx = next((i for i, (t, _) in enumerate(stages, 1) if t.domain == "onnx"), None)
     late = [(i, n) for i, n in torch_stages if first_onnx is not None and i > first_onnx]
     if late:
@@ -208,7 +208,7 @@ def _first(*values):
 
 def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: float | None,
              settings: Settings, seed: int, calibration_fraction: float, workdir: Path,
-             bench: BenchSettings, progress: Progress) -> Run:
+             bench: BenchSettings, progress: Progress, seq_len: int = 128) -> Run:
     """Check the data fits the model, take reference outputs, split, settle the task."""
     progress.log("running the original model on the data")
     try:
@@ -240,7 +240,7 @@ def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: flo
         calibration=parts.calibration, evaluation=parts.evaluation, split_info=split_info,
         ref_cal=reference[parts.calibration_index], ref_eval=reference[parts.evaluation_index],
         y_cal=parts.calibration.target, y_eval=parts.evaluation.target,
-        workdir=workdir, bench=bench, progress=progress,
+        workdir=workdir, bench=bench, progress=progress, seq_len=seq_len,
     )
 
 
@@ -326,15 +326,7 @@ def _stage_context(run: Run, stage_dir: Path, module, seed: int, torch_stage: bo
                         input_names=list(run.model.input_names),
                         export=export if torch_stage else None, teacher_fn=run.model.run,
                         evaluation_inputs=run.evaluation.inputs, progress=run.progress,
-                        read_data=lambda path: resolve_data(path, run.model, seq_len=_seq_len(run)))
-
-
-def _seq_len(run: Run) -> int:
-    """Token length of a text run's rows (extra text is tokenized to the same length)."""
-    if run.model.tokenizer is None:
-        return 128
-    first = run.data.inputs[run.model.input_names[0]]
-    return int(first.shape[1]) if first.ndim == 2 else 128
+                        read_data=lambda path: resolve_data(path, run.model, seq_len=run.seq_len))
 
 
 def _store_sparse(run: Run, path: Path) -> tuple[Path, dict | None]:

@@ -89,5 +89,6 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
                  "ort_thread_spinning": False, "onnxruntime": onnxruntime.__version__,
                  "torch": torch.__version__, "python": platform.python_version()},
         stages=stage_reports,
-        notes=[*notes, speed_note(base, comp, label), *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
+        notes=[*notes, speed_note(base, comp, label),
+               *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
     )

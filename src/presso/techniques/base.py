@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from presso.data.dataset import Dataset
+from presso.progress import SILENT, Progress
 
 if TYPE_CHECKING:  # a type only: techniques do not measure (see above)
     from presso.measure.bench import Timing
@@ -54,7 +55,7 @@ class StageContext:
     teacher_fn: Callable[[dict], Any] | None = None
     evaluation_inputs: dict | None = None  # the held-out rows: extra training rows must not repeat them
     read_data: Callable[[str], Dataset] | None = None  # a data file -> rows in the model's inputs
-    progress: Any = None  # a presso.progress.Progress for long training (None: silent)
+    progress: Progress = SILENT  # where long training shows its epochs
 
 
 @dataclass

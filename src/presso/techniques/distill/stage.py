@@ -134,9 +134,7 @@ def train_student(student: nn.Module, data: DistillData, cfg: DistillConfig, ctx
                         trainee=trainee, hint_weight=cfg.hint_weight)
     settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
                            patience=cfg.patience, max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60)
-    progress = ctx.progress
-    with (progress.task(f"{STAGE}: training the student", total=cfg.epochs) if progress is not None
-          else _no_bar()) as advance:
+    with ctx.progress.task(f"{STAGE}: training the student", total=cfg.epochs) as advance:
         def on_epoch(row: dict) -> None:
             score = row.get("val_score")
             line = (f"{STAGE}: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
@@ -147,14 +145,6 @@ def train_student(student: nn.Module, data: DistillData, cfg: DistillConfig, ctx
         report = fit(trainee, train, val, loss, None, settings, input_names=ctx.input_names, on_epoch=on_epoch,
                      checkpoint=checkpoint)
     return report, kind
-
-
-class _no_bar:
-    def __enter__(self):
-        return lambda n=1, description=None: None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext) -> StageResult:
