@@ -23,6 +23,23 @@ def _isolated(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: fits compared value for value must sum in one order."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def regression_rows(n=256, seed=0):
+    """(train, val) pairs of a small noisy regression: 192 training rows, the rest validation."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (np.tanh(x @ rng.normal(size=(6, 2))) + 0.05 * rng.normal(size=(n, 2))).astype(np.float32)
+    return ({"x": x[:192]}, y[:192]), ({"x": x[192:]}, y[192:])
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the presso command in a fresh process, as a user would."""
     return subprocess.run([sys.executable, "-m", "presso.cli.main", *args], cwd=cwd,

@@ -23,13 +23,7 @@ from presso.techniques.quantization.qat import (
 from presso.techniques.quantization.quantizers import dequantize, fake_quantize, quantize
 from presso.train import FitSettings, fit, task_score, teacher_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randn(shape, seed, spread=1.0):

@@ -9,26 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import regression_rows
 from numpy.testing import assert_allclose
 from torch import nn
 
 from presso.errors import PressoError
 from presso.train import FitReport, FitSettings, fit, task_score, teacher_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _regression(n=256, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 6)).astype(np.float32)
-    y = (np.tanh(x @ rng.normal(size=(6, 2))) + 0.05 * rng.normal(size=(n, 2))).astype(np.float32)
-    return ({"x": x[:192]}, y[:192]), ({"x": x[192:]}, y[192:])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(seed=0, dropout=0.0) -> nn.Module:
@@ -66,7 +54,7 @@ class Scripted:
 # --- determinism ------------------------------------------------------------------------------
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not():
-    train, val = _regression()
+    train, val = regression_rows()
     net = _mlp(dropout=0.2)  # dropout draws from fit's seeded stream too
     runs = {}
     for key, seed in (("a", 3), ("b", 3), ("c", 4)):
@@ -80,7 +68,7 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not():
 
 
 def test_fit_leaves_the_global_rng_alone():
-    train, val = _regression()
+    train, val = regression_rows()
     net = _mlp(dropout=0.5)
     torch.manual_seed(5)
     fit(net, train, val, F.mse_loss, settings=FitSettings(epochs=1))
@@ -92,7 +80,7 @@ def test_fit_leaves_the_global_rng_alone():
 # --- best weights, stopping -------------------------------------------------------------------
 
 def test_best_epoch_weights_are_restored():
-    train, val = _regression()
+    train, val = regression_rows()
     net = _mlp()
     states = []
     score = Scripted([0.1, 0.5, 0.9, 0.3, 0.2])
@@ -105,7 +93,7 @@ def test_best_epoch_weights_are_restored():
 
 
 def test_a_diverging_fit_ends_where_it_started():
-    train, val = _regression()
+    train, val = regression_rows()
     net = _mlp()
     fit(net, train, val, F.mse_loss, settings=FitSettings(epochs=20, lr=1e-2, patience=None))
     start, start_score = _state(net), _neg_mse(net, val)
@@ -117,7 +105,7 @@ def test_a_diverging_fit_ends_where_it_started():
 
 
 def test_training_improves_and_reports_the_restored_score():
-    train, val = _regression()
+    train, val = regression_rows()
     net = _mlp()
     before = _neg_mse(net, val)
     report = fit(net, train, val, F.mse_loss, settings=FitSettings(epochs=10, lr=1e-2, batch_size=32))
@@ -127,20 +115,20 @@ def test_training_improves_and_reports_the_restored_score():
 
 
 def test_early_stop_after_patience_epochs_without_improvement():
-    train, val = _regression()
+    train, val = regression_rows()
     score = Scripted([0.5, 0.6, 0.4, 0.6, 0.55, 0.9, 0.9])
     report = fit(_mlp(), train, val, F.mse_loss, score, FitSettings(epochs=6, patience=3))
     assert (report.epochs_run, report.best_epoch, report.stopped) == (4, 1, "early-stop")  # 0.6 is not > 0.6
 
 
 def test_time_cap_stops_after_the_epoch_that_crosses_it():
-    train, val = _regression()
+    train, val = regression_rows()
     report = fit(_mlp(), train, val, F.mse_loss, settings=FitSettings(epochs=5, max_seconds=1e-9))
     assert (report.epochs_run, report.stopped) == (1, "time")
 
 
 def test_without_validation_every_epoch_runs_and_the_last_weights_stay():
-    train, _ = _regression()
+    train, _ = regression_rows()
     net, rows = _mlp(), []
     report = fit(net, train, None, F.mse_loss, settings=FitSettings(epochs=3, patience=1), on_epoch=rows.append)
     assert isinstance(report, FitReport)
@@ -150,7 +138,7 @@ def test_without_validation_every_epoch_runs_and_the_last_weights_stay():
 
 
 def test_before_epoch_true_makes_the_current_weights_the_new_reference():
-    train, val = _regression()
+    train, val = regression_rows()
     # The starting 0.9 is never beaten, but the reset at epoch 3 validates again (0.2).
     score = Scripted([0.9, 0.5, 0.6, 0.2, 0.3, 0.25])
     report = fit(_mlp(), train, val, F.mse_loss, score, FitSettings(epochs=4, patience=None),
@@ -160,7 +148,7 @@ def test_before_epoch_true_makes_the_current_weights_the_new_reference():
 
 
 def test_keyboard_interrupt_propagates_with_the_best_weights_restored():
-    train, val = _regression()
+    train, val = regression_rows()
     net, states = _mlp(), []
 
     def stop(epoch):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import regression_rows
 from torch import nn
 
 from presso.errors import PressoError
@@ -15,19 +15,7 @@ from presso.train import FitSettings, fit
 SETTINGS = FitSettings(epochs=5, lr=1e-2, batch_size=40, weight_decay=0.01, patience=None, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _regression(n=256, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 6)).astype(np.float32)
-    y = (np.tanh(x @ rng.normal(size=(6, 2))) + 0.05 * rng.normal(size=(n, 2))).astype(np.float32)
-    return ({"x": x[:192]}, y[:192]), ({"x": x[192:]}, y[192:])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(kind="plain", hidden=16, seed=0) -> nn.Module:
@@ -66,7 +54,7 @@ def _files(folder) -> list[str]:
 @pytest.mark.parametrize("settings", [SETTINGS, FitSettings(epochs=10, lr=0.05, batch_size=16, patience=2, seed=1)],
                          ids=["all-epochs", "early-stop"])
 def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path, kind, settings):
-    train, val = _regression()
+    train, val = regression_rows()
     whole = _mlp(kind)
     expected = fit(whole, train, val, F.mse_loss, settings=settings)
 
@@ -92,7 +80,7 @@ def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path, kind, settings):
 
 
 def test_ctrl_c_mid_epoch_keeps_the_last_finished_epoch_and_the_best_weights(tmp_path):
-    train, val = _regression()
+    train, val = regression_rows()
     whole = _mlp("dropout")
     fit(whole, train, val, F.mse_loss, settings=SETTINGS)
 
@@ -122,7 +110,7 @@ def test_ctrl_c_mid_epoch_keeps_the_last_finished_epoch_and_the_best_weights(tmp
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
-    train, val = _regression()
+    train, val = regression_rows()
     whole = _mlp()
     expected = fit(whole, train, val, F.mse_loss, settings=SETTINGS)
     save = torch.save
@@ -148,7 +136,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(tmp
 
 
 def test_a_finished_checkpoint_restores_the_best_weights_without_training(tmp_path):
-    train, val = _regression()
+    train, val = regression_rows()
     ckpt = tmp_path / "sub" / "fit.pt"  # the folder is made
     first = _mlp()
     expected = fit(first, train, val, F.mse_loss, settings=SETTINGS, checkpoint=str(ckpt))
@@ -175,7 +163,7 @@ def test_a_finished_checkpoint_restores_the_best_weights_without_training(tmp_pa
 
 
 def test_without_validation_the_last_weights_are_resumed_and_kept(tmp_path):
-    train, _ = _regression()
+    train, _ = regression_rows()
     whole = _mlp()
     expected = fit(whole, train, None, F.mse_loss, settings=SETTINGS)
     ckpt = tmp_path / "fit.pt"
@@ -202,7 +190,7 @@ class Gated(nn.Module):
 
 
 def test_before_epoch_is_replayed_on_resume(tmp_path):
-    train, val = _regression()
+    train, val = regression_rows()
 
     def hook(net):
         def before_epoch(epoch):
@@ -232,7 +220,7 @@ def test_before_epoch_is_replayed_on_resume(tmp_path):
     ("shapes", r"the parameter names or shapes differ"),
 ])
 def test_a_checkpoint_of_another_run_is_refused(tmp_path, change, match):
-    train, val = _regression()
+    train, val = regression_rows()
     ckpt = tmp_path / "fit.pt"
     fit(_mlp(), train, val, F.mse_loss, settings=FitSettings(epochs=1), checkpoint=ckpt)
     settings, net = FitSettings(epochs=1), _mlp()
@@ -250,7 +238,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path, change, match):
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
-    train, val = _regression()
+    train, val = regression_rows()
     torn, other = tmp_path / "torn.pt", tmp_path / "other.pt"
     torn.write_bytes(b"not a torch file")
     torch.save({"weights": torch.zeros(2)}, other)
