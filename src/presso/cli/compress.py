@@ -34,7 +34,11 @@ def register(sub) -> None:
 The budget --max-drop is an absolute drop of the task's primary metric on the held-out
 rows: accuracy (classification), R^2 (regression, forecast), ROC-AUC (anomaly), mean
 cosine to the original (embedding); without labels, agreement / R^2 with the original.
-Default 0.01. If no variant meets it, presso writes nothing and exits with code 1.""",
+Default 0.01. If no variant meets it, presso writes nothing and exits with code 1.
+
+Each finished stage is kept in OUT.checkpoint/ until the run completes; after an
+interruption (Ctrl-C, a killed process) run the same command with --resume to continue
+from the last finished stage.""",
     )
     p.add_argument("model", nargs="?", help="an .onnx file, a Hugging Face model folder, or a "
                    "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module")
@@ -43,27 +47,43 @@ Default 0.01. If no variant meets it, presso writes nothing and exits with code 
     add_data_options(p)
     p.add_argument("--recipe", default="int8", help="built-in recipe name or recipe .yaml (default: int8)")
     p.add_argument("--out", metavar="DIR", help="artifact folder (default: ./presso-NAME-RECIPE)")
+    p.add_argument("--packed", action="store_true",
+                   help="also write model.packed: the weights entropy-coded (sparse + low-bit + LZMA), "
+                        "with its size in the report (recipes with a 'pack' stage always do)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last finished stage (OUT.checkpoint/)")
     add_run_options(p)
     add_bench_options(p)
     add_common(p)
     p.set_defaults(run=run)
 
 
+def checkpoint_dir(out: Path) -> Path:
+    """Where a run keeps its finished stages: beside the artifact, never inside it (the
+    artifact folder is written atomically at the end)."""
+    return out.with_name(out.name + ".checkpoint")
+
+
 def run(args) -> int:
     import presso
     from presso.recipe.result import check_output_dir
+    from presso.recipe.schema import load_recipe
     from presso.report.terminal import print_summary
 
+    recipe = load_recipe(args.recipe)  # a bad recipe fails now, before the model is loaded or trained
     progress = make_progress(args)
     model, data, task, name = model_and_data(args, progress)
     weights = args.weights
     recipe_name = Path(args.recipe).stem if args.recipe.endswith((".yaml", ".yml")) else args.recipe
     out = Path(args.out or f"presso-{name}-{recipe_name}")
     check_output_dir(out)  # fail before minutes of work, not after
+    checkpoint = checkpoint_dir(out)
+    args.checkpoint_hint = checkpoint  # for the interrupted message (cli/main.py)
     result = presso.compress(
-        model, args.recipe, data=data, task=task, max_drop=args.max_drop, target=args.target,
+        model, recipe, data=data, task=task, max_drop=args.max_drop, target=args.target,
         weights=weights, seed=args.seed, calibration_fraction=args.calibration_fraction,
-        seq_len=args.seq_len, bench=bench_settings(args), progress=progress,
+        seq_len=args.seq_len, bench=bench_settings(args), progress=progress, pack=args.packed,
+        checkpoint=checkpoint, resume=args.resume,
     )
     result.save(out)
     if args.json:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from presso.errors import PressoError
-from presso.techniques.registry import get_technique
+from presso.techniques.registry import TECHNIQUES
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 FORMAT_VERSION = 1
@@ -20,6 +23,13 @@ class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     technique: str
     options: dict[str, Any] = Field(default_factory=dict)
+    # When no variant of the stage meets the budget, go on with the model as it was before
+    # the stage (the report marks it skipped) instead of failing the whole run.
+    optional: bool = False
+    # "faster" / "smaller": keep the stage's result only if it runs measurably faster at
+    # batch 1 (timed interleaved against the stage's input) / has a smaller file; otherwise
+    # go on without it. int8 on a tiny model is slower than fp32; a fast recipe must not pay that.
+    keep_if: Literal["always", "faster", "smaller"] = "always"
 
 
 class Settings(BaseModel):
@@ -41,28 +51,113 @@ class Recipe(BaseModel):
     settings: Settings = Field(default_factory=Settings)
 
     def configs(self, where: str = "recipe") -> list[tuple[Any, BaseModel]]:
-        """(technique, validated config) per stage; errors name the stage and option."""
+        """(technique, validated config) per stage; errors name the stage, the option and
+        what it allows."""
         out = []
         for i, stage in enumerate(self.stages, 1):
-            tech = get_technique(stage.technique)
+            tech = TECHNIQUES.get(stage.technique)
+            if tech is None:
+                raise PressoError(f"{where}, stage {i}: unknown technique '{stage.technique}'"
+                                  f"{_did_you_mean(stage.technique, TECHNIQUES)}. "
+                                  f"Allowed: {', '.join(TECHNIQUES)}.")
             try:
                 out.append((tech, tech.config(**stage.options)))
             except ValidationError as exc:
-                raise PressoError(f"{where}, stage {i} '{stage.technique}': {_first_error(exc)}") from None
+                raise PressoError(f"{where}, stage {i} '{stage.technique}': "
+                                  f"{_first_error(exc, tech.config, 'option')}") from None
         return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "options"
+def _first_error(exc: ValidationError, model: type[BaseModel], what: str) -> str:
+    """One line for pydantic's first error: the key, what was wrong, what is allowed. An
+    unknown key is reported first: a typo also makes the intended key look missing."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    # Union members and validator wrappers add parts like "literal['auto']" or "int" to the
+    # location; the user wrote only the key.
+    loc = [p for p in err["loc"] if isinstance(p, int) or ("[" not in str(p) and str(p) not in _TYPE_TAGS
+                                                         and not str(p).startswith("function-"))]
+    key = ".".join(str(p) for p in loc) or what
     if err["type"] == "extra_forbidden":
-        return f"unknown option '{key}'"
-    got = err.get("input")
-    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for validator messages
-    return f"option '{key}': {msg} (got {got!r})"
+        known = list(model.model_fields)
+        return (f"unknown {what} '{key}'{_did_you_mean(str(loc[-1]), known)}. "
+                f"Allowed {what}s: {', '.join(known)}.")
+    field = model.model_fields.get(str(loc[0])) if loc else None
+    allowed = f" Allowed: {_allowed(field)}." if field is not None and len(loc) == 1 else ""
+    if err["type"] == "missing":
+        return f"{what} '{key}' is required.{allowed}"
+    union = len(loc) < len(err["loc"]) and not any(str(p).startswith("function-") for p in err["loc"])
+    msg = "not an allowed value" if union else err["msg"].removeprefix("Value error, ")
+    return f"{what} '{key}': {msg} (got {err.get('input')!r}).{allowed}"
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "list", "dict", "none", "tuple", "constrained-float",
+              "constrained-int", "is-instance"}
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               type(None): "null", list: "a list", dict: "a mapping"}
+
+
+def _allowed(field) -> str:
+    """What a config field accepts, in words: its type, Literal values and numeric bounds."""
+    from pydantic_core import PydanticUndefined
+
+    words = list(dict.fromkeys(_type_words(field.annotation)))
+    nullable = "null" in words
+    words = [w for w in words if w != "null"]
+    bounds = [f"{sign} {getattr(meta, attr)}" for meta in field.metadata
+              for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if getattr(meta, attr, None) is not None]
+    text = " or ".join(words) + (" " + " and ".join(bounds) if bounds else "") + (" (or null)" if nullable else "")
+    if field.default is not PydanticUndefined and field.default is not None:
+        text += f"; default {field.default!r}"
+    return text
+
+
+def _type_words(annotation) -> list[str]:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return [", ".join(repr(v) for v in typing.get_args(annotation))]
+    if origin in (typing.Union, types.UnionType):
+        return [w for arg in typing.get_args(annotation) for w in _type_words(arg)]
+    if origin is typing.Annotated:
+        return _type_words(typing.get_args(annotation)[0])
+    if origin is list and typing.get_args(annotation):
+        return ["a list of " + " or ".join(_type_words(typing.get_args(annotation)[0]))]
+    return [_TYPE_WORDS.get(origin or annotation, getattr(annotation, "__name__", str(annotation)))]
+
+
+def _recipe_error(exc: ValidationError) -> str:
+    """A recipe-level error named by where it is: a top-level key, a stage's key, a setting."""
+    loc = exc.errors()[0]["loc"]
+    if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
+        stage = f"stage {loc[1] + 1}: "
+        if len(loc) == 2:
+            return stage + "must be a mapping with 'technique' and 'options'."
+        return stage + _first_error(_relocated(exc, 2), Stage, "key")
+    if loc and loc[0] == "settings" and len(loc) > 1:
+        return "settings: " + _first_error(_relocated(exc, 1), Settings, "setting")
+    return _first_error(exc, Recipe, "key")
+
+
+def _relocated(exc: ValidationError, drop: int) -> ValidationError:
+    """``exc`` with the first ``drop`` parts of its first error's location removed."""
+    err = dict(exc.errors()[0])
+    err["loc"] = tuple(err["loc"][drop:])
+    err.pop("url", None)
+    ctx = err.get("ctx")
+    if ctx and "error" in ctx:  # a validator's exception object: pydantic wants it as is
+        err["ctx"] = {**ctx, "error": ctx["error"]}
+    return ValidationError.from_exception_data(exc.title, [err])
 
 
 @functools.cache
@@ -112,6 +207,6 @@ def load_recipe(spec: str | Path | Recipe) -> Recipe:
     try:
         recipe = Recipe(**raw)
     except ValidationError as exc:
-        raise PressoError(f"{where}: {_first_error(exc)}") from None
+        raise PressoError(f"{where}: {_recipe_error(exc)}") from None
     recipe.configs(where)  # validate every stage's options now, before any work
     return recipe
