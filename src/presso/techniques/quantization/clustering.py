@@ -18,8 +18,13 @@ from presso.techniques.quantization.config import KMeansConfig
 from presso.techniques.quantization.packing import pack_int4
 
 
-def cluster(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def cluster(w: np.ndarray, bits: int, seed: int = 0, keep_zeros: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(codebook (2^bits,), indices shaped like ``w``) from 1-D k-means of ``w``'s values.
+
+    ``keep_zeros``: pruned weights stay exactly zero (one codebook entry is 0.0) and the
+    other 2^bits - 1 values are fitted to the surviving weights only, as in Deep
+    Compression; otherwise the zeros would pull centroids toward 0 and the pruned
+    connections would come back as small non-zero weights.
 
     Examples
     --------
@@ -29,10 +34,31 @@ def cluster(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     >>> codebook.shape, idx.shape, int(idx.max()) <= 3
     ((4,), (64, 32), True)
     """
+    values = w.reshape(-1).astype(np.float64)  # (n,)
+    zero = values == 0
+    if keep_zeros and _worth_a_zero_entry(zero, bits):
+        book, kept = _kmeans_1d(values[~zero], 2 ** bits - 1, seed)
+        idx = np.zeros(values.shape, np.int64)
+        idx[~zero] = kept + 1  # index 0 is the exact zero
+        return np.concatenate([[0.0], book]).astype(np.float32), idx.reshape(w.shape).astype(np.uint8)
+    codebook, idx = _kmeans_1d(values, 2 ** bits, seed)
+    return codebook.astype(np.float32), idx.reshape(w.shape).astype(np.uint8)
+
+
+def _worth_a_zero_entry(zero: np.ndarray, bits: int) -> bool:
+    """A codebook entry for exact zeros pays when zeros are at least as common as an average
+    cluster (1 / 2^bits of the weights): a few stray zeros in a dense layer must not take one
+    of the few values the other weights share."""
+    return bool(zero.any() and not zero.all() and zero.mean() >= 1 / 2 ** bits)
+
+
+def _kmeans_1d(values: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted codebook of at most k values, index per value): linear init, run to convergence."""
     from sklearn.cluster import KMeans
 
-    values = w.reshape(-1).astype(np.float64)  # (n,)
-    k = min(2 ** bits, len(np.unique(values)))
+    k = min(k, len(np.unique(values)))
+    if k == 0:
+        return np.zeros(0), np.zeros(len(values), np.int64)
     rng = np.random.default_rng(seed)
     # scikit-learn fits the codebook on at most _FIT_SAMPLE values (an embedding table has
     # millions); exact 1-D Lloyd steps on all values then refine it to a fixed point.
@@ -53,14 +79,17 @@ def cluster(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.nda
             idx = new_idx
             break
         idx = new_idx
-    return codebook.astype(np.float32), idx.reshape(w.shape).astype(np.uint8)
+    return codebook, idx
 
 
-def cluster_rows(w2: np.ndarray, bits: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def cluster_rows(w2: np.ndarray, bits: int, iters: int = 50,
+                 keep_zeros: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-row codebooks: ((rows, 2^bits) centroids, indices shaped like ``w2``).
 
     One 1-D k-means per row (output channel), vectorised over rows: linear initialisation
     over the row's range, then Lloyd steps (an empty cluster keeps its centroid).
+    ``keep_zeros``: as in :func:`cluster`, entry 0 of every row's book is an exact zero
+    for the zero weights, the others are fitted to the non-zero ones.
 
     Examples
     --------
@@ -71,11 +100,24 @@ def cluster_rows(w2: np.ndarray, bits: int, iters: int = 50) -> tuple[np.ndarray
     ((8, 4), (8, 64))
     """
     v = w2.astype(np.float64)  # (C, n)
+    zero = v == 0
+    if keep_zeros and _worth_a_zero_entry(zero, bits):
+        lo, hi = np.where(zero, np.inf, v).min(1), np.where(zero, -np.inf, v).max(1)
+        lo, hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)  # all-zero rows
+        books, idx = _lloyd_rows(v, ~zero, np.linspace(lo, hi, 2 ** bits - 1, axis=1), iters)
+        books = np.concatenate([np.zeros((len(v), 1)), books], axis=1)
+        return books.astype(np.float32), np.where(zero, 0, idx + 1).astype(np.uint8)
     k = 2 ** bits
-    books = np.linspace(v.min(1), v.max(1), k, axis=1)  # (C, k)
+    books, idx = _lloyd_rows(v, np.ones_like(zero), np.linspace(v.min(1), v.max(1), k, axis=1), iters)
+    return books.astype(np.float32), idx.astype(np.uint8)
+
+
+def _lloyd_rows(v: np.ndarray, counted: np.ndarray, books: np.ndarray, iters: int):
+    """Lloyd steps of one 1-D k-means per row of ``v``, fitted to the ``counted`` entries."""
+    k = books.shape[1]
     idx = np.abs(v[:, :, None] - books[:, None, :]).argmin(-1)  # (C, n)
     for _ in range(iters):
-        onehot = idx[:, :, None] == np.arange(k)  # (C, n, k)
+        onehot = (idx[:, :, None] == np.arange(k)) & counted[:, :, None]  # (C, n, k)
         counts = onehot.sum(1)
         sums = (onehot * v[:, :, None]).sum(1)
         books = np.where(counts > 0, sums / np.maximum(counts, 1), books)
@@ -83,7 +125,7 @@ def cluster_rows(w2: np.ndarray, bits: int, iters: int = 50) -> tuple[np.ndarray
         if np.array_equal(new_idx, idx):
             break
         idx = new_idx
-    return books.astype(np.float32), idx.astype(np.uint8)
+    return books, idx
 
 
 # Axis of the output channel in each op's stored weight layout (MatMul stores (K, N)).
@@ -132,11 +174,11 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig,
         w = numpy_helper.to_array(inits[weight])
         axis = _channel_axis(model, node_name, op) if cfg.per_channel else None
         if axis is None:
-            codebook, idx = cluster(w, cfg.bits, cfg.seed)
+            codebook, idx = cluster(w, cfg.bits, cfg.seed, keep_zeros=cfg.keep_zeros)
             rebuilt, offsets = codebook[idx], None
         else:  # one codebook per output channel; indices offset into the flattened books
             moved = np.moveaxis(w, axis, 0)
-            books, idx2 = cluster_rows(moved.reshape(moved.shape[0], -1), cfg.bits)
+            books, idx2 = cluster_rows(moved.reshape(moved.shape[0], -1), cfg.bits, keep_zeros=cfg.keep_zeros)
             idx = np.moveaxis(idx2.reshape(moved.shape), 0, axis)
             codebook = books.reshape(-1)
             shape = [1] * w.ndim

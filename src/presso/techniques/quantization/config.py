@@ -164,5 +164,9 @@ class KMeansConfig(BaseModel):
 
     bits: int = Field(default=4, ge=1, le=8)
     per_channel: bool = False  # a codebook per output channel (2^bits values each)
+    # Pruned weights stay exactly zero: one codebook entry is 0.0 and the others are fitted
+    # to the surviving weights (Deep Compression); only where zeros are at least 1 / 2^bits
+    # of a layer's (or channel's) weights, so dense layers are clustered as before.
+    keep_zeros: bool = True
     seed: int = 0
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
