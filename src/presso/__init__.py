@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["BudgetError", "PressoError", "__version__", "compress", "distill", "factorize", "fake_quantize", "load",
-           "load_example"]
+           "load_example", "unpack"]
 
 from presso.errors import BudgetError, PressoError
 
@@ -37,4 +37,7 @@ def __getattr__(name: str):
     if name == "load_example":
         from presso.data.examples import load_example
         return load_example
+    if name == "unpack":
+        from presso.export.packed import unpack
+        return unpack
     raise AttributeError(f"module 'presso' has no attribute {name!r}")

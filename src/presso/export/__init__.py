@@ -1,5 +1,4 @@
-"""torch -> ONNX export and its parity check."""
+"""torch -> ONNX export and its parity check; the packed storage file (export.packed).
 
-from presso.export.onnx_export import check_parity, export_onnx
-
-__all__ = ["check_parity", "export_onnx"]
+Nothing is imported here: ``presso.export.packed`` (onnx + lzma) must load without torch.
+"""

@@ -22,7 +22,12 @@ class Predictor:
     def __init__(self, model_path: str | Path, tokenizer: Any = None, task: str | None = None,
                  threads: int | None = None, seq_len: int = 128):
         self.model_path = Path(model_path)
-        self.session = make_session(self.model_path, threads=threads)
+        if self.model_path.suffix == ".packed":  # unpacked in memory, never on disk
+            from presso.export.packed import unpack
+
+            self.session = make_session(unpack(self.model_path).SerializeToString(), threads=threads)
+        else:
+            self.session = make_session(self.model_path, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer, self.task, self.seq_len = tokenizer, task, seq_len
 
@@ -55,21 +60,25 @@ class Predictor:
 
 
 def load(path: str | Path, threads: int | None = None) -> Predictor:
-    """Load an artifact folder written by ``presso compress`` or a bare ``.onnx`` file."""
+    """Load an artifact folder written by ``presso compress``, a bare ``.onnx`` file or a
+    ``.packed`` file (``presso.export.packed``; a folder may hold ``model.packed`` alone)."""
     path = Path(path)
+    task, tokenizer = None, None
     if path.is_dir():
         model = path / "model.onnx"
+        if not model.is_file() and (path / "model.packed").is_file():
+            model = path / "model.packed"
         if not model.is_file():
-            raise PressoError(f"'{path}' is not a presso artifact (no model.onnx).")
-        task, tokenizer = None, None
+            raise PressoError(f"'{path}' is not a presso artifact (no model.onnx or model.packed).")
         if (path / "report.json").is_file():
             task = json.loads((path / "report.json").read_text()).get("task")
         if (path / "tokenizer").is_dir():
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-        return Predictor(model, tokenizer=tokenizer, task=task, threads=threads)
-    if path.suffix == ".onnx" and path.is_file():
+        path = model
+    elif path.suffix == ".onnx" and path.is_file():
         from presso.model.onnx_file import load_onnx
         load_onnx(path)  # a corrupt file gets presso's clear error, not ORT's
-        return Predictor(path, threads=threads)
-    raise PressoError(f"'{path}' is neither an artifact folder nor an .onnx file.")
+    elif path.suffix != ".packed" or not path.is_file():
+        raise PressoError(f"'{path}' is neither an artifact folder, an .onnx file nor a .packed file.")
+    return Predictor(path, tokenizer=tokenizer, task=task, threads=threads)
