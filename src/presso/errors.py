@@ -17,3 +17,8 @@ class BudgetError(PressoError):
     """No compressed variant meets the quality budget; nothing is written (exit code 1)."""
 
     exit_code = 1
+
+
+class NothingToDo(PressoError):
+    """A stage finds nothing it could change for the better (e.g. no layer whose factors
+    would pay). A recipe stage marked ``optional`` is then skipped instead of failing."""

@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from presso.cli import bench, compress, distill, evaluate, recipes
+from presso.cli import bench, compress, distill, evaluate, recipes, report
 
-COMMANDS = (compress, distill, bench, evaluate, recipes)
+COMMANDS = (compress, distill, bench, evaluate, recipes, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"presso: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        resume = " Training was checkpointed: run the same command with --resume to continue." \
-            if args.command == "distill" else ""
+        hint = getattr(args, "checkpoint_hint", None)
+        resume = ""
+        if args.command == "distill":
+            resume = " Training was checkpointed: run the same command with --resume to continue."
+        elif hint is not None and (hint / "state.json").is_file():
+            resume = (f" Finished stages are kept in {hint}: run the same command with --resume to "
+                      "continue from the last one.")
         print(f"presso: interrupted; nothing was written.{resume}", file=sys.stderr)
         return 130
 

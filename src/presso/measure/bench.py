@@ -95,11 +95,16 @@ def clearly_slower(slow: Timing, fast: Timing, margin: float) -> bool:
     return all(s > f for s, f in zip(slow.rounds_ms, fast.rounds_ms, strict=True))
 
 
+SAMPLES = 200  # batch-1 call times kept for the report's latency distribution
+
+
 def summarize(times_batch1: list[float], times_batch_n: list[float], batch_n: int) -> dict:
     ms = np.asarray(times_batch1) * 1e3
+    keep = np.linspace(0, len(ms) - 1, min(SAMPLES, len(ms))).round().astype(int)  # evenly, in call order
     return {
         "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 4),
-                       "p95": round(float(np.percentile(ms, 95)), 4), "batch": 1},
+                       "p95": round(float(np.percentile(ms, 95)), 4), "batch": 1,
+                       "samples": [round(float(t), 4) for t in ms[keep]]},
         "throughput_per_s": round(batch_n / float(np.median(times_batch_n)), 2),
         "throughput_batch": batch_n,
     }
@@ -116,28 +121,39 @@ def _caller(sess, feed: dict[str, np.ndarray]) -> Callable[[], object]:
 
 def bench_calls(batch1_calls: dict[str, Callable[[], object]], batch_n_calls: dict[str, Callable[[], object]],
                 n: int, settings: BenchSettings = BenchSettings(),
-                on_round: Callable[[], None] | None = None) -> dict[str, dict]:
-    """Latency (the batch-1 calls) and throughput (calls on ``n`` rows), interleaved."""
-    lat = interleaved(batch1_calls, settings, on_round)
+                on_round: Callable[[], None] | None = None,
+                latency_only: dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
+    """Latency (the batch-1 calls) and throughput (calls on ``n`` rows), interleaved.
+    ``latency_only`` calls join the latency rounds (their p50 under ``"latency_only"``):
+    intermediate models compared in the very same rounds as the headline figures."""
+    lat = interleaved({**batch1_calls, **(latency_only or {})}, settings, on_round)
     thr_settings = BenchSettings(rounds=max(3, settings.rounds // 2),
                                  round_seconds=settings.round_seconds, threads=settings.threads)
     thr = interleaved(batch_n_calls, thr_settings, on_round)
-    return {k: summarize(lat[k], thr[k], n) for k in batch1_calls}
+    out = {k: summarize(lat[k], thr[k], n) for k in batch1_calls}
+    out["latency_only"] = {k: round(float(np.percentile(np.asarray(lat[k]) * 1e3, 50)), 4)
+                           for k in latency_only or {}}
+    return out
 
 
 def bench_onnx(paths: dict[str, Path], batch1: dict[str, np.ndarray],
                batch_n: dict[str, np.ndarray], settings: BenchSettings = BenchSettings(),
-               on_round: Callable[[], None] | None = None) -> dict[str, dict]:
-    """Latency at batch 1 and throughput at ``batch_n`` rows for each ONNX model."""
+               on_round: Callable[[], None] | None = None,
+               latency_only: dict[str, Path] | None = None) -> dict[str, dict]:
+    """Latency at batch 1 and throughput at ``batch_n`` rows for each ONNX model (and
+    batch-1 latency only for the ``latency_only`` models, in the same rounds)."""
     sessions = _sessions(paths, settings)
+    extra = _sessions(latency_only or {}, settings)
     return bench_calls({k: _caller(s, batch1) for k, s in sessions.items()},
                        {k: _caller(s, batch_n) for k, s in sessions.items()},
-                       len(next(iter(batch_n.values()))), settings, on_round)
+                       len(next(iter(batch_n.values()))), settings, on_round,
+                       {k: _caller(s, batch1) for k, s in extra.items()})
 
 
 def bench_with_callable(teacher, path: Path, batch1: dict[str, np.ndarray], batch_n: dict[str, np.ndarray],
                         settings: BenchSettings = BenchSettings(),
-                        on_round: Callable[[], None] | None = None) -> dict[str, dict]:
+                        on_round: Callable[[], None] | None = None,
+                        latency_only: dict[str, Path] | None = None) -> dict[str, dict]:
     """A callable teacher (``baseline``: its own predict, called as the user calls it) and an
     ONNX model (``compressed``), timed in the same interleaved rounds."""
     sess = _sessions({"compressed": path}, settings)["compressed"]
@@ -146,9 +162,11 @@ def bench_with_callable(teacher, path: Path, batch1: dict[str, np.ndarray], batc
         arg = teacher.predict_arg(feed)
         return lambda: teacher.predict(arg)
 
+    extra = _sessions(latency_only or {}, settings)
     return bench_calls({"baseline": own(batch1), "compressed": _caller(sess, batch1)},
                        {"baseline": own(batch_n), "compressed": _caller(sess, batch_n)},
-                       len(next(iter(batch_n.values()))), settings, on_round)
+                       len(next(iter(batch_n.values()))), settings, on_round,
+                       {k: _caller(s, batch1) for k, s in extra.items()})
 
 
 def bench_torch(module, input_names: list[str], batch1: dict[str, np.ndarray],

@@ -115,6 +115,32 @@ def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
     return out
 
 
+# Nodes with constant operands that are not layers: shapes and indices of reshaping ops,
+# and the quantize / dequantize pairs around activations (their scale is not a weight).
+_NOT_LAYERS = {"Reshape", "Expand", "Slice", "Unsqueeze", "Squeeze", "Concat", "Tile", "Pad", "Shape",
+               "ConstantOfShape", "Range", "Transpose", "Cast", "Split", "Where", "Equal", "Flatten",
+               "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+def layer_sizes(path: str | Path) -> list[dict]:
+    """Bytes of every layer's stored weights (see :func:`layer_storage_bytes`), largest
+    first: one row per node that computes on activations with at least one stored operand
+    (a Conv, a MatMul, an embedding Gather...); the nodes that rebuild weights are counted
+    with the layer they feed."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    producer = {out: n for n in proto.graph.node for out in n.output}
+    memo: dict = {}
+    layers = {n.name: n.op_type for n in proto.graph.node
+              if n.name and n.op_type not in _NOT_LAYERS and not all(_constant(o, inits, producer, memo=memo) for o in n.output if o)
+              and any(_constant(t, inits, producer, memo=memo) for t in n.input if t)}
+    sizes = layer_storage_bytes(path, list(layers))
+    rows = [{"node": name, "op": layers[name], "bytes": b} for name, b in sizes.items() if b > 0]
+    return sorted(rows, key=lambda r: -r["bytes"])
+
+
 def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0,
               memo: dict | None = None) -> bool:
     """Whether ``tensor`` is computed from initializers only (a stored weight)."""

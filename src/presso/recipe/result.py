@@ -21,8 +21,9 @@ class CompressionResult:
     """A compressed model with its evidence; ``save(dir)`` writes the artifact."""
 
     def __init__(self, report: Report, model_path: Path, workdir: Path, recipe: Recipe,
-                 tokenizer: Any = None):
+                 tokenizer: Any = None, packed_path: Path | None = None):
         self.report, self.model_path, self.recipe, self.tokenizer = report, model_path, recipe, tokenizer
+        self.packed_path = packed_path  # model.packed: the weights entropy-coded, when asked for
         self._workdir = workdir
         self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
 
@@ -43,7 +44,8 @@ class CompressionResult:
         return Predictor(self.model_path, tokenizer=self.tokenizer, task=self.report.task)
 
     def save(self, out: str | Path, overwrite: bool = True) -> Path:
-        """Write model.onnx, report.json, report.html, recipe.yaml (and tokenizer/) to ``out``.
+        """Write model.onnx, report.json, report.html, recipe.yaml (and tokenizer/, model.packed)
+        to ``out``.
 
         Everything is written to a temporary folder beside ``out`` and renamed into
         place, so an interrupted save leaves no half-written artifact. An existing
@@ -60,6 +62,8 @@ class CompressionResult:
             (tmp / "report.json").write_text(self.report_json())
             (tmp / "report.html").write_text(render_html(self.report))
             (tmp / "recipe.yaml").write_text(self.recipe.to_yaml())
+            if self.packed_path is not None:
+                shutil.copyfile(self.packed_path, tmp / "model.packed")
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
             if out.exists():

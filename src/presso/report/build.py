@@ -10,10 +10,14 @@ from presso.techniques.quantization.cpu import cpu_features
 
 
 def _runtime_label(stage_reports: list[dict]) -> str:
-    if not stage_reports:
+    ran = [s for s in stage_reports if not s.get("skipped") and s["technique"] not in _STORAGE]
+    if not ran:
         return "ONNX Runtime fp32"
-    last = stage_reports[-1]
+    last = ran[-1]
     return f"ONNX Runtime {last['technique']} ({last['chosen']})"
+
+
+_STORAGE = ("sparse-storage", "pack")  # how the weights are stored, not what runs
 
 
 def speed_note(baseline: dict, compressed: dict, label: str = "ONNX Runtime fp32") -> str:
@@ -45,7 +49,8 @@ def size_note(baseline: dict, compressed: dict) -> str | None:
 
 
 def build_report(run, recipe, figures: dict, torch_latency: dict | None,
-                 stage_reports: list[dict], notes: list[str]) -> Report:
+                 stage_reports: list[dict], notes: list[str], steps: list[dict] | None = None,
+                 layer_sizes: dict | None = None, stored: dict | None = None) -> Report:
     import onnxruntime
     import torch
 
@@ -91,4 +96,7 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
         stages=stage_reports,
         notes=[*notes, speed_note(base, comp, label),
                *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
+        steps=[{k: v for k, v in s.items() if k != "path"} for s in steps or []],
+        layer_sizes=layer_sizes or {},
+        stored=stored,
     )

@@ -15,6 +15,9 @@ class Latency(_Strict):
     p50: float
     p95: float
     batch: int
+    # Batch-1 call times in ms (at most 200, evenly subsampled in call order): the
+    # distribution the report plots. Empty in reports written before it was recorded.
+    samples: list[float] = Field(default_factory=list)
 
 
 class ModelFigures(_Strict):
@@ -26,6 +29,9 @@ class ModelFigures(_Strict):
     throughput_batch: int
     peak_memory_mb: float | None
     metrics: dict[str, float]
+    # Bytes of the packed storage file (sparse + low-bit + entropy-coded weights, see
+    # presso.export.packed) when the run wrote one; the runnable size is size_bytes.
+    stored_bytes: int | None = None
 
 
 class Budget(_Strict):
@@ -47,9 +53,42 @@ class InputSpec(_Strict):
 class StageReport(_Strict):
     technique: str
     chosen: str | None
+    skipped: bool = False  # an optional stage with no variant within budget (or not paying off)
+    resumed: bool = False  # restored from the run's checkpoint instead of run again
     variants: list[dict[str, Any]] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     layers: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Step(_Strict):
+    """One point of the per-stage waterfall: the model after each stage (and the baseline),
+    on the held-out rows, with every step timed in one interleaved run."""
+
+    name: str  # "baseline", "1 prune", "2 kmeans", ...
+    technique: str | None  # None for the baseline
+    quality: float  # the budget's primary metric on the held-out rows
+    size_bytes: int | None  # the runnable file (None: a callable teacher of unknown size)
+    latency_ms: float | None  # batch-1 p50 (quick rounds); None where it could not be timed
+    stored_bytes: int | None = None  # the packed storage file, where one was written
+    skipped: bool = False
+
+
+class LayerSize(_Strict):
+    node: str
+    op: str
+    bytes: int  # stored weights, biases, scales and codebooks of this layer
+
+
+class Stored(_Strict):
+    """The packed storage file (``model.packed``) next to the runnable ``model.onnx``."""
+
+    file: str
+    bytes: int  # the whole file: graph + every tensor
+    weights_bytes: int  # the tensors' payloads (weights, codebooks, scales), entropy-coded
+    graph_bytes: int  # the graph without its tensors, compressed
+    fp32_weights_bytes: int  # the baseline's float32 weights (parameters x 4)
+    weights_ratio: float  # fp32_weights_bytes / weights_bytes
+    codecs: dict[str, int]  # codec -> number of tensors stored with it
 
 
 class Report(_Strict):
@@ -68,3 +107,6 @@ class Report(_Strict):
     machine: dict[str, Any]
     stages: list[StageReport]
     notes: list[str]
+    steps: list[Step] = Field(default_factory=list)
+    layer_sizes: dict[str, list[LayerSize]] = Field(default_factory=dict)  # "baseline" / "compressed"
+    stored: Stored | None = None

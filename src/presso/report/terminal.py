@@ -31,7 +31,9 @@ def print_summary(report: Report, console: Console, out_dir: str | None = None) 
         if summary:
             console.print(f"• {stage.technique}: {summary} (per-layer table in report.html)")
     if out_dir:
-        console.print(f"Artifact written to [bold]{out_dir}[/bold] (model.onnx, report.json, report.html, recipe.yaml)")
+        packed = ", model.packed" if report.stored is not None else ""
+        console.print(f"Artifact written to [bold]{out_dir}[/bold] (model.onnx{packed}, report.json, report.html, "
+                      "recipe.yaml)")
 
 
 def _layer_summary(rows: list[dict]) -> str:
@@ -48,6 +50,9 @@ def _layer_summary(rows: list[dict]) -> str:
         done = [r for r in rows if r.get("factorized")]
         ranks = ", ".join(f"{r['layer']} rank {r['rank']}" for r in done[:4])
         return f"{len(done)} of {len(rows)} layers factorized ({ranks}{', ...' if len(done) > 4 else ''})"
+    if any("codec" in r for r in rows):  # packed storage
+        raw, packed = sum(r.get("raw_bytes", 0) for r in rows), sum(r.get("packed_bytes", 0) for r in rows)
+        return f"{len(rows)} tensors entropy-coded, {raw:,} -> {packed:,} bytes"
     if any("storage" in r for r in rows):
         sparse = sum(r["storage"] == "bitmask" for r in rows)
         return f"{sparse} of {len(rows)} weight tensors stored as bitmask + values"

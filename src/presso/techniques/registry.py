@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from presso.errors import PressoError
 from presso.techniques.distill.config import DistillConfig
@@ -16,11 +16,19 @@ from presso.techniques.quantization.hashing_config import HashedConfig
 from presso.techniques.quantization.qat_config import QATConfig
 
 
+class PackConfig(BaseModel):
+    """The packed storage file: no options; every tensor gets the smallest lossless codec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 @dataclass(frozen=True)
 class Technique:
     name: str
     config: type[BaseModel]
-    domain: str  # "onnx": transforms an ONNX graph; "torch": transforms an nn.Module
+    # "onnx": transforms an ONNX graph; "torch": transforms an nn.Module; "storage": how the
+    # final model's weights are stored (runs last, leaves the runnable model as it is)
+    domain: str
     summary: str
     apply_path: str  # "module:function", imported only when a stage runs (keeps import light)
     sparse: bool = False  # leaves zero weights: the run stores them as a bitmask + values at the end
@@ -90,6 +98,12 @@ TECHNIQUES: dict[str, Technique] = {
         "MLP; or your own) fitted to the teacher's outputs (soft targets with temperature, MSE or cosine, "
         "optional hints); the teacher may be PyTorch, ONNX or any Python callable",
         "presso.techniques.distill.stage:distill_stage",
+    ),
+    "pack": Technique(
+        "pack", PackConfig, "storage",
+        "packed storage: besides model.onnx, model.packed holds the weights losslessly entropy-coded "
+        "(sparse bitmasks, codebooks, 4-bit nibbles, LZMA), with its own loader (presso.unpack)",
+        "presso.export.packed:pack",
     ),
 }
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from presso.errors import PressoError
+from presso.errors import NothingToDo, PressoError
 from presso.model.loaded import count_parameters
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.lowrank.config import FactorizeConfig
@@ -144,7 +144,7 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
         done = [d for d in decisions if d.factorized]
         if not done:
             why = "; ".join(f"{d.layer}: {d.reason}" for d in decisions)
-            raise PressoError(f"factorize: no layer would pay ({why}). Lower the rank (e.g. keep: 0.25), use "
+            raise NothingToDo(f"factorize: no layer would pay ({why}). Lower the rank (e.g. keep: 0.25), use "
                               "pays: size, or choose other layers.")
         factors = [m for d in done for m in module.get_submodule(d.layer).modules()
                    if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)]
