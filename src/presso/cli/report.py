@@ -89,10 +89,7 @@ def run_report(args) -> int:
         print_json(json.dumps(report.model_dump(mode="json"), indent=2))
     con = console(args)
     print_summary(report, con)
-    con.print(f"Wrote [bold]{out}[/bold]")
-    if args.open:
-        _open(out)
-    return 0
+    return _wrote(args, con, out)
 
 
 def run_compare(args) -> int:
@@ -106,6 +103,10 @@ def run_compare(args) -> int:
                               indent=2))
     con = console(args)
     print_comparison(results, con)
+    return _wrote(args, con, out)
+
+
+def _wrote(args, con, out: Path) -> int:
     con.print(f"Wrote [bold]{out}[/bold]")
     if args.open:
         _open(out)
