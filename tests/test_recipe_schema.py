@@ -236,9 +236,31 @@ def test_fast_is_optional_slim_factorize_int8_kept_only_if_faster():
     assert [(s.technique, s.optional, s.keep_if) for s in recipe.stages] == [
         ("slim", True, "always"), ("factorize", True, "faster"), ("int8", True, "faster")]
     (_, slim), (_, factorize), (_, int8) = recipe.configs()
-    assert (slim.ratio, slim.heads, slim.ffn) == (0.75, 0.25, 0.5)
+    assert (slim.ratios, slim.heads, slim.ffn) == ([0.8, 0.7, 0.65, 0.5], 0.25, 0.5)
     assert (factorize.rank, factorize.pays) == ("speed", "speed")
     assert int8.variants == "auto"
+
+
+@pytest.mark.parametrize("ratios", ["[0.5, 0.7]", "[0.8, 0.8]", "[1.2, 0.5]", "[0.5, 0]"])
+def test_slim_ratios_must_be_fractions_boldest_first(tmp_path, ratios):
+    msg = _error(tmp_path, _stages("  - technique: slim", f"    options: {{ratios: {ratios}}}"))
+    assert ", stage 1 'slim': " in msg and "ratios must be fractions in (0, 1), boldest first" in msg
+
+
+def test_slim_tries_the_ratios_in_order(monkeypatch):
+    """The fractions slim hands to its backoff: the ratios as given (channels), or scaled from the
+    configured heads / ffn (transformers)."""
+    from presso.techniques.pruning import slim_stage
+    from presso.techniques.pruning.config import SlimConfig
+
+    seen = {}
+    monkeypatch.setattr(slim_stage, "with_backoff", lambda fractions, *a, **k: seen.setdefault("f", fractions))
+    monkeypatch.setattr(slim_stage, "recovery_for", lambda ctx, cfg, name: types.SimpleNamespace(cfg=cfg))
+    for transformer, expected in ((None, [0.8, 0.7, 0.5]), ({"heads": 12}, [0.5, 0.4375, 0.3125])):
+        seen.clear()
+        ctx = types.SimpleNamespace(module=None, transformer=transformer)
+        slim_stage.slim(None, SlimConfig(ratios=[0.8, 0.7, 0.5]), ctx)
+        assert seen["f"] == pytest.approx(expected)
 
 
 # --- stage order (checked once the model is loaded) -----------------------------------------

@@ -103,6 +103,10 @@ class SlimConfig(RecoveryOptions):
     ratio: float = Field(default=0.65, ge=0, lt=1)
     heads: float = Field(default=0.25, ge=0, lt=1)
     ffn: float = Field(default=0.5, ge=0, lt=1)
+    # Ratios tried in this order until one keeps the budget (instead of ratio and its milder
+    # backoff retries): a recipe after speed starts bold and steps down finely. For
+    # transformer encoders heads and ffn are scaled by ratio / ratios[0].
+    ratios: list[float] | None = Field(default=None, min_length=1, max_length=12)
     # auto: l2 for channels; taylor for heads / neurons, which kept the most of MiniLM's
     # embedding (mean cosine 0.745 vs 0.54-0.70 for the others, heads 0.25 + ffn 0.5 unrecovered)
     importance: Literal["auto", "l2", "l1", "taylor", "activation", "random"] = "auto"
@@ -111,3 +115,10 @@ class SlimConfig(RecoveryOptions):
     rounds: int = Field(default=3, ge=1, le=100)
     round_to: int | None = Field(default=None, ge=1, le=1024)
     skip: list[str] = Field(default_factory=list)  # module names (or re: patterns) kept whole
+
+    @model_validator(mode="after")
+    def _check_ratios(self):
+        r = self.ratios
+        if r is not None and (any(not 0 < x < 1 for x in r) or any(a <= b for a, b in zip(r, r[1:]))):
+            raise ValueError(f"ratios must be fractions in (0, 1), boldest first (decreasing); got {r}")
+        return self

@@ -97,10 +97,10 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
         if transformer:
             heads, ffn = heads_and_ffn(cfg, fraction)
             label = f"{heads:.0%} of heads, {ffn:.0%} of ffn removed"
-            pins = {"heads": heads, "ffn": ffn}  # both: a milder retry scaled both
+            pins = {"heads": heads, "ffn": ffn, "ratios": None}  # both: a milder retry scaled both
         else:
             label = f"{fraction:.0%} of {what} removed"
-            pins = {"ratio": fraction}
+            pins = {"ratio": fraction, "ratios": None}  # recipe.yaml re-runs the chosen ratio only
         cand = Candidate(label, dst, module=module, options=pins)
         cand.score = ctx.score(dst)
         cand.layers = _layer_rows(before_shapes, module, dst)
@@ -110,4 +110,8 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
                       f"{'s' if rounds > 1 else ''}): parameters {before:,} -> {after:,}; {tuned}"]
         return cand
 
-    return with_backoff(milder(first, cfg.backoff), attempt, ctx, "slim")
+    if cfg.ratios and transformer:  # the schedule scales the configured heads / ffn
+        fractions = [first * r / cfg.ratios[0] for r in cfg.ratios]
+    else:
+        fractions = cfg.ratios or milder(first, cfg.backoff)
+    return with_backoff(fractions, attempt, ctx, "slim")
