@@ -173,6 +173,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
             raise BudgetError(f"Every stage of recipe '{recipe.name}' was skipped, so there is no compressed "
                               "model. Raise --max-drop or try another recipe.")
         compact_names(current)
+        eval_metrics = next(o.metrics for o in reversed(outcomes) if not o.skipped)
         stage_reports = [o.report for o in outcomes]
         notes = list(loaded.notes) + [n for o in outcomes for n in o.notes]
         steps = [(f"{i} {o.technique}", o.technique, o.path, o.metrics, o.skipped)
@@ -182,8 +183,7 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
             if storage is not None:
                 stage_reports.append(storage)
                 notes += storage["notes"]
-                steps.append(("sparse storage", "sparse-storage", current, steps[-1][3], False))
-        eval_metrics = next(o.metrics for o in reversed(outcomes) if not o.skipped)
+                steps.append(("sparse storage", "sparse-storage", current, eval_metrics, False))
         pack = pack or any(t.domain == "storage" for t, _ in stages)
         resolved = _resolved_recipe(recipe, outcomes, run, seed, calibration_fraction)
         report, packed_path = _measure(run, baseline_path, current, eval_metrics, resolved, stage_reports,
