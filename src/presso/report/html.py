@@ -175,7 +175,8 @@ def _steps(report: Report) -> str:
         figure(svg.bar_chart("steps-latency", "Latency after each stage", names, latency,
                              value_label="p50, batch 1", unit="ms", horizontal=False, show_values=True,
                              **small),
-               "Median time of one batch-1 call, every step timed in the same interleaved quick rounds.")
+               "Median time of one batch-1 call, every step timed in the same interleaved rounds as the "
+               "headline figures.")
         if known["latency"] else "<figure><p>No step could be timed.</p></figure>",
         figure(svg.line_chart("steps-quality", f"{b.primary_metric.capitalize()} after each stage", quality,
                               x_label="step", y_label=b.primary_metric, categories=names,
@@ -309,6 +310,10 @@ _LAYER_NOTES = {
                  "that / ||W||; reason: why a layer was left whole.",
     "sparse-storage": "storage: bitmask = a bit per weight plus the non-zero values; dense = left as is "
                       "(too few zeros to pay).",
+    "pack": "one row per stored tensor of model.packed; codec: the smallest lossless coding found for it "
+            "(raw, lzma, shuffle = byte planes then LZMA, codebook = distinct values plus an index per "
+            "element, nibbles = 4-bit halves, sparse = bitmask plus the non-zero elements); "
+            "raw_bytes -> packed_bytes.",
 }
 
 
