@@ -64,7 +64,24 @@ def test_bench_artifact_vs_baseline(digits_artifact, tmp_path):
 def test_bench_refuses_non_model(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     done = run_cli("bench", str(tmp_path / "x.txt"))
-    assert done.returncode == 2 and "neither an artifact folder nor an .onnx" in done.stderr
+    assert done.returncode == 2 and "neither an artifact folder, an .onnx file nor a .packed file" in done.stderr
+
+
+def test_bench_packed_file_vs_its_model(digits_artifact, tmp_path):
+    """A .packed file is timed as the model it unpacks to, and reported at its stored size."""
+    from presso.export.packed import pack
+
+    packed = tmp_path / "model.packed"
+    stats = pack(digits_artifact / "model.onnx", packed)
+    done = run_cli("bench", str(packed), "--vs", str(digits_artifact), "--rounds", "2", "--batch", "8", "--json")
+    assert done.returncode == 0, done.stderr
+    models = json.loads(done.stdout)["models"]
+    mine, theirs = models[str(packed)], models[str(digits_artifact)]
+    assert mine["size_bytes"] == stats.bytes == packed.stat().st_size
+    assert theirs["size_bytes"] == (digits_artifact / "model.onnx").stat().st_size
+    assert mine["parameters"] == theirs["parameters"] and mine["latency_ms"]["p50"] > 0
+    missing = run_cli("bench", str(tmp_path / "nope.packed"))
+    assert missing.returncode == 2 and "nope.packed" in missing.stderr
 
 
 def test_eval_on_npz(digits_artifact, tmp_path):

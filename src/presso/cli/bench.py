@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from presso.cli.common import add_bench_options, add_common, bench_settings, console, print_json
@@ -14,17 +15,20 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help=HELP, description=HELP + ". Models given together are timed "
                        "in interleaved rounds in one process, so their ratios are fair. Inputs are "
                        "synthetic rows shaped like the model's inputs.")
-    p.add_argument("model", help="artifact folder or .onnx file")
+    p.add_argument("model", help="artifact folder, .onnx file or .packed file")
     p.add_argument("--vs", metavar="OTHER", action="append", default=[],
-                   help="another artifact folder or .onnx to compare with (repeatable)")
+                   help="another artifact folder, .onnx or .packed to compare with (repeatable)")
     p.add_argument("--seq-len", type=int, default=128, help="length of free non-batch axes, e.g. tokens (default 128)")
     add_bench_options(p)
     add_common(p)
     p.set_defaults(run=run)
 
 
-def _model_file(spec: str) -> Path:
+def _model_file(spec: str, scratch: Path) -> tuple[Path, Path]:
+    """(the file whose size is reported, the .onnx that runs): a .packed file is stored as
+    it is and run unpacked (its loader gives back the model it packed)."""
     from presso.errors import PressoError
+    from presso.export.packed import unpack_to
     from presso.model.onnx_file import load_onnx
 
     path = Path(spec)
@@ -32,13 +36,24 @@ def _model_file(spec: str) -> Path:
         path = path / "model.onnx"
         if not path.is_file():
             raise PressoError(f"'{spec}' is not a presso artifact folder (no model.onnx).")
+    elif path.suffix == ".packed":
+        if not path.is_file():
+            raise PressoError(f"Packed file '{spec}' not found.")
+        runnable = unpack_to(path, scratch / f"{len(list(scratch.iterdir()))}.onnx")
+        return path, runnable
     elif path.suffix != ".onnx":
-        raise PressoError(f"'{spec}' is neither an artifact folder nor an .onnx file.")
+        raise PressoError(f"'{spec}' is neither an artifact folder, an .onnx file nor a .packed file.")
     load_onnx(path)  # clear error for missing/corrupt files
-    return path
+    return path, path
 
 
 def run(args) -> int:
+    settings = bench_settings(args)
+    with tempfile.TemporaryDirectory(prefix="presso-bench-") as scratch:
+        return _bench(args, settings, Path(scratch))
+
+
+def _bench(args, settings, scratch: Path) -> int:
     from rich.table import Table
 
     from presso.measure.bench import bench_onnx
@@ -47,19 +62,18 @@ def run(args) -> int:
     from presso.measure.synthetic import synthetic_inputs
     from presso.runtime.session import make_session
 
-    settings = bench_settings(args)
-    specs = [args.model, *args.vs]
-    paths = {}
-    for spec in specs:
+    stored, paths = {}, {}
+    for spec in [args.model, *args.vs]:
         key = spec if spec not in paths else f"{spec} ({len(paths)})"
-        paths[key] = _model_file(spec)
+        stored[key], paths[key] = _model_file(spec, scratch)
     first = make_session(next(iter(paths.values())))
     batch1 = synthetic_inputs(first, 1, args.seq_len)
     batch_n = synthetic_inputs(first, settings.throughput_batch, args.seq_len)
     timing = bench_onnx(paths, batch1, batch_n, settings)
     results = {}
     for key, path in paths.items():
-        results[key] = {"path": str(path), "size_bytes": file_size(path),
+        size = stored[key].stat().st_size if stored[key] != path else file_size(path)
+        results[key] = {"path": str(stored[key]), "size_bytes": size,
                         "parameters": parameter_count(path), **timing[key],
                         "peak_memory_mb": peak_memory_mb(path, batch_n, settings.thread_count)}
     if args.json:
