@@ -51,21 +51,12 @@ class CompressionResult:
         place, so an interrupted save leaves no half-written artifact. An existing
         presso artifact at ``out`` is replaced; any other non-empty folder is refused.
         """
-        from presso.report.html import render_html
-
         out = Path(out)
         check_output_dir(out, overwrite)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            shutil.copyfile(self.model_path, tmp / "model.onnx")
-            (tmp / "report.json").write_text(self.report_json())
-            (tmp / "report.html").write_text(render_html(self.report))
-            (tmp / "recipe.yaml").write_text(self.recipe.to_yaml())
-            if self.packed_path is not None:
-                shutil.copyfile(self.packed_path, tmp / "model.packed")
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            self._write(tmp)
             if out.exists():
                 old = out.with_name(f".{out.name}.old-{os.getpid()}")
                 os.replace(out, old)
@@ -77,6 +68,42 @@ class CompressionResult:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return out
+
+    def save_into(self, out: str | Path) -> Path:
+        """Write the artifact's files into the existing folder ``out``, each renamed into
+        place whole, leaving the folder's other files alone: a search folder keeps its study
+        database (which other workers may have open) and its trials."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".artifact.tmp-", dir=out))
+        try:
+            self._write(tmp)
+            # report.json last: it is what marks the folder as an artifact
+            entries = sorted(tmp.iterdir(), key=lambda e: e.name == "report.json")
+            for entry in entries:
+                target = out / entry.name
+                if entry.is_dir() and target.exists():
+                    old = out / f".{entry.name}.old-{os.getpid()}"
+                    os.replace(target, old)
+                    os.replace(entry, target)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(entry, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    def _write(self, folder: Path) -> None:
+        from presso.report.html import render_html
+
+        shutil.copyfile(self.model_path, folder / "model.onnx")
+        (folder / "recipe.yaml").write_text(self.recipe.to_yaml())
+        (folder / "report.html").write_text(render_html(self.report))
+        (folder / "report.json").write_text(self.report_json())
+        if self.packed_path is not None:
+            shutil.copyfile(self.packed_path, folder / "model.packed")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder / "tokenizer"))
 
     def report_json(self) -> str:
         return json.dumps(self.report.model_dump(mode="json"), indent=2)

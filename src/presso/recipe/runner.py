@@ -128,79 +128,139 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
     >>> result.save("tabular-int8")  # doctest: +SKIP
     """
     recipe = load_recipe(recipe)
-    stages = recipe.configs()
-    settings = recipe.settings
+    prepared = prepare(model, data, settings=recipe.settings, recipe=recipe, task=task, max_drop=max_drop,
+                       target=target, weights=weights, seed=seed, calibration_fraction=calibration_fraction,
+                       seq_len=seq_len, bench=bench, progress=progress)
+    try:
+        return run_recipe(prepared, recipe, pack=pack, checkpoint=checkpoint, resume=resume)
+    except BaseException:
+        prepared.close()
+        raise
+
+
+@dataclass
+class Prepared:
+    """A model and its data made ready once: reference outputs, split, fp32 ONNX baseline.
+
+    :func:`compress` runs one recipe on it; a search runs many (the teacher's outputs are
+    computed once, not per trial). ``close()`` removes its working folder."""
+
+    run: Run
+    baseline: Path | None
+    seed: int
+    calibration_fraction: float
+
+    def close(self) -> None:
+        shutil.rmtree(self.run.workdir, ignore_errors=True)
+
+
+def prepare(model: Any, data: Any = None, *, settings: Settings | None = None, recipe: Recipe | None = None,
+            task: str | None = None, max_drop: float | None = None, target: str | None = None,
+            weights: str | Path | None = None, seed: int | None = None,
+            calibration_fraction: float | None = None, seq_len: int = 128,
+            bench: BenchSettings | None = None, progress: Progress = SILENT) -> Prepared:
+    """Load ``model`` and ``data``, take the original model's outputs, split the rows and
+    export the baseline; ``recipe`` (optional) is checked against the model before any of
+    the slow work."""
+    settings = settings or Settings()
     seed = _first(seed, settings.seed, 0)
     calibration_fraction = _first(calibration_fraction, settings.calibration_fraction, 0.3)
-    bench = bench or BenchSettings()
-
     progress.log("loading the model")
     loaded = load_model(model, weights=weights)
     data = resolve_data(data, loaded, target=target, seq_len=seq_len)
-    _check_stage_order(recipe, stages, loaded)
-
+    if recipe is not None:
+        _check_stage_order(recipe, recipe.configs(), loaded)
     workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
-    saved = None
     try:
         run = _prepare(loaded, data, task or settings.task, max_drop, settings, seed,
-                       calibration_fraction, workdir, bench, progress, seq_len)
+                       calibration_fraction, workdir, bench or BenchSettings(), progress, seq_len)
+        return Prepared(run, _baseline(run), seed, calibration_fraction)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+@dataclass
+class StagesRun:
+    """What running a recipe's stages left: the final model and what each stage did."""
+
+    path: Path
+    outcomes: list[StageOutcome]
+    metrics: dict  # the final model's metrics on the held-out rows
+    stage_reports: list[dict]
+    notes: list[str]
+    steps: list[tuple]  # (name, technique, path, metrics, skipped) per step, for the waterfall
+
+
+def run_stages(run: Run, recipe: Recipe, baseline_path: Path | None, seed: int,
+               saved: RunCheckpoint | None = None) -> StagesRun:
+    """Run the recipe's model-changing stages in order (budget checked after each), then
+    store mostly-zero weights sparsely. Storage stages (pack) are left to the caller."""
+    stages = recipe.configs()
+    outcomes: list[StageOutcome] = []
+    current, module = baseline_path, run.model.module  # the PyTorch model torch stages train
+    for index, ((technique, config), spec) in enumerate(zip(stages, recipe.stages, strict=True), 1):
+        if technique.domain == "storage":
+            continue  # packing works on the final model, after every other stage
+        if saved is not None and index <= saved.finished:
+            outcome = saved.restore(index, run.workdir)
+            run.progress.log(f"stage {index}/{len(stages)}: {technique.name} restored from the checkpoint")
+        else:
+            outcome = _run_stage(run, index, len(stages), technique, config, spec, current, module, seed)
+            if saved is not None:
+                saved.save(index, outcome)
+        outcomes.append(outcome)
+        if outcome.transformer is not None:
+            run.model.transformer.clear()
+            run.model.transformer.update(outcome.transformer)
+        if not outcome.skipped:
+            current = outcome.path
+            module = outcome.module if technique.domain == "torch" else None
+    if all(o.skipped for o in outcomes):
+        raise BudgetError(f"Every stage of recipe '{recipe.name}' was skipped, so there is no compressed "
+                          "model. Raise --max-drop or try another recipe.")
+    compact_names(current)
+    eval_metrics = next(o.metrics for o in reversed(outcomes) if not o.skipped)
+    stage_reports = [o.report for o in outcomes]
+    notes = list(run.model.notes) + [n for o in outcomes for n in o.notes]
+    steps = [(f"{i} {o.technique}", o.technique, o.path, o.metrics, o.skipped)
+             for i, o in enumerate(outcomes, 1)]
+    if any(t.sparse for (t, _), o in zip(stages, outcomes, strict=False) if not o.skipped):
+        current, storage = _store_sparse(run, current)  # a scan of every weight: only where zeros were made
+        if storage is not None:
+            stage_reports.append(storage)
+            notes += storage["notes"]
+            steps.append(("sparse storage", "sparse-storage", current, eval_metrics, False))
+    return StagesRun(current, outcomes, eval_metrics, stage_reports, notes, steps)
+
+
+def run_recipe(prepared: Prepared, recipe: Recipe, *, pack: bool = False, checkpoint: str | Path | None = None,
+               resume: bool = False) -> CompressionResult:
+    """Run ``recipe`` on a prepared model, measure the result against the baseline and
+    return it; the result owns ``prepared.run.workdir`` from then on."""
+    run, seed, calibration_fraction = prepared.run, prepared.seed, prepared.calibration_fraction
+    progress = run.progress
+    saved = None
+    try:
         if checkpoint is not None:
             saved = RunCheckpoint.open(checkpoint, _fingerprint(run, recipe, seed, calibration_fraction), resume)
             if resume:
                 progress.log(f"resuming after stage {saved.finished} (checkpoint {checkpoint})" if saved.finished
                              else f"no finished stage in {checkpoint}: starting from the first stage")
-        baseline_path = _baseline(run)
-        outcomes: list[StageOutcome] = []
-        current, module = baseline_path, loaded.module  # the PyTorch model torch stages train
-        for index, ((technique, config), spec) in enumerate(zip(stages, recipe.stages, strict=True), 1):
-            if technique.domain == "storage":
-                continue  # packing works on the final model, after every other stage
-            if saved is not None and index <= saved.finished:
-                outcome = saved.restore(index, workdir)
-                progress.log(f"stage {index}/{len(stages)}: {technique.name} restored from the checkpoint")
-            else:
-                outcome = _run_stage(run, index, len(stages), technique, config, spec, current, module, seed)
-                if saved is not None:
-                    saved.save(index, outcome)
-            outcomes.append(outcome)
-            if outcome.transformer is not None:
-                run.model.transformer.clear()
-                run.model.transformer.update(outcome.transformer)
-            if not outcome.skipped:
-                current = outcome.path
-                module = outcome.module if technique.domain == "torch" else None
-        if all(o.skipped for o in outcomes):
-            raise BudgetError(f"Every stage of recipe '{recipe.name}' was skipped, so there is no compressed "
-                              "model. Raise --max-drop or try another recipe.")
-        compact_names(current)
-        eval_metrics = next(o.metrics for o in reversed(outcomes) if not o.skipped)
-        stage_reports = [o.report for o in outcomes]
-        notes = list(loaded.notes) + [n for o in outcomes for n in o.notes]
-        steps = [(f"{i} {o.technique}", o.technique, o.path, o.metrics, o.skipped)
-                 for i, o in enumerate(outcomes, 1)]
-        if any(t.sparse for (t, _), o in zip(stages, outcomes, strict=False) if not o.skipped):
-            current, storage = _store_sparse(run, current)  # a scan of every weight: only where zeros were made
-            if storage is not None:
-                stage_reports.append(storage)
-                notes += storage["notes"]
-                steps.append(("sparse storage", "sparse-storage", current, eval_metrics, False))
-        pack = pack or any(t.domain == "storage" for t, _ in stages)
-        resolved = _resolved_recipe(recipe, outcomes, run, seed, calibration_fraction)
-        report, packed_path = _measure(run, baseline_path, current, eval_metrics, resolved, stage_reports,
-                                       notes, steps, pack)
+        done = run_stages(run, recipe, prepared.baseline, seed, saved)
+        pack = pack or any(t.domain == "storage" for t, _ in recipe.configs())
+        resolved = resolved_recipe(recipe, done.outcomes, run, seed, calibration_fraction)
+        report, packed_path = _measure(run, prepared.baseline, done.path, done.metrics, resolved,
+                                       done.stage_reports, done.notes, done.steps, pack)
         if saved is not None:
             saved.remove()  # the run is complete: nothing left to resume
-        return CompressionResult(report=report, model_path=current, workdir=workdir,
-                                 tokenizer=loaded.tokenizer, recipe=resolved, packed_path=packed_path)
+        return CompressionResult(report=report, model_path=done.path, workdir=run.workdir,
+                                 tokenizer=run.model.tokenizer, recipe=resolved, packed_path=packed_path)
     except PressoError:
         # The run ended with an answer (bad input, budget not met): nothing to resume. Only an
         # interruption (Ctrl-C, a killed process) leaves the checkpoint behind.
         if saved is not None:
             saved.remove()
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
         raise
 
 
@@ -506,7 +566,7 @@ def _refusal_line(c: Candidate, primary: str) -> str:
     return line
 
 
-def _resolved_recipe(recipe: Recipe, outcomes: list[StageOutcome], run: Run,
+def resolved_recipe(recipe: Recipe, outcomes: list[StageOutcome], run: Run,
                      seed: int, calibration_fraction: float) -> Recipe:
     """The recipe as run: each stage pinned to the variant it chose (skipped stages left
     out, the packing stage kept as written), plus the settings."""
