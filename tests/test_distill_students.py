@@ -14,6 +14,7 @@ from presso.data.examples.tabular import TabularMLP
 from presso.errors import PressoError
 from presso.export.onnx_export import export_onnx
 from presso.model.loaded import LoadedModel, count_parameters
+from presso.techniques.distill.config import DistillConfig
 from presso.techniques.distill.students import StudentPlan, derive_student, mlp_student
 from presso.techniques.pruning.transformer import find_encoder_layers
 
@@ -39,6 +40,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"width": 0.0}, "'width'.*\\(0, 1\\]"), ({"width": 1.5}, "'width'"), ({"width": True}, "'width'"),
     ({"depth": 0}, "'depth'.*>= 1"), ({"depth": 2.0}, "'depth'"), ({"init": "zeros"}, "'init'.*teacher, random"),
+    ({"blocks": "x"}, "'blocks'.*standard, separable.*Got 'x'"),
 ])
 def test_plan_is_validated_at_construction(kwargs, match):
     with pytest.raises(PressoError, match=match):
@@ -249,6 +251,156 @@ def test_bert_random_init_uses_the_models_scheme(tiny_bert):
 def test_transformer_flag_without_encoder_layers_is_refused():
     with pytest.raises(PressoError, match="no BERT-style encoder layers"):
         derive_student(_digits(), PIXELS, StudentPlan(depth=1), transformer={"model_type": "bert"})
+
+
+# ---------------------------------------------------------------- blocks: depthwise-separable
+
+SEPARABLE = StudentPlan(blocks="separable")
+
+
+def _pair_weight(pair: nn.Sequential) -> np.ndarray:
+    """The weight (out, in, *k) a depthwise + pointwise pair computes: W_hat[o, c] = pw[o, c] * dw[c]."""
+    dw = pair.depthwise.weight.detach().double().numpy()[:, 0]               # (in, *k)
+    pw = pair.pointwise.weight.detach().double().flatten(1).numpy()         # (out, in)
+    return np.einsum("oc,c...->oc...", pw, dw)
+
+
+def test_exactly_separable_conv_is_reproduced():
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=(3, 8)), rng.normal(size=(3, 9))                   # per input channel c: u_c, v_c
+    weight = np.stack([np.outer(u[c], v[c]).reshape(8, 3, 3) for c in range(3)], axis=1)  # (8, 3, 3, 3)
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(8 * 6 * 6, 4)).eval()
+    with torch.no_grad():
+        teacher[0].weight.copy_(torch.from_numpy(weight))
+    x = torch.randn(5, 3, 6, 6)
+    student, notes = derive_student(teacher, (x,), SEPARABLE)
+    assert_allclose(_pair_weight(student[0]), weight, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert_allclose(student(x).numpy(), teacher(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert isinstance(teacher[0], nn.Conv2d)  # the teacher keeps its conv
+    assert torch.equal(student[0].pointwise.bias, teacher[0].bias)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(5, 7, 3), nn.Conv2d(4, 16, (3, 2)), nn.Conv1d(4, 6, 5)],
+                         ids=["conv2d", "out>kernel", "conv1d"])
+def test_separable_init_is_the_rank_one_svd_per_input_channel(conv):
+    torch.manual_seed(1)
+    conv.reset_parameters()
+    x = torch.randn(2, conv.in_channels, *[9] * (conv.weight.ndim - 2))
+    student, _ = derive_student(nn.Sequential(conv), (x,), SEPARABLE)
+    w = conv.weight.detach().double().numpy()                                # (out, in, *k)
+    expect = 0.0                                     # squared error of numpy's rank-1 truncation, per channel
+    for c in range(w.shape[1]):
+        m = w[:, c].reshape(w.shape[0], -1)                                  # (out, K)
+        left, sing, right = np.linalg.svd(m, full_matrices=False)
+        expect += np.sum((m - sing[0] * np.outer(left[:, 0], right[0])) ** 2)
+    error = np.sqrt(np.sum((w - _pair_weight(student[0])) ** 2))
+    assert error == pytest.approx(np.sqrt(expect), abs=1e-5)
+    assert error > 0.1 * np.linalg.norm(w)  # a random kernel is far from separable: the check is not vacuous
+
+
+def test_separable_parameter_count_and_note():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(16, 32, 3), nn.ReLU())
+    student, notes = derive_student(teacher, (torch.randn(2, 16, 8, 8),), SEPARABLE)
+    assert count_parameters(teacher) == 16 * 32 * 9 + 32 == 4_640
+    assert count_parameters(student) == 16 * 9 + 16 * 32 + 32 == 688
+    assert [tuple(p.shape) for p in student[0].parameters()] == [(16, 1, 3, 3), (32, 16, 1, 1), (32,)]
+    assert notes == [f"replaced 1 convolution by depthwise-separable blocks: "
+                     f"{count_parameters(teacher):,} -> {count_parameters(student):,} parameters"]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"stride": 2}, {"padding": 1}, {"dilation": 2}, {"bias": False},
+    {"stride": 2, "padding": 2, "dilation": 2}, {"padding": "same"},
+    {"padding": 1, "padding_mode": "reflect"}, {"kernel_size": (5, 3), "stride": (1, 2)},
+])
+def test_separable_keeps_output_shapes(kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, **{"kernel_size": 3, **kwargs})
+    student, _ = derive_student(conv, (torch.randn(1, 6, 12, 12),), SEPARABLE)  # a bare conv: the root goes
+    assert [type(m) for m in student] == [nn.Conv2d, nn.Conv2d] and student.depthwise.groups == 6
+    with torch.no_grad():
+        for size in ((9, 9), (10, 13), (16, 7)):
+            x = torch.randn(2, 6, *size)
+            assert student(x).shape == conv(x).shape, size
+
+
+def test_separable_conv1d_keeps_output_shapes():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv1d(3, 8, 5, stride=2, padding=2), nn.ReLU(),
+                            nn.Conv1d(8, 4, 3, dilation=3))
+    student, notes = derive_student(teacher, (torch.randn(2, 3, 40),), SEPARABLE)
+    assert notes[0].startswith("replaced 2 convolutions by depthwise-separable blocks: ")
+    with torch.no_grad():
+        for length in (20, 33):
+            x = torch.randn(2, 3, length)
+            assert student(x).shape == teacher(x).shape
+
+
+def test_separable_leaves_other_convolutions_alone():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),               # one input channel
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),     # already depthwise
+        nn.Conv2d(4, 8, 1),                          # pointwise
+        nn.Conv2d(8, 8, (1, 3), padding=(0, 1)),     # kernel 1 in one dim
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),     # grouped
+        nn.Conv2d(8, 6, 3, padding=1),               # the one replaced
+    ).eval()
+    x = (torch.randn(2, 1, 7, 7),)
+    student, notes = derive_student(teacher, x, SEPARABLE)
+    assert [type(m).__name__ for m in student] == ["Conv2d"] * 5 + ["Sequential"]
+    for kept, original in zip(student[:5], teacher[:5], strict=True):
+        _assert_same_state(_state(kept), _state(original))
+    assert notes[0].startswith("replaced 1 convolution by")
+    with pytest.raises(PressoError, match="blocks: separable replaces.*has none — use blocks: standard"):
+        derive_student(teacher[:5], x, SEPARABLE)
+
+
+def test_separable_random_init_is_seeded():
+    teacher = _digits()
+    plan = StudentPlan(width=0.5, blocks="separable", init="random")
+    a, notes = derive_student(teacher, PIXELS, plan, seed=0)
+    b, _ = derive_student(teacher, PIXELS, plan, seed=0)
+    t, _ = derive_student(teacher, PIXELS, StudentPlan(width=0.5, blocks="separable"))
+    _assert_same_state(_state(a), _state(b))
+    assert not torch.equal(a.features[2].depthwise.weight, t.features[2].depthwise.weight)
+    assert notes[-1].startswith("re-initialised all weights from seed 0")
+
+
+def test_trained_digits_separable_student_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import presso
+
+    ex = presso.load_example("digits")
+    teacher = ex.model.eval()
+    before = _state(teacher)
+    standard, _ = derive_student(teacher, PIXELS, StudentPlan(width=0.5))
+    student, notes = derive_student(teacher, PIXELS, StudentPlan(width=0.5, blocks="separable"))
+    _assert_same_state(before, _state(teacher))
+    # features.2, Conv2d(8, 16, 3) after width 0.5: 8 * 16 * 9 + 16 = 1,168 -> 8 * 9 + 8 * 16 + 16 = 216
+    assert count_parameters(standard) == 9_802 and count_parameters(student) == 9_802 - 1_168 + 216 == 8_850
+    assert notes[-1] == "replaced 1 convolution by depthwise-separable blocks: 9,802 -> 8,850 parameters"
+    sample = ex.data.inputs["x"][:16]
+    loaded = LoadedModel(name="digits", source="test", module=student.eval(), input_names=["x"],
+                         dynamic_axes={"x": {0: "batch"}})
+    path = export_onnx(loaded, {"x": sample}, tmp_path / "student.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expect = student(torch.from_numpy(sample)).numpy()
+    got = session.run(None, {"x": sample})[0]
+    assert got.shape == (16, 10) and np.abs(got - expect).max() < 1e-4
+
+
+def test_config_blocks_applies_to_derived_students_only():
+    assert DistillConfig().blocks == "standard" and DistillConfig(blocks="separable").blocks == "separable"
+    with pytest.raises(ValueError, match="blocks: separable .*student: auto.*does not apply to student: mlp"):
+        DistillConfig(blocks="separable", student="mlp")
+    with pytest.raises(ValueError, match="blocks"):
+        DistillConfig(blocks="mobile")
 
 
 # ---------------------------------------------------------------- mlp_student

@@ -20,6 +20,10 @@ class DistillConfig(BaseModel):
       layer's channels / neurons (attention heads and feed-forward neurons of a transformer),
       ``depth`` keeps that many blocks / transformer layers (evenly spaced); ``init:
       teacher`` starts from the teacher's surviving weights, ``random`` from scratch.
+      ``blocks: separable`` then makes every convolution with a kernel > 1 (groups 1, more
+      than one input channel) a MobileNet depthwise-separable pair: a per-channel depthwise
+      conv then a 1x1 pointwise conv, started from the best such approximation of the teacher's
+      kernel (rank 1 per input channel); ``standard`` keeps the convolutions as they are.
     - ``mlp``: a plain MLP (``hidden`` sizes, inputs standardised) for flat float rows; for
       teachers without a PyTorch architecture (ONNX, scikit-learn).
     - ``file.py:fn`` / ``package.module:fn``: the user's own student (``student_weights``
@@ -47,6 +51,7 @@ class DistillConfig(BaseModel):
     width: float | None = Field(default=None, gt=0, le=1)
     depth: int | None = Field(default=None, ge=1)
     init: Literal["teacher", "random"] = "teacher"
+    blocks: Literal["standard", "separable"] = "standard"
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     loss: Literal["auto", "kl", "mse", "cosine"] = "auto"
     alpha: float = Field(default=0.9, ge=0, le=1)
@@ -91,6 +96,9 @@ class DistillConfig(BaseModel):
         if self.student != "auto" and (self.width is not None or self.depth is not None):
             raise ValueError("width and depth derive a student from the teacher (student: auto); "
                              f"they do not apply to student: {self.student}")
+        if self.student != "auto" and self.blocks != "standard":
+            raise ValueError("blocks: separable rebuilds the convolutions of a student derived from the "
+                             f"teacher (student: auto); it does not apply to student: {self.student}")
         if self.student_weights is not None and ":" not in self.student:
             raise ValueError("student_weights loads a state dict into a factory student (student: file.py:fn)")
         return self

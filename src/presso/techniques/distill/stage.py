@@ -59,7 +59,7 @@ def build_student(cfg: DistillConfig, ctx: StageContext, width: float, rows: dic
                               "teacher is an ONNX file or a callable. Use student: mlp or a factory file.py:fn.")
         from presso.techniques.distill.students import StudentPlan, derive_student
 
-        plan = StudentPlan(width=width, depth=cfg.depth, init=cfg.init)
+        plan = StudentPlan(width=width, depth=cfg.depth, init=cfg.init, blocks=cfg.blocks)
         student, notes = derive_student(ctx.module, example, plan, transformer=ctx.transformer, seed=ctx.seed)
         if ctx.transformer is not None and width < 1:
             from presso.techniques.pruning.transformer import attention_shape

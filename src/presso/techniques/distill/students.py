@@ -10,7 +10,11 @@
 * narrower (``width``): presso's structured pruning physically removes channels / neurons
   (:func:`~presso.techniques.pruning.structured.prune_channels`, the output layer keeps its
   size) or attention heads and feed-forward neurons
-  (:func:`~presso.techniques.pruning.transformer.prune_transformer`). Depth goes first.
+  (:func:`~presso.techniques.pruning.transformer.prune_transformer`). Depth goes first;
+* MobileNet-style (``blocks="separable"``, Howard et al. 2017): every ``Conv1d`` / ``Conv2d``
+  with a kernel > 1 in each dim, groups 1 and more than one input channel becomes a depthwise
+  conv (one kernel per input channel, same stride / padding / dilation) then a 1x1 pointwise
+  conv (:func:`separable_pair`); the output shapes stay. This goes last.
 
 ``init="teacher"`` keeps the surviving weights (the student starts close to the teacher);
 ``init="random"`` re-initialises the same architecture from a seed: a student trained from
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from presso.data.examples._cache import Standardize, seeded
 from presso.errors import PressoError
@@ -47,6 +52,7 @@ from presso.techniques.pruning.structured import prune_channels
 from presso.techniques.pruning.transformer import find_encoder_layers, prune_transformer
 
 INITS = ("teacher", "random")
+BLOCKS = ("standard", "separable")
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,13 @@ class StudentPlan:
     width : kept fraction of channels / neurons (of a transformer's heads and FFN neurons), (0, 1].
     depth : blocks / transformer layers kept, evenly spaced; None keeps all.
     init : ``"teacher"`` keeps the surviving weights; ``"random"``: same architecture, seeded init.
+    blocks : ``"standard"`` keeps the convolutions; ``"separable"`` makes them depthwise + pointwise pairs.
     """
 
     width: float = 1.0
     depth: int | None = None
     init: str = "teacher"
+    blocks: str = "standard"
 
     def __post_init__(self) -> None:
         w = self.width
@@ -73,6 +81,9 @@ class StudentPlan:
         if self.init not in INITS:
             raise PressoError(f"The 'init' of a student must be one of {', '.join(INITS)}. "
                               f"Got {self.init!r} instead.")
+        if self.blocks not in BLOCKS:
+            raise PressoError(f"The 'blocks' of a student must be one of {', '.join(BLOCKS)}. "
+                              f"Got {self.blocks!r} instead.")
 
 
 def _run(module: nn.Module, inputs: tuple) -> torch.Tensor:
@@ -195,6 +206,69 @@ def _narrower(student: nn.Module, width: float, inputs: tuple) -> str:
     return f"kept {width:.0%} of channels / neurons (the output layer keeps its size)"
 
 
+# ---------------------------------------------------------------- blocks: depthwise-separable
+
+def _separable_candidate(m: nn.Module) -> bool:
+    """A plain Conv1d / Conv2d (not a subclass with its own forward) that a pair can stand in for."""
+    return (type(m) in (nn.Conv1d, nn.Conv2d) and m.groups == 1 and m.in_channels > 1
+            and all(k > 1 for k in m.kernel_size))
+
+
+def separable_pair(conv: nn.Conv1d | nn.Conv2d) -> nn.Sequential:
+    """``conv`` as ``Sequential(depthwise, pointwise)``, started from its weights; same output shapes.
+
+    >>> pair = separable_pair(nn.Conv2d(16, 32, 3, stride=2, padding=1))
+    >>> [tuple(p.shape) for p in pair.parameters()]
+    [(16, 1, 3, 3), (32, 16, 1, 1), (32,)]
+    """
+    cls, cin, w = type(conv), conv.in_channels, conv.weight.detach()              # w: (out, in, *k)
+    where = {"device": w.device, "dtype": w.dtype}
+    depthwise = skip_init(cls, cin, cin, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                          dilation=conv.dilation, groups=cin, bias=False, padding_mode=conv.padding_mode,
+                          **where)
+    pointwise = skip_init(cls, cin, conv.out_channels, 1, bias=conv.bias is not None, **where)
+    # The pair's weight is W_hat[o, c] = pointwise[o, c] * depthwise[c]: for each input channel c
+    # the (out, K) matrix W_hat[:, c] has rank 1, and the channels are independent. By Eckart-Young
+    # the closest rank-1 matrix in Frobenius norm is the top singular triple s u v^T of W[:, c], so
+    # depthwise[c] = s v, pointwise[:, c] = u is the best separable pair (exact if W[:, c] is rank 1).
+    u, s, vh = torch.linalg.svd(w.double().transpose(0, 1).flatten(2), full_matrices=False)  # (in, out, K)
+    with torch.no_grad():
+        depthwise.weight.copy_((s[:, :1] * vh[:, 0]).reshape(depthwise.weight.shape))       # (in, 1, *k)
+        pointwise.weight.copy_(u[:, :, 0].T.reshape(pointwise.weight.shape))                # (out, in, 1..)
+        if conv.bias is not None:
+            pointwise.bias.copy_(conv.bias)
+    pair = nn.Sequential(OrderedDict(depthwise=depthwise, pointwise=pointwise))
+    return pair.requires_grad_(conv.weight.requires_grad)
+
+
+def _separable(student: nn.Module, inputs: tuple) -> tuple[nn.Module, str]:
+    """Every candidate convolution of ``student`` replaced (in place; the root too) by its pair."""
+    pairs: dict[int, nn.Sequential] = {}                     # a conv shared by two parents: one pair
+
+    def pair(conv: nn.Module) -> nn.Sequential:
+        if id(conv) not in pairs:
+            pairs[id(conv)] = separable_pair(conv)
+        return pairs[id(conv)]
+
+    for parent in list(student.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is not None and _separable_candidate(child):
+                parent._modules[name] = pair(child)
+    if _separable_candidate(student):
+        student = pair(student)
+    if not pairs:
+        raise PressoError("blocks: separable replaces Conv1d / Conv2d layers with a kernel > 1, groups 1 and "
+                          "more than one input channel; this model has none — use blocks: standard.")
+    try:
+        _run(student, inputs)
+    except Exception as err:
+        raise PressoError(f"The student with depthwise-separable blocks no longer runs "
+                          f"({type(err).__name__}: {err}); its forward probably reads a convolution's weight "
+                          f"— use blocks: standard.") from err
+    plural = "" if len(pairs) == 1 else "s"
+    return student, f"replaced {len(pairs)} convolution{plural} by depthwise-separable blocks"
+
+
 # ---------------------------------------------------------------- init
 
 def _hf_models(student: nn.Module) -> list[nn.Module]:
@@ -243,7 +317,8 @@ def _reinitialise(student: nn.Module, seed: int) -> list[str]:
 
 def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...], plan: StudentPlan,
                    *, transformer: dict | None = None, seed: int = 0) -> tuple[nn.Module, list[str]]:
-    """A smaller copy of ``teacher``: ``plan.depth`` blocks / layers, ``plan.width`` of its channels.
+    """A smaller copy of ``teacher``: ``plan.depth`` blocks / layers, ``plan.width`` of its channels,
+    depthwise-separable convolutions with ``plan.blocks="separable"``.
 
     Parameters
     ----------
@@ -252,7 +327,7 @@ def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     example_inputs : tuple of Tensor
         What the teacher's forward takes, positionally (a small batch is enough).
     plan : StudentPlan
-        ``width``, ``depth`` and ``init`` (see the module docstring for the rules).
+        ``width``, ``depth``, ``blocks`` and ``init`` (see the module docstring for the rules).
     transformer : dict, optional
         ``LoadedModel.transformer`` of a transformer encoder; BERT-like encoder layers found in
         the model make it a transformer too.
@@ -268,7 +343,8 @@ def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     ------
     PressoError
         For a depth the model has no stack for or more than it has, a layer that structured
-        pruning refuses, or a student that no longer runs or gives another output shape.
+        pruning refuses, ``blocks="separable"`` on a model without a convolution to replace, or a
+        student that no longer runs or gives another output shape.
 
     Examples
     --------
@@ -290,15 +366,18 @@ def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...],
                           "(attention.self.query/key/value, intermediate.dense, output.dense); "
                           "derive_student shrinks BERT-like encoders only — give a factory student.")
     notes = []
-    for step, wanted in (("depth", plan.depth is not None), ("width", plan.width < 1.0)):
+    for step, wanted in (("depth", plan.depth is not None), ("width", plan.width < 1.0),
+                         ("blocks", plan.blocks == "separable")):
         if not wanted:
             continue
         before = count_parameters(student)
         if step == "depth":
             note = (_shallower_transformer(student, plan.depth) if is_transformer
                     else _shallower_stack(student, plan.depth, inputs))
-        else:
+        elif step == "width":
             note = (_narrower_transformer if is_transformer else _narrower)(student, plan.width, inputs)
+        else:
+            student, note = _separable(student, inputs)
         notes.append(f"{note}: {before:,} -> {count_parameters(student):,} parameters")
     try:
         out = _run(student, inputs)
