@@ -16,6 +16,8 @@ from presso.cli.common import (
     model_and_data,
     print_json,
 )
+from presso.cli.search import add_search_budget
+from presso.cli.search import run as search_run
 
 HELP = "compress a model (or a built-in example) and write model.onnx with its evidence"
 
@@ -38,20 +40,26 @@ Default 0.01. If no variant meets it, presso writes nothing and exits with code 
 
 Each finished stage is kept in OUT.checkpoint/ until the run completes; after an
 interruption (Ctrl-C, a killed process) run the same command with --resume to continue
-from the last finished stage.""",
+from the last finished stage.
+
+--recipe auto searches the model's compression space (--trials N finished trials, default
+20, or --timeout SECONDS) and writes the front's balanced point; presso search has the
+samplers, constraints and shared studies.""",
     )
     p.add_argument("model", nargs="?", help="an .onnx file, a Hugging Face model folder, or a "
                    "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module")
     p.add_argument("--example", metavar="NAME",
                    help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm")
     add_data_options(p)
-    p.add_argument("--recipe", default="int8", help="built-in recipe name or recipe .yaml (default: int8)")
+    p.add_argument("--recipe", default="int8", help="built-in recipe name, recipe .yaml, or 'auto': an automatic "
+                   "search (presso search with its defaults; --trials, --timeout) (default: int8)")
     p.add_argument("--out", metavar="DIR", help="artifact folder (default: ./presso-NAME-RECIPE)")
     p.add_argument("--packed", action="store_true",
                    help="also write model.packed: the weights entropy-coded (sparse + low-bit + LZMA), "
                         "with its size in the report (recipes with a 'pack' stage always do)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last finished stage (OUT.checkpoint/)")
+    add_search_budget(p)
     add_run_options(p)
     add_bench_options(p)
     add_common(p)
@@ -65,6 +73,18 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 def run(args) -> int:
+    if args.recipe == "auto":
+        from presso.errors import PressoError
+
+        if args.resume or args.packed:
+            raise PressoError("--recipe auto runs a search, which resumes by itself (run the same command "
+                              "again); drop --resume / --packed.")
+        return search_run(args, out_default="auto")
+    if args.trials is not None or args.timeout is not None:
+        from presso.errors import PressoError
+
+        raise PressoError("--trials and --timeout size an automatic search: use them with --recipe auto "
+                          "(or presso search).")
     import presso
     from presso.recipe.result import check_output_dir
     from presso.recipe.schema import load_recipe

@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from presso.cli import bench, compress, distill, evaluate, recipes, report
+from presso.cli import bench, compress, distill, evaluate, recipes, report, search
 
-COMMANDS = (compress, distill, bench, evaluate, recipes, report)
+COMMANDS = (compress, search, distill, bench, evaluate, recipes, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         hint = getattr(args, "checkpoint_hint", None)
         resume = ""
-        if args.command == "distill":
+        if getattr(args, "interrupt_hint", None):
+            resume = " " + args.interrupt_hint
+        elif args.command == "distill":
             resume = " Training was checkpointed: run the same command with --resume to continue."
         elif hint is not None and (hint / "state.json").is_file():
             resume = (f" Finished stages are kept in {hint}: run the same command with --resume to "

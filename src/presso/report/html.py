@@ -366,14 +366,27 @@ def _data(report: Report) -> str:
                     f"{esc(split.get('note', ''))}.</p>")
 
 
+def _nav(report: Report) -> list[tuple[str, str]]:
+    return _NAV[:1] + [("search", "Search")] + _NAV[1:] if report.search is not None else _NAV
+
+
+def _search(report: Report) -> str:
+    if report.search is None:
+        return ""
+    from presso.report.search_html import search_section  # imports this module's helpers
+
+    return _section("search", "Search: the Pareto front", search_section(report))
+
+
 def render_html(report: Report) -> str:
     """The whole report page as one string: header with the verdict, plots, tables, recipe."""
     import yaml
 
     body = [
         _header(report),
-        "<nav>" + "".join(f"<a href='#{a}'>{esc(t)}</a>" for a, t in _NAV) + "</nav>",
+        "<nav>" + "".join(f"<a href='#{a}'>{esc(t)}</a>" for a, t in _nav(report)) + "</nav>",
         _summary(report),
+        _search(report),
         _section("steps", "Step by step", _steps(report)),
         _section("layer-sizes", "Where the bytes are", _layer_sizes(report)),
         _section("sensitivity", "Per-layer sensitivity", *_sensitivity(report)),

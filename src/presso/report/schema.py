@@ -91,6 +91,37 @@ class Stored(_Strict):
     codecs: dict[str, int]  # codec -> number of tensors stored with it
 
 
+class SearchTrial(_Strict):
+    """One trial of an automatic search, as the report lists it."""
+
+    number: int
+    state: str  # complete, pruned (broke the budget or could not run), failed
+    summary: str  # the recipe in a line: "slim ratio 0.7 -> int8 dynamic"
+    drop: float | None = None
+    latency_ms: float | None = None  # batch-1 p50 on ONNX Runtime, timed with the baseline
+    size_bytes: int | None = None
+    feasible: bool = False  # meets --max-drop and the latency / size constraints
+    on_front: bool = False
+    retimed_ms: float | None = None  # the front re-timed together in one interleaved run
+    reason: str | None = None  # why it was pruned or failed
+    recipe_file: str | None = None  # trials/NNNN.yaml: re-run with presso compress --recipe
+
+
+class Search(_Strict):
+    """How the compressed model was found: the study, its trials and their Pareto front."""
+
+    study: str
+    storage: str  # without a password
+    sampler: str
+    pick: str
+    picked: int  # the trial whose recipe made this artifact
+    objectives: list[str]
+    constraints: dict[str, float | None]
+    space: dict[str, list[Any]]  # choice -> values
+    trials: list[SearchTrial]
+    seconds: float
+
+
 class Report(_Strict):
     presso_version: str
     created: str
@@ -110,3 +141,4 @@ class Report(_Strict):
     steps: list[Step] = Field(default_factory=list)
     layer_sizes: dict[str, list[LayerSize]] = Field(default_factory=dict)  # "baseline" / "compressed"
     stored: Stored | None = None
+    search: Search | None = None  # present when an automatic search chose the recipe

@@ -57,3 +57,28 @@ def _layer_summary(rows: list[dict]) -> str:
         sparse = sum(r["storage"] == "bitmask" for r in rows)
         return f"{sparse} of {len(rows)} weight tensors stored as bitmask + values"
     return f"{len(rows)} layer{'' if len(rows) == 1 else 's'} reshaped" if rows else ""
+
+
+def print_front(report: Report, console: Console) -> None:
+    """The search's Pareto front (and how many trials it came from)."""
+    s = report.search
+    if s is None:
+        return
+    metric = report.budget.primary_metric
+    table = Table(title=f"Pareto front · study {s.study} · {s.sampler} · pick {s.pick}")
+    for name, justify in (("trial", "right"), ("recipe", "left"), (f"{metric} drop", "right"),
+                          ("p50 ms", "right"), ("re-timed ms", "right"), ("size kB", "right")):
+        table.add_column(name, justify=justify)
+    front = sorted((t for t in s.trials if t.on_front), key=lambda t: t.latency_ms or 0)
+    for t in front:
+        mark = " ←" if t.number == s.picked else ""
+        table.add_row(f"{t.number}{mark}", t.summary, f"{t.drop:+.4f}", f"{t.latency_ms:.4f}",
+                      "-" if t.retimed_ms is None else f"{t.retimed_ms:.4f}", f"{t.size_bytes / 1e3:,.1f}")
+    console.print(table)
+    counts: dict[str, int] = {}
+    for t in s.trials:
+        key = t.state if t.state != "complete" or t.feasible else "outside the constraints"
+        counts[key] = counts.get(key, 0) + 1
+    console.print(f"{len(s.trials)} trials ({', '.join(f'{n} {k}' for k, n in counts.items())}) in "
+                  f"{s.seconds:,.0f} s; trial {s.picked} re-run and measured below. Every trial's recipe: "
+                  "trials/NNNN.yaml (presso compress --recipe FILE).")

@@ -1,0 +1,46 @@
+"""The Pareto front of finished trials, and picking one point of it.
+
+A point is on the front when no other feasible point is at least as good on all three
+objectives (quality drop, latency, size) and better on one. ``pick`` orders the front:
+
+- ``quality``: the smallest drop (then latency, then size);
+- ``latency``: the fastest (then drop, then size);
+- ``size``: the smallest file (then latency, then drop);
+- ``balanced``: the smallest sum of the three objectives, each scaled to [0, 1] over the
+  front (the point closest to the front's ideal corner in that scaling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+PICKS = ("quality", "latency", "size", "balanced")
+_KEYS = ("drop", "latency_ms", "size_bytes")
+
+
+def dominates(a: dict, b: dict) -> bool:
+    return all(a[k] <= b[k] for k in _KEYS) and any(a[k] < b[k] for k in _KEYS)
+
+
+def pareto_front(points: Sequence[dict]) -> list[dict]:
+    """The non-dominated points (duplicates of a point on the front stay: same figures)."""
+    return [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
+
+
+def ordered(front: Sequence[dict], pick: str) -> list[dict]:
+    """The front, best first for ``pick``."""
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {PICKS}; got {pick!r}")
+    if pick == "quality":
+        return sorted(front, key=lambda p: (p["drop"], p["latency_ms"], p["size_bytes"]))
+    if pick == "latency":
+        return sorted(front, key=lambda p: (p["latency_ms"], p["drop"], p["size_bytes"]))
+    if pick == "size":
+        return sorted(front, key=lambda p: (p["size_bytes"], p["latency_ms"], p["drop"]))
+    spans = {}
+    for k in _KEYS:
+        lo, hi = min(p[k] for p in front), max(p[k] for p in front)
+        spans[k] = (lo, hi - lo)
+    def score(p: dict) -> float:
+        return sum((p[k] - lo) / span if span > 0 else 0.0 for k, (lo, span) in spans.items())
+    return sorted(front, key=lambda p: (score(p), p["latency_ms"], p["size_bytes"]))

@@ -1,0 +1,473 @@
+"""Automatic compression search: a study of trials over the model's search space, the
+Pareto front of quality drop, latency and size, and the chosen point written as an artifact.
+
+The flow (:func:`search`):
+
+1. prepare the model once (reference outputs, split, fp32 baseline), build its space;
+2. open or join the study (Optuna storage: SQLite in the output folder by default, or a
+   shared PostgreSQL server); a study remembers which model, data and space it is for;
+3. run trials until the study holds ``trials`` finished ones (across all workers) or
+   ``timeout`` seconds pass; a new study starts from the built-in recipes' points;
+4. the feasible finished trials' front; this worker's front models re-timed together in one
+   interleaved run (trials were timed at different moments), dropping any that now miss
+   ``max_latency_ms``;
+5. the front's best point for ``pick`` re-run as a full compress run, measured and reported
+   like any recipe, with the search (trials, front, space) in its report.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from presso.errors import BudgetError, PressoError
+from presso.measure.bench import BenchSettings, time_latency
+from presso.progress import SILENT, Progress
+from presso.recipe.checkpoint import run_fingerprint
+from presso.recipe.result import CompressionResult
+from presso.recipe.runner import Prepared, prepare, run_recipe
+from presso.recipe.schema import Recipe, Settings
+from presso.search.front import PICKS, ordered, pareto_front
+from presso.search.space import SearchSpace
+from presso.search.storage import check_url, default_url, open_storage, redact
+from presso.search.trial import OBJECTIVES, Constraints, TrialRunner
+
+SAMPLERS = ("tpe", "nsga2", "random", "grid", "rl")
+SEARCH_FILES = ("study.db", "search.json", "trials")
+
+
+@dataclass
+class SearchResult:
+    """The chosen model (``result``, written like any compress result) and the study."""
+
+    result: CompressionResult
+    study: str
+    storage: str
+    trials: list[dict]  # every trial: number, state, summary, objectives, feasible, on_front...
+    front: list[dict]
+
+    def save(self, out: str | Path) -> Path:
+        return save_search(self, out)
+
+
+def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None = 20,
+           timeout: float | None = None, storage: str | None = None, study: str | None = None,
+           sampler: str = "tpe", pick: str = "balanced", max_latency_ms: float | None = None,
+           max_size_mb: float | None = None, techniques: list[str] | None = None,
+           task: str | None = None, max_drop: float | None = None, target: str | None = None,
+           weights: str | Path | None = None, seed: int | None = None,
+           calibration_fraction: float | None = None, seq_len: int = 128,
+           bench: BenchSettings | None = None, trial_rounds: int = 5,
+           progress: Progress = SILENT) -> SearchResult:
+    """Search the model's compression space and return the front's best point for ``pick``.
+
+    ``out`` is the search folder: the default SQLite study (``study.db``), each trial's
+    recipe (``trials/NNNN.yaml``, re-runnable with ``presso compress --recipe``) and, once
+    saved, the chosen artifact. ``storage`` (a database URL) and ``study`` (a name) let
+    workers on many machines join one study; run the same call again to resume one.
+    """
+    out = Path(out)
+    _check_options(trials, timeout, sampler, pick, max_latency_ms, max_size_mb, trial_rounds)
+    url = storage or default_url(out)
+    if storage is None:
+        check_search_dir(out)  # the default study.db goes in it
+    else:
+        check_url(storage)  # a bad URL fails now, before the model is loaded
+    started = time.perf_counter()
+    prepared = prepare(model, data, task=task, max_drop=max_drop, target=target, weights=weights, seed=seed,
+                       calibration_fraction=calibration_fraction, seq_len=seq_len, bench=bench,
+                       progress=progress)
+    try:
+        run = prepared.run
+        space = SearchSpace.for_model(prepared, techniques)
+        constraints = Constraints(run.max_drop, max_latency_ms,
+                                  None if max_size_mb is None else int(max_size_mb * 1e6))
+        if max_latency_ms is not None:
+            _check_latency_floor(prepared, max_latency_ms)
+        settings = Settings(task=run.task, max_drop=run.max_drop, seed=prepared.seed,
+                            calibration_fraction=prepared.calibration_fraction)
+        if storage is None:
+            out.mkdir(parents=True, exist_ok=True)
+        name = study or f"presso-{run.model.name}"
+        the_study = _open_study(url, name, space, prepared, sampler, trials, constraints,
+                                shared=storage is not None)
+        models = run.workdir / "models"
+        runner = TrialRunner(prepared, space, settings, rounds=trial_rounds, progress=progress, keep_models=models)
+        _optimize(the_study, runner, trials, timeout, progress)
+        rows = _rows(the_study, constraints)
+        if out.is_dir():
+            _write_trials(out, rows)  # kept even when nothing below is feasible
+        feasible = [r for r in rows if r["feasible"]]
+        if not feasible:
+            raise BudgetError(_nothing_feasible(rows, constraints, run.primary))
+        _retime(prepared, feasible, models, constraints, progress)
+        feasible = [r for r in feasible if r["feasible"]]
+        front = pareto_front(feasible)
+        for r in rows:
+            r["on_front"] = any(r is f for f in front)
+        result, picked = _final(prepared, front, pick, progress)
+        result.report.search = _report_section(the_study, url, sampler, pick, picked, constraints, space,
+                                               rows, time.perf_counter() - started)
+        return SearchResult(result, name, redact(url), rows, front)
+    finally:
+        prepared.close()
+
+
+# ------------------------------------------------------------------ checks
+
+def _check_options(trials, timeout, sampler, pick, max_latency_ms, max_size_mb, trial_rounds) -> None:
+    if sampler not in SAMPLERS:
+        raise PressoError(f"--sampler '{sampler}' is not one of {', '.join(SAMPLERS)}.")
+    if pick not in PICKS:
+        raise PressoError(f"--pick '{pick}' is not one of {', '.join(PICKS)}.")
+    if trials is not None and trials < 1:
+        raise PressoError(f"--trials must be >= 1 (finished trials in the study). Got {trials}.")
+    if timeout is not None and timeout <= 0:
+        raise PressoError(f"--timeout must be a number of seconds > 0. Got {timeout}.")
+    if trials is None and timeout is None:
+        raise PressoError("Give --trials N or --timeout SECONDS (or both): a search needs a budget.")
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-size-mb", max_size_mb)):
+        if value is not None and not value > 0:
+            raise PressoError(f"{flag} must be > 0 (no model has no latency or no size). Got {value}.")
+    if trial_rounds < 1:
+        raise PressoError(f"--trial-rounds must be >= 1. Got {trial_rounds}.")
+
+
+def check_search_dir(out: Path) -> None:
+    """A search folder may be new, empty, a search folder (resumed) or a compress artifact."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PressoError(f"--out '{out}' is a file, not a folder. Choose another --out.")
+    names = {p.name for p in out.iterdir()}
+    if names and not names & {*SEARCH_FILES, "report.json"}:
+        raise PressoError(f"Output folder '{out}' exists and is neither a presso search folder nor an artifact. "
+                          "Choose another --out.")
+
+
+def _check_latency_floor(prepared: Prepared, max_ms: float) -> None:
+    """No model can answer faster than ONNX Runtime calls an empty graph on these inputs:
+    a limit below that is impossible, said before any trial runs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    run = prepared.run
+    batch1 = run.evaluation.head(1).inputs
+    first = run.model.input_names[0]
+    dtype = {np.dtype("float32"): TensorProto.FLOAT, np.dtype("int64"): TensorProto.INT64,
+             np.dtype("int32"): TensorProto.INT32}.get(batch1[first].dtype, TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [first], ["out"])], "floor",
+        [helper.make_tensor_value_info(first, dtype, None)], [helper.make_tensor_value_info("out", dtype, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)])
+    model.ir_version = 8
+    path = run.workdir / "floor.onnx"
+    onnx.save(model, str(path))
+    floor = time_latency({"floor": path}, {first: batch1[first]}, BenchSettings(rounds=3, round_seconds=0.05,
+                                                                               threads=run.bench.threads))
+    floor_ms = floor["floor"].p50_ms
+    if max_ms < floor_ms:
+        raise PressoError(f"--max-latency-ms {max_ms:g} is impossible on this machine: ONNX Runtime takes "
+                          f"{floor_ms:.4f} ms to call an empty graph on one row here, before any layer runs. "
+                          "Give a larger limit.")
+
+
+# ------------------------------------------------------------------ the study
+
+def _open_study(url: str, name: str, space: SearchSpace, prepared: Prepared, sampler_name: str,
+                trials: int | None, constraints: Constraints, shared: bool):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    run = prepared.run
+    fingerprint = run_fingerprint(space.digest(), {"task": run.task, "max_drop": run.max_drop,
+                                                   "seed": prepared.seed, "seq_len": run.seq_len,
+                                                   "calibration_fraction": prepared.calibration_fraction},
+                                  [*run.data.inputs.values(), run.ref_cal, run.ref_eval])
+    existing = _existing_trials(storage, name)
+    seed = prepared.seed + existing + (os.getpid() % 10_000 if shared else 0)
+    sampler = make_sampler(sampler_name, seed, trials or 50, space, constraints)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                    directions=["minimize"] * len(OBJECTIVES), load_if_exists=True)
+    except ValueError as exc:  # an existing study with other directions
+        raise PressoError(f"Study '{name}' at {redact(url)} is not a presso search ({exc}). "
+                          "Use another --study name.") from None
+    owner = study.user_attrs.get("presso")
+    if owner is None:
+        study.set_user_attr("presso", {"fingerprint": fingerprint, "model": run.model.name,
+                                       "objectives": list(OBJECTIVES)})
+        study.set_metric_names(list(OBJECTIVES))
+        if existing == 0 and sampler_name != "grid":
+            for params in warm_starts(space):
+                study.enqueue_trial(params, skip_if_exists=True)
+    elif owner.get("fingerprint") != fingerprint:
+        raise PressoError(f"Study '{name}' at {redact(url)} belongs to another search (model "
+                          f"'{owner.get('model')}', or other data, settings or search space). Use another "
+                          "--study name, or the same model, data and options as its other workers.")
+    return study
+
+
+def _existing_trials(storage, name: str) -> int:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def make_sampler(name: str, seed: int, trials: int, space: SearchSpace, constraints: Constraints):
+    import optuna
+
+    def constraints_func(trial) -> list[float]:
+        attrs = trial.user_attrs
+        if "drop" not in attrs:
+            return [1.0]
+        return constraints.violations(attrs)
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)),
+                                          multivariate=True, group=True, constraints_func=constraints_func)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)),
+                                             constraints_func=constraints_func)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.coarse_grid(), seed=seed)
+    from presso.search.rl import PolicyGradientSampler, default_reward
+
+    def reward(trial, complete) -> float:
+        r = default_reward(trial, complete, [optuna.study.StudyDirection.MINIMIZE] * len(OBJECTIVES))
+        # A point that misses a latency / size limit is worth less than any point that meets them.
+        return r - 3.0 * sum(v > 0 for v in constraints.violations(trial.user_attrs))
+
+    return PolicyGradientSampler(seed=seed, reward=reward)
+
+
+def warm_starts(space: SearchSpace) -> list[dict]:
+    """The built-in recipes' points (slim, int8, student + int8) first: the search starts
+    from what the recipes would give and spends its budget improving on them."""
+    names = {c.name: c.values for c in space.choices}
+    points = []
+    if "slim.ratio" in names:
+        points.append({"structure": "slim", "slim.ratio": 0.65, "slim.lr": 1e-3, "slim.epochs": 60,
+                       "slim.temperature": 2.0, "slim.l1": 0.0, "weights": "fp32"})
+    if "int8.variant" in names:
+        variant = "dynamic-smooth" if space.kind == "transformer" else names["int8.variant"][1 if len(
+            names["int8.variant"]) > 1 else 0]
+        points.append({"structure": "none", "weights": "int8", "int8.variant": variant})
+    if "distill.width" in names and space.kind == "torch":
+        points.append({"structure": "distill", "distill.width": 0.45, "distill.temperature": 4.0,
+                       "distill.alpha": 0.9, "distill.lr": 1e-3, "distill.epochs": 60,
+                       "weights": "int8" if "int8.variant" in names else "fp32",
+                       "int8.variant": names.get("int8.variant", ("",))[0]})
+    out = []
+    for point in points:
+        point = {k: v for k, v in point.items() if k in names and v in names[k]}
+        point.setdefault("prune", False) if "prune" in names else None
+        point.setdefault("lowrank", False) if "lowrank" in names else None
+        out.append(point)
+    return out
+
+
+def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | None, progress: Progress) -> None:
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    if trials is not None and done >= trials:
+        progress.log(f"study '{study.study_name}' already holds {done} finished trials (--trials {trials})")
+        return
+    if done:
+        progress.log(f"joining study '{study.study_name}': {done} finished trials so far")
+    callbacks = [lambda s, t: _log_trial(progress, t, trials)]
+    if trials is not None:
+        callbacks.insert(0, MaxTrialsCallback(trials, states=finished))
+    total = (trials - done) if trials is not None else None
+    label = f"searching: {trials} finished trials" if trials is not None else "searching until the timeout"
+    with progress.task(label, total=total) as advance:
+        def tick(s, t):
+            if t.state in finished:
+                advance(1)
+        callbacks.append(tick)
+        # A trial that crashes is recorded as failed (with its error) and the search goes on;
+        # the stop comes from MaxTrialsCallback (counting every worker's trials) or the timeout.
+        study.optimize(runner, timeout=timeout, callbacks=callbacks, catch=(Exception,), gc_after_trial=True)
+
+
+def _log_trial(progress: Progress, t, trials: int | None) -> None:
+    a = t.user_attrs
+    what = a.get("summary", "?")
+    if t.state.name == "COMPLETE":
+        line = (f"trial {t.number}: {what}: drop {a['drop']:+.4f}, {a['latency_ms']:.4f} ms, "
+                f"{a['size_bytes'] / 1e3:,.1f} kB")
+        if "same_as" in a:
+            line += f" (same choices as trial {a['same_as']})"
+    elif t.state.name == "PRUNED":
+        line = f"trial {t.number}: {what}: pruned ({a.get('reason', '')[:160]})"
+    else:
+        line = f"trial {t.number}: {what}: {t.state.name.lower()} ({_fail_reason(t)[:160]})"
+    progress.log(line)
+
+
+def _fail_reason(t) -> str:
+    """The last line of the error Optuna recorded for a failed trial."""
+    text = str(t.system_attrs.get("fail_reason") or t.user_attrs.get("reason") or "").strip()
+    return text.splitlines()[-1] if text else "error (no message recorded)"
+
+
+# ------------------------------------------------------------------ results
+
+def _rows(study, constraints: Constraints) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(t.state.name)
+        if state is None:
+            continue  # running or waiting: another worker's
+        row = {"number": t.number, "state": state, "summary": a.get("summary", ""), "recipe": a.get("recipe"),
+               "feasible": False, "on_front": False, "reason": a.get("reason")}
+        if state == "complete" and "drop" in a:
+            row.update({k: a[k] for k in OBJECTIVES})
+            row["feasible"] = constraints.met(a)
+            if not row["feasible"]:
+                row["reason"] = _violation_text(a, constraints)
+        elif state == "failed":
+            row["reason"] = _fail_reason(t)
+        rows.append(row)
+    return rows
+
+
+def _violation_text(a: dict, c: Constraints) -> str:
+    parts = []
+    if a["drop"] > c.max_drop + 1e-12:
+        parts.append(f"drop {a['drop']:.4f} > {c.max_drop}")
+    if c.max_latency_ms is not None and a["latency_ms"] > c.max_latency_ms:
+        parts.append(f"{a['latency_ms']:.4f} ms > --max-latency-ms {c.max_latency_ms:g}")
+    if c.max_size_bytes is not None and a["size_bytes"] > c.max_size_bytes:
+        parts.append(f"{a['size_bytes'] / 1e6:.3f} MB > --max-size-mb {c.max_size_bytes / 1e6:g}")
+    return "misses " + "; ".join(parts)
+
+
+def _nothing_feasible(rows: list[dict], c: Constraints, primary: str) -> str:
+    complete = [r for r in rows if r["state"] == "complete" and "drop" in r]
+    if not complete:
+        pruned = sum(r["state"] == "pruned" for r in rows)
+        return (f"No trial finished within the {primary} budget (--max-drop {c.max_drop}): {pruned} of "
+                f"{len(rows)} broke it or could not run. Nothing was written. Raise --max-drop, give more "
+                "--trials, or other --techniques.")
+    best = [f"smallest drop {min(r['drop'] for r in complete):.4f}"]
+    if c.max_latency_ms is not None:
+        best.append(f"fastest {min(r['latency_ms'] for r in complete):.4f} ms (limit {c.max_latency_ms:g})")
+    if c.max_size_bytes is not None:
+        best.append(f"smallest {min(r['size_bytes'] for r in complete) / 1e6:.3f} MB "
+                    f"(limit {c.max_size_bytes / 1e6:g})")
+    return (f"No trial meets all the constraints together ({len(complete)} finished: {', '.join(best)}). "
+            "Nothing was written. Loosen --max-latency-ms / --max-size-mb / --max-drop, or give more --trials.")
+
+
+def _retime(prepared: Prepared, feasible: list[dict], models: Path, c: Constraints, progress: Progress) -> None:
+    """Time this worker's front candidates together with the baseline in one interleaved run:
+    each trial was timed at its own moment, and a shared machine drifts between them."""
+    run = prepared.run
+    local = {r["number"]: models / f"{r['number']}.onnx" for r in pareto_front(feasible)
+             if (models / f"{r['number']}.onnx").is_file()}
+    if len(local) < 1:
+        return
+    paths = {str(n): p for n, p in local.items()}
+    if prepared.baseline is not None:
+        paths["baseline"] = prepared.baseline
+    with progress.task(f"re-timing the front's {len(local)} models together (interleaved rounds)"):
+        timing = time_latency(paths, run.evaluation.head(1).inputs, run.bench)
+    for r in feasible:
+        t = timing.get(str(r["number"]))
+        if t is None:
+            continue
+        r["retimed_ms"] = t.p50_ms
+        if c.max_latency_ms is not None and t.p50_ms > c.max_latency_ms:
+            r["feasible"] = False
+            r["reason"] = f"re-timed with the front at {t.p50_ms:.4f} ms > --max-latency-ms {c.max_latency_ms:g}"
+
+
+def _final(prepared: Prepared, front: list[dict], pick: str, progress: Progress):
+    """Re-run the front's best point for ``pick`` as a full compress run (the next one if a
+    re-run misses the budget: training is not bit-reproducible on every machine)."""
+    failures = []
+    for row in ordered(front, pick):
+        recipe = Recipe(**{**row["recipe"], "name": "auto",
+                           "description": f"found by presso search (trial {row['number']}): {row['summary']}"})
+        progress.log(f"re-running trial {row['number']} ({row['summary']}) as the result, measured in full")
+        workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
+        run = replace(prepared.run, workdir=workdir)
+        transformer = copy.deepcopy(run.model.transformer)
+        try:
+            result = run_recipe(Prepared(run, prepared.baseline, prepared.seed, prepared.calibration_fraction),
+                                recipe)
+            return result, row["number"]
+        except BudgetError as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            failures.append(f"trial {row['number']}: {str(exc)[:160]}")
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        finally:
+            if transformer is not None:
+                run.model.transformer.clear()
+                run.model.transformer.update(transformer)
+    raise BudgetError("Every point of the front missed the budget when re-run: " + "; ".join(failures))
+
+
+def _report_section(study, url: str, sampler: str, pick: str, picked: int, c: Constraints, space: SearchSpace,
+                    rows: list[dict], seconds: float) -> dict:
+    from presso.report.schema import Search
+
+    trials = [{k: r.get(k) for k in ("number", "state", "summary", "drop", "latency_ms", "size_bytes",
+                                     "feasible", "on_front", "retimed_ms", "reason")} | {
+        "recipe_file": f"trials/{r['number']:04d}.yaml" if r.get("recipe") else None} for r in rows]
+    return Search(study=study.study_name, storage=redact(url), sampler=sampler, pick=pick, picked=picked,
+                  objectives=list(OBJECTIVES),
+                  constraints={"max_drop": c.max_drop, "max_latency_ms": c.max_latency_ms,
+                               "max_size_mb": None if c.max_size_bytes is None else c.max_size_bytes / 1e6},
+                  space=space.grid(), trials=trials, seconds=round(seconds, 1))
+
+
+def _write_trials(out: Path, rows: list[dict]) -> None:
+    """Each trial's recipe as a file ``presso compress --recipe`` re-runs."""
+    from presso.cli.report import write_atomic
+
+    folder = out / "trials"
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        if r.get("recipe"):
+            recipe = Recipe(**{**r["recipe"], "description": f"trial {r['number']} of presso search: {r['summary']}"})
+            write_atomic(folder / f"{r['number']:04d}.yaml", recipe.to_yaml())
+
+
+def save_search(found: SearchResult, out: str | Path) -> Path:
+    """The chosen artifact into the search folder (beside study.db and trials/), plus
+    search.json with every trial."""
+    import json
+
+    from presso.cli.report import write_atomic
+
+    out = Path(out)
+    check_search_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_trials(out, found.trials)
+    found.result.save_into(out)
+    search_json = found.result.report.search.model_dump(mode="json") if found.result.report.search else {}
+    write_atomic(out / "search.json", json.dumps(search_json, indent=2))
+    return out

@@ -1,0 +1,137 @@
+"""One trial: run the recipe a trial's choices spell on the prepared model and measure the
+three objectives — quality drop on the held-out rows, batch-1 latency on ONNX Runtime on
+this machine (timed interleaved with the baseline), and the model file's size.
+
+Trials are cheap where they can be: the original model's outputs, the split and the fp32
+baseline are made once for the whole search (:func:`presso.recipe.runner.prepare`); a
+trial ends at the first stage that breaks the quality budget (pruned: later stages never
+run); and a trial whose choices equal a finished trial's reuses its figures instead of
+training the same model again (categorical samplers repeat points).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from presso.errors import BudgetError, NothingToDo, PressoError
+from presso.measure.bench import BenchSettings, time_latency
+from presso.measure.size import file_size, parameter_count
+from presso.progress import SILENT, Progress
+from presso.recipe.runner import Prepared, resolved_recipe, run_stages
+from presso.recipe.schema import Settings
+from presso.search.space import SearchSpace
+
+OBJECTIVES = ("drop", "latency_ms", "size_bytes")
+
+
+@dataclass
+class Constraints:
+    max_drop: float
+    max_latency_ms: float | None = None
+    max_size_bytes: int | None = None
+
+    def violations(self, attrs: dict) -> list[float]:
+        """Optuna's convention: a value <= 0 per constraint means it is met."""
+        out = [attrs["drop"] - self.max_drop]
+        if self.max_latency_ms is not None:
+            out.append(attrs["latency_ms"] - self.max_latency_ms)
+        if self.max_size_bytes is not None:
+            out.append(attrs["size_bytes"] - self.max_size_bytes)
+        return out
+
+    def met(self, attrs: dict) -> bool:
+        return all(v <= 1e-12 for v in self.violations(attrs))
+
+
+class TrialRunner:
+    """The objective Optuna calls: choices -> recipe -> stages -> (drop, latency, size)."""
+
+    def __init__(self, prepared: Prepared, space: SearchSpace, settings: Settings, *,
+                 rounds: int = 5, progress: Progress = SILENT, keep_models: Path | None = None):
+        self.prepared, self.space, self.settings = prepared, space, settings
+        self.rounds, self.progress = rounds, progress
+        self.keep_models = keep_models  # where each finished trial's model is kept (re-timing the front)
+        run = prepared.run
+        self.baseline_value = run.metrics(run.baseline_eval, "evaluation")[run.primary]
+
+    def __call__(self, trial) -> tuple[float, float, float]:
+        import optuna
+
+        params = self.space.suggest(trial)
+        recipe = self.space.recipe(params, f"trial-{trial.number}", self.settings)
+        if recipe is None:
+            trial.set_user_attr("reason", "no stage chosen: nothing to compress")
+            raise optuna.TrialPruned("no stage chosen")
+        trial.set_user_attr("summary", recipe.description)
+        same = _finished_twin(trial, self.space.active(params))
+        if same is not None:
+            for key, value in same.user_attrs.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("same_as", same.number)
+            if same.state == optuna.trial.TrialState.PRUNED:
+                raise optuna.TrialPruned(same.user_attrs.get("reason", "pruned"))
+            return tuple(same.values)
+        start = time.perf_counter()
+        attrs = self._run(trial.number, recipe)
+        attrs["seconds"] = round(time.perf_counter() - start, 2)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if "reason" in attrs:
+            raise optuna.TrialPruned(attrs["reason"])
+        return attrs["drop"], attrs["latency_ms"], attrs["size_bytes"]
+
+    def _run(self, number: int, recipe) -> dict:
+        prepared = self.prepared
+        workdir = prepared.run.workdir / f"trial-{number}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        run = replace(prepared.run, workdir=workdir, progress=SILENT)
+        transformer = copy.deepcopy(run.model.transformer)  # slim / distill change it in place
+        try:
+            done = run_stages(run, recipe, prepared.baseline, prepared.seed)
+            resolved = resolved_recipe(recipe, done.outcomes, run, prepared.seed, prepared.calibration_fraction)
+            drop = self.baseline_value - done.metrics[run.primary]
+            paths = {"trial": done.path}
+            if prepared.baseline is not None:
+                paths["baseline"] = prepared.baseline
+            quick = BenchSettings(rounds=self.rounds, round_seconds=0.1, threads=run.bench.threads)
+            timing = time_latency(paths, run.evaluation.head(1).inputs, quick)
+            attrs = {"drop": round(float(drop), 6), "quality": round(float(done.metrics[run.primary]), 6),
+                     "latency_ms": timing["trial"].p50_ms, "size_bytes": file_size(done.path),
+                     "parameters": parameter_count(done.path),
+                     "baseline_latency_ms": timing["baseline"].p50_ms if "baseline" in timing else None,
+                     "recipe": resolved.model_dump(mode="json", exclude_defaults=True)}
+            if self.keep_models is not None:
+                self.keep_models.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(done.path, self.keep_models / f"{number}.onnx")
+            return attrs
+        except (BudgetError, NothingToDo) as exc:
+            return {"reason": _short(exc), "recipe": recipe.model_dump(mode="json", exclude_defaults=True)}
+        except PressoError as exc:  # a choice this model cannot take (e.g. a depth it does not have)
+            return {"reason": "cannot run: " + _short(exc),
+                    "recipe": recipe.model_dump(mode="json", exclude_defaults=True)}
+        finally:
+            if run.model.transformer is not None and transformer is not None:
+                run.model.transformer.clear()
+                run.model.transformer.update(transformer)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _finished_twin(trial, params: dict):
+    """A finished trial of this study with the very same active choices, if any."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.params == params and ("drop" in other.user_attrs or "reason" in other.user_attrs):
+            return other
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).split(". Nothing was written")[0]
+    return text[:300]
