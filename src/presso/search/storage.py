@@ -10,6 +10,7 @@ one, and the same choices are tried again once (the finished trials were already
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from presso.errors import PressoError
@@ -86,8 +87,10 @@ def open_storage(url: str):
     else:
         engine["connect_args"] = {"connect_timeout": 10}
     try:
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
-                          grace_period=GRACE_SECONDS,
+        # The environment may shorten both (tests kill a worker and wait for its trial to be retried).
+        heartbeat = int(os.environ.get("PRESSO_SEARCH_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+        grace = int(os.environ.get("PRESSO_SEARCH_GRACE_SECONDS", GRACE_SECONDS))
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=grace,
                           failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
     except SQLAlchemyError as exc:
         raise PressoError(f"--storage: cannot open the study database at {redact(url)}: {_first_line(exc)}. "
