@@ -67,6 +67,8 @@ continues an interrupted study. --trials counts finished trials of the whole stu
                         "kmeans, int4 (default: all that apply to the model)")
     p.add_argument("--trial-rounds", type=int, default=5, metavar="N",
                    help="interleaved timing rounds per trial (default 5; the front is re-timed with --rounds)")
+    p.add_argument("--keep-front", action="store_true",
+                   help="also write the model of every Pareto-front point to OUT/front/NNNN.onnx")
     p.add_argument("--out", metavar="DIR", help="search folder: artifact, study.db, trials/ "
                    "(default: ./presso-NAME-search)")
     add_run_options(p)
@@ -101,7 +103,8 @@ def run(args, out_default: str = "search") -> int:
         max_size_mb=getattr(args, "max_size_mb", None), techniques=techniques, task=task,
         max_drop=args.max_drop, target=args.target, weights=args.weights, seed=args.seed,
         calibration_fraction=args.calibration_fraction, seq_len=args.seq_len, bench=bench_settings(args),
-        trial_rounds=getattr(args, "trial_rounds", 5), progress=progress,
+        trial_rounds=getattr(args, "trial_rounds", 5), keep_front=getattr(args, "keep_front", False),
+        progress=progress,
     )
     found.save(out)
     if args.json:

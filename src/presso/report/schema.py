@@ -105,6 +105,7 @@ class SearchTrial(_Strict):
     retimed_ms: float | None = None  # the front re-timed together in one interleaved run
     reason: str | None = None  # why it was pruned or failed
     recipe_file: str | None = None  # trials/NNNN.yaml: re-run with presso compress --recipe
+    worker: str | None = None  # host:pid of the worker that ran it
 
 
 class Search(_Strict):

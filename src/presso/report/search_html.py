@@ -47,9 +47,9 @@ def search_section(report: Report) -> str:
     front = sorted((t for t in s.trials if t.on_front), key=lambda t: t.latency_ms or 0)
     front_table = table(["trial", "recipe", f"{metric} drop", "p50 ms", "re-timed ms", "size kB", "recipe file"],
                         [_row(t, s.picked) for t in front])
-    everything = table(["trial", "state", "recipe", f"{metric} drop", "p50 ms", "size kB", "note"],
+    everything = table(["trial", "state", "recipe", f"{metric} drop", "p50 ms", "size kB", "worker", "note"],
                        [[t.number, t.state, t.summary, _f(t.drop, "{:+.4f}"), _f(t.latency_ms, "{:.4f}"),
-                         _f(None if t.size_bytes is None else t.size_bytes / 1e3, "{:,.1f}"),
+                         _f(None if t.size_bytes is None else t.size_bytes / 1e3, "{:,.1f}"), t.worker or "-",
                          (t.reason or "")[:160]] for t in s.trials])
     space = table(["choice", "values"], [[k, ", ".join(map(str, v))] for k, v in s.space.items()])
     return (intro

@@ -33,6 +33,9 @@ from presso.recipe.schema import Recipe, Settings, Stage
 
 FAMILIES = ("slim", "distill", "prune", "lowrank", "int8", "kmeans", "int4")
 
+# The grid sampler enqueues every point of the coarse grid: beyond this, it is refused.
+GRID_LIMIT = 20_000
+
 # Hyper-parameters the grid sampler holds at one value (see SearchSpace.coarse_grid)
 _HYPER = ("lr", "epochs", "temperature", "l1", "alpha", "scope")
 
@@ -175,13 +178,36 @@ class SearchSpace:
 
     def coarse_grid(self) -> dict[str, list]:
         """The grid sampler's space: every value of the main choices (what to apply and how
-        strongly), one middle value of each hyper-parameter and per-layer choice (their full
-        product would be millions of points)."""
+        strongly), the middle value of each hyper-parameter, and every layer compressed (their
+        full product would be millions of points)."""
         out = {}
         for c in self.choices:
-            fine = c.name.rsplit(".", 1)[-1] in _HYPER or ".layer." in c.name or ".float." in c.name
-            out[c.name] = [c.values[len(c.values) // 2]] if fine else list(c.values)
+            if ".layer." in c.name or ".float." in c.name:
+                out[c.name] = [c.values[0]]  # compress every layer: factorize it / do not keep it float
+            elif c.name.rsplit(".", 1)[-1] in _HYPER:
+                out[c.name] = [c.values[len(c.values) // 2]]
+            else:
+                out[c.name] = list(c.values)
         return out
+
+    def grid_points(self, limit: int = GRID_LIMIT) -> list[dict[str, Any]]:
+        """Every distinct point of the coarse grid: a choice that does not matter for a point
+        (a slim ratio when the point distils a student) is not multiplied in, so digits has
+        about 1,500 points where the plain product of the coarse values has 600,000."""
+        grid = self.coarse_grid()
+        points: list[dict[str, Any]] = [{}]
+        for choice in self.choices:
+            grown = []
+            for point in points:
+                if choice.when(point):
+                    grown += [{**point, choice.name: v} for v in grid[choice.name]]
+                else:
+                    grown.append(point)
+            points = grown
+            if len(points) > limit:
+                raise PressoError(f"The grid of this model's search space has more than {limit:,} points; use "
+                                  "--sampler tpe, random, nsga2 or rl, or fewer --techniques.")
+        return points
 
     def active(self, params: dict[str, Any]) -> dict[str, Any]:
         """Only the values that matter for these choices (a grid point sets them all)."""
@@ -230,12 +256,12 @@ class SearchSpace:
             opts = {"ratio": p["lowrank.ratio"]}
             chosen = [layer for layer in self.layers if p.get(f"lowrank.layer.{layer}")]
             if any(f"lowrank.layer.{layer}" in p for layer in self.layers):
-                if not chosen:
-                    return _none_if_empty(stages, name, settings, self)
                 opts["layers"] = chosen
-            # A layer whose factors would not save parameters stays whole; if none would, the
-            # stage is skipped and the trial goes on without it.
-            stages.append(Stage(technique="factorize", options=opts, optional=True))
+            # No layer chosen: no factorize stage, the later stages still run. A layer whose
+            # factors would not save parameters stays whole; if none would, the stage is
+            # skipped and the trial goes on without it.
+            if opts.get("layers", True):
+                stages.append(Stage(technique="factorize", options=opts, optional=True))
         weights = p.get("weights", "fp32")
         if weights == "int8":
             opts = {"variants": [p["int8.variant"]]}

@@ -11,6 +11,9 @@ one, and the same choices are tried again once (the finished trials were already
 from __future__ import annotations
 
 import os
+import random
+import time
+import warnings
 from pathlib import Path
 
 from presso.errors import PressoError
@@ -19,6 +22,8 @@ HEARTBEAT_SECONDS = 10
 # A running trial whose worker has not beaten for this long is taken as dead.
 GRACE_SECONDS = 40
 _SUPPORTED = ("sqlite", "postgresql")
+_PG_DRIVERS = ("psycopg2", "psycopg")  # presso[postgres] installs the first
+_ATTEMPTS = 5  # to open a new database other workers are creating too
 _EXAMPLES = "sqlite:///path/study.db or postgresql://user:password@host:5432/dbname"
 
 
@@ -34,6 +39,20 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1] if "@" in url else url
+
+
+def with_driver(url: str) -> str:
+    """``url`` with an installed PostgreSQL driver named where it names none: SQLAlchemy 2.1 reads a
+    bare ``postgresql://`` as psycopg 3, while ``presso[postgres]`` installs psycopg2."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql":
+        return url
+    installed = [d for d in _PG_DRIVERS if importlib.util.find_spec(d) is not None] or [_PG_DRIVERS[0]]
+    return parsed.set(drivername=f"postgresql+{installed[0]}").render_as_string(hide_password=False)
 
 
 def check_url(url: str) -> str:
@@ -60,6 +79,7 @@ def check_url(url: str) -> str:
             raise PressoError(f"--storage: the folder of the SQLite file, {folder}, does not exist. Create it "
                               "or give another path.")
     else:
+        parsed = make_url(with_driver(url))
         driver = parsed.get_driver_name()
         module = {"psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000"}.get(driver, driver)
         try:
@@ -76,7 +96,7 @@ def check_url(url: str) -> str:
 def open_storage(url: str):
     """An Optuna RDB storage at ``url``, connected (its tables made if new)."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from sqlalchemy.exc import SQLAlchemyError
 
     backend = check_url(url)
@@ -86,18 +106,33 @@ def open_storage(url: str):
         engine["connect_args"] = {"timeout": 60}
     else:
         engine["connect_args"] = {"connect_timeout": 10}
-    try:
-        # The environment may shorten both (tests kill a worker and wait for its trial to be retried).
-        heartbeat = int(os.environ.get("PRESSO_SEARCH_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
-        grace = int(os.environ.get("PRESSO_SEARCH_GRACE_SECONDS", GRACE_SECONDS))
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=grace,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
-    except SQLAlchemyError as exc:
-        raise PressoError(f"--storage: cannot open the study database at {redact(url)}: {_first_line(exc)}. "
-                          f"{_hint(backend)}") from None
-    except optuna.exceptions.StorageInternalError as exc:
-        raise PressoError(f"--storage: cannot open the study database at {redact(url)}: {_first_line(exc)}. "
-                          f"{_hint(backend)}") from None
+    # The environment may shorten both (tests kill a worker and wait for its trial to be retried).
+    heartbeat = int(os.environ.get("PRESSO_SEARCH_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+    grace = int(os.environ.get("PRESSO_SEARCH_GRACE_SECONDS", GRACE_SECONDS))
+    for attempt in range(_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+                return RDBStorage(with_driver(url), engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                  grace_period=grace, heartbeat_stale_trial_callback=retry)
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            if attempt + 1 < _ATTEMPTS and _schema_race(exc):
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+                continue
+            raise PressoError(f"--storage: cannot open the study database at {redact(url)}: "
+                              f"{_first_line(exc)}. {_hint(backend)}") from None
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Workers started together on a new database all create Optuna's tables (and stamp its
+    schema version) at once; all but one then find them made ("already exists", a duplicate
+    key). Opening again sees the tables and goes on."""
+    from sqlalchemy.exc import IntegrityError
+
+    text = f"{exc} {exc.__cause__}".lower()
+    return isinstance(exc, IntegrityError) or isinstance(exc.__cause__, IntegrityError) or any(
+        words in text for words in ("already exists", "duplicate key"))
 
 
 def _hint(backend: str) -> str:

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class SearchResult:
     storage: str
     trials: list[dict]  # every trial: number, state, summary, objectives, feasible, on_front...
     front: list[dict]
+    front_models: dict[int, Path] = field(default_factory=dict)  # trial -> its model (this worker's)
 
     def save(self, out: str | Path) -> Path:
         return save_search(self, out)
@@ -66,7 +67,7 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
            task: str | None = None, max_drop: float | None = None, target: str | None = None,
            weights: str | Path | None = None, seed: int | None = None,
            calibration_fraction: float | None = None, seq_len: int = 128,
-           bench: BenchSettings | None = None, trial_rounds: int = 5,
+           bench: BenchSettings | None = None, trial_rounds: int = 5, keep_front: bool = False,
            progress: Progress = SILENT) -> SearchResult:
     """Search the model's compression space and return the front's best point for ``pick``.
 
@@ -74,6 +75,8 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
     recipe (``trials/NNNN.yaml``, re-runnable with ``presso compress --recipe``) and, once
     saved, the chosen artifact. ``storage`` (a database URL) and ``study`` (a name) let
     workers on many machines join one study; run the same call again to resume one.
+    ``keep_front`` also keeps the model of every front point this worker ran (saved as
+    ``front/NNNN.onnx``), to deploy another trade-off without re-running it.
     """
     out = Path(out)
     _check_options(trials, timeout, sampler, pick, max_latency_ms, max_size_mb, trial_rounds)
@@ -83,6 +86,9 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
     else:
         check_url(storage)  # a bad URL fails now, before the model is loaded
     started = time.perf_counter()
+    # A database server that cannot be reached fails now, not after minutes of preparing the
+    # model; the default SQLite file is made once the options are known to be sound.
+    db = open_storage(storage) if storage is not None else None
     prepared = prepare(model, data, task=task, max_drop=max_drop, target=target, weights=weights, seed=seed,
                        calibration_fraction=calibration_fraction, seq_len=seq_len, bench=bench,
                        progress=progress)
@@ -95,14 +101,16 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
             _check_latency_floor(prepared, max_latency_ms)
         settings = Settings(task=run.task, max_drop=run.max_drop, seed=prepared.seed,
                             calibration_fraction=prepared.calibration_fraction)
-        if storage is None:
+        if db is None:
             out.mkdir(parents=True, exist_ok=True)
+            db = open_storage(url)
         name = study or f"presso-{run.model.name}"
-        the_study = _open_study(url, name, space, prepared, sampler, trials, constraints,
+        the_study = _open_study(db, url, name, space, prepared, sampler, trials, constraints,
                                 shared=storage is not None)
         models = run.workdir / "models"
-        runner = TrialRunner(prepared, space, settings, rounds=trial_rounds, progress=progress, keep_models=models)
-        _optimize(the_study, runner, trials, timeout, progress)
+        runner = TrialRunner(prepared, space, settings, constraints, rounds=trial_rounds, progress=progress,
+                             keep_models=models)
+        _optimize(the_study, runner, trials, timeout, progress, grid=sampler == "grid")
         rows = _rows(the_study, constraints)
         if out.is_dir():
             _write_trials(out, rows)  # kept even when nothing below is feasible
@@ -117,7 +125,13 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
         result, picked = _final(prepared, front, pick, progress)
         result.report.search = _report_section(the_study, url, sampler, pick, picked, constraints, space,
                                                rows, time.perf_counter() - started)
-        return SearchResult(result, name, redact(url), rows, front)
+        kept = {}
+        if keep_front:  # copied out of the preparation's folder, which is removed below
+            for r in front:
+                model = models / f"{r['number']}.onnx"
+                if model.is_file():
+                    kept[r["number"]] = shutil.copyfile(model, result._workdir / f"front-{r['number']}.onnx")
+        return SearchResult(result, name, redact(url), rows, front, kept)
     finally:
         prepared.close()
 
@@ -183,12 +197,11 @@ def _check_latency_floor(prepared: Prepared, max_ms: float) -> None:
 
 # ------------------------------------------------------------------ the study
 
-def _open_study(url: str, name: str, space: SearchSpace, prepared: Prepared, sampler_name: str,
+def _open_study(storage, url: str, name: str, space: SearchSpace, prepared: Prepared, sampler_name: str,
                 trials: int | None, constraints: Constraints, shared: bool):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url)
     run = prepared.run
     fingerprint = run_fingerprint(space.digest(), {"task": run.task, "max_drop": run.max_drop,
                                                    "seed": prepared.seed, "seq_len": run.seq_len,
@@ -208,9 +221,17 @@ def _open_study(url: str, name: str, space: SearchSpace, prepared: Prepared, sam
         study.set_user_attr("presso", {"fingerprint": fingerprint, "model": run.model.name,
                                        "objectives": list(OBJECTIVES)})
         study.set_metric_names(list(OBJECTIVES))
-        if existing == 0 and sampler_name != "grid":
-            for params in warm_starts(space):
-                study.enqueue_trial(params, skip_if_exists=True)
+        if existing == 0:
+            if sampler_name == "grid":
+                # Enqueued, not drawn from Optuna's GridSampler: its grid is the product of every
+                # choice, most of which do not matter for a given point; the queue is shared by
+                # every worker, which takes the next point.
+                points = space.grid_points()
+                np.random.default_rng(prepared.seed).shuffle(points)
+            else:
+                points = warm_starts(space)
+            for params in points:
+                study.enqueue_trial(params, skip_if_exists=sampler_name != "grid")
     elif owner.get("fingerprint") != fingerprint:
         raise PressoError(f"Study '{name}' at {redact(url)} belongs to another search (model "
                           f"'{owner.get('model')}', or other data, settings or search space). Use another "
@@ -229,29 +250,22 @@ def _existing_trials(storage, name: str) -> int:
 def make_sampler(name: str, seed: int, trials: int, space: SearchSpace, constraints: Constraints):
     import optuna
 
-    def constraints_func(trial) -> list[float]:
-        attrs = trial.user_attrs
-        if "drop" not in attrs:
-            return [1.0]
-        return constraints.violations(attrs)
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)),
-                                          multivariate=True, group=True, constraints_func=constraints_func)
+                                          multivariate=True, group=True)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)),
-                                             constraints_func=constraints_func)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(space.coarse_grid(), seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)  # the points are enqueued (_open_study)
     from presso.search.rl import PolicyGradientSampler, default_reward
 
     def reward(trial, complete) -> float:
         r = default_reward(trial, complete, [optuna.study.StudyDirection.MINIMIZE] * len(OBJECTIVES))
         # A point that misses a latency / size limit is worth less than any point that meets them.
-        return r - 3.0 * sum(v > 0 for v in constraints.violations(trial.user_attrs))
+        return r - 3.0 * sum(v > 0 for v in constraints.violations(trial.user_attrs).values())
 
     return PolicyGradientSampler(seed=seed, reward=reward)
 
@@ -282,7 +296,8 @@ def warm_starts(space: SearchSpace) -> list[dict]:
     return out
 
 
-def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | None, progress: Progress) -> None:
+def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | None, progress: Progress,
+              grid: bool = False) -> None:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -293,7 +308,7 @@ def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | N
         return
     if done:
         progress.log(f"joining study '{study.study_name}': {done} finished trials so far")
-    callbacks = [lambda s, t: _log_trial(progress, t, trials)]
+    callbacks = [lambda s, t: _log_trial(progress, t, trials)] + ([_stop_when_grid_done] if grid else [])
     if trials is not None:
         callbacks.insert(0, MaxTrialsCallback(trials, states=finished))
     total = (trials - done) if trials is not None else None
@@ -306,6 +321,15 @@ def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | N
         # A trial that crashes is recorded as failed (with its error) and the search goes on;
         # the stop comes from MaxTrialsCallback (counting every worker's trials) or the timeout.
         study.optimize(runner, timeout=timeout, callbacks=callbacks, catch=(Exception,), gc_after_trial=True)
+
+
+def _stop_when_grid_done(study, trial) -> None:
+    """A grid study ends when its queue of points is empty (other samplers queue a few
+    starting points only, and go on)."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.stop()
 
 
 def _log_trial(progress: Progress, t, trials: int | None) -> None:
@@ -326,7 +350,10 @@ def _log_trial(progress: Progress, t, trials: int | None) -> None:
 def _fail_reason(t) -> str:
     """The last line of the error Optuna recorded for a failed trial."""
     text = str(t.system_attrs.get("fail_reason") or t.user_attrs.get("reason") or "").strip()
-    return text.splitlines()[-1] if text else "error (no message recorded)"
+    if text:
+        return text.splitlines()[-1]
+    # Optuna records no message when it fails a trial whose worker's heartbeat stopped
+    return f"its worker ({t.user_attrs.get('worker', 'unknown')}) stopped: killed, or lost its connection"
 
 
 # ------------------------------------------------------------------ results
@@ -339,6 +366,7 @@ def _rows(study, constraints: Constraints) -> list[dict]:
         if state is None:
             continue  # running or waiting: another worker's
         row = {"number": t.number, "state": state, "summary": a.get("summary", ""), "recipe": a.get("recipe"),
+               "worker": a.get("worker"),
                "feasible": False, "on_front": False, "reason": a.get("reason")}
         if state == "complete" and "drop" in a:
             row.update({k: a[k] for k in OBJECTIVES})
@@ -406,7 +434,13 @@ def _final(prepared: Prepared, front: list[dict], pick: str, progress: Progress)
     """Re-run the front's best point for ``pick`` as a full compress run (the next one if a
     re-run misses the budget: training is not bit-reproducible on every machine)."""
     failures = []
-    for row in ordered(front, pick):
+    if all(r.get("retimed_ms") is not None for r in front):
+        # Trials were timed at their own moments; the front's re-timing is one comparable run.
+        order = ordered([{**r, "latency_ms": r["retimed_ms"]} for r in front], pick)
+        rows = [next(r for r in front if r["number"] == o["number"]) for o in order]
+    else:
+        rows = ordered(front, pick)
+    for row in rows:
         recipe = Recipe(**{**row["recipe"], "name": "auto",
                            "description": f"found by presso search (trial {row['number']}): {row['summary']}"})
         progress.log(f"re-running trial {row['number']} ({row['summary']}) as the result, measured in full")
@@ -435,7 +469,7 @@ def _report_section(study, url: str, sampler: str, pick: str, picked: int, c: Co
     from presso.report.schema import Search
 
     trials = [{k: r.get(k) for k in ("number", "state", "summary", "drop", "latency_ms", "size_bytes",
-                                     "feasible", "on_front", "retimed_ms", "reason")} | {
+                                     "feasible", "on_front", "retimed_ms", "reason", "worker")} | {
         "recipe_file": f"trials/{r['number']:04d}.yaml" if r.get("recipe") else None} for r in rows]
     return Search(study=study.study_name, storage=redact(url), sampler=sampler, pick=pick, picked=picked,
                   objectives=list(OBJECTIVES),
@@ -468,6 +502,12 @@ def save_search(found: SearchResult, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _write_trials(out, found.trials)
     found.result.save_into(out)
+    if found.front_models:
+        (out / "front").mkdir(exist_ok=True)
+        for number, model in found.front_models.items():
+            tmp = out / "front" / f".{number:04d}.onnx.tmp"
+            shutil.copyfile(model, tmp)
+            os.replace(tmp, out / "front" / f"{number:04d}.onnx")
     search_json = found.result.report.search.model_dump(mode="json") if found.result.report.search else {}
     write_atomic(out / "search.json", json.dumps(search_json, indent=2))
     return out

@@ -12,7 +12,9 @@ training the same model again (categorical samplers repeat points).
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,25 +36,25 @@ class Constraints:
     max_latency_ms: float | None = None
     max_size_bytes: int | None = None
 
-    def violations(self, attrs: dict) -> list[float]:
+    def violations(self, attrs: dict) -> dict[str, float]:
         """Optuna's convention: a value <= 0 per constraint means it is met."""
-        out = [attrs["drop"] - self.max_drop]
+        out = {"max_drop": attrs["drop"] - self.max_drop}
         if self.max_latency_ms is not None:
-            out.append(attrs["latency_ms"] - self.max_latency_ms)
+            out["max_latency_ms"] = attrs["latency_ms"] - self.max_latency_ms
         if self.max_size_bytes is not None:
-            out.append(attrs["size_bytes"] - self.max_size_bytes)
+            out["max_size_bytes"] = attrs["size_bytes"] - self.max_size_bytes
         return out
 
     def met(self, attrs: dict) -> bool:
-        return all(v <= 1e-12 for v in self.violations(attrs))
+        return all(v <= 1e-12 for v in self.violations(attrs).values())
 
 
 class TrialRunner:
     """The objective Optuna calls: choices -> recipe -> stages -> (drop, latency, size)."""
 
-    def __init__(self, prepared: Prepared, space: SearchSpace, settings: Settings, *,
+    def __init__(self, prepared: Prepared, space: SearchSpace, settings: Settings, constraints: Constraints, *,
                  rounds: int = 5, progress: Progress = SILENT, keep_models: Path | None = None):
-        self.prepared, self.space, self.settings = prepared, space, settings
+        self.prepared, self.space, self.settings, self.constraints = prepared, space, settings, constraints
         self.rounds, self.progress = rounds, progress
         self.keep_models = keep_models  # where each finished trial's model is kept (re-timing the front)
         run = prepared.run
@@ -61,6 +63,7 @@ class TrialRunner:
     def __call__(self, trial) -> tuple[float, float, float]:
         import optuna
 
+        trial.set_user_attr("worker", worker_name())  # which machine and process ran it
         params = self.space.suggest(trial)
         recipe = self.space.recipe(params, f"trial-{trial.number}", self.settings)
         if recipe is None:
@@ -70,10 +73,12 @@ class TrialRunner:
         same = _finished_twin(trial, self.space.active(params))
         if same is not None:
             for key, value in same.user_attrs.items():
-                trial.set_user_attr(key, value)
+                if key not in ("worker", "seconds"):  # its own worker; it trained nothing
+                    trial.set_user_attr(key, value)
             trial.set_user_attr("same_as", same.number)
             if same.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned(same.user_attrs.get("reason", "pruned"))
+            self._constrain(trial, same.user_attrs)
             return tuple(same.values)
         start = time.perf_counter()
         attrs = self._run(trial.number, recipe)
@@ -82,7 +87,13 @@ class TrialRunner:
             trial.set_user_attr(key, value)
         if "reason" in attrs:
             raise optuna.TrialPruned(attrs["reason"])
+        self._constrain(trial, attrs)
         return attrs["drop"], attrs["latency_ms"], attrs["size_bytes"]
+
+    def _constrain(self, trial, attrs: dict) -> None:
+        """The constraints as Optuna reads them (<= 0: met): TPE and NSGA-II prefer feasible points."""
+        for name, value in self.constraints.violations(attrs).items():
+            trial.set_constraint(name, value)
 
     def _run(self, number: int, recipe) -> dict:
         prepared = self.prepared
@@ -119,6 +130,11 @@ class TrialRunner:
                 run.model.transformer.clear()
                 run.model.transformer.update(transformer)
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def worker_name() -> str:
+    """``host:pid`` of this worker: a shared study records which machine ran each trial."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _finished_twin(trial, params: dict):
