@@ -21,7 +21,7 @@ from presso.recipe.runner import prepare
 from presso.recipe.schema import Settings, load_recipe
 from presso.search import search
 from presso.search.space import SearchSpace
-from presso.search.study import make_sampler
+from presso.search.study import FrontCrossover, make_sampler
 from presso.search.trial import Constraints, TrialRunner
 
 QUICK = BenchSettings(rounds=2, throughput_batch=16)
@@ -117,8 +117,9 @@ def test_search_folder_report_and_front(searched):
     # the study database holds the same trials
     study = optuna.load_study(study_name=s["study"], storage=f"sqlite:///{searched / 'study.db'}")
     assert s["study"] == "presso-TabularMLP"
-    assert len(study.trials) == 6
-    for t, row in zip(study.trials, trials, strict=True):
+    ran = [t for t in study.trials if t.state != TrialState.WAITING]  # queued crossover children wait
+    assert len(ran) == 6 and all(t.user_attrs.get("crossover") for t in study.trials if t not in ran)
+    for t, row in zip(ran, trials, strict=True):
         assert t.state.name.lower() == row["state"]
         if row["state"] == "complete":
             assert list(t.values) == [row["drop"], row["latency_ms"], row["size_bytes"]]
@@ -162,7 +163,8 @@ def test_compress_recipe_auto_joins_the_study_in_its_folder(searched, tmp_path):
     assert auto["search"]["picked"] == first["search"]["picked"]
     assert len(auto["search"]["trials"]) == 6
     assert abs(auto["budget"]["compressed"] - first["budget"]["compressed"]) <= 1e-9
-    assert len(optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}").trials) == 6
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    assert sum(t.state != TrialState.WAITING for t in study.trials) == 6  # no trial ran
 
 
 def test_trials_need_recipe_auto(capsys, tmp_path):
@@ -287,3 +289,32 @@ def test_pick_latency_and_size_on_one_finished_study(prepared, tmp_path):
     # each artifact is its pick's recipe, re-run
     assert picks["latency"]["recipe"]["stages"][0]["options"]["variants"] == ["dynamic"]
     assert picks["size"]["recipe"]["stages"][0]["options"]["bits"] == 6
+
+
+def test_front_crossover_queues_the_structure_of_one_point_with_the_rest_of_another(prepared):
+    space = SearchSpace.for_model(prepared)
+    study = optuna.create_study(directions=["minimize"] * 3)
+    slim = {**SLIM, "slim.ratio": 0.65}
+    kmeans = {"structure": "none", "prune": False, "lowrank": False, "weights": "kmeans", "kmeans.bits": 4}
+    _add_finished(study, space, slim, 0.0, 0.008, 5800)      # fast, larger
+    _add_finished(study, space, kmeans, 0.0, 0.009, 5400)    # slower, smaller: both on the front
+    cross = FrontCrossover(space, Constraints(0.01))
+    cross(study, study.trials[1])
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    # the other child, kmeans' structure (none) with slim's rest (fp32), compresses nothing: not queued
+    assert len(waiting) == 1
+    child = waiting[0].system_attrs["fixed_params"]
+    assert child == {**slim, "weights": "kmeans", "kmeans.bits": 4}
+    assert waiting[0].user_attrs["crossover"] == "structure of trial 0, the rest of trial 1"
+    assert space.recipe(child, "c", Settings()).description == "slim ratio 0.65 -> kmeans 4 bits"
+    cross(study, study.trials[1])  # the same child is never queued twice
+    assert sum(t.state == TrialState.WAITING for t in study.trials) == 1
+    # a point outside the constraints breeds nothing
+    _add_finished(study, space, {**slim, "slim.ratio": 0.8}, 0.05, 0.007, 3000)
+    cross(study, study.trials[-1])
+    assert sum(t.state == TrialState.WAITING for t in study.trials) == 1
+    # at most PER_TRIAL children wait at a time
+    _add_finished(study, space, {**kmeans, "weights": "int8", "int8.variant": "dynamic"}, 0.0, 0.0085, 5000)
+    _add_finished(study, space, {**slim, "slim.ratio": 0.5}, 0.0, 0.0079, 7000)
+    cross(study, study.trials[-1])
+    assert sum(t.state == TrialState.WAITING for t in study.trials) == FrontCrossover.PER_TRIAL

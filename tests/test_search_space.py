@@ -80,9 +80,10 @@ FRONT = [_pt(0.0, 2.0, 100, "A"), _pt(0.0, 1.0, 300, "B"), _pt(0.01, 1.0, 200, "
     ("quality", "BACDE"),  # drop 0 for A and B: the faster B first
     ("latency", "BCAED"),  # 1.0 ms for B and C: the smaller drop (B) first
     ("size", "EDACB"),  # 50 bytes for D and E: the faster E first
-    # drop / 0.03 + (latency - 1) / 2 + (size - 50) / 250:
-    # A 0 + 0.5 + 0.2 = 0.7, C 1/3 + 0 + 0.6 = 0.933, B 0 + 0 + 1 = 1, D 2/3 + 1 + 0 = 1.667, E 1 + 0.75 + 0 = 1.75
-    ("balanced", "ACBDE"),
+    # ln(latency / 1) / ln 3 + ln(size / 50) / ln 6, then drop:
+    # C 0 + ln4/ln6 = 0.774, E ln2.5/ln3 + 0 = 0.834, B 0 + 1 = 1 (drop 0), D 1 + 0 = 1 (drop 0.02),
+    # A ln2/ln3 + ln2/ln6 = 1.018
+    ("balanced", "CEBDA"),
 ])
 def test_ordered_picks_with_their_tie_breaks(pick, names):
     out = ordered(FRONT, pick)
@@ -102,9 +103,11 @@ def test_ordered_first_is_the_minimum_of_its_key_on_random_fronts():
         assert tuple(ordered(front, pick)[0][k] for k in order) == best
 
 
-def test_balanced_ties_break_on_latency_and_a_flat_objective_counts_zero():
-    x, y = _pt(0.0, 1.0, 7, "x"), _pt(1.0, 0.0, 7, "y")  # scores 0 + 1 + 0 and 1 + 0 + 0: tied
-    assert [p["name"] for p in ordered([x, y], "balanced")] == ["y", "x"]
+def test_balanced_ties_break_on_drop_and_a_flat_objective_counts_zero():
+    x, y = _pt(0.0, 1.0, 7, "x"), _pt(0.5, 2.0, 7, "y")  # same size: the faster x first whatever its drop
+    assert [p["name"] for p in ordered([y, x], "balanced")] == ["x", "y"]
+    u, v = _pt(0.2, 1.0, 7, "u"), _pt(0.1, 1.0, 7, "v")  # every objective flat but drop: drop decides
+    assert [p["name"] for p in ordered([u, v], "balanced")] == ["v", "u"]
     single = [_pt(0.5, 3.0, 9, "only")]
     assert ordered(single, "balanced") == single
 
@@ -344,11 +347,12 @@ def test_warm_starts_are_points_of_the_space(prepared):
         recipe = space.recipe(point, "warm", Settings())
         recipe.configs()
         recipes.append([s.technique for s in recipe.stages])
-    # the built-in recipes' points: slim, int8 (static, not transformer), a student then int8
-    assert recipes == [["slim"], ["int8"], ["distill", "int8"]]
+    # the built-in recipes' points: slim, int8 (static, not transformer), a student then int8,
+    # sparse, deep-compression (prune then k-means), k-means
+    assert recipes == [["slim"], ["int8"], ["distill", "int8"], ["prune"], ["prune", "kmeans"], ["kmeans"]]
     assert points[0]["slim.ratio"] == 0.65 and points[1]["int8.variant"] == "static-s8s8"
     assert points[2]["distill.width"] == 0.45
 
     subset = SearchSpace.for_model(prepared, ["int8"])
     assert warm_starts(subset) == [{"weights": "int8", "int8.variant": "static-s8s8"}]
-    assert warm_starts(SearchSpace.for_model(prepared, ["kmeans"])) == []
+    assert warm_starts(SearchSpace.for_model(prepared, ["kmeans"])) == [{"weights": "kmeans", "kmeans.bits": 4}]

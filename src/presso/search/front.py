@@ -6,12 +6,14 @@ objectives (quality drop, latency, size) and better on one. ``pick`` orders the 
 - ``quality``: the smallest drop (then latency, then size);
 - ``latency``: the fastest (then drop, then size);
 - ``size``: the smallest file (then latency, then drop);
-- ``balanced``: the smallest sum of the three objectives, each scaled to [0, 1] over the
-  front (the point closest to the front's ideal corner in that scaling).
+- ``balanced``: the smallest sum of log latency and log size, each scaled to [0, 1] over the
+  front (then drop): every point already meets the quality budget, and what a compression
+  run is for is a faster and smaller model; logs because sizes span decades.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 PICKS = ("quality", "latency", "size", "balanced")
@@ -37,10 +39,12 @@ def ordered(front: Sequence[dict], pick: str) -> list[dict]:
         return sorted(front, key=lambda p: (p["latency_ms"], p["drop"], p["size_bytes"]))
     if pick == "size":
         return sorted(front, key=lambda p: (p["size_bytes"], p["latency_ms"], p["drop"]))
-    spans = {}
-    for k in _KEYS:
-        lo, hi = min(p[k] for p in front), max(p[k] for p in front)
-        spans[k] = (lo, hi - lo)
-    def score(p: dict) -> float:
-        return sum((p[k] - lo) / span if span > 0 else 0.0 for k, (lo, span) in spans.items())
-    return sorted(front, key=lambda p: (score(p), p["latency_ms"], p["size_bytes"]))
+    keys = ("latency_ms", "size_bytes")
+    logs = [{k: math.log(max(p[k], 1e-12)) for k in keys} for p in front]
+    spans = {k: (min(x[k] for x in logs), max(x[k] for x in logs) - min(x[k] for x in logs)) for k in keys}
+
+    def score(i: int) -> float:
+        return sum((logs[i][k] - lo) / span if span > 0 else 0.0 for k, (lo, span) in spans.items())
+
+    order = sorted(range(len(front)), key=lambda i: (score(i), front[i]["drop"], front[i]["latency_ms"]))
+    return [front[i] for i in order]

@@ -53,10 +53,15 @@ class TrialRunner:
     """The objective Optuna calls: choices -> recipe -> stages -> (drop, latency, size)."""
 
     def __init__(self, prepared: Prepared, space: SearchSpace, settings: Settings, constraints: Constraints, *,
-                 rounds: int = 5, progress: Progress = SILENT, keep_models: Path | None = None):
+                 rounds: int = 5, progress: Progress = SILENT, keep_models: Path | None = None,
+                 reference_ms: float | None = None):
         self.prepared, self.space, self.settings, self.constraints = prepared, space, settings, constraints
         self.rounds, self.progress = rounds, progress
         self.keep_models = keep_models  # where each finished trial's model is kept (re-timing the front)
+        # The baseline's batch-1 p50 from one full timing at the start of the search: each trial
+        # is timed against the baseline in the same rounds and reported at that scale, so a
+        # machine that is busier during one trial than another does not reorder them.
+        self.reference_ms = reference_ms
         run = prepared.run
         self.baseline_value = run.metrics(run.baseline_eval, "evaluation")[run.primary]
 
@@ -109,10 +114,14 @@ class TrialRunner:
             paths = {"trial": done.path}
             if prepared.baseline is not None:
                 paths["baseline"] = prepared.baseline
-            quick = BenchSettings(rounds=self.rounds, round_seconds=0.1, threads=run.bench.threads)
+            quick = BenchSettings(rounds=self.rounds, round_seconds=0.2, threads=run.bench.threads)
             timing = time_latency(paths, run.evaluation.head(1).inputs, quick)
+            measured = timing["trial"].p50_ms
+            latency = measured
+            if self.reference_ms is not None and "baseline" in timing:
+                latency = round(measured * self.reference_ms / timing["baseline"].p50_ms, 4)
             attrs = {"drop": round(float(drop), 6), "quality": round(float(done.metrics[run.primary]), 6),
-                     "latency_ms": timing["trial"].p50_ms, "size_bytes": file_size(done.path),
+                     "latency_ms": latency, "measured_ms": measured, "size_bytes": file_size(done.path),
                      "parameters": parameter_count(done.path),
                      "baseline_latency_ms": timing["baseline"].p50_ms if "baseline" in timing else None,
                      "recipe": resolved.model_dump(mode="json", exclude_defaults=True)}
