@@ -25,7 +25,7 @@ from presso.measure.size import file_size, parameter_count
 from presso.progress import SILENT, Progress
 from presso.recipe.runner import Prepared, resolved_recipe, run_stages
 from presso.recipe.schema import Settings
-from presso.search.space import SearchSpace
+from presso.search.space import SearchSpace, describe_stages
 
 OBJECTIVES = ("drop", "latency_ms", "size_bytes")
 
@@ -81,6 +81,9 @@ class TrialRunner:
                 if key not in ("worker", "seconds"):  # its own worker; it trained nothing
                     trial.set_user_attr(key, value)
             trial.set_user_attr("same_as", same.number)
+            model = None if self.keep_models is None else self.keep_models / f"{same.number}.onnx"
+            if model is not None and model.is_file():  # the front may hold the repeat, not the first
+                shutil.copyfile(model, self.keep_models / f"{trial.number}.onnx")
             if same.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned(same.user_attrs.get("reason", "pruned"))
             self._constrain(trial, same.user_attrs)
@@ -110,6 +113,7 @@ class TrialRunner:
         try:
             done = run_stages(run, recipe, prepared.baseline, prepared.seed)
             resolved = resolved_recipe(recipe, done.outcomes, run, prepared.seed, prepared.calibration_fraction)
+            skipped = [o.technique for o in done.outcomes if o.skipped]
             drop = self.baseline_value - done.metrics[run.primary]
             paths = {"trial": done.path}
             if prepared.baseline is not None:
@@ -125,6 +129,8 @@ class TrialRunner:
                      "parameters": parameter_count(done.path),
                      "baseline_latency_ms": timing["baseline"].p50_ms if "baseline" in timing else None,
                      "recipe": resolved.model_dump(mode="json", exclude_defaults=True)}
+            if skipped:  # an optional stage that broke the budget or had nothing to do: say what ran
+                attrs["summary"] = describe_stages(resolved.stages) + f" ({', '.join(skipped)} skipped)"
             if self.keep_models is not None:
                 self.keep_models.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(done.path, self.keep_models / f"{number}.onnx")
