@@ -20,8 +20,8 @@ from presso.measure.bench import BenchSettings
 from presso.recipe.runner import prepare
 from presso.recipe.schema import Settings, load_recipe
 from presso.search import search
+from presso.search.samplers import FrontCrossover, make_sampler
 from presso.search.space import SearchSpace
-from presso.search.study import FrontCrossover, make_sampler
 from presso.search.trial import Constraints, TrialRunner
 
 QUICK = BenchSettings(rounds=2, throughput_batch=16)

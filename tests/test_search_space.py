@@ -15,8 +15,8 @@ from presso.errors import PressoError
 from presso.recipe.runner import prepare
 from presso.recipe.schema import Settings
 from presso.search.front import PICKS, dominates, ordered, pareto_front
+from presso.search.samplers import warm_starts
 from presso.search.space import FAMILIES, SearchSpace
-from presso.search.study import warm_starts
 from presso.search.trial import Constraints
 from presso.techniques.registry import TECHNIQUES
 
