@@ -94,11 +94,9 @@ def main() -> None:
     first = next(iter(results.values()))
     paths = {"fp32": first._workdir / "baseline.onnx", "auto": out / "model.onnx",
              **{k: res.model_path for k, res in results.items() if res.report.budget.passed}}
-    from presso.data.resolve import resolve_data
-    from presso.model.sources import load_model
+    from recipes_suite import example_rows  # this folder's suite: one held-out row in the model's inputs
 
-    batch1 = resolve_data(example.data, load_model(example.model)).head(1).inputs
-    timing = time_latency(paths, batch1, BenchSettings(rounds=args.rounds, threads=args.threads))
+    timing = time_latency(paths, example_rows(example, first), BenchSettings(rounds=args.rounds, threads=args.threads))
     for name, t in timing.items():
         if name != "fp32":
             rows[name].update(p50_ms=t.p50_ms, rounds_ms=list(t.rounds_ms))

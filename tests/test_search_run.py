@@ -209,7 +209,7 @@ def test_a_repeated_point_reuses_the_finished_trial(prepared, tmp_path):
     # a study with search()'s objectives and sampler (without its starting points), two trials
     # forced to the same point
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="dup",
-                                directions=["minimize"] * 3, sampler=make_sampler("random", 0, 2, space, constraints))
+                                directions=["minimize"] * 3, sampler=make_sampler("random", 0, 2, constraints))
     study.enqueue_trial(SLIM)
     study.enqueue_trial(SLIM, skip_if_exists=False)
     # and a pruned trial to be repeated: its reason comes back without running anything

@@ -356,3 +356,21 @@ def test_warm_starts_are_points_of_the_space(prepared):
     subset = SearchSpace.for_model(prepared, ["int8"])
     assert warm_starts(subset) == [{"weights": "int8", "int8.variant": "static-s8s8"}]
     assert warm_starts(SearchSpace.for_model(prepared, ["kmeans"])) == [{"weights": "kmeans", "kmeans.bits": 4}]
+
+
+def test_transformer_kept_restores_the_description_in_place():
+    from types import SimpleNamespace
+
+    from presso.recipe.runner import transformer_kept
+
+    described = {"model_type": "bert", "num_heads": 12, "hidden_size": 384}
+    model = SimpleNamespace(transformer=described)
+    with pytest.raises(RuntimeError), transformer_kept(model):
+        model.transformer.update(num_heads=6, hidden_size=192)  # as slim does to a transformer
+        raise RuntimeError("a stage failed")
+    assert model.transformer is described and described == {"model_type": "bert", "num_heads": 12,
+                                                             "hidden_size": 384}
+    plain = SimpleNamespace(transformer=None)  # not a transformer: nothing to keep
+    with transformer_kept(plain):
+        pass
+    assert plain.transformer is None

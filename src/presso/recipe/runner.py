@@ -11,6 +11,7 @@ import copy
 import shutil
 import tempfile
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,20 @@ class StagesRun:
     stage_reports: list[dict]
     notes: list[str]
     steps: list[tuple]  # (name, technique, path, metrics, skipped) per step, for the waterfall
+
+
+@contextmanager
+def transformer_kept(model: LoadedModel):
+    """Run stages that may slim or distil a transformer (they change ``model.transformer``,
+    its heads and widths, in place) and leave the model's description as it was: a search
+    runs many recipes on one prepared model."""
+    before = copy.deepcopy(model.transformer)
+    try:
+        yield
+    finally:
+        if before is not None:
+            model.transformer.clear()
+            model.transformer.update(before)
 
 
 def run_stages(run: Run, recipe: Recipe, baseline_path: Path | None, seed: int,

@@ -12,7 +12,7 @@ from presso.search.space import SearchSpace
 from presso.search.trial import OBJECTIVES, Constraints
 
 
-def make_sampler(name: str, seed: int, trials: int, space: SearchSpace, constraints: Constraints):
+def make_sampler(name: str, seed: int, trials: int, constraints: Constraints):
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

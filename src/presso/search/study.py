@@ -17,7 +17,6 @@ The flow (:func:`search`):
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -33,7 +32,7 @@ from presso.measure.bench import BenchSettings, time_latency
 from presso.progress import SILENT, Progress
 from presso.recipe.checkpoint import run_fingerprint
 from presso.recipe.result import CompressionResult
-from presso.recipe.runner import Prepared, prepare, run_recipe
+from presso.recipe.runner import Prepared, prepare, run_recipe, transformer_kept
 from presso.recipe.schema import Recipe, Settings
 from presso.search.front import PICKS, ordered, pareto_front
 from presso.search.samplers import FrontCrossover, make_sampler, warm_starts
@@ -113,8 +112,8 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
             with progress.task("timing the baseline (the scale of every trial's latency)"):
                 reference = time_latency({"baseline": prepared.baseline}, run.evaluation.head(1).inputs,
                                          run.bench)["baseline"].p50_ms
-        runner = TrialRunner(prepared, space, settings, constraints, rounds=trial_rounds, progress=progress,
-                             keep_models=models, reference_ms=reference)
+        runner = TrialRunner(prepared, space, settings, constraints, rounds=trial_rounds, keep_models=models,
+                             reference_ms=reference)
         _optimize(the_study, runner, trials, timeout, progress, grid=sampler == "grid")
         rows = _rows(the_study, constraints)
         if out.is_dir():
@@ -214,7 +213,7 @@ def _open_study(storage, url: str, name: str, space: SearchSpace, prepared: Prep
                                   [*run.data.inputs.values(), run.ref_cal, run.ref_eval])
     existing = _existing_trials(storage, name)
     seed = prepared.seed + existing + (os.getpid() % 10_000 if shared else 0)
-    sampler = make_sampler(sampler_name, seed, trials or 50, space, constraints)
+    sampler = make_sampler(sampler_name, seed, trials or 50, constraints)
     try:
         study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
                                     directions=["minimize"] * len(OBJECTIVES), load_if_exists=True)
@@ -403,21 +402,16 @@ def _final(prepared: Prepared, front: list[dict], pick: str, progress: Progress)
         progress.log(f"re-running trial {row['number']} ({row['summary']}) as the result, measured in full")
         workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
         run = replace(prepared.run, workdir=workdir)
-        transformer = copy.deepcopy(run.model.transformer)
         try:
-            result = run_recipe(Prepared(run, prepared.baseline, prepared.seed, prepared.calibration_fraction),
-                                recipe)
+            with transformer_kept(run.model):
+                result = run_recipe(Prepared(run, prepared.baseline, prepared.seed, prepared.calibration_fraction),
+                                    recipe)
             return result, row["number"]
-        except BudgetError as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
+        except BaseException as exc:
+            shutil.rmtree(workdir, ignore_errors=True)  # the result owns it only when there is one
+            if not isinstance(exc, BudgetError):
+                raise
             failures.append(f"trial {row['number']}: {str(exc)[:160]}")
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        finally:
-            if transformer is not None:
-                run.model.transformer.clear()
-                run.model.transformer.update(transformer)
     raise BudgetError("Every point of the front missed the budget when re-run: " + "; ".join(failures))
 
 

@@ -11,7 +11,6 @@ training the same model again (categorical samplers repeat points).
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import socket
@@ -22,8 +21,8 @@ from pathlib import Path
 from presso.errors import BudgetError, NothingToDo, PressoError
 from presso.measure.bench import BenchSettings, time_latency
 from presso.measure.size import file_size, parameter_count
-from presso.progress import SILENT, Progress
-from presso.recipe.runner import Prepared, resolved_recipe, run_stages
+from presso.progress import SILENT
+from presso.recipe.runner import Prepared, resolved_recipe, run_stages, transformer_kept
 from presso.recipe.schema import Settings
 from presso.search.space import SearchSpace, describe_stages
 
@@ -53,10 +52,10 @@ class TrialRunner:
     """The objective Optuna calls: choices -> recipe -> stages -> (drop, latency, size)."""
 
     def __init__(self, prepared: Prepared, space: SearchSpace, settings: Settings, constraints: Constraints, *,
-                 rounds: int = 5, progress: Progress = SILENT, keep_models: Path | None = None,
+                 rounds: int = 5, keep_models: Path | None = None,
                  reference_ms: float | None = None):
         self.prepared, self.space, self.settings, self.constraints = prepared, space, settings, constraints
-        self.rounds, self.progress = rounds, progress
+        self.rounds = rounds
         self.keep_models = keep_models  # where each finished trial's model is kept (re-timing the front)
         # The baseline's batch-1 p50 from one full timing at the start of the search: each trial
         # is timed against the baseline in the same rounds and reported at that scale, so a
@@ -109,9 +108,9 @@ class TrialRunner:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         run = replace(prepared.run, workdir=workdir, progress=SILENT)
-        transformer = copy.deepcopy(run.model.transformer)  # slim / distill change it in place
         try:
-            done = run_stages(run, recipe, prepared.baseline, prepared.seed)
+            with transformer_kept(run.model):
+                done = run_stages(run, recipe, prepared.baseline, prepared.seed)
             resolved = resolved_recipe(recipe, done.outcomes, run, prepared.seed, prepared.calibration_fraction)
             skipped = [o.technique for o in done.outcomes if o.skipped]
             drop = self.baseline_value - done.metrics[run.primary]
@@ -141,9 +140,6 @@ class TrialRunner:
             return {"reason": "cannot run: " + _short(exc),
                     "recipe": recipe.model_dump(mode="json", exclude_defaults=True)}
         finally:
-            if run.model.transformer is not None and transformer is not None:
-                run.model.transformer.clear()
-                run.model.transformer.update(transformer)
             shutil.rmtree(workdir, ignore_errors=True)
 
 
