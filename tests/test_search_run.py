@@ -20,6 +20,7 @@ from presso.measure.bench import BenchSettings
 from presso.recipe.runner import prepare
 from presso.recipe.schema import Settings, load_recipe
 from presso.search import search
+from presso.search.front import LATENCY_NOISE
 from presso.search.samplers import FrontCrossover, make_sampler
 from presso.search.space import SearchSpace
 from presso.search.trial import Constraints, TrialRunner
@@ -59,10 +60,12 @@ def prepared(tabular):
     done.close()
 
 
-def _front(trials: list[dict]) -> set[int]:
-    """Numbers of the feasible complete trials no other feasible complete trial dominates."""
+def _front(trials: list[dict], scale: float) -> set[int]:
+    """Numbers of the feasible complete trials no other feasible complete trial dominates,
+    at their re-timed latencies where they were re-timed."""
     keys = ("drop", "latency_ms", "size_bytes")
-    pool = [t for t in trials if t["state"] == "complete" and t["feasible"]]
+    pool = [t if t["retimed_ms"] is None else {**t, "latency_ms": t["retimed_ms"] * scale}
+            for t in trials if t["state"] == "complete" and t["feasible"]]
     out = set()
     for t in pool:
         if not any(all(o[k] <= t[k] for k in keys) and any(o[k] < t[k] for k in keys) for o in pool):
@@ -91,9 +94,16 @@ def test_search_folder_report_and_front(searched):
         else:
             assert not t["feasible"] and not t["on_front"] and t["reason"]
     on_front = {t["number"] for t in trials if t["on_front"]}
-    assert on_front == _front(trials)
+    assert on_front == _front(trials, s["retime_scale"])
     assert all(t["feasible"] for t in trials if t["on_front"])
     assert all(t["retimed_ms"] > 0 for t in trials if t["on_front"])  # the front re-timed together
+    # ... with every point that its trial timing alone did not put well behind another
+    feasible = [t for t in trials if t["feasible"]]
+    for t in feasible:
+        beaten = any(o["drop"] <= t["drop"] and o["size_bytes"] <= t["size_bytes"]
+                     and o["latency_ms"] * (1 + LATENCY_NOISE) < t["latency_ms"] for o in feasible)
+        assert (t["retimed_ms"] is not None) == (not beaten), t
+    assert 0.2 < s["retime_scale"] < 5
     picked = next(t for t in trials if t["number"] == s["picked"])
     assert picked["on_front"]
     # the artifact is the picked trial re-run in full: its recipe and the trial's figures

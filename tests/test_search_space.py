@@ -14,7 +14,7 @@ import presso
 from presso.errors import PressoError
 from presso.recipe.runner import prepare
 from presso.recipe.schema import Settings
-from presso.search.front import PICKS, dominates, ordered, pareto_front
+from presso.search.front import PICKS, dominates, near_front, ordered, pareto_front
 from presso.search.samplers import warm_starts
 from presso.search.space import FAMILIES, SearchSpace
 from presso.search.trial import Constraints
@@ -70,6 +70,37 @@ def test_pareto_front_hand_cases():
     assert pareto_front([]) == []
     assert pareto_front([worse]) == [worse]
     assert not dominates(a, b) and not dominates(b, a) and dominates(a, worse) and not dominates(worse, a)
+
+
+def test_near_front_keeps_points_beaten_only_within_the_latency_noise():
+    # The digits case: slim's trial timing put it 5% behind a smaller, more faithful model
+    # that was really 25% slower; only timing them together can tell.
+    slim, dc = _pt(0.006, 0.0203, 19829, "slim"), _pt(0.004, 0.0194, 17373, "dc")
+    far = _pt(0.006, 0.0300, 19829, "far")  # 55% slower than dc: beaten for sure
+    trade = _pt(0.0, 0.0400, 50000, "trade")  # better drop than anything: on the front
+    points = [slim, dc, far, trade]
+    assert [p["name"] for p in pareto_front(points)] == ["dc", "trade"]
+    assert [p["name"] for p in near_front(points, 0.3)] == ["slim", "dc", "trade"]
+    assert [p["name"] for p in near_front(points, 0.6)] == ["slim", "dc", "far", "trade"]
+    assert [p["name"] for p in near_front(points, 0.0)] == ["dc", "trade"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_near_front_holds_the_front_and_grows_with_the_noise(seed):
+    rng = np.random.default_rng(seed)
+    points = [_pt(float(rng.integers(0, 4)) / 100, float(rng.uniform(1, 3)), int(rng.integers(0, 6)), str(i))
+              for i in range(120)]
+    front = {p["name"] for p in pareto_front(points)}
+    previous = front
+    for noise in (0.0, 0.05, 0.2, 0.5, 2.0):
+        near = {p["name"] for p in near_front(points, noise)}
+        assert previous <= near  # the front first, then more as the noise grows
+        previous = near
+        for p in points:  # off it: beaten by a point at least as good on drop and size, faster by more
+            if p["name"] not in near:
+                assert any(q["drop"] <= p["drop"] and q["size_bytes"] <= p["size_bytes"]
+                           and q["latency_ms"] * (1 + noise) < p["latency_ms"] for q in points)
+    assert len(previous) > len(front)
 
 
 FRONT = [_pt(0.0, 2.0, 100, "A"), _pt(0.0, 1.0, 300, "B"), _pt(0.01, 1.0, 200, "C"),

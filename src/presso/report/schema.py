@@ -121,6 +121,9 @@ class Search(_Strict):
     space: dict[str, list[Any]]  # choice -> values
     trials: list[SearchTrial]
     seconds: float
+    # Trial latencies are on the scale of the baseline's time at the start of the search;
+    # retimed_ms * retime_scale is on it too. The front is decided on that scale.
+    retime_scale: float = 1.0
 
 
 class Report(_Strict):

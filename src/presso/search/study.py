@@ -34,7 +34,7 @@ from presso.recipe.checkpoint import run_fingerprint
 from presso.recipe.result import CompressionResult
 from presso.recipe.runner import Prepared, prepare, run_recipe, transformer_kept
 from presso.recipe.schema import Recipe, Settings
-from presso.search.front import PICKS, ordered, pareto_front
+from presso.search.front import LATENCY_NOISE, PICKS, near_front, ordered, pareto_front
 from presso.search.samplers import FrontCrossover, make_sampler, warm_starts
 from presso.search.space import SearchSpace
 from presso.search.storage import check_url, default_url, open_storage, redact
@@ -121,14 +121,14 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
         feasible = [r for r in rows if r["feasible"]]
         if not feasible:
             raise BudgetError(_nothing_feasible(rows, constraints, run.primary))
-        _retime(prepared, feasible, models, constraints, progress)
+        scale = _retime(prepared, feasible, models, constraints, reference, progress)
         feasible = [r for r in feasible if r["feasible"]]
-        front = pareto_front(feasible)
+        front = _front(feasible, scale)
         for r in rows:
             r["on_front"] = any(r is f for f in front)
-        result, picked = _final(prepared, front, pick, progress)
+        result, picked = _final(prepared, front, pick, scale, progress)
         result.report.search = _report_section(the_study, url, sampler, pick, picked, constraints, space,
-                                               rows, time.perf_counter() - started)
+                                               rows, scale, time.perf_counter() - started)
         kept = {}
         if keep_front:  # copied out of the preparation's folder, which is removed below
             for r in front:
@@ -363,19 +363,27 @@ def _nothing_feasible(rows: list[dict], c: Constraints, primary: str) -> str:
             "Nothing was written. Loosen --max-latency-ms / --max-size-mb / --max-drop, or give more --trials.")
 
 
-def _retime(prepared: Prepared, feasible: list[dict], models: Path, c: Constraints, progress: Progress) -> None:
+def _retime(prepared: Prepared, feasible: list[dict], models: Path, c: Constraints, reference_ms: float | None,
+            progress: Progress) -> float:
     """Time this worker's front candidates together with the baseline in one interleaved run:
-    each trial was timed at its own moment, and a shared machine drifts between them."""
+    each trial was timed at its own moment, and a shared machine drifts between them.
+
+    The candidates are the points no other one beats by more than ``LATENCY_NOISE``
+    (:func:`near_front`), so a point that only a noisy trial timing put behind another is
+    timed again beside it. Returns the factor that brings the new timings to the trials'
+    scale (the baseline's time at the start of the search over its time now).
+    """
     run = prepared.run
-    local = {r["number"]: models / f"{r['number']}.onnx" for r in pareto_front(feasible)
+    local = {r["number"]: models / f"{r['number']}.onnx" for r in near_front(feasible, LATENCY_NOISE)
              if (models / f"{r['number']}.onnx").is_file()}
     if len(local) < 1:
-        return
+        return 1.0
     paths = {str(n): p for n, p in local.items()}
     if prepared.baseline is not None:
         paths["baseline"] = prepared.baseline
-    with progress.task(f"re-timing the front's {len(local)} models together (interleaved rounds)"):
+    with progress.task(f"re-timing the front's {len(local)} candidate models together (interleaved rounds)"):
         timing = time_latency(paths, run.evaluation.head(1).inputs, run.bench)
+    scale = reference_ms / timing["baseline"].p50_ms if reference_ms and "baseline" in timing else 1.0
     for r in feasible:
         t = timing.get(str(r["number"]))
         if t is None:
@@ -384,18 +392,29 @@ def _retime(prepared: Prepared, feasible: list[dict], models: Path, c: Constrain
         if c.max_latency_ms is not None and t.p50_ms > c.max_latency_ms:
             r["feasible"] = False
             r["reason"] = f"re-timed with the front at {t.p50_ms:.4f} ms > --max-latency-ms {c.max_latency_ms:g}"
+    return scale
 
 
-def _final(prepared: Prepared, front: list[dict], pick: str, progress: Progress):
+def _timed_together(rows: list[dict], scale: float) -> list[dict]:
+    """Views of ``rows`` whose latency is the re-timing's where there is one (on the trials'
+    scale), so that re-timed points are compared by the one run that timed them together."""
+    return [{**r, "latency_ms": r["retimed_ms"] * scale} if r.get("retimed_ms") is not None else r for r in rows]
+
+
+def _front(feasible: list[dict], scale: float) -> list[dict]:
+    """The rows on the Pareto front of their latencies as re-timed together (trial timings
+    for the points another worker ran)."""
+    on = {v["number"] for v in pareto_front(_timed_together(feasible, scale))}
+    return [r for r in feasible if r["number"] in on]
+
+
+def _final(prepared: Prepared, front: list[dict], pick: str, scale: float, progress: Progress):
     """Re-run the front's best point for ``pick`` as a full compress run (the next one if a
     re-run misses the budget: training is not bit-reproducible on every machine)."""
     failures = []
-    if all(r.get("retimed_ms") is not None for r in front):
-        # Trials were timed at their own moments; the front's re-timing is one comparable run.
-        order = ordered([{**r, "latency_ms": r["retimed_ms"]} for r in front], pick)
-        rows = [next(r for r in front if r["number"] == o["number"]) for o in order]
-    else:
-        rows = ordered(front, pick)
+    # Trials were timed at their own moments; the front's re-timing is one comparable run.
+    order = ordered(_timed_together(front, scale), pick)
+    rows = [next(r for r in front if r["number"] == o["number"]) for o in order]
     for row in rows:
         recipe = Recipe(**{**row["recipe"], "name": "auto",
                            "description": f"found by presso search (trial {row['number']}): {row['summary']}"})
@@ -416,7 +435,7 @@ def _final(prepared: Prepared, front: list[dict], pick: str, progress: Progress)
 
 
 def _report_section(study, url: str, sampler: str, pick: str, picked: int, c: Constraints, space: SearchSpace,
-                    rows: list[dict], seconds: float) -> dict:
+                    rows: list[dict], scale: float, seconds: float) -> dict:
     from presso.report.schema import Search
 
     trials = [{k: r.get(k) for k in ("number", "state", "summary", "drop", "latency_ms", "size_bytes",
@@ -426,7 +445,7 @@ def _report_section(study, url: str, sampler: str, pick: str, picked: int, c: Co
                   objectives=list(OBJECTIVES),
                   constraints={"max_drop": c.max_drop, "max_latency_ms": c.max_latency_ms,
                                "max_size_mb": None if c.max_size_bytes is None else c.max_size_bytes / 1e6},
-                  space=space.grid(), trials=trials, seconds=round(seconds, 1))
+                  space=space.grid(), trials=trials, seconds=round(seconds, 1), retime_scale=scale)
 
 
 def _write_trials(out: Path, rows: list[dict]) -> None:
