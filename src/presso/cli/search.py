@@ -35,8 +35,9 @@ student's width / depth / block type, pruning sparsity, per-layer low-rank facto
 k-means weights, and the fine-tuning hyper-parameters), run on the held-out split and
 measured: quality drop, batch-1 latency on ONNX Runtime here, file size. Trials that break
 --max-drop end early (pruned). The feasible trials' Pareto front (and the points near it)
-is re-timed together, and the front of those timings stands; the point chosen by --pick is re-run and written to --out like presso compress writes it,
-with the front (table and plot) in report.html and every trial's recipe in trials/.
+is re-timed together, and the front of those timings stands; the point chosen by --pick is
+re-run and written to --out like presso compress writes it, with the front (table and
+plot) in report.html and every trial's recipe in trials/.
 
 Samplers: tpe (Bayesian, default), nsga2 (evolutionary), random, grid (coarse: main
 choices only), rl (a policy-gradient controller over the choices).

@@ -5,7 +5,6 @@ from __future__ import annotations
 from presso.report import svg
 from presso.report.html import esc, figure, table
 from presso.report.schema import Report, SearchTrial
-from presso.search.front import LATENCY_NOISE
 
 
 def search_section(report: Report) -> str:
@@ -43,8 +42,8 @@ def search_section(report: Report) -> str:
              f"{s.seconds:,.0f} s. Objectives: {esc(', '.join(s.objectives))}, all minimised; constraints: "
              f"{esc(limits)}. The front's point for <b>{esc(s.pick)}</b> is trial {s.picked}, re-run as a full "
              "compress run: the figures above are that run's. Trial latencies are quick timings with the "
-             "baseline at the moment each trial ran; the front, and every point that those timings put "
-             f"less than {LATENCY_NOISE:.0%} behind it, were re-timed together in one interleaved run, which decided the "
+             "baseline at the moment each trial ran; the front, and every point that those timings did not "
+             "put clearly behind it, were re-timed together in one interleaved run, which decided the "
              "front.</p>")
     front = sorted((t for t in s.trials if t.on_front), key=lambda t: t.retimed_ms or t.latency_ms or 0)
     front_table = table(["trial", "recipe", f"{metric} drop", "p50 ms", "re-timed ms", "size kB", "recipe file"],

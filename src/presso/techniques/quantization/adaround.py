@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from presso.techniques.quantization.graph import input_uses
-from presso.techniques.quantization.quantizers import QuantParams, quantize
+from presso.techniques.quantization.quantizers import QuantParams, dequantize, quantize
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper values)
 ITERS, MIN_ITERS = 1000, 500  # optimisation steps per layer (see steps_for)
@@ -304,11 +304,10 @@ def _no_worse_than_nearest(q: torch.Tensor, w: torch.Tensor, qp: QuantParams,
     ``||X d_o||^2 / N = d_o H d_o`` of output ``o`` depends on row ``o`` alone, so taking
     the better row of each makes the layer at least as good as nearest on its inputs.
     """
-    nearest = quantize(w, qp).to(torch.float32).reshape(w.shape)
+    nearest = quantize(w, qp).to(torch.float32)
 
     def row_errors(ints):  # (O,) d_o H d_o, d = W~ - W
-        wv, s, z = _grid_view(w, qp)
-        d = ((ints.reshape(wv.shape) - z) * s - wv).reshape(w.shape)
+        d = dequantize(ints, qp) - w
         return ((d @ h_mat) * d).sum(1)
 
     worse = row_errors(q) > row_errors(nearest)
