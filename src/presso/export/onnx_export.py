@@ -19,14 +19,14 @@ def export_onnx(model: LoadedModel, sample: dict[str, np.ndarray], path: Path) -
     """Export ``model.module`` to ``path``; the input names are the forward arguments.
 
     A deep copy is exported: the TorchScript exporter alters live transformers
-    modules (outputs off by up to 4.0 afterwards, measured; DESIGN.md).
+    modules (outputs off by up to 4.0 afterwards, measured).
     """
     module = copy.deepcopy(model.module).eval()
     args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in model.input_names)
     dynamic_axes = dict(model.dynamic_axes)
     dynamic_axes["output"] = {0: "batch"}
     # The TorchScript exporter: its graphs are the ones ONNX Runtime's quantizer and
-    # transformer fusions recognise (the dynamo exporter's are not fused, DESIGN.md).
+    # transformer fusions recognise (the dynamo exporter's are not fused, measured).
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

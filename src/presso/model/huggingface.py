@@ -91,7 +91,7 @@ def load_hf_folder(path: Path) -> LoadedModel:
         auto = (transformers.AutoModelForSequenceClassification if is_classifier
                 else transformers.AutoModel)
         # Eager attention exports to the MatMul/Softmax pattern that ONNX Runtime's
-        # transformer optimizer fuses; the SDPA export fuses nothing (measured, DESIGN.md).
+        # transformer optimizer fuses; the SDPA export fuses nothing (measured).
         hf_model = _quietly(auto.from_pretrained, str(path), attn_implementation="eager")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
