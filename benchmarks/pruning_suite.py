@@ -125,7 +125,7 @@ def machine(settings: BenchSettings) -> dict:
     import torch
 
     from presso.runtime.session import default_threads
-    from presso.techniques.quantization.cpu import cpu_features
+    from presso.runtime.cpu import cpu_features
 
     return {**cpu_features().describe(), "cores_visible": default_threads(),
             "threads": settings.thread_count, "onnxruntime": onnxruntime.__version__,

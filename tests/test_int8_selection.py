@@ -36,7 +36,8 @@ def test_a_p50_gap_that_not_every_round_shows_is_a_tie():
     assert [c.name for c in consistent] == ["dynamic", "dynamic-smooth"]
 
 
-def test_reduce_range_only_without_vnni():
-    assert default_variants(True, vnni=True) == ["dynamic", "dynamic-smooth"]
-    assert "dynamic-reduce-range" in default_variants(True, vnni=False)
-    assert default_variants(False, vnni=True)[0].startswith("static")
+def test_reduce_range_only_where_int8_products_saturate():
+    assert default_variants(True, saturates=False) == ["dynamic", "dynamic-smooth"]
+    assert "dynamic-reduce-range" in default_variants(True, saturates=True)
+    assert default_variants(False, saturates=False) == ["static-s8s8", "static-u8s8", "dynamic"]
+    assert default_variants(False, saturates=True)[-1] == "dynamic-reduce-range"

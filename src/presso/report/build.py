@@ -6,7 +6,7 @@ import datetime as _dt
 import platform
 
 from presso.report.schema import Report
-from presso.techniques.quantization.cpu import cpu_features
+from presso.runtime.cpu import cpu_features
 
 
 def _runtime_label(stage_reports: list[dict]) -> str:

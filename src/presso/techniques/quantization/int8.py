@@ -16,9 +16,9 @@ from pathlib import Path
 from presso.errors import PressoError
 from presso.measure.bench import clearly_slower
 from presso.model.onnx_file import fixed_batch_sizes
+from presso.runtime.cpu import cpu_features
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.quantization.config import Int8Config
-from presso.techniques.quantization.cpu import cpu_features
 from presso.techniques.quantization.graph import float_weight_nodes, weighted_nodes
 from presso.techniques.quantization.mixed import FP32, MixedSearch, annotate, search
 
@@ -27,16 +27,21 @@ _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                   "MatMulNBits", "QAttention"}
 
 
-def default_variants(is_transformer: bool, vnni: bool) -> list[str]:
+def default_variants(is_transformer: bool, saturates: bool) -> list[str]:
     # Static QDQ of whole transformers collapses unless LayerNorm/Softmax/GELU/Add stay
-    # float (DESIGN.md), and measured slower than fp32 here; the fused dynamic path is
-    # both faithful and fast. 7-bit weights (reduce_range) only help where u8 x s8
-    # products can saturate (no VNNI); with VNNI they cost fidelity for nothing (measured).
-    # "dynamic-smooth" (per-layer SmoothQuant scales, smooth.py) costs one Mul per layer;
-    # the ranking keeps it when it times within the tie margin and is more faithful.
+    # float (see STATIC_TRANSFORMER_OPS), and measured slower than fp32 here; the fused
+    # dynamic path is both faithful and fast. 7-bit weights (reduce_range) only help where ORT's u8 x s8
+    # products saturate (no VNNI, presso.runtime.cpu); with exact sums they cost fidelity
+    # for nothing (measured). "dynamic-smooth" (per-layer SmoothQuant scales, smooth.py,
+    # and where products saturate per-layer 7-bit weights, weight_range.py) costs one Mul
+    # per smoothed layer; the ranking keeps it when it times within the tie margin and is
+    # more faithful.
+    seven_bit = ["dynamic-reduce-range"] if saturates else []
     if is_transformer:
-        return ["dynamic", "dynamic-smooth"] + ([] if vnni else ["dynamic-reduce-range"])
-    return ["static-s8s8", "static-u8s8", "dynamic"]
+        return ["dynamic", "dynamic-smooth", *seven_bit]
+    # Where products saturate, static-u8s8 gets 7-bit weights too (_quantize); plain dynamic
+    # int8 of a small MLP changed 219 of 3,000 predictions there (emulated), 10 with exact sums.
+    return ["static-s8s8", "static-u8s8", "dynamic", *seven_bit]
 
 
 # Static int8 of a transformer quantizes only its matrix products: with LayerNorm,
@@ -108,21 +113,41 @@ def _fuse_transformer(src: Path, dst: Path, shape: dict, log) -> tuple[Path, dic
         return src, {}
 
 
+def _calibration_calls(ctx: StageContext, input_names: list[str]):
+    return ({k: v for k, v in feed.items() if k in input_names} for feed in ctx.calibration.batches(1))
+
+
 def _smoothed(src: Path, ctx: StageContext, input_names: list[str]) -> Path:
     """``src`` with per-layer SmoothQuant scales (``smooth.py``), computed once per stage."""
     from presso.techniques.quantization.smooth import smooth_matmuls
 
     dst = ctx.workdir / "smoothed.onnx"
     if not dst.exists():
-        feeds = ({k: v for k, v in feed.items() if k in input_names} for feed in ctx.calibration.batches(1))
-        rows = smooth_matmuls(src, dst, feeds, ctx.log)
+        rows = smooth_matmuls(src, dst, _calibration_calls(ctx, input_names), ctx.log)
         (ctx.workdir / "smoothing.json").write_text(json.dumps(rows))
     return dst
 
 
-def smoothing_rows(ctx: StageContext) -> dict[str, dict]:
-    path = ctx.workdir / "smoothing.json"
+def _seven_bit_weights(src: Path, ctx: StageContext, input_names: list[str]) -> list[str]:
+    """Weights of ``src`` (the smoothed graph) that get 7 bits (``weight_range.py``): where
+    this CPU's int8 products saturate and 7 bits cut the emulated error; once per stage."""
+    from presso.techniques.quantization.weight_range import choose_weight_ranges
+
+    path = ctx.workdir / "weight_ranges.json"
+    if not path.exists():
+        rows = choose_weight_ranges(src, _calibration_calls(ctx, input_names), cpu_features().int8_saturates,
+                                    ctx.log)
+        path.write_text(json.dumps(rows))
+    return [r["weight"] for r in json.loads(path.read_text()) if r["weights"] == "7-bit"]
+
+
+def _rows_of(ctx: StageContext, name: str) -> dict[str, dict]:
+    path = ctx.workdir / name
     return {r["node"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+
+
+def smoothing_rows(ctx: StageContext) -> dict[str, dict]:
+    return _rows_of(ctx, "smoothing.json")
 
 
 def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageContext,
@@ -136,16 +161,28 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
     )
 
     if variant.startswith("dynamic"):
-        if variant == "dynamic-smooth":
-            src = _smoothed(src, ctx, input_names)
-        quantize_dynamic(
-            str(src), str(dst), per_channel=cfg.per_channel,
-            reduce_range=variant == "dynamic-reduce-range", weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude or None,
-            # Fused transformer ops (com.microsoft domain) defeat ORT's type inference;
-            # their tensors are float.
-            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        def dynamic(source: Path, target: Path, reduce_range: bool) -> Path:
+            quantize_dynamic(
+                str(source), str(target), per_channel=cfg.per_channel, reduce_range=reduce_range,
+                weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None,
+                # Fused transformer ops (com.microsoft domain) defeat ORT's type inference;
+                # their tensors are float.
+                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+            return target
+
+        if variant != "dynamic-smooth":
+            dynamic(src, dst, reduce_range=variant == "dynamic-reduce-range")
+            return
+        src = _smoothed(src, ctx, input_names)
+        dynamic(src, dst, reduce_range=False)
+        seven = _seven_bit_weights(src, ctx, input_names) if cfg.per_channel else []
+        if seven:
+            from presso.techniques.quantization.weight_range import splice
+
+            reduced = dynamic(src, dst.with_name(dst.stem + "-reduced-range.onnx"), reduce_range=True)
+            splice(dst, reduced, seven, dst)
+            reduced.unlink()
         return
     from presso.techniques.quantization.calibrate import static_quantize_kwargs
 
@@ -160,9 +197,9 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
     quantize_static(
         str(src), str(dst), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
         op_types_to_quantize=STATIC_TRANSFORMER_OPS if ctx.transformer is not None else None,
-        # u8 activations x s8 weights can saturate 16-bit accumulators on x86 without
-        # VNNI; 7-bit weights (reduce_range) are ORT's documented remedy there.
-        reduce_range=u8 and not cpu_features().vnni, weight_type=QuantType.QInt8,
+        # u8 activations x s8 weights saturate pairs of products at int16 on x86 without
+        # VNNI (presso.runtime.cpu); 7-bit weights (reduce_range) are ORT's remedy there.
+        reduce_range=u8 and cpu_features().int8_saturates, weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude or None, extra_options=extra, **kwargs,
     )
 
@@ -196,7 +233,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     input_names = [i.name for i in proto.graph.input]
     # A graph with a fixed batch axis (exported without dynamic axes) calibrates row by row.
     calibration_batch = 1 if fixed_batch_sizes(proto.graph) else 16
-    variants = (default_variants(ctx.transformer is not None, cpu_features().vnni)
+    variants = (default_variants(ctx.transformer is not None, cpu_features().int8_saturates)
                 if cfg.variants == "auto" else list(cfg.variants))
 
     src = onnx_path
@@ -283,6 +320,12 @@ def _layer_rows(cand: Candidate, weighted: list[str], ops: dict[str, str], found
     observer = ("per batch, at run time" if variant.startswith("dynamic")
                 else f"{cfg.calibration} on {min(cfg.calibration_rows, len(ctx.calibration))} rows")
     smoothing = smoothing_rows(ctx) if variant == "dynamic-smooth" else {}
+    ranges = {n: r for n, r in _rows_of(ctx, "weight_ranges.json").items() if r["weights"] == "7-bit"
+              } if variant == "dynamic-smooth" else {}
+    if ranges:
+        notes.append(f"{len(ranges)} layer(s) got 7-bit weights: on this CPU ONNX Runtime adds pairs of "
+                     "u8 x s8 products in int16 with saturation (no VNNI), and for them 7 bits cost "
+                     "less than saturation (emulated on the calibration rows)")
     layers = []
     for node in weighted:
         row = {"node": node, "op": ops.get(node, "")}
@@ -293,6 +336,8 @@ def _layer_rows(cand: Candidate, weighted: list[str], ops: dict[str, str], found
                        activations=f"int8, {observer}")
         if node in smoothing:
             row["smoothing"] = smoothing[node]["smoothing"]
+        if node in ranges and row.get("precision") == "int8":
+            row["weights"] = "7-bit (saturation)"
         layers.append(row)
     layers = annotate(layers, found, fell_back)
     known = set(weighted)

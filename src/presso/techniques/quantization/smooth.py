@@ -10,11 +10,13 @@ flatter activations for the quantizer.
 ONNX Runtime's dynamic kernels quantize weights per output channel, where scaling rows
 can make the weight grid coarser, so smoothing does not always pay (on MiniLM it helps
 the feed-forward input and hurts the others, measured). Each MatMul therefore gets the
-``a`` that minimises the simulated int8 output error ``||XW - Q(X)Q(W)||`` on
-calibration activations (u8 per call, s8 per column, as ORT's dynamic MatMul), or no
-smoothing when none beats leaving it alone. Only MatMuls fed by a LayerNorm are
-considered (see ``_AFTER``). The division is a Mul node before the MatMul (the LayerNorm
-output also feeds the residual branch, so it cannot fold into the LayerNorm).
+``a`` that minimises the int8 output error ``||XW - ORT(X, W)||`` on calibration
+activations, or no smoothing when none beats leaving it alone. ``ORT(X, W)`` is ORT's
+dynamic MatMul as the CPU at hand computes it (``presso.runtime.int8_gemm``): exact sums
+with VNNI; without it, pairs of u8 x s8 products saturate at int16, an error that depends
+on the raw integers and that smoothing can raise or cut. Only MatMuls fed by a LayerNorm
+are considered (see ``_AFTER``). The division is a Mul node before the MatMul (the
+LayerNorm output also feeds the residual branch, so it cannot fold into the LayerNorm).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from presso.runtime.cpu import cpu_features
+from presso.runtime.int8_gemm import dynamic_matmul, quantize_s8_columns
+from presso.techniques.quantization.activations import CALLS, per_call_inputs
+
 ALPHAS = (0.3, 0.5, 0.7)  # SmoothQuant's range; 0.85 cut the mean error but raised the worst row (MiniLM)
-_CALLS = 16  # batch-1 calls whose activations are simulated (dynamic ranges are per call)
+_CALLS = CALLS  # batch-1 calls whose activations are simulated (dynamic ranges are per call)
 _ROWS_PER_CALL = 32  # rows of each call the error is computed on (the range uses all rows)
 _MIN_GAIN = 0.05  # smooth a layer only if it cuts the simulated error by at least 5%
 # Inputs that carry the outlier channels (LayerNorm outputs, as in the SmoothQuant paper).
@@ -35,34 +41,25 @@ _MIN_GAIN = 0.05  # smooth a layer only if it cuts the simulated error by at lea
 _AFTER = {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "SimplifiedLayerNormalization"}
 
 
-def _quantize_u8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """What ORT's DynamicQuantizeLinear makes of rows ``x`` of a tensor whose values span
-    [lo, hi]: u8 over [min(0, lo), max(0, hi)]."""
-    lo, hi = min(0.0, lo), max(0.0, hi)
-    scale = (hi - lo) / 255 or 1.0
-    zp = np.clip(np.round(-lo / scale), 0, 255)
-    return (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale
-
-
-def _quantize_s8_columns(w: np.ndarray) -> np.ndarray:
-    scale = np.abs(w).max(0) / 127
-    scale[scale == 0] = 1.0
-    return np.clip(np.round(w / scale), -127, 127) * scale
-
-
-def simulated_error(calls: list[np.ndarray], rows: list[np.ndarray], w: np.ndarray,
-                    s: np.ndarray | None) -> float:
+def simulated_error(calls: list[np.ndarray], rows: list[np.ndarray], w: np.ndarray, s: np.ndarray | None,
+                    saturating: bool | None = None, reduce_range: bool = False) -> float:
     """Squared int8 output error of ``x @ w`` over the sampled rows of each call, with the
-    input divided by ``s`` and the weight rows multiplied by it (None: unsmoothed)."""
+    input divided by ``s`` and the weight rows multiplied by it (None: unsmoothed).
+
+    ``saturating``: whether ORT's u8 x s8 kernel saturates pairs of products (default: as
+    it does on this CPU); ``reduce_range``: 7-bit weights, as the dynamic-reduce-range variant.
+    """
+    saturating = cpu_features().int8_saturates if saturating is None else saturating
     ws = w if s is None else w * s[:, None]
-    wq = _quantize_s8_columns(ws)
+    qw = quantize_s8_columns(ws, reduce_range)
     err = 0.0
     for x, idx in zip(calls, rows, strict=True):
         # The range comes from the whole call's tensor; the error from the sampled rows.
         lo, hi = (float(x.min()), float(x.max())) if s is None else _range(x, s)
         xr = x[idx]
-        xq = _quantize_u8(xr if s is None else xr / s, lo, hi)
-        err += float(np.sum((xr @ w - xq @ wq) ** 2))
+        got = dynamic_matmul(xr if s is None else xr / s, ws, saturating=saturating, lo=lo, hi=hi,
+                             quantized_w=qw)
+        err += float(np.sum((xr @ w - got) ** 2))
     return err
 
 
@@ -71,29 +68,32 @@ def _range(x: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     return float((x.min(0) / s).min()), float((x.max(0) / s).max())
 
 
-def choose_scales(calls: list[np.ndarray], w: np.ndarray, seed: int = 0):
+def choose_scales(calls: list[np.ndarray], w: np.ndarray, seed: int = 0, saturating: bool | None = None,
+                  reduce_range: bool = False):
     """(smoothing scales or None, alpha or None, error ratio vs unsmoothed) for one MatMul."""
     rng = np.random.default_rng(seed)
     rows = [rng.choice(len(x), min(_ROWS_PER_CALL, len(x)), replace=False) for x in calls]
-    base = simulated_error(calls, rows, w, None)
+    base = simulated_error(calls, rows, w, None, saturating, reduce_range)
     amax = np.max([np.abs(x).max(0) for x in calls], axis=0)  # (K,)
     wmax = np.abs(w).max(1)  # (K,)
     best = (None, None, 1.0)
     for alpha in ALPHAS:
         s = (np.maximum(amax, 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha)).astype(np.float32)
-        ratio = simulated_error(calls, rows, w, s) / max(base, 1e-30)
+        ratio = simulated_error(calls, rows, w, s, saturating, reduce_range) / max(base, 1e-30)
         if ratio < best[2]:
             best = (s, alpha, ratio)
     return best if best[2] <= 1 - _MIN_GAIN else (None, None, best[2])
 
 
-def smooth_matmuls(src: Path, dst: Path, feeds, log=lambda _m: None) -> list[dict]:
+def smooth_matmuls(src: Path, dst: Path, feeds, log=lambda _m: None, saturating: bool | None = None,
+                   reduce_range: bool = False) -> list[dict]:
     """Write ``src`` with per-layer smoothing into ``dst``; one row per MatMul considered.
 
-    ``feeds``: batch-1 input dicts (the calibration rows), at most ``_CALLS`` are used.
+    ``feeds``: batch-1 input dicts (the calibration rows), at most ``_CALLS`` are used;
+    ``saturating`` / ``reduce_range``: the int8 kernel and weights the scales are chosen
+    for (see :func:`simulated_error`).
     """
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(src))
@@ -105,24 +105,13 @@ def smooth_matmuls(src: Path, dst: Path, feeds, log=lambda _m: None) -> list[dic
     if not targets:
         onnx.save(model, str(dst))
         return []
-    probe = onnx.load(str(src))
-    wanted = sorted({n.input[0] for n in targets})
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in wanted)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    del probe
-    names = [o.name for o in sess.get_outputs()]
-    inputs = {i.name for i in sess.get_inputs()}
-    acts: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
-    for feed in list(feeds)[:_CALLS]:
-        outs = sess.run(None, {k: v for k, v in feed.items() if k in inputs})
-        for name, out in zip(names, outs, strict=True):
-            if name in acts:
-                acts[name].append(out.reshape(-1, out.shape[-1]))
+    acts = per_call_inputs(src, sorted({n.input[0] for n in targets}), feeds, _CALLS)
     rows, muls = [], []
     for i, node in enumerate(targets):
         log(f"int8: smoothing, layer {i + 1}/{len(targets)}")
         w = numpy_helper.to_array(inits[node.input[1]])
-        s, alpha, ratio = choose_scales(acts[node.input[0]], w, seed=i)
+        s, alpha, ratio = choose_scales(acts[node.input[0]], w, seed=i, saturating=saturating,
+                                         reduce_range=reduce_range)
         rows.append({"node": node.name, "smoothing": "none" if s is None else f"alpha {alpha}",
                      "simulated_error_ratio": round(ratio, 4)})
         if s is None:
