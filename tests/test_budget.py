@@ -6,11 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import MLP_FACTORY, decided_rows, run_cli
 from torch import nn
 
 import presso
 from presso.measure import BenchSettings
+from presso.measure.metrics import one_row_drop, unresolved_budget
+from presso.progress import Progress
+from presso.recipe.schema import Recipe, Stage
 
 QUICK = BenchSettings(rounds=1, throughput_batch=8)
 
@@ -60,6 +63,13 @@ def _single_layer():
     return model
 
 
+def _mlp() -> nn.Module:
+    namespace: dict = {}
+    exec(MLP_FACTORY, namespace)
+    return namespace["build"]().eval()
+
+
+@pytest.mark.int8_kernel
 def test_refuses_when_no_variant_meets_the_budget(tmp_path):
     model = _single_layer()
     x, y = _data(model)
@@ -68,6 +78,7 @@ def test_refuses_when_no_variant_meets_the_budget(tmp_path):
         presso.compress(model, "int8", data=(x, y), bench=QUICK)
 
 
+@pytest.mark.int8_kernel
 def test_refusal_from_the_cli_exits_1_and_writes_nothing(tmp_path):
     factory = tmp_path / "outlier.py"
     factory.write_text(
@@ -87,6 +98,7 @@ def test_refusal_from_the_cli_exits_1_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.int8_kernel
 def test_most_sensitive_layer_falls_back_to_fp32(tmp_path):
     model = OutlierInput(depth=3)  # 4 weighted layers; only the first sees the outlier feature
     x, y = _data(model)
@@ -110,8 +122,75 @@ def test_most_sensitive_layer_falls_back_to_fp32(tmp_path):
     assert [r["node"] for r in again.report.stages[0].layers if r["precision"] == "fp32"] == [first["node"]]
 
 
+@pytest.mark.int8_kernel
 def test_max_drop_zero_is_honoured_exactly(tmp_path):
     ex = presso.load_example("tabular")
     result = presso.compress(ex.model, "int8", data=ex.data, task=ex.task, max_drop=0.0, bench=QUICK)
     assert result.report.budget.drop <= 0.0
     assert result.report.budget.max_drop == 0.0
+
+
+# ---------------------------------------------------------------- the budget's resolution
+
+FP16 = Recipe(name="fp16", stages=[Stage(technique="weight-only", options={"scheme": "float16"})])
+
+
+class _Warnings(Progress):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_a_budget_finer_than_one_row_is_named_with_its_fix():
+    assert unresolved_budget("accuracy", 0.01, {"calibration": 90, "held-out": 210}) == [
+        "with 90 calibration rows, one changed prediction drops accuracy by 0.0111: --max-drop 0.01 allows "
+        "none on them (give at least 100 calibration rows, or --max-drop 0.0111 or more)"]
+    assert unresolved_budget("accuracy", 0.01, {"held-out": 100}) == []  # one row is exactly the budget
+    assert unresolved_budget("agreement", 0.005, {"held-out": 150})[0].startswith(
+        "with 150 held-out rows, one changed prediction drops agreement by 0.0067")
+    assert unresolved_budget("accuracy", 0.0, {"held-out": 10}) == []  # no change at all is what was asked
+    assert unresolved_budget("r2", 0.01, {"held-out": 10}) == []  # continuous metrics have no step
+    assert one_row_drop("accuracy", 90) == pytest.approx(1 / 90) and one_row_drop("mean_cosine", 90) is None
+
+
+def test_small_data_is_warned_about_and_reported():
+    model = _mlp()
+    x, y = decided_rows(model, 60)  # 18 calibration rows, 42 held out
+    warnings = _Warnings()
+    report = presso.compress(model, FP16, data=(x, y), bench=QUICK, progress=warnings).report
+    assert report.budget.passed and report.budget.drop <= 0.01
+    assert report.budget.one_row_drop == {"held-out": round(1 / 42, 6), "calibration": round(1 / 18, 6)}
+    assert [w.split(",")[0] for w in warnings.lines] == ["with 18 calibration rows", "with 42 held-out rows"]
+    assert [n for n in report.notes if n.startswith("budget resolution: ")] == [
+        f"budget resolution: {w}" for w in warnings.lines]
+    enough = presso.compress(model, FP16, data=decided_rows(model, 400), bench=QUICK).report
+    assert enough.budget.one_row_drop == {"held-out": round(1 / 280, 6), "calibration": round(1 / 120, 6)}
+    assert not [n for n in enough.notes if n.startswith("budget resolution")]
+
+
+@pytest.mark.int8_kernel
+def test_refusal_on_too_few_rows_names_the_resolution_as_the_reason():
+    model = _single_layer()
+    x, y = _data(model)
+    expected = (r"No int8 variant keeps the accuracy drop within --max-drop 0\.01 on data too small to "
+                r"resolve it: with 18 calibration rows, one changed prediction drops accuracy by 0\.0556: .* "
+                r"\(give at least 100 calibration rows, or --max-drop 0\.0556 or more\); "
+                r"with 42 held-out rows, "
+                r".*Variants tried: static-s8s8: accuracy drop")
+    with pytest.raises(presso.BudgetError, match=expected):
+        presso.compress(model, "int8", data=(x[:60], y[:60]), bench=QUICK)
+
+
+def test_the_cli_warns_on_too_few_rows(tmp_path, mlp_project):
+    x, y = decided_rows(mlp_project["model"], 60)
+    np.savez(tmp_path / "small.npz", X=x, y=y)
+    (tmp_path / "fp16.yaml").write_text("name: fp16\nstages:\n  - technique: weight-only\n"
+                                        "    options: {scheme: float16}\n")
+    done = run_cli("compress", mlp_project["factory"], "--weights", str(mlp_project["weights"]), "--data",
+                   str(tmp_path / "small.npz"), "--recipe", str(tmp_path / "fp16.yaml"), "--out",
+                   str(tmp_path / "art"), "--rounds", "1", "--batch", "8")
+    assert done.returncode == 0, done.stderr
+    assert "warning: with 18 calibration rows, one changed prediction drops accuracy by 0.0556" in done.stderr
+    assert "warning: with 42 held-out rows, one changed prediction drops accuracy by 0.0238" in done.stderr

@@ -15,6 +15,10 @@ class Progress:
     def log(self, message: str) -> None:
         pass
 
+    def warn(self, message: str) -> None:
+        """Something the user should know before trusting the result (also in the report)."""
+        self.log(f"warning: {message}")
+
     @contextmanager
     def task(self, description: str, total: int | None = None):
         """Yields ``advance(n=1, description=None)``; a new description replaces the old

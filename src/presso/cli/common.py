@@ -94,6 +94,10 @@ class RichProgress(Progress):
         if self.enabled:
             self.console.print(f"[dim]· {message}[/dim]")
 
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(f"[yellow]warning: {message}[/yellow]", highlight=False, soft_wrap=True)
+
     @contextmanager
     def task(self, description: str, total: int | None = None):
         if not self.enabled:

@@ -163,3 +163,30 @@ def evaluate(task: str, outputs: np.ndarray, reference: np.ndarray,
 def primary(task: str, metrics: dict[str, float], has_labels: bool) -> tuple[str, float]:
     name = primary_metric(task, has_labels)
     return name, metrics[name]
+
+
+# Primary metrics that count rows: one changed row moves them by 1 / rows.
+_COUNTED = {"accuracy": "prediction", "agreement": "prediction"}
+
+
+def one_row_drop(metric: str, rows: int) -> float | None:
+    """The drop of ``metric`` that one changed row makes on ``rows`` rows, for metrics that
+    count rows (accuracy, agreement); None for continuous ones (R², ROC-AUC, cosine)."""
+    return 1.0 / rows if metric in _COUNTED and rows > 0 else None
+
+
+def unresolved_budget(metric: str, max_drop: float, rows: dict[str, int]) -> list[str]:
+    """One sentence per part of the data (``{"held-out": 90, ...}``) whose rows are too few
+    for ``max_drop``: one changed row already breaks it, so the budget allows no change at
+    all there. Empty when every part resolves it (or the metric is continuous, or the
+    budget is 0: no change is then what was asked for)."""
+    out = []
+    for part, n in rows.items():
+        step = one_row_drop(metric, n)
+        if step is None or max_drop <= 0 or step <= max_drop + 1e-12:
+            continue
+        enough = int(np.ceil(1 / max_drop - 1e-9))
+        out.append(f"with {n} {part} rows, one changed {_COUNTED[metric]} drops {metric} by {step:.4f}: "
+                   f"--max-drop {max_drop:g} allows none on them (give at least {enough} {part} rows, "
+                   f"or --max-drop {step:.4f} or more)")
+    return out

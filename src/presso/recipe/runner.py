@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from presso.measure.bench import (
     time_latency,
 )
 from presso.measure.memory import peak_memory_mb
-from presso.measure.metrics import check_target, evaluate
+from presso.measure.metrics import check_target, evaluate, unresolved_budget
 from presso.measure.size import callable_size, file_size, layer_sizes, layer_storage_bytes, parameter_count
 from presso.model.loaded import LoadedModel
 from presso.model.sources import load_model
@@ -73,6 +73,8 @@ class Run:
     progress: Progress
     baseline_eval: np.ndarray | None = None  # the fp32 ONNX baseline's held-out outputs
     seq_len: int = 128  # token length of text rows (extra text for a stage is tokenized alike)
+    # Parts of the data too small for the budget: one changed row already breaks it there.
+    unresolved: list[str] = field(default_factory=list)
 
     @property
     def primary(self) -> str:
@@ -418,7 +420,7 @@ def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: flo
             f"for inputs {loaded.input_names}; reshape the data to what the model expects."
         ) from exc
     # References come from the original model before anything is exported (exporting
-    # can alter a live model, DESIGN.md).
+    # can alter a live model, measured).
     reference = _reference_outputs(loaded, data)
     task = task or _infer_task(loaded, data, reference)
     spec = get_task(task)
@@ -430,12 +432,16 @@ def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: flo
         data = Dataset(inputs=data.inputs, target=target, source=data.source, texts=data.texts)
     parts = split(data, calibration_fraction, seed)
     split_info = {**parts.describe(), "evaluation_batch": EVAL_BATCH}
+    unresolved = unresolved_budget(primary_metric(task, parts.evaluation.has_labels), float(max_drop),
+                                   {"calibration": len(parts.calibration), "held-out": len(parts.evaluation)})
+    for line in unresolved:
+        progress.warn(line)
     return Run(
         model=loaded, task=task, max_drop=float(max_drop), data=data,
         calibration=parts.calibration, evaluation=parts.evaluation, split_info=split_info,
         ref_cal=reference[parts.calibration_index], ref_eval=reference[parts.evaluation_index],
         y_cal=parts.calibration.target, y_eval=parts.evaluation.target,
-        workdir=workdir, bench=bench, progress=progress, seq_len=seq_len,
+        workdir=workdir, bench=bench, progress=progress, seq_len=seq_len, unresolved=unresolved,
     )
 
 
@@ -566,6 +572,11 @@ def _verify(run: Run, ranked: Iterable[Candidate], tried: list[Candidate], techn
         cand.heldout_drop = drop
         cand.note += f"; failed on held-out rows ({run.primary} drop {drop:.4f})"
     lines = "; ".join(_refusal_line(c, run.primary) for c in tried)
+    if run.unresolved:  # a budget finer than one row: the reason to name first, with its fix
+        raise BudgetError(
+            f"No {technique} variant keeps the {run.primary} drop within --max-drop {run.max_drop} on data "
+            f"too small to resolve it: {'; '.join(run.unresolved)}. Variants tried: {lines}. Nothing was written."
+        )
     raise BudgetError(
         f"No {technique} variant keeps the {run.primary} drop within --max-drop {run.max_drop} "
         f"({lines}). Nothing was written. Raise --max-drop or try another recipe."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 
+from presso.measure.metrics import one_row_drop
 from presso.report.schema import Report
 from presso.runtime.cpu import cpu_features
 
@@ -48,6 +49,12 @@ def size_note(baseline: dict, compressed: dict) -> str | None:
             "quantization nodes and scales outweigh the 4x smaller weights.")
 
 
+def _one_row_drops(primary: str, run) -> dict[str, float] | None:
+    steps = {part: one_row_drop(primary, len(rows))
+             for part, rows in (("held-out", run.evaluation), ("calibration", run.calibration))}
+    return None if None in steps.values() else {k: round(v, 6) for k, v in steps.items()}
+
+
 def build_report(run, recipe, figures: dict, torch_latency: dict | None,
                  stage_reports: list[dict], notes: list[str], steps: list[dict] | None = None,
                  layer_sizes: dict | None = None, stored: dict | None = None) -> Report:
@@ -79,7 +86,8 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
         inputs=inputs,
         budget={"primary_metric": primary, "max_drop": run.max_drop,
                 "baseline": base["metrics"][primary], "compressed": comp["metrics"][primary],
-                "drop": drop, "passed": drop <= run.max_drop + 1e-12},
+                "drop": drop, "passed": drop <= run.max_drop + 1e-12,
+                "one_row_drop": _one_row_drops(primary, run)},
         baseline={"runtime": label, **base},
         compressed={"runtime": _runtime_label(stage_reports), **comp},
         ratios={
@@ -94,7 +102,8 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
                  "ort_thread_spinning": False, "onnxruntime": onnxruntime.__version__,
                  "torch": torch.__version__, "python": platform.python_version()},
         stages=stage_reports,
-        notes=[*notes, speed_note(base, comp, label),
+        notes=[*(f"budget resolution: {line}" for line in run.unresolved), *notes,
+               speed_note(base, comp, label),
                *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
         steps=[{k: v for k, v in s.items() if k != "path"} for s in steps or []],
         layer_sizes=layer_sizes or {},

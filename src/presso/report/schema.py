@@ -42,6 +42,10 @@ class Budget(_Strict):
     drop: float
     passed: bool
     meaning: str = "absolute drop of the primary metric on held-out rows, baseline minus compressed"
+    # For metrics that count rows (accuracy, agreement): the drop one changed row makes on the
+    # held-out rows and on the calibration rows (which screen the variants). Where it exceeds
+    # max_drop the budget allows no changed row there, and the report says so.
+    one_row_drop: dict[str, float] | None = None
 
 
 class InputSpec(_Strict):
