@@ -300,6 +300,7 @@ def test_padding_tokens_are_left_out_and_rows_are_sampled_within_bounds(tmp_path
 # ---------------------------------------------------------------------------- recipe
 
 
+@pytest.mark.int8_kernel
 def test_digits_int3_recipe_within_budget():
     from presso.recipe.schema import load_recipe
 

@@ -20,6 +20,7 @@ def result():
                            bench=BenchSettings(rounds=1, throughput_batch=8))
 
 
+@pytest.mark.int8_kernel
 def test_failed_save_leaves_nothing(result, tmp_path, monkeypatch):
     import presso.report.html as html
 
@@ -50,6 +51,7 @@ def test_report_html_is_self_contained(result, tmp_path):
     assert "Baseline vs compressed" in page and result.report.budget.primary_metric in page
 
 
+@pytest.mark.int8_kernel
 def test_ctrl_c_during_compress(tmp_path):
     out = tmp_path / "art"
     proc = subprocess.Popen([sys.executable, "-m", "presso.cli.main", "compress", "--example", "digits",
@@ -67,6 +69,7 @@ def test_ctrl_c_during_compress(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.int8_kernel
 def test_result_exposes_model_and_predictor(result):
     import numpy as np
 

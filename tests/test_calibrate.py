@@ -331,6 +331,7 @@ def contaminated(n: int, seed: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
+@pytest.mark.int8_kernel
 def test_auto_is_as_faithful_as_ort_minmax_end_to_end(tmp_path):
     """Output MSE vs fp32 on held-out rows of the same distribution, summed over three models.
 

@@ -50,6 +50,7 @@ def test_import_is_light():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.int8_kernel
 def test_bench_artifact_vs_baseline(digits_artifact, tmp_path):
     done = run_cli("bench", str(digits_artifact), "--vs", str(digits_artifact / "model.onnx"),
                    "--rounds", "2", "--batch", "8", "--json")
@@ -67,6 +68,7 @@ def test_bench_refuses_non_model(tmp_path):
     assert done.returncode == 2 and "neither an artifact folder, an .onnx file nor a .packed file" in done.stderr
 
 
+@pytest.mark.int8_kernel
 def test_bench_packed_file_vs_its_model(digits_artifact, tmp_path):
     """A .packed file is timed as the model it unpacks to, and reported at its stored size."""
     from presso.export.packed import pack
@@ -84,6 +86,7 @@ def test_bench_packed_file_vs_its_model(digits_artifact, tmp_path):
     assert missing.returncode == 2 and "nope.packed" in missing.stderr
 
 
+@pytest.mark.int8_kernel
 def test_eval_on_npz(digits_artifact, tmp_path):
     import numpy as np
 
@@ -97,6 +100,7 @@ def test_eval_on_npz(digits_artifact, tmp_path):
     assert result["metrics"]["accuracy"] >= 0.95
 
 
+@pytest.mark.int8_kernel
 def test_rerun_saved_recipe_reproduces_choice(digits_artifact, tmp_path):
     first = read_report(digits_artifact)
     out = tmp_path / "again"
@@ -110,6 +114,7 @@ def test_rerun_saved_recipe_reproduces_choice(digits_artifact, tmp_path):
     assert again["data"]["split"]["evaluation_rows"] == first["data"]["split"]["evaluation_rows"]
 
 
+@pytest.mark.int8_kernel
 def test_rerun_into_same_folder_replaces_artifact(tmp_path):
     out = tmp_path / "art"
     for _ in range(2):
@@ -118,6 +123,7 @@ def test_rerun_into_same_folder_replaces_artifact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
+@pytest.mark.int8_kernel
 def test_quantized_model_is_not_quantized_again(digits_artifact, tmp_path):
     import numpy as np
 

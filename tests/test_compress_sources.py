@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
@@ -15,11 +16,17 @@ from presso.measure.metrics import evaluate
 from presso.recipe.runner import compress
 
 
-def _plain_ort(path, feed):
+def _plain_ort(path, feed, batch_size: int | None = None):
+    """The model's first output in plain onnxruntime, all rows at once or ``batch_size`` at a time
+    (dynamic int8 takes each batch's own activation range: outputs depend on the batching)."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)[0]
+    n = len(next(iter(feed.values())))
+    step = batch_size or n
+    return np.concatenate([sess.run(None, {k: v[i:i + step] for k, v in feed.items()})[0]
+                           for i in range(0, n, step)])
 
 
+@pytest.mark.int8_kernel
 def test_factory_with_pt_weights_cli(mlp_project, tmp_path):
     out = tmp_path / "art"
     done = run_cli("compress", mlp_project["factory"], "--weights", str(mlp_project["weights"]),
@@ -35,6 +42,7 @@ def test_factory_with_pt_weights_cli(mlp_project, tmp_path):
     assert [i.name for i in sess.get_inputs()] == ["features"]  # the forward argument's name
 
 
+@pytest.mark.int8_kernel
 def test_factory_with_safetensors_weights(mlp_project, tmp_path):
     st = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in mlp_project["model"].state_dict().items()}, str(st))
@@ -43,6 +51,7 @@ def test_factory_with_safetensors_weights(mlp_project, tmp_path):
     assert result.report.baseline.metrics["accuracy"] == 1.0
 
 
+@pytest.mark.int8_kernel
 def test_module_factory_from_package(tmp_path, monkeypatch, mlp_project):
     pkg = tmp_path / "userpkg"
     pkg.mkdir()
@@ -55,6 +64,7 @@ def test_module_factory_from_package(tmp_path, monkeypatch, mlp_project):
     assert result.report.baseline.metrics["accuracy"] == 1.0
 
 
+@pytest.mark.int8_kernel
 def test_nn_module_is_not_mutated_and_outputs_match_report(mlp_project, tmp_path):
     model = mlp_project["model"].train()  # in training mode on purpose
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -64,17 +74,21 @@ def test_nn_module_is_not_mutated_and_outputs_match_report(mlp_project, tmp_path
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     out = result.save(tmp_path / "art")
-    # The artifact runs in plain onnxruntime and reproduces the reported metrics exactly.
+    # The artifact runs in plain onnxruntime and reproduces the reported metrics exactly, row by
+    # row as presso measures them (whichever int8 variant won: a dynamic one depends on batching).
     from presso.data.dataset import Dataset, split
     parts = split(Dataset(inputs={"features": mlp_project["x"]}, target=mlp_project["y"]), 0.3, 0)
-    got = _plain_ort(out / "model.onnx", {"features": parts.evaluation.inputs["features"]})
+    feed = {"features": parts.evaluation.inputs["features"]}
+    got = _plain_ort(out / "model.onnx", feed, batch_size=1)
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(parts.evaluation.inputs["features"])).numpy()
     metrics = evaluate("classification", got, ref, parts.evaluation.target)
     assert metrics == pytest.approx(result.report.compressed.metrics, abs=1e-9)
-    assert presso.load(out).predict(parts.evaluation.inputs["features"]) == pytest.approx(got, abs=1e-6)
+    whole = _plain_ort(out / "model.onnx", feed)  # presso.load's predict runs the rows in one batch too
+    assert presso.load(out).predict(feed["features"]) == pytest.approx(whole, abs=1e-6)
 
 
+@pytest.mark.int8_kernel
 def test_onnx_file_source(mlp_project, tmp_path):
     onnx_path = tmp_path / "user.onnx"
     torch.onnx.export(mlp_project["model"].eval(), (torch.zeros(1, 12),), str(onnx_path), dynamo=False,
@@ -89,6 +103,7 @@ def test_onnx_file_source(mlp_project, tmp_path):
     assert report["baseline"]["metrics"]["accuracy"] == 1.0
 
 
+@pytest.mark.int8_kernel
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_table_data_with_target(mlp_project, tmp_path, fmt):
     frame = pd.DataFrame(mlp_project["x"], columns=[f"f{i}" for i in range(12)])
@@ -104,6 +119,7 @@ def test_table_data_with_target(mlp_project, tmp_path, fmt):
     assert report["data"]["split"]["evaluation_rows"] == 210
 
 
+@pytest.mark.int8_kernel
 def test_onnx_with_fixed_batch_one_is_measured_at_batch_one(mlp_project, tmp_path):
     onnx_path = tmp_path / "static.onnx"
     torch.onnx.export(mlp_project["model"].eval(), (torch.zeros(1, 12),), str(onnx_path), dynamo=False,

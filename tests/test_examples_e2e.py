@@ -54,6 +54,7 @@ def _check_against_plain_ort(name, out, report):
     return metrics
 
 
+@pytest.mark.int8_kernel
 @pytest.mark.parametrize("name", ["digits", "tabular", "forecast", "anomaly"])
 def test_example_int8(name, tmp_path):
     out, report = _compress_example(name, tmp_path)

@@ -72,11 +72,17 @@ def test_bad_bits(bits):
         Recipe(name="r", stages=[Stage(technique="kmeans", options={"bits": bits})]).configs()
 
 
-def test_digits_kmeans_within_a_point_and_six_times_smaller():
+def test_digits_kmeans_within_two_points_and_six_times_smaller():
+    # The digits CNN is trained on the machine that runs the tests, and training rounds
+    # differently on every CPU. Over 46 CNNs trained with seeds 0-45 (one machine),
+    # 16 shared values per layer moved held-out accuracy by -0.006..+0.010 (-3..+5 of 503
+    # rows); on an AMD EPYC without VNNI the CNN trained there lost 0.0119 (6 rows). A
+    # one-point budget sits inside that spread: a coin toss on which CNN the CPU trained.
     ex = presso.load_example("digits")
-    report = presso.compress(ex.model, "kmeans", data=ex.data, task=ex.task,
+    report = presso.compress(ex.model, "kmeans", data=ex.data, task=ex.task, max_drop=0.02,
                              bench=BenchSettings(rounds=1, throughput_batch=8)).report
-    assert report.budget.passed and report.budget.drop <= 0.01
+    assert report.budget.passed and report.budget.drop <= 0.02
+    assert report.stages[0].chosen == "kmeans"  # every layer clustered: nothing fell back
     assert report.baseline.size_bytes / report.compressed.size_bytes >= 6.0
 
 

@@ -151,6 +151,7 @@ def int8_results():
 BASELINE_ROWS = [("/0/Gemm", "Gemm", 4 * (64 * 16 + 64)), ("/2/Gemm", "Gemm", 4 * (4 * 64 + 4))]
 
 
+@pytest.mark.int8_kernel
 @pytest.mark.parametrize("variant", ["static-s8s8", "dynamic"])
 def test_report_carries_layer_sizes_of_both_models(int8_results, variant):
     result = int8_results[variant]

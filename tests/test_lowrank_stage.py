@@ -97,6 +97,7 @@ def test_fixed_rank_energy_and_error_selectors_run_as_stages(tabular):
     assert all(r["relative_error"] <= 0.5 for r in _rows(error) if "relative_error" in r)
 
 
+@pytest.mark.int8_kernel
 def test_lowrank_composes_with_int8_and_with_pruning(tabular):
     alone = _compress(tabular.model, [("factorize", FAST)], tabular.data, max_drop=1.0).report
     q = _compress(tabular.model, [("factorize", FAST), ("int8", {})], tabular.data, max_drop=1.0).report
@@ -125,6 +126,7 @@ def test_bad_factorize_options_are_refused(tabular, options, match):
         _compress(tabular.model, [("factorize", {**FAST, **options})], tabular.data)
 
 
+@pytest.mark.int8_kernel
 def test_factorize_needs_a_pytorch_model(tmp_path, tabular):
     path = tmp_path / "m.onnx"
     presso.compress(tabular.model, "int8", data=tabular.data, bench=QUICK).save(tmp_path / "q")

@@ -337,6 +337,7 @@ def test_pruning_stages_need_a_pytorch_model(technique, tmp_path):
 # 7. Sparse storage at the end of the run
 
 
+@pytest.mark.int8_kernel
 @pytest.mark.parametrize("variant, op", [("static-s8s8", "DequantizeLinear"), ("dynamic", "MatMulInteger")])
 def test_sparse_then_int8_stores_the_int8_zeros_as_a_bitmask(variant, op, tmp_path):
     model = _mlp(64, 256, 256, 10)
@@ -502,6 +503,7 @@ def test_activation_importance_removes_the_dead_neurons():
 # Built-in recipes on the digits example (a trained CNN): quality kept, the promised sizes
 
 
+@pytest.mark.int8_kernel
 @pytest.mark.parametrize("name", ["sparse-int8", "2:4", "slim"])
 def test_builtin_pruning_recipes_on_digits(name):
     ex = presso.load_example("digits")

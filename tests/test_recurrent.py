@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -22,6 +23,7 @@ class GRUForecaster(nn.Module):
         return self.head(out[:, -1])  # (B, 1)
 
 
+@pytest.mark.int8_kernel
 def test_gru_stays_float_and_is_reported():
     model = GRUForecaster().eval()
     rng = np.random.default_rng(0)

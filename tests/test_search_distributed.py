@@ -274,10 +274,12 @@ def _two_workers_one_killed(url: str, tmp_path: Path) -> None:
     assert PG_PASSWORD not in (out_b / "report.json").read_text()
 
 
+@pytest.mark.int8_kernel
 def test_two_workers_share_a_sqlite_study(tabular_cached, tmp_path):
     _two_workers_one_killed(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path)
 
 
+@pytest.mark.int8_kernel
 def test_two_workers_share_a_postgres_study(tabular_cached, postgres_url, tmp_path):
     _two_workers_one_killed(postgres_url, tmp_path)
 
@@ -288,6 +290,7 @@ def _finished(out: Path) -> int:
     return sum(r["state"] in ("complete", "pruned") for r in read_report(out)["search"]["trials"])
 
 
+@pytest.mark.int8_kernel
 def test_interrupted_study_resumes(tabular_cached, tmp_path):
     out = tmp_path / "search"
     first = run_cli("search", "--example", "tabular", "--trials", "3", "--out", str(out), *FAST_BENCH)
@@ -347,6 +350,7 @@ def test_impossible_constraint_is_refused_before_trials(tabular_cached, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.int8_kernel
 def test_unmet_constraint_writes_no_model(tabular_cached, tmp_path):
     out = tmp_path / "out"
     done = run_cli("search", "--example", "tabular", "--trials", "3", "--out", str(out), "--max-size-mb",
@@ -356,6 +360,7 @@ def test_unmet_constraint_writes_no_model(tabular_cached, tmp_path):
     assert not (out / "report.json").exists()
 
 
+@pytest.mark.int8_kernel
 def test_study_of_another_model_is_refused(tabular_cached, tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     first = run_cli("search", "--example", "tabular", "--trials", "1", "--out", str(tmp_path / "tabular"),

@@ -73,6 +73,7 @@ def _front(trials: list[dict], scale: float) -> set[int]:
     return out
 
 
+@pytest.mark.int8_kernel
 def test_search_folder_report_and_front(searched):
     for name in ("model.onnx", "report.json", "report.html", "recipe.yaml", "search.json", "study.db"):
         assert (searched / name).is_file(), name
@@ -143,6 +144,7 @@ def test_search_html_has_the_section_and_both_charts(searched):
     assert "Pareto front" in html
 
 
+@pytest.mark.int8_kernel
 def test_a_trial_recipe_re_runs_to_the_same_model(searched, tmp_path):
     report = read_report(searched)
     picked = report["search"]["picked"]
@@ -184,6 +186,7 @@ def test_trials_need_recipe_auto(capsys, tmp_path):
 
 # ------------------------------------------------------------------ samplers and the study
 
+@pytest.mark.int8_kernel
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "grid", "rl"])
 def test_every_sampler_runs_on_tabular(sampler, tabular, prepared, tmp_path):
     found = search(tabular.model, tabular.data, task=tabular.task, out=tmp_path / sampler, trials=3,
@@ -260,6 +263,7 @@ def _add_finished(study, space, params: dict, drop: float, latency_ms: float, si
                                  user_attrs=attrs))
 
 
+@pytest.mark.int8_kernel
 def test_pick_latency_and_size_on_one_finished_study(prepared, tmp_path):
     out = tmp_path / "P"
     common = ["search", "--example", "tabular", "--techniques", "int8,kmeans", "--trial-rounds", "2",

@@ -35,6 +35,7 @@ def sentences_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.int8_kernel
 def test_hf_folder_with_text_file(tiny_bert, sentences_file, tmp_path):
     out = tmp_path / "art"
     done = run_cli("compress", str(tiny_bert), "--data", str(sentences_file), "--seq-len", "32",
@@ -66,6 +67,7 @@ def test_folder_without_config(tmp_path):
     assert done.returncode == 2 and "config.json" in done.stderr
 
 
+@pytest.mark.int8_kernel
 def test_no_temporary_files_left_in_the_working_directory(tiny_bert, sentences_file, tmp_path):
     work = tmp_path / "cwd"
     work.mkdir()
@@ -75,6 +77,7 @@ def test_no_temporary_files_left_in_the_working_directory(tiny_bert, sentences_f
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.int8_kernel
 def test_static_int8_keeps_layernorm_softmax_gelu_and_adds_float(tiny_bert, sentences_file, monkeypatch):
     from presso.recipe.schema import Recipe, Stage
     from presso.techniques.quantization import int8
@@ -99,6 +102,7 @@ def test_static_int8_keeps_layernorm_softmax_gelu_and_adds_float(tiny_bert, sent
     print(f"static int8 tiny BERT mean cosine: matrix products only {careful:.4f}, everything {everything:.4f}")
 
 
+@pytest.mark.int8_kernel
 def test_slim_removes_heads_and_neurons_and_composes_with_fused_int8(tiny_bert, sentences_file):
     """slim on a BERT folder prunes heads / FFN neurons; the int8 stage after it must fuse
     attention with the *pruned* head count (a stale count fuses wrong heads silently)."""
