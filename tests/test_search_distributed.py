@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import FAST_BENCH, read_report, run_cli
@@ -282,6 +283,73 @@ def test_two_workers_share_a_sqlite_study(tabular_cached, tmp_path):
 @pytest.mark.int8_kernel
 def test_two_workers_share_a_postgres_study(tabular_cached, postgres_url, tmp_path):
     _two_workers_one_killed(postgres_url, tmp_path)
+
+
+class _Runner:
+    """A stand-in for presso's trial runner: draws x, reports it as the trial's figures."""
+
+    space = None
+    constraints = SimpleNamespace(met=lambda attrs: False)  # no crossover children
+
+    def __init__(self, on_trial=lambda trial: None):
+        self.ran: list[int] = []
+        self.on_trial = on_trial
+
+    def __call__(self, trial) -> float:
+        self.ran.append(trial.number)
+        x = trial.suggest_float("x", 0.0, 1.0)
+        for key in ("drop", "latency_ms", "size_bytes"):
+            trial.set_user_attr(key, x)
+        self.on_trial(trial)
+        return x
+
+
+def _finished_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def test_a_queued_retry_runs_before_the_study_stops():
+    import optuna
+    from optuna.trial import TrialState
+
+    from presso.progress import SILENT
+    from presso.search.study import _optimize
+
+    study = optuna.create_study()
+    _optimize(study, _Runner(), 3, None, SILENT)
+    assert len(_finished_trials(study)) == 3
+    study.enqueue_trial({"x": 0.25})  # a crossover child, queued first
+    study.enqueue_trial({"x": 0.75})  # the retry of a dead worker's trial (what Optuna's heartbeat queues)
+    retry = study.get_trials(states=(TrialState.WAITING,))[-1]
+    study._storage.set_trial_system_attr(retry._trial_id, "failed_trial", 1)
+    runner = _Runner()
+    _optimize(study, runner, 4, None, SILENT)  # 3 finished: one more would do, but the retry waits
+    assert runner.ran == [3, 4]  # the child (finishing the 4) and then the retry
+    assert study.trials[4].state == TrialState.COMPLETE and study.trials[4].params == {"x": 0.75}
+    again = _Runner()
+    _optimize(study, again, 6, None, SILENT)
+    assert again.ran == [5]  # no retry waiting: the stop comes at the count
+
+
+def test_a_trial_another_worker_finished_first_does_not_stop_this_one():
+    import optuna
+    from optuna.trial import TrialState
+
+    from presso.progress import SILENT
+    from presso.search.study import _optimize
+
+    study = optuna.create_study()
+
+    def finished_elsewhere(trial) -> None:  # Optuna handed this queued trial to two workers
+        if trial.number == 1:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+
+    runner = _Runner(finished_elsewhere)
+    _optimize(study, runner, 3, None, SILENT)
+    assert runner.ran == [0, 1, 2] and len(_finished_trials(study)) == 3
+    assert study.trials[1].values == [0.5]  # the other worker's result stands
 
 
 # ------------------------------------------------------------------ resume

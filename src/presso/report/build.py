@@ -50,9 +50,10 @@ def size_note(baseline: dict, compressed: dict) -> str | None:
 
 
 def _one_row_drops(primary: str, run) -> dict[str, float] | None:
+    """The drop one changed row makes on each part of the data (None: a continuous metric)."""
     steps = {part: one_row_drop(primary, len(rows))
              for part, rows in (("held-out", run.evaluation), ("calibration", run.calibration))}
-    return None if None in steps.values() else {k: round(v, 6) for k, v in steps.items()}
+    return {k: round(v, 6) for k, v in steps.items() if v is not None} or None
 
 
 def build_report(run, recipe, figures: dict, torch_latency: dict | None,

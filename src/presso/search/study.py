@@ -253,7 +253,6 @@ def _existing_trials(storage, name: str) -> int:
 
 def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | None, progress: Progress,
               grid: bool = False) -> None:
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -266,17 +265,46 @@ def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | N
     callbacks = [lambda s, t: _log_trial(progress, t, trials)]
     callbacks.append(_stop_when_grid_done if grid else FrontCrossover(runner.space, runner.constraints))
     if trials is not None:
-        callbacks.insert(0, MaxTrialsCallback(trials, states=finished))
+        callbacks.insert(0, _stop_at(trials))
     total = (trials - done) if trials is not None else None
     label = f"searching: {trials} finished trials" if trials is not None else "searching until the timeout"
+    deadline = None if timeout is None else time.monotonic() + timeout
     with progress.task(label, total=total) as advance:
         def tick(s, t):
             if t.state in finished:
                 advance(1)
         callbacks.append(tick)
         # A trial that crashes is recorded as failed (with its error) and the search goes on;
-        # the stop comes from MaxTrialsCallback (counting every worker's trials) or the timeout.
-        study.optimize(runner, timeout=timeout, callbacks=callbacks, catch=(Exception,), gc_after_trial=True)
+        # the stop comes from _stop_at (counting every worker's trials) or the timeout.
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                study.optimize(runner, timeout=left, callbacks=callbacks, catch=(Exception,),
+                               gc_after_trial=True)
+                return
+            except ValueError as exc:
+                # Optuna's RDB storage can hand one queued trial to two workers at once
+                # (optuna#4621, seen with SQLite under load): the second to finish cannot
+                # tell it. Its result duplicates the other's; the worker goes on.
+                if not str(exc).startswith("Cannot tell a "):
+                    raise
+                progress.log(f"a queued trial was also run by another worker, which finished it first "
+                             f"({exc})")
+
+
+def _stop_at(trials: int):
+    """Stop once the study holds ``trials`` finished trials, every worker's counted, but not
+    while the retry of a dead worker's trial is still queued: it runs first (at most the few
+    crossover points queued before it run too)."""
+    from optuna.trial import TrialState
+
+    def callback(study, trial) -> None:
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) < trials:
+            return
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not any("failed_trial" in t.system_attrs for t in waiting):
+            study.stop()
+    return callback
 
 
 def _stop_when_grid_done(study, trial) -> None:
