@@ -22,8 +22,11 @@ def parse(parser):
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    return (args, BenchSettings(rounds=args.rounds, round_seconds=0.5, throughput_batch=16, threads=args.threads),
-            BenchSettings(rounds=2, throughput_batch=8, threads=args.threads))
+    return (
+        args,
+        BenchSettings(rounds=args.rounds, round_seconds=0.5, throughput_batch=16, threads=args.threads),
+        BenchSettings(rounds=2, throughput_batch=8, threads=args.threads),
+    )
 
 
 def setup():
@@ -36,24 +39,35 @@ def setup():
     return ex, ev, reference, export_onnx(ex.model, parts.calibration.head(2).inputs, work / "fp32.onnx")
 
 
-def compare(paths: dict[str, Path], ev, reference, settings: BenchSettings, title: str, int8_key: str) -> dict:
+def compare(
+    paths: dict[str, Path], ev, reference, settings: BenchSettings, title: str, int8_key: str
+) -> dict:
     """Print one markdown table (fp32 first in ``paths``); returns the rows."""
     rows = {}
     for name, path in paths.items():
         out = run_session(make_session(path, threads=settings.threads), ev.inputs, batch_size=1)
-        rows[name] = {"size": file_size(path), "params": parameter_count(path),
-                      "metrics": evaluate("embedding", out, reference)}
+        rows[name] = {
+            "size": file_size(path),
+            "params": parameter_count(path),
+            "metrics": evaluate("embedding", out, reference),
+        }
     timing = bench_onnx(paths, ev.head(1).inputs, ev.head(16).inputs, settings)
     base = timing[FP32]["latency_ms"]["p50"]
     int8_ms = timing[int8_key]["latency_ms"]["p50"]
-    print(f"\nall-MiniLM-L6-v2, {len(ev)} held-out sentences, batch 1 x 128 tokens, {settings.thread_count} "
-          f"threads, {settings.rounds} interleaved rounds; {title}\n")
-    print("| runtime | parameters | size MB | p50 ms | vs ORT fp32 | vs presso int8 | mean cos | min cos | top-10 |")
+    print(
+        f"\nall-MiniLM-L6-v2, {len(ev)} held-out sentences, batch 1 x 128 tokens, {settings.thread_count} "
+        f"threads, {settings.rounds} interleaved rounds; {title}\n"
+    )
+    print(
+        "| runtime | parameters | size MB | p50 ms | vs ORT fp32 | vs presso int8 | mean cos | min cos | top-10 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         p50 = r["p50_ms"] = timing[name]["latency_ms"]["p50"]
         m = r["metrics"]
-        print(f"| {name} | {r['params']:,} | {r['size'] / 1e6:.1f} | {p50:.2f} | {base / p50:.2f}x | "
-              f"{int8_ms / p50:.2f}x | {m['mean_cosine']:.4f} | {m['min_cosine']:.4f} | "
-              f"{m['top10_agreement']:.3f} |")
+        print(
+            f"| {name} | {r['params']:,} | {r['size'] / 1e6:.1f} | {p50:.2f} | {base / p50:.2f}x | "
+            f"{int8_ms / p50:.2f}x | {m['mean_cosine']:.4f} | {m['min_cosine']:.4f} | "
+            f"{m['top10_agreement']:.3f} |"
+        )
     return rows

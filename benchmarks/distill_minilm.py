@@ -37,13 +37,21 @@ def extra_sentences(limit: int | None) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, nargs="+", default=[3], help="transformer layers kept (one run each)")
+    parser.add_argument(
+        "--depth", type=int, nargs="+", default=[3], help="transformer layers kept (one run each)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--extra", type=int, default=None, help="at most this many extra sentences (default all)")
-    parser.add_argument("--max-drop", type=float, default=0.5,
-                        help="allowed mean-cosine drop for the student runs (so that they are measured, not refused)")
+    parser.add_argument(
+        "--extra", type=int, default=None, help="at most this many extra sentences (default all)"
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.5,
+        help="allowed mean-cosine drop for the student runs (so that they are measured, not refused)",
+    )
     parser.add_argument("--no-int8", action="store_true", help="skip the student + int8 runs")
     args, settings, quick = parse(parser)
 
@@ -51,7 +59,9 @@ def main() -> None:
     texts = extra_sentences(args.extra)
     corpus = Path(tempfile.mkdtemp(prefix="presso-bench-")) / "extra.txt"
     corpus.write_text("\n".join(texts) + "\n")
-    print(f"extra training text: {len(texts)} sentences from stdlib docstrings outside the example's {SENTENCES}")
+    print(
+        f"extra training text: {len(texts)} sentences from stdlib docstrings outside the example's {SENTENCES}"
+    )
     int8 = presso.compress(ex.model, "int8", data=ex.data, task="embedding", bench=quick)
     int8_key = f"presso int8 ({int8.report.stages[0].chosen})"
     paths = {FP32: fp32, int8_key: int8.model_path}
@@ -60,14 +70,33 @@ def main() -> None:
         for label, with_int8 in (("fp32", False), ("+ int8", True)):
             if with_int8 and args.no_int8:
                 continue
-            result = presso.distill(ex.model, ex.data, depth=depth, width=1.0, epochs=args.epochs, lr=args.lr,
-                                    batch_size=args.batch_size, train_data=str(corpus), int8=with_int8,
-                                    task="embedding", max_drop=args.max_drop, bench=quick, progress=_Log())
+            result = presso.distill(
+                ex.model,
+                ex.data,
+                depth=depth,
+                width=1.0,
+                epochs=args.epochs,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                train_data=str(corpus),
+                int8=with_int8,
+                task="embedding",
+                max_drop=args.max_drop,
+                bench=quick,
+                progress=_Log(),
+            )
             results.append(result)
             paths[f"presso student {depth} of 6 layers {label}"] = result.model_path
             notes += [n for n in result.report.notes if n.startswith("distill:")][:1]
-    compare(paths, ev, reference, settings, "students: the teacher's layers kept evenly spaced, distilled "
-            "(cosine to the teacher) on the calibration sentences + the extra text", int8_key)
+    compare(
+        paths,
+        ev,
+        reference,
+        settings,
+        "students: the teacher's layers kept evenly spaced, distilled "
+        "(cosine to the teacher) on the calibration sentences + the extra text",
+        int8_key,
+    )
     for note in dict.fromkeys(notes):
         print(f"\n{note}")
 

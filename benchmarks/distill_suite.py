@@ -50,33 +50,56 @@ def run_digits(args, bench, tmp: Path) -> dict:
     train = digits_training_rows(tmp)
     out: dict = {}
     print("\n### digits: student vs the same student on labels alone\n")
-    print("| init | seed | training | teacher acc | student acc | student params (of teacher) | p50 teacher -> student |")
+    print(
+        "| init | seed | training | teacher acc | student acc | student params (of teacher) | p50 teacher -> student |"
+    )
     print("|---|---:|---|---:|---:|---|---|")
     for init in args.init:
         for seed in args.seeds:
             for label, opts in (("labels only", LABELS_ONLY), ("distilled", KD)):
-                result = presso.distill(ex.model, ex.data, width=args.width, init=init, epochs=args.epochs,
-                                        patience=15, train_data=str(train), seed=seed, max_drop=1.0,
-                                        bench=bench, **opts)
+                result = presso.distill(
+                    ex.model,
+                    ex.data,
+                    width=args.width,
+                    init=init,
+                    epochs=args.epochs,
+                    patience=15,
+                    train_data=str(train),
+                    seed=seed,
+                    max_drop=1.0,
+                    bench=bench,
+                    **opts,
+                )
                 f = figures(result.report)
                 out[f"{init}/{seed}/{label}"] = f
-                print(f"| {init} | {seed} | {label} | {f['baseline']:.4f} | {f['compressed']:.4f} | "
-                      f"{f['parameters'][1]:,} ({f['parameters'][1] / f['parameters'][0]:.1%}) | "
-                      f"{f['p50_ms'][0]:.3f} -> {f['p50_ms'][1]:.3f} ms |", flush=True)
+                print(
+                    f"| {init} | {seed} | {label} | {f['baseline']:.4f} | {f['compressed']:.4f} | "
+                    f"{f['parameters'][1]:,} ({f['parameters'][1] / f['parameters'][0]:.1%}) | "
+                    f"{f['p50_ms'][0]:.3f} -> {f['p50_ms'][1]:.3f} ms |",
+                    flush=True,
+                )
                 del result
     for init in args.init:
         kd = np.mean([out[f"{init}/{s}/distilled"]["compressed"] for s in args.seeds])
         lab = np.mean([out[f"{init}/{s}/labels only"]["compressed"] for s in args.seeds])
         teacher = np.mean([out[f"{init}/{s}/distilled"]["baseline"] for s in args.seeds])
-        params = max(out[f"{init}/{s}/distilled"]["parameters"][1] / out[f"{init}/{s}/distilled"]["parameters"][0]
-                     for s in args.seeds)
-        print(f"\ninit {init}: mean accuracy over seeds {args.seeds}: teacher {teacher:.4f}, labels only {lab:.4f}, "
-              f"distilled {kd:.4f}")
-        print(f"  {'PASS' if params <= 0.25 else 'FAIL'}: student has at most a quarter of the parameters "
-              f"({params:.1%})")
+        params = max(
+            out[f"{init}/{s}/distilled"]["parameters"][1] / out[f"{init}/{s}/distilled"]["parameters"][0]
+            for s in args.seeds
+        )
+        print(
+            f"\ninit {init}: mean accuracy over seeds {args.seeds}: teacher {teacher:.4f}, labels only {lab:.4f}, "
+            f"distilled {kd:.4f}"
+        )
+        print(
+            f"  {'PASS' if params <= 0.25 else 'FAIL'}: student has at most a quarter of the parameters "
+            f"({params:.1%})"
+        )
         print(f"  {'PASS' if kd >= lab else 'FAIL'}: distilled >= labels only ({kd:.4f} vs {lab:.4f})")
-        print(f"  {'PASS' if teacher - kd <= 0.02 else 'FAIL'}: distilled within 2 points of the teacher "
-              f"({teacher - kd:+.4f})")
+        print(
+            f"  {'PASS' if teacher - kd <= 0.02 else 'FAIL'}: distilled within 2 points of the teacher "
+            f"({teacher - kd:+.4f})"
+        )
     return out
 
 
@@ -96,22 +119,38 @@ def run_tabular(args, bench, tmp: Path) -> dict:
     np.savez(train, X=X_tr)  # no labels: the teacher labels them
     out: dict = {}
     print("\n### tabular: MLP student of scikit-learn's GradientBoostingClassifier (predict_proba)\n")
-    print("| seed | teacher acc | student acc | drop | teacher predict_proba p50 | student ORT p50 | speed-up | "
-          "size teacher -> student |")
+    print(
+        "| seed | teacher acc | student acc | drop | teacher predict_proba p50 | student ORT p50 | speed-up | "
+        "size teacher -> student |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for seed in args.seeds:
-        result = presso.distill(gbm.predict_proba, (X_ho, y_ho), student="mlp", task="classification",
-                                train_data=str(train), seed=seed, bench=bench, max_drop=1.0, **KD)
+        result = presso.distill(
+            gbm.predict_proba,
+            (X_ho, y_ho),
+            student="mlp",
+            task="classification",
+            train_data=str(train),
+            seed=seed,
+            bench=bench,
+            max_drop=1.0,
+            **KD,
+        )
         f = figures(result.report)
         out[str(seed)] = f
-        print(f"| {seed} | {f['baseline']:.4f} | {f['compressed']:.4f} | {f['drop']:+.4f} | {f['p50_ms'][0]:.3f} ms | "
-              f"{f['p50_ms'][1]:.3f} ms | {f['latency_speedup']:.2f}x | "
-              f"{f['size_bytes'][0] / 1e3:.1f} kB -> {f['size_bytes'][1] / 1e3:.1f} kB |", flush=True)
+        print(
+            f"| {seed} | {f['baseline']:.4f} | {f['compressed']:.4f} | {f['drop']:+.4f} | {f['p50_ms'][0]:.3f} ms | "
+            f"{f['p50_ms'][1]:.3f} ms | {f['latency_speedup']:.2f}x | "
+            f"{f['size_bytes'][0] / 1e3:.1f} kB -> {f['size_bytes'][1] / 1e3:.1f} kB |",
+            flush=True,
+        )
         del result
     for seed, f in out.items():
-        print(f"  seed {seed}: {'PASS' if f['drop'] <= 0.01 else 'FAIL'}: within 1 point of the teacher "
-              f"({f['drop']:+.4f}); {'PASS' if f['latency_speedup'] > 1 else 'FAIL'}: faster than predict_proba "
-              f"at batch 1 ({f['latency_speedup']:.2f}x)")
+        print(
+            f"  seed {seed}: {'PASS' if f['drop'] <= 0.01 else 'FAIL'}: within 1 point of the teacher "
+            f"({f['drop']:+.4f}); {'PASS' if f['latency_speedup'] > 1 else 'FAIL'}: faster than predict_proba "
+            f"at batch 1 ({f['latency_speedup']:.2f}x)"
+        )
     return out
 
 

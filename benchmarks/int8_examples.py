@@ -20,19 +20,24 @@ def main() -> None:
     parser.add_argument("--examples", nargs="+", default=list(EXAMPLES), choices=list(EXAMPLES))
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    print("| example | variant | primary metric | fp32 | int8 | drop | size fp32 -> int8 | "
-          "p50 fp32 -> int8 (speed-up) | throughput ratio |")
+    print(
+        "| example | variant | primary metric | fp32 | int8 | drop | size fp32 -> int8 | "
+        "p50 fp32 -> int8 (speed-up) | throughput ratio |"
+    )
     print("|---|---|---|---:|---:|---:|---|---|---:|")
     for name in args.examples:
         ex = presso.load_example(name)
-        r = presso.compress(ex.model, "int8", data=ex.data, task=ex.task,
-                            bench=BenchSettings(rounds=args.rounds)).report
+        r = presso.compress(
+            ex.model, "int8", data=ex.data, task=ex.task, bench=BenchSettings(rounds=args.rounds)
+        ).report
         b, c = r.baseline, r.compressed
-        print(f"| {name} | {r.stages[0].chosen} | {r.budget.primary_metric} | {r.budget.baseline:.4f} | "
-              f"{r.budget.compressed:.4f} | {r.budget.drop:+.4f} | {b.size_bytes / 1e3:.1f} kB -> "
-              f"{c.size_bytes / 1e3:.1f} kB ({r.ratios['size']:.2f}x) | {b.latency_ms.p50:.3f} -> "
-              f"{c.latency_ms.p50:.3f} ms ({r.ratios['latency_speedup']:.2f}x) | {r.ratios['throughput']:.2f}x |",
-              flush=True)
+        print(
+            f"| {name} | {r.stages[0].chosen} | {r.budget.primary_metric} | {r.budget.baseline:.4f} | "
+            f"{r.budget.compressed:.4f} | {r.budget.drop:+.4f} | {b.size_bytes / 1e3:.1f} kB -> "
+            f"{c.size_bytes / 1e3:.1f} kB ({r.ratios['size']:.2f}x) | {b.latency_ms.p50:.3f} -> "
+            f"{c.latency_ms.p50:.3f} ms ({r.ratios['latency_speedup']:.2f}x) | {r.ratios['throughput']:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,14 @@ def _quantize(src: Path, dst: Path, reduce_range: bool = False, per_channel: boo
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=per_channel, reduce_range=reduce_range,
-                     weight_type=QuantType.QInt8,
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     return dst
 
 
@@ -75,15 +80,17 @@ def build(work: Path, sentences: int) -> tuple[dict[str, Path], np.ndarray]:
     smooth_sat = smoothed("smooth-sat", True)
     paths = {
         "ONNX Runtime fp32": fp32,
-        "ORT quantize_dynamic defaults (per tensor)": _quantize(fp32, work / "ort-default.onnx",
-                                                                per_channel=False),
+        "ORT quantize_dynamic defaults (per tensor)": _quantize(
+            fp32, work / "ort-default.onnx", per_channel=False
+        ),
         "dynamic (per channel)": _quantize(src, work / "dynamic.onnx"),
         "dynamic-reduce-range (7-bit weights)": _quantize(src, work / "reduce.onnx", reduce_range=True),
         "dynamic-smooth, scales for exact sums": _quantize(smoothed("smooth-exact", False), work / "se.onnx"),
         "dynamic-smooth, scales for saturating pairs": _quantize(smooth_sat, work / "ss.onnx"),
         "dynamic-smooth + 7-bit weights where pairs saturate": ranged(smooth_sat),
-        "dynamic-smooth-reduce-range": _quantize(smoothed("smooth-rr", False, True), work / "srr.onnx",
-                                                 reduce_range=True),
+        "dynamic-smooth-reduce-range": _quantize(
+            smoothed("smooth-rr", False, True), work / "srr.onnx", reduce_range=True
+        ),
     }
     return paths, reference
 
@@ -103,8 +110,16 @@ def _measure(paths: dict[str, Path], work: Path, tag: str, emulate: bool) -> tup
     out = work / f"{tag}.npz"
     args = ["--embed", json.dumps({k: str(v) for k, v in paths.items()}), str(work / "inputs.npz"), str(out)]
     if emulate:
-        cmd = ["qemu-x86_64", "-cpu", QEMU_CPU, "-0", sys.executable, os.path.realpath(sys.executable),
-               __file__, *args]
+        cmd = [
+            "qemu-x86_64",
+            "-cpu",
+            QEMU_CPU,
+            "-0",
+            sys.executable,
+            os.path.realpath(sys.executable),
+            __file__,
+            *args,
+        ]
     else:
         cmd = [sys.executable, __file__, *args]
     subprocess.run(cmd, check=True)
@@ -115,8 +130,9 @@ def _measure(paths: dict[str, Path], work: Path, tag: str, emulate: bool) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sentences", type=int, default=120,
-                        help="held-out sentences (emulated: ~2 s each per variant)")
+    parser.add_argument(
+        "--sentences", type=int, default=120, help="held-out sentences (emulated: ~2 s each per variant)"
+    )
     parser.add_argument("--no-emulation", action="store_true", help="only the kernel of this CPU")
     args = parser.parse_args()
     from presso.measure.metrics import evaluate
@@ -127,8 +143,10 @@ def main() -> None:
         runs = {"this CPU": _measure(paths, work, "native", emulate=False)}
         if not args.no_emulation and shutil.which("qemu-x86_64"):
             runs["emulated Haswell"] = _measure(paths, work, "emulated", emulate=True)
-        print(f"\nall-MiniLM-L6-v2, {args.sentences} held-out sentences, batch 1 x 128 tokens; fidelity to "
-              "the PyTorch fp32 original (mean cosine / min cosine / top-10 agreement)\n")
+        print(
+            f"\nall-MiniLM-L6-v2, {args.sentences} held-out sentences, batch 1 x 128 tokens; fidelity to "
+            "the PyTorch fp32 original (mean cosine / min cosine / top-10 agreement)\n"
+        )
         for label, (_, info) in runs.items():
             print(f"- {label}: {info['cpu']} as ORT sees it: {info['int8_kernel']}")
         print("\n| variant | " + " | ".join(runs) + " |")

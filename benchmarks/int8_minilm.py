@@ -40,13 +40,22 @@ def main() -> None:
     fp32 = export_onnx(model, parts.calibration.head(2).inputs, work / "fp32.onnx")
 
     from onnxruntime.quantization import quantize_dynamic
+
     ort_default = work / "ort_dynamic_default.onnx"
     quantize_dynamic(str(fp32), str(ort_default))  # ORT's defaults: s8 weights, per-tensor
 
-    result = presso.compress(model, "int8", data=ex.data, task="embedding",
-                             bench=BenchSettings(rounds=2, throughput_batch=8, threads=args.threads))
-    paths = {"ONNX Runtime fp32": fp32, "ORT quantize_dynamic defaults": ort_default,
-             f"presso int8 ({result.report.stages[0].chosen})": result.model_path}
+    result = presso.compress(
+        model,
+        "int8",
+        data=ex.data,
+        task="embedding",
+        bench=BenchSettings(rounds=2, throughput_batch=8, threads=args.threads),
+    )
+    paths = {
+        "ONNX Runtime fp32": fp32,
+        "ORT quantize_dynamic defaults": ort_default,
+        f"presso int8 ({result.report.stages[0].chosen})": result.model_path,
+    }
 
     rows = {}
     for name, path in paths.items():
@@ -58,17 +67,23 @@ def main() -> None:
 
     base = timing["ONNX Runtime fp32"]["latency_ms"]["p50"]
     default = timing["ORT quantize_dynamic defaults"]["latency_ms"]["p50"]
-    print(f"\nall-MiniLM-L6-v2, {len(ev)} held-out sentences, batch 1 x 128 tokens, "
-          f"{settings.thread_count} threads, {args.rounds} interleaved rounds\n")
-    print("| runtime | size MB | p50 ms | p95 ms | vs ORT fp32 | vs ORT defaults | mean cos | min cos | top-10 |")
+    print(
+        f"\nall-MiniLM-L6-v2, {len(ev)} held-out sentences, batch 1 x 128 tokens, "
+        f"{settings.thread_count} threads, {args.rounds} interleaved rounds\n"
+    )
+    print(
+        "| runtime | size MB | p50 ms | p95 ms | vs ORT fp32 | vs ORT defaults | mean cos | min cos | top-10 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| PyTorch fp32 eager | - | {torch_ms:.2f} | - | {base / torch_ms:.2f}x | - | 1 | 1 | 1 |")
     for name, r in rows.items():
         lat = timing[name]["latency_ms"]
         m = r["metrics"]
-        print(f"| {name} | {r['size'] / 1e6:.1f} | {lat['p50']:.2f} | {lat['p95']:.2f} | "
-              f"{base / lat['p50']:.2f}x | {default / lat['p50']:.2f}x | {m['mean_cosine']:.4f} | "
-              f"{m['min_cosine']:.4f} | {m['top10_agreement']:.3f} |")
+        print(
+            f"| {name} | {r['size'] / 1e6:.1f} | {lat['p50']:.2f} | {lat['p95']:.2f} | "
+            f"{base / lat['p50']:.2f}x | {default / lat['p50']:.2f}x | {m['mean_cosine']:.4f} | "
+            f"{m['min_cosine']:.4f} | {m['top10_agreement']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,20 @@ from presso.recipe.schema import Recipe, Stage
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", type=float, nargs="+", default=[0.5],
-                        help="fractions of each feed-forward layer's parameters kept (one run each)")
+    parser.add_argument(
+        "--keep",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="fractions of each feed-forward layer's parameters kept (one run each)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="recovery epochs (default: the stage's, 4)")
-    parser.add_argument("--max-drop", type=float, default=0.5,
-                        help="allowed mean-cosine drop for the low-rank runs (so that they are measured, not refused)")
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.5,
+        help="allowed mean-cosine drop for the low-rank runs (so that they are measured, not refused)",
+    )
     parser.add_argument("--no-int8", action="store_true", help="skip the low-rank + int8 runs")
     args, settings, quick = parse(parser)
 
@@ -39,16 +48,31 @@ def main() -> None:
     for keep in args.keep:
         options = {"keep": keep, "backoff": 0, **({"epochs": args.epochs} if args.epochs is not None else {})}
         stage = Stage(technique="factorize", options=options)
-        recipes = [("fp32", [stage])] + ([] if args.no_int8 else [("+ int8", [stage, Stage(technique="int8")])])
+        recipes = [("fp32", [stage])] + (
+            [] if args.no_int8 else [("+ int8", [stage, Stage(technique="int8")])]
+        )
         for label, stages in recipes:
-            result = presso.compress(ex.model, Recipe(name="lowrank", stages=stages), data=ex.data,
-                                     task="embedding", max_drop=args.max_drop, bench=quick)
+            result = presso.compress(
+                ex.model,
+                Recipe(name="lowrank", stages=stages),
+                data=ex.data,
+                task="embedding",
+                max_drop=args.max_drop,
+                bench=quick,
+            )
             results.append(result)
             rank = next(r["rank"] for r in result.report.stages[0].layers if r.get("factorized"))
             paths[f"presso lowrank FFN keep {keep:.0%} (rank {rank}) {label}"] = result.model_path
             notes += [n for n in result.report.notes if n.startswith("factorize:")][:1]
-    compare(paths, ev, reference, settings, "low rank: the 12 feed-forward Linear layers as truncated SVD factors, "
-            "fine-tuned to the original on the calibration sentences", int8_key)
+    compare(
+        paths,
+        ev,
+        reference,
+        settings,
+        "low rank: the 12 feed-forward Linear layers as truncated SVD factors, "
+        "fine-tuned to the original on the calibration sentences",
+        int8_key,
+    )
     for note in dict.fromkeys(notes):  # the fp32 and + int8 runs of one keep share theirs
         print(f"\n{note}")
 

@@ -27,17 +27,25 @@ from presso.recipe.schema import Recipe, Stage
 MODELS = ["digits", "tabular", "wide-mlp"]
 # lowrank: the built-in recipe (keep a quarter of each layer's parameters, milder if the
 # budget breaks); speed: each layer at the largest rank measured faster than the dense layer.
-RECIPES = {"lowrank": "lowrank",
-           "speed": Recipe(name="lowrank-speed", stages=[Stage(technique="factorize", options={"rank": "speed"})])}
+RECIPES = {
+    "lowrank": "lowrank",
+    "speed": Recipe(name="lowrank-speed", stages=[Stage(technique="factorize", options={"rank": "speed"})]),
+}
 
 CHECKS = {
-    "digits": [("lowrank", "within budget", lambda f: f["within_budget"]),
-               ("lowrank", "parameters reduced", lambda f: f["parameters"][1] < f["parameters"][0])],
-    "tabular": [("lowrank", "within budget", lambda f: f["within_budget"]),
-                ("lowrank", "parameters reduced", lambda f: f["parameters"][1] < f["parameters"][0])],
-    "wide-mlp": [("lowrank", "within budget", lambda f: f["within_budget"]),
-                 ("lowrank", "parameters reduced", lambda f: f["parameters"][1] < f["parameters"][0]),
-                 ("lowrank", "batch-1 latency >= 1.3x lower", lambda f: f["latency_speedup"] >= 1.3)],
+    "digits": [
+        ("lowrank", "within budget", lambda f: f["within_budget"]),
+        ("lowrank", "parameters reduced", lambda f: f["parameters"][1] < f["parameters"][0]),
+    ],
+    "tabular": [
+        ("lowrank", "within budget", lambda f: f["within_budget"]),
+        ("lowrank", "parameters reduced", lambda f: f["parameters"][1] < f["parameters"][0]),
+    ],
+    "wide-mlp": [
+        ("lowrank", "within budget", lambda f: f["within_budget"]),
+        ("lowrank", "parameters reduced", lambda f: f["parameters"][1] < f["parameters"][0]),
+        ("lowrank", "batch-1 latency >= 1.3x lower", lambda f: f["latency_speedup"] >= 1.3),
+    ],
 }
 
 
@@ -49,11 +57,13 @@ def model_and_data(name: str, seed: int):
 
 
 def row(recipe: str, seed: int, f: dict, ranks: str) -> str:
-    return (f"| {recipe} | {seed} | {f['metric']} {f['baseline']:.4f} -> {f['compressed']:.4f} ({f['drop']:+.4f}) | "
-            f"{'yes' if f['within_budget'] else 'no'} | {f['parameters'][0]:,} -> {f['parameters'][1]:,} | "
-            f"{f['size_bytes'][0] / 1e3:.1f} -> {f['size_bytes'][1] / 1e3:.1f} kB ({f['size_ratio']:.2f}x) | "
-            f"{f['p50_ms'][0]:.3f} -> {f['p50_ms'][1]:.3f} ms ({f['latency_speedup']:.2f}x) | "
-            f"{f['throughput_ratio']:.2f}x | {ranks} |")
+    return (
+        f"| {recipe} | {seed} | {f['metric']} {f['baseline']:.4f} -> {f['compressed']:.4f} ({f['drop']:+.4f}) | "
+        f"{'yes' if f['within_budget'] else 'no'} | {f['parameters'][0]:,} -> {f['parameters'][1]:,} | "
+        f"{f['size_bytes'][0] / 1e3:.1f} -> {f['size_bytes'][1] / 1e3:.1f} kB ({f['size_ratio']:.2f}x) | "
+        f"{f['p50_ms'][0]:.3f} -> {f['p50_ms'][1]:.3f} ms ({f['latency_speedup']:.2f}x) | "
+        f"{f['throughput_ratio']:.2f}x | {ranks} |"
+    )
 
 
 def main() -> None:
@@ -67,27 +77,44 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="save the raw figures here")
     args = parser.parse_args()
     bench, info = start(args)
-    saved: dict = {"machine": info, "settings": {**vars(args), "json": str(args.json)}, "runs": [], "checks": {}}
+    saved: dict = {
+        "machine": info,
+        "settings": {**vars(args), "json": str(args.json)},
+        "runs": [],
+        "checks": {},
+    }
     for name in args.models:
         print(f"\n### {name}\n")
-        print("| recipe | seed | primary metric baseline -> compressed (drop) | within budget | parameters | "
-              f"size | p50 batch 1 (speed-up) | throughput ratio @ {args.batch} | ranks |")
+        print(
+            "| recipe | seed | primary metric baseline -> compressed (drop) | within budget | parameters | "
+            f"size | p50 batch 1 (speed-up) | throughput ratio @ {args.batch} | ranks |"
+        )
         print("|---|---:|---|---|---|---|---|---:|---|")
         runs: dict[tuple[str, int], dict | str] = {}
         for seed in args.seeds:
             model, data, task = model_and_data(name, seed)
             for recipe in args.recipes:
                 try:
-                    report = presso.compress(model, RECIPES[recipe], data=data, task=task, seed=seed,
-                                             bench=bench).report
+                    report = presso.compress(
+                        model, RECIPES[recipe], data=data, task=task, seed=seed, bench=bench
+                    ).report
                 except PressoError as exc:
                     runs[recipe, seed] = str(exc)
-                    print(f"| {recipe} | {seed} | {str(exc)[:200].replace('|', '/')} | no | | | | | |", flush=True)
+                    print(
+                        f"| {recipe} | {seed} | {str(exc)[:200].replace('|', '/')} | no | | | | | |",
+                        flush=True,
+                    )
                     continue
                 f = runs[recipe, seed] = figures(report)
-                ranks = ", ".join(f"{r['layer']} {r['rank']}" for s in report.stages for r in s.layers
-                                  if r.get("factorized"))
-                saved["runs"].append({"model": name, "recipe": recipe, "seed": seed, "figures": f, "ranks": ranks})
+                ranks = ", ".join(
+                    f"{r['layer']} {r['rank']}"
+                    for s in report.stages
+                    for r in s.layers
+                    if r.get("factorized")
+                )
+                saved["runs"].append(
+                    {"model": name, "recipe": recipe, "seed": seed, "figures": f, "ranks": ranks}
+                )
                 print(row(recipe, seed, f, ranks), flush=True)
         lines = []
         for recipe, what, test in CHECKS.get(name, []):

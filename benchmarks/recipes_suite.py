@@ -37,8 +37,13 @@ MINILM_RECIPES = ["int8", "int4", "kmeans", "slim", "lowrank", "student", "fast"
 def run_recipe(example, recipe: str, args):
     started = time.perf_counter()
     try:
-        result = presso.compress(example.model, recipe, data=example.data, task=example.task,
-                                 bench=BenchSettings(rounds=3, threads=args.threads))
+        result = presso.compress(
+            example.model,
+            recipe,
+            data=example.data,
+            task=example.task,
+            bench=BenchSettings(rounds=3, threads=args.threads),
+        )
     except PressoError as exc:
         return None, str(exc).splitlines()[0][:160], time.perf_counter() - started
     return result, None, time.perf_counter() - started
@@ -47,8 +52,12 @@ def run_recipe(example, recipe: str, args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", nargs="+", default=["digits", "tabular", "minilm"])
-    parser.add_argument("--recipes", nargs="+", default=None, help="default: every built-in recipe "
-                        "(on minilm: " + ", ".join(MINILM_RECIPES) + ")")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=None,
+        help="default: every built-in recipe (on minilm: " + ", ".join(MINILM_RECIPES) + ")",
+    )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the figures here")
@@ -73,17 +82,26 @@ def example_table(name: str, args) -> dict:
         if result is not None:
             results[recipe] = result  # kept alive: its workdir holds the model file
             r = result.report
-            rows[recipe].update(quality=r.budget.compressed, drop=r.budget.drop, passed=r.budget.passed,
-                                size=r.compressed.size_bytes, stored=r.compressed.stored_bytes,
-                                chosen=[f"{s.technique}: {'skipped' if s.skipped else s.chosen}"
-                                        for s in r.stages])
+            rows[recipe].update(
+                quality=r.budget.compressed,
+                drop=r.budget.drop,
+                passed=r.budget.passed,
+                size=r.compressed.size_bytes,
+                stored=r.compressed.stored_bytes,
+                chosen=[f"{s.technique}: {'skipped' if s.skipped else s.chosen}" for s in r.stages],
+            )
     if not results:
         print(f"{name}: no recipe met the budget\n")
         return rows
     first = next(iter(results.values()))
     baseline = first._workdir / "baseline.onnx"
-    paths = {"fp32": baseline, **{k: res.model_path for k, res in results.items() if res.report.budget.passed}}
-    timing = time_latency(paths, example_rows(example, first), BenchSettings(rounds=args.rounds, threads=args.threads))
+    paths = {
+        "fp32": baseline,
+        **{k: res.model_path for k, res in results.items() if res.report.budget.passed},
+    }
+    timing = time_latency(
+        paths, example_rows(example, first), BenchSettings(rounds=args.rounds, threads=args.threads)
+    )
     base_ms = timing["fp32"].p50_ms
     for recipe, t in timing.items():
         if recipe != "fp32":
@@ -107,8 +125,10 @@ def example_rows(example, result) -> dict:
 
 def print_table(name: str, report, rows: dict, base_ms: float) -> None:
     metric = report.budget.primary_metric
-    print(f"{name}: fp32 {metric} {report.budget.baseline:.4f}, {report.baseline.size_bytes / 1e3:.1f} kB, "
-          f"p50 {base_ms:.4f} ms (budget: drop <= {report.budget.max_drop})\n")
+    print(
+        f"{name}: fp32 {metric} {report.budget.baseline:.4f}, {report.baseline.size_bytes / 1e3:.1f} kB, "
+        f"p50 {base_ms:.4f} ms (budget: drop <= {report.budget.max_drop})\n"
+    )
     print(f"| recipe | {metric} | drop | within budget | size kB | packed kB | p50 ms | vs fp32 | stages |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---|")
     ranked = sorted(rows, key=lambda k: rows[k].get("p50_ms", float("inf")))
@@ -120,8 +140,10 @@ def print_table(name: str, report, rows: dict, base_ms: float) -> None:
         stored = "-" if r["stored"] is None else f"{r['stored'] / 1e3:.1f}"
         p50 = f"{r['p50_ms']:.4f}" if "p50_ms" in r else "-"
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
-        print(f"| {recipe} | {r['quality']:.4f} | {r['drop']:+.4f} | {'yes' if r['passed'] else 'no'} | "
-              f"{r['size'] / 1e3:.1f} | {stored} | {p50} | {speed} | {'; '.join(r['chosen'])} |")
+        print(
+            f"| {recipe} | {r['quality']:.4f} | {r['drop']:+.4f} | {'yes' if r['passed'] else 'no'} | "
+            f"{r['size'] / 1e3:.1f} | {stored} | {p50} | {speed} | {'; '.join(r['chosen'])} |"
+        )
 
 
 def check_fast(name: str, rows: dict, timing: dict) -> None:
@@ -137,19 +159,24 @@ def check_fast(name: str, rows: dict, timing: dict) -> None:
     wins = sum(o < f for o, f in zip(other.rounds_ms, fast.rounds_ms, strict=True))
     tie = other.p50_ms < fast.p50_ms and wins <= len(fast.rounds_ms) // 2
     ok = fast.p50_ms <= other.p50_ms or tie
-    print(f"{'PASS' if ok else 'FAIL'} {name}: fast p50 {fast.p50_ms:.4f} ms vs the fastest other recipe within "
-          f"budget, {best}, {other.p50_ms:.4f} ms ({other.p50_ms / fast.p50_ms:.2f}x; {best} faster in {wins} of "
-          f"{len(fast.rounds_ms)} rounds{', a tie within noise' if tie else ''})")
+    print(
+        f"{'PASS' if ok else 'FAIL'} {name}: fast p50 {fast.p50_ms:.4f} ms vs the fastest other recipe within "
+        f"budget, {best}, {other.p50_ms:.4f} ms ({other.p50_ms / fast.p50_ms:.2f}x; {best} faster in {wins} of "
+        f"{len(fast.rounds_ms)} rounds{', a tie within noise' if tie else ''})"
+    )
 
 
 def check_deep(report) -> None:
     stored = report.stored
     drop = report.budget.drop
     ok = stored is not None and stored.weights_ratio >= 20 and drop <= 0.01
-    print(f"{'PASS' if ok else 'FAIL'} digits deep-compression: weights {stored.fp32_weights_bytes:,} B fp32 -> "
-          f"{stored.weights_bytes:,} B packed ({stored.weights_ratio:.1f}x; whole file {report.baseline.size_bytes:,}"
-          f" -> {stored.bytes:,} B, {report.baseline.size_bytes / stored.bytes:.1f}x), accuracy drop {drop:+.4f}"
-          if stored else "FAIL digits deep-compression: no packed file")
+    print(
+        f"{'PASS' if ok else 'FAIL'} digits deep-compression: weights {stored.fp32_weights_bytes:,} B fp32 -> "
+        f"{stored.weights_bytes:,} B packed ({stored.weights_ratio:.1f}x; whole file {report.baseline.size_bytes:,}"
+        f" -> {stored.bytes:,} B, {report.baseline.size_bytes / stored.bytes:.1f}x), accuracy drop {drop:+.4f}"
+        if stored
+        else "FAIL digits deep-compression: no packed file"
+    )
 
 
 if __name__ == "__main__":

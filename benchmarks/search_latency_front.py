@@ -36,14 +36,37 @@ def main() -> None:
     parser.add_argument("--sampler", default="tpe")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None, help="keep the search folder here (default: a temporary folder)")
+    parser.add_argument(
+        "--out", default=None, help="keep the search folder here (default: a temporary folder)"
+    )
     args = parser.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-          f"{args.rounds} rounds\n")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
+        f"{args.rounds} rounds\n"
+    )
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="presso-front-")) / "search"
-    command = [sys.executable, "-m", "presso", "search", "--example", args.example, "--max-latency-ms",
-               str(args.max_latency_ms), "--techniques", args.techniques, "--trials", str(args.trials),
-               "--sampler", args.sampler, "--keep-front", "--out", str(out), "--threads", str(args.threads), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "presso",
+        "search",
+        "--example",
+        args.example,
+        "--max-latency-ms",
+        str(args.max_latency_ms),
+        "--techniques",
+        args.techniques,
+        "--trials",
+        str(args.trials),
+        "--sampler",
+        args.sampler,
+        "--keep-front",
+        "--out",
+        str(out),
+        "--threads",
+        str(args.threads),
+        "--quiet",
+    ]
     print("$ presso " + " ".join(command[3:]), flush=True)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -52,14 +75,18 @@ def main() -> None:
         raise SystemExit(f"the search failed (exit {done.returncode})")
     report = json.loads((out / "report.json").read_text())
     search = report["search"]
-    print(f"search: {time.perf_counter() - started:.0f} s, {len(search['trials'])} trials, picked trial "
-          f"{search['picked']}\n")
+    print(
+        f"search: {time.perf_counter() - started:.0f} s, {len(search['trials'])} trials, picked trial "
+        f"{search['picked']}\n"
+    )
     print("| trial | state | recipe | drop | p50 ms (trial) | size MB | on front | note |")
     print("|---:|---|---|---:|---:|---:|---|---|")
     for t in search["trials"]:
-        print(f"| {t['number']} | {t['state']} | {t['summary']} | {_f(t['drop'], '{:+.4f}')} | "
-              f"{_f(t['latency_ms'], '{:.3f}')} | {_f(t['size_bytes'] and t['size_bytes'] / 1e6, '{:.1f}')} | "
-              f"{'yes' if t['on_front'] else ''} | {(t['reason'] or '')[:80]} |")
+        print(
+            f"| {t['number']} | {t['state']} | {t['summary']} | {_f(t['drop'], '{:+.4f}')} | "
+            f"{_f(t['latency_ms'], '{:.3f}')} | {_f(t['size_bytes'] and t['size_bytes'] / 1e6, '{:.1f}')} | "
+            f"{'yes' if t['on_front'] else ''} | {(t['reason'] or '')[:80]} |"
+        )
     print()
 
     front = [t for t in search["trials"] if t["on_front"]]
@@ -79,10 +106,15 @@ def main() -> None:
     data = resolve_data(example.data, loaded)
     baseline = out.parent / "fp32.onnx"
     export_onnx(loaded, data.head(2).inputs, baseline)
-    timing = time_latency({"fp32": baseline, **paths}, data.head(1).inputs,
-                          BenchSettings(rounds=args.rounds, threads=args.threads))
-    print(f"Re-measured in this process, after the search, in one interleaved run (limit "
-          f"{args.max_latency_ms:g} ms):\n")
+    timing = time_latency(
+        {"fp32": baseline, **paths},
+        data.head(1).inputs,
+        BenchSettings(rounds=args.rounds, threads=args.threads),
+    )
+    print(
+        f"Re-measured in this process, after the search, in one interleaved run (limit "
+        f"{args.max_latency_ms:g} ms):\n"
+    )
     print("| model | p50 ms | slowest round median ms | meets the limit |")
     print("|---|---:|---:|---|")
     ok = True
@@ -93,8 +125,10 @@ def main() -> None:
     print()
     if missing:
         print(f"(front points without a kept model here — run by another worker: {', '.join(missing)})")
-    print(f"{'PASS' if ok and front else 'FAIL'}: {len(paths)} front point(s) re-measured, "
-          f"{'every one' if ok else 'NOT every one'} within --max-latency-ms {args.max_latency_ms:g}")
+    print(
+        f"{'PASS' if ok and front else 'FAIL'}: {len(paths)} front point(s) re-measured, "
+        f"{'every one' if ok else 'NOT every one'} within --max-latency-ms {args.max_latency_ms:g}"
+    )
 
 
 def _f(v, fmt: str) -> str:

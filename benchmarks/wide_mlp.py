@@ -19,8 +19,16 @@ class WideMLP(nn.Module):
 
     def __init__(self, width: int = WIDTH):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                                 nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -38,7 +46,9 @@ def digits_split():
     X = (digits.images / 16.0).astype(np.float32)[:, None]
     y = digits.target.astype(np.int64)
     X_tr, X_ho, y_tr, y_ho = train_test_split(X, y, test_size=HELDOUT_FRACTION, stratify=y, random_state=SEED)
-    return (X_tr, y_tr), Dataset(inputs={"x": X_ho}, target=y_ho, source="scikit-learn load_digits (held-out rows)")
+    return (X_tr, y_tr), Dataset(
+        inputs={"x": X_ho}, target=y_ho, source="scikit-learn load_digits (held-out rows)"
+    )
 
 
 def build(seed: int = 0, epochs: int = 30) -> nn.Module:
@@ -47,6 +57,14 @@ def build(seed: int = 0, epochs: int = 30) -> nn.Module:
     torch.manual_seed(seed)
     (X_tr, y_tr), _ = digits_split()
     model = WideMLP()
-    train_supervised(model, torch.from_numpy(X_tr), torch.from_numpy(y_tr), nn.functional.cross_entropy,
-                     epochs, 1e-3, 64, seed)
+    train_supervised(
+        model,
+        torch.from_numpy(X_tr),
+        torch.from_numpy(y_tr),
+        nn.functional.cross_entropy,
+        epochs,
+        1e-3,
+        64,
+        seed,
+    )
     return model.eval()

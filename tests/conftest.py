@@ -42,8 +42,9 @@ def regression_rows(n=256, seed=0):
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the presso command in a fresh process, as a user would."""
-    return subprocess.run([sys.executable, "-m", "presso.cli.main", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "presso.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
 
 
 MLP_FACTORY = textwrap.dedent("""
@@ -103,8 +104,14 @@ def mlp_project(tmp_path):
     torch.save(model.state_dict(), tmp_path / "mlp.pt")
     x, y = decided_rows(model, 300)
     np.savez(tmp_path / "data.npz", X=x, y=y)
-    return {"dir": tmp_path, "factory": f"{factory}:build", "weights": tmp_path / "mlp.pt",
-            "model": model, "x": x, "y": y}
+    return {
+        "dir": tmp_path,
+        "factory": f"{factory}:build",
+        "weights": tmp_path / "mlp.pt",
+        "model": model,
+        "x": x,
+        "y": y,
+    }
 
 
 def read_report(out: Path) -> dict:

@@ -78,10 +78,15 @@ def main(out: Path) -> None:
             pass
         resumed = mlp(0.3)
         report = fit(resumed, train, val, F.cross_entropy, settings=settings(33), checkpoint=ckpt)
-        results["resume"] = {"whole": whole.state_dict(), "resumed": resumed.state_dict(),
-                             "resumed_from": report.resumed_from}
-        torch.save({"world_size": distributed.world_size(), "results": results},
-                   out / f"rank-{distributed.rank()}.pt")
+        results["resume"] = {
+            "whole": whole.state_dict(),
+            "resumed": resumed.state_dict(),
+            "resumed_from": report.resumed_from,
+        }
+        torch.save(
+            {"world_size": distributed.world_size(), "results": results},
+            out / f"rank-{distributed.rank()}.pt",
+        )
     finally:
         if started:
             distributed.shutdown()

@@ -40,8 +40,17 @@ def run_python_without_vnni(code: str, *args: str, timeout: int = 900) -> subpro
         cmd = [sys.executable, "-c", code, *args]
     else:
         # -0 keeps sys.executable (and so this virtual environment) as the child sees it.
-        cmd = [require_emulator(), "-cpu", CPU, "-0", sys.executable, os.path.realpath(sys.executable), "-c",
-               code, *args]
+        cmd = [
+            require_emulator(),
+            "-cpu",
+            CPU,
+            "-0",
+            sys.executable,
+            os.path.realpath(sys.executable),
+            "-c",
+            code,
+            *args,
+        ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

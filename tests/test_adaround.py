@@ -25,8 +25,9 @@ from presso.techniques.quantization.weight_only import calibrate, write_weight_o
 
 
 def _context(tmp_path, calibration: Dataset) -> StageContext:
-    return StageContext(workdir=tmp_path, calibration=calibration, score=None, time_models=None,
-                        transformer=None)
+    return StageContext(
+        workdir=tmp_path, calibration=calibration, score=None, time_models=None, transformer=None
+    )
 
 
 def _outputs(path, names: list[str], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -55,8 +56,11 @@ def test_learned_integers_are_floor_or_ceil(bits, symmetric, group):
     w = torch.from_numpy(rng.laplace(size=(24, 64)).astype(np.float32))
     x = torch.from_numpy((rng.normal(size=(500, 8)) @ rng.normal(size=(8, 64))).astype(np.float32))
     gram = x.T @ x / len(x)  # correlated inputs: rounding choices interact
-    qp = (compute_qparams(w, bits, symmetric, group_size=group) if group
-          else compute_qparams(w, bits, symmetric, axis=0))
+    qp = (
+        compute_qparams(w, bits, symmetric, group_size=group)
+        if group
+        else compute_qparams(w, bits, symmetric, axis=0)
+    )
     q = adaround(w, qp, gram, iters=300).to(torch.int32)
     wv = w.reshape(24, -1, group) if group else w
     s = qp.scale.unsqueeze(-1) if group else qp.scale.reshape(-1, 1)
@@ -84,8 +88,11 @@ def test_rows_that_end_worse_than_nearest_keep_nearest(monkeypatch, bits, symmet
     w = torch.from_numpy(rng.laplace(size=(32, 64)).astype(np.float32))
     x = torch.from_numpy((rng.normal(size=(400, 6)) @ rng.normal(size=(6, 64))).astype(np.float32))
     gram = x.T @ x / len(x)
-    qp = (compute_qparams(w, bits, symmetric, group_size=group) if group
-          else compute_qparams(w, bits, symmetric, axis=0))
+    qp = (
+        compute_qparams(w, bits, symmetric, group_size=group)
+        if group
+        else compute_qparams(w, bits, symmetric, axis=0)
+    )
 
     def row_errors(ints):
         d = dequantize(ints, qp) - w
@@ -191,8 +198,14 @@ def tokens(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32, bias=False)).eval()
     path = tmp_path / "tokens.onnx"
-    torch.onnx.export(model, (torch.zeros(2, 5, 64),), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n", 1: "t"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, 5, 64),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n", 1: "t"}},
+    )
     x = (np.random.default_rng(0).normal(size=(64, 5, 64)) + 0.5).astype(np.float32)  # mean != 0
     return SimpleNamespace(src=path, data=Dataset(inputs={"x": x}))
 
@@ -240,10 +253,13 @@ def _conv_model(path, x_shape, w, **attrs):
     return path
 
 
-@pytest.mark.parametrize("x_shape,w_shape,attrs", [
-    ((40, 3, 7, 6), (4, 3, 3, 2), {"pads": [1, 0, 0, 1], "strides": [2, 1], "dilations": [1, 2]}),
-    ((40, 3, 10), (5, 3, 3), {"pads": [2, 0], "strides": [2]}),
-])
+@pytest.mark.parametrize(
+    "x_shape,w_shape,attrs",
+    [
+        ((40, 3, 7, 6), (4, 3, 3, 2), {"pads": [1, 0, 0, 1], "strides": [2, 1], "dilations": [1, 2]}),
+        ((40, 3, 10), (5, 3, 3), {"pads": [2, 0], "strides": [2]}),
+    ],
+)
 def test_conv_input_statistics_reproduce_the_conv_outputs(tmp_path, x_shape, w_shape, attrs):
     """im2col rows, asymmetric pads, strides and dilations as ONNX computes them: the
     outputs' mean is W E[x] and their second moment W H W^T."""
@@ -265,15 +281,22 @@ def test_conv_input_statistics_reproduce_the_conv_outputs(tmp_path, x_shape, w_s
 def _masked_matmul(path, k: int):
     """y = (x * attention_mask[..., None]) @ W: the MatMul's input has padding rows."""
     w = np.random.default_rng(1).normal(size=(k, 6)).astype(np.float32)
-    nodes = [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]),
-             helper.make_node("Mul", ["x", "m3"], ["xm"]),
-             helper.make_node("MatMul", ["xm", "w"], ["y"], name="mm")]
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]),
+        helper.make_node("Mul", ["x", "m3"], ["xm"]),
+        helper.make_node("MatMul", ["xm", "w"], ["y"], name="mm"),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t", k]),
-                     helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "t"])],
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t", k]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "t"]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-1], np.int64), "axes")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-1], np.int64), "axes")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -307,10 +330,13 @@ def test_digits_int3_recipe_within_budget():
     [(tech, cfg)] = load_recipe("int3").configs()
     assert (tech.name, cfg.bits, cfg.rounding, cfg.bias_correction) == ("weight-only", 3, "adaround", True)
     ex = presso.load_example("digits")
-    report = presso.compress(ex.model, "int3", data=ex.data, task=ex.task,
-                             bench=BenchSettings(rounds=1, throughput_batch=8)).report
+    report = presso.compress(
+        ex.model, "int3", data=ex.data, task=ex.task, bench=BenchSettings(rounds=1, throughput_batch=8)
+    ).report
     assert report.budget.passed and report.budget.drop <= 0.01
     assert report.baseline.size_bytes / report.compressed.size_bytes >= 5.0
     layers = report.stages[0].layers
-    assert {(r["precision"], r["storage"], r["rounding"]) for r in layers} == {("int3", "4-bit container", "adaround")}
+    assert {(r["precision"], r["storage"], r["rounding"]) for r in layers} == {
+        ("int3", "4-bit container", "adaround")
+    }
     assert all(r["bias_correction"] in ("Conv bias", "Gemm bias") for r in layers)

@@ -16,8 +16,9 @@ from presso.measure import BenchSettings
 @pytest.fixture(scope="module")
 def result():
     ex = presso.load_example("tabular")
-    return presso.compress(ex.model, "int8", data=ex.data, task=ex.task,
-                           bench=BenchSettings(rounds=1, throughput_batch=8))
+    return presso.compress(
+        ex.model, "int8", data=ex.data, task=ex.task, bench=BenchSettings(rounds=1, throughput_batch=8)
+    )
 
 
 @pytest.mark.int8_kernel
@@ -37,6 +38,7 @@ def test_failed_save_keeps_previous_artifact(result, tmp_path, monkeypatch):
     out = result.save(tmp_path / "art")
     before = (out / "report.json").read_text()
     import presso.report.html as html
+
     monkeypatch.setattr(html, "render_html", lambda report: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         result.save(out)
@@ -54,8 +56,12 @@ def test_report_html_is_self_contained(result, tmp_path):
 @pytest.mark.int8_kernel
 def test_ctrl_c_during_compress(tmp_path):
     out = tmp_path / "art"
-    proc = subprocess.Popen([sys.executable, "-m", "presso.cli.main", "compress", "--example", "digits",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "presso.cli.main", "compress", "--example", "digits", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     # Wait until real work has started, then interrupt as a user would.
     while time.time() < deadline:

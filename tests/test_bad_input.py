@@ -37,24 +37,47 @@ def test_missing_factory_file(tmp_path, out):
 
 
 def test_factory_without_function(mlp_project, out):
-    done = run_cli("compress", str(mlp_project["dir"] / "mlp.py") + ":missing",
-                   "--data", str(mlp_project["dir"] / "data.npz"), "--out", str(out))
+    done = run_cli(
+        "compress",
+        str(mlp_project["dir"] / "mlp.py") + ":missing",
+        "--data",
+        str(mlp_project["dir"] / "data.npz"),
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "no function 'missing'")
 
 
 def test_unreadable_weights(mlp_project, out):
     bad = mlp_project["dir"] / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    done = run_cli("compress", mlp_project["factory"], "--weights", str(bad),
-                   "--data", str(mlp_project["dir"] / "data.npz"), "--out", str(out))
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--weights",
+        str(bad),
+        "--data",
+        str(mlp_project["dir"] / "data.npz"),
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "Cannot read weights")
 
 
 def test_weights_that_do_not_fit(mlp_project, out, tmp_path):
     import torch
+
     torch.save({"net.0.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
-    done = run_cli("compress", mlp_project["factory"], "--weights", str(tmp_path / "other.pt"),
-                   "--data", str(mlp_project["dir"] / "data.npz"), "--out", str(out))
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--weights",
+        str(tmp_path / "other.pt"),
+        "--data",
+        str(mlp_project["dir"] / "data.npz"),
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "do not fit the model")
 
 
@@ -67,27 +90,47 @@ def test_corrupt_onnx(tmp_path, out):
 
 def test_data_shape_does_not_fit(mlp_project, tmp_path, out):
     np.savez(tmp_path / "wrong.npz", X=np.zeros((50, 7), np.float32), y=np.zeros(50, np.int64))
-    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "wrong.npz"), "--out", str(out))
+    done = run_cli(
+        "compress", mlp_project["factory"], "--data", str(tmp_path / "wrong.npz"), "--out", str(out)
+    )
     _assert_refused(done, out, "does not fit the model", "[7]")
 
 
 def test_npz_without_X(mlp_project, tmp_path, out):
     np.savez(tmp_path / "named.npz", inputs=np.zeros((50, 12), np.float32))
-    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "named.npz"), "--out", str(out))
+    done = run_cli(
+        "compress", mlp_project["factory"], "--data", str(tmp_path / "named.npz"), "--out", str(out)
+    )
     _assert_refused(done, out, "array 'X'")
 
 
 def test_unknown_recipe(mlp_project, out):
-    done = run_cli("compress", mlp_project["factory"], "--data", str(mlp_project["dir"] / "data.npz"),
-                   "--recipe", "int7", "--out", str(out))
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--data",
+        str(mlp_project["dir"] / "data.npz"),
+        "--recipe",
+        "int7",
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "Unknown recipe 'int7'", "int8")
 
 
 def test_recipe_with_bad_option(mlp_project, tmp_path, out):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: mine\nstages:\n  - technique: int8\n    options: {calibration: median}\n")
-    done = run_cli("compress", mlp_project["factory"], "--data", str(mlp_project["dir"] / "data.npz"),
-                   "--recipe", str(recipe), "--out", str(out))
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--data",
+        str(mlp_project["dir"] / "data.npz"),
+        "--recipe",
+        str(recipe),
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "stage 1 'int8'", "calibration")
 
 
@@ -95,8 +138,16 @@ def test_missing_target_column(mlp_project, tmp_path, out):
     frame = pd.DataFrame(mlp_project["x"], columns=[f"f{i}" for i in range(12)])
     frame["label"] = mlp_project["y"]
     frame.to_csv(tmp_path / "rows.csv", index=False)
-    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "rows.csv"),
-                   "--target", "class", "--out", str(out))
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--data",
+        str(tmp_path / "rows.csv"),
+        "--target",
+        "class",
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "Column 'class' not found", "label")
 
 
@@ -113,21 +164,39 @@ def test_nans_in_csv(mlp_project, tmp_path, out):
     frame.loc[3, "f4"] = np.nan
     frame["label"] = mlp_project["y"]
     frame.to_csv(tmp_path / "rows.csv", index=False)
-    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "rows.csv"),
-                   "--target", "label", "--out", str(out))
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--data",
+        str(tmp_path / "rows.csv"),
+        "--target",
+        "label",
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "missing values", "f4")
 
 
 def test_unsupported_data_file(mlp_project, tmp_path, out):
     (tmp_path / "rows.json").write_text("{}")
-    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "rows.json"), "--out", str(out))
+    done = run_cli(
+        "compress", mlp_project["factory"], "--data", str(tmp_path / "rows.json"), "--out", str(out)
+    )
     _assert_refused(done, out, "Unsupported data file", ".npz")
 
 
 def test_labels_out_of_range(mlp_project, tmp_path, out):
     np.savez(tmp_path / "labels.npz", X=mlp_project["x"], y=mlp_project["y"] + 5)
-    done = run_cli("compress", mlp_project["factory"], "--data", str(tmp_path / "labels.npz"),
-                   "--task", "classification", "--out", str(out))
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--data",
+        str(tmp_path / "labels.npz"),
+        "--task",
+        "classification",
+        "--out",
+        str(out),
+    )
     _assert_refused(done, out, "classes")
 
 
@@ -146,8 +215,15 @@ def test_existing_non_artifact_output_is_refused(mlp_project, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    done = run_cli("compress", mlp_project["factory"], "--data", str(mlp_project["dir"] / "data.npz"),
-                   "--out", str(out), *FAST_BENCH)
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--data",
+        str(mlp_project["dir"] / "data.npz"),
+        "--out",
+        str(out),
+        *FAST_BENCH,
+    )
     assert done.returncode == 2 and "not a presso artifact" in done.stderr
     assert (out / "notes.txt").read_text() == "keep me"
 

@@ -91,8 +91,17 @@ def test_refusal_from_the_cli_exits_1_and_writes_nothing(tmp_path):
     x, y = _data(namespace["build"]())
     np.savez(tmp_path / "d.npz", X=x, y=y)
     out = tmp_path / "art"
-    done = run_cli("compress", f"{factory}:build", "--data", str(tmp_path / "d.npz"), "--out", str(out),
-                   "--rounds", "1", "--quiet")
+    done = run_cli(
+        "compress",
+        f"{factory}:build",
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--out",
+        str(out),
+        "--rounds",
+        "1",
+        "--quiet",
+    )
     assert done.returncode == 1, done.stderr
     assert "No int8 variant" in done.stderr and "Nothing was written" in done.stderr
     assert not out.exists()
@@ -146,10 +155,12 @@ class _Warnings(Progress):
 def test_a_budget_finer_than_one_row_is_named_with_its_fix():
     assert unresolved_budget("accuracy", 0.01, {"calibration": 90, "held-out": 210}) == [
         "with 90 calibration rows, one changed prediction drops accuracy by 0.0111: --max-drop 0.01 allows "
-        "none on them (give at least 100 calibration rows, or --max-drop 0.0111 or more)"]
+        "none on them (give at least 100 calibration rows, or --max-drop 0.0111 or more)"
+    ]
     assert unresolved_budget("accuracy", 0.01, {"held-out": 100}) == []  # one row is exactly the budget
     assert unresolved_budget("agreement", 0.005, {"held-out": 150})[0].startswith(
-        "with 150 held-out rows, one changed prediction drops agreement by 0.0067")
+        "with 150 held-out rows, one changed prediction drops agreement by 0.0067"
+    )
     assert unresolved_budget("accuracy", 0.0, {"held-out": 10}) == []  # no change at all is what was asked
     assert unresolved_budget("r2", 0.01, {"held-out": 10}) == []  # continuous metrics have no step
     assert one_row_drop("accuracy", 90) == pytest.approx(1 / 90) and one_row_drop("mean_cosine", 90) is None
@@ -164,7 +175,8 @@ def test_small_data_is_warned_about_and_reported():
     assert report.budget.one_row_drop == {"held-out": round(1 / 42, 6), "calibration": round(1 / 18, 6)}
     assert [w.split(",")[0] for w in warnings.lines] == ["with 18 calibration rows", "with 42 held-out rows"]
     assert [n for n in report.notes if n.startswith("budget resolution: ")] == [
-        f"budget resolution: {w}" for w in warnings.lines]
+        f"budget resolution: {w}" for w in warnings.lines
+    ]
     enough = presso.compress(model, FP16, data=decided_rows(model, 400), bench=QUICK).report
     assert enough.budget.one_row_drop == {"held-out": round(1 / 280, 6), "calibration": round(1 / 120, 6)}
     assert not [n for n in enough.notes if n.startswith("budget resolution")]
@@ -174,11 +186,13 @@ def test_small_data_is_warned_about_and_reported():
 def test_refusal_on_too_few_rows_names_the_resolution_as_the_reason():
     model = _single_layer()
     x, y = _data(model)
-    expected = (r"No int8 variant keeps the accuracy drop within --max-drop 0\.01 on data too small to "
-                r"resolve it: with 18 calibration rows, one changed prediction drops accuracy by 0\.0556: .* "
-                r"\(give at least 100 calibration rows, or --max-drop 0\.0556 or more\); "
-                r"with 42 held-out rows, "
-                r".*Variants tried: static-s8s8: accuracy drop")
+    expected = (
+        r"No int8 variant keeps the accuracy drop within --max-drop 0\.01 on data too small to "
+        r"resolve it: with 18 calibration rows, one changed prediction drops accuracy by 0\.0556: .* "
+        r"\(give at least 100 calibration rows, or --max-drop 0\.0556 or more\); "
+        r"with 42 held-out rows, "
+        r".*Variants tried: static-s8s8: accuracy drop"
+    )
     with pytest.raises(presso.BudgetError, match=expected):
         presso.compress(model, "int8", data=(x[:60], y[:60]), bench=QUICK)
 
@@ -186,11 +200,25 @@ def test_refusal_on_too_few_rows_names_the_resolution_as_the_reason():
 def test_the_cli_warns_on_too_few_rows(tmp_path, mlp_project):
     x, y = decided_rows(mlp_project["model"], 60)
     np.savez(tmp_path / "small.npz", X=x, y=y)
-    (tmp_path / "fp16.yaml").write_text("name: fp16\nstages:\n  - technique: weight-only\n"
-                                        "    options: {scheme: float16}\n")
-    done = run_cli("compress", mlp_project["factory"], "--weights", str(mlp_project["weights"]), "--data",
-                   str(tmp_path / "small.npz"), "--recipe", str(tmp_path / "fp16.yaml"), "--out",
-                   str(tmp_path / "art"), "--rounds", "1", "--batch", "8")
+    (tmp_path / "fp16.yaml").write_text(
+        "name: fp16\nstages:\n  - technique: weight-only\n    options: {scheme: float16}\n"
+    )
+    done = run_cli(
+        "compress",
+        mlp_project["factory"],
+        "--weights",
+        str(mlp_project["weights"]),
+        "--data",
+        str(tmp_path / "small.npz"),
+        "--recipe",
+        str(tmp_path / "fp16.yaml"),
+        "--out",
+        str(tmp_path / "art"),
+        "--rounds",
+        "1",
+        "--batch",
+        "8",
+    )
     assert done.returncode == 0, done.stderr
     assert "warning: with 18 calibration rows, one changed prediction drops accuracy by 0.0556" in done.stderr
     assert "warning: with 42 held-out rows, one changed prediction drops accuracy by 0.0238" in done.stderr

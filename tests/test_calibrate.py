@@ -38,15 +38,24 @@ def _quiet_ort_quantizer():
 
 
 def export(model: nn.Module, path, features_shape: tuple[int, ...]):
-    torch.onnx.export(model.eval(), (torch.zeros(2, *features_shape),), str(path), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
-                      dynamo=False, opset_version=17)
+    torch.onnx.export(
+        model.eval(),
+        (torch.zeros(2, *features_shape),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+        dynamo=False,
+        opset_version=17,
+    )
     return path
 
 
 def mlp(seed: int = 0, width: int = 16) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 3))
+    return nn.Sequential(
+        nn.Linear(6, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 3)
+    )
 
 
 class CNN(nn.Module):
@@ -74,7 +83,7 @@ def cnn_path(tmp_path_factory):
 
 
 def batches(x: np.ndarray, size: int) -> list[dict[str, np.ndarray]]:
-    return [{"x": x[i:i + size]} for i in range(0, len(x), size)]
+    return [{"x": x[i : i + size]} for i in range(0, len(x), size)]
 
 
 class Reader:
@@ -116,10 +125,14 @@ def heavy_tailed(n: int, seed: int) -> np.ndarray:
 
 # --- which tensors, and their min-max ------------------------------------------------------
 
+
 def test_activation_tensors_are_the_ones_ort_calibrates(cnn_path, tmp_path):
     x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
-    ort_cal = create_calibrator(cnn_path, list(set(QLinearOpsRegistry) | set(QDQRegistry)),
-                                augmented_model_path=str(tmp_path / "augmented.onnx"))
+    ort_cal = create_calibrator(
+        cnn_path,
+        list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(tmp_path / "augmented.onnx"),
+    )
     ort_cal.collect_data(Reader(batches(x, 8)))
     ort_ranges = ort_cal.compute_data()
 
@@ -141,7 +154,7 @@ def test_minmax_equals_torch_activations(mlp_path):
     cal = calibrate(mlp_path, batches(x, 8))
     nodes = onnx.load(str(mlp_path)).graph.node
     assert [n.op_type for n in nodes] == ["Gemm", "Relu", "Gemm", "Relu", "Gemm"]
-    expected = {"x": x, **{n.output[0]: a for n, a in zip(nodes, torch_activations(mlp(), x))}}
+    expected = {"x": x, **{n.output[0]: a for n, a in zip(nodes, torch_activations(mlp(), x), strict=True)}}
     assert set(cal.ranges) == set(expected) == set(activation_tensors(mlp_path))
     for name, values in expected.items():
         assert_allclose(cal.ranges[name], (values.min(), values.max()), rtol=1e-5, atol=1e-6)
@@ -149,6 +162,7 @@ def test_minmax_equals_torch_activations(mlp_path):
 
 
 # --- streaming ---------------------------------------------------------------------------------
+
 
 def test_minmax_streamed_in_batches_of_8_equals_one_batch(mlp_path):
     x = heavy_tailed(512, seed=2)
@@ -175,23 +189,27 @@ def test_streaming_on_the_same_grid_is_exact(mlp_path, observer):
     acts = [x, *torch_activations(mlp(), x)]
     extremes = sorted({int(np.unravel_index(f(a), a.shape)[0]) for a in acts for f in (np.argmin, np.argmax)})
     order = np.concatenate([extremes, np.setdiff1d(np.arange(len(x)), extremes)])
-    feeds = [{"x": x[order[:len(extremes)]]}, *batches(x[order[len(extremes):]], 8)]
+    feeds = [{"x": x[order[: len(extremes)]]}, *batches(x[order[len(extremes) :]], 8)]
     assert calibrate(mlp_path, feeds, observer) == calibrate(mlp_path, [{"x": x}], observer)
 
 
 # --- outliers and "auto" -----------------------------------------------------------------------
 
+
 def test_clipping_observers_narrow_outlier_tensors_and_auto_lowers_their_int8_error(mlp_path):
     x = heavy_tailed(4096, seed=3)  # Student-t, 2 dof: rare values tens of times the bulk, in every layer
     feeds = batches(x, 256)
     nodes = onnx.load(str(mlp_path)).graph.node
-    values = {"x": x, **{n.output[0]: a for n, a in zip(nodes, torch_activations(mlp(), x))}}
+    values = {"x": x, **{n.output[0]: a for n, a in zip(nodes, torch_activations(mlp(), x), strict=True)}}
     minmax = calibrate(mlp_path, feeds).ranges
     auto = calibrate(mlp_path, feeds, "auto")
     clipped = {obs: calibrate(mlp_path, feeds, obs).ranges for obs in ("percentile", "mse", "entropy")}
     for name, v in values.items():
         width = np.ptp(minmax[name])
-        for obs, ranges in clipped.items():  # measured: percentile 0.74-0.91, mse 0.90-0.97, entropy 0.34-0.55
+        for (
+            obs,
+            ranges,
+        ) in clipped.items():  # measured: percentile 0.74-0.91, mse 0.90-0.97, entropy 0.34-0.55
             assert np.ptp(ranges[name]) < 0.98 * width, (name, obs)
         assert auto.observers[name] != "minmax", name
         # on the actual values (not the histogram): measured 0.90-0.98 of min-max's error
@@ -200,8 +218,10 @@ def test_clipping_observers_narrow_outlier_tensors_and_auto_lowers_their_int8_er
 
 def test_auto_candidates_equal_the_standalone_observers(mlp_path):
     x = heavy_tailed(1024, seed=4)
-    candidates = {name: obs.candidates() for name, (obs, _) in calib._collect(mlp_path, batches(x, 128), "auto",
-                                                                               {}).items()}
+    candidates = {
+        name: obs.candidates()
+        for name, (obs, _) in calib._collect(mlp_path, batches(x, 128), "auto", {}).items()
+    }
     for observer in calib._AUTO_CANDIDATES:
         alone = calibrate(mlp_path, batches(x, 128), observer).ranges
         for name, cands in candidates.items():
@@ -233,6 +253,7 @@ def test_reads_an_ort_calibration_data_reader(mlp_path):
 
 # --- handing the ranges to ONNX Runtime -----------------------------------------------------------
 
+
 def expected_qparams(lo: float, hi: float, activation_type: str, symmetric: bool) -> tuple[np.float32, int]:
     """Scale and zero point implied by a range, written out independently of ORT's helpers."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -244,8 +265,10 @@ def expected_qparams(lo: float, hi: float, activation_type: str, symmetric: bool
     return np.float32(scale), int(np.round(qmin - lo / scale))
 
 
-@pytest.mark.parametrize(("activation_type", "symmetric", "zero_point"),
-                         [("u8", False, 64), ("s8", False, -64), ("s8", True, 0), ("u8", True, 128)])
+@pytest.mark.parametrize(
+    ("activation_type", "symmetric", "zero_point"),
+    [("u8", False, 64), ("s8", False, -64), ("s8", True, 0), ("u8", True, 128)],
+)
 def test_quant_overrides_format(activation_type, symmetric, zero_point):
     over = quant_overrides(Calibration({"t": (-1.0, 3.0)}, {"t": "minmax"}), activation_type, symmetric)
     (entry,) = over["t"]
@@ -261,8 +284,14 @@ def test_quant_overrides_format(activation_type, symmetric, zero_point):
 def quantize_with(model_path, dst, kwargs) -> onnx.ModelProto:
     kwargs = dict(kwargs)
     extra = {"WeightSymmetric": True, **kwargs.pop("extra_options")}
-    quantize_static(str(model_path), str(dst), quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8,
-                    extra_options=extra, **kwargs)
+    quantize_static(
+        str(model_path),
+        str(dst),
+        quant_format=QuantFormat.QDQ,
+        weight_type=QuantType.QInt8,
+        extra_options=extra,
+        **kwargs,
+    )
     return onnx.load(str(dst))
 
 
@@ -288,7 +317,9 @@ def test_overrides_win_in_the_qdq_graph(mlp_path, tmp_path, monkeypatch, activat
     x[:32] *= 0.05  # ORT's own one-batch calibration would see only these small values
     feeds = batches(x, 32)
     cal = calibrate(mlp_path, feeds, "auto")
-    kwargs = static_quantize_kwargs(mlp_path, feeds, "auto", activation_type, symmetric=symmetric, workdir=tmp_path)
+    kwargs = static_quantize_kwargs(
+        mlp_path, feeds, "auto", activation_type, symmetric=symmetric, workdir=tmp_path
+    )
     assert (kwargs["calibration_data_reader"] is None) == cache
     got = activation_qparams(quantize_with(mlp_path, tmp_path / "q.onnx", kwargs))
 
@@ -302,20 +333,38 @@ def test_overrides_win_in_the_qdq_graph(mlp_path, tmp_path, monkeypatch, activat
         assert zp == want_zp, name
 
     # ORT's own calibration on the first batch gives other scales: the overrides made the difference.
-    plain = activation_qparams(quantize_with(mlp_path, tmp_path / "plain.onnx", {
-        "calibration_data_reader": Reader(feeds[:1]), "activation_type": kwargs["activation_type"],
-        "extra_options": {"ActivationSymmetric": symmetric}}))
+    plain = activation_qparams(
+        quantize_with(
+            mlp_path,
+            tmp_path / "plain.onnx",
+            {
+                "calibration_data_reader": Reader(feeds[:1]),
+                "activation_type": kwargs["activation_type"],
+                "extra_options": {"ActivationSymmetric": symmetric},
+            },
+        )
+    )
     assert all(abs(plain[n][0] / got[n][0] - 1) > 0.2 for n in ("x", "y"))
 
 
 def test_minmax_through_presso_reproduces_ort_minmax(mlp_path, tmp_path):
     x = heavy_tailed(256, seed=9)
     feeds = batches(x, 64)
-    ours = quantize_with(mlp_path, tmp_path / "ours.onnx", static_quantize_kwargs(mlp_path, feeds, "minmax", "u8",
-                                                                                   workdir=tmp_path))
-    theirs = quantize_with(mlp_path, tmp_path / "ort.onnx", {
-        "calibration_data_reader": Reader(feeds), "activation_type": QuantType.QUInt8,
-        "calibrate_method": CalibrationMethod.MinMax, "extra_options": {"ActivationSymmetric": False}})
+    ours = quantize_with(
+        mlp_path,
+        tmp_path / "ours.onnx",
+        static_quantize_kwargs(mlp_path, feeds, "minmax", "u8", workdir=tmp_path),
+    )
+    theirs = quantize_with(
+        mlp_path,
+        tmp_path / "ort.onnx",
+        {
+            "calibration_data_reader": Reader(feeds),
+            "activation_type": QuantType.QUInt8,
+            "calibrate_method": CalibrationMethod.MinMax,
+            "extra_options": {"ActivationSymmetric": False},
+        },
+    )
     a, b = activation_qparams(ours), activation_qparams(theirs)
     assert a.keys() == b.keys()
     for name in a:
@@ -346,22 +395,29 @@ def test_auto_is_as_faithful_as_ort_minmax_end_to_end(tmp_path):
         path = export(model, tmp_path / f"m{seed}.onnx", (16,))
         feeds = batches(contaminated(4096, 10 * seed + 1), 512)
         held_out = contaminated(1024, 10 * seed + 2)
-        ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": held_out})[0]
+        ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": held_out})[
+            0
+        ]
         candidates = {
-            "ort-minmax": {"calibration_data_reader": Reader(feeds), "activation_type": QuantType.QUInt8,
-                           "calibrate_method": CalibrationMethod.MinMax,
-                           "extra_options": {"ActivationSymmetric": False}},
+            "ort-minmax": {
+                "calibration_data_reader": Reader(feeds),
+                "activation_type": QuantType.QUInt8,
+                "calibrate_method": CalibrationMethod.MinMax,
+                "extra_options": {"ActivationSymmetric": False},
+            },
             "presso-auto": static_quantize_kwargs(path, feeds, "auto", "u8", workdir=tmp_path),
         }
         for name, kwargs in candidates.items():
             q = quantize_with(path, tmp_path / f"{name}.onnx", kwargs)
             out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-                None, {"x": held_out})[0]
+                None, {"x": held_out}
+            )[0]
             errors[name] += float(np.mean((out - ref) ** 2))
     assert errors["presso-auto"] <= errors["ort-minmax"]
 
 
 # --- bounded memory --------------------------------------------------------------------------------
+
 
 def state_arrays(obj) -> list[np.ndarray]:
     """Every numpy array an observer holds, nested observers included."""
@@ -412,7 +468,9 @@ class Spy:
 def test_no_batch_outlives_its_turn(mlp_path, monkeypatch):
     build = calib._build
     spies = []
-    monkeypatch.setattr(calib, "_build", lambda name, options: spies.append(Spy(build(name, options))) or spies[-1])
+    monkeypatch.setattr(
+        calib, "_build", lambda name, options: spies.append(Spy(build(name, options))) or spies[-1]
+    )
     calibrate(mlp_path, fresh_batches(20), "percentile")
     assert len(spies) == len(activation_tensors(mlp_path))
     assert all(len(s.refs) == 20 for s in spies)  # each saw every batch (ORT outputs and the feed)...
@@ -421,31 +479,58 @@ def test_no_batch_outlives_its_turn(mlp_path, monkeypatch):
 
 # --- external data, errors -------------------------------------------------------------------------
 
+
 def test_external_data_stays_on_disk_and_gives_the_same_ranges(mlp_path, tmp_path):
     folder = tmp_path / "ext"
     folder.mkdir()
-    onnx.save(onnx.load(str(mlp_path)), str(folder / "m.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    onnx.save(
+        onnx.load(str(mlp_path)),
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.data",
+        size_threshold=0,
+    )
     before = sorted(os.listdir(folder))
     x = heavy_tailed(64, seed=11)
     for observer in ("minmax", "percentile"):
-        assert calibrate(folder / "m.onnx", batches(x, 16), observer) == calibrate(mlp_path, batches(x, 16), observer)
+        assert calibrate(folder / "m.onnx", batches(x, 16), observer) == calibrate(
+            mlp_path, batches(x, 16), observer
+        )
     assert sorted(os.listdir(folder)) == before == ["m.data", "m.onnx"]
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda p: calibrate(p, [], "bogus"),
-     r"Unknown observer 'bogus'\. Choose one of: auto, minmax, moving_average, percentile, mse, entropy\."),
-    (lambda p: calibrate(p, [{"x": np.zeros((1, 6), np.float32)}], {"x": "kl"}), r"Unknown observer 'kl'"),
-    (lambda p: calibrate(p, [{"x": np.zeros((1, 6), np.float32)}], {"nope": "mse"}),
-     r"names tensor\(s\) nope that ONNX Runtime does not quantize"),
-    (lambda p: calibrate(p, [{"x": np.zeros((1, 6), np.float32)}], "minmax", percentile=99.0),
-     r"Observer option\(s\) percentile are taken by none of the observers used"),
-    (lambda p: calibrate(p, []), r"got no batches"),
-    (lambda p: calibrate(p, [{"x": np.zeros((1, 5), np.float32)}]), r"could not run calibration batch 0: .*Feed"),
-    (lambda p: calibrate(p.parent / "missing.onnx", []), r"No ONNX model at"),
-    (lambda p: quant_overrides({"t": (0.0, 1.0)}, "u4"), r"activation type must be one of 'u8', 's8'\. Got 'u4'"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda p: calibrate(p, [], "bogus"),
+            r"Unknown observer 'bogus'\. Choose one of: auto, minmax, moving_average, percentile, mse, entropy\.",
+        ),
+        (
+            lambda p: calibrate(p, [{"x": np.zeros((1, 6), np.float32)}], {"x": "kl"}),
+            r"Unknown observer 'kl'",
+        ),
+        (
+            lambda p: calibrate(p, [{"x": np.zeros((1, 6), np.float32)}], {"nope": "mse"}),
+            r"names tensor\(s\) nope that ONNX Runtime does not quantize",
+        ),
+        (
+            lambda p: calibrate(p, [{"x": np.zeros((1, 6), np.float32)}], "minmax", percentile=99.0),
+            r"Observer option\(s\) percentile are taken by none of the observers used",
+        ),
+        (lambda p: calibrate(p, []), r"got no batches"),
+        (
+            lambda p: calibrate(p, [{"x": np.zeros((1, 5), np.float32)}]),
+            r"could not run calibration batch 0: .*Feed",
+        ),
+        (lambda p: calibrate(p.parent / "missing.onnx", []), r"No ONNX model at"),
+        (
+            lambda p: quant_overrides({"t": (0.0, 1.0)}, "u4"),
+            r"activation type must be one of 'u8', 's8'\. Got 'u4'",
+        ),
+    ],
+)
 def test_errors_are_one_line_presso_errors(mlp_path, call, match):
     with pytest.raises(PressoError, match=match) as info:
         call(mlp_path)
@@ -455,9 +540,13 @@ def test_errors_are_one_line_presso_errors(mlp_path, call, match):
 def test_float16_activations_are_refused_before_calibrating(tmp_path):
     h = onnx.helper
     w = onnx.numpy_helper.from_array(np.ones((4, 2), np.float16), "w")
-    graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, ["N", 4])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["N", 2])], [w])
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, ["N", 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["N", 2])],
+        [w],
+    )
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "half.onnx"))
     feeds = [{"x": np.ones((2, 4), np.float16)}]
     assert calibrate(tmp_path / "half.onnx", feeds).ranges == {"x": (1.0, 1.0), "y": (4.0, 4.0)}

@@ -44,16 +44,27 @@ def test_recipes_list_and_show():
 
 
 def test_import_is_light():
-    code = ("import sys, presso; heavy = [m for m in ('torch', 'onnxruntime', 'transformers', 'sklearn') "
-            "if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, presso; heavy = [m for m in ('torch', 'onnxruntime', 'transformers', 'sklearn') "
+        "if m in sys.modules]; print(heavy)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.int8_kernel
 def test_bench_artifact_vs_baseline(digits_artifact, tmp_path):
-    done = run_cli("bench", str(digits_artifact), "--vs", str(digits_artifact / "model.onnx"),
-                   "--rounds", "2", "--batch", "8", "--json")
+    done = run_cli(
+        "bench",
+        str(digits_artifact),
+        "--vs",
+        str(digits_artifact / "model.onnx"),
+        "--rounds",
+        "2",
+        "--batch",
+        "8",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["threads"] >= 1 and len(result["models"]) == 2
@@ -65,7 +76,9 @@ def test_bench_artifact_vs_baseline(digits_artifact, tmp_path):
 def test_bench_refuses_non_model(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     done = run_cli("bench", str(tmp_path / "x.txt"))
-    assert done.returncode == 2 and "neither an artifact folder, an .onnx file nor a .packed file" in done.stderr
+    assert (
+        done.returncode == 2 and "neither an artifact folder, an .onnx file nor a .packed file" in done.stderr
+    )
 
 
 @pytest.mark.int8_kernel
@@ -75,7 +88,9 @@ def test_bench_packed_file_vs_its_model(digits_artifact, tmp_path):
 
     packed = tmp_path / "model.packed"
     stats = pack(digits_artifact / "model.onnx", packed)
-    done = run_cli("bench", str(packed), "--vs", str(digits_artifact), "--rounds", "2", "--batch", "8", "--json")
+    done = run_cli(
+        "bench", str(packed), "--vs", str(digits_artifact), "--rounds", "2", "--batch", "8", "--json"
+    )
     assert done.returncode == 0, done.stderr
     models = json.loads(done.stdout)["models"]
     mine, theirs = models[str(packed)], models[str(digits_artifact)]
@@ -91,6 +106,7 @@ def test_eval_on_npz(digits_artifact, tmp_path):
     import numpy as np
 
     import presso
+
     ex = presso.load_example("digits")
     np.savez(tmp_path / "d.npz", X=ex.data.inputs["x"], y=ex.data.target)
     done = run_cli("eval", str(digits_artifact), "--data", str(tmp_path / "d.npz"), "--json")
@@ -104,8 +120,16 @@ def test_eval_on_npz(digits_artifact, tmp_path):
 def test_rerun_saved_recipe_reproduces_choice(digits_artifact, tmp_path):
     first = read_report(digits_artifact)
     out = tmp_path / "again"
-    done = run_cli("compress", "--example", "digits", "--recipe", str(digits_artifact / "recipe.yaml"),
-                   "--out", str(out), *FAST_BENCH)
+    done = run_cli(
+        "compress",
+        "--example",
+        "digits",
+        "--recipe",
+        str(digits_artifact / "recipe.yaml"),
+        "--out",
+        str(out),
+        *FAST_BENCH,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     again = read_report(out)
     # The saved recipe pins the variant, the task, the budget and the split.
@@ -128,8 +152,16 @@ def test_quantized_model_is_not_quantized_again(digits_artifact, tmp_path):
     import numpy as np
 
     import presso
+
     ex = presso.load_example("digits")
     np.savez(tmp_path / "d.npz", X=ex.data.inputs["x"], y=ex.data.target)
-    done = run_cli("compress", str(digits_artifact / "model.onnx"), "--data", str(tmp_path / "d.npz"),
-                   "--out", str(tmp_path / "o"), *FAST_BENCH)
+    done = run_cli(
+        "compress",
+        str(digits_artifact / "model.onnx"),
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--out",
+        str(tmp_path / "o"),
+        *FAST_BENCH,
+    )
     assert done.returncode == 2 and "already quantized" in done.stderr

@@ -19,10 +19,19 @@ def _session(path):
 
 def test_compacted_model_is_smaller_and_identical(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
+    ).eval()
     path = tmp_path / "m.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["image"],
-                      output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
+    )
     original = tmp_path / "original.onnx"
     shutil.copyfile(path, original)
     node_names = [n.name for n in onnx.load(str(path)).graph.node]
@@ -34,8 +43,9 @@ def test_compacted_model_is_smaller_and_identical(tmp_path):
     assert [i.name for i in compacted.graph.input] == ["image"]
     assert [o.name for o in compacted.graph.output] == ["logits"]
     x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
-    np.testing.assert_array_equal(_session(path).run(None, {"image": x})[0],
-                                  _session(original).run(None, {"image": x})[0])
+    np.testing.assert_array_equal(
+        _session(path).run(None, {"image": x})[0], _session(original).run(None, {"image": x})[0]
+    )
 
 
 def test_parameter_count_survives_compaction(tmp_path):
@@ -46,8 +56,9 @@ def test_parameter_count_survives_compaction(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    torch.onnx.export(model, (torch.zeros(2, 16),), str(fp32), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model, (torch.zeros(2, 16),), str(fp32), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
     quantize_dynamic(str(fp32), str(int8), per_channel=True)
     n_params = sum(p.numel() for p in model.parameters())
     for path in (fp32, int8):

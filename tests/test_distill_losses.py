@@ -53,6 +53,7 @@ def _t(x, grad=False):
 
 # ---- soft targets -------------------------------------------------------------------------
 
+
 def test_soft_target_matches_hand_kl_at_t2():
     # p = softmax([1.5, 1, .5]), q = softmax([.5, 1, 1.5]); KL = sum p log(p/q) = 0.32016; loss = 4 KL
     assert_allclose(_kl(S, T, 2.0), 0.3201567, atol=1e-6)
@@ -64,7 +65,7 @@ def test_soft_target_is_t_squared_times_kl(temp):
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
     loss = float(soft_target_loss(_t(s), _t(t), temperature=temp))
-    assert_allclose(loss / _kl(s, t, temp), temp ** 2, rtol=1e-4)
+    assert_allclose(loss / _kl(s, t, temp), temp**2, rtol=1e-4)
 
 
 def test_soft_target_zero_when_student_equals_teacher():
@@ -88,6 +89,7 @@ def test_gradients_reach_student_not_teacher():
 
 # ---- Hinton's mix -------------------------------------------------------------------------
 
+
 def test_alpha_zero_is_exactly_cross_entropy():
     s, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
     got = hinton_loss(s, torch.randn(8, 5), y, temperature=3.0, alpha=0.0)
@@ -105,8 +107,9 @@ def test_alpha_half_is_the_hand_mix():
     # CE(s, 2) = log(e + e^2 + e^3) - 3 = 0.40761; 0.5 * CE + 0.5 * 4 * KL
     expected = 0.5 * _ce(S, [2]) + 0.5 * 4 * _kl(S, T, 2.0)
     assert_allclose(expected, 0.5 * 0.4076060 + 0.5 * 4 * 0.3201567, rtol=1e-6)
-    assert_allclose(float(hinton_loss(_t(S), _t(T), torch.tensor([2]), temperature=2.0, alpha=0.5)),
-                    expected, rtol=1e-5)
+    assert_allclose(
+        float(hinton_loss(_t(S), _t(T), torch.tensor([2]), temperature=2.0, alpha=0.5)), expected, rtol=1e-5
+    )
 
 
 def test_whole_number_float_labels_are_class_indices():
@@ -116,13 +119,14 @@ def test_whole_number_float_labels_are_class_indices():
 
 # ---- probability teachers -----------------------------------------------------------------
 
+
 def test_probabilities_become_log_probabilities():
     p = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]])
     assert looks_like_probabilities(p) and looks_like_probabilities(torch.tensor(p))
     logits = teacher_logits_from(p)
     assert_allclose(torch.softmax(logits, -1).numpy(), p, atol=1e-6)
     # at temperature T the teacher's distribution is p ** (1/T), renormalised
-    tempered = p ** 0.5 / (p ** 0.5).sum(-1, keepdims=True)
+    tempered = p**0.5 / (p**0.5).sum(-1, keepdims=True)
     assert_allclose(torch.softmax(logits / 2, -1).numpy(), tempered, atol=1e-6)
 
 
@@ -141,6 +145,7 @@ def test_logits_pass_unchanged(x):
 
 
 # ---- regression and cosine ----------------------------------------------------------------
+
 
 def test_regression_loss_is_numpy_mse_with_teacher_reshaped():
     rng = np.random.default_rng(2)
@@ -161,6 +166,7 @@ def test_cosine_loss_zero_row_is_finite():
 
 
 # ---- feature hints ------------------------------------------------------------------------
+
 
 def test_hint_equal_widths_has_no_parameters_and_is_mse():
     hint = HintLoss(6, 6)
@@ -208,6 +214,7 @@ def test_hint_trains_projection_and_student():
 
 
 # ---- feature tap --------------------------------------------------------------------------
+
 
 class _Net(nn.Module):
     def __init__(self):
@@ -261,6 +268,7 @@ def test_feature_tap_unknown_layer_lists_valid_names():
 
 # ---- errors -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, "x", None, True, float("nan")])
 def test_bad_alpha(alpha):
     with pytest.raises(PressoError, match=r"'alpha' option must be a number in \[0, 1\]"):
@@ -280,11 +288,14 @@ def test_missing_labels():
         hinton_loss(_t(S), _t(T), None, alpha=0.5)
 
 
-@pytest.mark.parametrize("labels, match", [
-    (torch.tensor([0.5]), "'labels' must be class indices"),
-    (torch.tensor([0, 1]), "'labels' have 2 values but the logits have 1 rows"),
-    (torch.tensor([3]), r"'labels' must be class indices in \[0, 3\)"),
-])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (torch.tensor([0.5]), "'labels' must be class indices"),
+        (torch.tensor([0, 1]), "'labels' have 2 values but the logits have 1 rows"),
+        (torch.tensor([3]), r"'labels' must be class indices in \[0, 3\)"),
+    ],
+)
 def test_bad_labels(labels, match):
     with pytest.raises(PressoError, match=match):
         hinton_loss(_t(S), _t(T), labels, alpha=0.5)
@@ -304,11 +315,14 @@ def test_integer_teacher_and_student():
         regression_loss(torch.tensor([[1, 2]]), _t([[1.0, 2.0]]))
 
 
-@pytest.mark.parametrize("args, match", [
-    ((0, 4), "'student_width' option of HintLoss must be an int >= 1"),
-    ((4, 2.5), "'teacher_width' option of HintLoss must be an int >= 1"),
-    ((4, 4, "yes"), "'channels_first' option of HintLoss"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((0, 4), "'student_width' option of HintLoss must be an int >= 1"),
+        ((4, 2.5), "'teacher_width' option of HintLoss must be an int >= 1"),
+        ((4, 4, "yes"), "'channels_first' option of HintLoss"),
+    ],
+)
 def test_bad_hint_options(args, match):
     with pytest.raises(PressoError, match=match):
         HintLoss(*args)
@@ -317,8 +331,11 @@ def test_bad_hint_options(args, match):
 def test_hint_shape_errors():
     with pytest.raises(PressoError, match=r"'student_feat' \(2, 5\) have width 5 on axis 1 .*_width 3"):
         HintLoss(3, 2)(torch.zeros(2, 5), torch.zeros(2, 2))
-    with pytest.raises(PressoError, match=r"'student_feat' \(2, 3, 4, 4\) \(projected \(2, 2, 4, 4\)\) and "
-                                          r"the 'teacher_feat' \(2, 2, 8, 8\) differ"):
+    with pytest.raises(
+        PressoError,
+        match=r"'student_feat' \(2, 3, 4, 4\) \(projected \(2, 2, 4, 4\)\) and "
+        r"the 'teacher_feat' \(2, 2, 8, 8\) differ",
+    ):
         HintLoss(3, 2)(torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 8, 8))
 
 

@@ -49,6 +49,7 @@ def _teacher(X, y, seed=0):
 
 # --- the objective --------------------------------------------------------------------------
 
+
 def test_kl_objective_mixes_soft_targets_and_labels_by_hand():
     s = torch.tensor([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]])
     t = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
@@ -63,7 +64,9 @@ def test_kl_objective_mixes_soft_targets_and_labels_by_hand():
     ce = -np.log(np.exp(0.5) / np.exp(s.numpy()[0]).sum())
     assert float(loss(s, targets)) == pytest.approx(0.7 * kl + 0.3 * ce, rel=1e-5)
     # alpha 0: labels alone; a batch with no labelled row then gives 0 with a gradient path
-    only_ce = distill_loss("kl", 3, alpha=0.0, temperature=2.0, has_labels=True, trainee=trainee, hint_weight=0)
+    only_ce = distill_loss(
+        "kl", 3, alpha=0.0, temperature=2.0, has_labels=True, trainee=trainee, hint_weight=0
+    )
     assert float(only_ce(s, targets)) == pytest.approx(ce, rel=1e-6)
     unlabelled = torch.from_numpy(target_rows(t.numpy(), np.array([NO_LABEL, NO_LABEL])))
     s_req = s.clone().requires_grad_(True)
@@ -87,6 +90,7 @@ def test_wider_halves_the_gap_to_full_width():
 
 # --- data rules -----------------------------------------------------------------------------
 
+
 def test_extra_rows_equal_to_heldout_rows_are_dropped():
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     kept, labels, dropped = without_rows({"x": x}, np.arange(6), {"x": x[[1, 4]]})
@@ -102,6 +106,7 @@ def test_teacher_outputs_are_cached_and_a_changed_teacher_misses(tmp_path):
         def run(rows):
             calls.append(len(rows["x"]))
             return rows["x"] * scale
+
         return run
 
     a = cached_teacher_outputs(teacher(2.0), x, probe, tmp_path)
@@ -114,6 +119,7 @@ def test_teacher_outputs_are_cached_and_a_changed_teacher_misses(tmp_path):
 
 
 # --- end to end -----------------------------------------------------------------------------
+
 
 def test_derived_student_of_a_torch_teacher_within_budget():
     X, y = _blobs()
@@ -132,8 +138,16 @@ def test_callable_teacher_gets_an_mlp_student_and_is_timed_as_itself(tmp_path):
     X, y = _blobs(400)
     clf = LogisticRegression(max_iter=500).fit(X[:200], y[:200])
     np.savez(tmp_path / "extra.npz", X=X[:200])
-    r = presso.distill(clf.predict_proba, (X[200:], y[200:]), student="mlp", hidden=[32],
-                       train_data=str(tmp_path / "extra.npz"), task="classification", epochs=60, bench=QUICK)
+    r = presso.distill(
+        clf.predict_proba,
+        (X[200:], y[200:]),
+        student="mlp",
+        hidden=[32],
+        train_data=str(tmp_path / "extra.npz"),
+        task="classification",
+        epochs=60,
+        bench=QUICK,
+    )
     rep = r.report
     assert rep.model["kind"] == "callable" and "predict_proba" in rep.baseline.runtime
     assert rep.baseline.parameters is None and rep.baseline.size_bytes > 0
@@ -153,8 +167,15 @@ def test_heldout_rows_in_train_data_are_dropped_and_reported(tmp_path):
     X, y = _blobs()
     teacher = _teacher(X, y)
     np.savez(tmp_path / "extra.npz", X=X)  # every row, held-out ones included
-    r = presso.distill(teacher, (X, y), width=0.5, epochs=2, train_data=str(tmp_path / "extra.npz"),
-                       bench=QUICK, max_drop=1.0)
+    r = presso.distill(
+        teacher,
+        (X, y),
+        width=0.5,
+        epochs=2,
+        train_data=str(tmp_path / "extra.npz"),
+        bench=QUICK,
+        max_drop=1.0,
+    )
     n_eval = r.report.data["split"]["evaluation_rows"]
     assert any(f"({n_eval} dropped: they repeat held-out rows)" in n for n in r.report.notes)
 
@@ -176,28 +197,43 @@ def test_onnx_teacher_with_a_factory_student(tmp_path):
         "    def forward(self, x):\n"
         "        return self.net(x)\n"
         "def build():\n"
-        "    return Small()\n")
-    r = presso.distill(str(onnx_path), (X, y), student=f"{tmp_path / 'small.py'}:build", epochs=40, bench=QUICK)
+        "    return Small()\n"
+    )
+    r = presso.distill(
+        str(onnx_path), (X, y), student=f"{tmp_path / 'small.py'}:build", epochs=40, bench=QUICK
+    )
     assert r.report.compressed.parameters == 6 * 16 + 16 + 16 * 3 + 3 and r.report.budget.drop <= 0.01
 
 
 def test_hints_train_a_projection_and_need_a_torch_teacher():
     X, y = _blobs()
     teacher = _teacher(X, y)
-    r = presso.distill(teacher, (X, y), width=0.5, epochs=3, hints=[["net.2", "net.2"]], bench=QUICK, max_drop=1.0)
+    r = presso.distill(
+        teacher, (X, y), width=0.5, epochs=3, hints=[["net.2", "net.2"]], bench=QUICK, max_drop=1.0
+    )
     assert any("hints on 1 layer pair(s)" in n for n in r.report.notes)
     clf_fn = lambda x: teacher(torch.from_numpy(x)).detach().numpy()  # noqa: E731
     with pytest.raises(PressoError, match="hints .* need a PyTorch teacher|student: auto derives"):
-        presso.distill(clf_fn, (X, y), student="mlp", hints=[["net.1", "net.1"]], task="classification",
-                       epochs=1, bench=QUICK)
+        presso.distill(
+            clf_fn,
+            (X, y),
+            student="mlp",
+            hints=[["net.1", "net.1"]],
+            task="classification",
+            epochs=1,
+            bench=QUICK,
+        )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"student": "mlp", "width": 0.3}, "width and depth derive a student"),
-    ({"alpha": 1.5}, "alpha"),
-    ({"student": "nothing"}, "student must be auto, mlp or a factory"),
-    ({"hints": [["a"]]}, "pairs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"student": "mlp", "width": 0.3}, "width and depth derive a student"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"student": "nothing"}, "student must be auto, mlp or a factory"),
+        ({"hints": [["a"]]}, "pairs"),
+    ],
+)
 def test_bad_options_name_the_option(kwargs, match):
     X, y = _blobs(60)
     with pytest.raises(PressoError, match=match):
@@ -222,6 +258,7 @@ def test_student_with_the_wrong_output_shape_is_refused(tmp_path):
 
 # --- CLI ------------------------------------------------------------------------------------
 
+
 def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, capsys):
     from presso.cli.main import main
 
@@ -231,14 +268,31 @@ def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, caps
         "import torch\n"
         "def build():\n"
         "    return torch.nn.Sequential(torch.nn.Linear(6, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), "
-        "torch.nn.ReLU(), torch.nn.Linear(64, 3))\n")
+        "torch.nn.ReLU(), torch.nn.Linear(64, 3))\n"
+    )
     # the teacher's state dict is a Wide's: keys net.0..., so save the Sequential's own keys
     state = {k.removeprefix("net."): v for k, v in torch.load(tmp_path / "t.pt").items()}
     torch.save(state, tmp_path / "t.pt")
     np.savez(tmp_path / "rows.npz", X=X, y=y)
     out = tmp_path / "student"
-    args = [f"{tmp_path / 'model.py'}:build", "--weights", str(tmp_path / "t.pt"), "--data", str(tmp_path / "rows.npz"),
-            "--width", "0.5", "--epochs", "3", "--rounds", "2", "--max-drop", "1", "--quiet", "--out", str(out)]
+    args = [
+        f"{tmp_path / 'model.py'}:build",
+        "--weights",
+        str(tmp_path / "t.pt"),
+        "--data",
+        str(tmp_path / "rows.npz"),
+        "--width",
+        "0.5",
+        "--epochs",
+        "3",
+        "--rounds",
+        "2",
+        "--max-drop",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(["distill", *args]) == 0
     assert (out / "model.onnx").is_file() and not out.with_name("student.checkpoint.pt").exists()
     out2 = tmp_path / "student2"

@@ -37,17 +37,26 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 # ---------------------------------------------------------------- plan
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"width": 0.0}, "'width'.*\\(0, 1\\]"), ({"width": 1.5}, "'width'"), ({"width": True}, "'width'"),
-    ({"depth": 0}, "'depth'.*>= 1"), ({"depth": 2.0}, "'depth'"), ({"init": "zeros"}, "'init'.*teacher, random"),
-    ({"blocks": "x"}, "'blocks'.*standard, separable.*Got 'x'"),
-])
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"width": 0.0}, "'width'.*\\(0, 1\\]"),
+        ({"width": 1.5}, "'width'"),
+        ({"width": True}, "'width'"),
+        ({"depth": 0}, "'depth'.*>= 1"),
+        ({"depth": 2.0}, "'depth'"),
+        ({"init": "zeros"}, "'init'.*teacher, random"),
+        ({"blocks": "x"}, "'blocks'.*standard, separable.*Got 'x'"),
+    ],
+)
 def test_plan_is_validated_at_construction(kwargs, match):
     with pytest.raises(PressoError, match=match):
         StudentPlan(**kwargs)
 
 
 # ---------------------------------------------------------------- width: CNN / MLP
+
 
 @pytest.mark.parametrize(("width", "params"), [(1.0, 38_282), (0.5, 9_802), (0.45, 7_556), (0.4, 5_805)])
 def test_digits_width_parameter_counts(width, params):
@@ -56,15 +65,20 @@ def test_digits_width_parameter_counts(width, params):
     assert count_parameters(student) == params
     assert student(*PIXELS).shape == teacher(*PIXELS).shape == (4, 10)
     if width < 1:
-        assert notes == [(f"kept {width:.0%} of channels / neurons (the output layer keeps its size): "
-                          f"38,282 -> {params:,} parameters")]
+        assert notes == [
+            (
+                f"kept {width:.0%} of channels / neurons (the output layer keeps its size): "
+                f"38,282 -> {params:,} parameters"
+            )
+        ]
 
 
 def test_digits_quarter_of_the_parameters_needs_width_045():
     # width 0.5 keeps 25.6% (every layer's in and out halve, the 10-class head only its inputs);
     # 0.45 is the largest multiple of 0.05 keeping at most a quarter.
-    counts = {w: count_parameters(derive_student(_digits(), PIXELS, StudentPlan(width=w))[0])
-              for w in (0.5, 0.45)}
+    counts = {
+        w: count_parameters(derive_student(_digits(), PIXELS, StudentPlan(width=w))[0]) for w in (0.5, 0.45)
+    }
     assert counts[0.5] / 38_282 == pytest.approx(0.2560, abs=1e-4)
     assert counts[0.45] / 38_282 == pytest.approx(0.1974, abs=1e-4) and counts[0.45] <= 38_282 / 4
 
@@ -75,7 +89,7 @@ def test_teacher_init_keeps_surviving_weights_and_teacher_is_untouched():
     student, _ = derive_student(teacher, PIXELS, StudentPlan(width=0.5))
     _assert_same_state(before, _state(teacher))
     assert teacher.training and student.training  # the student mirrors the teacher's mode
-    kept, full = student.features[0].weight, teacher.features[0].weight        # (8, 1, 3, 3), (16, 1, 3, 3)
+    kept, full = student.features[0].weight, teacher.features[0].weight  # (8, 1, 3, 3), (16, 1, 3, 3)
     assert kept.shape == (8, 1, 3, 3)
     matches = [int(torch.nonzero((full == f).flatten(1).all(1)).flatten()[0]) for f in kept]
     assert len(set(matches)) == 8  # each kept filter is one of the teacher's, exactly
@@ -112,6 +126,7 @@ def test_random_init_keeps_standardize_statistics():
 
 
 # ---------------------------------------------------------------- depth: stacks of blocks
+
 
 class StackMLP(nn.Module):
     """(N, 8) -> (N, 3): stem, four same-shape Linear(32, 32) + ReLU blocks, head."""
@@ -169,7 +184,9 @@ def test_depth_without_same_shape_blocks_is_refused():
 
 
 def test_depth_above_the_block_count_is_refused():
-    with pytest.raises(PressoError, match="'depth' of 5 exceeds the teacher's 4 same-shape blocks.*\\[1, 4\\]"):
+    with pytest.raises(
+        PressoError, match="'depth' of 5 exceeds the teacher's 4 same-shape blocks.*\\[1, 4\\]"
+    ):
         derive_student(StackMLP(), (torch.randn(2, 8),), StudentPlan(depth=5))
 
 
@@ -180,15 +197,22 @@ def test_bad_example_inputs_are_reported():
 
 # ---------------------------------------------------------------- transformers
 
+
 @pytest.fixture(scope="module")
 def tiny_bert():
     transformers = pytest.importorskip("transformers")
     from presso.model.huggingface import MeanPooledEncoder
 
     torch.manual_seed(7)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=100, max_position_embeddings=64,
-                                     attn_implementation="eager")
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
     teacher = MeanPooledEncoder(transformers.BertModel(config)).eval()
     g = torch.Generator().manual_seed(0)
     mask = torch.ones(2, 8, dtype=torch.long)
@@ -212,7 +236,9 @@ def test_bert_depth_keeps_first_and_last_layer(tiny_bert):
     assert count_parameters(student) == BERT_PARAMS - 2 * BERT_LAYER == 23_520
     assert notes == ["kept encoder layers 0, 3 of 4: 40,608 -> 23,520 parameters"]
     for new, old in ((0, 0), (1, 3)):
-        _assert_same_state(_state(student.encoder.encoder.layer[new]), _state(teacher.encoder.encoder.layer[old]))
+        _assert_same_state(
+            _state(student.encoder.encoder.layer[new]), _state(teacher.encoder.encoder.layer[old])
+        )
         assert student.encoder.encoder.layer[new].attention.self.layer_idx == new
     with torch.no_grad():
         assert student(*inputs).shape == teacher(*inputs).shape == (2, 32)
@@ -260,18 +286,19 @@ SEPARABLE = StudentPlan(blocks="separable")
 
 def _pair_weight(pair: nn.Sequential) -> np.ndarray:
     """The weight (out, in, *k) a depthwise + pointwise pair computes: W_hat[o, c] = pw[o, c] * dw[c]."""
-    dw = pair.depthwise.weight.detach().double().numpy()[:, 0]               # (in, *k)
-    pw = pair.pointwise.weight.detach().double().flatten(1).numpy()         # (out, in)
+    dw = pair.depthwise.weight.detach().double().numpy()[:, 0]  # (in, *k)
+    pw = pair.pointwise.weight.detach().double().flatten(1).numpy()  # (out, in)
     return np.einsum("oc,c...->oc...", pw, dw)
 
 
 def test_exactly_separable_conv_is_reproduced():
     rng = np.random.default_rng(0)
-    u, v = rng.normal(size=(3, 8)), rng.normal(size=(3, 9))                   # per input channel c: u_c, v_c
+    u, v = rng.normal(size=(3, 8)), rng.normal(size=(3, 9))  # per input channel c: u_c, v_c
     weight = np.stack([np.outer(u[c], v[c]).reshape(8, 3, 3) for c in range(3)], axis=1)  # (8, 3, 3, 3)
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(8 * 6 * 6, 4)).eval()
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)
+    ).eval()
     with torch.no_grad():
         teacher[0].weight.copy_(torch.from_numpy(weight))
     x = torch.randn(5, 3, 6, 6)
@@ -283,17 +310,20 @@ def test_exactly_separable_conv_is_reproduced():
     assert torch.equal(student[0].pointwise.bias, teacher[0].bias)
 
 
-@pytest.mark.parametrize("conv", [nn.Conv2d(5, 7, 3), nn.Conv2d(4, 16, (3, 2)), nn.Conv1d(4, 6, 5)],
-                         ids=["conv2d", "out>kernel", "conv1d"])
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(5, 7, 3), nn.Conv2d(4, 16, (3, 2)), nn.Conv1d(4, 6, 5)],
+    ids=["conv2d", "out>kernel", "conv1d"],
+)
 def test_separable_init_is_the_rank_one_svd_per_input_channel(conv):
     torch.manual_seed(1)
     conv.reset_parameters()
     x = torch.randn(2, conv.in_channels, *[9] * (conv.weight.ndim - 2))
     student, _ = derive_student(nn.Sequential(conv), (x,), SEPARABLE)
-    w = conv.weight.detach().double().numpy()                                # (out, in, *k)
-    expect = 0.0                                     # squared error of numpy's rank-1 truncation, per channel
+    w = conv.weight.detach().double().numpy()  # (out, in, *k)
+    expect = 0.0  # squared error of numpy's rank-1 truncation, per channel
     for c in range(w.shape[1]):
-        m = w[:, c].reshape(w.shape[0], -1)                                  # (out, K)
+        m = w[:, c].reshape(w.shape[0], -1)  # (out, K)
         left, sing, right = np.linalg.svd(m, full_matrices=False)
         expect += np.sum((m - sing[0] * np.outer(left[:, 0], right[0])) ** 2)
     error = np.sqrt(np.sum((w - _pair_weight(student[0])) ** 2))
@@ -308,15 +338,25 @@ def test_separable_parameter_count_and_note():
     assert count_parameters(teacher) == 16 * 32 * 9 + 32 == 4_640
     assert count_parameters(student) == 16 * 9 + 16 * 32 + 32 == 688
     assert [tuple(p.shape) for p in student[0].parameters()] == [(16, 1, 3, 3), (32, 16, 1, 1), (32,)]
-    assert notes == [f"replaced 1 convolution by depthwise-separable blocks: "
-                     f"{count_parameters(teacher):,} -> {count_parameters(student):,} parameters"]
+    assert notes == [
+        f"replaced 1 convolution by depthwise-separable blocks: "
+        f"{count_parameters(teacher):,} -> {count_parameters(student):,} parameters"
+    ]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"stride": 2}, {"padding": 1}, {"dilation": 2}, {"bias": False},
-    {"stride": 2, "padding": 2, "dilation": 2}, {"padding": "same"},
-    {"padding": 1, "padding_mode": "reflect"}, {"kernel_size": (5, 3), "stride": (1, 2)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"stride": 2},
+        {"padding": 1},
+        {"dilation": 2},
+        {"bias": False},
+        {"stride": 2, "padding": 2, "dilation": 2},
+        {"padding": "same"},
+        {"padding": 1, "padding_mode": "reflect"},
+        {"kernel_size": (5, 3), "stride": (1, 2)},
+    ],
+)
 def test_separable_keeps_output_shapes(kwargs):
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 10, **{"kernel_size": 3, **kwargs})
@@ -330,8 +370,9 @@ def test_separable_keeps_output_shapes(kwargs):
 
 def test_separable_conv1d_keeps_output_shapes():
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv1d(3, 8, 5, stride=2, padding=2), nn.ReLU(),
-                            nn.Conv1d(8, 4, 3, dilation=3))
+    teacher = nn.Sequential(
+        nn.Conv1d(3, 8, 5, stride=2, padding=2), nn.ReLU(), nn.Conv1d(8, 4, 3, dilation=3)
+    )
     student, notes = derive_student(teacher, (torch.randn(2, 3, 40),), SEPARABLE)
     assert notes[0].startswith("replaced 2 convolutions by depthwise-separable blocks: ")
     with torch.no_grad():
@@ -343,12 +384,12 @@ def test_separable_conv1d_keeps_output_shapes():
 def test_separable_leaves_other_convolutions_alone():
     torch.manual_seed(0)
     teacher = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),               # one input channel
-        nn.Conv2d(4, 4, 3, padding=1, groups=4),     # already depthwise
-        nn.Conv2d(4, 8, 1),                          # pointwise
-        nn.Conv2d(8, 8, (1, 3), padding=(0, 1)),     # kernel 1 in one dim
-        nn.Conv2d(8, 8, 3, padding=1, groups=2),     # grouped
-        nn.Conv2d(8, 6, 3, padding=1),               # the one replaced
+        nn.Conv2d(1, 4, 3, padding=1),  # one input channel
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),  # already depthwise
+        nn.Conv2d(4, 8, 1),  # pointwise
+        nn.Conv2d(8, 8, (1, 3), padding=(0, 1)),  # kernel 1 in one dim
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),  # grouped
+        nn.Conv2d(8, 6, 3, padding=1),  # the one replaced
     ).eval()
     x = (torch.randn(2, 1, 7, 7),)
     student, notes = derive_student(teacher, x, SEPARABLE)
@@ -385,8 +426,13 @@ def test_trained_digits_separable_student_exports_to_onnx(tmp_path):
     assert count_parameters(standard) == 9_802 and count_parameters(student) == 9_802 - 1_168 + 216 == 8_850
     assert notes[-1] == "replaced 1 convolution by depthwise-separable blocks: 9,802 -> 8,850 parameters"
     sample = ex.data.inputs["x"][:16]
-    loaded = LoadedModel(name="digits", source="test", module=student.eval(), input_names=["x"],
-                         dynamic_axes={"x": {0: "batch"}})
+    loaded = LoadedModel(
+        name="digits",
+        source="test",
+        module=student.eval(),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
     path = export_onnx(loaded, {"x": sample}, tmp_path / "student.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -404,6 +450,7 @@ def test_config_blocks_applies_to_derived_students_only():
 
 
 # ---------------------------------------------------------------- mlp_student
+
 
 def test_mlp_student_standardises_raw_features():
     rng = np.random.default_rng(0)
@@ -441,8 +488,9 @@ def test_students_export_to_onnx(which, tmp_path):
     else:
         module, _ = derive_student(_digits(), PIXELS, StudentPlan(width=0.45, init="random"))
         sample = PIXELS[0].numpy()
-    loaded = LoadedModel(name=which, source="test", module=module.eval(), input_names=["x"],
-                         dynamic_axes={"x": {0: "batch"}})
+    loaded = LoadedModel(
+        name=which, source="test", module=module.eval(), input_names=["x"], dynamic_axes={"x": {0: "batch"}}
+    )
     path = export_onnx(loaded, {"x": sample}, tmp_path / "student.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["x"]
@@ -453,6 +501,7 @@ def test_students_export_to_onnx(which, tmp_path):
 
 # ---------------------------------------------------------------- the real MiniLM
 
+
 @pytest.mark.slow
 def test_minilm_depth_three():
     from presso.data.examples.minilm import model_folder
@@ -460,11 +509,13 @@ def test_minilm_depth_three():
     from presso.model.huggingface import load_hf_folder
 
     loaded = load_hf_folder(model_folder())
-    batch = loaded.tokenizer(stdlib_sentences(4), padding=True, truncation=True, max_length=32,
-                             return_tensors="pt")
+    batch = loaded.tokenizer(
+        stdlib_sentences(4), padding=True, truncation=True, max_length=32, return_tensors="pt"
+    )
     inputs = tuple(batch[n] for n in loaded.input_names)
-    student, notes = derive_student(loaded.module, inputs, StudentPlan(depth=3),
-                                    transformer=loaded.transformer)
+    student, notes = derive_student(
+        loaded.module, inputs, StudentPlan(depth=3), transformer=loaded.transformer
+    )
     # 6 layers of 1,774,464 parameters (hidden 384, FFN 1536): three go
     assert count_parameters(loaded.module) == 22_713_216
     assert count_parameters(student) == 22_713_216 - 3 * 1_774_464 == 17_389_824

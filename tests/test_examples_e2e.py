@@ -36,14 +36,17 @@ def _compress_example(name, tmp_path):
 def _check_against_plain_ort(name, out, report):
     """model.onnx runs in plain onnxruntime and reproduces the reported metrics."""
     example = presso.load_example(name)
-    parts = split(example.data, report.recipe["settings"]["calibration_fraction"],
-                  report.recipe["settings"]["seed"])
+    parts = split(
+        example.data, report.recipe["settings"]["calibration_fraction"], report.recipe["settings"]["seed"]
+    )
     ev = parts.evaluation
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == list(ev.inputs)
     assert report.data["split"]["evaluation_batch"] == 1
     rows = range(len(ev))
-    outputs = np.concatenate([sess.run(None, {k: v[i:i + 1] for k, v in ev.inputs.items()})[0] for i in rows])
+    outputs = np.concatenate(
+        [sess.run(None, {k: v[i : i + 1] for k, v in ev.inputs.items()})[0] for i in rows]
+    )
     reference = load_model(example.model).run_torch(ev.inputs)
     target = ev.target
     if target is not None and example.task in ("forecast", "regression"):
@@ -66,8 +69,9 @@ def test_example_int8(name, tmp_path):
     if report.baseline.parameters > 5000:
         assert report.compressed.size_bytes < report.baseline.size_bytes
     else:  # a tiny graph may grow: the report must say so rather than hide it
-        assert report.compressed.size_bytes < report.baseline.size_bytes or \
-            any("NOT smaller" in n for n in report.notes)
+        assert report.compressed.size_bytes < report.baseline.size_bytes or any(
+            "NOT smaller" in n for n in report.notes
+        )
     assert report.baseline.parameters == report.compressed.parameters > 0
     assert report.compressed.latency_ms.p50 > 0 and report.compressed.throughput_per_s > 0
     assert report.reference["pytorch_fp32_latency_ms"]["p50"] > 0

@@ -60,8 +60,9 @@ def test_first_build_trains_and_caches(built, cache_dir, name):
     assert example.data.inputs["x"].dtype == np.float32
 
 
-@pytest.mark.parametrize(("name", "min_rows", "min_accuracy"),
-                         [("digits", 700, 0.95), ("tabular", 200, 0.93)])
+@pytest.mark.parametrize(
+    ("name", "min_rows", "min_accuracy"), [("digits", 700, 0.95), ("tabular", 200, 0.93)]
+)
 def test_classifiers_are_accurate_on_heldout_rows(built, name, min_rows, min_accuracy):
     example, _ = built[name]
     assert example.task == "classification"
@@ -159,8 +160,9 @@ def test_train_supervised_is_deterministic():
     for _ in range(2):
         with _cache.seeded(0):
             model = torch.nn.Linear(3, 1)
-        history = _cache.train_supervised(model, X, y[:, None], torch.nn.functional.mse_loss,
-                                          epochs=5, lr=1e-2, batch_size=8, seed=3)
+        history = _cache.train_supervised(
+            model, X, y[:, None], torch.nn.functional.mse_loss, epochs=5, lr=1e-2, batch_size=8, seed=3
+        )
         assert len(history) == 5 and history[-1] < history[0]
         assert not model.training
         weights.append(model.weight.detach().clone())

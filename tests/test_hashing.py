@@ -42,25 +42,41 @@ QUICK = BenchSettings(rounds=1, throughput_batch=8)
 @pytest.fixture
 def hashed_registered(monkeypatch):
     """The technique in the registry for this test only (the real entry is added separately)."""
-    monkeypatch.setitem(registry.TECHNIQUES, "hashed", registry.Technique(
-        "hashed", HashedConfig, "torch", "hashed weight sharing",
-        "presso.techniques.quantization.hashing:hash_weights"))
+    monkeypatch.setitem(
+        registry.TECHNIQUES,
+        "hashed",
+        registry.Technique(
+            "hashed",
+            HashedConfig,
+            "torch",
+            "hashed weight sharing",
+            "presso.techniques.quantization.hashing:hash_weights",
+        ),
+    )
 
 
 def _export(model: nn.Module, sample: torch.Tensor, path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (sample,), str(path), dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "n"}})
+        torch.onnx.export(
+            model, (sample,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+        )
 
 
 def _ort_rebuild(layer: HashedLayer) -> np.ndarray:
     """The weight the writer's nodes compute, run alone on ONNX Runtime (no optimizations)."""
     inits, nodes = _rebuild("n", "w", layer, transposed=False)
-    consts = [helper.make_tensor(f"hashed/{k}", TensorProto.INT64, [], [v])
-              for k, v in {"zero": 0, "one": 1, "two": 2, "prime": P}.items()]
-    graph = helper.make_graph(nodes, "rebuild", [], [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
-                              initializer=inits + consts)
+    consts = [
+        helper.make_tensor(f"hashed/{k}", TensorProto.INT64, [], [v])
+        for k, v in {"zero": 0, "one": 1, "two": 2, "prime": P}.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "rebuild",
+        [],
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+        initializer=inits + consts,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -68,7 +84,9 @@ def _ort_rebuild(layer: HashedLayer) -> np.ndarray:
     return sess.run(None, {})[0]
 
 
-@pytest.mark.parametrize("numel, k, seed", [(1, 1, 0), (1000, 250, 1), (70_001, 8_751, 7), (300_000, 1_000, 123)])
+@pytest.mark.parametrize(
+    "numel, k, seed", [(1, 1, 0), (1000, 250, 1), (70_001, 8_751, 7), (300_000, 1_000, 123)]
+)
 def test_hash_is_identical_in_numpy_torch_and_onnx_runtime(numel, k, seed):
     idx, xi = bucket_index(numel, k, seed), sign(numel, seed)
     assert idx.dtype == np.int64 and idx.min() >= 0 and idx.max() < k
@@ -77,7 +95,9 @@ def test_hash_is_identical_in_numpy_torch_and_onnx_runtime(numel, k, seed):
     np.testing.assert_array_equal(param.index.numpy(), idx)
     np.testing.assert_array_equal(param.xi.numpy(), xi)
     # ONNX Runtime: the writer's nodes; values 0..K-1 give the bucket, ones give the sign.
-    buckets = HashedLayer("l", k, seed, False, np.arange(k, dtype=np.float32), np.zeros(numel, np.float32), None)
+    buckets = HashedLayer(
+        "l", k, seed, False, np.arange(k, dtype=np.float32), np.zeros(numel, np.float32), None
+    )
     np.testing.assert_array_equal(_ort_rebuild(buckets), idx.astype(np.float32))
     signs = HashedLayer("l", k, seed, True, np.ones(k, np.float32), np.zeros(numel, np.float32), None)
     np.testing.assert_array_equal(_ort_rebuild(signs), xi)
@@ -124,7 +144,10 @@ def test_onnx_rebuild_equals_the_torch_hashed_weights_bit_for_bit(tmp_path, sign
     _export(model, torch.zeros(1, 2, 6, 6), src)
     matched = match_initializers(src, {n: h.weight for n, h in layers.items()})
     assert {n: (op_node.rsplit("/", 1)[-1], t) for n, (op_node, _, t) in matched.items()} == {
-        "conv": ("Conv", False), "fc": ("Gemm", False), "seq": ("MatMul", True)}
+        "conv": ("Conv", False),
+        "fc": ("Gemm", False),
+        "seq": ("MatMul", True),
+    }
     plan = {w: (layers[n], t) for n, (_, w, t) in matched.items()}
     rows = write_hashed(src, dst, HashedConfig(), {}, layers=plan)
     assert [r["stored_values"] for r in rows] == [layers[n].k for n in ("conv", "fc", "seq")]
@@ -135,7 +158,9 @@ def test_onnx_rebuild_equals_the_torch_hashed_weights_bit_for_bit(tmp_path, sign
     weights = [w for _, w, _ in matched.values()]
     proto.graph.output.extend(helper.make_tensor_value_info(w, TensorProto.FLOAT, None) for w in weights)
     x = np.random.default_rng(0).normal(size=(7, 2, 6, 6)).astype(np.float32)
-    outs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    outs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
     for (name, (_, _, transposed)), got in zip(matched.items(), outs[1:], strict=True):
         want = layers[name].weight.T if transposed else layers[name].weight
         np.testing.assert_array_equal(got, want)
@@ -167,8 +192,10 @@ def test_the_file_stores_only_k_values_per_layer(tmp_path, compression):
     src, dst = tmp_path / "f.onnx", tmp_path / "h.onnx"
     layers = materialize(model, prepare_hashed(model, compression))
     _export(model, torch.zeros(1, 1024), src)  # float, as big as the original
-    plan = {w: (layers[n], t) for n, (_, w, t) in match_initializers(
-        src, {n: h.weight for n, h in layers.items()}).items()}
+    plan = {
+        w: (layers[n], t)
+        for n, (_, w, t) in match_initializers(src, {n: h.weight for n, h in layers.items()}).items()
+    }
     write_hashed(src, dst, HashedConfig(), {}, layers=plan)
     ratio = src.stat().st_size / dst.stat().st_size
     assert 0.97 / compression < ratio <= 1.0 / compression  # K = ceil(c * n) values, plus a 2 kB bias
@@ -182,8 +209,10 @@ def test_onnx_runtime_folds_the_rebuild_at_session_creation(tmp_path):
     layers = materialize(model, prepare_hashed(model, 0.25))
     src, dst, opt = tmp_path / "m.onnx", tmp_path / "h.onnx", tmp_path / "opt.onnx"
     _export(model, torch.zeros(1, 64), src)
-    plan = {w: (layers[n], t) for n, (_, w, t) in match_initializers(
-        src, {n: h.weight for n, h in layers.items()}).items()}
+    plan = {
+        w: (layers[n], t)
+        for n, (_, w, t) in match_initializers(src, {n: h.weight for n, h in layers.items()}).items()
+    }
     write_hashed(src, dst, HashedConfig(), {}, layers=plan)
     opts = ort.SessionOptions()  # constant folding is a basic optimization: on in every level but "disabled"
     opts.optimized_model_filepath = str(opt)
@@ -251,7 +280,8 @@ def test_fine_tuning_moves_the_hashed_model_towards_the_teacher():
     assert loss1 < 0.5 * loss0, (loss0, loss1)
     assert agree1 >= max(agree0, 0.95), (agree0, agree1)
     assert sum(p.numel() for n, p in student.named_parameters() if n.endswith(".original")) == sum(
-        int(np.ceil(0.125 * m.weight.numel())) for m in model if isinstance(m, nn.Linear))
+        int(np.ceil(0.125 * m.weight.numel())) for m in model if isinstance(m, nn.Linear)
+    )
 
 
 def test_stage_hashes_fine_tunes_and_keeps_float_layers_asked_for(hashed_registered):
@@ -264,8 +294,15 @@ def test_stage_hashes_fine_tunes_and_keeps_float_layers_asked_for(hashed_registe
     assert any("fine-tuned for 3 epochs on" in n and "mixup rows" in n for n in report.stages[0].notes)
     assert not any("disable_quant_qdq" in n for n in report.stages[0].notes)
 
-    keep = Recipe(name="h", stages=[Stage(technique="hashed", options={
-        "compression": 0.25, "epochs": 1, "keep_float": [rows[1]["node"]]})])
+    keep = Recipe(
+        name="h",
+        stages=[
+            Stage(
+                technique="hashed",
+                options={"compression": 0.25, "epochs": 1, "keep_float": [rows[1]["node"]]},
+            )
+        ],
+    )
     report = presso.compress(copy.deepcopy(model), keep, data=(x, y), bench=QUICK, max_drop=1.0).report
     by_node = {r["node"]: r["precision"] for r in report.stages[0].layers}
     assert by_node[rows[1]["node"]] == "fp32"
@@ -280,12 +317,18 @@ def test_digits_builtin_recipe_meets_the_budget_at_half_the_size(hashed_register
     assert all(r["precision"].startswith("hashed ") for r in report.stages[0].layers)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"compression": 0}, "option 'compression'"), ({"compression": 1.5}, "option 'compression'"),
-    ({"compression": -0.25}, "option 'compression'"), ({"compression": 1}, "option 'compression'"),
-    ({"epochs": -1}, "option 'epochs'"), ({"min_values": 0}, "option 'min_values'"),
-    ({"buckets": 8}, "unknown option 'buckets'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"compression": 0}, "option 'compression'"),
+        ({"compression": 1.5}, "option 'compression'"),
+        ({"compression": -0.25}, "option 'compression'"),
+        ({"compression": 1}, "option 'compression'"),
+        ({"epochs": -1}, "option 'epochs'"),
+        ({"min_values": 0}, "option 'min_values'"),
+        ({"buckets": 8}, "unknown option 'buckets'"),
+    ],
+)
 def test_bad_hashed_options(hashed_registered, bad, message):
     with pytest.raises(PressoError, match=f"stage 1 'hashed': {message}"):
         Recipe(name="r", stages=[Stage(technique="hashed", options=bad)]).configs()
@@ -297,5 +340,10 @@ def test_needs_a_pytorch_model(hashed_registered, tmp_path):
     _export(nn.Sequential(nn.Linear(12, 3)).eval(), torch.zeros(1, 12), path)
     x = np.random.default_rng(0).normal(size=(60, 12)).astype(np.float32)
     with pytest.raises(PressoError, match="needs a PyTorch model"):
-        presso.compress(str(path), Recipe(name="r", stages=[Stage(technique="hashed")]), data=x,
-                        task="classification", bench=QUICK)
+        presso.compress(
+            str(path),
+            Recipe(name="r", stages=[Stage(technique="hashed")]),
+            data=x,
+            task="classification",
+            bench=QUICK,
+        )

@@ -22,11 +22,23 @@ from presso.techniques.quantization.weight_only import write_int4
 @pytest.fixture
 def cnn(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    ).eval()
     path = tmp_path / "cnn.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
     return model, path
 
 
@@ -70,8 +82,9 @@ def test_auto_group_falls_back_to_per_channel(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 2)).eval()
     path = tmp_path / "m.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 30),), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model, (torch.zeros(1, 30),), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
     rows = write_int4(path, tmp_path / "o.onnx", Int4Config(), precision={})
     assert [r["granularity"] for r in rows] == ["per channel", "group 32"]
 
@@ -86,8 +99,9 @@ def test_bad_options(bad):
 
 def test_digits_int4_within_budget_and_six_times_smaller():
     ex = presso.load_example("digits")
-    report = presso.compress(ex.model, "int4", data=ex.data, task=ex.task,
-                             bench=BenchSettings(rounds=1, throughput_batch=8)).report
+    report = presso.compress(
+        ex.model, "int4", data=ex.data, task=ex.task, bench=BenchSettings(rounds=1, throughput_batch=8)
+    ).report
     assert report.budget.passed and report.budget.drop <= 0.01
     assert report.baseline.size_bytes / report.compressed.size_bytes >= 6.0
     assert all(layer["precision"] == "int4" for layer in report.stages[0].layers)
@@ -117,8 +131,13 @@ def test_writer_failure_is_a_clear_refusal(cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(wo, "write_int4", broken)
     x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
     with pytest.raises(presso.BudgetError, match="int4 failed: unsupported graph"):
-        presso.compress(model, "int4", data=(x, np.zeros(40, np.int64)), task="classification",
-                        bench=BenchSettings(rounds=1, throughput_batch=4))
+        presso.compress(
+            model,
+            "int4",
+            data=(x, np.zeros(40, np.int64)),
+            task="classification",
+            bench=BenchSettings(rounds=1, throughput_batch=4),
+        )
 
 
 class _Embedder(nn.Module):
@@ -134,8 +153,14 @@ class _Embedder(nn.Module):
 def test_embedding_tables_are_quantized_too(tmp_path):
     model = _Embedder().eval()
     src, dst = tmp_path / "e.onnx", tmp_path / "e4.onnx"
-    torch.onnx.export(model, (torch.zeros(2, 5, dtype=torch.long),), str(src), dynamo=False,
-                      input_names=["ids"], dynamic_axes={"ids": {0: "n", 1: "t"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, 5, dtype=torch.long),),
+        str(src),
+        dynamo=False,
+        input_names=["ids"],
+        dynamic_axes={"ids": {0: "n", 1: "t"}},
+    )
     rows = write_int4(src, dst, Int4Config(), precision={})
     assert {r["op"] for r in rows} == {"Gather", "Gemm"}
     reference = copy.deepcopy(model)

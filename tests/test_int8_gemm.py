@@ -50,11 +50,15 @@ def test_saturating_product_equals_a_scalar_reference_of_vpmaddubsw(k):
 
 def test_u8_activations_equal_onnx_runtime_dynamic_quantize_linear():
     x = np.random.default_rng(0).normal(size=(6, 40)).astype(np.float32) * 3 + 1
-    graph = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 40])],
-                              [helper.make_tensor_value_info(n, t, None) for n, t in
-                               (("q", TensorProto.UINT8), ("s", TensorProto.FLOAT),
-                                ("z", TensorProto.UINT8))])
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 40])],
+        [
+            helper.make_tensor_value_info(n, t, None)
+            for n, t in (("q", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     q, s, z = sess.run(None, {"x": x})
@@ -69,15 +73,19 @@ def _dynamic_model(path, w: np.ndarray):
     The weights are quantized by presso's emulation, so only ORT's kernel is compared."""
     qw, sw = quantize_s8_columns(w)
     k, n = w.shape
-    graph = helper.make_graph([
-        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
-        helper.make_node("MatMulInteger", ["xq", "w", "xz"], ["acc"]),
-        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["xs", "ws"], ["s"]),
-        helper.make_node("Mul", ["accf", "s"], ["y"])], "g",
+    graph = helper.make_graph(
+        [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+            helper.make_node("MatMulInteger", ["xq", "w", "xz"], ["acc"]),
+            helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["xs", "ws"], ["s"]),
+            helper.make_node("Mul", ["accf", "s"], ["y"]),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
-        [numpy_helper.from_array(qw, "w"), numpy_helper.from_array(sw, "ws")])
+        [numpy_helper.from_array(qw, "w"), numpy_helper.from_array(sw, "ws")],
+    )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -94,8 +102,10 @@ def _saturating_case(tmp_path):
 
 
 def _worst(outputs, w, calls, saturating: bool) -> float:
-    return max(float(np.abs(y - dynamic_matmul(x, w, saturating=saturating)).max())
-               for y, x in zip(outputs, calls, strict=True))
+    return max(
+        float(np.abs(y - dynamic_matmul(x, w, saturating=saturating)).max())
+        for y, x in zip(outputs, calls, strict=True)
+    )
 
 
 @pytest.mark.int8_kernel

@@ -28,11 +28,19 @@ def test_more_faithful_wins_a_timing_tie():
 def test_a_p50_gap_that_not_every_round_shows_is_a_tie():
     # dynamic is 5% faster at the p50 but slower in one of the interleaved rounds: noise,
     # so the more faithful variant wins (CI once picked the less faithful one on such a gap)
-    ranked = rank([_cand("dynamic", 10.0, 0.993, [9.8, 10.0, 10.3, 9.9]),
-                   _cand("dynamic-smooth", 10.5, 0.995, [10.4, 10.5, 10.2, 10.6])])
+    ranked = rank(
+        [
+            _cand("dynamic", 10.0, 0.993, [9.8, 10.0, 10.3, 9.9]),
+            _cand("dynamic-smooth", 10.5, 0.995, [10.4, 10.5, 10.2, 10.6]),
+        ]
+    )
     assert [c.name for c in ranked] == ["dynamic-smooth", "dynamic"]
-    consistent = rank([_cand("dynamic", 10.0, 0.993, [9.8, 10.0, 10.1, 9.9]),
-                       _cand("dynamic-smooth", 10.5, 0.995, [10.4, 10.5, 10.2, 10.6])])
+    consistent = rank(
+        [
+            _cand("dynamic", 10.0, 0.993, [9.8, 10.0, 10.1, 9.9]),
+            _cand("dynamic-smooth", 10.5, 0.995, [10.4, 10.5, 10.2, 10.6]),
+        ]
+    )
     assert [c.name for c in consistent] == ["dynamic", "dynamic-smooth"]
 
 

@@ -22,7 +22,7 @@ from presso.techniques.quantization.config import KMeansConfig
 def test_cluster_assigns_every_weight_to_its_nearest_centroid(bits):
     w = np.random.default_rng(bits).laplace(size=(96, 40)).astype(np.float32)
     codebook, idx = cluster(w, bits)
-    assert codebook.shape == (2 ** bits,) and np.all(np.diff(codebook) > 0)  # sorted, distinct
+    assert codebook.shape == (2**bits,) and np.all(np.diff(codebook) > 0)  # sorted, distinct
     nearest = np.abs(w[..., None] - codebook).argmin(-1)
     assert np.array_equal(idx, nearest)
     # k-means' fixed point: every centroid is the mean of its members.
@@ -47,8 +47,14 @@ def test_onnx_rebuild_equals_codebook_weights(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)).eval()
     src, dst = tmp_path / "m.onnx", tmp_path / "k.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(src), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(src),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
     rows = write_kmeans(src, dst, KMeansConfig(bits=4), precision={})
     assert [r["precision"] for r in rows] == ["kmeans 16 values"] * 2
     reference = copy.deepcopy(model)
@@ -79,8 +85,14 @@ def test_digits_kmeans_within_two_points_and_six_times_smaller():
     # rows); on an AMD EPYC without VNNI the CNN trained there lost 0.0119 (6 rows). A
     # one-point budget sits inside that spread: a coin toss on which CNN the CPU trained.
     ex = presso.load_example("digits")
-    report = presso.compress(ex.model, "kmeans", data=ex.data, task=ex.task, max_drop=0.02,
-                             bench=BenchSettings(rounds=1, throughput_batch=8)).report
+    report = presso.compress(
+        ex.model,
+        "kmeans",
+        data=ex.data,
+        task=ex.task,
+        max_drop=0.02,
+        bench=BenchSettings(rounds=1, throughput_batch=8),
+    ).report
     assert report.budget.passed and report.budget.drop <= 0.02
     assert report.stages[0].chosen == "kmeans"  # every layer clustered: nothing fell back
     assert report.baseline.size_bytes / report.compressed.size_bytes >= 6.0
@@ -92,8 +104,14 @@ def test_per_channel_codebooks_rebuild_exactly_and_fit_better(tmp_path):
     with torch.no_grad():  # channels of very different scales: one codebook fits them badly
         model[3].weight.mul_(torch.logspace(-2, 0, 10)[:, None])
     src = tmp_path / "m.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(src), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(src),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
     per_layer = write_kmeans(src, tmp_path / "l.onnx", KMeansConfig(bits=2), precision={})
     per_channel = write_kmeans(src, tmp_path / "c.onnx", KMeansConfig(bits=2, per_channel=True), precision={})
     assert [r["granularity"] for r in per_channel] == ["per channel"] * 2
@@ -107,9 +125,14 @@ def test_per_channel_codebooks_rebuild_exactly_and_fit_better(tmp_path):
             w = layer.weight.numpy().reshape(layer.weight.shape[0], -1)
             books, idx = cluster_rows(w, 2)
             assert books.shape == (w.shape[0], 4)
-            layer.weight.copy_(torch.from_numpy(np.take_along_axis(books, idx.astype(np.int64), 1))
-                               .reshape(layer.weight.shape))
+            layer.weight.copy_(
+                torch.from_numpy(np.take_along_axis(books, idx.astype(np.int64), 1)).reshape(
+                    layer.weight.shape
+                )
+            )
     x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
-    got = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, reference(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)

@@ -40,7 +40,7 @@ def test_keep_zeros_is_the_default_of_the_kmeans_technique():
 def test_keep_zeros_rebuilds_pruned_weights_exactly_zero(pruned, bits):
     codebook, idx = cluster(pruned, bits, keep_zeros=True)
     assert codebook.dtype == np.float32 and idx.shape == pruned.shape
-    assert len(codebook) == min(2 ** bits, 1 + 1186) and codebook[0] == 0.0
+    assert len(codebook) == min(2**bits, 1 + 1186) and codebook[0] == 0.0
     assert np.all(codebook[1:] != 0) and np.all(np.diff(codebook[1:]) > 0)  # sorted survivors' values
     zero = pruned == 0
     assert np.all(idx[zero] == 0)  # every pruned weight -> the exact zero entry
@@ -66,7 +66,7 @@ def test_survivors_error_equals_sklearn_kmeans_on_the_survivors_alone(pruned, bi
     codebook, idx = cluster(pruned, bits, keep_zeros=True)
     survivors = pruned[pruned != 0].astype(np.float64)  # (1186,)
     sse = float(((codebook[idx][pruned != 0] - survivors) ** 2).sum())
-    k = 2 ** bits - 1
+    k = 2**bits - 1
     # the documented algorithm: 1-D k-means with linear initialisation over the survivors' range
     init = np.linspace(survivors.min(), survivors.max(), k).reshape(-1, 1)
     reference = KMeans(n_clusters=k, init=init, n_init=1, max_iter=300, tol=0.0).fit(survivors.reshape(-1, 1))
@@ -78,7 +78,7 @@ def test_survivors_error_within_one_percent_of_best_of_ten_kmeans_plus_plus(prun
     codebook, idx = cluster(pruned, bits, keep_zeros=True)
     survivors = pruned[pruned != 0].astype(np.float64)
     sse = float(((codebook[idx][pruned != 0] - survivors) ** 2).sum())
-    best = KMeans(n_clusters=2 ** bits - 1, n_init=10, random_state=0).fit(survivors.reshape(-1, 1)).inertia_
+    best = KMeans(n_clusters=2**bits - 1, n_init=10, random_state=0).fit(survivors.reshape(-1, 1)).inertia_
     assert sse <= 1.01 * best
 
 
@@ -97,7 +97,7 @@ def test_dense_weights_cluster_the_same_either_way(bits):
     w = np.random.default_rng(1).laplace(size=(64, 40)).astype(np.float32)
     assert np.count_nonzero(w) == w.size
     with_zeros, without = cluster(w, bits, keep_zeros=True), cluster(w, bits, keep_zeros=False)
-    assert len(with_zeros[0]) == 2 ** bits
+    assert len(with_zeros[0]) == 2**bits
     np.testing.assert_array_equal(with_zeros[0], without[0])
     np.testing.assert_array_equal(with_zeros[1], without[1])
 
@@ -114,6 +114,7 @@ def test_all_zero_and_few_distinct_survivors():
 
 # --- end to end: an ONNX model with 90% of its Linear weights pruned -------------------------
 
+
 def _pruned_mlp() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5)).eval()
@@ -129,10 +130,14 @@ def _pruned_mlp() -> nn.Module:
 def pruned_onnx(tmp_path_factory):
     model = _pruned_mlp()
     src = tmp_path_factory.mktemp("pruned") / "mlp.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 20),), str(src), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
-    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(src)).graph.initializer
-               if i.name.endswith(".weight")}
+    torch.onnx.export(
+        model, (torch.zeros(1, 20),), str(src), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
+    weights = {
+        i.name: numpy_helper.to_array(i)
+        for i in onnx.load(str(src)).graph.initializer
+        if i.name.endswith(".weight")
+    }
     assert sorted(weights) == ["0.weight", "2.weight", "4.weight"]
     assert all(0.8 < (w == 0).mean() < 0.97 for w in weights.values())
     return model, src, weights
@@ -153,7 +158,8 @@ def test_written_model_keeps_the_zero_pattern_exactly(pruned_onnx, tmp_path, bit
     dst = tmp_path / "k.onnx"
     rows = write_kmeans(src, dst, KMeansConfig(bits=bits))
     assert [(r["node"], r["precision"], r["granularity"]) for r in rows] == [
-        (f"/{i}/Gemm", f"kmeans {2 ** bits} values", "per layer") for i in (0, 2, 4)]
+        (f"/{i}/Gemm", f"kmeans {2**bits} values", "per layer") for i in (0, 2, 4)
+    ]
     inits = {i.name: i for i in onnx.load(str(dst)).graph.initializer}
     assert not set(weights) & set(inits)  # the float weights are gone
     names = sorted(weights)
@@ -162,7 +168,7 @@ def test_written_model_keeps_the_zero_pattern_exactly(pruned_onnx, tmp_path, bit
         assert inits[f"{name}_index"].data_type == index_type
         codebook = numpy_helper.to_array(inits[f"{name}_codebook"])
         idx = numpy_helper.to_array(inits[f"{name}_index"]).astype(np.int64)
-        assert idx.shape == w.shape and len(codebook) <= 2 ** bits and codebook[0] == 0.0
+        assert idx.shape == w.shape and len(codebook) <= 2**bits and codebook[0] == 0.0
         by_numpy = codebook[idx]
         assert np.array_equal(by_numpy == 0, w == 0), name
         assert np.array_equal(by_ort, by_numpy), name  # the runtime rebuild is exact

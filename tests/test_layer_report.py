@@ -16,8 +16,9 @@ def test_stored_bytes_count_packed_weights_scales_and_biases(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     src = tmp_path / "m.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 64),), str(src), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model, (torch.zeros(1, 64),), str(src), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
     dst = tmp_path / "q.onnx"
     rows = write_int4(src, dst, Int4Config(), {})
     sizes = layer_storage_bytes(dst, [r["node"] for r in rows])
@@ -32,8 +33,9 @@ def test_stored_bytes_count_packed_weights_scales_and_biases(tmp_path):
 
 def test_report_html_has_a_layer_table_with_stored_bytes(tmp_path):
     ex = presso.load_example("tabular")
-    result = presso.compress(ex.model, "int4", data=ex.data, task=ex.task,
-                             bench=BenchSettings(rounds=1, throughput_batch=8))
+    result = presso.compress(
+        ex.model, "int4", data=ex.data, task=ex.task, bench=BenchSettings(rounds=1, throughput_batch=8)
+    )
     layers = result.report.stages[0].layers
     assert layers and all(isinstance(row["stored_bytes"], int) and row["stored_bytes"] > 0 for row in layers)
     out = tmp_path / "art"
@@ -50,10 +52,17 @@ def test_report_html_has_a_layer_table_with_stored_bytes(tmp_path):
 def test_terminal_layer_summary_per_kind_of_stage():
     from presso.report.terminal import _layer_summary
 
-    assert _layer_summary([{"precision": "int4"}, {"precision": "int4"}, {"node": "x"}]) == "layers 2 int4, 1 other"
-    assert _layer_summary([{"zeros": 9, "parameters": 10}, {"zeros": 1, "parameters": 30}]) == \
-        "2 layers, 10 of 40 weights zero"
-    assert _layer_summary([{"storage": "bitmask"}, {"storage": "dense"}]) == \
-        "1 of 2 weight tensors stored as bitmask + values"
+    assert (
+        _layer_summary([{"precision": "int4"}, {"precision": "int4"}, {"node": "x"}])
+        == "layers 2 int4, 1 other"
+    )
+    assert (
+        _layer_summary([{"zeros": 9, "parameters": 10}, {"zeros": 1, "parameters": 30}])
+        == "2 layers, 10 of 40 weights zero"
+    )
+    assert (
+        _layer_summary([{"storage": "bitmask"}, {"storage": "dense"}])
+        == "1 of 2 weight tensors stored as bitmask + values"
+    )
     assert _layer_summary([{"layer": "fc", "outputs": "64 -> 22"}]) == "1 layer reshaped"
     assert _layer_summary([]) == ""

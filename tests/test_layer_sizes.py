@@ -16,13 +16,19 @@ from presso.measure.size import layer_sizes
 from presso.recipe import runner
 from presso.recipe.schema import Recipe, Stage
 
-ITEMSIZE = {TensorProto.FLOAT: 4, TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT32: 4,
-            TensorProto.INT64: 8}
+ITEMSIZE = {
+    TensorProto.FLOAT: 4,
+    TensorProto.INT8: 1,
+    TensorProto.UINT8: 1,
+    TensorProto.INT32: 4,
+    TensorProto.INT64: 8,
+}
 
 
 def _export(model: nn.Module, example: torch.Tensor, path) -> None:
-    torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model.eval(), (example,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
 
 
 def _init_bytes(path) -> int:
@@ -81,8 +87,11 @@ def test_matmul_weights_and_add_biases_are_separate_rows(tmp_path):
     assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["MatMul", "Add", "Relu", "MatMul", "Add"]
     rows = layer_sizes(path)
     assert [(r["node"], r["op"], r["bytes"]) for r in rows] == [
-        ("/a/MatMul", "MatMul", 4 * 6 * 16), ("/b/MatMul", "MatMul", 4 * 16 * 3),
-        ("/a/Add", "Add", 4 * 16), ("/b/Add", "Add", 4 * 3)]
+        ("/a/MatMul", "MatMul", 4 * 6 * 16),
+        ("/b/MatMul", "MatMul", 4 * 16 * 3),
+        ("/a/Add", "Add", 4 * 16),
+        ("/b/Add", "Add", 4 * 3),
+    ]
     assert sum(r["bytes"] for r in rows) == _init_bytes(path) == 4 * (6 * 16 + 16 + 16 * 3 + 3)
 
 
@@ -105,10 +114,14 @@ def test_a_layer_used_twice_counts_for_both(tmp_path):
 def _reshape_matmul(path) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
-    inits = [numpy_helper.from_array(np.ones((6, 4), np.float32), "w"),
-             numpy_helper.from_array(np.array([-1, 6], np.int64), "shape")]
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"], name="flat"),
-             helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")]
+    inits = [
+        numpy_helper.from_array(np.ones((6, 4), np.float32), "w"),
+        numpy_helper.from_array(np.array([-1, 6], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"], name="flat"),
+        helper.make_node("MatMul", ["r", "w"], ["y"], name="mm"),
+    ]
     graph = helper.make_graph(nodes, "g", [x], [y], inits)
     onnx.save(helper.make_model(graph), str(path))
 
@@ -120,6 +133,7 @@ def test_a_reshape_shape_is_not_a_layer(tmp_path):
 
 
 # --- after presso's int8 ------------------------------------------------------------------------
+
 
 def _mlp_and_rows():
     """A 16 -> 64 -> 4 MLP and 300 random rows labelled by it (a rule it has learned exactly)."""
@@ -143,8 +157,14 @@ def int8_results():
         for variant in ("static-s8s8", "dynamic"):
             recipe = Recipe(name="int8", stages=[Stage(technique="int8", options={"variants": [variant]})])
             # max_drop 1: the budget always passes, so no layer falls back to fp32
-            out[variant] = presso.compress(model, recipe, data=(X, y), task="classification", max_drop=1.0,
-                                           bench=BenchSettings(rounds=1, throughput_batch=8))
+            out[variant] = presso.compress(
+                model,
+                recipe,
+                data=(X, y),
+                task="classification",
+                max_drop=1.0,
+                bench=BenchSettings(rounds=1, throughput_batch=8),
+            )
     return out
 
 
@@ -158,7 +178,8 @@ def test_report_carries_layer_sizes_of_both_models(int8_results, variant):
     sizes = result.report.layer_sizes
     assert [(r.node, r.op, r.bytes) for r in sizes["baseline"]] == BASELINE_ROWS
     assert [(r.node, r.op, r.bytes) for r in sizes["compressed"]] == [
-        (r["node"], r["op"], r["bytes"]) for r in layer_sizes(result.model_path)]
+        (r["node"], r["op"], r["bytes"]) for r in layer_sizes(result.model_path)
+    ]
 
 
 def _operand_initializers(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[onnx.TensorProto]:
@@ -178,12 +199,19 @@ def test_static_int8_layer_counts_int8_weights_with_scales_zero_points_and_int32
     path = int8_results["static-s8s8"].model_path
     proto = onnx.load(str(path))
     gemm = next(n for n in proto.graph.node if n.name == "/0/Gemm")
-    operands = sorted((TensorProto.DataType.Name(t.data_type), tuple(t.dims))
-                      for t in _operand_initializers(proto, gemm))
+    operands = sorted(
+        (TensorProto.DataType.Name(t.data_type), tuple(t.dims)) for t in _operand_initializers(proto, gemm)
+    )
     # weight (64, 16) int8 per-channel: 64 float scales, 64 int8 zero points; bias int32 with
     # its own 64 scales and 64 int32 zero points
-    assert operands == [("FLOAT", (64,)), ("FLOAT", (64,)), ("INT32", (64,)), ("INT32", (64,)),
-                        ("INT8", (64,)), ("INT8", (64, 16))]
+    assert operands == [
+        ("FLOAT", (64,)),
+        ("FLOAT", (64,)),
+        ("INT32", (64,)),
+        ("INT32", (64,)),
+        ("INT8", (64,)),
+        ("INT8", (64, 16)),
+    ]
     by_hand = 64 * 16 * 1 + 64 * 4 + 64 * 1 + 64 * 4 + 64 * 4 + 64 * 4
     rows = {r["node"]: r for r in layer_sizes(path)}
     assert rows["/0/Gemm"]["bytes"] == by_hand == 2112

@@ -20,7 +20,9 @@ from presso.techniques.lowrank.tucker import mode_spectra, tucker2, tucker_conv,
 def _trained_weights() -> dict[str, np.ndarray]:
     """Real weights: the digits example's trained CNN (Linear 512->64, Linear 64->10, convs)."""
     model = presso.load_example("digits").model
-    return {n: p.detach().numpy().astype(np.float64) for n, p in model.named_parameters() if n.endswith("weight")}
+    return {
+        n: p.detach().numpy().astype(np.float64) for n, p in model.named_parameters() if n.endswith("weight")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +82,19 @@ def test_factorized_linear_computes_the_truncated_product_and_is_exact_at_full_r
 
 def test_rank_selectors_pick_the_smallest_rank_meeting_them():
     sigma = np.array([10.0, 5.0, 2.0, 1.0, 0.5, 0.1])
-    power = sigma ** 2
+    power = sigma**2
     assert rank_from_spectrum(sigma, rank=4) == 4
     assert rank_from_spectrum(sigma, ratio=0.5) == 3
     assert rank_from_spectrum(sigma, ratio=1.0) == 6
     for energy in (0.5, 0.8, 0.95, 0.99, 0.9999, 1.0):
         r = rank_from_spectrum(sigma, energy=energy)
         assert power[:r].sum() / power.sum() >= energy - 1e-12
-        assert r == 1 or power[:r - 1].sum() / power.sum() < energy
+        assert r == 1 or power[: r - 1].sum() / power.sum() < energy
     for max_error in (0.0, 0.01, 0.1, 0.3, 0.6):
         r = rank_from_spectrum(sigma, max_error=max_error)
         rel = np.sqrt(power[r:].sum() / power.sum())
         assert rel <= max_error + 1e-12
-        assert r == 1 or np.sqrt(power[r - 1:].sum() / power.sum()) > max_error
+        assert r == 1 or np.sqrt(power[r - 1 :].sum() / power.sum()) > max_error
 
 
 def test_energy_and_error_selectors_on_a_trained_layer(trained):
@@ -102,7 +104,7 @@ def test_energy_and_error_selectors_on_a_trained_layer(trained):
     small = presso.factorize(layer, energy=0.9)
     sigma = np.linalg.svd(trained["classifier.1.weight"], compute_uv=False)
     r = small[0].out_features
-    assert (sigma[:r] ** 2).sum() / (sigma ** 2).sum() >= 0.9 > (sigma[:r - 1] ** 2).sum() / (sigma ** 2).sum()
+    assert (sigma[:r] ** 2).sum() / (sigma**2).sum() >= 0.9 > (sigma[: r - 1] ** 2).sum() / (sigma**2).sum()
     assert presso.factorize(layer, max_error=0.2).decision.relative_error <= 0.2
 
 
@@ -110,8 +112,14 @@ def test_energy_and_error_selectors_on_a_trained_layer(trained):
 
 
 def _conv_reference(layer: nn.Conv2d, weight: np.ndarray, x: torch.Tensor) -> np.ndarray:
-    return F.conv2d(x.double(), torch.from_numpy(weight), layer.bias.detach().double(), stride=layer.stride,
-                    padding=layer.padding, dilation=layer.dilation).numpy()
+    return F.conv2d(
+        x.double(),
+        torch.from_numpy(weight),
+        layer.bias.detach().double(),
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+    ).numpy()
 
 
 def _monotone(weight: np.ndarray) -> list[float]:
@@ -145,8 +153,11 @@ def test_tucker2_conv_equals_the_conv_with_the_reconstructed_weight():
         small = presso.factorize(layer, rank=max(ranks)) if ranks == (12, 8) else None
         conv = tucker_conv(layer, factors)
         assert_allclose(conv(x).detach().numpy(), _conv_reference(layer, factors.reconstruct(), x), atol=1e-4)
-        assert_allclose(factors.error, np.linalg.norm(layer.weight.detach().double().numpy()
-                                                      - factors.reconstruct()), rtol=1e-6)
+        assert_allclose(
+            factors.error,
+            np.linalg.norm(layer.weight.detach().double().numpy() - factors.reconstruct()),
+            rtol=1e-6,
+        )
         if small is not None:  # full ranks: exactly the original layer
             assert_allclose(small(x).detach().numpy(), layer(x).detach().numpy(), atol=1e-4)
     one_d = nn.Conv1d(6, 10, 5, padding=2)
@@ -160,7 +171,7 @@ def test_tucker_ranks_by_energy_per_mode_and_error_bound():
     s_out, s_in = mode_spectra(w)
     r_out, r_in = tucker_ranks(w, energy=0.8)
     for s, r in ((s_out, r_out), (s_in, r_in)):
-        assert (s[:r] ** 2).sum() / (s ** 2).sum() >= 0.8 > (s[:r - 1] ** 2).sum() / (s ** 2).sum()
+        assert (s[:r] ** 2).sum() / (s**2).sum() >= 0.8 > (s[: r - 1] ** 2).sum() / (s**2).sum()
     ranks = tucker_ranks(w, max_error=0.3)
     assert tucker2(w, ranks).relative_error <= 0.3  # HOSVD's bound, kept by the HOOI refinement
 
@@ -170,8 +181,14 @@ def test_tucker_ranks_by_energy_per_mode_and_error_bound():
 
 def test_factorize_a_model_replaces_layers_that_pay_and_leaves_the_input_alone():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 64),
-                          nn.ReLU(), nn.Linear(64, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 36, 64),
+        nn.ReLU(),
+        nn.Linear(64, 4),
+    )
     before = sum(p.numel() for p in model.parameters())
     small = presso.factorize(model, ratio=0.25)
     assert sum(p.numel() for p in model.parameters()) == before  # untouched
@@ -185,17 +202,20 @@ def test_factorize_a_model_replaces_layers_that_pay_and_leaves_the_input_alone()
         presso.factorize(model, rank=8, layers=["fc"])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"rank": 0}, r"rank must be a whole number >= 1.*got 0"),
-    ({"rank": -3}, r"rank must be a whole number >= 1.*got -3"),
-    ({"rank": 21}, r"rank 21 is larger than min\(m, n\) = 20 for Linear; choose a rank between 1 and 20"),
-    ({"energy": -0.1}, r"energy is the fraction of the spectral energy.*in \(0, 1\].*got -0.1"),
-    ({"energy": 1.5}, r"energy .* in \(0, 1\].*got 1.5"),
-    ({"ratio": 0.0}, r"ratio is the fraction of the full rank kept, in \(0, 1\]"),
-    ({"max_error": 1.0}, r"max_error is the largest relative Frobenius error allowed, in \[0, 1\)"),
-    ({"rank": 4, "energy": 0.9}, r"Give one of rank, ratio, energy or max_error.*got rank, energy"),
-    ({}, r"Give a rank selector: rank, ratio, energy or max_error"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rank": 0}, r"rank must be a whole number >= 1.*got 0"),
+        ({"rank": -3}, r"rank must be a whole number >= 1.*got -3"),
+        ({"rank": 21}, r"rank 21 is larger than min\(m, n\) = 20 for Linear; choose a rank between 1 and 20"),
+        ({"energy": -0.1}, r"energy is the fraction of the spectral energy.*in \(0, 1\].*got -0.1"),
+        ({"energy": 1.5}, r"energy .* in \(0, 1\].*got 1.5"),
+        ({"ratio": 0.0}, r"ratio is the fraction of the full rank kept, in \(0, 1\]"),
+        ({"max_error": 1.0}, r"max_error is the largest relative Frobenius error allowed, in \[0, 1\)"),
+        ({"rank": 4, "energy": 0.9}, r"Give one of rank, ratio, energy or max_error.*got rank, energy"),
+        ({}, r"Give a rank selector: rank, ratio, energy or max_error"),
+    ],
+)
 def test_bad_ranks_get_clear_errors(kwargs, match):
     with pytest.raises(PressoError, match=match):
         presso.factorize(nn.Linear(48, 20), **kwargs)
@@ -204,7 +224,9 @@ def test_bad_ranks_get_clear_errors(kwargs, match):
 def test_bad_conv_ranks_and_layers_get_clear_errors():
     with pytest.raises(PressoError, match=r"rank 40 is larger than both channel counts \(16 out, 8 in\)"):
         presso.factorize(nn.Conv2d(8, 16, 3), rank=40)
-    with pytest.raises(PressoError, match=r"ranks \[20, 4\] exceed the channel counts of 'c' \(16 out, 8 in\)"):
+    with pytest.raises(
+        PressoError, match=r"ranks \[20, 4\] exceed the channel counts of 'c' \(16 out, 8 in\)"
+    ):
         factorize_conv(nn.Conv2d(8, 16, 3), "c", Selector(rank=(20, 4)))
     with pytest.raises(PressoError, match=r"'l' is a Linear layer: give it one rank, not a pair \[2, 3\]"):
         factorize_linear(nn.Linear(8, 8), "l", Selector(rank=(2, 3)))

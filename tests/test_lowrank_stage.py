@@ -34,8 +34,9 @@ def _quick(monkeypatch):
 
 def _compress(model, stages: list[tuple[str, dict]], data, **kwargs):
     recipe = Recipe(name="t", stages=[Stage(technique=t, options=o) for t, o in stages])
-    return presso.compress(model, recipe, data=data, task=kwargs.pop("task", "classification"), bench=QUICK,
-                           **kwargs)
+    return presso.compress(
+        model, recipe, data=data, task=kwargs.pop("task", "classification"), bench=QUICK, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,9 @@ def _rows(report, technique="factorize"):
 
 
 def test_lowrank_recipe_on_tabular_is_within_budget_smaller_and_reproducible(tabular):
-    report = presso.compress(tabular.model, "lowrank", data=tabular.data, task=tabular.task, bench=QUICK).report
+    report = presso.compress(
+        tabular.model, "lowrank", data=tabular.data, task=tabular.task, bench=QUICK
+    ).report
     assert report.budget.passed and report.budget.drop <= 0.01
     assert report.compressed.parameters < 0.5 * report.baseline.parameters
     rows = _rows(report)
@@ -58,9 +61,13 @@ def test_lowrank_recipe_on_tabular_is_within_budget_smaller_and_reproducible(tab
     notes = " ".join(report.notes)
     assert "output layer net.4 kept whole" in notes and "fine-tuned to the original model's outputs" in notes
     pinned = report.recipe["stages"][0]["options"]
-    assert pinned["ranks"] == {r["layer"]: int(r["rank"]) for r in done} and pinned["layers"] == ["net.0", "net.2"]
-    again = presso.compress(tabular.model, Recipe.model_validate(report.recipe), data=tabular.data,
-                            bench=QUICK).report
+    assert pinned["ranks"] == {r["layer"]: int(r["rank"]) for r in done} and pinned["layers"] == [
+        "net.0",
+        "net.2",
+    ]
+    again = presso.compress(
+        tabular.model, Recipe.model_validate(report.recipe), data=tabular.data, bench=QUICK
+    ).report
     assert again.compressed.parameters == report.compressed.parameters
     assert again.compressed.metrics == report.compressed.metrics  # seeded: the same fine-tuning
 
@@ -85,15 +92,22 @@ def test_a_broken_budget_retries_keeping_more_parameters_then_refuses(tabular):
 def test_fixed_rank_energy_and_error_selectors_run_as_stages(tabular):
     fixed = _compress(tabular.model, [("factorize", {**FAST, "rank": 4})], tabular.data, max_drop=1.0).report
     assert {r["layer"]: r["rank"] for r in _rows(fixed)} == {"net.0": "4", "net.2": "4"}
-    whole = _compress(tabular.model, [("factorize", {**FAST, "rank": 2, "layers": ["net.4", "net.2"]})],
-                      tabular.data, max_drop=1.0).report
+    whole = _compress(
+        tabular.model,
+        [("factorize", {**FAST, "rank": 2, "layers": ["net.4", "net.2"]})],
+        tabular.data,
+        max_drop=1.0,
+    ).report
     rows = {r["layer"]: r for r in _rows(whole)}
     assert not rows["net.4"]["factorized"] and "rank 2 saves nothing" in rows["net.4"]["reason"]
     assert rows["net.2"]["factorized"]
-    energy = _compress(tabular.model, [("factorize", {**FAST, "energy": 0.5})], tabular.data, max_drop=1.0).report
+    energy = _compress(
+        tabular.model, [("factorize", {**FAST, "energy": 0.5})], tabular.data, max_drop=1.0
+    ).report
     assert any(r["factorized"] for r in _rows(energy))
-    error = _compress(tabular.model, [("factorize", {**FAST, "max_error": 0.5})], tabular.data,
-                      max_drop=1.0).report
+    error = _compress(
+        tabular.model, [("factorize", {**FAST, "max_error": 0.5})], tabular.data, max_drop=1.0
+    ).report
     assert all(r["relative_error"] <= 0.5 for r in _rows(error) if "relative_error" in r)
 
 
@@ -106,21 +120,28 @@ def test_lowrank_composes_with_int8_and_with_pruning(tabular):
     assert q.compressed.size_bytes < alone.compressed.size_bytes < 0.4 * q.baseline.size_bytes
     # each factor is its own int8 MatMul / Gemm: 2 factors x 2 layers + the output layer
     assert sum(r.get("precision") == "int8" for r in _rows(q, "int8")) == 5
-    p = _compress(tabular.model, [("factorize", FAST), ("prune", {**FAST, "sparsity": 0.5})], tabular.data,
-                  max_drop=1.0).report
+    p = _compress(
+        tabular.model, [("factorize", FAST), ("prune", {**FAST, "sparsity": 0.5})], tabular.data, max_drop=1.0
+    ).report
     pruned = {r["layer"] for r in _rows(p, "prune")}
     assert {"net.0.0", "net.0.1", "net.2.0", "net.2.1"} <= pruned  # the factors are pruned too
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"rank": 0}, r"stage 1 'factorize'.*rank must be >= 1"),
-    ({"energy": -0.1}, r"stage 1 'factorize': option 'energy'"),
-    ({"rank": 4, "energy": 0.9}, r"give one rank selector, not energy and rank"),
-    ({"ranks": {"net.0": [0]}}, r"ranks\['net.0'\] must be a rank >= 1"),
-    ({"layers": ["net.9"]}, r"no Linear / Conv layer named 'net.9'; the model's are: net.0, net.2, net.4"),
-    ({"rank": 99, "layers": ["net.2"]}, r"rank 99 is larger than min\(m, n\) = 64 for net.2"),
-    ({"rnak": 4}, r"stage 1 'factorize': unknown option 'rnak'"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"rank": 0}, r"stage 1 'factorize'.*rank must be >= 1"),
+        ({"energy": -0.1}, r"stage 1 'factorize': option 'energy'"),
+        ({"rank": 4, "energy": 0.9}, r"give one rank selector, not energy and rank"),
+        ({"ranks": {"net.0": [0]}}, r"ranks\['net.0'\] must be a rank >= 1"),
+        (
+            {"layers": ["net.9"]},
+            r"no Linear / Conv layer named 'net.9'; the model's are: net.0, net.2, net.4",
+        ),
+        ({"rank": 99, "layers": ["net.2"]}, r"rank 99 is larger than min\(m, n\) = 64 for net.2"),
+        ({"rnak": 4}, r"stage 1 'factorize': unknown option 'rnak'"),
+    ],
+)
 def test_bad_factorize_options_are_refused(tabular, options, match):
     with pytest.raises(PressoError, match=match):
         _compress(tabular.model, [("factorize", {**FAST, **options})], tabular.data)
@@ -142,12 +163,16 @@ def test_speed_rank_takes_the_largest_measured_faster_rank(tabular, monkeypatch)
         return {k: float(k.split("-")[1]) <= 0.45 for k in candidates}
 
     monkeypatch.setattr(speed, "faster_at", fake)
-    report = _compress(tabular.model, [("factorize", {**FAST, "rank": "speed"})], tabular.data, max_drop=1.0).report
+    report = _compress(
+        tabular.model, [("factorize", {**FAST, "rank": "speed"})], tabular.data, max_drop=1.0
+    ).report
     rows = {r["layer"]: r for r in _rows(report)}
     assert rows["net.2"]["rank"] == str(int(0.45 * 64 * 64 / 128))  # 14: 45% of 64x64's parameters
     assert report.recipe["stages"][0]["options"]["ranks"]["net.2"] == 14
 
-    monkeypatch.setattr(speed, "faster_at", lambda layer, shape, candidates, workdir: dict.fromkeys(candidates, False))
+    monkeypatch.setattr(
+        speed, "faster_at", lambda layer, shape, candidates, workdir: dict.fromkeys(candidates, False)
+    )
     with pytest.raises(PressoError, match="no rank measured faster than the dense layer"):
         _compress(tabular.model, [("factorize", {**FAST, "rank": "speed"})], tabular.data, max_drop=1.0)
     with pytest.raises(PressoError, match=r"did not run measurably faster \(pays: speed\)"):
@@ -158,8 +183,11 @@ def test_transformers_factorize_their_feed_forward_layers_by_default():
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
-                                vocab_size=50)).eval()
+    bert = BertModel(
+        BertConfig(
+            hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2, vocab_size=50
+        )
+    ).eval()
     ctx = SimpleNamespace(transformer={"heads": 4, "hidden": 32})
     names, why = target_layers(bert, FactorizeConfig(), ctx, [])
     assert names == [f"encoder.layer.{i}.{n}.dense" for i in range(2) for n in ("intermediate", "output")]
@@ -178,7 +206,9 @@ def test_non_transformers_keep_the_last_layer_run_whole():
         def forward(self, x):
             return self.head(torch.relu(self.body(x)))
 
-    names, why = target_layers(Reordered(), FactorizeConfig(), SimpleNamespace(transformer=None), ["body", "head"])
+    names, why = target_layers(
+        Reordered(), FactorizeConfig(), SimpleNamespace(transformer=None), ["body", "head"]
+    )
     assert names == ["body"] and "output layer head kept whole" in why
 
 
@@ -188,7 +218,9 @@ def test_speed_probe_times_real_exports_of_the_layer_and_its_factors(tmp_path):
     layer = nn.Linear(256, 192)
     keep = speed.speed_keep(layer, (1, 256), tmp_path)
     assert keep is None or keep in speed._PROBES
-    assert (tmp_path / "dense.onnx").is_file() and len(list(tmp_path.glob("keep-*.onnx"))) == len(speed._PROBES)
+    assert (tmp_path / "dense.onnx").is_file() and len(list(tmp_path.glob("keep-*.onnx"))) == len(
+        speed._PROBES
+    )
 
 
 def test_layer_input_shapes_are_taken_at_batch_1_in_run_order():

@@ -15,8 +15,7 @@ QUICK = BenchSettings(rounds=1, throughput_batch=8)
 
 
 def _context(tmp_path) -> StageContext:
-    return StageContext(workdir=tmp_path, calibration=None, score=None, time_models=None,
-                        transformer=None)
+    return StageContext(workdir=tmp_path, calibration=None, score=None, time_models=None, transformer=None)
 
 
 def _additive(costs: dict[str, float], budget: float, calls: list):
@@ -110,7 +109,9 @@ def test_int4_falls_back_to_8_bits_for_the_sensitive_layer():
     result = presso.compress(model, "int4", data=(x, y), bench=QUICK)
     assert result.report.budget.passed
     layers = {row["node"]: row for row in result.report.stages[0].layers}
-    by_sensitivity = sorted((r for r in layers.values() if "sensitivity" in r), key=lambda r: -r["sensitivity"])
+    by_sensitivity = sorted(
+        (r for r in layers.values() if "sensitivity" in r), key=lambda r: -r["sensitivity"]
+    )
     worst = by_sensitivity[0]
     assert worst["precision"] == "int8" and "fell back to int8" in worst["reason"]
     assert worst["sensitivity"] > 0.01  # alone it breaks the budget
@@ -118,5 +119,6 @@ def test_int4_falls_back_to_8_bits_for_the_sensitive_layer():
     assert result.recipe.stages[0].options["precision"] == {worst["node"]: "int8"}
     # The pinned recipe re-runs to the same precisions.
     again = presso.compress(model, result.recipe, data=(x, y), bench=QUICK)
-    assert {r["node"]: r["precision"] for r in again.report.stages[0].layers} == \
-        {n: r["precision"] for n, r in layers.items()}
+    assert {r["node"]: r["precision"] for r in again.report.stages[0].layers} == {
+        n: r["precision"] for n, r in layers.items()
+    }

@@ -81,7 +81,9 @@ def test_histogram_memory_does_not_grow_with_batches(rng):
 
 def test_growth_keeps_counts_and_equals_direct_binning(rng):
     # Ranges jump by factors 100 and 10 both ways, shift off-centre, then shrink.
-    parts = [rng.normal(scale=s, loc=c, size=20_000) for s, c in [(0.01, 0), (1, 0), (5, 3), (50, -20), (0.1, 0)]]
+    parts = [
+        rng.normal(scale=s, loc=c, size=20_000) for s, c in [(0.01, 0), (1, 0), (5, 3), (50, -20), (0.1, 0)]
+    ]
     h = StreamingHistogram(bins=2048)
     for p in parts:
         h.observe(p)
@@ -206,18 +208,23 @@ def test_non_finite_input_raises(name, bad):
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(PressoError, match="Unknown observer 'foo'. Choose one of: minmax, moving_average, "
-                                          "percentile, mse, entropy"):
+    with pytest.raises(
+        PressoError,
+        match="Unknown observer 'foo'. Choose one of: minmax, moving_average, percentile, mse, entropy",
+    ):
         make_observer("foo")
 
 
-@pytest.mark.parametrize("name, kw, match", [
-    ("mse", {"bits": 1}, "'bits' option of MSEObserver must be an int in \\[2, 16\\]. Got 1"),
-    ("entropy", {"bits": 8.0}, "'bits' option of EntropyObserver"),
-    ("moving_average", {"momentum": 1.5}, "'momentum' option .* \\[0, 1\\). Got 1.5"),
-    ("percentile", {"percentile": 120}, "'percentile' option .* \\(50, 100\\]. Got 120"),
-    ("percentile", {"bins": 3}, "'bins' option of StreamingHistogram must be an int >= 16"),
-])
+@pytest.mark.parametrize(
+    "name, kw, match",
+    [
+        ("mse", {"bits": 1}, "'bits' option of MSEObserver must be an int in \\[2, 16\\]. Got 1"),
+        ("entropy", {"bits": 8.0}, "'bits' option of EntropyObserver"),
+        ("moving_average", {"momentum": 1.5}, "'momentum' option .* \\[0, 1\\). Got 1.5"),
+        ("percentile", {"percentile": 120}, "'percentile' option .* \\(50, 100\\]. Got 120"),
+        ("percentile", {"bins": 3}, "'bins' option of StreamingHistogram must be an int >= 16"),
+    ],
+)
 def test_bad_options_raise_when_used(name, kw, match):
     obs = make_observer(name, **kw)  # construction only stores parameters
     with pytest.raises(PressoError, match=match):

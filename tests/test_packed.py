@@ -29,8 +29,15 @@ def _mlp(prune: float = 0.0) -> nn.Module:
 
 
 def _export(model: nn.Module, path, shape=(1, 12)):
-    torch.onnx.export(model, (torch.zeros(*shape),), str(path), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(*shape),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}},
+    )
     return path
 
 
@@ -38,14 +45,24 @@ def _qdq_int8(path):
     """A hand-written int8 QDQ MatMul, opset 21, typed-field initializers and session metadata."""
     rng = np.random.default_rng(0)
     w = np.clip(np.round(rng.normal(scale=30, size=(12, 256))), -127, 127).astype(np.int8)
-    inits = [numpy_helper.from_array(w, "w_q"),
-             helper.make_tensor("w_scale", TensorProto.FLOAT, [], [0.02]),  # typed: float_data
-             helper.make_tensor("w_zp", TensorProto.INT8, [], [0]),  # typed: int32_data
-             helper.make_tensor("bias", TensorProto.FLOAT, [256], rng.normal(size=256).tolist())]
-    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"]),
-             helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "bias"], ["y"])]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 256])], inits)
+    inits = [
+        numpy_helper.from_array(w, "w_q"),
+        helper.make_tensor("w_scale", TensorProto.FLOAT, [], [0.02]),  # typed: float_data
+        helper.make_tensor("w_zp", TensorProto.INT8, [], [0]),  # typed: int32_data
+        helper.make_tensor("bias", TensorProto.FLOAT, [256], rng.normal(size=256).tolist()),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "bias"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 256])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     mark_session_config(model, {"session.intra_op.allow_spinning": "0"})
     onnx.save(model, str(path))
@@ -58,8 +75,11 @@ def models(tmp_path_factory):
     from presso.techniques.quantization.config import KMeansConfig
 
     d = tmp_path_factory.mktemp("packed-models")
-    out = {"mlp": _export(_mlp(), d / "mlp.onnx"), "pruned90": _export(_mlp(0.9), d / "pruned.onnx"),
-           "int8_qdq": _qdq_int8(d / "qdq.onnx")}
+    out = {
+        "mlp": _export(_mlp(), d / "mlp.onnx"),
+        "pruned90": _export(_mlp(0.9), d / "pruned.onnx"),
+        "int8_qdq": _qdq_int8(d / "qdq.onnx"),
+    }
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)).eval()
     with torch.no_grad():  # trained weights are peaked (Laplace-like), not the uniform of a fresh init
@@ -90,14 +110,16 @@ def _normalised(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _assert_same_tensors(got: onnx.ModelProto, want: onnx.ModelProto):
     assert len(got.graph.initializer) == len(want.graph.initializer)
-    for a, b in zip(got.graph.initializer, want.graph.initializer):
+    for a, b in zip(got.graph.initializer, want.graph.initializer, strict=True):
         assert (a.name, list(a.dims), a.data_type) == (b.name, list(b.dims), b.data_type)
         x, y = numpy_helper.to_array(a), numpy_helper.to_array(b)
         assert x.shape == y.shape
         assert x.tolist() == y.tolist() if x.dtype == object else x.tobytes() == y.tobytes()  # NaN-safe
 
 
-@pytest.mark.parametrize("name", ["mlp", "pruned90", "int8_qdq", "kmeans_uint4", "pruned_kmeans", "external_data"])
+@pytest.mark.parametrize(
+    "name", ["mlp", "pruned90", "int8_qdq", "kmeans_uint4", "pruned_kmeans", "external_data"]
+)
 def test_round_trip_is_exact_and_runs_the_same(models, tmp_path, name):
     src = models[name]
     stats = pack(src, tmp_path / "m.packed")
@@ -114,10 +136,18 @@ def test_round_trip_is_exact_and_runs_the_same(models, tmp_path, name):
         assert SESSION_CONFIG_KEY in {p.key for p in got.metadata_props}
         assert [(o.domain, o.version) for o in got.opset_import if o.domain == ""] == [("", 21)]
     assert sum(stats.codecs.values()) == len(stats.tensors) == len(want.graph.initializer)
-    assert all(t.external_data == [] and t.data_location == TensorProto.DEFAULT for t in got.graph.initializer)
-    on_disk = sum(f.stat().st_size for f in src.parent.glob(f"{src.stem}.*") if f.suffix in (".onnx", ".data"))
+    assert all(
+        t.external_data == [] and t.data_location == TensorProto.DEFAULT for t in got.graph.initializer
+    )
+    on_disk = sum(
+        f.stat().st_size for f in src.parent.glob(f"{src.stem}.*") if f.suffix in (".onnx", ".data")
+    )
     assert stats.bytes < 0.95 * on_disk
-    x = np.random.default_rng(1).normal(size=(7, 1, 8, 8) if name == "kmeans_uint4" else (7, 12)).astype(np.float32)
+    x = (
+        np.random.default_rng(1)
+        .normal(size=(7, 1, 8, 8) if name == "kmeans_uint4" else (7, 12))
+        .astype(np.float32)
+    )
     unpack_to(tmp_path / "m.packed", tmp_path / "back.onnx")
     a = make_session(src, threads=1).run(None, {"x": x})[0]
     b = make_session(tmp_path / "back.onnx", threads=1).run(None, {"x": x})[0]
@@ -125,9 +155,13 @@ def test_round_trip_is_exact_and_runs_the_same(models, tmp_path, name):
 
 
 def _one_tensor_model(path, *tensors: TensorProto):
-    graph = helper.make_graph([helper.make_node("Identity", [tensors[0].name], ["y"])], "g", [],
-                              [helper.make_tensor_value_info("y", tensors[0].data_type, list(tensors[0].dims))],
-                              list(tensors))
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [tensors[0].name], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", tensors[0].data_type, list(tensors[0].dims))],
+        list(tensors),
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
     return path
 
@@ -141,7 +175,7 @@ def test_odd_dtypes_and_bit_patterns_survive(tmp_path):
         helper.make_tensor("int4", TensorProto.INT4, [4], bytes([0x78, 0x0F]), raw=True),  # packed raw
         helper.make_tensor("bf16", TensorProto.BFLOAT16, [3], [1.5, -2.0, 3.0]),
         helper.make_tensor("c64", TensorProto.COMPLEX64, [2], [1 + 2j, -3j]),
-        helper.make_tensor("u64", TensorProto.UINT64, [2], [2 ** 64 - 1, 0]),
+        helper.make_tensor("u64", TensorProto.UINT64, [2], [2**64 - 1, 0]),
         helper.make_tensor("strings", TensorProto.STRING, [2], [b"a", b"bc"]),  # stays in the graph
         numpy_helper.from_array(np.zeros((0, 4), np.float32), "empty"),
         numpy_helper.from_array(np.array(3.0, np.float64), "scalar"),
@@ -163,7 +197,9 @@ def test_sparse_clustered_tensor_packs_near_its_entropy(tmp_path):
     p = counts / w.size
     # Order-0 Shannon bound of the symbol stream, plus the 17 distinct values stored raw.
     bound = w.size * float(-(p * np.log2(p)).sum()) / 8 + 4 * len(counts)
-    stats = pack(_one_tensor_model(tmp_path / "s.onnx", numpy_helper.from_array(w, "w")), tmp_path / "s.packed")
+    stats = pack(
+        _one_tensor_model(tmp_path / "s.onnx", numpy_helper.from_array(w, "w")), tmp_path / "s.packed"
+    )
     row = stats.tensors[0]
     assert (row["elements"], row["raw_bytes"], row["dtype"]) == (10_000, 40_000, "FLOAT")
     assert row["codec"] in ("sparse", "codebook")
@@ -173,7 +209,9 @@ def test_sparse_clustered_tensor_packs_near_its_entropy(tmp_path):
 
 def test_random_floats_cost_no_more_than_their_raw_size(tmp_path):
     w = np.random.default_rng(0).normal(size=10_000).astype(np.float32)
-    stats = pack(_one_tensor_model(tmp_path / "r.onnx", numpy_helper.from_array(w, "w")), tmp_path / "r.packed")
+    stats = pack(
+        _one_tensor_model(tmp_path / "r.onnx", numpy_helper.from_array(w, "w")), tmp_path / "r.packed"
+    )
     row = stats.tensors[0]
     assert row["codec"] in ("raw", "shuffle") and stats.codecs == {row["codec"]: 1}
     assert row["packed_bytes"] <= row["raw_bytes"] + 32
@@ -197,7 +235,9 @@ def test_uint4_indices_pack_near_their_entropy(models, tmp_path):
     (row,) = [r for r in stats.tensors if r["dtype"] == "UINT4" and r["elements"] == 5120]
     index = next(t for t in onnx.load(str(models["kmeans_uint4"])).graph.initializer if t.name == row["name"])
     b = np.frombuffer(index.raw_data, np.uint8)
-    symbols = np.stack([b & 15, b >> 4], axis=1).ravel()[:row["elements"]]  # onnx packs two a byte, low first
+    symbols = np.stack([b & 15, b >> 4], axis=1).ravel()[
+        : row["elements"]
+    ]  # onnx packs two a byte, low first
     p = np.bincount(symbols, minlength=16) / symbols.size
     bound = symbols.size * float(-(p[p > 0] * np.log2(p[p > 0])).sum()) / 8  # measured 3.46 bits a symbol
     assert row["codec"] in ("nibbles", "codebook", "lzma")
@@ -208,11 +248,13 @@ def test_bad_files_raise_one_clear_error(models, tmp_path):
     good = tmp_path / "good.packed"
     pack(models["mlp"], good)
     blob = good.read_bytes()
-    cases = {"not-packed.packed": (models["mlp"].read_bytes(), "not a presso packed model"),
-             "truncated.packed": (blob[:-100], "corrupt or truncated.*the file is"),
-             "short.packed": (blob[:len(MAGIC) + 3], "corrupt or truncated"),
-             "flipped.packed": (blob[:-50] + bytes([blob[-50] ^ 1]) + blob[-49:], "checksum"),
-             "newer.packed": (MAGIC[:-1] + b"\x07" + blob[len(MAGIC):], "format version 7")}
+    cases = {
+        "not-packed.packed": (models["mlp"].read_bytes(), "not a presso packed model"),
+        "truncated.packed": (blob[:-100], "corrupt or truncated.*the file is"),
+        "short.packed": (blob[: len(MAGIC) + 3], "corrupt or truncated"),
+        "flipped.packed": (blob[:-50] + bytes([blob[-50] ^ 1]) + blob[-49:], "checksum"),
+        "newer.packed": (MAGIC[:-1] + b"\x07" + blob[len(MAGIC) :], "format version 7"),
+    }
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(PressoError, match=message) as err:

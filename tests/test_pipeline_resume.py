@@ -26,8 +26,20 @@ stages:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "presso", "compress", "--example", "digits", "--rounds", "2", "--batch", "8",
-            "--quiet", *args]
+    return [
+        sys.executable,
+        "-m",
+        "presso",
+        "compress",
+        "--example",
+        "digits",
+        "--rounds",
+        "2",
+        "--batch",
+        "8",
+        "--quiet",
+        *args,
+    ]
 
 
 def _finished_stages(ckpt: Path) -> int:
@@ -44,13 +56,19 @@ def killed_run(tmp_path_factory):
     recipe = tmp / "two.yaml"
     recipe.write_text(RECIPE)
     out = tmp / "out"
-    proc = subprocess.Popen(_cli("--recipe", str(recipe), "--out", str(out)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    proc = subprocess.Popen(
+        _cli("--recipe", str(recipe), "--out", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
     ckpt = tmp / "out.checkpoint"
     deadline = time.monotonic() + 300
     while _finished_stages(ckpt) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1].decode()[-500:]}"
+    assert proc.poll() is None, (
+        f"the run ended before it could be killed: {proc.communicate()[1].decode()[-500:]}"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return recipe, out, ckpt
@@ -76,8 +94,12 @@ def test_rerun_without_resume_is_refused(killed_run, capsys):
 @pytest.mark.int8_kernel
 def test_resume_continues_after_the_last_finished_stage(killed_run):
     recipe, out, ckpt = killed_run
-    proc = subprocess.run(_cli("--recipe", str(recipe), "--out", str(out), "--resume", "--json"),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        _cli("--recipe", str(recipe), "--out", str(out), "--resume", "--json"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-800:]
     report = json.loads(proc.stdout)
     assert [(s["technique"], s["resumed"]) for s in report["stages"]] == [("slim", True), ("int8", False)]
@@ -88,8 +110,13 @@ def test_resume_continues_after_the_last_finished_stage(killed_run):
     import presso
 
     ex = presso.load_example("digits")
-    whole = presso.compress(ex.model, recipe, data=ex.data, task=ex.task,
-                            bench=presso.measure.bench.BenchSettings(rounds=2, throughput_batch=8))
+    whole = presso.compress(
+        ex.model,
+        recipe,
+        data=ex.data,
+        task=ex.task,
+        bench=presso.measure.bench.BenchSettings(rounds=2, throughput_batch=8),
+    )
     assert whole.report.compressed.metrics == pytest.approx(report["compressed"]["metrics"], abs=1e-12)
     assert whole.report.compressed.parameters == report["compressed"]["parameters"]
     assert [s.name for s in whole.report.steps] == [s["name"] for s in report["steps"]]
@@ -115,8 +142,9 @@ def test_a_run_that_ends_with_an_answer_leaves_no_checkpoint(tmp_path):
 
     ex = presso.load_example("digits")
     recipe = tmp_path / "impossible.yaml"  # 95% of the channels, one epoch, no drop allowed
-    recipe.write_text("name: impossible\nstages:\n  - technique: slim\n"
-                      "    options: {ratio: 0.95, epochs: 1, backoff: 0}\n")
+    recipe.write_text(
+        "name: impossible\nstages:\n  - technique: slim\n    options: {ratio: 0.95, epochs: 1, backoff: 0}\n"
+    )
     ckpt = tmp_path / "ckpt"
     with pytest.raises(BudgetError):
         presso.compress(ex.model, recipe, data=ex.data, task=ex.task, max_drop=0.0, checkpoint=ckpt)

@@ -28,14 +28,24 @@ def result(tmp_path_factory):
     recipe = tmp_path_factory.mktemp("recipe") / "skip-one.yaml"
     recipe.write_text(RECIPE)
     ex = presso.load_example("tabular")
-    return presso.compress(ex.model, recipe, data=ex.data, task=ex.task, max_drop=0.0,
-                           bench=BenchSettings(rounds=2, throughput_batch=8))
+    return presso.compress(
+        ex.model,
+        recipe,
+        data=ex.data,
+        task=ex.task,
+        max_drop=0.0,
+        bench=BenchSettings(rounds=2, throughput_batch=8),
+    )
 
 
 def test_optional_stage_without_a_passing_variant_is_skipped(result):
     stages = result.report.stages
     assert [(s.technique, s.skipped) for s in stages] == [
-        ("prune", False), ("slim", True), ("sparse-storage", False), ("pack", False)]
+        ("prune", False),
+        ("slim", True),
+        ("sparse-storage", False),
+        ("pack", False),
+    ]
     assert stages[1].chosen is None and "skipped: no variant within the budget" in stages[1].notes[0]
     assert result.report.budget.drop <= 0.0 + 1e-12
     # recipe.yaml re-runs what ran: the skipped stage is left out, the pack stage kept.

@@ -64,8 +64,15 @@ def _labelled(model: nn.Module, shape: tuple[int, ...], rows: int = 300, seed: i
 
 def _compress(model, technique: str, options: dict, data, max_drop: float = 1.0, **kwargs):
     recipe = Recipe(name="t", stages=[Stage(technique=technique, options=options)])
-    return presso.compress(model, recipe, data=data, task=kwargs.pop("task", "classification"),
-                           max_drop=max_drop, bench=QUICK, **kwargs)
+    return presso.compress(
+        model,
+        recipe,
+        data=data,
+        task=kwargs.pop("task", "classification"),
+        max_drop=max_drop,
+        bench=QUICK,
+        **kwargs,
+    )
 
 
 def _stored_weights(path, tmp_path) -> dict[str, np.ndarray]:
@@ -114,7 +121,7 @@ def test_gradual_schedule_reaches_final_at_the_end_of_the_ramp(epochs, ramp, end
     cfg = PruneConfig(schedule="gradual", epochs=epochs, ramp=ramp)
     got = [schedule_sparsity(e, cfg, 0.9) for e in range(1, epochs + 3)]
     assert all(a <= b for a, b in pairwise(got))
-    assert got[end - 1] == 0.9 and all(s == 0.9 for s in got[end - 1:])
+    assert got[end - 1] == 0.9 and all(s == 0.9 for s in got[end - 1 :])
     if end > 1:
         assert got[end - 2] < 0.9 and got[0] > 0
 
@@ -241,8 +248,16 @@ def test_a_sensitivity_retry_reallocates_so_its_pinned_sparsity_reproduces_it(tm
 def _cnn() -> nn.Sequential:
     """(N, 1, 4, 4) -> (N, 4); the first conv has 1 * 3 * 3 = 9 inputs per output."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 4 * 4, 24), nn.ReLU(), nn.Linear(24, 4)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 24),
+        nn.ReLU(),
+        nn.Linear(24, 4),
+    ).eval()
 
 
 def test_two_four_keeps_two_of_every_four_inputs_in_the_stored_model(tmp_path):
@@ -285,8 +300,11 @@ def test_penalties_enter_the_training_loss_and_are_noted():
         result = _compress(model, "prune", {**options, **extra}, data, progress=log)
         note = _stage(result.report, "prune").notes[-1]
         assert ("with l1 10.0 and group_lasso 10.0 penalties" in note) == (key == "penalised")
-        (losses[key],) = [float(m.group(1)) for line in log.lines
-                          if (m := re.match(r"prune: epoch 1/1, loss ([^,]+)", line))]
+        (losses[key],) = [
+            float(m.group(1))
+            for line in log.lines
+            if (m := re.match(r"prune: epoch 1/1, loss ([^,]+)", line))
+        ]
     assert losses["penalised"] > losses["plain"] + 0.5
 
 
@@ -305,16 +323,28 @@ def test_label_targets_fine_tune_on_labels_and_need_them():
 # 6. Refusals
 
 
-@pytest.mark.parametrize("technique, options, match", [
-    ("prune", {"pattern": "n:m", "n": 4, "m": 4, "schedule": "one-shot"},
-     r"stage 1 'prune'.*n must be < m.*n=4, m=4"),
-    ("prune", {"pattern": "n:m", "n": 2, "m": 4, "schedule": "gradual"},
-     r"stage 1 'prune'.*n:m pattern is applied once.*use schedule one-shot"),
-    ("prune", {"skip": ["2", "fc9"]},
-     r"'skip' option names 'fc9', which is not a Linear or Conv layer of this model. Layers: 0, 2, 4"),
-    ("slim", {"ratio": 0.5, "ratoi": 0.5}, r"stage 1 'slim': unknown option 'ratoi'"),
-    ("prune", {"sparsity": 1.0}, r"stage 1 'prune': option 'sparsity'"),
-])
+@pytest.mark.parametrize(
+    "technique, options, match",
+    [
+        (
+            "prune",
+            {"pattern": "n:m", "n": 4, "m": 4, "schedule": "one-shot"},
+            r"stage 1 'prune'.*n must be < m.*n=4, m=4",
+        ),
+        (
+            "prune",
+            {"pattern": "n:m", "n": 2, "m": 4, "schedule": "gradual"},
+            r"stage 1 'prune'.*n:m pattern is applied once.*use schedule one-shot",
+        ),
+        (
+            "prune",
+            {"skip": ["2", "fc9"]},
+            r"'skip' option names 'fc9', which is not a Linear or Conv layer of this model. Layers: 0, 2, 4",
+        ),
+        ("slim", {"ratio": 0.5, "ratoi": 0.5}, r"stage 1 'slim': unknown option 'ratoi'"),
+        ("prune", {"sparsity": 1.0}, r"stage 1 'prune': option 'sparsity'"),
+    ],
+)
 def test_bad_prune_and_slim_recipes_are_refused(technique, options, match):
     model = _mlp(16, 64, 48, 4)
     with pytest.raises(PressoError, match=match):
@@ -326,8 +356,14 @@ def test_pruning_stages_need_a_pytorch_model(technique, tmp_path):
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(_mlp(16, 64, 48, 4), (torch.zeros(1, 16),), str(path), dynamo=False,
-                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+        torch.onnx.export(
+            _mlp(16, 64, 48, 4),
+            (torch.zeros(1, 16),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
     x = np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32)
     match = f"stage 1 '{technique}' trains the PyTorch model; it needs a PyTorch model or Hugging Face folder"
     with pytest.raises(PressoError, match=match + ", not an ONNX file"):
@@ -342,8 +378,13 @@ def test_pruning_stages_need_a_pytorch_model(technique, tmp_path):
 def test_sparse_then_int8_stores_the_int8_zeros_as_a_bitmask(variant, op, tmp_path):
     model = _mlp(64, 256, 256, 10)
     prune = {**FAST, "epochs": 1, "sparsity": 0.9, "scope": "layer", "schedule": "one-shot"}
-    recipe = Recipe(name="t", stages=[Stage(technique="prune", options=prune),
-                                      Stage(technique="int8", options={"variants": [variant]})])
+    recipe = Recipe(
+        name="t",
+        stages=[
+            Stage(technique="prune", options=prune),
+            Stage(technique="int8", options={"variants": [variant]}),
+        ],
+    )
     x, y = _labelled(model, (64,))
     result = presso.compress(model, recipe, data=(x, y), task="classification", max_drop=1.0, bench=QUICK)
     report = result.report
@@ -463,8 +504,10 @@ def test_residual_factory_model_pruned_equals_its_masked_original(res_cnn):
     original = copy.deepcopy(model)
     x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     report = prune_channels(model, (x[:8],), ratio=0.5)
-    removed = {name: report.layers[(name, "out")].removed for name in
-               ("stem", "block1.conv2", "down.proj", "down.conv", "block2.conv2")}
+    removed = {
+        name: report.layers[(name, "out")].removed
+        for name in ("stem", "block1.conv2", "down.proj", "down.conv", "block2.conv2")
+    }
     # two residual streams, each pruned as one channel set through the additions and BatchNorms
     assert removed["stem"] == removed["block1.conv2"] and len(removed["stem"]) == 8
     assert removed["down.proj"] == removed["down.conv"] == removed["block2.conv2"]
@@ -490,8 +533,9 @@ def test_activation_importance_removes_the_dead_neurons():
     pruned, removed = {}, {}
     for importance in ("activation", "l2"):
         pruned[importance] = copy.deepcopy(model)
-        report = prune_channels(pruned[importance], (x,), ratio=0.5, importance=importance,
-                                ignored_layers=["2"])  # only the first layer's neurons
+        report = prune_channels(
+            pruned[importance], (x,), ratio=0.5, importance=importance, ignored_layers=["2"]
+        )  # only the first layer's neurons
         removed[importance] = report.layers[("0", "out")].removed
         assert len(removed[importance]) == 8 and pruned[importance][2].in_features == 8
     assert removed["activation"] == dead

@@ -32,6 +32,7 @@ from presso.techniques.pruning.masks import (
 
 # ---- criteria ---------------------------------------------------------------------------
 
+
 def test_weight_criteria_on_hand_example():
     w = torch.tensor([[2.0, -1.0], [0.5, -4.0]])
     g = torch.tensor([[0.5, 3.0], [-2.0, 0.25]])
@@ -72,10 +73,13 @@ def test_criteria_refuse_mismatched_gradient():
 
 # ---- unstructured masks -----------------------------------------------------------------
 
+
 def _weights():
     gen = torch.Generator().manual_seed(0)
-    return {"big": torch.randn(40, 30, generator=gen) * 3.0,  # 1200 weights, larger
-            "small": torch.randn(20, 10, generator=gen) * 0.1}  # 200 weights, tiny
+    return {
+        "big": torch.randn(40, 30, generator=gen) * 3.0,  # 1200 weights, larger
+        "small": torch.randn(20, 10, generator=gen) * 0.1,
+    }  # 200 weights, tiny
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 0.999])
@@ -130,6 +134,7 @@ def test_bad_scope_and_scores_are_refused():
 
 # ---- N:M --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8), (1, 2)])
 def test_nm_mask_keeps_exactly_n_largest_per_group(n, m):
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
@@ -161,11 +166,12 @@ def test_nm_mask_refusals():
 
 # ---- schedules --------------------------------------------------------------------------
 
+
 def test_polynomial_schedule_endpoints_shape_and_monotonicity():
     assert polynomial_sparsity(0, 100, 0.9) == 0.0
     assert polynomial_sparsity(100, 100, 0.9) == pytest.approx(0.9)
     assert polynomial_sparsity(250, 100, 0.9) == pytest.approx(0.9)  # constant after the end
-    assert polynomial_sparsity(50, 100, 0.8, initial=0.2) == pytest.approx(0.8 - 0.6 * 0.5 ** 3)
+    assert polynomial_sparsity(50, 100, 0.8, initial=0.2) == pytest.approx(0.8 - 0.6 * 0.5**3)
     values = [polynomial_sparsity(t, 100, 0.9) for t in range(101)]
     assert all(b >= a for a, b in itertools.pairwise(values))
     steps = [b - a for a, b in itertools.pairwise(values)]
@@ -192,6 +198,7 @@ def test_schedule_refusals():
 
 
 # ---- applying masks ---------------------------------------------------------------------
+
 
 def test_apply_masks_keeps_zeros_through_training_and_make_permanent():
     torch.manual_seed(0)

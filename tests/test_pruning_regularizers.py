@@ -15,6 +15,7 @@ from presso.techniques.pruning.regularizers import group_lasso_penalty, l1_penal
 
 # ---- values and gradients -----------------------------------------------------------------
 
+
 def test_l1_penalty_on_hand_example():
     a = torch.tensor([[1.0, -2.0], [0.0, 3.0]])  # sum |w| = 6
     b = torch.tensor([-4.0, 2.0])  # sum |w| = 6
@@ -68,6 +69,7 @@ def test_group_lasso_refuses_vectors_and_empty_input():
 
 # ---- regularized loss -----------------------------------------------------------------------
 
+
 def test_regularized_adds_both_penalties():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -108,8 +110,7 @@ def test_regularized_reads_the_current_masked_weight():
         opt.zero_grad()
         out = net(x)
         current = net[0].weight_orig.detach() * mask  # what the forward just used
-        expected = (nn.functional.mse_loss(out, y) + l1_penalty([current])
-                    + group_lasso_penalty([current]))
+        expected = nn.functional.mse_loss(out, y) + l1_penalty([current]) + group_lasso_penalty([current])
         loss = loss_fn(out, y)
         assert_allclose(loss.item(), expected.item(), rtol=1e-6)
         loss.backward()
@@ -119,6 +120,7 @@ def test_regularized_reads_the_current_masked_weight():
 
 
 # ---- training ---------------------------------------------------------------------------------
+
 
 def _train(l1: float = 0.0, group_lasso: float = 0.0, steps: int = 300) -> tuple[nn.Module, float]:
     """A 8-32-1 ReLU net fitted by Adam to y = x0 - 2 * x1; the penalties act on the first layer."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 from numpy.testing import assert_allclose
@@ -54,11 +56,12 @@ def _assert_same(before: dict[str, torch.Tensor], model: nn.Module) -> None:
 
 # ---- curves -------------------------------------------------------------------------------
 
+
 def test_sensitive_layer_curve_lies_above_insensitive_one():
     model, x = _mlp()
     curves = sensitivity_curves(model, ["0", "2"], _mse_drop(model, x))
     assert [lv for lv, _ in curves["0"]] == list(LEVELS) == [lv for lv, _ in curves["2"]]
-    for (level, robust), (_, fragile) in zip(curves["0"], curves["2"]):
+    for (level, robust), (_, fragile) in zip(curves["0"], curves["2"], strict=True):
         assert fragile > robust, level
     robust_at = dict(curves["0"])
     fragile_at = dict(curves["2"])
@@ -107,10 +110,10 @@ def test_mse_curve_of_one_linear_layer_with_orthonormal_inputs_is_monotone_and_e
     w = layer.weight.detach().clone()
     curves = sensitivity_curves(layer, [""], _mse_drop(layer, x))  # "" names the module itself
     drops = [d for _, d in curves[""]]
-    assert all(a < b for a, b in zip(drops, drops[1:]))
+    assert all(a < b for a, b in pairwise(drops))
     for level, drop in curves[""]:
-        pruned = torch.sort(w.abs().reshape(-1)).values[:round(level * w.numel())]
-        assert_allclose(drop, float((pruned ** 2).sum()) / w.numel(), rtol=1e-5)
+        pruned = torch.sort(w.abs().reshape(-1)).values[: round(level * w.numel())]
+        assert_allclose(drop, float((pruned**2).sum()) / w.numel(), rtol=1e-5)
 
 
 def test_mse_curve_is_not_monotone_with_correlated_inputs():
@@ -126,15 +129,22 @@ def test_mse_curve_is_not_monotone_with_correlated_inputs():
 def test_channels_zero_whole_rows_and_their_bias():
     layer = nn.Linear(3, 4)
     with torch.no_grad():
-        layer.weight.copy_(torch.tensor([[3.0, 0.0, 0.0], [0.1, 0.1, 0.0], [0.0, -2.0, 0.0],
-                                         [0.0, 0.0, 0.5]]))
+        layer.weight.copy_(
+            torch.tensor([[3.0, 0.0, 0.0], [0.1, 0.1, 0.0], [0.0, -2.0, 0.0], [0.0, 0.0, 0.5]])
+        )
         layer.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     seen = []
-    sensitivity_curves(layer, [""], lambda m: seen.append((m.weight.clone(), m.bias.clone())) or 0.0,
-                       levels=(0.5,), kind="channels")
+    sensitivity_curves(
+        layer,
+        [""],
+        lambda m: seen.append((m.weight.clone(), m.bias.clone())) or 0.0,
+        levels=(0.5,),
+        kind="channels",
+    )
     weight, bias = seen[0]
-    assert torch.equal(weight, torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, -2.0, 0.0],
-                                             [0.0, 0.0, 0.0]]))
+    assert torch.equal(
+        weight, torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, -2.0, 0.0], [0.0, 0.0, 0.0]])
+    )
     assert torch.equal(bias, torch.tensor([1.0, 0.0, 3.0, 0.0]))  # rows 1 and 3 (norms 0.14, 0.5) gone
 
 
@@ -144,8 +154,9 @@ def test_channels_zero_conv_filters():
     with torch.no_grad():
         model[0].weight.mul_(torch.tensor([1.0, 0.01, 5.0, 0.1]).view(4, 1, 1, 1))
     seen = []
-    sensitivity_curves(model, ["0"], lambda m: seen.append(m[0].weight.clone()) or 0.0, levels=(0.5,),
-                       kind="channels")
+    sensitivity_curves(
+        model, ["0"], lambda m: seen.append(m[0].weight.clone()) or 0.0, levels=(0.5,), kind="channels"
+    )
     zero_filters = [c for c in range(4) if torch.equal(seen[0][c], torch.zeros(2, 3, 3))]
     assert zero_filters == [1, 3]
 
@@ -199,12 +210,13 @@ def test_bad_kind_layers_and_evaluate_refused():
 
 # ---- policy -------------------------------------------------------------------------------
 
+
 def test_ratios_under_budget_on_hand_example():
     curves = {
         "a": [(0.5, 0.001), (0.7, 0.004), (0.9, 0.02)],
-        "b": [(0.5, 0.03), (0.9, 0.05)],                   # nothing passes: the floor
-        "c": [(0.3, 0.0), (0.5, 0.02), (0.8, 0.005)],      # not monotone: the largest passing level
-        "d": [(0.5, float("nan"))],                        # NaN never passes
+        "b": [(0.5, 0.03), (0.9, 0.05)],  # nothing passes: the floor
+        "c": [(0.3, 0.0), (0.5, 0.02), (0.8, 0.005)],  # not monotone: the largest passing level
+        "d": [(0.5, float("nan"))],  # NaN never passes
     }
     assert ratios_under_budget(curves, max_drop=0.005) == {"a": 0.7, "b": 0.0, "c": 0.8, "d": 0.0}
     assert ratios_under_budget(curves, max_drop=0.005, floor=0.2)["b"] == 0.2
@@ -212,8 +224,7 @@ def test_ratios_under_budget_on_hand_example():
 
 
 def test_allocate_reaches_the_target_greedily():
-    curves = {"a": [(0.5, 0.0), (0.7, 0.01), (0.9, 0.05)],
-              "b": [(0.5, 0.0), (0.7, 0.02), (0.9, 0.03)]}
+    curves = {"a": [(0.5, 0.0), (0.7, 0.01), (0.9, 0.05)], "b": [(0.5, 0.0), (0.7, 0.02), (0.9, 0.03)]}
     sizes = {"a": 100, "b": 300, "unused": 7}
     # start a = b = 0.5 (mean 0.5); cost per pruned weight: a 0.5->0.7 0.01/20 = 5e-4, b 0.5->0.7
     # 0.02/60 = 3.3e-4 -> b = 0.7 (mean 0.65); then b 0.7->0.9 0.01/60 = 1.7e-4 < 5e-4 -> b = 0.9 (mean 0.8)
@@ -240,8 +251,10 @@ def test_allocate_starts_from_zero_and_breaks_ties_by_order():
 
 def test_curves_table_rows():
     curves = {"fc1": [(0.5, 0.00123456789), (0.95, 0.25)], "fc2": [(0.5, 1e-9), (0.95, 2.0)]}
-    assert curves_table(curves) == [{"layer": "fc1", "drop@0.5": 0.001235, "drop@0.95": 0.25},
-                                    {"layer": "fc2", "drop@0.5": 0.0, "drop@0.95": 2.0}]
+    assert curves_table(curves) == [
+        {"layer": "fc1", "drop@0.5": 0.001235, "drop@0.95": 0.25},
+        {"layer": "fc2", "drop@0.5": 0.0, "drop@0.95": 2.0},
+    ]
 
 
 def test_policy_inputs_refused():

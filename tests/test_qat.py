@@ -33,8 +33,9 @@ def _randn(shape, seed, spread=1.0):
 def _net(seed=0) -> nn.Sequential:
     """A conv layer (per channel), a grouped Linear (128 = 4 x 32) and a per-channel Linear (10)."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10), nn.ReLU(),
-                         nn.Linear(10, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10), nn.ReLU(), nn.Linear(10, 3)
+    )
 
 
 def _layers(net) -> dict[str, nn.Module]:
@@ -86,14 +87,18 @@ def test_lsq_gradient_scale_is_per_group():
 
 # --- forward values -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("learned", [False, True])
 @pytest.mark.parametrize("group", [32, 16, None])
 def test_forward_equals_presso_fake_quantize(bits, learned, group):
     w = _randn((12, 64), bits, spread=0.3)
     fq = FakeQuantWeight(w, bits=bits, group_size=group, learned_scale=learned)
-    expected = fake_quantize(w, bits, symmetric=True, group_size=group) if group else \
-        fake_quantize(w, bits, symmetric=True, axis=0)
+    expected = (
+        fake_quantize(w, bits, symmetric=True, group_size=group)
+        if group
+        else fake_quantize(w, bits, symmetric=True, axis=0)
+    )
     assert torch.equal(fq(w), expected)
 
 
@@ -110,6 +115,7 @@ def test_prepared_layers_see_fake_quantized_weights(symmetric):
 
 
 # --- convert ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("learned", [True, False])
@@ -155,31 +161,37 @@ def test_convert_quantizes_a_layer_still_switched_off_with_min_max():
 
 # --- enabling, schedules --------------------------------------------------------------------
 
+
 def test_set_enabled_switches_between_exact_float_and_fake_quantized():
     net = _net()
     prepare_qat(net, bits=2)
     lin = _layers(net)["3"]
     orig = lin.parametrizations.weight.original
     set_enabled(net, ["3"], False)
-    assert torch.equal(lin.weight, orig) and not torch.equal(_layers(net)["0"].weight,
-                                                          _layers(net)["0"].parametrizations.weight.original)
+    assert torch.equal(lin.weight, orig) and not torch.equal(
+        _layers(net)["0"].weight, _layers(net)["0"].parametrizations.weight.original
+    )
     set_enabled(net, ["3"], True)
     assert torch.equal(lin.weight, fake_quantize(orig, 2, symmetric=True, group_size=32))
 
 
-@pytest.mark.parametrize(("n", "stages", "epochs", "expected"), [
-    (5, 2, 6, {1: ["a", "b", "c"], 4: ["d", "e"]}),
-    (4, 4, 8, {1: ["a"], 3: ["b"], 5: ["c"], 7: ["d"]}),
-    (6, 3, 7, {1: ["a", "b"], 3: ["c", "d"], 5: ["e", "f"]}),
-    (5, 3, 2, {1: ["a", "b", "c", "d"], 2: ["e"]}),  # fewer epochs than stages: groups share one
-    (2, 5, 10, {1: ["a"], 6: ["b"]}),  # more stages than layers: one layer per stage
-    (3, 1, 5, {1: ["a", "b", "c"]}),
-])
+@pytest.mark.parametrize(
+    ("n", "stages", "epochs", "expected"),
+    [
+        (5, 2, 6, {1: ["a", "b", "c"], 4: ["d", "e"]}),
+        (4, 4, 8, {1: ["a"], 3: ["b"], 5: ["c"], 7: ["d"]}),
+        (6, 3, 7, {1: ["a", "b"], 3: ["c", "d"], 5: ["e", "f"]}),
+        (5, 3, 2, {1: ["a", "b", "c", "d"], 2: ["e"]}),  # fewer epochs than stages: groups share one
+        (2, 5, 10, {1: ["a"], 6: ["b"]}),  # more stages than layers: one layer per stage
+        (3, 1, 5, {1: ["a", "b", "c"]}),
+    ],
+)
 def test_progressive_schedule(n, stages, epochs, expected):
     assert progressive_schedule(list("abcdef"[:n]), stages, epochs) == expected
 
 
 # --- bad options ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bits", [0, 1, 9, 4.0, True, "4"])
 def test_bits_out_of_range(bits):
@@ -188,17 +200,26 @@ def test_bits_out_of_range(bits):
 
 
 def test_group_size_not_dividing_names_the_layer_and_a_divisor():
-    with pytest.raises(PressoError, match=r"'group_size' option \(24\) does not divide the 128 input "
-                                          r"features of layer '3'\. Use a divisor of 128 such as 16 or 32"):
+    with pytest.raises(
+        PressoError,
+        match=r"'group_size' option \(24\) does not divide the 128 input "
+        r"features of layer '3'\. Use a divisor of 128 such as 16 or 32",
+    ):
         prepare_qat(_net(), group_size=24, skip={"5"})
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"group_size": "big"}, r"'group_size' option must be 'auto', None or a positive int"),
-    ({"group_size": 0}, r"'group_size' option must be"),
-    ({"skip": {"3.weight"}}, r"Layer '3.weight' in the 'skip' option is not a Linear or Conv layer.*0, 3, 5"),
-    ({"layers": ["1"]}, r"Layer '1' in the 'layers' option"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"group_size": "big"}, r"'group_size' option must be 'auto', None or a positive int"),
+        ({"group_size": 0}, r"'group_size' option must be"),
+        (
+            {"skip": {"3.weight"}},
+            r"Layer '3.weight' in the 'skip' option is not a Linear or Conv layer.*0, 3, 5",
+        ),
+        ({"layers": ["1"]}, r"Layer '1' in the 'layers' option"),
+    ],
+)
 def test_bad_options(kwargs, match):
     net = _net()
     with pytest.raises(PressoError, match=match):
@@ -221,6 +242,7 @@ def test_prepare_twice_tied_weights_and_unknown_names_are_refused():
 
 # --- QAT recovers what post-training quantization loses --------------------------------------
 
+
 @pytest.fixture(scope="module")
 def digits():
     """A float MLP trained on sklearn's digits, and its logits (the teacher) on three splits."""
@@ -233,9 +255,14 @@ def digits():
     splits = {"train": idx[:1000], "val": idx[1000:1300], "test": idx[1300:]}
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    fit(net, ({"x": x[splits["train"]]}, y[splits["train"]]), ({"x": x[splits["val"]]}, y[splits["val"]]),
-        torch.nn.functional.cross_entropy, task_score("classification"),
-        FitSettings(epochs=10, lr=3e-3, batch_size=32, patience=None))
+    fit(
+        net,
+        ({"x": x[splits["train"]]}, y[splits["train"]]),
+        ({"x": x[splits["val"]]}, y[splits["val"]]),
+        torch.nn.functional.cross_entropy,
+        task_score("classification"),
+        FitSettings(epochs=10, lr=3e-3, batch_size=32, patience=None),
+    )
     with torch.no_grad():
         logits = {k: net(torch.from_numpy(x[i])).numpy() for k, i in splits.items()}
     inputs = {k: {"x": x[i]} for k, i in splits.items()}
@@ -258,9 +285,14 @@ def test_qat_recovers_two_bit_agreement(digits):
 
     qat = copy.deepcopy(teacher)
     prepare_qat(qat, bits=2)
-    report = fit(qat, (inputs["train"], logits["train"]), (inputs["val"], logits["val"]),
-                 teacher_loss("classification", temperature=2.0), task_score("classification"),
-                 FitSettings(epochs=8, lr=1e-3, batch_size=32, patience=None))
+    report = fit(
+        qat,
+        (inputs["train"], logits["train"]),
+        (inputs["val"], logits["val"]),
+        teacher_loss("classification", temperature=2.0),
+        task_score("classification"),
+        FitSettings(epochs=8, lr=1e-3, batch_size=32, patience=None),
+    )
     assert report.best_epoch > 0 and report.best_score > ptq_agree
     qps = convert(qat)
     qat_agree = _agreement(qat, inputs["test"], logits["test"])
@@ -288,9 +320,15 @@ def test_progressive_qat_enables_each_stage_and_beats_ptq(digits):
         seen.append((epoch, [n for n in names if _layers(net)[n].parametrizations.weight[0].enabled]))
         return started
 
-    report = fit(net, (inputs["train"], logits["train"]), (inputs["val"], logits["val"]),
-                 teacher_loss("classification", 2.0), task_score("classification"),
-                 FitSettings(epochs=6, lr=1e-3, batch_size=32, patience=None), before_epoch=before_epoch)
+    report = fit(
+        net,
+        (inputs["train"], logits["train"]),
+        (inputs["val"], logits["val"]),
+        teacher_loss("classification", 2.0),
+        task_score("classification"),
+        FitSettings(epochs=6, lr=1e-3, batch_size=32, patience=None),
+        before_epoch=before_epoch,
+    )
     assert [s[1] for s in seen] == [["0"], ["0"], ["0", "2"], ["0", "2"], names, names]
     assert report.best_epoch >= 4  # the reference restarts when the last stage begins (epoch 5)
     convert(net)

@@ -24,8 +24,14 @@ QUICK = BenchSettings(rounds=1, throughput_batch=8)
 
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    ).eval()
 
 
 def test_trained_grid_is_stored_losslessly(tmp_path):
@@ -37,8 +43,14 @@ def test_trained_grid_is_stored_losslessly(tmp_path):
                 p.mul_(0.8)
     qparams = convert(model)
     path = tmp_path / "m.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
     grids = grids_by_initializer(path, model, qparams)
     assert len(grids) == 3  # conv, both linears: matched by value despite renames/transposes
     x = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
@@ -80,24 +92,38 @@ def test_progressive_3_bit_qat_runs_every_stage_and_meets_the_budget():
 def test_qat_must_precede_onnx_stages():
     recipe = Recipe(name="r", stages=[Stage(technique="int8"), Stage(technique="qat")])
     ex = presso.load_example("digits")
-    with pytest.raises(PressoError, match="stage 2 'qat' trains the PyTorch model, so it must come before stage 1"):
+    with pytest.raises(
+        PressoError, match="stage 2 'qat' trains the PyTorch model, so it must come before stage 1"
+    ):
         presso.compress(copy.deepcopy(ex.model), recipe, data=ex.data, task=ex.task, bench=QUICK)
 
 
 def test_qat_needs_a_pytorch_model(tmp_path):
     model = _net()
     path = tmp_path / "m.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
     x = np.random.default_rng(0).random((50, 1, 8, 8), dtype=np.float32)
     with pytest.raises(PressoError, match="needs a PyTorch model"):
         presso.compress(str(path), "qat", data=x, task="classification", bench=QUICK)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"bits": 0}, "option 'bits'"), ({"bits": 9}, "option 'bits'"),
-    ({"epochs": 0}, "option 'epochs'"), ({"lr": -1}, "option 'lr'"), ({"optimizer": "sgd"}, "unknown option 'optimizer'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"bits": 0}, "option 'bits'"),
+        ({"bits": 9}, "option 'bits'"),
+        ({"epochs": 0}, "option 'epochs'"),
+        ({"lr": -1}, "option 'lr'"),
+        ({"optimizer": "sgd"}, "unknown option 'optimizer'"),
+    ],
+)
 def test_bad_qat_options(bad, message):
     with pytest.raises(PressoError, match=f"stage 1 'qat': {message}"):
         Recipe(name="r", stages=[Stage(technique="qat", options=bad)]).configs()

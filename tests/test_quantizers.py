@@ -39,6 +39,7 @@ def _near_ties(scale: torch.Tensor, shape, seed) -> torch.Tensor:
 
 # --- bit-exact parity with torch --------------------------------------------------------
 
+
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("seed,shape", [(0, (1000,)), (1, (16, 33)), (2, (4, 8, 9)), (3, (7,))])
 def test_per_tensor_equals_torch(symmetric, seed, shape):
@@ -49,8 +50,10 @@ def test_per_tensor_equals_torch(symmetric, seed, shape):
     for t in (x, ties):
         ref = torch.fake_quantize_per_tensor_affine(t, scale, zp, qp.qmin, qp.qmax)
         assert torch.equal(presso.fake_quantize(t, qparams=qp), ref)
-    assert torch.equal(presso.fake_quantize(x, bits=8, symmetric=symmetric),
-                       torch.fake_quantize_per_tensor_affine(x, scale, zp, qp.qmin, qp.qmax))
+    assert torch.equal(
+        presso.fake_quantize(x, bits=8, symmetric=symmetric),
+        torch.fake_quantize_per_tensor_affine(x, scale, zp, qp.qmin, qp.qmax),
+    )
 
 
 def test_torch_parity_needs_reciprocal_multiply():
@@ -76,14 +79,13 @@ def test_per_channel_equals_torch(symmetric, axis, seed):
     view[axis] = -1
     ties = _near_ties(qp.scale.view(view), x.shape, seed)
     for t in (x, ties):
-        ref = torch.fake_quantize_per_channel_affine(t, qp.scale, qp.zero_point, axis,
-                                                     qp.qmin, qp.qmax)
+        ref = torch.fake_quantize_per_channel_affine(t, qp.scale, qp.zero_point, axis, qp.qmin, qp.qmax)
         assert torch.equal(fake_quantize(t, qparams=qp), ref)
-    assert torch.equal(fake_quantize(x, symmetric=symmetric, axis=axis),
-                       fake_quantize(x, qparams=qp))
+    assert torch.equal(fake_quantize(x, symmetric=symmetric, axis=axis), fake_quantize(x, qparams=qp))
 
 
 # --- error statistics and ranges --------------------------------------------------------
+
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
 def test_uniform_error_variance(bits):
@@ -110,8 +112,8 @@ def test_per_group_error_bounded_by_own_scale():
     assert qp.scale[:, 1].max() * 10 < qp.scale[:, 2].min()
     for r in range(8):  # same as quantizing each group on its own, per tensor
         for j in range(3):
-            piece = x[r, 32 * j:32 * (j + 1)]
-            assert torch.equal(xq[r, 32 * j:32 * (j + 1)], fake_quantize(piece, bits=4))
+            piece = x[r, 32 * j : 32 * (j + 1)]
+            assert torch.equal(xq[r, 32 * j : 32 * (j + 1)], fake_quantize(piece, bits=4))
 
 
 def test_group_size_must_divide():
@@ -177,6 +179,7 @@ def test_quantize_dtypes_and_ranges():
 
 # --- binary and half weights ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("axis", [0, 1])
 def test_binarize_per_channel(axis):
     w = _randn((6, 10), seed=10)
@@ -196,12 +199,13 @@ def test_binarize_per_tensor():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "float16", "bf16"])
 def test_to_half_round_trip(dtype):
     w = _randn((100,), seed=12)
-    half = dtype if isinstance(dtype, torch.dtype) else {"float16": torch.float16,
-                                                          "bf16": torch.bfloat16}[dtype]
+    half = (
+        dtype if isinstance(dtype, torch.dtype) else {"float16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    )
     y = to_half(w, dtype)
     assert y.dtype == torch.float32
     assert torch.equal(y, w.to(half).float())
-    rel = 2.0 ** -11 if half == torch.float16 else 2.0 ** -8  # half an ulp, relative
+    rel = 2.0**-11 if half == torch.float16 else 2.0**-8  # half an ulp, relative
     assert_allclose(y.numpy(), w.numpy(), rtol=rel, atol=0)
 
 
@@ -211,6 +215,7 @@ def test_to_half_overflow():
 
 
 # --- packing ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 1001])
 @pytest.mark.parametrize("signed", [False, True])
@@ -264,6 +269,7 @@ def test_pack_rejects_out_of_range():
 
 # --- bad options ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bits", [0, 1, 9, 2.5, True, "8"])
 def test_bad_bits(bits):
     msg = rf"The 'bits' option must be an int in \[2, 8\]. Got {bits!r} instead"
@@ -292,6 +298,7 @@ def test_bad_options():
 def test_import_presso_stays_light():
     import subprocess
     import sys
+
     code = "import sys, presso; presso.__all__; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
     assert "fake_quantize" in presso.__all__

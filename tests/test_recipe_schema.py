@@ -37,102 +37,150 @@ def _stages(*lines: str) -> str:
 CASES = {
     "technique typo": (
         _stages("  - technique: int8", "  - technique: prnue"),
-        [", stage 2: unknown technique 'prnue' (did you mean 'prune'?). ",
-         "Allowed: " + ", ".join(TECHNIQUES) + "."]),
+        [
+            ", stage 2: unknown technique 'prnue' (did you mean 'prune'?). ",
+            "Allowed: " + ", ".join(TECHNIQUES) + ".",
+        ],
+    ),
     "option typo": (
         _stages("  - technique: prune", "    options: {sparsty: 0.5}"),
-        [", stage 1 'prune': unknown option 'sparsty' (did you mean 'sparsity'?). Allowed options: ",
-         " pattern, sparsity, n, m, criterion, "]),
+        [
+            ", stage 1 'prune': unknown option 'sparsty' (did you mean 'sparsity'?). Allowed options: ",
+            " pattern, sparsity, n, m, criterion, ",
+        ],
+    ),
     "wrong type": (
         _stages("  - technique: prune", "    options: {epochs: many}"),
-        [", stage 1 'prune': option 'epochs': ", "(got 'many'). ",
-         "Allowed: an integer >= 0 and <= 1000 (or null)."]),
+        [
+            ", stage 1 'prune': option 'epochs': ",
+            "(got 'many'). ",
+            "Allowed: an integer >= 0 and <= 1000 (or null).",
+        ],
+    ),
     "above the upper bound": (
         _stages("  - technique: prune", "    options: {epochs: 1001}"),
-        [", stage 1 'prune': option 'epochs': Input should be less than or equal to 1000 (got 1001). ",
-         "Allowed: an integer >= 0 and <= 1000 (or null)."]),
+        [
+            ", stage 1 'prune': option 'epochs': Input should be less than or equal to 1000 (got 1001). ",
+            "Allowed: an integer >= 0 and <= 1000 (or null).",
+        ],
+    ),
     "fraction for an integer": (
         _stages("  - technique: prune", "    options: {epochs: 2.5}"),
-        ["option 'epochs': Input should be a valid integer, got a number with a fractional part (got 2.5)."]),
+        ["option 'epochs': Input should be a valid integer, got a number with a fractional part (got 2.5)."],
+    ),
     "out of range": (
         _stages("  - technique: prune", "    options: {sparsity: 1.5}"),
-        [", stage 1 'prune': option 'sparsity': Input should be less than 1 (got 1.5). ",
-         "Allowed: a number >= 0 and < 1; default 0.9."]),
+        [
+            ", stage 1 'prune': option 'sparsity': Input should be less than 1 (got 1.5). ",
+            "Allowed: a number >= 0 and < 1; default 0.9.",
+        ],
+    ),
     "literal": (
         _stages("  - technique: prune", "    options: {criterion: biggest}"),
-        [", stage 1 'prune': option 'criterion': ", "(got 'biggest'). ",
-         "Allowed: 'magnitude', 'taylor', 'random'; default 'magnitude'."]),
+        [
+            ", stage 1 'prune': option 'criterion': ",
+            "(got 'biggest'). ",
+            "Allowed: 'magnitude', 'taylor', 'random'; default 'magnitude'.",
+        ],
+    ),
     "optional literal": (
         _stages("  - technique: prune", "    options: {schedule: fast}"),
-        ["option 'schedule': ", "(got 'fast'). Allowed: 'one-shot', 'iterative', 'gradual' (or null)."]),
+        ["option 'schedule': ", "(got 'fast'). Allowed: 'one-shot', 'iterative', 'gradual' (or null)."],
+    ),
     "union": (
         _stages("  - technique: int8", "    options: {variants: fastest}"),
-        [", stage 1 'int8': option 'variants': not an allowed value (got 'fastest'). ",
-         ("Allowed: 'auto' or a list of 'dynamic', 'dynamic-smooth', 'dynamic-reduce-range', "
-          "'static-s8s8', 'static-u8s8'; default 'auto'.")]),
+        [
+            ", stage 1 'int8': option 'variants': not an allowed value (got 'fastest'). ",
+            (
+                "Allowed: 'auto' or a list of 'dynamic', 'dynamic-smooth', 'dynamic-reduce-range', "
+                "'static-s8s8', 'static-u8s8'; default 'auto'."
+            ),
+        ],
+    ),
     "union list member": (
         _stages("  - technique: int8", "    options: {variants: [dynamic, fastest]}"),
-        ["option 'variants': not an allowed value (got ['dynamic', 'fastest']). ",
-         "Allowed: 'auto' or a list of "]),
+        [
+            "option 'variants': not an allowed value (got ['dynamic', 'fastest']). ",
+            "Allowed: 'auto' or a list of ",
+        ],
+    ),
     "validator": (
         _stages("  - technique: int4", "    options: {group_size: 1}"),
-        [", stage 1 'int4': option 'group_size': group_size must be 'auto' or an int in [2, 4096] (got 1). ",
-         "Allowed: 'auto' or an integer; default 'auto'."]),
+        [
+            ", stage 1 'int4': option 'group_size': group_size must be 'auto' or an int in [2, 4096] (got 1). ",
+            "Allowed: 'auto' or an integer; default 'auto'.",
+        ],
+    ),
     "keep_zeros not a bool": (
         _stages("  - technique: kmeans", "    options: {keep_zeros: maybe}"),
-        [", stage 1 'kmeans': option 'keep_zeros': ",
-         "(got 'maybe'). Allowed: true or false; default True."]),
+        [", stage 1 'kmeans': option 'keep_zeros': ", "(got 'maybe'). Allowed: true or false; default True."],
+    ),
     "keep_if": (
         _stages("  - technique: int8", "    keep_if: quicker"),
-        [": stage 1: key 'keep_if': ",
-         "(got 'quicker'). Allowed: 'always', 'faster', 'smaller'; default 'always'."]),
+        [
+            ": stage 1: key 'keep_if': ",
+            "(got 'quicker'). Allowed: 'always', 'faster', 'smaller'; default 'always'.",
+        ],
+    ),
     "optional": (
         _stages("  - technique: int8", "    optional: maybe"),
-        [": stage 1: key 'optional': ", "(got 'maybe'). Allowed: true or false; default False."]),
+        [": stage 1: key 'optional': ", "(got 'maybe'). Allowed: true or false; default False."],
+    ),
     "stage key typo": (
         _stages("  - technique: int8", "  - technique: int4", "    optoins: {}"),
-        [": stage 2: unknown key 'optoins' (did you mean 'options'?). ",
-         "Allowed keys: technique, options, optional, keep_if."]),
+        [
+            ": stage 2: unknown key 'optoins' (did you mean 'options'?). ",
+            "Allowed keys: technique, options, optional, keep_if.",
+        ],
+    ),
     "options not a mapping": (
         _stages("  - technique: int8", "    options: [1, 2]"),
-        [": stage 1: key 'options': Input should be a valid dictionary (got [1, 2]). Allowed: a mapping."]),
+        [": stage 1: key 'options': Input should be a valid dictionary (got [1, 2]). Allowed: a mapping."],
+    ),
     "technique missing": (
         _stages("  - options: {}"),
-        [": stage 1: key 'technique' is required. Allowed: a string."]),
+        [": stage 1: key 'technique' is required. Allowed: a string."],
+    ),
     "stage not a mapping": (
         _stages("  - int8"),
-        [": stage 1: must be a mapping with 'technique' and 'options'."]),
+        [": stage 1: must be a mapping with 'technique' and 'options'."],
+    ),
     "top-level typo": (
         "name: r\nstagse:\n  - technique: int8\n",
-        [": unknown key 'stagse' (did you mean 'stages'?). ",
-         "Allowed keys: presso_recipe, name, description, stages, settings."]),
-    "name missing": (
-        "stages:\n  - technique: int8\n",
-        [": key 'name' is required. Allowed: a string."]),
+        [
+            ": unknown key 'stagse' (did you mean 'stages'?). ",
+            "Allowed keys: presso_recipe, name, description, stages, settings.",
+        ],
+    ),
+    "name missing": ("stages:\n  - technique: int8\n", [": key 'name' is required. Allowed: a string."]),
     "empty stages": (
         "name: r\nstages: []\n",
-        [": key 'stages': List should have at least 1 item after validation, not 0 (got [])."]),
+        [": key 'stages': List should have at least 1 item after validation, not 0 (got [])."],
+    ),
     "negative max_drop": (
         _stages("  - technique: int8") + "settings: {max_drop: -1}\n",
-        [": settings: setting 'max_drop': Input should be greater than or equal to 0 (got -1). ",
-         "Allowed: a number >= 0 (or null)."]),
+        [
+            ": settings: setting 'max_drop': Input should be greater than or equal to 0 (got -1). ",
+            "Allowed: a number >= 0 (or null).",
+        ],
+    ),
     "settings typo": (
         _stages("  - technique: int8") + "settings: {max_dorp: 0.1}\n",
-        [": settings: unknown setting 'max_dorp' (did you mean 'max_drop'?). ",
-         "Allowed settings: task, max_drop, seed, calibration_fraction."]),
+        [
+            ": settings: unknown setting 'max_dorp' (did you mean 'max_drop'?). ",
+            "Allowed settings: task, max_drop, seed, calibration_fraction.",
+        ],
+    ),
     "calibration_fraction of 1": (
         _stages("  - technique: int8") + "settings: {calibration_fraction: 1}\n",
-        [": settings: setting 'calibration_fraction': Input should be less than 1 (got 1). ",
-         "Allowed: a number > 0 and < 1 (or null)."]),
-    "invalid YAML": (
-        "name: r\nstages: [\n",
-        [" is not valid YAML: while parsing a flow node"]),
-    "a list, not a mapping": (
-        "- technique: int8\n",
-        [" must be a mapping with 'name' and 'stages'."]),
-    "empty file": (
-        "",
-        [" must be a mapping with 'name' and 'stages'."]),
+        [
+            ": settings: setting 'calibration_fraction': Input should be less than 1 (got 1). ",
+            "Allowed: a number > 0 and < 1 (or null).",
+        ],
+    ),
+    "invalid YAML": ("name: r\nstages: [\n", [" is not valid YAML: while parsing a flow node"]),
+    "a list, not a mapping": ("- technique: int8\n", [" must be a mapping with 'name' and 'stages'."]),
+    "empty file": ("", [" must be a mapping with 'name' and 'stages'."]),
 }
 
 
@@ -150,10 +198,19 @@ def test_error_names_file_stage_key_and_allowed_values(tmp_path, case):
 def test_first_stage_error_wins_and_unknown_key_before_missing_key(tmp_path):
     # A typo makes 'name' look missing too: the typo is what the user must fix.
     msg = _error(tmp_path, "nmae: r\nstages:\n  - technique: int8\n")
-    assert msg.endswith(": unknown key 'nmae' (did you mean 'name'?). "
-                        "Allowed keys: presso_recipe, name, description, stages, settings.")
-    msg = _error(tmp_path, _stages("  - technique: int8", "    options: {variants: x}",
-                                   "  - technique: prune", "    options: {sparsity: 2}"))
+    assert msg.endswith(
+        ": unknown key 'nmae' (did you mean 'name'?). "
+        "Allowed keys: presso_recipe, name, description, stages, settings."
+    )
+    msg = _error(
+        tmp_path,
+        _stages(
+            "  - technique: int8",
+            "    options: {variants: x}",
+            "  - technique: prune",
+            "    options: {sparsity: 2}",
+        ),
+    )
     assert ", stage 1 'int8': option 'variants'" in msg and "stage 2" not in msg
 
 
@@ -165,8 +222,10 @@ def test_model_level_validator_error_names_the_stage(tmp_path):
 
 def test_option_typo_far_from_any_name_has_no_suggestion(tmp_path):
     msg = _error(tmp_path, _stages("  - technique: kmeans", "    options: {zzz: 1}"))
-    assert msg.endswith(", stage 1 'kmeans': unknown option 'zzz'. "
-                        "Allowed options: bits, per_channel, keep_zeros, seed, keep_float.")
+    assert msg.endswith(
+        ", stage 1 'kmeans': unknown option 'zzz'. "
+        "Allowed options: bits, per_channel, keep_zeros, seed, keep_float."
+    )
     assert "did you mean" not in msg
 
 
@@ -190,13 +249,22 @@ def test_configs_errors_start_with_where_the_recipe_came_from():
 
 def test_valid_file_round_trips(tmp_path):
     path = tmp_path / "ok.yml"
-    path.write_text(_stages("  - technique: prune", "    options: {sparsity: 0.5, epochs: 0}",
-                            "  - technique: kmeans", "    optional: true", "    keep_if: smaller",
-                            "    options: {bits: 3, keep_zeros: false}")
-                    + "settings: {max_drop: 0.02, seed: 3}\n")
+    path.write_text(
+        _stages(
+            "  - technique: prune",
+            "    options: {sparsity: 0.5, epochs: 0}",
+            "  - technique: kmeans",
+            "    optional: true",
+            "    keep_if: smaller",
+            "    options: {bits: 3, keep_zeros: false}",
+        )
+        + "settings: {max_drop: 0.02, seed: 3}\n"
+    )
     recipe = load_recipe(path)
     assert [(s.technique, s.optional, s.keep_if) for s in recipe.stages] == [
-        ("prune", False, "always"), ("kmeans", True, "smaller")]
+        ("prune", False, "always"),
+        ("kmeans", True, "smaller"),
+    ]
     (_, prune), (_, kmeans) = recipe.configs()
     assert (prune.sparsity, prune.epochs, kmeans.bits, kmeans.keep_zeros) == (0.5, 0, 3, False)
     assert (recipe.settings.max_drop, recipe.settings.seed) == (0.02, 3)
@@ -207,6 +275,7 @@ def test_valid_file_round_trips(tmp_path):
 
 
 # --- built-in recipes -----------------------------------------------------------------------
+
 
 def test_every_builtin_recipe_loads_under_its_name():
     names = builtin_names()
@@ -225,7 +294,12 @@ def test_deep_compression_is_prune_kmeans_pack():
     assert [s.technique for s in recipe.stages] == ["prune", "kmeans", "pack"]
     (_, prune), (_, kmeans), (_, pack) = recipe.configs()
     assert (prune.pattern, prune.sparsity, prune.criterion, prune.scope, prune.ramp_schedule) == (
-        "unstructured", 0.9, "magnitude", "global", "gradual")
+        "unstructured",
+        0.9,
+        "magnitude",
+        "global",
+        "gradual",
+    )
     assert (kmeans.bits, kmeans.keep_zeros, kmeans.per_channel) == (5, True, False)
     assert pack.model_dump() == {}
     assert all(not s.optional and s.keep_if == "always" for s in recipe.stages)
@@ -234,7 +308,10 @@ def test_deep_compression_is_prune_kmeans_pack():
 def test_fast_is_optional_slim_factorize_int8_kept_only_if_faster():
     recipe = load_recipe("fast")
     assert [(s.technique, s.optional, s.keep_if) for s in recipe.stages] == [
-        ("slim", True, "always"), ("factorize", True, "faster"), ("int8", True, "faster")]
+        ("slim", True, "always"),
+        ("factorize", True, "faster"),
+        ("int8", True, "faster"),
+    ]
     (_, slim), (_, factorize), (_, int8) = recipe.configs()
     assert (slim.ratios, slim.heads, slim.ffn) == ([0.8, 0.7, 0.65, 0.5], 0.25, 0.5)
     assert (factorize.rank, factorize.pays) == ("speed", "speed")
@@ -254,7 +331,9 @@ def test_slim_tries_the_ratios_in_order(monkeypatch):
     from presso.techniques.pruning.config import SlimConfig
 
     seen = {}
-    monkeypatch.setattr(slim_stage, "with_backoff", lambda fractions, *a, **k: seen.setdefault("f", fractions))
+    monkeypatch.setattr(
+        slim_stage, "with_backoff", lambda fractions, *a, **k: seen.setdefault("f", fractions)
+    )
     monkeypatch.setattr(slim_stage, "recovery_for", lambda ctx, cfg, name: types.SimpleNamespace(cfg=cfg))
     for transformer, expected in ((None, [0.8, 0.7, 0.5]), ({"heads": 12}, [0.5, 0.4375, 0.3125])):
         seen.clear()
@@ -265,20 +344,29 @@ def test_slim_tries_the_ratios_in_order(monkeypatch):
 
 # --- stage order (checked once the model is loaded) -----------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_torch_model():
     return load_model(torch.nn.Sequential(torch.nn.Linear(4, 2)))
 
 
-@pytest.mark.parametrize("techniques, stage", [
-    (["pack"], 1), (["pack", "kmeans"], 1), (["kmeans", "pack", "int8"], 2), (["kmeans", "pack", "pack"], 2)])
+@pytest.mark.parametrize(
+    "techniques, stage",
+    [
+        (["pack"], 1),
+        (["pack", "kmeans"], 1),
+        (["kmeans", "pack", "int8"], 2),
+        (["kmeans", "pack", "pack"], 2),
+    ],
+)
 def test_pack_must_be_last_once_after_a_compressing_stage(tiny_torch_model, techniques, stage):
     recipe = Recipe(name="r", stages=[Stage(technique=t) for t in techniques])
     with pytest.raises(PressoError) as info:
         _check_stage_order(recipe, recipe.configs(), tiny_torch_model)
     assert str(info.value) == (
         f"Recipe 'r' stage {stage} 'pack' stores the final model, so it must be the last stage, once, "
-        "after a stage that compresses the model (or pass --packed to any recipe).")
+        "after a stage that compresses the model (or pass --packed to any recipe)."
+    )
 
 
 @pytest.mark.parametrize("techniques", [["kmeans", "pack"], ["prune", "kmeans", "pack"], ["prune", "int8"]])
@@ -289,13 +377,17 @@ def test_valid_orders_pass(tiny_torch_model, techniques):
 
 def test_torch_stage_after_onnx_stage_is_refused(tiny_torch_model):
     recipe = Recipe(name="r", stages=[Stage(technique="int8"), Stage(technique="prune")])
-    with pytest.raises(PressoError, match=r"^Recipe 'r' stage 2 'prune' trains the PyTorch model, so it must "
-                                          r"come before stage 1 'int8', which works on the exported ONNX "
-                                          r"graph\. Reorder the stages\.$"):
+    with pytest.raises(
+        PressoError,
+        match=r"^Recipe 'r' stage 2 'prune' trains the PyTorch model, so it must "
+        r"come before stage 1 'int8', which works on the exported ONNX "
+        r"graph\. Reorder the stages\.$",
+    ):
         _check_stage_order(recipe, recipe.configs(), tiny_torch_model)
 
 
 # --- CLI ------------------------------------------------------------------------------------
+
 
 def test_cli_lists_the_builtin_recipes(capsys):
     assert main(["recipes"]) == 0
@@ -341,14 +433,19 @@ def test_cli_compress_with_a_bad_recipe_exits_2_and_writes_nothing(tmp_path, cap
     assert main(["compress", "--recipe", str(bad), "--example", "digits", "--out", str(out), "--quiet"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"presso: error: {bad}, stage 1: unknown technique 'prnue' "
-                               "(did you mean 'prune'?).")
+    assert lines[0].startswith(
+        f"presso: error: {bad}, stage 1: unknown technique 'prnue' (did you mean 'prune'?)."
+    )
     assert not out.exists() and not (tmp_path / "out.checkpoint").exists()
 
 
 def test_cli_compress_validates_the_recipe_before_loading_the_example(tmp_path, capsys, fake_example):
     bad = tmp_path / "bad.yaml"
     bad.write_text(_stages("  - technique: prnue"))
-    assert main(["compress", "--recipe", str(bad), "--example", "digits", "--out", str(tmp_path / "o"),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            ["compress", "--recipe", str(bad), "--example", "digits", "--out", str(tmp_path / "o"), "--quiet"]
+        )
+        == 2
+    )
     assert fake_example == []

@@ -30,8 +30,9 @@ def test_gru_stays_float_and_is_reported():
     x = rng.normal(size=(300, 12, 3)).astype(np.float32)
     with torch.no_grad():
         y = model(torch.from_numpy(x)).numpy() + rng.normal(scale=0.01, size=(300, 1)).astype(np.float32)
-    result = presso.compress(model, "int8", data=(x, y), task="forecast",
-                             bench=BenchSettings(rounds=1, throughput_batch=8))
+    result = presso.compress(
+        model, "int8", data=(x, y), task="forecast", bench=BenchSettings(rounds=1, throughput_batch=8)
+    )
     report = result.report
     assert report.budget.passed
     kept = {layer["op"] for layer in report.stages[0].layers}

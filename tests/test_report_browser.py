@@ -49,12 +49,29 @@ def screenshot(chromium: str, page: Path, size: tuple[int, int], scale: int = 1)
     """(exit code, stderr, png) of one headless Chromium run on ``page``, offline and sandboxed in tmp."""
     png, profile = page.with_suffix(".png"), page.with_suffix(".profile")
     done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-         f"--force-device-scale-factor={scale}", f"--window-size={size[0]},{size[1]}", f"--screenshot={png}",
-         page.as_uri()],
-        capture_output=True, text=True, timeout=90)
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--force-device-scale-factor={scale}",
+            f"--window-size={size[0]},{size[1]}",
+            f"--screenshot={png}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     return done.returncode, done.stderr, png
 
 
@@ -66,16 +83,20 @@ def colour_counts(png: Path, colours: list[str], tolerance: int = 40) -> dict[st
         counts = im.convert("RGB").getcolors(maxcolors=1 << 24)
     out = {}
     for c in colours:
-        rgb = tuple(int(c[i:i + 2], 16) for i in (1, 3, 5))
-        out[c] = sum(n for n, px in counts if max(abs(a - b) for a, b in zip(px, rgb)) <= tolerance)
+        rgb = tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))
+        out[c] = sum(
+            n for n, px in counts if max(abs(a - b) for a, b in zip(px, rgb, strict=False)) <= tolerance
+        )
     return out
 
 
 def test_console_detector_catches_a_console_error(chromium, tmp_path):
     """The negative control: without it, a detector that never matches would pass every page."""
     page = tmp_path / "probe.html"
-    page.write_text("<!DOCTYPE html><html><body><p>probe</p>"
-                    "<script>console.error('presso-console-probe')</script></body></html>")
+    page.write_text(
+        "<!DOCTYPE html><html><body><p>probe</p>"
+        "<script>console.error('presso-console-probe')</script></body></html>"
+    )
     rc, err, _ = screenshot(chromium, page, (400, 300))
     assert rc == 0, err[-2000:]
     assert any("presso-console-probe" in line for line in _CONSOLE.findall(err)), err[-2000:]
@@ -83,8 +104,10 @@ def test_console_detector_catches_a_console_error(chromium, tmp_path):
 
 def _pages() -> dict[str, str]:
     a, b = make_report(), make_report(recipe="int8", quality=0.95, stored=False, latency=0.021)
-    return {"report": render_html(a),
-            "compare": render_compare([Result("digits-prune", a), Result("digits-int8", b)])}
+    return {
+        "report": render_html(a),
+        "compare": render_compare([Result("digits-prune", a), Result("digits-int8", b)]),
+    }
 
 
 @pytest.mark.parametrize("name, height", [("report", 4000), ("compare", 1600)])
@@ -107,8 +130,11 @@ def test_page_renders_without_console_errors(chromium, tmp_path, name, height):
 
 def test_every_plot_is_drawn(chromium, tmp_path):
     """Each chart alone on a page: the screenshot holds many pixels of each of its series' colours."""
-    charts = {name: chunk for page in _pages().values()
-              for name, chunk in zip(plots(page), re.findall(r"<svg\b.*?</svg>", page, flags=re.S))}
+    charts = {
+        name: chunk
+        for page in _pages().values()
+        for name, chunk in zip(plots(page), re.findall(r"<svg\b.*?</svg>", page, flags=re.S), strict=True)
+    }
     assert len(charts) == 10
 
     def shoot(item):

@@ -18,78 +18,190 @@ from presso.report.svg import Series, bar_chart, histogram, line_chart, log_tick
 # ------------------------------------------------------------------ a realistic report
 
 
-def make_report(*, name="DigitsCNN", recipe="prune-kmeans", metric="accuracy", samples=True, layers=True,
-                steps=4, stored=True, callable_teacher=False, cpu="Intel(R) Xeon(R) Processor",
-                quality=0.9742, latency=0.0171) -> Report:
+def make_report(
+    *,
+    name="DigitsCNN",
+    recipe="prune-kmeans",
+    metric="accuracy",
+    samples=True,
+    layers=True,
+    steps=4,
+    stored=True,
+    callable_teacher=False,
+    cpu="Intel(R) Xeon(R) Processor",
+    quality=0.9742,
+    latency=0.0171,
+) -> Report:
     """A report like `presso compress` writes for a prune -> kmeans -> pack recipe."""
     conv = [f"/features/features.{i}/Conv" for i in (0, 3, 6)]
     fc = ["/classifier/classifier.1/Gemm", "/classifier/classifier.4/Gemm"]
-    base_sizes = dict(zip(conv + fc, [1_234, 18_560, 73_984, 33_024, 650]))
+    base_sizes = dict(zip(conv + fc, [1_234, 18_560, 73_984, 33_024, 650], strict=True))
     comp_sizes = {n: b // 4 for n, b in base_sizes.items()}
     comp_sizes.pop(fc[1])
     comp_sizes[fc[1] + "_codebook"] = 402
-    prune_rows = [{"layer": f"features.{i}", "node": n, "parameters": p, "zeros": p // 2, "sparsity": 0.5,
-                   "drop@0.25": 0.0, "drop@0.5": d / 4, "drop@0.75": d / 2, "drop@0.9": d}
-                  for i, (n, p, d) in enumerate(zip(conv, [288, 4608, 18432], [0.004, 0.03, 0.12]))]
-    kmeans_rows = [{"node": n, "op": "Conv", "precision": "kmeans 16 values", "granularity": "per layer",
-                    "parameters": 100 * (i + 1), "relative_error": 0.01 * (i + 1)}
-                   for i, n in enumerate(conv)]
-    quant_rows = [{"node": n, "op": "Gemm", "precision": "int8", "sensitivity": s, "relative_error": 0.004}
-                  for n, s in zip(fc, [0.0012, -0.0004])]
+    prune_rows = [
+        {
+            "layer": f"features.{i}",
+            "node": n,
+            "parameters": p,
+            "zeros": p // 2,
+            "sparsity": 0.5,
+            "drop@0.25": 0.0,
+            "drop@0.5": d / 4,
+            "drop@0.75": d / 2,
+            "drop@0.9": d,
+        }
+        for i, (n, p, d) in enumerate(zip(conv, [288, 4608, 18432], [0.004, 0.03, 0.12], strict=True))
+    ]
+    kmeans_rows = [
+        {
+            "node": n,
+            "op": "Conv",
+            "precision": "kmeans 16 values",
+            "granularity": "per layer",
+            "parameters": 100 * (i + 1),
+            "relative_error": 0.01 * (i + 1),
+        }
+        for i, n in enumerate(conv)
+    ]
+    quant_rows = [
+        {"node": n, "op": "Gemm", "precision": "int8", "sensitivity": s, "relative_error": 0.004}
+        for n, s in zip(fc, [0.0012, -0.0004], strict=True)
+    ]
 
     def figures(size, lat, q, peak, stored_bytes=None):
-        return {"runtime": "ONNX Runtime fp32", "size_bytes": size,
-                "parameters": None if size is None else 38_282,
-                "latency_ms": {"p50": lat, "p95": lat * 1.3, "batch": 1,  # a long right tail, as measured
-                               "samples": [lat * (0.93 + 0.6 * (((k * 37) % 100) / 100) ** 4)
-                                           for k in range(200)] if samples else []},
-                "throughput_per_s": 180_000.0, "throughput_batch": 64, "peak_memory_mb": peak,
-                "metrics": {metric: q, "agreement": 0.99}, "stored_bytes": stored_bytes}
+        return {
+            "runtime": "ONNX Runtime fp32",
+            "size_bytes": size,
+            "parameters": None if size is None else 38_282,
+            "latency_ms": {
+                "p50": lat,
+                "p95": lat * 1.3,
+                "batch": 1,  # a long right tail, as measured
+                "samples": [lat * (0.93 + 0.6 * (((k * 37) % 100) / 100) ** 4) for k in range(200)]
+                if samples
+                else [],
+            },
+            "throughput_per_s": 180_000.0,
+            "throughput_batch": 64,
+            "peak_memory_mb": peak,
+            "metrics": {metric: q, "agreement": 0.99},
+            "stored_bytes": stored_bytes,
+        }
 
     base = figures(None if callable_teacher else 154_245, 0.0266, 0.9781, 11.6)
     comp = figures(43_929, latency, quality, 11.4, 9_876 if stored else None)
     comp["runtime"] = "ONNX Runtime kmeans (v)"
     all_steps = [
-        {"name": "baseline", "technique": None, "quality": 0.9781, "size_bytes": base["size_bytes"],
-         "latency_ms": 0.0266},
-        {"name": "1 prune", "technique": "prune", "quality": 0.9761, "size_bytes": 154_245,
-         "latency_ms": 0.0262},
-        {"name": "2 quantize-int8", "technique": "int8", "quality": 0.9781, "size_bytes": 154_245,
-         "latency_ms": None, "skipped": True},
-        {"name": "3 kmeans", "technique": "kmeans", "quality": quality, "size_bytes": 43_929,
-         "latency_ms": latency, "stored_bytes": 9_876 if stored else None},
+        {
+            "name": "baseline",
+            "technique": None,
+            "quality": 0.9781,
+            "size_bytes": base["size_bytes"],
+            "latency_ms": 0.0266,
+        },
+        {
+            "name": "1 prune",
+            "technique": "prune",
+            "quality": 0.9761,
+            "size_bytes": 154_245,
+            "latency_ms": 0.0262,
+        },
+        {
+            "name": "2 quantize-int8",
+            "technique": "int8",
+            "quality": 0.9781,
+            "size_bytes": 154_245,
+            "latency_ms": None,
+            "skipped": True,
+        },
+        {
+            "name": "3 kmeans",
+            "technique": "kmeans",
+            "quality": quality,
+            "size_bytes": 43_929,
+            "latency_ms": latency,
+            "stored_bytes": 9_876 if stored else None,
+        },
     ][:steps]
     stage = {"chosen": "v", "variants": [{"variant": "v", "calibration_drop": 0.001, "note": ""}]}
-    return Report.model_validate({
-        "presso_version": "0.1.0", "created": "2026-11-25T00:10:19+00:00", "task": "classification",
-        "recipe": {"presso_recipe": 1, "name": recipe,
-                   "stages": [{"technique": "prune"}, {"technique": "kmeans"}]},
-        "model": {"name": name, "source": "callable" if callable_teacher else "nn.Module",
-                  "kind": "callable" if callable_teacher else "torch"},
-        "data": {"source": "scikit-learn load_digits (held-out rows)", "rows": 719, "has_labels": True,
-                 "split": {"method": "seeded random permutation", "seed": 0, "calibration_fraction": 0.3,
-                           "calibration_rows": 216, "evaluation_rows": 503, "note": "held-out rows only"}},
-        "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 1, 8, 8]}],
-        "budget": {"primary_metric": metric, "max_drop": 0.01, "baseline": 0.9781, "compressed": quality,
-                   "drop": 0.9781 - quality, "passed": 0.9781 - quality <= 0.01},
-        "baseline": base, "compressed": comp,
-        "ratios": {"size": None if callable_teacher else 3.511, "latency_speedup": 1.556, "throughput": 1.0},
-        "reference": {"pytorch_fp32_latency_ms": None},
-        "machine": {"cpu": cpu, "avx2": True, "threads": 2, "onnxruntime": "1.32.0"},
-        "stages": [{"technique": "prune", **stage, "layers": prune_rows if layers else []},
-                   {"technique": "int8", "chosen": None, "skipped": True,
-                    "layers": quant_rows if layers else []},
-                   {"technique": "kmeans", **stage, "layers": kmeans_rows if layers else []}],
-        "notes": ["The compressed model is 1.56x faster than ONNX Runtime fp32 at batch 1."],
-        "steps": all_steps,
-        "layer_sizes": {"baseline": [{"node": n, "op": "Conv", "bytes": b} for n, b in base_sizes.items()],
-                        "compressed": [{"node": n, "op": "Conv", "bytes": b} for n, b in comp_sizes.items()]}
-        if layers else {},
-        "stored": {"file": "model.packed", "bytes": 9_876, "weights_bytes": 7_000, "graph_bytes": 2_500,
-                   "fp32_weights_bytes": 153_128, "weights_ratio": 21.875,
-                   "codecs": {"kmeans4+rans": 3, "raw": 2}}
-        if stored else None,
-    })
+    return Report.model_validate(
+        {
+            "presso_version": "0.1.0",
+            "created": "2026-11-25T00:10:19+00:00",
+            "task": "classification",
+            "recipe": {
+                "presso_recipe": 1,
+                "name": recipe,
+                "stages": [{"technique": "prune"}, {"technique": "kmeans"}],
+            },
+            "model": {
+                "name": name,
+                "source": "callable" if callable_teacher else "nn.Module",
+                "kind": "callable" if callable_teacher else "torch",
+            },
+            "data": {
+                "source": "scikit-learn load_digits (held-out rows)",
+                "rows": 719,
+                "has_labels": True,
+                "split": {
+                    "method": "seeded random permutation",
+                    "seed": 0,
+                    "calibration_fraction": 0.3,
+                    "calibration_rows": 216,
+                    "evaluation_rows": 503,
+                    "note": "held-out rows only",
+                },
+            },
+            "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 1, 8, 8]}],
+            "budget": {
+                "primary_metric": metric,
+                "max_drop": 0.01,
+                "baseline": 0.9781,
+                "compressed": quality,
+                "drop": 0.9781 - quality,
+                "passed": 0.9781 - quality <= 0.01,
+            },
+            "baseline": base,
+            "compressed": comp,
+            "ratios": {
+                "size": None if callable_teacher else 3.511,
+                "latency_speedup": 1.556,
+                "throughput": 1.0,
+            },
+            "reference": {"pytorch_fp32_latency_ms": None},
+            "machine": {"cpu": cpu, "avx2": True, "threads": 2, "onnxruntime": "1.32.0"},
+            "stages": [
+                {"technique": "prune", **stage, "layers": prune_rows if layers else []},
+                {
+                    "technique": "int8",
+                    "chosen": None,
+                    "skipped": True,
+                    "layers": quant_rows if layers else [],
+                },
+                {"technique": "kmeans", **stage, "layers": kmeans_rows if layers else []},
+            ],
+            "notes": ["The compressed model is 1.56x faster than ONNX Runtime fp32 at batch 1."],
+            "steps": all_steps,
+            "layer_sizes": {
+                "baseline": [{"node": n, "op": "Conv", "bytes": b} for n, b in base_sizes.items()],
+                "compressed": [{"node": n, "op": "Conv", "bytes": b} for n, b in comp_sizes.items()],
+            }
+            if layers
+            else {},
+            "stored": {
+                "file": "model.packed",
+                "bytes": 9_876,
+                "weights_bytes": 7_000,
+                "graph_bytes": 2_500,
+                "fp32_weights_bytes": 153_128,
+                "weights_ratio": 21.875,
+                "codecs": {"kmeans4+rans": 3, "raw": 2},
+            }
+            if stored
+            else None,
+        }
+    )
 
 
 def plots(page: str) -> dict[str, ET.Element]:
@@ -131,8 +243,16 @@ def write_artifact(folder, report: Report):
 
 # ------------------------------------------------------------------ the page
 
-EXPECTED_PLOTS = {"steps-size", "steps-latency", "steps-quality", "layer-sizes", "sensitivity-1",
-                  "sensitivity-2", "sensitivity-3", "latency"}
+EXPECTED_PLOTS = {
+    "steps-size",
+    "steps-latency",
+    "steps-quality",
+    "layer-sizes",
+    "sensitivity-1",
+    "sensitivity-2",
+    "sensitivity-3",
+    "latency",
+}
 
 
 def test_every_plot_is_present_and_well_formed():
@@ -143,8 +263,19 @@ def test_every_plot_is_present_and_well_formed():
         assert root.get("class") == "plot" and root.get("aria-label"), name
         assert root.find("title") is not None and root.find("title").text, name
         check_geometry(root)
-    for section in ("summary", "steps", "layer-sizes", "sensitivity", "latency", "storage", "variants",
-                    "layers", "data", "machine", "recipe"):
+    for section in (
+        "summary",
+        "steps",
+        "layer-sizes",
+        "sensitivity",
+        "latency",
+        "storage",
+        "variants",
+        "layers",
+        "data",
+        "machine",
+        "recipe",
+    ):
         assert f"<section id='{section}'>" in page and f"href='#{section}'" in page
     # What the page showed before the plots is still there.
     assert "Baseline vs compressed" in page and "Layers after stage 1 (prune)" in page and "drop@0.9" in page
@@ -181,16 +312,26 @@ def test_page_is_self_contained():
         assert banned not in page.lower(), banned
 
 
-@pytest.mark.parametrize("kwargs, absent, sentence", [
-    ({"samples": False}, {"latency"}, "This report has no latency samples"),
-    ({"layers": False}, {"layer-sizes", "sensitivity-1", "sensitivity-2", "sensitivity-3"},
-     "No stage of this run reported a per-layer sensitivity or weight error"),
-    ({"steps": 0}, {"steps-size", "steps-latency", "steps-quality"}, "This report has no per-stage steps"),
-    ({"steps": 1}, set(), "The model after each stage"),
-    ({"stored": False}, set(), "This run wrote no packed storage file"),
-    ({"callable_teacher": True}, set(), "the baseline's size is unknown"),
-    ({"quality": 0.95}, set(), "badge fail"),
-])
+@pytest.mark.parametrize(
+    "kwargs, absent, sentence",
+    [
+        ({"samples": False}, {"latency"}, "This report has no latency samples"),
+        (
+            {"layers": False},
+            {"layer-sizes", "sensitivity-1", "sensitivity-2", "sensitivity-3"},
+            "No stage of this run reported a per-layer sensitivity or weight error",
+        ),
+        (
+            {"steps": 0},
+            {"steps-size", "steps-latency", "steps-quality"},
+            "This report has no per-stage steps",
+        ),
+        ({"steps": 1}, set(), "The model after each stage"),
+        ({"stored": False}, set(), "This run wrote no packed storage file"),
+        ({"callable_teacher": True}, set(), "the baseline's size is unknown"),
+        ({"quality": 0.95}, set(), "badge fail"),
+    ],
+)
 def test_edge_cases_render(kwargs, absent, sentence):
     page = render_html(make_report(**kwargs))
     found = plots(page)
@@ -213,16 +354,20 @@ def test_summary_line_for_a_callable_teacher_and_a_slower_model():
 
 # ------------------------------------------------------------------ the charts on their own
 
-@pytest.mark.parametrize("lo, hi, ticks", [
-    (0, 100, [0, 20, 40, 60, 80, 100]),
-    (0, 1, [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
-    (0, 1234, [0, 500, 1000, 1500]),
-    (0.9681, 0.9781, [0.965, 0.970, 0.975, 0.980]),
-    (0.013, 0.047, [0.01, 0.02, 0.03, 0.04, 0.05]),
-    (-0.0004, 0.0012, [-0.0005, 0, 0.0005, 0.001, 0.0015]),
-    (0, 0, [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
-    (None, float("nan"), [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
-])
+
+@pytest.mark.parametrize(
+    "lo, hi, ticks",
+    [
+        (0, 100, [0, 20, 40, 60, 80, 100]),
+        (0, 1, [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        (0, 1234, [0, 500, 1000, 1500]),
+        (0.9681, 0.9781, [0.965, 0.970, 0.975, 0.980]),
+        (0.013, 0.047, [0.01, 0.02, 0.03, 0.04, 0.05]),
+        (-0.0004, 0.0012, [-0.0005, 0, 0.0005, 0.001, 0.0015]),
+        (0, 0, [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        (None, float("nan"), [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+    ],
+)
 def test_nice_ticks(lo, hi, ticks):
     assert nice_ticks(lo, hi) == pytest.approx(ticks)
 
@@ -250,14 +395,28 @@ def test_charts_survive_awkward_data():
         bar_chart("empty", "empty", [], [Series("s", [])], value_label="v"),
         bar_chart("vertical", "v", ["a", long], [Series("s", [0, None])], value_label="v", horizontal=False),
         line_chart("point", "one point", [Series("s", [0.5], x=[0.1])], x_label="x", y_label="y"),
-        line_chart("cats", "one category", [Series("s", [1.0])], x_label="x", y_label="y",
-                   categories=["only"]),
-        line_chart("gaps", "gaps", [Series("s", [None, 1, None, 2], x=[0, 1, 2, 3])], x_label="x",
-                   y_label="y", step=True),
-        scatter_chart("scatter", "one", [Series("s", [0.9], x=[0.0], labels=["p"])], x_label="x", y_label="y",
-                      log_x=True),
-        scatter_chart("scatter2", "same", [Series("s", [1, 1], x=[2, 2], labels=["a", "b"])], x_label="x",
-                      y_label="y"),
+        line_chart(
+            "cats", "one category", [Series("s", [1.0])], x_label="x", y_label="y", categories=["only"]
+        ),
+        line_chart(
+            "gaps",
+            "gaps",
+            [Series("s", [None, 1, None, 2], x=[0, 1, 2, 3])],
+            x_label="x",
+            y_label="y",
+            step=True,
+        ),
+        scatter_chart(
+            "scatter",
+            "one",
+            [Series("s", [0.9], x=[0.0], labels=["p"])],
+            x_label="x",
+            y_label="y",
+            log_x=True,
+        ),
+        scatter_chart(
+            "scatter2", "same", [Series("s", [1, 1], x=[2, 2], labels=["a", "b"])], x_label="x", y_label="y"
+        ),
         histogram("hist", "equal", [Series("s", [0.02] * 50), Series("t", [])], x_label="t", unit="ms"),
         histogram("nohist", "none", [Series("s", [])], x_label="t"),
     ]
@@ -270,15 +429,17 @@ def test_long_labels_are_truncated_with_the_full_name_in_the_tooltip():
     long = "encoder/layer.11/attention/self/query/MatMul_with_a_very_long_name"
     root = _parse(bar_chart("long", "t", [long], [Series("s", [1_234])], value_label="v", unit="bytes"))
     texts = [t for t in root.iter("text") if t.find("title") is not None]
-    assert any(t.find("title").text == long and long not in "".join(t.itertext()).replace(long, "", 1)
-               for t in texts)
+    assert any(
+        t.find("title").text == long and long not in "".join(t.itertext()).replace(long, "", 1) for t in texts
+    )
     assert f"{long}: 1,234 bytes" in tooltips(root)
 
 
 def test_hundreds_of_layers_are_capped_with_an_other_bar():
     names = [f"layer{i}" for i in range(300)]
-    root = _parse(bar_chart("many", "t", names, [Series("s", list(range(300)))], value_label="v",
-                            max_bars=30))
+    root = _parse(
+        bar_chart("many", "t", names, [Series("s", list(range(300)))], value_label="v", max_bars=30)
+    )
     bars = [r for r in root.iter("rect") if r.find("title") is not None]
     assert len(bars) == 30
     assert f"other (271 layers): {sum(range(271)):,}" in tooltips(root)
@@ -286,13 +447,14 @@ def test_hundreds_of_layers_are_capped_with_an_other_bar():
 
 
 def test_text_is_escaped():
-    chart = bar_chart("esc<", "a <b> & \"c\"", ["<script>&"], [Series("s'", [1])], value_label="v <")
+    chart = bar_chart("esc<", 'a <b> & "c"', ["<script>&"], [Series("s'", [1])], value_label="v <")
     root = _parse(chart)
     assert "<script>" not in chart and root.get("data-plot") == "esc<"
     assert "<script>& \u00b7 s'" not in tooltips(root) and "<script>&: 1" in tooltips(root)
 
 
 # ------------------------------------------------------------------ the commands
+
 
 def test_presso_report_rewrites_report_html(tmp_path, capsys):
     art = write_artifact(tmp_path / "art", make_report())
@@ -308,11 +470,14 @@ def test_presso_report_rewrites_report_html(tmp_path, capsys):
     assert "DigitsCNN" in captured.err and out.is_file()
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "is not valid JSON"),
-    ('{"presso_version": "0.1.0"}', "is not a presso report"),
-    (None, "has no report.json"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"presso_version": "0.1.0"}', "is not a presso report"),
+        (None, "has no report.json"),
+    ],
+)
 def test_presso_report_refuses_a_bad_report_json(tmp_path, capsys, content, message):
     art = tmp_path / "art"
     art.mkdir()
@@ -326,8 +491,10 @@ def test_presso_report_refuses_a_bad_report_json(tmp_path, capsys, content, mess
 
 def test_presso_compare_writes_one_page(tmp_path, capsys, monkeypatch):
     a = write_artifact(tmp_path / "runs" / "digits-prune", make_report())
-    b = write_artifact(tmp_path / "runs" / "digits-int8",
-                       make_report(recipe="int8", quality=0.95, stored=False, cpu="AMD EPYC 9654"))
+    b = write_artifact(
+        tmp_path / "runs" / "digits-int8",
+        make_report(recipe="int8", quality=0.95, stored=False, cpu="AMD EPYC 9654"),
+    )
     monkeypatch.chdir(tmp_path)
     assert main(["compare", str(a), str(b), "--json"]) == 0
     page = (tmp_path / "compare.html").read_text()

@@ -35,6 +35,7 @@ PG_USER, PG_PASSWORD, PG_DB = "presso", "presso5ecretpw", "studies"
 
 # ------------------------------------------------------------------ fixtures
 
+
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
     """Each presso process trains on one thread: the tabular example's tiny fits are faster so,
@@ -46,10 +47,18 @@ def _one_thread(monkeypatch):
 def tabular_cached(tmp_path_factory):
     """Train the tabular example once into the session's cache (conftest's PRESSO_CACHE_DIR), so
     that concurrent workers load it instead of both training it."""
-    env = {**os.environ, "PRESSO_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "presso-cache"),
-           "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", "from presso.data.examples import load_example; "
-                           "load_example('tabular')"], env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PRESSO_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "presso-cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from presso.data.examples import load_example; load_example('tabular')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -63,8 +72,11 @@ def _pg_bin(name: str) -> str | None:
 
 def _no_postgres(why: str):
     if os.environ.get("PRESSO_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"PRESSO_REQUIRE_POSTGRES=1 but {why}: install PostgreSQL (apt-get install postgresql) "
-                    "to run the shared-study tests.", pytrace=False)
+        pytest.fail(
+            f"PRESSO_REQUIRE_POSTGRES=1 but {why}: install PostgreSQL (apt-get install postgresql) "
+            "to run the shared-study tests.",
+            pytrace=False,
+        )
     pytest.skip(f"{why}; set PRESSO_REQUIRE_POSTGRES=1 to require it")
 
 
@@ -105,8 +117,18 @@ def postgres_url():
         if owner is not None:
             os.chown(root, owner.pw_uid, owner.pw_gid)
         port = _free_port()
-        run(initdb, "-D", str(data), "-U", "admin", "--auth-local=trust", "--auth-host=scram-sha-256",
-            "--no-sync", "-E", "UTF8")
+        run(
+            initdb,
+            "-D",
+            str(data),
+            "-U",
+            "admin",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         started = True
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -c fsync=off"
         run(pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start")
@@ -125,15 +147,31 @@ def postgres_url():
 
 # ------------------------------------------------------------------ helpers
 
+
 def _search_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "presso.cli.main", "search", *args, *FAST_BENCH]
 
 
 def _start_worker(out: Path, url: str, study: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PRESSO_SEARCH_HEARTBEAT_SECONDS": str(HEARTBEAT),
-           "PRESSO_SEARCH_GRACE_SECONDS": str(GRACE)}
-    argv = _search_argv("--example", "tabular", "--trials", str(TRIALS), "--out", str(out), "--storage", url,
-                        "--study", study, "--threads", "1")
+    env = {
+        **os.environ,
+        "PRESSO_SEARCH_HEARTBEAT_SECONDS": str(HEARTBEAT),
+        "PRESSO_SEARCH_GRACE_SECONDS": str(GRACE),
+    }
+    argv = _search_argv(
+        "--example",
+        "tabular",
+        "--trials",
+        str(TRIALS),
+        "--out",
+        str(out),
+        "--storage",
+        url,
+        "--study",
+        study,
+        "--threads",
+        "1",
+    )
     with open(log, "w") as f:  # the child keeps its own descriptor
         return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
 
@@ -145,7 +183,7 @@ def _study_exists(url: str, name: str) -> bool:
 
     from presso.search.storage import with_driver
 
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         return False
     engine = sqlalchemy.create_engine(with_driver(url))
     try:
@@ -166,8 +204,9 @@ def _load(url: str, name: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # SQLite: give up on a lock after 1 s (a worker frozen mid-write holds it), never wait past the grace.
     engine = {"connect_args": {"timeout": 1}} if url.startswith("sqlite") else {}
-    return optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(with_driver(url),
-                                                                               engine_kwargs=engine))
+    return optuna.load_study(
+        study_name=name, storage=optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine)
+    )
 
 
 def _read(study) -> list | None:
@@ -192,7 +231,7 @@ def _kill_worker_mid_trial(study, a: subprocess.Popen, b: subprocess.Popen, a_wo
     Returns (the killed trial's number, {number: (state, values)} of the finished trials then)."""
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
-        for p, log in zip((a, b), logs):
+        for p, log in zip((a, b), logs, strict=True):
             assert p.poll() is None, f"a worker exited before the kill (rc {p.returncode}):\n{_tail(log)}"
         mine = [t for t in _read(study) or [] if t.user_attrs.get("worker") == a_worker]
         if sum(t.state.name in FINISHED for t in mine) >= 2 and any(_busy(t) for t in mine):
@@ -215,6 +254,7 @@ def _kill_worker_mid_trial(study, a: subprocess.Popen, b: subprocess.Popen, a_wo
 
 
 # ------------------------------------------------------------------ two workers, one killed
+
 
 def _two_workers_one_killed(url: str, tmp_path: Path) -> None:
     name = "shared"
@@ -354,6 +394,7 @@ def test_a_trial_another_worker_finished_first_does_not_stop_this_one():
 
 # ------------------------------------------------------------------ resume
 
+
 def _finished(out: Path) -> int:
     return sum(r["state"] in ("complete", "pruned") for r in read_report(out)["search"]["trials"])
 
@@ -368,8 +409,9 @@ def test_interrupted_study_resumes(tabular_cached, tmp_path):
     assert more.returncode == 0, more.stderr
     assert _finished(out) == 5  # exactly 2 new trials
     (out / "model.onnx").unlink()
-    again = run_cli("search", "--example", "tabular", "--trials", "5", "--out", str(out), "--rounds", "2",
-                    "--batch", "16")  # without --quiet: its log says why no trial ran
+    again = run_cli(
+        "search", "--example", "tabular", "--trials", "5", "--out", str(out), "--rounds", "2", "--batch", "16"
+    )  # without --quiet: its log says why no trial ran
     assert again.returncode == 0, again.stderr
     assert "already holds 5 finished trials" in again.stderr + again.stdout
     assert _finished(out) == 5
@@ -377,6 +419,7 @@ def test_interrupted_study_resumes(tabular_cached, tmp_path):
 
 
 # ------------------------------------------------------------------ errors
+
 
 def _assert_one_line_error(done: subprocess.CompletedProcess, code: int, pattern: str) -> str:
     lines = done.stderr.strip().splitlines()
@@ -387,30 +430,39 @@ def _assert_one_line_error(done: subprocess.CompletedProcess, code: int, pattern
     return lines[0]
 
 
-@pytest.mark.parametrize("url, pattern", [
-    ("not a url", r"is not a database URL"),
-    ("mysql://u@h/db", r"SQLite or PostgreSQL, not 'mysql'"),
-    ("postgresql://u:secretpw@127.0.0.1:1/db", r"cannot (reach|open) the study database"),
-    ("sqlite:////nonexistent-dir/x.db", r"does not exist"),
-    ("sqlite:///{tmp}/garbage.db", r"cannot open the study database"),
-], ids=["not-a-url", "mysql", "nothing-listening", "no-folder", "not-a-database"])
+@pytest.mark.parametrize(
+    "url, pattern",
+    [
+        ("not a url", r"is not a database URL"),
+        ("mysql://u@h/db", r"SQLite or PostgreSQL, not 'mysql'"),
+        ("postgresql://u:secretpw@127.0.0.1:1/db", r"cannot (reach|open) the study database"),
+        ("sqlite:////nonexistent-dir/x.db", r"does not exist"),
+        ("sqlite:///{tmp}/garbage.db", r"cannot open the study database"),
+    ],
+    ids=["not-a-url", "mysql", "nothing-listening", "no-folder", "not-a-database"],
+)
 def test_bad_storage_is_one_line(tabular_cached, tmp_path, url, pattern):
     (tmp_path / "garbage.db").write_bytes(os.urandom(4096))  # a file that is not a database
     url = url.format(tmp=tmp_path)
     out = tmp_path / "out"
-    done = run_cli("search", "--example", "tabular", "--trials", "2", "--out", str(out), "--storage", url,
-                   *FAST_BENCH)
+    done = run_cli(
+        "search", "--example", "tabular", "--trials", "2", "--out", str(out), "--storage", url, *FAST_BENCH
+    )
     line = _assert_one_line_error(done, 2, pattern)
     assert "secretpw" not in done.stderr + done.stdout
     assert "--storage" in line
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flags, pattern", [
-    (["--max-latency-ms", "0.000001"], r"impossible on this machine"),
-    (["--max-latency-ms", "-1"], r"--max-latency-ms must be > 0"),
-    (["--max-size-mb", "0"], r"--max-size-mb must be > 0"),
-], ids=["latency-below-floor", "negative-latency", "zero-size"])
+@pytest.mark.parametrize(
+    "flags, pattern",
+    [
+        (["--max-latency-ms", "0.000001"], r"impossible on this machine"),
+        (["--max-latency-ms", "-1"], r"--max-latency-ms must be > 0"),
+        (["--max-size-mb", "0"], r"--max-size-mb must be > 0"),
+    ],
+    ids=["latency-below-floor", "negative-latency", "zero-size"],
+)
 def test_impossible_constraint_is_refused_before_trials(tabular_cached, tmp_path, flags, pattern):
     out = tmp_path / "out"
     done = run_cli("search", "--example", "tabular", "--trials", "2", "--out", str(out), *flags, *FAST_BENCH)
@@ -421,8 +473,18 @@ def test_impossible_constraint_is_refused_before_trials(tabular_cached, tmp_path
 @pytest.mark.int8_kernel
 def test_unmet_constraint_writes_no_model(tabular_cached, tmp_path):
     out = tmp_path / "out"
-    done = run_cli("search", "--example", "tabular", "--trials", "3", "--out", str(out), "--max-size-mb",
-                   "0.0001", *FAST_BENCH)
+    done = run_cli(
+        "search",
+        "--example",
+        "tabular",
+        "--trials",
+        "3",
+        "--out",
+        str(out),
+        "--max-size-mb",
+        "0.0001",
+        *FAST_BENCH,
+    )
     _assert_one_line_error(done, 1, r"No trial meets all the constraints")
     assert not (out / "model.onnx").exists()
     assert not (out / "report.json").exists()
@@ -431,11 +493,35 @@ def test_unmet_constraint_writes_no_model(tabular_cached, tmp_path):
 @pytest.mark.int8_kernel
 def test_study_of_another_model_is_refused(tabular_cached, tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    first = run_cli("search", "--example", "tabular", "--trials", "1", "--out", str(tmp_path / "tabular"),
-                    "--storage", url, "--study", "mine", *FAST_BENCH)
+    first = run_cli(
+        "search",
+        "--example",
+        "tabular",
+        "--trials",
+        "1",
+        "--out",
+        str(tmp_path / "tabular"),
+        "--storage",
+        url,
+        "--study",
+        "mine",
+        *FAST_BENCH,
+    )
     assert first.returncode == 0, first.stderr
-    done = run_cli("search", "--example", "digits", "--trials", "1", "--out", str(tmp_path / "digits"),
-                   "--storage", url, "--study", "mine", *FAST_BENCH)
+    done = run_cli(
+        "search",
+        "--example",
+        "digits",
+        "--trials",
+        "1",
+        "--out",
+        str(tmp_path / "digits"),
+        "--storage",
+        url,
+        "--study",
+        "mine",
+        *FAST_BENCH,
+    )
     _assert_one_line_error(done, 2, r"belongs to another search")
     assert not (tmp_path / "digits").exists()
     report = json.loads((tmp_path / "tabular" / "report.json").read_text())

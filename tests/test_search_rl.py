@@ -28,16 +28,21 @@ def _quiet_optuna():
 
 
 def _op(choice, value=None, state=TrialState.COMPLETE, choices=("a", "b", "c")):
-    return create_trial(state=state, value=value, params={"op": choice},
-                        distributions={"op": CategoricalDistribution(list(choices))})
+    return create_trial(
+        state=state,
+        value=value,
+        params={"op": choice},
+        distributions={"op": CategoricalDistribution(list(choices))},
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_policy_learns_the_hidden_best_choices(seed):
     sampler = PolicyGradientSampler(seed=seed)
     study = optuna.create_study(sampler=sampler)
-    study.optimize(lambda t: float(sum(t.suggest_categorical(k, CHOICES) != v for k, v in BEST.items())),
-                   n_trials=60)
+    study.optimize(
+        lambda t: float(sum(t.suggest_categorical(k, CHOICES) != v for k, v in BEST.items())), n_trials=60
+    )
     for name, best in BEST.items():
         assert sampler.policy(study, name, CategoricalDistribution(CHOICES))[best] > 0.6
     values = [t.value for t in study.trials]
@@ -46,8 +51,10 @@ def test_policy_learns_the_hidden_best_choices(seed):
 
 def _hand_policy():
     """The update rule worked by hand for rewards -3, -1, -2 on choices a, b, c (lr 0.5, decay 0.8)."""
+
     def softmax(z):
         return np.exp(z) / np.exp(z).sum()
+
     logits = np.zeros(3)
     # trial 0: r=-3 sets the baseline; advantage 0; baseline stays -3
     # trial 1: r=-1, std(-3, -1) = 1, advantage (-1 + 3) / 1 = 2; then baseline 0.8*-3 + 0.2*-1 = -2.6
@@ -83,8 +90,9 @@ def test_policy_is_a_function_of_the_shared_history(tmp_path):
 
     # Both processes go on optimising the one study and still agree.
     for study in [study1, study2] * 3:
-        study.optimize(lambda t: {"a": 3.0, "b": 1.0, "c": 2.0}[t.suggest_categorical("op", ["a", "b", "c"])],
-                       n_trials=1)
+        study.optimize(
+            lambda t: {"a": 3.0, "b": 1.0, "c": 2.0}[t.suggest_categorical("op", ["a", "b", "c"])], n_trials=1
+        )
     assert len(study1.get_trials(states=[TrialState.COMPLETE])) == 9
     assert s1.policy(study1, "op", dist) == s2.policy(study2, "op", dist)
 
@@ -118,7 +126,9 @@ def _two_objectives(trial):
     return cost + w, cost + 1.0 - w
 
 
-@pytest.mark.parametrize("reward, learned", [(None, "x"), (lambda t, complete: float(t.params["op"] == "y"), "y")])
+@pytest.mark.parametrize(
+    "reward, learned", [(None, "x"), (lambda t, complete: float(t.params["op"] == "y"), "y")]
+)
 def test_multi_objective_study_learns_from_its_reward(reward, learned):
     sampler = PolicyGradientSampler(seed=0, reward=reward)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
@@ -131,8 +141,15 @@ def test_multi_objective_study_learns_from_its_reward(reward, learned):
 
 def test_other_distributions_are_sampled_at_random_within_bounds():
     study = optuna.create_study(sampler=PolicyGradientSampler(seed=0))
-    study.optimize(lambda t: t.suggest_float("x", -2.0, 3.0) + t.suggest_float("lr", 1e-4, 1e-1, log=True)
-                   + t.suggest_int("n", 1, 5) + t.suggest_int("k", 0, 12, step=4), n_trials=30)
+    study.optimize(
+        lambda t: (
+            t.suggest_float("x", -2.0, 3.0)
+            + t.suggest_float("lr", 1e-4, 1e-1, log=True)
+            + t.suggest_int("n", 1, 5)
+            + t.suggest_int("k", 0, 12, step=4)
+        ),
+        n_trials=30,
+    )
     x, lr, n, k = (np.array([t.params[name] for t in study.trials]) for name in ("x", "lr", "n", "k"))
     assert ((-2.0 <= x) & (x <= 3.0)).all() and ((1e-4 <= lr) & (lr <= 1e-1)).all()
     assert set(n) <= {1, 2, 3, 4, 5} and len(set(n)) >= 4
@@ -155,8 +172,9 @@ def test_entropy_floor_is_lowered_to_leave_half_the_mass_to_the_policy():
     dist = CategoricalDistribution(choices)
     study = optuna.create_study(sampler=PolicyGradientSampler(seed=0, entropy_floor=0.02))
     for i in range(30):
-        study.add_trial(create_trial(value=0.0 if i % 2 else 1.0, params={"n": i % 2},
-                                     distributions={"n": dist}))
+        study.add_trial(
+            create_trial(value=0.0 if i % 2 else 1.0, params={"n": i % 2}, distributions={"n": dist})
+        )
     p = np.array(list(study.sampler.policy(study, "n", dist).values()))
     assert p.min() >= 0.5 / 40 - 1e-12
     assert p.min() < 0.02  # 40 * 0.02 would exceed half the mass
@@ -169,21 +187,27 @@ def test_choices_of_mixed_types_map_back_to_their_index():
     study = optuna.create_study(sampler=PolicyGradientSampler(seed=0))
     for i in range(20):
         choice = choices[i % len(choices)]
-        study.add_trial(create_trial(value=0.0 if choice is None else 1.0, params={"c": choice},
-                                     distributions={"c": dist}))
+        study.add_trial(
+            create_trial(
+                value=0.0 if choice is None else 1.0, params={"c": choice}, distributions={"c": dist}
+            )
+        )
     p = study.sampler.policy(study, "c", dist)
     assert list(p) == choices
     assert p[None] == max(p.values()) and p[None] > 0.5
     assert study.sampler.sample_independent(study, None, "c", dist) in choices
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"lr": -1}, "'lr' option of PolicyGradientSampler must be a positive number. Got -1"),
-    ({"baseline_decay": 1.0}, "'baseline_decay' .* in \\[0, 1\\). Got 1.0"),
-    ({"entropy_floor": float("nan")}, "'entropy_floor'"),
-    ({"seed": 1.5}, "'seed' .* an int or None"),
-    ({"reward": "neg"}, "'reward' .* a callable"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lr": -1}, "'lr' option of PolicyGradientSampler must be a positive number. Got -1"),
+        ({"baseline_decay": 1.0}, "'baseline_decay' .* in \\[0, 1\\). Got 1.0"),
+        ({"entropy_floor": float("nan")}, "'entropy_floor'"),
+        ({"seed": 1.5}, "'seed' .* an int or None"),
+        ({"reward": "neg"}, "'reward' .* a callable"),
+    ],
+)
 def test_bad_options_are_rejected_with_the_fix(kwargs, match):
     with pytest.raises(PressoError, match=match):
         PolicyGradientSampler(**kwargs)

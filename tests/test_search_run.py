@@ -47,8 +47,18 @@ def tabular(_cache):
 def searched(_cache, tmp_path_factory):
     """presso search --example tabular --trials 6: the search folder."""
     out = tmp_path_factory.mktemp("search") / "D"
-    done = run_cli("search", "--example", "tabular", "--trials", "6", "--trial-rounds", "2", "--out", str(out),
-                   *FAST_BENCH)
+    done = run_cli(
+        "search",
+        "--example",
+        "tabular",
+        "--trials",
+        "6",
+        "--trial-rounds",
+        "2",
+        "--out",
+        str(out),
+        *FAST_BENCH,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -64,8 +74,11 @@ def _front(trials: list[dict], scale: float) -> set[int]:
     """Numbers of the feasible complete trials no other feasible complete trial dominates,
     at their re-timed latencies where they were re-timed."""
     keys = ("drop", "latency_ms", "size_bytes")
-    pool = [t if t["retimed_ms"] is None else {**t, "latency_ms": t["retimed_ms"] * scale}
-            for t in trials if t["state"] == "complete" and t["feasible"]]
+    pool = [
+        t if t["retimed_ms"] is None else {**t, "latency_ms": t["retimed_ms"] * scale}
+        for t in trials
+        if t["state"] == "complete" and t["feasible"]
+    ]
     out = set()
     for t in pool:
         if not any(all(o[k] <= t[k] for k in keys) and any(o[k] < t[k] for k in keys) for o in pool):
@@ -82,13 +95,19 @@ def test_search_folder_report_and_front(searched):
     trials = s["trials"]
     assert [t["number"] for t in trials] == list(range(6))
     assert sum(t["state"] in ("complete", "pruned") for t in trials) == 6
-    assert s["sampler"] == "tpe" and s["pick"] == "balanced" and s["objectives"] == ["drop", "latency_ms",
-                                                                                        "size_bytes"]
+    assert (
+        s["sampler"] == "tpe"
+        and s["pick"] == "balanced"
+        and s["objectives"] == ["drop", "latency_ms", "size_bytes"]
+    )
     max_drop = report["budget"]["max_drop"]
     assert s["constraints"] == {"max_drop": max_drop, "max_latency_ms": None, "max_size_mb": None}
     # the built-in recipes' points ran first
-    assert [t["summary"] for t in trials[:3]] == ["slim ratio 0.65", "int8 static-s8s8",
-                                                  "distill width 0.45 -> int8 dynamic"]
+    assert [t["summary"] for t in trials[:3]] == [
+        "slim ratio 0.65",
+        "int8 static-s8s8",
+        "distill width 0.45 -> int8 dynamic",
+    ]
     for t in trials:
         if t["state"] == "complete":
             assert t["feasible"] == (t["drop"] <= max_drop + 1e-12)
@@ -120,7 +139,9 @@ def test_search_folder_report_and_front(searched):
             assert t["recipe_file"] == f"trials/{t['number']:04d}.yaml"
             recipe = load_recipe(str(searched / t["recipe_file"]))
             assert recipe.name == f"trial-{t['number']}"
-            assert [st.technique for st in recipe.stages] == [part.split()[0] for part in t["summary"].split(" -> ")]
+            assert [st.technique for st in recipe.stages] == [
+                part.split()[0] for part in t["summary"].split(" -> ")
+            ]
 
     # the study database holds the same trials
     study = optuna.load_study(study_name=s["study"], storage=f"sqlite:///{searched / 'study.db'}")
@@ -149,8 +170,16 @@ def test_a_trial_recipe_re_runs_to_the_same_model(searched, tmp_path):
     report = read_report(searched)
     picked = report["search"]["picked"]
     out = tmp_path / "E"
-    done = run_cli("compress", "--example", "tabular", "--recipe", str(searched / f"trials/{picked:04d}.yaml"),
-                   "--out", str(out), *FAST_BENCH)
+    done = run_cli(
+        "compress",
+        "--example",
+        "tabular",
+        "--recipe",
+        str(searched / f"trials/{picked:04d}.yaml"),
+        "--out",
+        str(out),
+        *FAST_BENCH,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     again = read_report(out)
     assert again["budget"]["primary_metric"] == report["budget"]["primary_metric"]
@@ -165,8 +194,23 @@ def test_compress_recipe_auto_joins_the_study_in_its_folder(searched, tmp_path):
     (6 finished trials >= --trials 4) it runs no trial and writes the same balanced point."""
     out = tmp_path / "F"
     shutil.copytree(searched, out)
-    assert main(["compress", "--example", "tabular", "--recipe", "auto", "--trials", "4", "--out", str(out),
-                 *FAST_BENCH]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "--example",
+                "tabular",
+                "--recipe",
+                "auto",
+                "--trials",
+                "4",
+                "--out",
+                str(out),
+                *FAST_BENCH,
+            ]
+        )
+        == 0
+    )
     first, auto = read_report(searched), read_report(out)
     assert auto["recipe"]["name"] == "auto"
 
@@ -181,9 +225,16 @@ def test_compress_recipe_auto_joins_the_study_in_its_folder(searched, tmp_path):
     # so this run's own figures are the reference, not the first run's pick.
     s = auto["search"]
     scale = s["retime_scale"]
-    front = [{"number": t["number"], "drop": t["drop"], "size_bytes": t["size_bytes"],
-              "latency_ms": t["retimed_ms"] * scale if t["retimed_ms"] is not None else t["latency_ms"]}
-             for t in s["trials"] if t["on_front"]]
+    front = [
+        {
+            "number": t["number"],
+            "drop": t["drop"],
+            "size_bytes": t["size_bytes"],
+            "latency_ms": t["retimed_ms"] * scale if t["retimed_ms"] is not None else t["latency_ms"],
+        }
+        for t in s["trials"]
+        if t["on_front"]
+    ]
     assert s["picked"] == ordered(front, "balanced")[0]["number"]
     if s["picked"] == first["search"]["picked"]:  # the same point re-run: the same figures
         assert abs(auto["budget"]["compressed"] - first["budget"]["compressed"]) <= 1e-9
@@ -192,20 +243,47 @@ def test_compress_recipe_auto_joins_the_study_in_its_folder(searched, tmp_path):
 
 
 def test_trials_need_recipe_auto(capsys, tmp_path):
-    assert main(["compress", "--example", "tabular", "--recipe", "int8", "--trials", "4",
-                 "--out", str(tmp_path / "G"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "compress",
+                "--example",
+                "tabular",
+                "--recipe",
+                "int8",
+                "--trials",
+                "4",
+                "--out",
+                str(tmp_path / "G"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "presso: error: --trials and --timeout size an automatic search: use them with --recipe auto" in err
+    assert (
+        "presso: error: --trials and --timeout size an automatic search: use them with --recipe auto" in err
+    )
     assert not (tmp_path / "G").exists()
 
 
 # ------------------------------------------------------------------ samplers and the study
 
+
 @pytest.mark.int8_kernel
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "grid", "rl"])
 def test_every_sampler_runs_on_tabular(sampler, tabular, prepared, tmp_path):
-    found = search(tabular.model, tabular.data, task=tabular.task, out=tmp_path / sampler, trials=3,
-                   sampler=sampler, techniques=CHEAP, bench=QUICK, trial_rounds=2)
+    found = search(
+        tabular.model,
+        tabular.data,
+        task=tabular.task,
+        out=tmp_path / sampler,
+        trials=3,
+        sampler=sampler,
+        techniques=CHEAP,
+        bench=QUICK,
+        trial_rounds=2,
+    )
     assert sum(t["state"] in ("complete", "pruned") for t in found.trials) == 3
     s = found.result.report.search
     assert s.sampler == sampler and s.picked in {r["number"] for r in found.front}
@@ -223,8 +301,17 @@ def test_every_sampler_runs_on_tabular(sampler, tabular, prepared, tmp_path):
         assert study.trials[0].params == {"weights": "int8", "int8.variant": "static-s8s8"}
 
 
-SLIM = {"structure": "slim", "slim.ratio": 0.5, "slim.lr": 1e-3, "slim.epochs": 60, "slim.temperature": 2.0,
-        "slim.l1": 0.0, "prune": False, "lowrank": False, "weights": "fp32"}
+SLIM = {
+    "structure": "slim",
+    "slim.ratio": 0.5,
+    "slim.lr": 1e-3,
+    "slim.epochs": 60,
+    "slim.temperature": 2.0,
+    "slim.l1": 0.0,
+    "prune": False,
+    "lowrank": False,
+    "weights": "fp32",
+}
 
 
 def test_a_repeated_point_reuses_the_finished_trial(prepared, tmp_path):
@@ -233,15 +320,25 @@ def test_a_repeated_point_reuses_the_finished_trial(prepared, tmp_path):
     settings = Settings(task=prepared.run.task, max_drop=prepared.run.max_drop, seed=prepared.seed)
     # a study with search()'s objectives and sampler (without its starting points), two trials
     # forced to the same point
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="dup",
-                                directions=["minimize"] * 3, sampler=make_sampler("random", 0, 2, constraints))
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        study_name="dup",
+        directions=["minimize"] * 3,
+        sampler=make_sampler("random", 0, 2, constraints),
+    )
     study.enqueue_trial(SLIM)
     study.enqueue_trial(SLIM, skip_if_exists=False)
     # and a pruned trial to be repeated: its reason comes back without running anything
     kmeans = {"structure": "none", "prune": False, "lowrank": False, "weights": "kmeans", "kmeans.bits": 3}
     dists = {c.name: CategoricalDistribution(list(c.values)) for c in space.choices if c.name in kmeans}
-    study.add_trial(create_trial(state=TrialState.PRUNED, params=kmeans, distributions=dists,
-                                 user_attrs={"reason": "made up: broke the budget", "summary": "kmeans 3 bits"}))
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            params=kmeans,
+            distributions=dists,
+            user_attrs={"reason": "made up: broke the budget", "summary": "kmeans 3 bits"},
+        )
+    )
     study.enqueue_trial(kmeans)
     runner = TrialRunner(prepared, space, settings, constraints, rounds=2)
     ran, run = [], runner._run
@@ -261,7 +358,9 @@ def test_a_repeated_point_reuses_the_finished_trial(prepared, tmp_path):
     # the constraints Optuna's samplers read (<= 0: met) are set on the repeat too
     limits = [{k: v for k, v in t.system_attrs.items() if "constraint" in k} for t in (first, second)]
     assert limits[0] == limits[1] and len(limits[0]) == 1
-    assert list(limits[0].values())[0] == pytest.approx(first.user_attrs["drop"] - constraints.max_drop, abs=1e-12)
+    assert list(limits[0].values())[0] == pytest.approx(
+        first.user_attrs["drop"] - constraints.max_drop, abs=1e-12
+    )
     assert again.state == TrialState.PRUNED and again.user_attrs["same_as"] == pruned.number
     assert again.user_attrs["reason"] == "made up: broke the budget"
     assert "seconds" not in again.user_attrs  # it never ran
@@ -269,20 +368,41 @@ def test_a_repeated_point_reuses_the_finished_trial(prepared, tmp_path):
 
 def _add_finished(study, space, params: dict, drop: float, latency_ms: float, size_bytes: int) -> None:
     """A finished trial as TrialRunner records one, with figures of our choosing."""
-    recipe = space.recipe(params, f"trial-{len(study.trials)}", Settings(task="classification", max_drop=0.01,
-                                                                          seed=0, calibration_fraction=0.3))
-    attrs = {"drop": drop, "latency_ms": latency_ms, "size_bytes": size_bytes, "summary": recipe.description,
-             "recipe": recipe.model_dump(mode="json", exclude_defaults=True)}
+    recipe = space.recipe(
+        params,
+        f"trial-{len(study.trials)}",
+        Settings(task="classification", max_drop=0.01, seed=0, calibration_fraction=0.3),
+    )
+    attrs = {
+        "drop": drop,
+        "latency_ms": latency_ms,
+        "size_bytes": size_bytes,
+        "summary": recipe.description,
+        "recipe": recipe.model_dump(mode="json", exclude_defaults=True),
+    }
     dists = {c.name: CategoricalDistribution(list(c.values)) for c in space.choices if c.name in params}
-    study.add_trial(create_trial(values=[drop, latency_ms, size_bytes], params=params, distributions=dists,
-                                 user_attrs=attrs))
+    study.add_trial(
+        create_trial(
+            values=[drop, latency_ms, size_bytes], params=params, distributions=dists, user_attrs=attrs
+        )
+    )
 
 
 @pytest.mark.int8_kernel
 def test_pick_latency_and_size_on_one_finished_study(prepared, tmp_path):
     out = tmp_path / "P"
-    common = ["search", "--example", "tabular", "--techniques", "int8,kmeans", "--trial-rounds", "2",
-              "--out", str(out), *FAST_BENCH]
+    common = [
+        "search",
+        "--example",
+        "tabular",
+        "--techniques",
+        "int8,kmeans",
+        "--trial-rounds",
+        "2",
+        "--out",
+        str(out),
+        *FAST_BENCH,
+    ]
     assert main([*common, "--trials", "3", "--pick", "latency"]) == 0
     db = f"sqlite:///{out / 'study.db'}"
     study = optuna.load_study(study_name="presso-TabularMLP", storage=db)
@@ -292,7 +412,9 @@ def test_pick_latency_and_size_on_one_finished_study(prepared, tmp_path):
     space = SearchSpace.for_model(prepared, CHEAP)
     lat = [t.user_attrs["latency_ms"] for t in real]
     size = [t.user_attrs["size_bytes"] for t in real]
-    _add_finished(study, space, {"weights": "int8", "int8.variant": "dynamic"}, 0.0, min(lat) / 2, 2 * max(size))
+    _add_finished(
+        study, space, {"weights": "int8", "int8.variant": "dynamic"}, 0.0, min(lat) / 2, 2 * max(size)
+    )
     _add_finished(study, space, {"weights": "kmeans", "kmeans.bits": 6}, 0.0, 2 * max(lat), min(size) // 2)
     stamps = [t.datetime_complete for t in study.trials]
 
@@ -305,8 +427,9 @@ def test_pick_latency_and_size_on_one_finished_study(prepared, tmp_path):
 
     front = [t for t in picks["size"]["search"]["trials"] if t["on_front"]]
     assert {3, 4} <= {t["number"] for t in front}
-    assert [t["number"] for t in front] == [t["number"] for t in picks["latency"]["search"]["trials"]
-                                            if t["on_front"]]
+    assert [t["number"] for t in front] == [
+        t["number"] for t in picks["latency"]["search"]["trials"] if t["on_front"]
+    ]
     fastest = min(front, key=lambda t: (t["latency_ms"], t["drop"], t["size_bytes"]))
     smallest = min(front, key=lambda t: (t["size_bytes"], t["latency_ms"], t["drop"]))
     assert (fastest["number"], smallest["number"]) == (3, 4)
@@ -322,8 +445,8 @@ def test_front_crossover_queues_the_structure_of_one_point_with_the_rest_of_anot
     study = optuna.create_study(directions=["minimize"] * 3)
     slim = {**SLIM, "slim.ratio": 0.65}
     kmeans = {"structure": "none", "prune": False, "lowrank": False, "weights": "kmeans", "kmeans.bits": 4}
-    _add_finished(study, space, slim, 0.0, 0.008, 5800)      # fast, larger
-    _add_finished(study, space, kmeans, 0.0, 0.009, 5400)    # slower, smaller: both on the front
+    _add_finished(study, space, slim, 0.0, 0.008, 5800)  # fast, larger
+    _add_finished(study, space, kmeans, 0.0, 0.009, 5400)  # slower, smaller: both on the front
     cross = FrontCrossover(space, Constraints(0.01))
     cross(study, study.trials[1])
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]

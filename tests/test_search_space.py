@@ -30,6 +30,7 @@ def _pt(drop, latency, size, name=""):
 
 # ------------------------------------------------------------------ front
 
+
 def _brute_front(points):
     """Indices of the points no other point beats: <= on all three objectives, < on one."""
     keys = ("drop", "latency_ms", "size_bytes")
@@ -49,8 +50,10 @@ def _brute_front(points):
 def test_pareto_front_matches_brute_force_with_ties(seed):
     rng = np.random.default_rng(seed)
     # Few distinct values per objective: many ties and exact duplicates.
-    points = [_pt(float(rng.integers(0, 5)) / 100, float(rng.integers(0, 6)), int(rng.integers(0, 6)), str(i))
-              for i in range(200)]
+    points = [
+        _pt(float(rng.integers(0, 5)) / 100, float(rng.integers(0, 6)), int(rng.integers(0, 6)), str(i))
+        for i in range(200)
+    ]
     expected = _brute_front(points)
     front = pareto_front(points)
     assert [p["name"] for p in front] == [points[i]["name"] for i in expected]
@@ -88,8 +91,10 @@ def test_near_front_keeps_points_beaten_only_within_the_latency_noise():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_near_front_holds_the_front_and_grows_with_the_noise(seed):
     rng = np.random.default_rng(seed)
-    points = [_pt(float(rng.integers(0, 4)) / 100, float(rng.uniform(1, 3)), int(rng.integers(0, 6)), str(i))
-              for i in range(120)]
+    points = [
+        _pt(float(rng.integers(0, 4)) / 100, float(rng.uniform(1, 3)), int(rng.integers(0, 6)), str(i))
+        for i in range(120)
+    ]
     front = {p["name"] for p in pareto_front(points)}
     previous = front
     for noise in (0.0, 0.05, 0.2, 0.5, 2.0):
@@ -98,24 +103,36 @@ def test_near_front_holds_the_front_and_grows_with_the_noise(seed):
         previous = near
         for p in points:  # off it: beaten by a point at least as good on drop and size, faster by more
             if p["name"] not in near:
-                assert any(q["drop"] <= p["drop"] and q["size_bytes"] <= p["size_bytes"]
-                           and q["latency_ms"] * (1 + noise) < p["latency_ms"] for q in points)
+                assert any(
+                    q["drop"] <= p["drop"]
+                    and q["size_bytes"] <= p["size_bytes"]
+                    and q["latency_ms"] * (1 + noise) < p["latency_ms"]
+                    for q in points
+                )
     assert len(previous) > len(front)
 
 
-FRONT = [_pt(0.0, 2.0, 100, "A"), _pt(0.0, 1.0, 300, "B"), _pt(0.01, 1.0, 200, "C"),
-         _pt(0.02, 3.0, 50, "D"), _pt(0.03, 2.5, 50, "E")]
+FRONT = [
+    _pt(0.0, 2.0, 100, "A"),
+    _pt(0.0, 1.0, 300, "B"),
+    _pt(0.01, 1.0, 200, "C"),
+    _pt(0.02, 3.0, 50, "D"),
+    _pt(0.03, 2.5, 50, "E"),
+]
 
 
-@pytest.mark.parametrize("pick, names", [
-    ("quality", "BACDE"),  # drop 0 for A and B: the faster B first
-    ("latency", "BCAED"),  # 1.0 ms for B and C: the smaller drop (B) first
-    ("size", "EDACB"),  # 50 bytes for D and E: the faster E first
-    # ln(latency / 1) / ln 3 + ln(size / 50) / ln 6, then drop:
-    # C 0 + ln4/ln6 = 0.774, E ln2.5/ln3 + 0 = 0.834, B 0 + 1 = 1 (drop 0), D 1 + 0 = 1 (drop 0.02),
-    # A ln2/ln3 + ln2/ln6 = 1.018
-    ("balanced", "CEBDA"),
-])
+@pytest.mark.parametrize(
+    "pick, names",
+    [
+        ("quality", "BACDE"),  # drop 0 for A and B: the faster B first
+        ("latency", "BCAED"),  # 1.0 ms for B and C: the smaller drop (B) first
+        ("size", "EDACB"),  # 50 bytes for D and E: the faster E first
+        # ln(latency / 1) / ln 3 + ln(size / 50) / ln 6, then drop:
+        # C 0 + ln4/ln6 = 0.774, E ln2.5/ln3 + 0 = 0.834, B 0 + 1 = 1 (drop 0), D 1 + 0 = 1 (drop 0.02),
+        # A ln2/ln3 + ln2/ln6 = 1.018
+        ("balanced", "CEBDA"),
+    ],
+)
 def test_ordered_picks_with_their_tie_breaks(pick, names):
     out = ordered(FRONT, pick)
     assert "".join(p["name"] for p in out) == names
@@ -124,11 +141,16 @@ def test_ordered_picks_with_their_tie_breaks(pick, names):
 
 def test_ordered_first_is_the_minimum_of_its_key_on_random_fronts():
     rng = np.random.default_rng(3)
-    points = [_pt(float(rng.integers(0, 4)) / 100, float(rng.integers(0, 4)), int(rng.integers(0, 4)), str(i))
-              for i in range(60)]
+    points = [
+        _pt(float(rng.integers(0, 4)) / 100, float(rng.integers(0, 4)), int(rng.integers(0, 4)), str(i))
+        for i in range(60)
+    ]
     front = pareto_front(points)
-    keys = {"quality": ("drop", "latency_ms", "size_bytes"), "latency": ("latency_ms", "drop", "size_bytes"),
-            "size": ("size_bytes", "latency_ms", "drop")}
+    keys = {
+        "quality": ("drop", "latency_ms", "size_bytes"),
+        "latency": ("latency_ms", "drop", "size_bytes"),
+        "size": ("size_bytes", "latency_ms", "drop"),
+    }
     for pick, order in keys.items():
         best = min(tuple(p[k] for k in order) for p in front)
         assert tuple(ordered(front, pick)[0][k] for k in order) == best
@@ -151,13 +173,14 @@ def test_ordered_rejects_an_unknown_pick():
 
 # ------------------------------------------------------------------ constraints
 
+
 def test_constraints_drop_only():
     c = Constraints(max_drop=0.01)
-    v = c.violations({"drop": 0.025, "latency_ms": 1e6, "size_bytes": 10 ** 12})
+    v = c.violations({"drop": 0.025, "latency_ms": 1e6, "size_bytes": 10**12})
     assert list(v) == ["max_drop"]
     assert_allclose(v["max_drop"], 0.015, rtol=0, atol=1e-15)
     assert not c.met({"drop": 0.025, "latency_ms": 1.0, "size_bytes": 1})
-    assert c.met({"drop": 0.01, "latency_ms": 1e6, "size_bytes": 10 ** 12})  # at the limit: met
+    assert c.met({"drop": 0.01, "latency_ms": 1e6, "size_bytes": 10**12})  # at the limit: met
     assert c.met({"drop": -0.02, "latency_ms": 1.0, "size_bytes": 1})  # better than the baseline
     assert not c.met({"drop": 0.0101, "latency_ms": 1.0, "size_bytes": 1})
 
@@ -172,11 +195,14 @@ def test_constraints_with_latency_and_size_limits():
     assert not c.met({"drop": 0.02, "latency_ms": 1.0, "size_bytes": 900})  # too inaccurate
     assert c.met({"drop": 0.01, "latency_ms": 2.0, "size_bytes": 1000})  # every limit reached exactly
     only_size = Constraints(max_drop=0.05, max_size_bytes=10)
-    assert list(only_size.violations({"drop": 0.0, "latency_ms": 9.0, "size_bytes": 11})) == ["max_drop",
-                                                                                               "max_size_bytes"]
+    assert list(only_size.violations({"drop": 0.0, "latency_ms": 9.0, "size_bytes": 11})) == [
+        "max_drop",
+        "max_size_bytes",
+    ]
 
 
 # ------------------------------------------------------------------ spaces of the examples
+
 
 @pytest.fixture(scope="module")
 def _cache(tmp_path_factory):
@@ -208,9 +234,22 @@ def test_torch_examples_get_the_torch_families_and_their_choices(prepared):
     assert space.kind == "torch"
     assert space.families == TORCH_FAMILIES
     assert len(names) == len(set(names))
-    assert dict(zip(names, [c.values for c in space.choices]))["structure"] == ("none", "slim", "distill")
-    for name in ("slim.ratio", "distill.width", "prune", "prune.sparsity", "lowrank", "lowrank.ratio",
-                 "weights", "int8.variant", "kmeans.bits"):
+    assert dict(zip(names, [c.values for c in space.choices], strict=True))["structure"] == (
+        "none",
+        "slim",
+        "distill",
+    )
+    for name in (
+        "slim.ratio",
+        "distill.width",
+        "prune",
+        "prune.sparsity",
+        "lowrank",
+        "lowrank.ratio",
+        "weights",
+        "int8.variant",
+        "kmeans.bits",
+    ):
         assert name in names
     assert space.grid()["weights"] == ["fp32", "int8", "kmeans"]
     # transformer-only and callable-only choices are absent
@@ -274,7 +313,7 @@ def test_random_points_spell_valid_recipes(prepared):
         assert techniques == expected, p
         seen.update(techniques)
         configs = recipe.configs()  # every option validates
-        for (tech, config), stage in zip(configs, recipe.stages, strict=True):
+        for (_tech, config), stage in zip(configs, recipe.stages, strict=True):
             assert set(stage.options) <= set(type(config).model_fields), stage
         domains = [TECHNIQUES[t].domain for t in techniques]
         assert domains == sorted(domains, key=lambda d: d != "torch"), techniques  # torch before ONNX
@@ -289,8 +328,15 @@ def test_random_points_spell_valid_recipes(prepared):
 def test_lowrank_with_no_layer_chosen_keeps_the_later_stages(prepared):
     """A point that factorizes no layer still runs its weights format (it used to spell no recipe)."""
     space = SearchSpace.for_model(prepared)
-    p = {"structure": "none", "prune": False, "lowrank": True, "lowrank.ratio": 0.25,
-         **{f"lowrank.layer.{n}": False for n in space.layers}, "weights": "int8", "int8.variant": "dynamic"}
+    p = {
+        "structure": "none",
+        "prune": False,
+        "lowrank": True,
+        "lowrank.ratio": 0.25,
+        **{f"lowrank.layer.{n}": False for n in space.layers},
+        "weights": "int8",
+        "int8.variant": "dynamic",
+    }
     recipe = space.recipe(p, "t", Settings())
     assert [(s.technique, s.options) for s in recipe.stages] == [("int8", {"variants": ["dynamic"]})]
     p[f"lowrank.layer.{space.layers[0]}"] = True
@@ -305,8 +351,11 @@ def _distinct_active_points(space, grid) -> int:
     walk the choices in order, branching only on those that matter."""
     points = [{}]
     for choice in space.choices:
-        points = [q for p in points
-                  for q in ([p | {choice.name: v} for v in grid[choice.name]] if choice.when(p) else [p])]
+        points = [
+            q
+            for p in points
+            for q in ([p | {choice.name: v} for v in grid[choice.name]] if choice.when(p) else [p])
+        ]
     assert len({tuple(p.items()) for p in points}) == len(points)
     return len(points)
 
@@ -325,8 +374,12 @@ def test_coarse_grid_holds_hyper_parameters_and_per_layer_choices(prepared):
             assert values == full[name], name  # main choices: every value
     assert grid["slim.lr"] == [1e-3] and grid["slim.epochs"] == [60] and grid["prune.scope"] == ["layer"]
     # the grid's lowrank points do factorize (a per-layer "False" would make lowrank=True a no-op)
-    p = {n: v[0] for n, v in grid.items()} | {"structure": "none", "prune": False, "lowrank": True,
-                                              "weights": "fp32"}
+    p = {n: v[0] for n, v in grid.items()} | {
+        "structure": "none",
+        "prune": False,
+        "lowrank": True,
+        "weights": "fp32",
+    }
     assert [s.technique for s in space.recipe(p, "t", Settings()).stages] == ["factorize"]
 
 
@@ -356,13 +409,19 @@ def test_techniques_subset_and_errors(prepared):
     assert only_slim.grid()["structure"] == ["none", "slim"]
     assert not any(c.name.startswith(("prune", "lowrank", "weights", "distill")) for c in only_slim.choices)
 
-    with pytest.raises(PressoError, match=r"Unknown technique family 'quantum' for --techniques\. "
-                                          r"Allowed: " + ", ".join(FAMILIES)):
+    with pytest.raises(
+        PressoError,
+        match=r"Unknown technique family 'quantum' for --techniques\. "
+        r"Allowed: " + ", ".join(FAMILIES),
+    ):
         SearchSpace.for_model(prepared, ["int8", "quantum"])
     with pytest.raises(PressoError, match=r"Unknown technique families 'a', 'b'"):
         SearchSpace.for_model(prepared, ["a", "b"])
-    with pytest.raises(PressoError, match=r"--techniques int4 cannot apply to this PyTorch model\. For this "
-                                          r"model choose from: slim, distill, prune, lowrank, int8, kmeans\."):
+    with pytest.raises(
+        PressoError,
+        match=r"--techniques int4 cannot apply to this PyTorch model\. For this "
+        r"model choose from: slim, distill, prune, lowrank, int8, kmeans\.",
+    ):
         SearchSpace.for_model(prepared, ["int8", "int4"])
 
 
@@ -386,7 +445,9 @@ def test_warm_starts_are_points_of_the_space(prepared):
 
     subset = SearchSpace.for_model(prepared, ["int8"])
     assert warm_starts(subset) == [{"weights": "int8", "int8.variant": "static-s8s8"}]
-    assert warm_starts(SearchSpace.for_model(prepared, ["kmeans"])) == [{"weights": "kmeans", "kmeans.bits": 4}]
+    assert warm_starts(SearchSpace.for_model(prepared, ["kmeans"])) == [
+        {"weights": "kmeans", "kmeans.bits": 4}
+    ]
 
 
 def test_transformer_kept_restores_the_description_in_place():
@@ -399,8 +460,11 @@ def test_transformer_kept_restores_the_description_in_place():
     with pytest.raises(RuntimeError), transformer_kept(model):
         model.transformer.update(num_heads=6, hidden_size=192)  # as slim does to a transformer
         raise RuntimeError("a stage failed")
-    assert model.transformer is described and described == {"model_type": "bert", "num_heads": 12,
-                                                             "hidden_size": 384}
+    assert model.transformer is described and described == {
+        "model_type": "bert",
+        "num_heads": 12,
+        "hidden_size": 384,
+    }
     plain = SimpleNamespace(transformer=None)  # not a transformer: nothing to keep
     with transformer_kept(plain):
         pass

@@ -24,12 +24,19 @@ def _matmul_model(path, w: np.ndarray, gamma: np.ndarray):
     """LayerNorm (scale ``gamma``, which makes outlier channels as in BERT) -> MatMul."""
     k, n = w.shape
     graph = helper.make_graph(
-        [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", epsilon=1e-5),
-         helper.make_node("MatMul", ["h", "w"], ["y"], name="mm")], "g",
+        [
+            helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", epsilon=1e-5),
+            helper.make_node("MatMul", ["h", "w"], ["y"], name="mm"),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", n])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(gamma, "gamma"),
-         numpy_helper.from_array(np.zeros(k, np.float32), "beta")])
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(gamma, "gamma"),
+            numpy_helper.from_array(np.zeros(k, np.float32), "beta"),
+        ],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -41,8 +48,13 @@ def _run(path, x):
 def _quantize(src, dst):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                     extra_options={"MatMulConstBOnly": True})
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
 
 
 @pytest.fixture
@@ -92,8 +104,9 @@ def test_simulation_matches_onnx_runtime_int8_error_on_this_cpus_kernel(outlier_
 
 
 @pytest.mark.int8_kernel
-def test_smoothing_is_exact_in_float_and_cuts_the_real_int8_error_on_this_cpus_kernel(outlier_layer,
-                                                                                      tmp_path):
+def test_smoothing_is_exact_in_float_and_cuts_the_real_int8_error_on_this_cpus_kernel(
+    outlier_layer, tmp_path
+):
     src, w, inputs, calls = outlier_layer
     dst = tmp_path / "smooth.onnx"
     rows = smooth_matmuls(src, dst, ({"x": x} for x in inputs))
@@ -126,8 +139,9 @@ def test_smoothing_chosen_for_saturating_pairs_cuts_the_real_int8_error_without_
     assert rows[0]["smoothing"].startswith("alpha") and rows[0]["simulated_error_ratio"] < 0.5
     _quantize(src, tmp_path / "q_plain.onnx")
     _quantize(dst, tmp_path / "q_smooth.onnx")
-    plain, smooth = _outputs_without_vnni(tmp_path, inputs, tmp_path / "q_plain.onnx",
-                                          tmp_path / "q_smooth.onnx")
+    plain, smooth = _outputs_without_vnni(
+        tmp_path, inputs, tmp_path / "q_plain.onnx", tmp_path / "q_smooth.onnx"
+    )
     measured_ratio = _errors(smooth, calls, w) / _errors(plain, calls, w)
     assert measured_ratio < 0.5  # ORT's real int8 error on that kernel, not only the simulation
     assert measured_ratio == pytest.approx(rows[0]["simulated_error_ratio"], rel=0.05)
@@ -147,10 +161,13 @@ def test_layers_without_outliers_are_left_alone(tmp_path):
 
 def test_only_layernorm_fed_matmuls_are_considered(tmp_path):
     w = np.ones((8, 4), np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
-                              [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
     src = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
     assert smooth_matmuls(src, tmp_path / "o.onnx", [{"x": np.ones((2, 8), np.float32)}]) == []

@@ -27,18 +27,28 @@ def _mlp(path, weights, gemm_last=True):
     for i, w in enumerate(weights):
         last = gemm_last and i == len(weights) - 1
         out_dim = w.shape[0] if last else w.shape[1]
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.full(out_dim, 0.1, np.float32), f"b{i}")]
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.full(out_dim, 0.1, np.float32), f"b{i}"),
+        ]
         if last:
             nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], ["y"], name=f"fc{i}", transB=1))
             x = "y"
             continue
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"fc{i}"),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"),
-                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}")]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"fc{i}"),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"),
+            helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
         x = f"r{i}"
     d_in = weights[0].shape[0]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", 1, ["N", d_in])],
-                              [helper.make_tensor_value_info(x, 1, ["N", None])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", 1, ["N", d_in])],
+        [helper.make_tensor_value_info(x, 1, ["N", None])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -50,7 +60,7 @@ def _rebuilt_weights(path, names, elem_types=None):
         model.graph.output.append(helper.make_tensor_value_info(name, (elem_types or {}).get(name, 1), None))
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.zeros((1, sess.get_inputs()[0].shape[1]), np.float32)
-    return dict(zip(names, sess.run(names, {"x": x})))
+    return dict(zip(names, sess.run(names, {"x": x}), strict=True))
 
 
 def test_pack_mask_layout_lowest_bit_first():
@@ -104,7 +114,10 @@ def test_not_sparse_enough_layer_stays_dense(tmp_path):
     rng = np.random.default_rng(3)
     w0, w1 = _sparse(rng, (64, 64), 0.3), _sparse(rng, (16, 64), 0.9)
     rows = write_sparse(_mlp(tmp_path / "dense.onnx", [w0, w1]), tmp_path / "sparse.onnx", min_sparsity=0.5)
-    assert [(r["node"], r["op"], r["storage"]) for r in rows] == [("fc0", "MatMul", "dense"), ("fc1", "Gemm", "bitmask")]
+    assert [(r["node"], r["op"], r["storage"]) for r in rows] == [
+        ("fc0", "MatMul", "dense"),
+        ("fc1", "Gemm", "bitmask"),
+    ]
     assert rows[0]["stored_bytes"] == rows[0]["dense_bytes"] == 64 * 64 * 4
     inits = {i.name: i for i in onnx.load(str(tmp_path / "sparse.onnx")).graph.initializer}
     assert np.array_equal(numpy_helper.to_array(inits["w0"]), w0) and "w1" not in inits and "w1_mask" in inits
@@ -113,13 +126,21 @@ def test_not_sparse_enough_layer_stays_dense(tmp_path):
 def test_conv_and_all_zero_weights(tmp_path):
     rng = np.random.default_rng(4)
     wc = _sparse(rng, (4, 3, 3, 3), 0.7)
-    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("ReduceMean", ["c"], ["p"], name="pool", axes=[2, 3], keepdims=0),
-             helper.make_node("MatMul", ["p", "wz"], ["y"], name="head")]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", 1, ["N", 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", 1, ["N", 4])],
-                              [numpy_helper.from_array(wc, "wc"), numpy_helper.from_array(np.zeros((4, 4), np.float32), "wz")])  # fully pruned head
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "cnn.onnx"))
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["c"], ["p"], name="pool", axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["p", "wz"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", 1, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", 1, ["N", 4])],
+        [numpy_helper.from_array(wc, "wc"), numpy_helper.from_array(np.zeros((4, 4), np.float32), "wz")],
+    )  # fully pruned head
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "cnn.onnx")
+    )
     rows = write_sparse(tmp_path / "cnn.onnx", tmp_path / "cnn_sparse.onnx")
     assert [r["storage"] for r in rows] == ["bitmask", "bitmask"] and rows[1]["sparsity"] == 1.0
     model = onnx.load(str(tmp_path / "cnn_sparse.onnx"))
@@ -143,10 +164,17 @@ def _int8_model(path, q, scale, zero_point=None):
     inits = [numpy_helper.from_array(q, "q"), numpy_helper.from_array(scale, "scale")]
     if zero_point is not None:
         inits.append(numpy_helper.from_array(zero_point, "zp"))
-    nodes = [helper.make_node("DequantizeLinear", inputs, ["w"], name="fc/dq", axis=1),
-             helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
-    graph = helper.make_graph(nodes, "int8", [helper.make_tensor_value_info("x", 1, ["N", q.shape[0]])],
-                              [helper.make_tensor_value_info("y", 1, ["N", q.shape[1]])], inits)
+    nodes = [
+        helper.make_node("DequantizeLinear", inputs, ["w"], name="fc/dq", axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int8",
+        [helper.make_tensor_value_info("x", 1, ["N", q.shape[0]])],
+        [helper.make_tensor_value_info("y", 1, ["N", q.shape[1]])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -186,14 +214,18 @@ def test_layer_table_counts_the_sparse_bytes(tmp_path):
         w = model[0].weight
         w[w.abs() <= w.abs().flatten().kthvalue(int(0.9 * w.numel())).values] = 0.0
     src, dst = tmp_path / "m.onnx", tmp_path / "s.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 256),), str(src), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model, (torch.zeros(1, 256),), str(src), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
     rows = {r["node"]: r for r in write_sparse(src, dst)}
     sizes = layer_storage_bytes(dst, list(rows))
     sparse_node = next(n for n, r in rows.items() if r["storage"] == "bitmask")
     # The stored weight bytes plus the bias and the shared 256x8 bit lookup table.
-    assert rows[sparse_node]["stored_bytes"] + 256 * 4 <= sizes[sparse_node] <= \
-        rows[sparse_node]["stored_bytes"] + 256 * 4 + 256 * 8 + 64
+    assert (
+        rows[sparse_node]["stored_bytes"] + 256 * 4
+        <= sizes[sparse_node]
+        <= rows[sparse_node]["stored_bytes"] + 256 * 4 + 256 * 8 + 64
+    )
 
 
 def test_parameter_count_counts_the_kept_values_not_the_bitmask(tmp_path):

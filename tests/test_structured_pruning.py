@@ -52,8 +52,8 @@ class FoldsChannels(nn.Module):
         self.head = nn.Linear(128, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)                                             # (N, 8, 4, 4)
-        y = y.view(y.shape[0], 4, 2, 16).transpose(1, 2)             # (N, 2, 4, 16)
+        y = self.conv(x)  # (N, 8, 4, 4)
+        y = y.view(y.shape[0], 4, 2, 16).transpose(1, 2)  # (N, 2, 4, 16)
         return self.head(y.reshape(y.shape[0], -1))
 
 
@@ -87,8 +87,7 @@ class FlipsChannels(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv, self.mix, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), \
-            nn.Linear(8, 5)
+        self.conv, self.mix, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.conv(x).flip(1))
@@ -189,10 +188,12 @@ def test_concatenation_maps_indices_of_both_branches():
     bn = report.layers[("bn", "out")]
     assert (bn.before, bn.kept) == (16, 8)
     assert set(bn.removed) == set(report.layers[("a", "out")].removed) | {
-        8 + i for i in report.layers[("b", "out")].removed}
+        8 + i for i in report.layers[("b", "out")].removed
+    }
     with torch.no_grad():
-        assert_allclose(model(x).numpy(), masked_equivalent(original, report)(x).numpy(),
-                        rtol=1e-5, atol=1e-5)
+        assert_allclose(
+            model(x).numpy(), masked_equivalent(original, report)(x).numpy(), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_refuses_silent_channel_mixing_naming_the_layer():
@@ -203,8 +204,7 @@ def test_refuses_silent_channel_mixing_naming_the_layer():
 def test_global_scope_and_round_to():
     torch.manual_seed(0)
     model = _digits()
-    report = prune_channels(model, (torch.randn(4, 1, 8, 8),), ratio=0.5, scope="global",
-                            round_to=4)
+    report = prune_channels(model, (torch.randn(4, 1, 8, 8),), ratio=0.5, scope="global", round_to=4)
     assert report.params_after < report.params_before
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -224,8 +224,16 @@ def test_pruned_model_exports_and_runs_in_onnxruntime(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     _, model, _, x = _setup(name)
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}},
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {"x": x.numpy()})
     with torch.no_grad():
@@ -239,8 +247,7 @@ def test_refuses_channels_folded_by_a_view_naming_the_layer():
         prune_channels(model, (torch.randn(2, 3, 4, 4),), ratio=0.5)
     # Nothing changed, and ignoring the named layer makes it go through.
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    report = prune_channels(model, (torch.randn(2, 3, 4, 4),), ratio=0.5,
-                            ignored_layers=["conv"])
+    report = prune_channels(model, (torch.randn(2, 3, 4, 4),), ratio=0.5, ignored_layers=["conv"])
     assert report.params_after == report.params_before
 
 
@@ -255,11 +262,14 @@ def test_refuses_grouped_convolution_naming_it():
     assert report.params_after == report.params_before
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"ratio": 1.0}, "'ratio'.*Got 1.0"),
-    ({"ratio": 0.5, "importance": "l3"}, "'importance'.*Got 'l3'"),
-    ({"ratio": 0.5, "scope": "net"}, "'scope'.*Got 'net'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ratio": 1.0}, "'ratio'.*Got 1.0"),
+        ({"ratio": 0.5, "importance": "l3"}, "'importance'.*Got 'l3'"),
+        ({"ratio": 0.5, "scope": "net"}, "'scope'.*Got 'net'"),
+    ],
+)
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(PressoError, match=match):
         prune_channels(_tabular(), (torch.randn(2, 30),), **kwargs)
@@ -282,8 +292,9 @@ def test_print_onnxruntime_throughput_before_and_after(name, tmp_path):
     sessions = []
     for tag, m in (("before", original), ("after", model)):
         path = tmp_path / f"{tag}.onnx"
-        torch.onnx.export(m, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"])
+        torch.onnx.export(
+            m, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"]
+        )
         sessions.append(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
     xs = x.numpy()
     for s in sessions:
@@ -293,8 +304,10 @@ def test_print_onnxruntime_throughput_before_and_after(name, tmp_path):
         for i, s in enumerate(sessions):
             rates[i].append(_throughput(s, xs))
     before, after = (statistics.median(r) for r in rates)
-    print(f"\n{name}: batch 256 ORT throughput before {before:,.0f}/s after {after:,.0f}/s "
-          f"ratio {after / before:.2f}x")
+    print(
+        f"\n{name}: batch 256 ORT throughput before {before:,.0f}/s after {after:,.0f}/s "
+        f"ratio {after / before:.2f}x"
+    )
     assert before > 0 and after > 0
 
 

@@ -21,8 +21,14 @@ def tiny_bert(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(model_folder()))  # a real vocabulary, offline
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
@@ -38,8 +44,17 @@ def sentences_file(tmp_path_factory):
 @pytest.mark.int8_kernel
 def test_hf_folder_with_text_file(tiny_bert, sentences_file, tmp_path):
     out = tmp_path / "art"
-    done = run_cli("compress", str(tiny_bert), "--data", str(sentences_file), "--seq-len", "32",
-                   "--out", str(out), *FAST_BENCH)
+    done = run_cli(
+        "compress",
+        str(tiny_bert),
+        "--data",
+        str(sentences_file),
+        "--seq-len",
+        "32",
+        "--out",
+        str(out),
+        *FAST_BENCH,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = read_report(out)
     assert report["task"] == "embedding"  # inferred: a text encoder
@@ -56,7 +71,9 @@ def test_hf_folder_with_text_file(tiny_bert, sentences_file, tmp_path):
 
 def test_text_model_refuses_wrong_file_kind(tiny_bert, tmp_path):
     np.savez(tmp_path / "d.npz", X=np.zeros((10, 4), np.float32))
-    done = run_cli("compress", str(tiny_bert), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "o"))
+    done = run_cli(
+        "compress", str(tiny_bert), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "o")
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "input_ids" in done.stderr.splitlines()[-1]
 
@@ -71,8 +88,18 @@ def test_folder_without_config(tmp_path):
 def test_no_temporary_files_left_in_the_working_directory(tiny_bert, sentences_file, tmp_path):
     work = tmp_path / "cwd"
     work.mkdir()
-    done = run_cli("compress", str(tiny_bert), "--data", str(sentences_file), "--seq-len", "32",
-                   "--out", str(tmp_path / "art"), *FAST_BENCH, cwd=work)
+    done = run_cli(
+        "compress",
+        str(tiny_bert),
+        "--data",
+        str(sentences_file),
+        "--seq-len",
+        "32",
+        "--out",
+        str(tmp_path / "art"),
+        *FAST_BENCH,
+        cwd=work,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert list(work.iterdir()) == []
 
@@ -86,8 +113,14 @@ def test_static_int8_keeps_layernorm_softmax_gelu_and_adds_float(tiny_bert, sent
 
     def cosine(ops):
         monkeypatch.setattr(int8, "STATIC_TRANSFORMER_OPS", ops)
-        result = presso.compress(str(tiny_bert), recipe, data=str(sentences_file), seq_len=32,
-                                 max_drop=1.0, bench=presso.measure.BenchSettings(rounds=1, throughput_batch=4))
+        result = presso.compress(
+            str(tiny_bert),
+            recipe,
+            data=str(sentences_file),
+            seq_len=32,
+            max_drop=1.0,
+            bench=presso.measure.BenchSettings(rounds=1, throughput_batch=4),
+        )
         import onnx
 
         kinds = {n.op_type for n in onnx.load(str(result.model_path)).graph.node}
@@ -99,7 +132,9 @@ def test_static_int8_keeps_layernorm_softmax_gelu_and_adds_float(tiny_bert, sent
     # On this untrained BERT both stay close, but the loss with everything quantized is
     # several times larger (measured 8.4e-5 vs 1.4e-5); on trained transformers it collapses.
     assert (1 - careful) < 0.5 * (1 - everything) and careful >= 0.99
-    print(f"static int8 tiny BERT mean cosine: matrix products only {careful:.4f}, everything {everything:.4f}")
+    print(
+        f"static int8 tiny BERT mean cosine: matrix products only {careful:.4f}, everything {everything:.4f}"
+    )
 
 
 @pytest.mark.int8_kernel
@@ -115,17 +150,27 @@ def test_slim_removes_heads_and_neurons_and_composes_with_fused_int8(tiny_bert, 
     bench = BenchSettings(rounds=1, throughput_batch=4)
     runs = {}
     for name, stages in (("slim", [slim]), ("slim-int8", [slim, Stage(technique="int8")])):
-        runs[name] = presso.compress(str(tiny_bert), Recipe(name=name, stages=stages), data=str(sentences_file),
-                                     seq_len=32, max_drop=1.0, bench=bench)
+        runs[name] = presso.compress(
+            str(tiny_bert),
+            Recipe(name=name, stages=stages),
+            data=str(sentences_file),
+            seq_len=32,
+            max_drop=1.0,
+            bench=bench,
+        )
     report = runs["slim"].report
     # 2 layers x (2 of 4 heads of 8 dims: Q, K, V rows + output columns; 32 of 64 neurons)
     heads = 2 * (3 * (16 * 32 + 16) + 16 * 32)
     ffn = 2 * (32 * 32 + 32 + 32 * 32)
     note = next(n for n in report.notes if n.startswith("slim:"))
-    before, after = (int(v.replace(",", "")) for v in re.search(r"parameters ([\d,]+) -> ([\d,]+)", note).groups())
+    before, after = (
+        int(v.replace(",", "")) for v in re.search(r"parameters ([\d,]+) -> ([\d,]+)", note).groups()
+    )
     assert before - after == heads + ffn
     # The ONNX count (initializers) sees the same cut, give or take graph constants.
-    assert abs((report.baseline.parameters - report.compressed.parameters) - (heads + ffn)) < 0.02 * (heads + ffn)
+    assert abs((report.baseline.parameters - report.compressed.parameters) - (heads + ffn)) < 0.02 * (
+        heads + ffn
+    )
     assert any("50% of heads, 50% of ffn removed" in n for n in report.notes)
     kinds = [n.op_type for n in onnx.load(str(runs["slim-int8"].model_path)).graph.node]
     assert kinds.count("Attention") == 2 or "MatMulInteger" in kinds
@@ -145,7 +190,13 @@ def test_slim_pins_the_retried_heads_and_ffn_fractions(tiny_bert, sentences_file
 
     monkeypatch.setattr(slim_stage, "milder", lambda first, steps: [first / 2])  # start at the retry
     slim = Stage(technique="slim", options={"heads": 0.5, "ffn": 0.5, "epochs": 0})
-    result = presso.compress(str(tiny_bert), Recipe(name="slim", stages=[slim]), data=str(sentences_file),
-                             seq_len=32, max_drop=1.0, bench=BenchSettings(rounds=1, throughput_batch=4))
+    result = presso.compress(
+        str(tiny_bert),
+        Recipe(name="slim", stages=[slim]),
+        data=str(sentences_file),
+        seq_len=32,
+        max_drop=1.0,
+        bench=BenchSettings(rounds=1, throughput_batch=4),
+    )
     pinned = result.recipe.stages[0].options
     assert (pinned["heads"], pinned["ffn"]) == (0.25, 0.25)

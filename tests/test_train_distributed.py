@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,22 @@ def _script():
 
 def _launch(out: Path, nproc: int) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            str(SCRIPT),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in range(nproc)]
 
@@ -46,7 +61,9 @@ def one_process():
         torch.set_num_threads(n)
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch build has no torch.distributed")
+@pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this PyTorch build has no torch.distributed"
+)
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_data_parallel_fit_matches_one_process(tmp_path, one_process, nproc):
@@ -68,11 +85,19 @@ def test_data_parallel_fit_matches_one_process(tmp_path, one_process, nproc):
             diff = float((got["state"][k] - v).abs().max())
             assert diff < 1e-5, (name, k, diff)
         rep = got["report"]
-        assert (rep["epochs_run"], rep["best_epoch"], rep["stopped"], rep["resumed_from"]) == \
-            (report["epochs_run"], report["best_epoch"], report["stopped"], 0), name
+        assert (rep["epochs_run"], rep["best_epoch"], rep["stopped"], rep["resumed_from"]) == (
+            report["epochs_run"],
+            report["best_epoch"],
+            report["stopped"],
+            0,
+        ), name
         for key in ("train_loss", "val_score"):
-            assert_allclose([h[key] for h in rep["history"]], [h[key] for h in report["history"]], rtol=1e-5,
-                            err_msg=f"{name}: {key}")
+            assert_allclose(
+                [h[key] for h in rep["history"]],
+                [h[key] for h in report["history"]],
+                rtol=1e-5,
+                err_msg=f"{name}: {key}",
+            )
         assert rep["epochs_run"] == 4 or rep["stopped"] == "early-stop"
 
     # Dropout, interrupted after epoch 2 and resumed by every rank from rank 0's checkpoint: exact.
@@ -86,7 +111,7 @@ def test_data_parallel_fit_matches_one_process(tmp_path, one_process, nproc):
 def test_shards_are_contiguous_and_differ_by_at_most_one_row(rows, world):
     bounds = [distributed.shard(rows, r, world) for r in range(world)]
     assert bounds[0][0] == 0 and bounds[-1][1] == rows
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(bounds))
     sizes = np.array([hi - lo for lo, hi in bounds])
     assert sizes.max() - sizes.min() <= 1 and np.all(np.diff(sizes) <= 0)  # larger shards first
 

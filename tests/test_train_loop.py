@@ -53,6 +53,7 @@ class Scripted:
 
 # --- determinism ------------------------------------------------------------------------------
 
+
 def test_same_seed_gives_identical_weights_and_another_seed_does_not():
     train, val = regression_rows()
     net = _mlp(dropout=0.2)  # dropout draws from fit's seeded stream too
@@ -60,8 +61,9 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not():
     for key, seed in (("a", 3), ("b", 3), ("c", 4)):
         m = copy.deepcopy(net)
         torch.manual_seed(1000 + len(runs))  # the caller's global seed must not matter
-        report = fit(m, train, val, F.mse_loss, settings=FitSettings(epochs=3, lr=1e-2, seed=seed,
-                                                                      patience=None))
+        report = fit(
+            m, train, val, F.mse_loss, settings=FitSettings(epochs=3, lr=1e-2, seed=seed, patience=None)
+        )
         runs[key] = (_state(m), [h["train_loss"] for h in report.history])
     assert _same(runs["a"][0], runs["b"][0]) and runs["a"][1] == runs["b"][1]
     assert not _same(runs["a"][0], runs["c"][0])
@@ -79,13 +81,21 @@ def test_fit_leaves_the_global_rng_alone():
 
 # --- best weights, stopping -------------------------------------------------------------------
 
+
 def test_best_epoch_weights_are_restored():
     train, val = regression_rows()
     net = _mlp()
     states = []
     score = Scripted([0.1, 0.5, 0.9, 0.3, 0.2])
-    report = fit(net, train, val, F.mse_loss, score, FitSettings(epochs=4, lr=1e-2, patience=None),
-                 on_epoch=lambda row: states.append(_state(net)))
+    report = fit(
+        net,
+        train,
+        val,
+        F.mse_loss,
+        score,
+        FitSettings(epochs=4, lr=1e-2, patience=None),
+        on_epoch=lambda row: states.append(_state(net)),
+    )
     assert (report.epochs_run, report.best_epoch, report.best_score, report.stopped) == (4, 2, 0.9, "epochs")
     assert [h["val_score"] for h in report.history] == [0.5, 0.9, 0.3, 0.2]
     assert _same(_state(net), states[1]) and not _same(_state(net), states[3])
@@ -97,8 +107,9 @@ def test_a_diverging_fit_ends_where_it_started():
     net = _mlp()
     fit(net, train, val, F.mse_loss, settings=FitSettings(epochs=20, lr=1e-2, patience=None))
     start, start_score = _state(net), _neg_mse(net, val)
-    report = fit(net, train, val, F.mse_loss, task_score("regression"),
-                 FitSettings(epochs=3, lr=50.0, patience=None))  # a huge step size: every epoch worse
+    report = fit(
+        net, train, val, F.mse_loss, task_score("regression"), FitSettings(epochs=3, lr=50.0, patience=None)
+    )  # a huge step size: every epoch worse
     assert all(h["val_score"] < start_score for h in report.history)
     assert report.best_epoch == 0 and report.best_score == start_score
     assert _same(_state(net), start) and _neg_mse(net, val) == report.best_score
@@ -130,7 +141,9 @@ def test_time_cap_stops_after_the_epoch_that_crosses_it():
 def test_without_validation_every_epoch_runs_and_the_last_weights_stay():
     train, _ = regression_rows()
     net, rows = _mlp(), []
-    report = fit(net, train, None, F.mse_loss, settings=FitSettings(epochs=3, patience=1), on_epoch=rows.append)
+    report = fit(
+        net, train, None, F.mse_loss, settings=FitSettings(epochs=3, patience=1), on_epoch=rows.append
+    )
     assert isinstance(report, FitReport)
     assert (report.epochs_run, report.best_epoch, report.stopped) == (3, 3, "epochs")
     assert math.isnan(report.best_score) and [r["val_score"] for r in rows] == [None] * 3
@@ -141,8 +154,15 @@ def test_before_epoch_true_makes_the_current_weights_the_new_reference():
     train, val = regression_rows()
     # The starting 0.9 is never beaten, but the reset at epoch 3 validates again (0.2).
     score = Scripted([0.9, 0.5, 0.6, 0.2, 0.3, 0.25])
-    report = fit(_mlp(), train, val, F.mse_loss, score, FitSettings(epochs=4, patience=None),
-                 before_epoch=lambda epoch: epoch == 3)
+    report = fit(
+        _mlp(),
+        train,
+        val,
+        F.mse_loss,
+        score,
+        FitSettings(epochs=4, patience=None),
+        before_epoch=lambda epoch: epoch == 3,
+    )
     assert (report.best_epoch, report.best_score) == (3, 0.3)
     assert score.calls == 6
 
@@ -156,12 +176,21 @@ def test_keyboard_interrupt_propagates_with_the_best_weights_restored():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(net, train, val, F.mse_loss, Scripted([0.0, 0.5, 0.4]), FitSettings(epochs=5),
-            on_epoch=lambda row: states.append(_state(net)), before_epoch=stop)
+        fit(
+            net,
+            train,
+            val,
+            F.mse_loss,
+            Scripted([0.0, 0.5, 0.4]),
+            FitSettings(epochs=5),
+            on_epoch=lambda row: states.append(_state(net)),
+            before_epoch=stop,
+        )
     assert len(states) == 2 and _same(_state(net), states[0])
 
 
 # --- inputs ----------------------------------------------------------------------------------
+
 
 class TwoInputs(nn.Module):
     def __init__(self):
@@ -176,32 +205,45 @@ def test_inputs_are_passed_in_input_names_order():
     rng = np.random.default_rng(0)
     x = {"b": rng.normal(size=(40, 2)).astype(np.float32), "a": rng.normal(size=(40, 3)).astype(np.float32)}
     y = rng.normal(size=(40, 1))  # float64 targets become float32
-    report = fit(TwoInputs(), (x, y), (x, y), F.mse_loss, settings=FitSettings(epochs=2),
-                 input_names=["a", "b"])
+    report = fit(
+        TwoInputs(), (x, y), (x, y), F.mse_loss, settings=FitSettings(epochs=2), input_names=["a", "b"]
+    )
     assert report.epochs_run == 2
     with pytest.raises(RuntimeError):  # dict order (b, a) does not fit the layers
         fit(TwoInputs(), (x, y), None, F.mse_loss, settings=FitSettings(epochs=1))
 
 
-@pytest.mark.parametrize(("train", "match"), [
-    (({"x": np.zeros((4, 6), np.float32)}, np.zeros((5, 2), np.float32)), r"'x' has 4 rows but the targets have 5"),
-    (({"y": np.zeros((4, 6), np.float32)}, np.zeros((4, 2), np.float32)), r"Input 'x' is not in the training data"),
-    (({}, np.zeros((4, 2), np.float32)), r"must be a pair \(inputs, targets\)"),
-])
+@pytest.mark.parametrize(
+    ("train", "match"),
+    [
+        (
+            ({"x": np.zeros((4, 6), np.float32)}, np.zeros((5, 2), np.float32)),
+            r"'x' has 4 rows but the targets have 5",
+        ),
+        (
+            ({"y": np.zeros((4, 6), np.float32)}, np.zeros((4, 2), np.float32)),
+            r"Input 'x' is not in the training data",
+        ),
+        (({}, np.zeros((4, 2), np.float32)), r"must be a pair \(inputs, targets\)"),
+    ],
+)
 def test_bad_data(train, match):
     with pytest.raises(PressoError, match=match):
         fit(_mlp(), train, None, F.mse_loss, input_names=["x"] if train[0] else None)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"epochs": -1}, r"'epochs' option .* must be an int >= 0\. Got -1 instead"),
-    ({"lr": 0.0}, r"'lr' option .* must be a positive number"),
-    ({"batch_size": 0}, r"'batch_size' option"),
-    ({"patience": 0}, r"'patience' option .* an int >= 1 or None"),
-    ({"weight_decay": -0.1}, r"'weight_decay' option"),
-    ({"max_seconds": 0}, r"'max_seconds' option"),
-    ({"seed": 1.5}, r"'seed' option"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epochs": -1}, r"'epochs' option .* must be an int >= 0\. Got -1 instead"),
+        ({"lr": 0.0}, r"'lr' option .* must be a positive number"),
+        ({"batch_size": 0}, r"'batch_size' option"),
+        ({"patience": 0}, r"'patience' option .* an int >= 1 or None"),
+        ({"weight_decay": -0.1}, r"'weight_decay' option"),
+        ({"max_seconds": 0}, r"'max_seconds' option"),
+        ({"seed": 1.5}, r"'seed' option"),
+    ],
+)
 def test_bad_settings(kwargs, match):
     with pytest.raises(PressoError, match=match):
         FitSettings(**kwargs)
@@ -209,10 +251,13 @@ def test_bad_settings(kwargs, match):
 
 # --- teacher losses and scores ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 def test_kl_with_identical_logits_is_zero(temperature):
     logits = torch.tensor([[1.0, -2.0, 0.5], [3.0, 3.0, 0.0]])
-    assert float(teacher_loss("classification", temperature)(logits, logits.clone())) == pytest.approx(0, abs=1e-7)
+    assert float(teacher_loss("classification", temperature)(logits, logits.clone())) == pytest.approx(
+        0, abs=1e-7
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -224,7 +269,7 @@ def test_kl_two_classes_by_hand(temperature):
     if temperature == 1.0:
         assert kl == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
     got = float(teacher_loss("classification", temperature)(student, teacher))
-    assert_allclose(got, kl * temperature ** 2, rtol=1e-6)
+    assert_allclose(got, kl * temperature**2, rtol=1e-6)
 
 
 def test_kl_is_a_batch_mean():
@@ -250,8 +295,9 @@ def test_scores():
     assert task_score("classification")(out, ref) == 0.75
     assert task_score("classification")(out, np.array([1, 1, 1, 1])) == 0.5  # labels
     assert task_score("regression")(np.array([1.0, 2.0]), np.array([[1.0], [4.0]])) == -2.0
-    assert task_score("embedding")(np.array([[1.0, 0.0], [0.0, 2.0]]),
-                                   np.array([[2.0, 0.0], [1.0, 0.0]])) == pytest.approx(0.5)
+    assert task_score("embedding")(
+        np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[2.0, 0.0], [1.0, 0.0]])
+    ) == pytest.approx(0.5)
 
 
 def test_unknown_task_and_bad_temperature():
@@ -269,6 +315,11 @@ def test_batch_size_one_trains_every_row():
     """batch_size 1 used to skip every batch (the lone-last-row rule) and divide by zero."""
     x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)
     net = torch.nn.Linear(1, 1)
-    r = fit(net, ({"x": x}, 3 * x), None, torch.nn.functional.mse_loss,
-            settings=FitSettings(epochs=2, lr=0.05, batch_size=1))
+    r = fit(
+        net,
+        ({"x": x}, 3 * x),
+        None,
+        torch.nn.functional.mse_loss,
+        settings=FitSettings(epochs=2, lr=0.05, batch_size=1),
+    )
     assert r.epochs_run == 2 and np.isfinite(r.history[-1]["train_loss"])

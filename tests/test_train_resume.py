@@ -24,8 +24,9 @@ def _mlp(kind="plain", hidden=16, seed=0) -> nn.Module:
         return nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 2))
     if kind == "dropout":
         return nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, 2))
-    return nn.Sequential(nn.Linear(6, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Linear(hidden, 2))  # "batchnorm": running statistics are buffers
+    return nn.Sequential(
+        nn.Linear(6, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, 2)
+    )  # "batchnorm": running statistics are buffers
 
 
 def _state(m: nn.Module) -> dict[str, torch.Tensor]:
@@ -51,8 +52,11 @@ def _files(folder) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["plain", "dropout", "batchnorm"])
-@pytest.mark.parametrize("settings", [SETTINGS, FitSettings(epochs=10, lr=0.05, batch_size=16, patience=2, seed=1)],
-                         ids=["all-epochs", "early-stop"])
+@pytest.mark.parametrize(
+    "settings",
+    [SETTINGS, FitSettings(epochs=10, lr=0.05, batch_size=16, patience=2, seed=1)],
+    ids=["all-epochs", "early-stop"],
+)
 def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path, kind, settings):
     train, val = regression_rows()
     whole = _mlp(kind)
@@ -69,8 +73,12 @@ def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path, kind, settings):
     got = fit(net, train, val, F.mse_loss, settings=settings, on_epoch=rows.append, checkpoint=ckpt)
     _assert_same(_state(net), _state(whole))
     assert got.history == expected.history  # train losses and scores equal as floats, not approximately
-    assert (got.epochs_run, got.best_epoch, got.best_score, got.stopped) == \
-        (expected.epochs_run, expected.best_epoch, expected.best_score, expected.stopped)
+    assert (got.epochs_run, got.best_epoch, got.best_score, got.stopped) == (
+        expected.epochs_run,
+        expected.best_epoch,
+        expected.best_score,
+        expected.stopped,
+    )
     assert (got.resumed_from, expected.resumed_from) == (2, 0)
     assert [r["epoch"] for r in rows] == list(range(3, expected.epochs_run + 1))  # only the new epochs
     assert rows  # the early stop, too, comes after the interruption
@@ -95,10 +103,19 @@ def test_ctrl_c_mid_epoch_keeps_the_last_finished_epoch_and_the_best_weights(tmp
     ckpt = tmp_path / "fit.pt"
     net = _mlp("dropout")
     with pytest.raises(KeyboardInterrupt):
-        fit(net, train, val, loss, settings=SETTINGS, on_epoch=lambda row: states.append((row, _state(net))),
-            checkpoint=ckpt)
+        fit(
+            net,
+            train,
+            val,
+            loss,
+            settings=SETTINGS,
+            on_epoch=lambda row: states.append((row, _state(net))),
+            checkpoint=ckpt,
+        )
     saved = torch.load(ckpt, weights_only=True)
-    assert len(states) == 2 and saved["epoch"] == 2 and not saved["finished"] and _files(tmp_path) == ["fit.pt"]
+    assert (
+        len(states) == 2 and saved["epoch"] == 2 and not saved["finished"] and _files(tmp_path) == ["fit.pt"]
+    )
     best = max(states, key=lambda s: s[0]["val_score"])
     _assert_same(_state(net), best[1])  # the module holds the best weights, as without a checkpoint
 
@@ -154,8 +171,13 @@ def test_a_finished_checkpoint_restores_the_best_weights_without_training(tmp_pa
     net.eval()
     report = fit(net, train, val, loss, settings=SETTINGS, on_epoch=rows.append, checkpoint=ckpt)
     assert calls[0] == 0 and rows == []  # neither trained nor validated
-    assert (report.epochs_run, report.best_epoch, report.best_score, report.history, report.stopped) == \
-        (expected.epochs_run, expected.best_epoch, expected.best_score, expected.history, expected.stopped)
+    assert (report.epochs_run, report.best_epoch, report.best_score, report.history, report.stopped) == (
+        expected.epochs_run,
+        expected.best_epoch,
+        expected.best_score,
+        expected.history,
+        expected.stopped,
+    )
     assert report.resumed_from == SETTINGS.epochs
     _assert_same(_state(net), _state(first))
     assert not net.training  # the module's mode is given back here too
@@ -198,6 +220,7 @@ def test_before_epoch_is_replayed_on_resume(tmp_path):
                 net.on = True
                 return True
             return None
+
         return before_epoch
 
     whole = Gated()
@@ -205,20 +228,31 @@ def test_before_epoch_is_replayed_on_resume(tmp_path):
     ckpt = tmp_path / "fit.pt"
     net = Gated()
     with pytest.raises(KeyboardInterrupt):
-        fit(net, train, val, F.mse_loss, settings=SETTINGS, before_epoch=hook(net), on_epoch=_stop_after(3),
-            checkpoint=ckpt)
+        fit(
+            net,
+            train,
+            val,
+            F.mse_loss,
+            settings=SETTINGS,
+            before_epoch=hook(net),
+            on_epoch=_stop_after(3),
+            checkpoint=ckpt,
+        )
     net = Gated()
     report = fit(net, train, val, F.mse_loss, settings=SETTINGS, before_epoch=hook(net), checkpoint=ckpt)
     assert net.on and report.history == expected.history and report.best_epoch == expected.best_epoch
     _assert_same(_state(net), _state(whole))
 
 
-@pytest.mark.parametrize(("change", "match"), [
-    ("settings", r"the fine-tuning settings differ"),
-    ("rows", r"the number of training rows differ"),
-    ("validation", r"the number of validation rows differ"),
-    ("shapes", r"the parameter names or shapes differ"),
-])
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("settings", r"the fine-tuning settings differ"),
+        ("rows", r"the number of training rows differ"),
+        ("validation", r"the number of validation rows differ"),
+        ("shapes", r"the parameter names or shapes differ"),
+    ],
+)
 def test_a_checkpoint_of_another_run_is_refused(tmp_path, change, match):
     train, val = regression_rows()
     ckpt = tmp_path / "fit.pt"
@@ -232,8 +266,11 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path, change, match):
         val = None
     else:
         net = _mlp(hidden=8)
-    with pytest.raises(PressoError, match=rf"^The checkpoint .*fit\.pt is from another fine-tuning run \({match}\); "
-                                          r"delete it or pick another checkpoint path\.$"):
+    with pytest.raises(
+        PressoError,
+        match=rf"^The checkpoint .*fit\.pt is from another fine-tuning run \({match}\); "
+        r"delete it or pick another checkpoint path\.$",
+    ):
         fit(net, train, val, F.mse_loss, settings=settings, checkpoint=ckpt)
 
 

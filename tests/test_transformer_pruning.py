@@ -32,8 +32,13 @@ def tiny_bert(attn: str = "eager") -> MeanPooledEncoder:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=HIDDEN, num_attention_heads=HEADS, intermediate_size=FFN,
-                        num_hidden_layers=LAYERS, vocab_size=100)
+    config = BertConfig(
+        hidden_size=HIDDEN,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        vocab_size=100,
+    )
     config._attn_implementation = attn
     return MeanPooledEncoder(BertModel(config)).eval()
 
@@ -42,7 +47,7 @@ def tiny_inputs(batch: int = 2, seq: int = 16, seed: int = 0) -> tuple[torch.Ten
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 100, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[-1, seq // 2:] = 0  # one padded row
+    mask[-1, seq // 2 :] = 0  # one padded row
     return ids, mask, torch.zeros_like(ids)
 
 
@@ -68,8 +73,7 @@ def scale_neurons(block: nn.Module, neurons: list[int], factor: float) -> None:
 
 
 def removed_as_lists(report) -> tuple[dict, dict]:
-    return ({i: list(h) for i, h in report.heads.items()},
-            {i: list(n) for i, n in report.neurons.items()})
+    return ({i: list(h) for i, h in report.heads.items()}, {i: list(n) for i, n in report.neurons.items()})
 
 
 def prune_and_compare(model: nn.Module, inputs, **options):
@@ -101,11 +105,21 @@ def test_tiny_bert_counts_shape_and_masked_equivalence(attn):
     assert report.params_before - report.params_after == LAYERS * (heads_cut + ffn_cut) == 33088
     assert report.params_after == sum(p.numel() for p in model.parameters())
     assert report.summary() == [
-        {"layer": f"encoder.encoder.layer.{i}", "heads_kept": 2, "heads_removed": 2,
-         "ffn_kept": 64, "ffn_removed": 64} for i in range(LAYERS)]
+        {
+            "layer": f"encoder.encoder.layer.{i}",
+            "heads_kept": 2,
+            "heads_removed": 2,
+            "ffn_kept": 64,
+            "ffn_removed": 64,
+        }
+        for i in range(LAYERS)
+    ]
     attention = layer(model, 0).attention.self
-    assert (attention.num_attention_heads, attention.all_head_size,
-            attention.attention_head_size) == (2, 32, 16)
+    assert (attention.num_attention_heads, attention.all_head_size, attention.attention_head_size) == (
+        2,
+        32,
+        16,
+    )
     assert attention.query.weight.shape == (32, HIDDEN)
     assert layer(model, 0).attention.output.dense.weight.shape == (HIDDEN, 32)
     assert layer(model, 1).intermediate.dense.weight.shape == (64, HIDDEN)
@@ -140,9 +154,9 @@ def test_l2_removes_the_smallest_norms():
 def test_taylor_removes_heads_and_neurons_that_cannot_reach_the_output():
     model = tiny_bert()
     with torch.no_grad():  # zero output columns: these heads / neurons have zero gradient * weight
-        layer(model, 0).attention.output.dense.weight[:, 16:32] = 0   # head 1
-        layer(model, 0).attention.output.dense.weight[:, 48:64] = 0   # head 3
-        layer(model, 1).output.dense.weight[:, 64:] = 0               # neurons 64..127
+        layer(model, 0).attention.output.dense.weight[:, 16:32] = 0  # head 1
+        layer(model, 0).attention.output.dense.weight[:, 48:64] = 0  # head 3
+        layer(model, 1).output.dense.weight[:, 64:] = 0  # neurons 64..127
     report = prune_and_compare(model, tiny_inputs(), heads_ratio=0.5, ffn_ratio=0.5, importance="taylor")
     heads, neurons = removed_as_lists(report)
     assert heads[0] == [1, 3]
@@ -153,12 +167,12 @@ def test_activation_removes_silent_heads_and_neurons():
     model = tiny_bert()
     with torch.no_grad():
         value = layer(model, 1).attention.self.value
-        value.weight[0:16] = 0   # head 0 attends to zero values: its context vectors are zero
+        value.weight[0:16] = 0  # head 0 attends to zero values: its context vectors are zero
         value.bias[0:16] = 0
         value.weight[32:48] = 0  # head 2
         value.bias[32:48] = 0
         dense = layer(model, 0).intermediate.dense
-        dense.weight[::2] = 0    # even neurons: GELU(-20) ~ 0 for every token
+        dense.weight[::2] = 0  # even neurons: GELU(-20) ~ 0 for every token
         dense.bias[::2] = -20.0
     report = prune_and_compare(model, tiny_inputs(), heads_ratio=0.5, ffn_ratio=0.5, importance="activation")
     heads, neurons = removed_as_lists(report)
@@ -167,18 +181,23 @@ def test_activation_removes_silent_heads_and_neurons():
 
 
 def test_random_is_reproducible_with_its_seed():
-    reports = [prune_and_compare(tiny_bert(), tiny_inputs(), heads_ratio=0.5, ffn_ratio=0.5,
-                                 importance="random", seed=seed) for seed in (7, 7, 8)]
+    reports = [
+        prune_and_compare(
+            tiny_bert(), tiny_inputs(), heads_ratio=0.5, ffn_ratio=0.5, importance="random", seed=seed
+        )
+        for seed in (7, 7, 8)
+    ]
     assert removed_as_lists(reports[0]) == removed_as_lists(reports[1])
     assert removed_as_lists(reports[0])[1] != removed_as_lists(reports[2])[1]
 
 
 def test_global_scope_keeps_a_head_per_layer_and_rounds_neurons():
     model = tiny_bert()
-    scale_heads(layer(model, 0), list(range(HEADS)), 0.01)                # layer 0 ranks lowest
+    scale_heads(layer(model, 0), list(range(HEADS)), 0.01)  # layer 0 ranks lowest
     scale_neurons(layer(model, 0), list(range(FFN)), 0.01)
-    report = prune_and_compare(model, tiny_inputs(), heads_ratio=0.5, ffn_ratio=0.9,
-                               scope="global", round_to=8)
+    report = prune_and_compare(
+        model, tiny_inputs(), heads_ratio=0.5, ffn_ratio=0.9, scope="global", round_to=8
+    )
     summary = report.summary()
     # 4 of 8 heads go: layer 0 keeps its floor of 1, the 4th comes from layer 1.
     assert [(s["heads_kept"], s["heads_removed"]) for s in summary] == [(1, 3), (3, 1)]
@@ -212,8 +231,9 @@ def test_keyword_inputs_on_a_bare_bert_model():
     assert list(report.layer_names) == ["encoder.layer.0", "encoder.layer.1"]
     with torch.no_grad():
         assert model(**kwargs).last_hidden_state.shape == (2, 16, HIDDEN)
-    assert report.params_before - report.params_after == LAYERS * (3 * (16 * HIDDEN + 16) + 16 * HIDDEN
-                                                                    + 64 * HIDDEN + 64 + 64 * HIDDEN)
+    assert report.params_before - report.params_after == LAYERS * (
+        3 * (16 * HIDDEN + 16) + 16 * HIDDEN + 64 * HIDDEN + 64 + 64 * HIDDEN
+    )
 
 
 def test_pruned_model_exports_to_onnx_and_matches_onnxruntime(tmp_path):
@@ -222,8 +242,13 @@ def test_pruned_model_exports_to_onnx_and_matches_onnxruntime(tmp_path):
     model = tiny_bert()
     inputs = tiny_inputs()
     prune_transformer(model, inputs, heads_ratio=0.5, ffn_ratio=0.5)
-    loaded = LoadedModel(name="tiny-bert", source="test", module=model, input_names=INPUT_NAMES,
-                         dynamic_axes={n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES})
+    loaded = LoadedModel(
+        name="tiny-bert",
+        source="test",
+        module=model,
+        input_names=INPUT_NAMES,
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES},
+    )
     sample = dict(zip(INPUT_NAMES, (t.numpy() for t in inputs), strict=True))
     path = export_onnx(loaded, sample, tmp_path / "pruned.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -246,8 +271,13 @@ def test_onnxruntime_fusion_needs_the_pruned_head_count(tmp_path):
     inputs = tiny_inputs()
     prune_transformer(model, inputs, heads_ratio=0.5, ffn_ratio=0.5)
     assert attention_shape(model) == {"num_heads": 2, "hidden_size": 32}
-    loaded = LoadedModel(name="tiny-bert", source="test", module=model, input_names=INPUT_NAMES,
-                         dynamic_axes={n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES})
+    loaded = LoadedModel(
+        name="tiny-bert",
+        source="test",
+        module=model,
+        input_names=INPUT_NAMES,
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES},
+    )
     feed = dict(zip(INPUT_NAMES, (t.numpy() for t in inputs), strict=True))
     path = export_onnx(loaded, feed, tmp_path / "pruned.onnx")
     with torch.no_grad():
@@ -266,16 +296,22 @@ def test_onnxruntime_fusion_needs_the_pruned_head_count(tmp_path):
     assert attention == LAYERS and err > 1e-3  # fused, but computes 4 heads of 8: wrong
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"heads_ratio": 1.0}, r"'heads_ratio' of transformer pruning must be a float in \[0, 1\)\. Got 1\.0"),
-    ({"heads_ratio": -0.1}, r"'heads_ratio' .* Got -0\.1 instead"),
-    ({"ffn_ratio": "0.5"}, r"'ffn_ratio' .* Got '0\.5' instead"),
-    ({"ffn_ratio": True}, r"'ffn_ratio' .* Got True instead"),
-    ({"importance": "l1"}, r"'importance' .* one of l2, taylor, activation, random\. Got 'l1'"),
-    ({"scope": "model"}, r"'scope' .* one of layer, global\. Got 'model'"),
-    ({"round_to": 0}, r"'round_to' .* positive int or None\. Got 0 instead"),
-    ({"round_to": 2.5}, r"'round_to' .* Got 2\.5 instead"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"heads_ratio": 1.0},
+            r"'heads_ratio' of transformer pruning must be a float in \[0, 1\)\. Got 1\.0",
+        ),
+        ({"heads_ratio": -0.1}, r"'heads_ratio' .* Got -0\.1 instead"),
+        ({"ffn_ratio": "0.5"}, r"'ffn_ratio' .* Got '0\.5' instead"),
+        ({"ffn_ratio": True}, r"'ffn_ratio' .* Got True instead"),
+        ({"importance": "l1"}, r"'importance' .* one of l2, taylor, activation, random\. Got 'l1'"),
+        ({"scope": "model"}, r"'scope' .* one of layer, global\. Got 'model'"),
+        ({"round_to": 0}, r"'round_to' .* positive int or None\. Got 0 instead"),
+        ({"round_to": 2.5}, r"'round_to' .* Got 2\.5 instead"),
+    ],
+)
 def test_bad_options_are_refused(options, message):
     model = tiny_bert()
     with pytest.raises(PressoError, match=message):
@@ -284,8 +320,11 @@ def test_bad_options_are_refused(options, message):
 
 def test_a_model_without_bert_layers_is_refused():
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
-    with pytest.raises(PressoError, match=r"found no BERT-style encoder layer \(attention\.self\.query/key/"
-                                          r"value.*use the 'slim' channel pruning for CNNs/MLPs"):
+    with pytest.raises(
+        PressoError,
+        match=r"found no BERT-style encoder layer \(attention\.self\.query/key/"
+        r"value.*use the 'slim' channel pruning for CNNs/MLPs",
+    ):
         prune_transformer(mlp, (torch.randn(2, 8),))
 
 
@@ -305,8 +344,11 @@ def test_a_layer_that_breaks_is_named_and_the_model_left_unchanged():
     before = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         expect = model(*inputs)
-    with pytest.raises(PressoError, match=r"broke layer 'encoder\.encoder\.layer\.1': the model no longer "
-                                          r"runs \(RuntimeError"):
+    with pytest.raises(
+        PressoError,
+        match=r"broke layer 'encoder\.encoder\.layer\.1': the model no longer "
+        r"runs \(RuntimeError",
+    ):
         prune_transformer(model, inputs, heads_ratio=0.5, ffn_ratio=0.5)
     assert sum(p.numel() for p in model.parameters()) == before
     assert layer(model, 0).attention.self.num_attention_heads == HEADS  # layer 0 was put back
@@ -345,8 +387,9 @@ def test_minilm_prunes_heads_and_neurons(tmp_path):
     loaded = load_hf_folder(model_folder())
     model = loaded.module
     original = copy.deepcopy(model)
-    batch = loaded.tokenizer(stdlib_sentences(8), padding="max_length", truncation=True, max_length=128,
-                             return_tensors="pt")
+    batch = loaded.tokenizer(
+        stdlib_sentences(8), padding="max_length", truncation=True, max_length=128, return_tensors="pt"
+    )
     inputs = tuple(batch[n] for n in loaded.input_names)
     report = prune_transformer(model, inputs, heads_ratio=0.25, ffn_ratio=0.5)
 
@@ -366,8 +409,13 @@ def test_minilm_prunes_heads_and_neurons(tmp_path):
     options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
     sessions = {}
     for name, module in (("original", original), ("pruned", model)):
-        variant = LoadedModel(name=name, source="test", module=module, input_names=loaded.input_names,
-                              dynamic_axes=loaded.dynamic_axes)
+        variant = LoadedModel(
+            name=name,
+            source="test",
+            module=module,
+            input_names=loaded.input_names,
+            dynamic_axes=loaded.dynamic_axes,
+        )
         path = export_onnx(variant, sample, tmp_path / f"{name}.onnx")
         sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -376,20 +424,24 @@ def test_minilm_prunes_heads_and_neurons(tmp_path):
     # ONNX Runtime's transformer fusion (as the int8 stage runs it) with each model's head count.
     assert attention_shape(model) == {"num_heads": 9, "hidden_size": 288}
     for name, shape in (("original", attention_shape(original)), ("pruned", attention_shape(model))):
-        optimized = optimize_model(str(tmp_path / f"{name}.onnx"), model_type="bert", opt_level=0,
-                                   use_gpu=False, **shape)
+        optimized = optimize_model(
+            str(tmp_path / f"{name}.onnx"), model_type="bert", opt_level=0, use_gpu=False, **shape
+        )
         assert optimized.get_fused_operator_statistics().get("Attention") == 6
         optimized.save_model_to_file(str(tmp_path / f"{name}-fused.onnx"))
-        sessions[f"{name} fused"] = ort.InferenceSession(str(tmp_path / f"{name}-fused.onnx"), options,
-                                                         providers=["CPUExecutionProvider"])
+        sessions[f"{name} fused"] = ort.InferenceSession(
+            str(tmp_path / f"{name}-fused.onnx"), options, providers=["CPUExecutionProvider"]
+        )
     assert_allclose(sessions["pruned fused"].run(None, sample)[0], expect, atol=1e-4, rtol=0)
 
     p50 = _ort_p50_ms(sessions, sample)
-    print(f"\nMiniLM-L6 pruned heads 0.25 / ffn 0.5: params {report.params_before:,} -> "
-          f"{report.params_after:,}; cosine to original (no fine-tuning) {cosine:.3f}\n"
-          f"ORT fp32 batch 1 seq 128, 2 threads, p50 of 30 interleaved: "
-          f"original {p50['original']:.2f} ms, pruned {p50['pruned']:.2f} ms "
-          f"({p50['original'] / p50['pruned']:.2f}x); with transformer fusion: original "
-          f"{p50['original fused']:.2f} ms, pruned {p50['pruned fused']:.2f} ms "
-          f"({p50['original fused'] / p50['pruned fused']:.2f}x)")
+    print(
+        f"\nMiniLM-L6 pruned heads 0.25 / ffn 0.5: params {report.params_before:,} -> "
+        f"{report.params_after:,}; cosine to original (no fine-tuning) {cosine:.3f}\n"
+        f"ORT fp32 batch 1 seq 128, 2 threads, p50 of 30 interleaved: "
+        f"original {p50['original']:.2f} ms, pruned {p50['pruned']:.2f} ms "
+        f"({p50['original'] / p50['pruned']:.2f}x); with transformer fusion: original "
+        f"{p50['original fused']:.2f} ms, pruned {p50['pruned fused']:.2f} ms "
+        f"({p50['original fused'] / p50['pruned fused']:.2f}x)"
+    )
     assert np.isfinite(list(p50.values())).all()

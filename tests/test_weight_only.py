@@ -25,8 +25,14 @@ def _export(model: nn.Module, sample: torch.Tensor, path):
 def cnn(tmp_path):
     """Conv (per channel), Gemm with transB (groups of 32), Gemm with 64 inputs."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    ).eval()
     return _export(model, torch.zeros(1, 1, 8, 8), tmp_path / "cnn.onnx")
 
 
@@ -57,8 +63,10 @@ def runtime_weights(path, names) -> dict[str, np.ndarray]:
     for name in names:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-            for i in session.get_inputs()}
+    feed = {
+        i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+        for i in session.get_inputs()
+    }
     return dict(zip(names, session.run(list(names), feed), strict=True))
 
 
@@ -72,8 +80,9 @@ def presso_weight(w: np.ndarray, op: str, layout: str, cfg: WeightOnlyConfig) ->
     elif op == "Conv" or t.shape[1] % 32:
         out = fake_quantize(t, cfg.bits, cfg.symmetric, axis=0, power_of_two=cfg.scheme == "power-of-two")
     else:
-        out = fake_quantize(t, cfg.bits, cfg.symmetric, group_size=32,
-                            power_of_two=cfg.scheme == "power-of-two")
+        out = fake_quantize(
+            t, cfg.bits, cfg.symmetric, group_size=32, power_of_two=cfg.scheme == "power-of-two"
+        )
     return out.numpy().T if layout == "cols" else out.numpy()
 
 
@@ -107,7 +116,11 @@ def test_runtime_weights_equal_presso_quantizer_bit_for_bit(options, model, requ
         want = presso_weight(floats[name], op, layout, cfg)
         assert got[name].dtype == np.float32 and np.array_equal(got[name], want), (name, op)
     # The rebuilt model computes with exactly those weights.
-    x = np.random.default_rng(0).normal(size=(3, 1, 8, 8) if model == "cnn" else (3, 5, 64)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .normal(size=(3, 1, 8, 8) if model == "cnn" else (3, 5, 64))
+        .astype(np.float32)
+    )
     out = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.isfinite(out).all()
 
@@ -133,8 +146,11 @@ SIZES = [
 ]
 
 
-@pytest.mark.parametrize("options,per_weight,per_scale,storage,factor", SIZES,
-                         ids=lambda v: "-".join(map(str, v.values())) if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    "options,per_weight,per_scale,storage,factor",
+    SIZES,
+    ids=lambda v: "-".join(map(str, v.values())) if isinstance(v, dict) else None,
+)
 def test_file_shrinks_by_the_storage_width(wide, tmp_path, options, per_weight, per_scale, storage, factor):
     dst = tmp_path / "q.onnx"
     rows = write_weight_only(wide, dst, WeightOnlyConfig(**options))
@@ -152,8 +168,11 @@ def test_power_of_two_scales_are_exact_powers_of_two(cnn, tmp_path):
     dst = tmp_path / "p2.onnx"
     rows = write_weight_only(cnn, dst, WeightOnlyConfig(scheme="power-of-two", bits=3))
     assert all(r["scales"] == "power of two" for r in rows)
-    scales = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
-              if i.name.endswith("_scale")]
+    scales = [
+        onnx.numpy_helper.to_array(i)
+        for i in onnx.load(str(dst)).graph.initializer
+        if i.name.endswith("_scale")
+    ]
     assert len(scales) == len(rows)
     for s in scales:
         mantissa, _ = np.frexp(s)
@@ -163,15 +182,20 @@ def test_power_of_two_scales_are_exact_powers_of_two(cnn, tmp_path):
 def test_int4_is_the_weight_only_preset(cnn, tmp_path):
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     rows_a = write_int4(cnn, a, Int4Config(symmetric=False), precision={"/5/Gemm": "int8"})
-    rows_b = write_weight_only(cnn, b, WeightOnlyConfig(bits=4, symmetric=False), precision={"/5/Gemm": "int8"})
+    rows_b = write_weight_only(
+        cnn, b, WeightOnlyConfig(bits=4, symmetric=False), precision={"/5/Gemm": "int8"}
+    )
     assert a.read_bytes() == b.read_bytes() and rows_a == rows_b
     assert [r["precision"] for r in rows_a] == ["int4", "int4", "int8"]
 
 
-@pytest.mark.parametrize("options", [
-    {"group_size": "auto", "symmetric": True},
-    {"group_size": 32, "symmetric": False, "keep_float": ["/0/Conv"], "precision": {"/5/Gemm": "int8"}},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"group_size": "auto", "symmetric": True},
+        {"group_size": 32, "symmetric": False, "keep_float": ["/0/Conv"], "precision": {"/5/Gemm": "int8"}},
+    ],
+)
 def test_pinned_int4_recipes_still_load(options):
     from presso.recipe.schema import Recipe, Stage
 
@@ -179,8 +203,19 @@ def test_pinned_int4_recipes_still_load(options):
     assert tech.name == "int4" and isinstance(cfg, Int4Config)
 
 
-@pytest.mark.parametrize("options", [*SCHEMES, {"bits": 3, "rounding": "adaround", "bias_correction": True,
-                                                "group_size": 16, "precision": {"a": "int8", "b": "binary"}}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        *SCHEMES,
+        {
+            "bits": 3,
+            "rounding": "adaround",
+            "bias_correction": True,
+            "group_size": 16,
+            "precision": {"a": "int8", "b": "binary"},
+        },
+    ],
+)
 def test_configs_round_trip_through_the_resolved_recipe(options):
     from presso.recipe.schema import Recipe, Stage
 
@@ -190,21 +225,24 @@ def test_configs_round_trip_through_the_resolved_recipe(options):
     assert again == cfg
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"bits": 0}, r"option 'bits'.*int in \[2, 8\].*got 0"),
-    ({"bits": 1}, r"option 'bits'.*\[2, 8\].*use scheme: binary"),
-    ({"bits": 9}, r"option 'bits'.*int in \[2, 8\].*got 9"),
-    ({"bits": True}, r"option 'bits'.*int in \[2, 8\]"),
-    ({"scheme": "binary", "bits": 4}, r"option 'bits'.*'binary' has a fixed width"),
-    ({"scheme": "float16", "bits": 16}, r"option 'bits'.*'float16' has a fixed width"),
-    ({"scheme": "int8"}, r"option 'scheme'.*'int', 'power-of-two', 'binary'"),
-    ({"rounding": "stochastic"}, r"option 'rounding'.*'nearest' or 'adaround'"),
-    ({"scheme": "binary", "rounding": "adaround"}, r"option 'rounding'.*integer schemes"),
-    ({"group_size": 1}, r"option 'group_size'.*\[2, 4096\]"),
-    ({"scheme": "float16", "group_size": 32}, r"option 'group_size'.*integer schemes"),
-    ({"precision": {"a": "int9"}}, r"option 'precision.a'"),
-    ({"bias": True}, r"unknown option 'bias'"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"bits": 0}, r"option 'bits'.*int in \[2, 8\].*got 0"),
+        ({"bits": 1}, r"option 'bits'.*\[2, 8\].*use scheme: binary"),
+        ({"bits": 9}, r"option 'bits'.*int in \[2, 8\].*got 9"),
+        ({"bits": True}, r"option 'bits'.*int in \[2, 8\]"),
+        ({"scheme": "binary", "bits": 4}, r"option 'bits'.*'binary' has a fixed width"),
+        ({"scheme": "float16", "bits": 16}, r"option 'bits'.*'float16' has a fixed width"),
+        ({"scheme": "int8"}, r"option 'scheme'.*'int', 'power-of-two', 'binary'"),
+        ({"rounding": "stochastic"}, r"option 'rounding'.*'nearest' or 'adaround'"),
+        ({"scheme": "binary", "rounding": "adaround"}, r"option 'rounding'.*integer schemes"),
+        ({"group_size": 1}, r"option 'group_size'.*\[2, 4096\]"),
+        ({"scheme": "float16", "group_size": 32}, r"option 'group_size'.*integer schemes"),
+        ({"precision": {"a": "int9"}}, r"option 'precision.a'"),
+        ({"bias": True}, r"unknown option 'bias'"),
+    ],
+)
 def test_bad_options(bad, match):
     from presso.recipe.schema import Recipe, Stage
 
@@ -213,8 +251,11 @@ def test_bad_options(bad, match):
 
 
 def test_group_size_that_does_not_divide_names_stage_and_option(cnn, tmp_path):
-    with pytest.raises(PressoError, match=r"'group_size' option of stage 'weight-only' \(48\) does not "
-                                          r"divide the 512 input features of layer"):
+    with pytest.raises(
+        PressoError,
+        match=r"'group_size' option of stage 'weight-only' \(48\) does not "
+        r"divide the 512 input features of layer",
+    ):
         write_weight_only(cnn, tmp_path / "o.onnx", WeightOnlyConfig(bits=3, group_size=48))
 
 
@@ -223,6 +264,8 @@ def test_mixed_precision_overrides_store_each_layer_as_asked(cnn, tmp_path):
     precision = {"/0/Conv": "float16", "/3/Gemm": "int2", "/5/Gemm": "fp32"}
     rows = write_weight_only(cnn, dst, WeightOnlyConfig(scheme="binary"), precision=precision)
     assert {r["node"]: (r["precision"], r["storage"]) for r in rows} == {
-        "/0/Conv": ("float16", "float16"), "/3/Gemm": ("int2", "4-bit container")}
+        "/0/Conv": ("float16", "float16"),
+        "/3/Gemm": ("int2", "4-bit container"),
+    }
     kept = [i for i in onnx.load(str(dst)).graph.initializer if i.name == "5.weight"]
     assert kept and kept[0].data_type == onnx.TensorProto.FLOAT  # fp32: left alone

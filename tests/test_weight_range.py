@@ -32,20 +32,34 @@ def _two_layers(path):
     gamma, beta = np.ones(K, np.float32), np.zeros(K, np.float32)
     gamma[5], beta[5] = 30.0, 90.0  # one large positive channel, as after a transformer's LayerNorm
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w_c"], ["y_c"], name="centred"),
-         helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", epsilon=1e-5),
-         helper.make_node("MatMul", ["h", "w_s"], ["y_s"], name="skewed")], "g",
+        [
+            helper.make_node("MatMul", ["x", "w_c"], ["y_c"], name="centred"),
+            helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", epsilon=1e-5),
+            helper.make_node("MatMul", ["h", "w_s"], ["y_s"], name="skewed"),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", K])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", N]) for n in ("y_c", "y_s")],
-        [numpy_helper.from_array(w_c, "w_c"), numpy_helper.from_array(w_s, "w_s"),
-         numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(beta, "beta")])
+        [
+            numpy_helper.from_array(w_c, "w_c"),
+            numpy_helper.from_array(w_s, "w_s"),
+            numpy_helper.from_array(gamma, "gamma"),
+            numpy_helper.from_array(beta, "beta"),
+        ],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return [{"x": rng.normal(size=(48, K)).astype(np.float32)} for _ in range(16)]
 
 
 def _quantize(src, dst, reduce_range: bool):
-    quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
-                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=True,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
     return dst
 
 
@@ -102,10 +116,16 @@ def test_per_layer_ranges_cut_ort_real_error_without_vnni(tmp_path):
     np.savez(tmp_path / "x.npz", x=np.stack([f["x"] for f in feeds]))
     paths = [full, reduced, tmp_path / "mixed.onnx"]
     run_python_without_vnni(_CHILD, str(tmp_path / "x.npz"), *map(str, paths))
-    ref = [f["x"] @ numpy_helper.to_array(next(i for i in centred.graph.initializer if i.name == "w_c"))
-           for f in feeds]
-    err = {p.stem: sum(float(np.sum((o - r) ** 2)) for o, r in zip(np.load(f"{p}.out.npz").values(), ref,
-                                                                    strict=True)) for p in paths}
+    ref = [
+        f["x"] @ numpy_helper.to_array(next(i for i in centred.graph.initializer if i.name == "w_c"))
+        for f in feeds
+    ]
+    err = {
+        p.stem: sum(
+            float(np.sum((o - r) ** 2)) for o, r in zip(np.load(f"{p}.out.npz").values(), ref, strict=True)
+        )
+        for p in paths
+    }
     assert err["mixed"] == pytest.approx(err["reduced"], rel=1e-6)  # the centred layer: ORT's 7-bit weights
     assert err["mixed"] < 0.5 * err["full"]  # ...which saturate less than 8-bit ones lose
 
@@ -124,20 +144,35 @@ def test_dynamic_smooth_splices_seven_bit_weights_where_this_cpu_saturates(tmp_p
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(model_folder()))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     saturating = CpuFeatures("test", avx2=True, avx512=False, vnni=False, int8_saturates=True)
     monkeypatch.setattr(int8, "cpu_features", lambda: saturating)
     recipe = Recipe(name="smooth", stages=[Stage(technique="int8", options={"variants": ["dynamic-smooth"]})])
-    result = presso.compress(str(folder), recipe, data=stdlib_sentences(60), seq_len=32, max_drop=1.0,
-                             bench=presso.measure.BenchSettings(rounds=1, throughput_batch=4))
+    result = presso.compress(
+        str(folder),
+        recipe,
+        data=stdlib_sentences(60),
+        seq_len=32,
+        max_drop=1.0,
+        bench=presso.measure.BenchSettings(rounds=1, throughput_batch=4),
+    )
     stage = result.report.stages[0]
     seven = [row for row in stage.layers if row.get("weights") == "7-bit (saturation)"]
     assert seven and any("got 7-bit weights" in note for note in stage.notes)
     model = onnx.load(str(result.model_path))
-    weights = [numpy_helper.to_array(i) for i in model.graph.initializer
-               if i.data_type == TensorProto.INT8 and len(i.dims) == 2]
+    weights = [
+        numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type == TensorProto.INT8 and len(i.dims) == 2
+    ]
     ranges = sorted({int(np.abs(w.astype(int)).max()) for w in weights})
     assert ranges == [64, 127]  # some layers 7-bit, the others 8-bit

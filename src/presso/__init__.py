@@ -11,8 +11,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["BudgetError", "PressoError", "__version__", "compress", "distill", "factorize", "fake_quantize", "load",
-           "load_example", "unpack"]
+__all__ = [
+    "BudgetError",
+    "PressoError",
+    "__version__",
+    "compress",
+    "distill",
+    "factorize",
+    "fake_quantize",
+    "load",
+    "load_example",
+    "unpack",
+]
 
 from presso.errors import BudgetError, PressoError
 
@@ -21,23 +31,30 @@ def __getattr__(name: str):
     # Lazy: `import presso` must stay light (no torch/onnxruntime until used).
     if name == "compress":
         from presso.recipe.runner import compress
+
         return compress
     if name == "distill":
         from presso.techniques.distill.api import distill
+
         return distill
     if name == "factorize":
         from presso.techniques.lowrank.api import factorize
+
         return factorize
     if name == "fake_quantize":
         from presso.techniques.quantization.quantizers import fake_quantize
+
         return fake_quantize
     if name == "load":
         from presso.runtime.predictor import load
+
         return load
     if name == "load_example":
         from presso.data.examples import load_example
+
         return load_example
     if name == "unpack":
         from presso.export.packed import unpack
+
         return unpack
     raise AttributeError(f"module 'presso' has no attribute {name!r}")

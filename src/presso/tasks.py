@@ -24,24 +24,39 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "classification": TaskSpec(
-        "classification", "accuracy", "agreement", 0.01,
+        "classification",
+        "accuracy",
+        "agreement",
+        0.01,
         "logits or probabilities (N, classes); labels are class indices",
     ),
     "regression": TaskSpec(
-        "regression", "r2", "r2_to_original", 0.01,
+        "regression",
+        "r2",
+        "r2_to_original",
+        0.01,
         "real-valued outputs (N,) or (N, k); R^2 on the targets",
     ),
     "forecast": TaskSpec(
-        "forecast", "r2", "r2_to_original", 0.01,
+        "forecast",
+        "r2",
+        "r2_to_original",
+        0.01,
         "future values from a window of past values; R^2 on the targets",
     ),
     "anomaly": TaskSpec(
-        "anomaly", "roc_auc", "r2_to_original", 0.01,
+        "anomaly",
+        "roc_auc",
+        "r2_to_original",
+        0.01,
         "an anomaly score per row (N,), or a reconstruction of the input whose squared "
         "error is the score; labels are 1 for anomalies",
     ),
     "embedding": TaskSpec(
-        "embedding", "mean_cosine", "mean_cosine", 0.01,
+        "embedding",
+        "mean_cosine",
+        "mean_cosine",
+        0.01,
         "an embedding per row (N, dim); fidelity is the cosine to the original model's",
     ),
 }
@@ -51,9 +66,7 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise PressoError(
-            f"Unknown task '{name}'. Choose one of: {', '.join(TASKS)}."
-        ) from None
+        raise PressoError(f"Unknown task '{name}'. Choose one of: {', '.join(TASKS)}.") from None
 
 
 def primary_metric(task: str, has_labels: bool) -> str:

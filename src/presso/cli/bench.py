@@ -12,13 +12,24 @@ HELP = "measure latency, throughput, size and peak memory of an artifact or .onn
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help=HELP, description=HELP + ". Models given together are timed "
-                       "in interleaved rounds in one process, so their ratios are fair. Inputs are "
-                       "synthetic rows shaped like the model's inputs.")
+    p = sub.add_parser(
+        "bench",
+        help=HELP,
+        description=HELP + ". Models given together are timed "
+        "in interleaved rounds in one process, so their ratios are fair. Inputs are "
+        "synthetic rows shaped like the model's inputs.",
+    )
     p.add_argument("model", help="artifact folder, .onnx file or .packed file")
-    p.add_argument("--vs", metavar="OTHER", action="append", default=[],
-                   help="another artifact folder, .onnx or .packed to compare with (repeatable)")
-    p.add_argument("--seq-len", type=int, default=128, help="length of free non-batch axes, e.g. tokens (default 128)")
+    p.add_argument(
+        "--vs",
+        metavar="OTHER",
+        action="append",
+        default=[],
+        help="another artifact folder, .onnx or .packed to compare with (repeatable)",
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=128, help="length of free non-batch axes, e.g. tokens (default 128)"
+    )
     add_bench_options(p)
     add_common(p)
     p.set_defaults(run=run)
@@ -73,21 +84,38 @@ def _bench(args, settings, scratch: Path) -> int:
     results = {}
     for key, path in paths.items():
         size = stored[key].stat().st_size if stored[key] != path else file_size(path)
-        results[key] = {"path": str(stored[key]), "size_bytes": size,
-                        "parameters": parameter_count(path), **timing[key],
-                        "peak_memory_mb": peak_memory_mb(path, batch_n, settings.thread_count)}
+        results[key] = {
+            "path": str(stored[key]),
+            "size_bytes": size,
+            "parameters": parameter_count(path),
+            **timing[key],
+            "peak_memory_mb": peak_memory_mb(path, batch_n, settings.thread_count),
+        }
     if args.json:
         print_json(json.dumps({"threads": settings.thread_count, "models": results}, indent=2))
     base = results[next(iter(results))]
     table = Table(title=f"presso bench · {settings.thread_count} threads · interleaved rounds")
-    for col in ("model", "size", "params", "p50 ms", "p95 ms", f"throughput/s (batch {settings.throughput_batch})",
-                "peak MB", "speed vs first"):
+    for col in (
+        "model",
+        "size",
+        "params",
+        "p50 ms",
+        "p95 ms",
+        f"throughput/s (batch {settings.throughput_batch})",
+        "peak MB",
+        "speed vs first",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     for key, r in results.items():
-        table.add_row(key, f"{r['size_bytes'] / 1e6:.3f} MB", f"{r['parameters']:,}",
-                      f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p95']:.3f}",
-                      f"{r['throughput_per_s']:,.0f}",
-                      "n/a" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.1f}",
-                      f"{base['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x")
+        table.add_row(
+            key,
+            f"{r['size_bytes'] / 1e6:.3f} MB",
+            f"{r['parameters']:,}",
+            f"{r['latency_ms']['p50']:.3f}",
+            f"{r['latency_ms']['p95']:.3f}",
+            f"{r['throughput_per_s']:,.0f}",
+            "n/a" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.1f}",
+            f"{base['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x",
+        )
     console(args).print(table)
     return 0

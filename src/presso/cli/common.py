@@ -18,22 +18,43 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--data, --target, --weights, --task: what compress and distill read the model and rows with."""
-    parser.add_argument("--data", metavar="FILE", help="held-out rows: .npz (X, optional y), "
-                        ".csv/.parquet (with --target), .txt (one text per line)")
+    parser.add_argument(
+        "--data",
+        metavar="FILE",
+        help="held-out rows: .npz (X, optional y), .csv/.parquet (with --target), .txt (one text per line)",
+    )
     parser.add_argument("--target", metavar="COLUMN", help="label column of a .csv/.parquet file")
-    parser.add_argument("--weights", metavar="FILE", help="state dict (.pt, loaded weights-only, or "
-                        ".safetensors) for a factory model")
-    parser.add_argument("--task", choices=["classification", "regression", "forecast", "anomaly", "embedding"],
-                        help="what the model does (inferred when obvious)")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="state dict (.pt, loaded weights-only, or .safetensors) for a factory model",
+    )
+    parser.add_argument(
+        "--task",
+        choices=["classification", "regression", "forecast", "anomaly", "embedding"],
+        help="what the model does (inferred when obvious)",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The budget, the split and the text length, shared by compress and distill."""
-    parser.add_argument("--max-drop", type=float, default=None, metavar="X",
-                        help="largest allowed absolute drop of the primary metric (default 0.01)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the calibration/evaluation split (default 0)")
-    parser.add_argument("--calibration-fraction", type=float, default=None, metavar="F",
-                        help="share of rows used to calibrate, choose variants and train (default 0.3)")
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        metavar="X",
+        help="largest allowed absolute drop of the primary metric (default 0.01)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the calibration/evaluation split (default 0)"
+    )
+    parser.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="share of rows used to calibrate, choose variants and train (default 0.3)",
+    )
     parser.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
 
 
@@ -55,12 +76,16 @@ def model_and_data(args, progress, what: str = "MODEL") -> tuple:
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None,
-                        help="ONNX Runtime intra-op threads (default: all cores this process may use)")
-    parser.add_argument("--rounds", type=int, default=10,
-                        help="interleaved timing rounds (default 10)")
-    parser.add_argument("--batch", type=int, default=64,
-                        help="batch size for the throughput measurement (default 64)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: all cores this process may use)",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (default 10)")
+    parser.add_argument(
+        "--batch", type=int, default=64, help="batch size for the throughput measurement (default 64)"
+    )
 
 
 def bench_settings(args):
@@ -112,8 +137,11 @@ class RichProgress(Progress):
         columns.append(TimeElapsedColumn())
         with Bar(*columns, console=self.console, transient=False) as bar:
             task_id = bar.add_task(description, total=total)
+
             def advance(n=1, description=None):
-                bar.update(task_id, advance=n, **({} if description is None else {"description": description}))
+                bar.update(
+                    task_id, advance=n, **({} if description is None else {"description": description})
+                )
 
             yield advance
             if total:

@@ -24,7 +24,9 @@ HELP = "compress a model (or a built-in example) and write model.onnx with its e
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "compress", help=HELP, description=HELP + ".",
+        "compress",
+        help=HELP,
+        description=HELP + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
   presso compress --example digits
@@ -46,19 +48,36 @@ from the last finished stage.
 20, or --timeout SECONDS) and writes the front's balanced point; presso search has the
 samplers, constraints and shared studies.""",
     )
-    p.add_argument("model", nargs="?", help="an .onnx file, a Hugging Face model folder, or a "
-                   "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module")
-    p.add_argument("--example", metavar="NAME",
-                   help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="an .onnx file, a Hugging Face model folder, or a "
+        "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module",
+    )
+    p.add_argument(
+        "--example",
+        metavar="NAME",
+        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm",
+    )
     add_data_options(p)
-    p.add_argument("--recipe", default="int8", help="built-in recipe name, recipe .yaml, or 'auto': an automatic "
-                   "search (presso search with its defaults; --trials, --timeout) (default: int8)")
+    p.add_argument(
+        "--recipe",
+        default="int8",
+        help="built-in recipe name, recipe .yaml, or 'auto': an automatic "
+        "search (presso search with its defaults; --trials, --timeout) (default: int8)",
+    )
     p.add_argument("--out", metavar="DIR", help="artifact folder (default: ./presso-NAME-RECIPE)")
-    p.add_argument("--packed", action="store_true",
-                   help="also write model.packed: the weights entropy-coded (sparse + low-bit + LZMA), "
-                        "with its size in the report (recipes with a 'pack' stage always do)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last finished stage (OUT.checkpoint/)")
+    p.add_argument(
+        "--packed",
+        action="store_true",
+        help="also write model.packed: the weights entropy-coded (sparse + low-bit + LZMA), "
+        "with its size in the report (recipes with a 'pack' stage always do)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its last finished stage (OUT.checkpoint/)",
+    )
     add_search_budget(p)
     add_run_options(p)
     add_bench_options(p)
@@ -77,14 +96,17 @@ def run(args) -> int:
         from presso.errors import PressoError
 
         if args.resume or args.packed:
-            raise PressoError("--recipe auto runs a search, which resumes by itself (run the same command "
-                              "again); drop --resume / --packed.")
+            raise PressoError(
+                "--recipe auto runs a search, which resumes by itself (run the same command "
+                "again); drop --resume / --packed."
+            )
         return search_run(args, out_default="auto")
     if args.trials is not None or args.timeout is not None:
         from presso.errors import PressoError
 
-        raise PressoError("--trials and --timeout size an automatic search: use them with --recipe auto "
-                          "(or presso search).")
+        raise PressoError(
+            "--trials and --timeout size an automatic search: use them with --recipe auto (or presso search)."
+        )
     import presso
     from presso.recipe.result import check_output_dir
     from presso.recipe.schema import load_recipe
@@ -100,10 +122,21 @@ def run(args) -> int:
     checkpoint = checkpoint_dir(out)
     args.checkpoint_hint = checkpoint  # for the interrupted message (cli/main.py)
     result = presso.compress(
-        model, recipe, data=data, task=task, max_drop=args.max_drop, target=args.target,
-        weights=weights, seed=args.seed, calibration_fraction=args.calibration_fraction,
-        seq_len=args.seq_len, bench=bench_settings(args), progress=progress, pack=args.packed,
-        checkpoint=checkpoint, resume=args.resume,
+        model,
+        recipe,
+        data=data,
+        task=task,
+        max_drop=args.max_drop,
+        target=args.target,
+        weights=weights,
+        seed=args.seed,
+        calibration_fraction=args.calibration_fraction,
+        seq_len=args.seq_len,
+        bench=bench_settings(args),
+        progress=progress,
+        pack=args.packed,
+        checkpoint=checkpoint,
+        resume=args.resume,
     )
     result.save(out)
     if args.json:

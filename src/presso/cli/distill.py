@@ -22,7 +22,9 @@ HELP = "distil a smaller student from a teacher (PyTorch, ONNX or a Python calla
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "distill", help=HELP, description=HELP + ".",
+        "distill",
+        help=HELP,
+        description=HELP + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
   presso distill --example digits --width 0.45
@@ -38,35 +40,73 @@ held-out rows every reported figure uses. Like compress, presso writes nothing i
 student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
 (OUT.checkpoint.pt); after an interruption, run the same command with --resume.""",
     )
-    p.add_argument("model", nargs="?", metavar="TEACHER",
-                   help="an .onnx file, a Hugging Face model folder, or a factory 'file.py:fn' returning an "
-                        "nn.Module or any callable (e.g. a fitted model's predict_proba)")
-    p.add_argument("--example", metavar="NAME", help="a built-in example as the teacher: digits, tabular, forecast, "
-                   "anomaly, minilm")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="TEACHER",
+        help="an .onnx file, a Hugging Face model folder, or a factory 'file.py:fn' returning an "
+        "nn.Module or any callable (e.g. a fitted model's predict_proba)",
+    )
+    p.add_argument(
+        "--example",
+        metavar="NAME",
+        help="a built-in example as the teacher: digits, tabular, forecast, anomaly, minilm",
+    )
     add_data_options(p)
     s = p.add_argument_group("student")
-    s.add_argument("--student", default="auto", help="auto (derived from the teacher; default), mlp (plain MLP for "
-                   "flat rows), or a factory 'file.py:fn' returning your nn.Module")
+    s.add_argument(
+        "--student",
+        default="auto",
+        help="auto (derived from the teacher; default), mlp (plain MLP for "
+        "flat rows), or a factory 'file.py:fn' returning your nn.Module",
+    )
     s.add_argument("--student-weights", metavar="FILE", help="state dict for a factory student")
-    s.add_argument("--width", type=float, default=None, help="auto: fraction of channels / neurons / heads kept "
-                   "(default 0.45)")
-    s.add_argument("--depth", type=int, default=None, help="auto: blocks / transformer layers kept (default all)")
-    s.add_argument("--init", choices=["teacher", "random"], default="teacher",
-                   help="auto: start from the teacher's weights (default) or from scratch")
-    s.add_argument("--hidden", type=int, nargs="+", default=None, metavar="N", help="mlp: hidden sizes (default 64 64)")
+    s.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="auto: fraction of channels / neurons / heads kept (default 0.45)",
+    )
+    s.add_argument(
+        "--depth", type=int, default=None, help="auto: blocks / transformer layers kept (default all)"
+    )
+    s.add_argument(
+        "--init",
+        choices=["teacher", "random"],
+        default="teacher",
+        help="auto: start from the teacher's weights (default) or from scratch",
+    )
+    s.add_argument(
+        "--hidden", type=int, nargs="+", default=None, metavar="N", help="mlp: hidden sizes (default 64 64)"
+    )
     t = p.add_argument_group("training")
-    t.add_argument("--loss", choices=["auto", "kl", "mse", "cosine"], default="auto",
-                   help="kl (soft targets; classification), mse, cosine (embeddings); auto picks by task")
-    t.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher's soft targets against the labels "
-                   "(default 0.9; 1 = teacher only)")
+    t.add_argument(
+        "--loss",
+        choices=["auto", "kl", "mse", "cosine"],
+        default="auto",
+        help="kl (soft targets; classification), mse, cosine (embeddings); auto picks by task",
+    )
+    t.add_argument(
+        "--alpha",
+        type=float,
+        default=0.9,
+        help="weight of the teacher's soft targets against the labels (default 0.9; 1 = teacher only)",
+    )
     t.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (default 4)")
     t.add_argument("--epochs", type=int, default=None, help="default 60 (transformers 3)")
     t.add_argument("--lr", type=float, default=None, help="AdamW step size (default 1e-3; transformers 1e-4)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--augment", type=int, default=8, help="mixup copies of the training rows labelled by the teacher "
-                   "(float inputs; default 8, 0 = none)")
-    t.add_argument("--train-data", metavar="FILE", help="extra rows to distil on (labels not needed); rows that "
-                   "repeat held-out rows are dropped")
+    t.add_argument(
+        "--augment",
+        type=int,
+        default=8,
+        help="mixup copies of the training rows labelled by the teacher (float inputs; default 8, 0 = none)",
+    )
+    t.add_argument(
+        "--train-data",
+        metavar="FILE",
+        help="extra rows to distil on (labels not needed); rows that repeat held-out rows are dropped",
+    )
     t.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--int8", action="store_true", help="then quantize the student to int8 (accuracy-aware)")
@@ -78,9 +118,16 @@ student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
 
 
 def _options(args, checkpoint: Path) -> dict:
-    options = {"student": args.student, "init": args.init, "loss": args.loss, "alpha": args.alpha,
-               "temperature": args.temperature, "batch_size": args.batch_size, "augment": args.augment,
-               "checkpoint": str(checkpoint)}
+    options = {
+        "student": args.student,
+        "init": args.init,
+        "loss": args.loss,
+        "alpha": args.alpha,
+        "temperature": args.temperature,
+        "batch_size": args.batch_size,
+        "augment": args.augment,
+        "checkpoint": str(checkpoint),
+    }
     for key in ("width", "depth", "epochs", "lr", "hidden", "max_minutes", "student_weights", "train_data"):
         value = getattr(args, key)
         if value is not None:
@@ -112,17 +159,28 @@ def run(args) -> int:
         check_output_dir(out)
     checkpoint = out.with_name(out.name + ".checkpoint.pt")
     if main and not args.resume and any(p.exists() for p in _checkpoints(checkpoint)):
-        raise PressoError(f"An interrupted run left a checkpoint at {checkpoint}: add --resume to continue it, or "
-                          "delete the file to start again.")
+        raise PressoError(
+            f"An interrupted run left a checkpoint at {checkpoint}: add --resume to continue it, or "
+            "delete the file to start again."
+        )
     stages = [Stage(technique="distill", options=_options(args, checkpoint))]
     if args.int8:
         stages.append(Stage(technique="int8"))
     recipe = Recipe(name="student", description="knowledge distillation (presso distill)", stages=stages)
     try:
         result = presso.compress(
-            model, recipe, data=data, task=task, max_drop=args.max_drop, target=args.target, weights=args.weights,
-            seed=args.seed, calibration_fraction=args.calibration_fraction, seq_len=args.seq_len,
-            bench=bench_settings(args), progress=progress,
+            model,
+            recipe,
+            data=data,
+            task=task,
+            max_drop=args.max_drop,
+            target=args.target,
+            weights=args.weights,
+            seed=args.seed,
+            calibration_fraction=args.calibration_fraction,
+            seq_len=args.seq_len,
+            bench=bench_settings(args),
+            progress=progress,
         )
     except distributed.WorkerDone:
         return 0  # another rank writes the result

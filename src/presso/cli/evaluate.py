@@ -12,13 +12,24 @@ HELP = "measure an artifact's quality on data, optionally against a reference mo
 def register(sub) -> None:
     p = sub.add_parser("eval", help=HELP, description=HELP + ".")
     p.add_argument("artifact", help="artifact folder or .onnx file")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help=".npz (X, optional y), .csv/.parquet (with --target) or .txt")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help=".npz (X, optional y), .csv/.parquet (with --target) or .txt",
+    )
     p.add_argument("--target", metavar="COLUMN", help="label column of a .csv/.parquet file")
-    p.add_argument("--task", choices=["classification", "regression", "forecast", "anomaly", "embedding"],
-                   help="defaults to the task in the artifact's report.json")
-    p.add_argument("--vs", metavar="REFERENCE", help="artifact or .onnx whose outputs are the reference "
-                   "for fidelity metrics (agreement, cosine); default: the artifact itself")
+    p.add_argument(
+        "--task",
+        choices=["classification", "regression", "forecast", "anomaly", "embedding"],
+        help="defaults to the task in the artifact's report.json",
+    )
+    p.add_argument(
+        "--vs",
+        metavar="REFERENCE",
+        help="artifact or .onnx whose outputs are the reference "
+        "for fidelity metrics (agreement, cosine); default: the artifact itself",
+    )
     p.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
     add_common(p)
     p.set_defaults(run=run)
@@ -38,17 +49,23 @@ def run(args) -> int:
     if task is None:
         raise PressoError("This model has no report.json naming its task: pass --task.")
     get_task(task)
-    data = load_data(args.data, model.input_names, target=args.target, tokenizer=model.tokenizer,
-                     seq_len=args.seq_len)
+    data = load_data(
+        args.data, model.input_names, target=args.target, tokenizer=model.tokenizer, seq_len=args.seq_len
+    )
     outputs = model.predict(data.inputs)
     reference = load(args.vs).predict(data.inputs) if args.vs else outputs
     if reference.shape != outputs.shape:
         raise PressoError(f"--vs model outputs shape {reference.shape}, the artifact {outputs.shape}.")
     target = None if data.target is None else check_target(task, outputs, data.target)
     metrics = evaluate(task, outputs, reference, target, data.inputs)
-    result = {"task": task, "rows": len(data), "data": str(args.data),
-              "primary_metric": primary_metric(task, target is not None), "metrics": metrics,
-              "reference": args.vs or "the artifact itself (fidelity metrics are trivially 1)"}
+    result = {
+        "task": task,
+        "rows": len(data),
+        "data": str(args.data),
+        "primary_metric": primary_metric(task, target is not None),
+        "metrics": metrics,
+        "reference": args.vs or "the artifact itself (fidelity metrics are trivially 1)",
+    }
     if args.json:
         print_json(json.dumps(result, indent=2))
     table = Table(title=f"presso eval · {task} · {len(data)} rows")

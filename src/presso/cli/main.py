@@ -21,10 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="presso",
         description="Compress trained models for fast CPU inference on ONNX Runtime, and prove it: "
-                    "every result comes with quality, latency, throughput and size measured "
-                    "against the original in the same run.",
+        "every result comes with quality, latency, throughput and size measured "
+        "against the original in the same run.",
         epilog="Exit codes: 0 ok, 1 quality budget not met, 2 bad input, 130 interrupted. "
-               "Start with: presso compress --example digits",
+        "Start with: presso compress --example digits",
     )
     parser.add_argument("--version", action="version", version=f"presso {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "distill":
             resume = " Training was checkpointed: run the same command with --resume to continue."
         elif hint is not None and (hint / "state.json").is_file():
-            resume = (f" Finished stages are kept in {hint}: run the same command with --resume to "
-                      "continue from the last one.")
+            resume = (
+                f" Finished stages are kept in {hint}: run the same command with --resume to "
+                "continue from the last one."
+            )
         print(f"presso: interrupted; nothing was written.{resume}", file=sys.stderr)
         return 130
 

@@ -16,7 +16,9 @@ COMPARE_HELP = "compare artifacts: quality vs latency and size, as one HTML page
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "report", help=REPORT_HELP, description=REPORT_HELP + " (e.g. after upgrading presso).",
+        "report",
+        help=REPORT_HELP,
+        description=REPORT_HELP + " (e.g. after upgrading presso).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
   presso report presso-digits-int8
@@ -32,7 +34,9 @@ The page is one self-contained file (inline CSS and SVG charts; no scripts, no n
     p.set_defaults(run=run_report)
 
     c = sub.add_parser(
-        "compare", help=COMPARE_HELP, description=COMPARE_HELP + ".",
+        "compare",
+        help=COMPARE_HELP,
+        description=COMPARE_HELP + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
   presso compare presso-digits-int8 presso-digits-int4 presso-digits-slim
@@ -44,8 +48,12 @@ batch-1 latency p50 and against size, with the baseline. Numbers measured on dif
 machines, or with different primary metrics, are not comparable: presso warns when they are.""",
     )
     c.add_argument("dirs", nargs="+", metavar="DIR", help="artifact folders written by presso compress")
-    c.add_argument("--out", metavar="FILE", default="compare.html",
-                   help="where to write the page (default: compare.html in the current folder)")
+    c.add_argument(
+        "--out",
+        metavar="FILE",
+        default="compare.html",
+        help="where to write the page (default: compare.html in the current folder)",
+    )
     c.add_argument("--open", action="store_true", help="open the page in the default web browser")
     add_common(c)
     c.set_defaults(run=run_compare)
@@ -99,8 +107,11 @@ def run_compare(args) -> int:
     out = Path(args.out)
     write_atomic(out, render_compare(results))
     if args.json:
-        print_json(json.dumps({"out": str(out), "warnings": warnings(results), "results": records(results)},
-                              indent=2))
+        print_json(
+            json.dumps(
+                {"out": str(out), "warnings": warnings(results), "results": records(results)}, indent=2
+            )
+        )
     con = console(args)
     print_comparison(results, con)
     return _wrote(args, con, out)

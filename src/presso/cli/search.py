@@ -22,7 +22,9 @@ HELP = "search the compression space (Optuna) for the best quality / latency / s
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "search", help=HELP, description=HELP + ".",
+        "search",
+        help=HELP,
+        description=HELP + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
   presso search --example digits --trials 20
@@ -46,32 +48,74 @@ The study lives in --out/study.db (SQLite) unless --storage names a database; wo
 many machines join one study with the same --storage and --study, and the same command
 continues an interrupted study. --trials counts finished trials of the whole study.""",
     )
-    p.add_argument("model", nargs="?", help="an .onnx file, a Hugging Face model folder, or a "
-                   "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module")
-    p.add_argument("--example", metavar="NAME",
-                   help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="an .onnx file, a Hugging Face model folder, or a "
+        "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module",
+    )
+    p.add_argument(
+        "--example",
+        metavar="NAME",
+        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm",
+    )
     add_data_options(p)
     add_search_budget(p)
-    p.add_argument("--storage", metavar="URL", help="study database: sqlite:///FILE or "
-                   "postgresql://user:password@host:5432/db (default: sqlite in --out)")
-    p.add_argument("--study", metavar="NAME", help="study name; workers with the same name join it "
-                   "(default: presso-MODEL)")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random", "grid", "rl"],
-                   help="how trials are chosen (default: tpe)")
-    p.add_argument("--pick", default="balanced", choices=["quality", "latency", "size", "balanced"],
-                   help="which point of the front becomes the artifact (default: balanced)")
-    p.add_argument("--max-latency-ms", type=float, metavar="MS",
-                   help="only points at most this fast at batch 1 on this machine (p50)")
-    p.add_argument("--max-size-mb", type=float, metavar="MB", help="only points whose model.onnx is at most this")
-    p.add_argument("--techniques", metavar="LIST",
-                   help="comma-separated families the search may use: slim, distill, prune, lowrank, int8, "
-                        "kmeans, int4 (default: all that apply to the model)")
-    p.add_argument("--trial-rounds", type=int, default=5, metavar="N",
-                   help="interleaved timing rounds per trial (default 5; the front is re-timed with --rounds)")
-    p.add_argument("--keep-front", action="store_true",
-                   help="also write the model of every Pareto-front point to OUT/front/NNNN.onnx")
-    p.add_argument("--out", metavar="DIR", help="search folder: artifact, study.db, trials/ "
-                   "(default: ./presso-NAME-search)")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="study database: sqlite:///FILE or "
+        "postgresql://user:password@host:5432/db (default: sqlite in --out)",
+    )
+    p.add_argument(
+        "--study",
+        metavar="NAME",
+        help="study name; workers with the same name join it (default: presso-MODEL)",
+    )
+    p.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=["tpe", "nsga2", "random", "grid", "rl"],
+        help="how trials are chosen (default: tpe)",
+    )
+    p.add_argument(
+        "--pick",
+        default="balanced",
+        choices=["quality", "latency", "size", "balanced"],
+        help="which point of the front becomes the artifact (default: balanced)",
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=float,
+        metavar="MS",
+        help="only points at most this fast at batch 1 on this machine (p50)",
+    )
+    p.add_argument(
+        "--max-size-mb", type=float, metavar="MB", help="only points whose model.onnx is at most this"
+    )
+    p.add_argument(
+        "--techniques",
+        metavar="LIST",
+        help="comma-separated families the search may use: slim, distill, prune, lowrank, int8, "
+        "kmeans, int4 (default: all that apply to the model)",
+    )
+    p.add_argument(
+        "--trial-rounds",
+        type=int,
+        default=5,
+        metavar="N",
+        help="interleaved timing rounds per trial (default 5; the front is re-timed with --rounds)",
+    )
+    p.add_argument(
+        "--keep-front",
+        action="store_true",
+        help="also write the model of every Pareto-front point to OUT/front/NNNN.onnx",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="search folder: artifact, study.db, trials/ (default: ./presso-NAME-search)",
+    )
     add_run_options(p)
     add_bench_options(p)
     add_common(p)
@@ -79,10 +123,19 @@ continues an interrupted study. --trials counts finished trials of the whole stu
 
 
 def add_search_budget(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, default=None, metavar="N",
-                   help="finished trials the study should hold (default 20; with only --timeout, no limit)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="stop starting trials after this many seconds (a running trial finishes)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        metavar="N",
+        help="finished trials the study should hold (default 20; with only --timeout, no limit)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop starting trials after this many seconds (a running trial finishes)",
+    )
 
 
 def run(args, out_default: str = "search") -> int:
@@ -95,16 +148,32 @@ def run(args, out_default: str = "search") -> int:
     if getattr(args, "techniques", None):
         techniques = [t.strip() for t in args.techniques.split(",") if t.strip()]
     where = getattr(args, "storage", None) or f"{out / 'study.db'}"
-    args.interrupt_hint = (f"Finished trials are kept in the study ({where}): run the same command to "
-                           "continue it.")
+    args.interrupt_hint = (
+        f"Finished trials are kept in the study ({where}): run the same command to continue it."
+    )
     found = search(
-        model, data, out=out, trials=args.trials if args.trials is not None else (None if args.timeout else 20), timeout=args.timeout, storage=getattr(args, "storage", None),
-        study=getattr(args, "study", None), sampler=getattr(args, "sampler", "tpe"),
-        pick=getattr(args, "pick", "balanced"), max_latency_ms=getattr(args, "max_latency_ms", None),
-        max_size_mb=getattr(args, "max_size_mb", None), techniques=techniques, task=task,
-        max_drop=args.max_drop, target=args.target, weights=args.weights, seed=args.seed,
-        calibration_fraction=args.calibration_fraction, seq_len=args.seq_len, bench=bench_settings(args),
-        trial_rounds=getattr(args, "trial_rounds", 5), keep_front=getattr(args, "keep_front", False),
+        model,
+        data,
+        out=out,
+        trials=args.trials if args.trials is not None else (None if args.timeout else 20),
+        timeout=args.timeout,
+        storage=getattr(args, "storage", None),
+        study=getattr(args, "study", None),
+        sampler=getattr(args, "sampler", "tpe"),
+        pick=getattr(args, "pick", "balanced"),
+        max_latency_ms=getattr(args, "max_latency_ms", None),
+        max_size_mb=getattr(args, "max_size_mb", None),
+        techniques=techniques,
+        task=task,
+        max_drop=args.max_drop,
+        target=args.target,
+        weights=args.weights,
+        seed=args.seed,
+        calibration_fraction=args.calibration_fraction,
+        seq_len=args.seq_len,
+        bench=bench_settings(args),
+        trial_rounds=getattr(args, "trial_rounds", 5),
+        keep_front=getattr(args, "keep_front", False),
         progress=progress,
     )
     found.save(out)

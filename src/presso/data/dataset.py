@@ -60,7 +60,7 @@ class Dataset:
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), size):
-            yield {k: v[start:start + size] for k, v in self.inputs.items()}
+            yield {k: v[start : start + size] for k, v in self.inputs.items()}
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,14 @@ class Split:
             "calibration_rows": len(self.calibration),
             "evaluation_rows": len(self.evaluation),
             "note": "calibration rows calibrate and choose variants; every reported "
-                    "metric is measured on the held-out evaluation rows only",
+            "metric is measured on the held-out evaluation rows only",
         }
 
 
 def split(data: Dataset, calibration_fraction: float = 0.3, seed: int = 0) -> Split:
     """Split rows deterministically into calibration and held-out evaluation parts."""
     if not 0.0 < calibration_fraction < 1.0:
-        raise PressoError(
-            f"The calibration fraction must be in (0, 1). Got {calibration_fraction} instead."
-        )
+        raise PressoError(f"The calibration fraction must be in (0, 1). Got {calibration_fraction} instead.")
     n = len(data)
     if n < 4:
         raise PressoError(
@@ -100,6 +98,10 @@ def split(data: Dataset, calibration_fraction: float = 0.3, seed: int = 0) -> Sp
     n_cal = min(max(1, round(n * calibration_fraction)), n - 2)
     cal, ev = np.sort(order[:n_cal]), np.sort(order[n_cal:])
     return Split(
-        calibration=data.subset(cal), evaluation=data.subset(ev), seed=seed,
-        calibration_fraction=calibration_fraction, calibration_index=cal, evaluation_index=ev,
+        calibration=data.subset(cal),
+        evaluation=data.subset(ev),
+        seed=seed,
+        calibration_fraction=calibration_fraction,
+        calibration_index=cal,
+        evaluation_index=ev,
     )

@@ -10,18 +10,27 @@ import numpy as np
 from presso.data.dataset import Dataset
 from presso.errors import PressoError
 
-SUPPORTED = ".npz (arrays X and optional y), .csv or .parquet (with --target COLUMN), .txt (one text per line)"
+SUPPORTED = (
+    ".npz (arrays X and optional y), .csv or .parquet (with --target COLUMN), .txt (one text per line)"
+)
 
 
-def load_data(path: str | Path, input_names: list[str], target: str | None = None,
-              tokenizer: Any = None, seq_len: int = 128) -> Dataset:
+def load_data(
+    path: str | Path,
+    input_names: list[str],
+    target: str | None = None,
+    tokenizer: Any = None,
+    seq_len: int = 128,
+) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise PressoError(f"Data file '{path}' not found. Supported: {SUPPORTED}.")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         if target is not None:
-            raise PressoError("--target applies to .csv/.parquet data; an .npz holds its targets in array 'y'.")
+            raise PressoError(
+                "--target applies to .csv/.parquet data; an .npz holds its targets in array 'y'."
+            )
         return _from_npz(path, input_names)
     if suffix in (".csv", ".parquet"):
         return _from_table(path, input_names, target)
@@ -111,8 +120,9 @@ def _from_table(path: Path, input_names: list[str], target: str | None) -> Datas
             raise PressoError(f"Target column '{target}' of '{path}' has missing values. Drop those rows.")
         y = y.astype(np.float32) if np.issubdtype(y.dtype, np.floating) else y
     x = frame.to_numpy(dtype=np.float32)
-    return Dataset(inputs={input_names[0]: x}, target=y, source=str(path),
-                   feature_names=[str(c) for c in frame.columns])
+    return Dataset(
+        inputs={input_names[0]: x}, target=y, source=str(path), feature_names=[str(c) for c in frame.columns]
+    )
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -123,18 +133,16 @@ def _read_lines(path: Path) -> list[str]:
     return [ln for ln in lines if ln]
 
 
-def from_texts(texts: list[str], input_names: list[str], tokenizer: Any, seq_len: int = 128,
-               source: str = "texts") -> Dataset:
+def from_texts(
+    texts: list[str], input_names: list[str], tokenizer: Any, seq_len: int = 128, source: str = "texts"
+) -> Dataset:
     if tokenizer is None:
-        raise PressoError(
-            "Text data needs a text model: give a Hugging Face model folder with a tokenizer."
-        )
+        raise PressoError("Text data needs a text model: give a Hugging Face model folder with a tokenizer.")
     if not texts:
         raise PressoError(f"'{source}' has no non-empty lines of text.")
     # Fixed-length padding: every row has the same shape, so batches and latency
     # measurements are comparable across models.
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len,
-                    return_tensors="np")
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
     inputs = {}
     for name in input_names:
         if name in enc:

@@ -21,8 +21,11 @@ def compact_names(path: str | Path) -> Path:
     path = Path(path)
     model = onnx.load(str(path))
     graph = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for node in graph.node for a in node.attribute):
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in graph.node
+        for a in node.attribute
+    ):
         return path  # subgraphs refer to outer names; leave control flow untouched
     keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
     short: dict[str, str] = {}

@@ -31,9 +31,15 @@ def export_onnx(model: LoadedModel, sample: dict[str, np.ndarray], path: Path) -
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, args, str(path), dynamo=False, opset_version=OPSET,
-                input_names=list(model.input_names), output_names=["output"],
-                dynamic_axes=dynamic_axes, do_constant_folding=True,
+                module,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=list(model.input_names),
+                output_names=["output"],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
             )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -59,7 +59,9 @@ from presso.errors import PressoError
 
 MAGIC = b"PRESSO-PACK\x01"
 _HEAD = struct.Struct("<IQI")
-_DICT = 8 << 20  # LZMA dictionary cap: keeps encoder memory ~100 MiB a thread; far matches rarely help weights
+_DICT = (
+    8 << 20
+)  # LZMA dictionary cap: keeps encoder memory ~100 MiB a thread; far matches rarely help weights
 # Above this, preset 6 with the hash-chain match finder instead of 9|EXTREME: on MiniLM's
 # 11.7 MB word-embedding exponent plane, 9e took 17.5 s a 4 MiB slice, preset 6 7.2 s and
 # preset 6 + HC4 3.5 s, all within 1% of each other's size.
@@ -98,8 +100,11 @@ def _lz(data: bytes, preset: int | None = None) -> bytes:
     size = min(max(4096, 1 << max(len(data) - 1, 1).bit_length()), _DICT)  # smaller tables for small data
     options = {"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": size}
     if preset is None:
-        options.update({"preset": 6, "mf": lzma.MF_HC4} if len(data) > _EXTREME_MAX
-                       else {"preset": 9 | lzma.PRESET_EXTREME})
+        options.update(
+            {"preset": 6, "mf": lzma.MF_HC4}
+            if len(data) > _EXTREME_MAX
+            else {"preset": 9 | lzma.PRESET_EXTREME}
+        )
     return lzma.compress(data, format=lzma.FORMAT_RAW, filters=[options])
 
 
@@ -160,7 +165,7 @@ def _enc_codebook(buf: bytes, w: int) -> bytes | None:
 def _dec_codebook(payload: bytes, w: int, n: int) -> bytes:
     k = payload[0] + 1
     data = _whole(_unlz(payload[1:]))
-    values, index = np.frombuffer(data[:k * w], _UINT[w]), np.frombuffer(data[k * w:], np.uint8)
+    values, index = np.frombuffer(data[: k * w], _UINT[w]), np.frombuffer(data[k * w :], np.uint8)
     if len(values) != k or index.size * w != n or index.max(initial=0) >= k:
         raise ValueError("a codebook does not match its indices")
     return values[index].tobytes()
@@ -217,7 +222,7 @@ def _sample(buf: bytes, w: int) -> bytes:
     if len(buf) <= _SAMPLE:
         return buf
     part, starts = _SAMPLE // 4 // w * w, [i * (len(buf) // 4) // w * w for i in range(4)]
-    return b"".join(buf[s:s + part] for s in starts)
+    return b"".join(buf[s : s + part] for s in starts)
 
 
 def _encodings(buf: bytes, w: int, codecs: tuple[int, ...]) -> dict[int, bytes]:
@@ -290,24 +295,42 @@ def pack(onnx_path: str | Path, dst: str | Path) -> PackStats:
             t.ClearField(field)
     graph = _lz(model.SerializeToString())
     from presso.runtime.session import default_threads
+
     # lzma and numpy release the GIL: threads spread the tensors over the cores.
     with ThreadPoolExecutor(max_workers=min(default_threads(), 8)) as pool:
-        jobs = {i: pool.submit(_best, raws[i], _width(tensors[i].data_type, len(raws[i])))
-                for i in sorted(range(len(raws)), key=lambda i: -len(raws[i]))}  # biggest first
+        jobs = {
+            i: pool.submit(_best, raws[i], _width(tensors[i].data_type, len(raws[i])))
+            for i in sorted(range(len(raws)), key=lambda i: -len(raws[i]))
+        }  # biggest first
         coded = [jobs[i].result() for i in range(len(raws))]
-    rows = [bytes([codec]) + _varint(len(raw)) + _varint(len(p)) for (codec, p), raw in zip(coded, raws)]
+    rows = [
+        bytes([codec]) + _varint(len(raw)) + _varint(len(p))
+        for (codec, p), raw in zip(coded, raws, strict=True)
+    ]
     table = b"".join(rows)
     body = table + graph + b"".join(p for _, p in coded)
     blob = MAGIC + _HEAD.pack(len(tensors), len(graph), zlib.crc32(body)) + body
     tmp = dst.with_name(dst.name + ".tmp")
     tmp.write_bytes(blob)
     tmp.replace(dst)  # never leave a half-written file under the final name
-    rows = [{"name": t.name, "dtype": onnx.TensorProto.DataType.Name(t.data_type),
-             "elements": int(np.prod(t.dims, dtype=np.int64)), "raw_bytes": len(raw),
-             "packed_bytes": len(row) + len(p), "codec": _CODECS[codec][0]}
-            for t, raw, row, (codec, p) in zip(tensors, raws, rows, coded)]
-    return PackStats(bytes=len(blob), weights_bytes=sum(r["packed_bytes"] for r in rows), graph_bytes=len(graph),
-                     codecs=dict(Counter(r["codec"] for r in rows)), tensors=rows)
+    rows = [
+        {
+            "name": t.name,
+            "dtype": onnx.TensorProto.DataType.Name(t.data_type),
+            "elements": int(np.prod(t.dims, dtype=np.int64)),
+            "raw_bytes": len(raw),
+            "packed_bytes": len(row) + len(p),
+            "codec": _CODECS[codec][0],
+        }
+        for t, raw, row, (codec, p) in zip(tensors, raws, rows, coded, strict=True)
+    ]
+    return PackStats(
+        bytes=len(blob),
+        weights_bytes=sum(r["packed_bytes"] for r in rows),
+        graph_bytes=len(graph),
+        codecs=dict(Counter(r["codec"] for r in rows)),
+        tensors=rows,
+    )
 
 
 def _read(blob: bytes):
@@ -323,16 +346,17 @@ def _read(blob: bytes):
         pos = after
     pos += graph_len
     if pos + sum(r[2] for r in rows) != len(blob):
-        raise ValueError(f"the file is {len(blob)} bytes but its table describes "
-                         f"{pos + sum(r[2] for r in rows)}")
+        raise ValueError(
+            f"the file is {len(blob)} bytes but its table describes {pos + sum(r[2] for r in rows)}"
+        )
     if zlib.crc32(memoryview(blob)[start:]) != crc:  # raw LZMA2 streams have no checksum of their own
         raise ValueError("its checksum does not match its content")
-    model = onnx.ModelProto.FromString(_whole(_unlz(blob[pos - graph_len:pos])))
+    model = onnx.ModelProto.FromString(_whole(_unlz(blob[pos - graph_len : pos])))
     tensors = _stored(model)
     if len(tensors) != count:
         raise ValueError(f"the graph has {len(tensors)} tensors to fill, the table {count}")
-    for t, (codec, n, m) in zip(tensors, rows):
-        t.raw_data = _decode(codec, blob[pos:pos + m], _width(t.data_type, n), n)
+    for t, (codec, n, m) in zip(tensors, rows, strict=True):
+        t.raw_data = _decode(codec, blob[pos : pos + m], _width(t.data_type, n), n)
         pos += m
     return model
 
@@ -348,16 +372,21 @@ def unpack(path: str | Path) -> onnx.ModelProto:
     except OSError as exc:
         raise PressoError(f"Cannot read packed model '{path}' ({exc.strerror}).") from exc
     if not blob.startswith(MAGIC[:-1]):
-        raise PressoError(f"'{path}' is not a presso packed model (it does not start with {MAGIC[:-1]!r}); "
-                          "pass a file written by presso.export.packed.pack, or load the .onnx file.")
-    if blob[len(MAGIC) - 1:len(MAGIC)] != MAGIC[-1:]:
-        raise PressoError(f"'{path}' is a packed model of format version {blob[len(MAGIC) - 1]}; "
-                          f"this presso reads version {MAGIC[-1]}. Upgrade presso.")
+        raise PressoError(
+            f"'{path}' is not a presso packed model (it does not start with {MAGIC[:-1]!r}); "
+            "pass a file written by presso.export.packed.pack, or load the .onnx file."
+        )
+    if blob[len(MAGIC) - 1 : len(MAGIC)] != MAGIC[-1:]:
+        raise PressoError(
+            f"'{path}' is a packed model of format version {blob[len(MAGIC) - 1]}; "
+            f"this presso reads version {MAGIC[-1]}. Upgrade presso."
+        )
     try:
         return _read(blob)
     except (ValueError, IndexError, struct.error, lzma.LZMAError, DecodeError) as exc:
-        raise PressoError(f"'{path}' is a corrupt or truncated packed model ({exc}); "
-                          "pack the .onnx file again.") from exc
+        raise PressoError(
+            f"'{path}' is a corrupt or truncated packed model ({exc}); pack the .onnx file again."
+        ) from exc
 
 
 def unpack_to(path: str | Path, onnx_dst: str | Path) -> Path:

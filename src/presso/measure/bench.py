@@ -45,25 +45,28 @@ def _calls_per_round(fn: Callable[[], object], seconds: float, cap: int = 200) -
     return int(min(cap, max(2, seconds / max(probe, 1e-6))))
 
 
-def interleaved_rounds(fns: dict[str, Callable[[], object]], settings: BenchSettings,
-                       on_round: Callable[[], None] | None = None) -> dict[str, list[list[float]]]:
+def interleaved_rounds(
+    fns: dict[str, Callable[[], object]], settings: BenchSettings, on_round: Callable[[], None] | None = None
+) -> dict[str, list[list[float]]]:
     """Per-call wall times (seconds) of each callable, one list per interleaved round."""
     names = list(fns)
     calls = {k: _calls_per_round(fns[k], settings.round_seconds) for k in names}
     times: dict[str, list[list[float]]] = {k: [] for k in names}
     for r in range(settings.rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             times[k].append(_time_calls(fns[k], calls[k]))
         if on_round:
             on_round()
     return times
 
 
-def interleaved(fns: dict[str, Callable[[], object]], settings: BenchSettings,
-                on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], settings: BenchSettings, on_round: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
     """Per-call wall times (seconds) of each callable over interleaved rounds."""
-    return {k: [t for r in rounds for t in r]
-            for k, rounds in interleaved_rounds(fns, settings, on_round).items()}
+    return {
+        k: [t for r in rounds for t in r] for k, rounds in interleaved_rounds(fns, settings, on_round).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,19 @@ class Timing:
     rounds_ms: tuple[float, ...]
 
 
-def time_latency(paths: dict[str, Path], batch1: dict[str, np.ndarray],
-                 settings: BenchSettings) -> dict[str, Timing]:
+def time_latency(
+    paths: dict[str, Path], batch1: dict[str, np.ndarray], settings: BenchSettings
+) -> dict[str, Timing]:
     """Batch-1 latency of each ONNX model, interleaved, for choosing between variants."""
     sessions = _sessions(paths, settings)
     timed = interleaved_rounds({k: _caller(s, batch1) for k, s in sessions.items()}, settings)
-    return {k: Timing(round(float(np.percentile(np.concatenate(r) * 1e3, 50)), 4),
-                      tuple(round(float(np.median(x)) * 1e3, 4) for x in r))
-            for k, r in timed.items()}
+    return {
+        k: Timing(
+            round(float(np.percentile(np.concatenate(r) * 1e3, 50)), 4),
+            tuple(round(float(np.median(x)) * 1e3, 4) for x in r),
+        )
+        for k, r in timed.items()
+    }
 
 
 def clearly_slower(slow: Timing, fast: Timing, margin: float) -> bool:
@@ -102,9 +110,12 @@ def summarize(times_batch1: list[float], times_batch_n: list[float], batch_n: in
     ms = np.asarray(times_batch1) * 1e3
     keep = np.linspace(0, len(ms) - 1, min(SAMPLES, len(ms))).round().astype(int)  # evenly, in call order
     return {
-        "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 4),
-                       "p95": round(float(np.percentile(ms, 95)), 4), "batch": 1,
-                       "samples": [round(float(t), 4) for t in ms[keep]]},
+        "latency_ms": {
+            "p50": round(float(np.percentile(ms, 50)), 4),
+            "p95": round(float(np.percentile(ms, 95)), 4),
+            "batch": 1,
+            "samples": [round(float(t), 4) for t in ms[keep]],
+        },
         "throughput_per_s": round(batch_n / float(np.median(times_batch_n)), 2),
         "throughput_batch": batch_n,
     }
@@ -119,41 +130,60 @@ def _caller(sess, feed: dict[str, np.ndarray]) -> Callable[[], object]:
     return lambda: sess.run(None, feed)
 
 
-def bench_calls(batch1_calls: dict[str, Callable[[], object]], batch_n_calls: dict[str, Callable[[], object]],
-                n: int, settings: BenchSettings = BenchSettings(),
-                on_round: Callable[[], None] | None = None,
-                latency_only: dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
+def bench_calls(
+    batch1_calls: dict[str, Callable[[], object]],
+    batch_n_calls: dict[str, Callable[[], object]],
+    n: int,
+    settings: BenchSettings = BenchSettings(),
+    on_round: Callable[[], None] | None = None,
+    latency_only: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, dict]:
     """Latency (the batch-1 calls) and throughput (calls on ``n`` rows), interleaved.
     ``latency_only`` calls join the latency rounds (their p50 under ``"latency_only"``):
     intermediate models compared in the very same rounds as the headline figures."""
     lat = interleaved({**batch1_calls, **(latency_only or {})}, settings, on_round)
-    thr_settings = BenchSettings(rounds=max(3, settings.rounds // 2),
-                                 round_seconds=settings.round_seconds, threads=settings.threads)
+    thr_settings = BenchSettings(
+        rounds=max(3, settings.rounds // 2), round_seconds=settings.round_seconds, threads=settings.threads
+    )
     thr = interleaved(batch_n_calls, thr_settings, on_round)
     out = {k: summarize(lat[k], thr[k], n) for k in batch1_calls}
-    out["latency_only"] = {k: round(float(np.percentile(np.asarray(lat[k]) * 1e3, 50)), 4)
-                           for k in latency_only or {}}
+    out["latency_only"] = {
+        k: round(float(np.percentile(np.asarray(lat[k]) * 1e3, 50)), 4) for k in latency_only or {}
+    }
     return out
 
 
-def bench_onnx(paths: dict[str, Path], batch1: dict[str, np.ndarray],
-               batch_n: dict[str, np.ndarray], settings: BenchSettings = BenchSettings(),
-               on_round: Callable[[], None] | None = None,
-               latency_only: dict[str, Path] | None = None) -> dict[str, dict]:
+def bench_onnx(
+    paths: dict[str, Path],
+    batch1: dict[str, np.ndarray],
+    batch_n: dict[str, np.ndarray],
+    settings: BenchSettings = BenchSettings(),
+    on_round: Callable[[], None] | None = None,
+    latency_only: dict[str, Path] | None = None,
+) -> dict[str, dict]:
     """Latency at batch 1 and throughput at ``batch_n`` rows for each ONNX model (and
     batch-1 latency only for the ``latency_only`` models, in the same rounds)."""
     sessions = _sessions(paths, settings)
     extra = _sessions(latency_only or {}, settings)
-    return bench_calls({k: _caller(s, batch1) for k, s in sessions.items()},
-                       {k: _caller(s, batch_n) for k, s in sessions.items()},
-                       len(next(iter(batch_n.values()))), settings, on_round,
-                       {k: _caller(s, batch1) for k, s in extra.items()})
+    return bench_calls(
+        {k: _caller(s, batch1) for k, s in sessions.items()},
+        {k: _caller(s, batch_n) for k, s in sessions.items()},
+        len(next(iter(batch_n.values()))),
+        settings,
+        on_round,
+        {k: _caller(s, batch1) for k, s in extra.items()},
+    )
 
 
-def bench_with_callable(teacher, path: Path, batch1: dict[str, np.ndarray], batch_n: dict[str, np.ndarray],
-                        settings: BenchSettings = BenchSettings(),
-                        on_round: Callable[[], None] | None = None,
-                        latency_only: dict[str, Path] | None = None) -> dict[str, dict]:
+def bench_with_callable(
+    teacher,
+    path: Path,
+    batch1: dict[str, np.ndarray],
+    batch_n: dict[str, np.ndarray],
+    settings: BenchSettings = BenchSettings(),
+    on_round: Callable[[], None] | None = None,
+    latency_only: dict[str, Path] | None = None,
+) -> dict[str, dict]:
     """A callable teacher (``baseline``: its own predict, called as the user calls it) and an
     ONNX model (``compressed``), timed in the same interleaved rounds."""
     sess = _sessions({"compressed": path}, settings)["compressed"]
@@ -163,14 +193,19 @@ def bench_with_callable(teacher, path: Path, batch1: dict[str, np.ndarray], batc
         return lambda: teacher.predict(arg)
 
     extra = _sessions(latency_only or {}, settings)
-    return bench_calls({"baseline": own(batch1), "compressed": _caller(sess, batch1)},
-                       {"baseline": own(batch_n), "compressed": _caller(sess, batch_n)},
-                       len(next(iter(batch_n.values()))), settings, on_round,
-                       {k: _caller(s, batch1) for k, s in extra.items()})
+    return bench_calls(
+        {"baseline": own(batch1), "compressed": _caller(sess, batch1)},
+        {"baseline": own(batch_n), "compressed": _caller(sess, batch_n)},
+        len(next(iter(batch_n.values()))),
+        settings,
+        on_round,
+        {k: _caller(s, batch1) for k, s in extra.items()},
+    )
 
 
-def bench_torch(module, input_names: list[str], batch1: dict[str, np.ndarray],
-                settings: BenchSettings = BenchSettings()) -> dict:
+def bench_torch(
+    module, input_names: list[str], batch1: dict[str, np.ndarray], settings: BenchSettings = BenchSettings()
+) -> dict:
     """Eager PyTorch fp32 latency at batch 1 (a reference; not what presso deploys)."""
     import torch
 
@@ -183,10 +218,15 @@ def bench_torch(module, input_names: list[str], batch1: dict[str, np.ndarray],
             with torch.inference_mode():
                 module(*args)
 
-        times = interleaved({"torch": call}, BenchSettings(rounds=max(3, settings.rounds // 2),
-                                                            round_seconds=settings.round_seconds))
+        times = interleaved(
+            {"torch": call},
+            BenchSettings(rounds=max(3, settings.rounds // 2), round_seconds=settings.round_seconds),
+        )
     finally:
         torch.set_num_threads(previous)
     ms = np.asarray(times["torch"]) * 1e3
-    return {"p50": round(float(np.percentile(ms, 50)), 4),
-            "p95": round(float(np.percentile(ms, 95)), 4), "batch": 1}
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 4),
+        "p95": round(float(np.percentile(ms, 95)), 4),
+        "batch": 1,
+    }

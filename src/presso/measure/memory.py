@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 
-def peak_memory_mb(model_path: str | Path, inputs: dict[str, np.ndarray], threads: int,
-                   timeout: float = 300) -> float | None:
+def peak_memory_mb(
+    model_path: str | Path, inputs: dict[str, np.ndarray], threads: int, timeout: float = 300
+) -> float | None:
     """Peak RSS growth (MiB) from creating a session and running ``inputs`` once."""
     with tempfile.TemporaryDirectory(prefix="presso-mem-") as tmp:
         feed = Path(tmp) / "inputs.npz"

@@ -78,7 +78,8 @@ def _classification(out, ref, y) -> dict[str, float]:
     m["accuracy"] = float(skm.accuracy_score(y, pred))
     if n_classes > TOP_K:
         m[f"top{TOP_K}_accuracy"] = float(
-            skm.top_k_accuracy_score(y, probs, k=TOP_K, labels=np.arange(n_classes)))
+            skm.top_k_accuracy_score(y, probs, k=TOP_K, labels=np.arange(n_classes))
+        )
     if n_classes == 2:
         m["f1"] = float(skm.f1_score(y, pred, zero_division=0))
         if len(np.unique(y)) == 2:
@@ -145,9 +146,13 @@ def _embedding(out, ref) -> dict[str, float]:
     }
 
 
-def evaluate(task: str, outputs: np.ndarray, reference: np.ndarray,
-             target: np.ndarray | None = None,
-             inputs: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+def evaluate(
+    task: str,
+    outputs: np.ndarray,
+    reference: np.ndarray,
+    target: np.ndarray | None = None,
+    inputs: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
     """All metrics of ``task`` for ``outputs``, plus fidelity to ``reference`` outputs."""
     if task == "classification":
         return _classification(outputs, reference, target)
@@ -186,7 +191,9 @@ def unresolved_budget(metric: str, max_drop: float, rows: dict[str, int]) -> lis
         if step is None or max_drop <= 0 or step <= max_drop + 1e-12:
             continue
         enough = int(np.ceil(1 / max_drop - 1e-9))
-        out.append(f"with {n} {part} rows, one changed {_COUNTED[metric]} drops {metric} by {step:.4f}: "
-                   f"--max-drop {max_drop:g} allows none on them (give at least {enough} {part} rows, "
-                   f"or --max-drop {step:.4f} or more)")
+        out.append(
+            f"with {n} {part} rows, one changed {_COUNTED[metric]} drops {metric} by {step:.4f}: "
+            f"--max-drop {max_drop:g} allows none on them (give at least {enough} {part} rows, "
+            f"or --max-drop {step:.4f} or more)"
+        )
     return out

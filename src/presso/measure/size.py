@@ -10,10 +10,14 @@ import numpy as np
 _WEIGHT_DTYPES = {1, 2, 3, 10, 16, 21, 22}  # float, uint8, int8, float16, bfloat16, uint4, int4
 # Operands that hold quantization parameters rather than weights.
 _QPARAM_SLOTS = {
-    "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2),
-    "MatMulInteger": (2, 3), "ConvInteger": (2, 3),
-    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QLinearConv": (1, 2, 4, 5, 6, 7),
-    "DynamicQuantizeMatMul": (2, 3), "QAttention": (3, 4, 6, 7),
+    "QuantizeLinear": (1, 2),
+    "DequantizeLinear": (1, 2),
+    "MatMulInteger": (2, 3),
+    "ConvInteger": (2, 3),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7),
+    "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "DynamicQuantizeMatMul": (2, 3),
+    "QAttention": (3, 4, 6, 7),
 }
 
 
@@ -68,9 +72,27 @@ def parameter_count(path: str | Path) -> int:
 # Only followed along tensors computed from initializers alone (see _constant), so
 # arithmetic ops here never pull in activations: they rebuild sparse (bitmask + CumSum),
 # hashed (Range/Mod) and clustered weights.
-_WEIGHT_PATH_OPS = {"DequantizeLinear", "Cast", "Gather", "Transpose", "Reshape", "Mul",
-                    "DynamicQuantizeLinear", "Slice", "CumSum", "Add", "Sub", "Mod", "Range",
-                    "Where", "Unsqueeze", "Squeeze", "Concat", "Expand", "Flatten"}
+_WEIGHT_PATH_OPS = {
+    "DequantizeLinear",
+    "Cast",
+    "Gather",
+    "Transpose",
+    "Reshape",
+    "Mul",
+    "DynamicQuantizeLinear",
+    "Slice",
+    "CumSum",
+    "Add",
+    "Sub",
+    "Mod",
+    "Range",
+    "Where",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Expand",
+    "Flatten",
+}
 
 
 def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
@@ -91,7 +113,9 @@ def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
 
     def nbytes(init) -> int:
         n = int(np.prod(init.dims)) if init.dims else 1
-        bits = {21: 4, 22: 4, 2: 8, 3: 8, 10: 16, 16: 16, 11: 64, 7: 64, 6: 32, 12: 32}.get(init.data_type, 32)
+        bits = {21: 4, 22: 4, 2: 8, 3: 8, 10: 16, 16: 16, 11: 64, 7: 64, 6: 32, 12: 32}.get(
+            init.data_type, 32
+        )
         return (n * bits + 7) // 8
 
     def stored(tensor: str, seen: set[str]) -> int:
@@ -117,9 +141,28 @@ def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
 
 # Nodes with constant operands that are not layers: shapes and indices of reshaping ops,
 # and the quantize / dequantize pairs around activations (their scale is not a weight).
-_NOT_LAYERS = {"Reshape", "Expand", "Slice", "Unsqueeze", "Squeeze", "Concat", "Tile", "Pad", "Shape",
-               "ConstantOfShape", "Range", "Transpose", "Cast", "Split", "Where", "Equal", "Flatten",
-               "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+_NOT_LAYERS = {
+    "Reshape",
+    "Expand",
+    "Slice",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Tile",
+    "Pad",
+    "Shape",
+    "ConstantOfShape",
+    "Range",
+    "Transpose",
+    "Cast",
+    "Split",
+    "Where",
+    "Equal",
+    "Flatten",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+}
 
 
 def layer_sizes(path: str | Path) -> list[dict]:
@@ -133,16 +176,20 @@ def layer_sizes(path: str | Path) -> list[dict]:
     inits = {i.name for i in proto.graph.initializer}
     producer = {out: n for n in proto.graph.node for out in n.output}
     memo: dict = {}
-    layers = {n.name: n.op_type for n in proto.graph.node
-              if n.name and n.op_type not in _NOT_LAYERS and not all(_constant(o, inits, producer, memo=memo) for o in n.output if o)
-              and any(_constant(t, inits, producer, memo=memo) for t in n.input if t)}
+    layers = {
+        n.name: n.op_type
+        for n in proto.graph.node
+        if n.name
+        and n.op_type not in _NOT_LAYERS
+        and not all(_constant(o, inits, producer, memo=memo) for o in n.output if o)
+        and any(_constant(t, inits, producer, memo=memo) for t in n.input if t)
+    }
     sizes = layer_storage_bytes(path, list(layers))
     rows = [{"node": name, "op": layers[name], "bytes": b} for name, b in sizes.items() if b > 0]
     return sorted(rows, key=lambda r: -r["bytes"])
 
 
-def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0,
-              memo: dict | None = None) -> bool:
+def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0, memo: dict | None = None) -> bool:
     """Whether ``tensor`` is computed from initializers only (a stored weight)."""
     memo = {} if memo is None else memo
     if tensor in inits:

@@ -6,12 +6,19 @@ import numpy as np
 
 from presso.errors import PressoError
 
-_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-           "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(bool)": np.bool_}
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+}
 
 
-def synthetic_inputs(session, batch: int, seq_len: int = 128,
-                     shapes: dict[str, list[int]] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_inputs(
+    session, batch: int, seq_len: int = 128, shapes: dict[str, list[int]] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Random rows shaped for ``session``: the batch axis is ``batch``, other free axes
     ``seq_len`` unless ``shapes`` fixes them; token ids are drawn from a vocabulary-safe
     range and masks are all ones, so a text model runs on full-length sequences."""

@@ -30,8 +30,7 @@ class MeanPooledEncoder(nn.Module):
         self.encoder = encoder
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids)
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return _mean_pool(out[0], attention_mask)
 
 
@@ -43,8 +42,7 @@ class MeanPooledEncoderNoTypes(nn.Module):
         self.encoder = encoder
 
     def forward(self, input_ids, attention_mask):
-        return _mean_pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0],
-                          attention_mask)
+        return _mean_pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0], attention_mask)
 
 
 class SequenceClassifier(nn.Module):
@@ -79,17 +77,15 @@ def load_hf_folder(path: Path) -> LoadedModel:
     try:
         import transformers
     except ImportError:
-        raise PressoError(
-            "Hugging Face models need transformers: pip install 'presso[hf]'."
-        ) from None
+        raise PressoError("Hugging Face models need transformers: pip install 'presso[hf]'.") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
     try:
         config = json.loads((path / "config.json").read_text())
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-        is_classifier = any(a.endswith("ForSequenceClassification")
-                            for a in config.get("architectures") or [])
-        auto = (transformers.AutoModelForSequenceClassification if is_classifier
-                else transformers.AutoModel)
+        is_classifier = any(
+            a.endswith("ForSequenceClassification") for a in config.get("architectures") or []
+        )
+        auto = transformers.AutoModelForSequenceClassification if is_classifier else transformers.AutoModel
         # Eager attention exports to the MatMul/Softmax pattern that ONNX Runtime's
         # transformer optimizer fuses; the SDPA export fuses nothing (measured).
         hf_model = _quietly(auto.from_pretrained, str(path), attn_implementation="eager")
@@ -109,12 +105,19 @@ def load_hf_folder(path: Path) -> LoadedModel:
         names = ["input_ids", "attention_mask"]
     module.eval()
     return LoadedModel(
-        name=path.name, source=f"Hugging Face folder {path}", module=module,
-        input_names=names, dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-        tokenizer=tokenizer, task_hint=task,
-        transformer={"model_type": config.get("model_type", "bert"),
-                     "num_heads": int(config.get("num_attention_heads", 0)),
-                     "hidden_size": int(config.get("hidden_size", 0))},
-        notes=[f"{config.get('model_type', 'transformer')} loaded with eager attention "
-               "(fusable by ONNX Runtime)"],
+        name=path.name,
+        source=f"Hugging Face folder {path}",
+        module=module,
+        input_names=names,
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+        tokenizer=tokenizer,
+        task_hint=task,
+        transformer={
+            "model_type": config.get("model_type", "bert"),
+            "num_heads": int(config.get("num_attention_heads", 0)),
+            "hidden_size": int(config.get("hidden_size", 0)),
+        },
+        notes=[
+            f"{config.get('model_type', 'transformer')} loaded with eager attention (fusable by ONNX Runtime)"
+        ],
     )

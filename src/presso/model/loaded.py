@@ -32,7 +32,8 @@ def forward_input_names(module: nn.Module) -> list[str]:
     """Names of the positional arguments of ``module.forward`` (the ONNX input names)."""
     params = inspect.signature(module.forward).parameters.values()
     names = [
-        p.name for p in params
+        p.name
+        for p in params
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
     return names or [next(iter(inspect.signature(module.forward).parameters))]
@@ -91,8 +92,10 @@ class LoadedModel:
         n = len(next(iter(inputs.values())))
         outs = []
         for start in range(0, n, batch_size):
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[k][start:start + batch_size]))
-                    for k in self.input_names]
+            args = [
+                torch.from_numpy(np.ascontiguousarray(inputs[k][start : start + batch_size]))
+                for k in self.input_names
+            ]
             outs.append(first_tensor(self.module(*args)).float().numpy())
         return np.concatenate(outs)
 
@@ -110,13 +113,17 @@ class LoadedModel:
         n = len(next(iter(inputs.values())))
         outs = []
         for start in range(0, n, batch_size):
-            out = self.predict(self.predict_arg({k: v[start:start + batch_size] for k, v in inputs.items()}))
+            out = self.predict(
+                self.predict_arg({k: v[start : start + batch_size] for k, v in inputs.items()})
+            )
             if isinstance(out, torch.Tensor):
                 out = out.detach().cpu().numpy()
             outs.append(np.asarray(out, dtype=np.float32))
         out = np.concatenate(outs)
         if out.ndim == 0 or len(out) != n:
-            raise ValueError(f"the callable returned {out.shape[0] if out.ndim else 'a scalar'} rows for {n} inputs")
+            raise ValueError(
+                f"the callable returned {out.shape[0] if out.ndim else 'a scalar'} rows for {n} inputs"
+            )
         return out
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -126,4 +133,5 @@ class LoadedModel:
         if self.predict is not None:
             return self.run_callable(inputs)
         from presso.runtime.session import make_session, run_session
+
         return run_session(make_session(self.onnx_path), inputs, 1)

@@ -11,9 +11,13 @@ from presso.model.loaded import LoadedModel
 def fixed_batch_sizes(graph) -> dict[str, int]:
     """Graph inputs (not initializers) whose first axis has a fixed size, with that size."""
     initializers = {i.name for i in graph.initializer}
-    return {i.name: i.type.tensor_type.shape.dim[0].dim_value for i in graph.input
-            if i.name not in initializers and i.type.tensor_type.shape.dim
-            and i.type.tensor_type.shape.dim[0].dim_value}
+    return {
+        i.name: i.type.tensor_type.shape.dim[0].dim_value
+        for i in graph.input
+        if i.name not in initializers
+        and i.type.tensor_type.shape.dim
+        and i.type.tensor_type.shape.dim[0].dim_value
+    }
 
 
 def load_onnx(path: Path) -> LoadedModel:
@@ -35,8 +39,11 @@ def load_onnx(path: Path) -> LoadedModel:
     for i in inputs:
         dims = i.type.tensor_type.shape.dim
         # No shape recorded: nothing is fixed, the row axis included.
-        dynamic[i.name] = ({k: d.dim_param or f"dim{k}" for k, d in enumerate(dims) if not d.dim_value}
-                           if dims else {0: "batch"})
+        dynamic[i.name] = (
+            {k: d.dim_param or f"dim{k}" for k, d in enumerate(dims) if not d.dim_value}
+            if dims
+            else {0: "batch"}
+        )
     fixed = {name: n for name, n in fixed_batch_sizes(proto.graph).items() if n != 1}
     if fixed:
         raise PressoError(
@@ -44,6 +51,9 @@ def load_onnx(path: Path) -> LoadedModel:
             "batches. Re-export it with a dynamic first axis (dynamic_axes={name: {0: 'batch'}})."
         )
     return LoadedModel(
-        name=path.stem, source=f"ONNX file {path}", onnx_path=path.resolve(),
-        input_names=[i.name for i in inputs], dynamic_axes=dynamic,
+        name=path.stem,
+        source=f"ONNX file {path}",
+        onnx_path=path.resolve(),
+        input_names=[i.name for i in inputs],
+        dynamic_axes=dynamic,
     )

@@ -14,10 +14,14 @@ from torch import nn
 from presso.errors import PressoError
 from presso.model.loaded import LoadedModel, forward_input_names
 
-_HOW = ("Give an .onnx file, a Hugging Face model folder (with config.json), "
-        "or a factory 'path/to/file.py:function' / 'package.module:function'.")
-_CALLABLE_NOTE = ("a Python callable is a teacher only: presso times it and distils a student from it, "
-                  "but cannot export or transform it")
+_HOW = (
+    "Give an .onnx file, a Hugging Face model folder (with config.json), "
+    "or a factory 'path/to/file.py:function' / 'package.module:function'."
+)
+_CALLABLE_NOTE = (
+    "a Python callable is a teacher only: presso times it and distils a student from it, "
+    "but cannot export or transform it"
+)
 
 
 def load_model(model: Any, weights: str | Path | None = None) -> LoadedModel:
@@ -43,11 +47,13 @@ def load_model(model: Any, weights: str | Path | None = None) -> LoadedModel:
         if weights is not None:
             raise PressoError("--weights applies to factories only; an ONNX file has its weights.")
         from presso.model.onnx_file import load_onnx
+
         return load_onnx(path)
     if path.is_dir():
         if weights is not None:
             raise PressoError("--weights applies to factories only; a model folder has its weights.")
         from presso.model.huggingface import load_hf_folder
+
         return load_hf_folder(path)
     if ":" in spec and not path.exists():
         return load_factory(spec, weights)
@@ -60,7 +66,10 @@ def from_module(module: nn.Module, name: str, source: str) -> LoadedModel:
     module.eval()
     names = forward_input_names(module)
     return LoadedModel(
-        name=name, source=source, module=module, input_names=names,
+        name=name,
+        source=source,
+        module=module,
+        input_names=names,
         dynamic_axes={n: {0: "batch"} for n in names},
     )
 
@@ -75,8 +84,14 @@ def _callable_name(fn) -> str:
 def from_callable(fn, name: str, source: str, input_names: list[str] | None = None) -> LoadedModel:
     """A teacher that is any Python callable: one input array (rows first) -> outputs."""
     names = input_names or ["x"]
-    return LoadedModel(name=name, source=source, predict=fn, input_names=names,
-                       dynamic_axes={n: {0: "batch"} for n in names}, notes=[_CALLABLE_NOTE])
+    return LoadedModel(
+        name=name,
+        source=source,
+        predict=fn,
+        input_names=names,
+        dynamic_axes={n: {0: "batch"} for n in names},
+        notes=[_CALLABLE_NOTE],
+    )
 
 
 def _import_factory(spec: str):
@@ -114,8 +129,10 @@ def load_factory(spec: str, weights: str | Path | None) -> LoadedModel:
         raise PressoError(f"Factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(module, nn.Module) and callable(module):
         if weights is not None:
-            raise PressoError(f"--weights applies to factories returning an nn.Module; '{spec}' returned a "
-                              f"{type(module).__name__}, which carries its own model.")
+            raise PressoError(
+                f"--weights applies to factories returning an nn.Module; '{spec}' returned a "
+                f"{type(module).__name__}, which carries its own model."
+            )
         return from_callable(module, name=_callable_name(module), source=f"callable from factory {spec}")
     if not isinstance(module, nn.Module):
         raise PressoError(
@@ -134,9 +151,11 @@ def load_weights(module: nn.Module, path: Path) -> None:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             state = load_file(str(path))
         else:
             import torch
+
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PressoError(

@@ -71,17 +71,22 @@ class RunCheckpoint:
         state_file = folder / "state.json"
         if state_file.is_file():
             if not resume:
-                raise PressoError(f"An unfinished run left a checkpoint at '{folder}'. Add --resume to continue "
-                                  "it from its last finished stage, or delete that folder to start over.")
+                raise PressoError(
+                    f"An unfinished run left a checkpoint at '{folder}'. Add --resume to continue "
+                    "it from its last finished stage, or delete that folder to start over."
+                )
             try:
                 state = json.loads(state_file.read_text())
             except (OSError, ValueError) as exc:
-                raise PressoError(f"The checkpoint '{state_file}' cannot be read ({exc}); delete '{folder}' "
-                                  "to start over.") from None
+                raise PressoError(
+                    f"The checkpoint '{state_file}' cannot be read ({exc}); delete '{folder}' to start over."
+                ) from None
             if state.get("format") != FORMAT or state.get("fingerprint") != fingerprint:
-                raise PressoError(f"The checkpoint at '{folder}' was written by a different run (the model, "
-                                  "data, recipe or settings differ). Run the same command as before, or "
-                                  "delete that folder to start over.")
+                raise PressoError(
+                    f"The checkpoint at '{folder}' was written by a different run (the model, "
+                    "data, recipe or settings differ). Run the same command as before, or "
+                    "delete that folder to start over."
+                )
             return cls(folder, fingerprint, state["stages"])
         if folder.exists() and any(folder.iterdir()):
             raise PressoError(f"'{folder}' exists and is not a presso checkpoint; move it away.")
@@ -95,9 +100,16 @@ class RunCheckpoint:
     def save(self, index: int, outcome: StageOutcome) -> None:
         """Record stage ``index`` (1-based; stages finish in order) as done."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        entry = {"technique": outcome.technique, "report": outcome.report, "metrics": outcome.metrics,
-                 "pinned": outcome.pinned, "notes": outcome.notes, "transformer": outcome.transformer,
-                 "model": None, "module": None}
+        entry = {
+            "technique": outcome.technique,
+            "report": outcome.report,
+            "metrics": outcome.metrics,
+            "pinned": outcome.pinned,
+            "notes": outcome.notes,
+            "transformer": outcome.transformer,
+            "model": None,
+            "module": None,
+        }
         if outcome.path is not None:
             entry["model"] = f"stage{index}.onnx"
             shutil.copyfile(outcome.path, self.folder / entry["model"])
@@ -124,14 +136,27 @@ class RunCheckpoint:
             # presso's own file, loaded on the user's --resume (see the module docstring).
             module = torch.load(self.folder / entry["module"], weights_only=False)
         report = {**entry["report"], "resumed": True}
-        return StageOutcome(entry["technique"], report, path, module, entry["metrics"], entry["pinned"],
-                            entry["notes"], entry["transformer"])
+        return StageOutcome(
+            entry["technique"],
+            report,
+            path,
+            module,
+            entry["metrics"],
+            entry["pinned"],
+            entry["notes"],
+            entry["transformer"],
+        )
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _write_state(self) -> None:
         tmp = self.folder / ".state.json.tmp"
-        tmp.write_text(json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "stages": self.stages},
-                                  indent=1, default=str))
+        tmp.write_text(
+            json.dumps(
+                {"format": FORMAT, "fingerprint": self.fingerprint, "stages": self.stages},
+                indent=1,
+                default=str,
+            )
+        )
         os.replace(tmp, self.folder / "state.json")

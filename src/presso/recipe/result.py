@@ -20,8 +20,15 @@ ARTIFACT_FILES = ("model.onnx", "report.json", "report.html", "recipe.yaml")
 class CompressionResult:
     """A compressed model with its evidence; ``save(dir)`` writes the artifact."""
 
-    def __init__(self, report: Report, model_path: Path, workdir: Path, recipe: Recipe,
-                 tokenizer: Any = None, packed_path: Path | None = None):
+    def __init__(
+        self,
+        report: Report,
+        model_path: Path,
+        workdir: Path,
+        recipe: Recipe,
+        tokenizer: Any = None,
+        packed_path: Path | None = None,
+    ):
         self.report, self.model_path, self.recipe, self.tokenizer = report, model_path, recipe, tokenizer
         self.packed_path = packed_path  # model.packed: the weights entropy-coded, when asked for
         self._workdir = workdir
@@ -29,18 +36,22 @@ class CompressionResult:
 
     def __repr__(self) -> str:
         b = self.report.budget
-        return (f"CompressionResult(task={self.report.task!r}, {b.primary_metric} "
-                f"{b.baseline:.4f} -> {b.compressed:.4f}, size x{self.report.ratios['size']}, "
-                f"speed x{self.report.ratios['latency_speedup']})")
+        return (
+            f"CompressionResult(task={self.report.task!r}, {b.primary_metric} "
+            f"{b.baseline:.4f} -> {b.compressed:.4f}, size x{self.report.ratios['size']}, "
+            f"speed x{self.report.ratios['latency_speedup']})"
+        )
 
     @property
     def model(self):
         """The compressed model as an ``onnx.ModelProto``."""
         import onnx
+
         return onnx.load(str(self.model_path))
 
     def predictor(self):
         from presso.runtime.predictor import Predictor
+
         return Predictor(self.model_path, tokenizer=self.tokenizer, task=self.report.task)
 
     def save(self, out: str | Path, overwrite: bool = True) -> Path:
@@ -112,9 +123,7 @@ class CompressionResult:
 def check_output_dir(out: Path, overwrite: bool = True) -> None:
     """Refuse an output path that holds something other than a presso artifact."""
     if out.exists() and not _replaceable(out, overwrite):
-        raise PressoError(
-            f"Output folder '{out}' exists and is not a presso artifact. Choose another --out."
-        )
+        raise PressoError(f"Output folder '{out}' exists and is not a presso artifact. Choose another --out.")
 
 
 def _replaceable(out: Path, overwrite: bool) -> bool:

@@ -86,12 +86,24 @@ class Run:
         return evaluate(self.task, outputs, self.ref_eval, self.y_eval, self.evaluation.inputs)
 
 
-def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None, *,
-             task: str | None = None, max_drop: float | None = None, target: str | None = None,
-             weights: str | Path | None = None, seed: int | None = None,
-             calibration_fraction: float | None = None, seq_len: int = 128,
-             bench: BenchSettings | None = None, progress: Progress = SILENT, pack: bool = False,
-             checkpoint: str | Path | None = None, resume: bool = False) -> CompressionResult:
+def compress(
+    model: Any,
+    recipe: str | Path | Recipe = "int8",
+    data: Any = None,
+    *,
+    task: str | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    weights: str | Path | None = None,
+    seed: int | None = None,
+    calibration_fraction: float | None = None,
+    seq_len: int = 128,
+    bench: BenchSettings | None = None,
+    progress: Progress = SILENT,
+    pack: bool = False,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> CompressionResult:
     """Compress ``model`` with ``recipe`` and measure it against the original.
 
     Parameters
@@ -131,9 +143,21 @@ def compress(model: Any, recipe: str | Path | Recipe = "int8", data: Any = None,
     >>> result.save("tabular-int8")  # doctest: +SKIP
     """
     recipe = load_recipe(recipe)
-    prepared = prepare(model, data, settings=recipe.settings, recipe=recipe, task=task, max_drop=max_drop,
-                       target=target, weights=weights, seed=seed, calibration_fraction=calibration_fraction,
-                       seq_len=seq_len, bench=bench, progress=progress)
+    prepared = prepare(
+        model,
+        data,
+        settings=recipe.settings,
+        recipe=recipe,
+        task=task,
+        max_drop=max_drop,
+        target=target,
+        weights=weights,
+        seed=seed,
+        calibration_fraction=calibration_fraction,
+        seq_len=seq_len,
+        bench=bench,
+        progress=progress,
+    )
     try:
         return run_recipe(prepared, recipe, pack=pack, checkpoint=checkpoint, resume=resume)
     except BaseException:
@@ -157,11 +181,22 @@ class Prepared:
         shutil.rmtree(self.run.workdir, ignore_errors=True)
 
 
-def prepare(model: Any, data: Any = None, *, settings: Settings | None = None, recipe: Recipe | None = None,
-            task: str | None = None, max_drop: float | None = None, target: str | None = None,
-            weights: str | Path | None = None, seed: int | None = None,
-            calibration_fraction: float | None = None, seq_len: int = 128,
-            bench: BenchSettings | None = None, progress: Progress = SILENT) -> Prepared:
+def prepare(
+    model: Any,
+    data: Any = None,
+    *,
+    settings: Settings | None = None,
+    recipe: Recipe | None = None,
+    task: str | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    weights: str | Path | None = None,
+    seed: int | None = None,
+    calibration_fraction: float | None = None,
+    seq_len: int = 128,
+    bench: BenchSettings | None = None,
+    progress: Progress = SILENT,
+) -> Prepared:
     """Load ``model`` and ``data``, take the original model's outputs, split the rows and
     export the baseline; ``recipe`` (optional) is checked against the model before any of
     the slow work."""
@@ -175,8 +210,19 @@ def prepare(model: Any, data: Any = None, *, settings: Settings | None = None, r
         _check_stage_order(recipe, recipe.configs(), loaded)
     workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
     try:
-        run = _prepare(loaded, data, task or settings.task, max_drop, settings, seed,
-                       calibration_fraction, workdir, bench or BenchSettings(), progress, seq_len)
+        run = _prepare(
+            loaded,
+            data,
+            task or settings.task,
+            max_drop,
+            settings,
+            seed,
+            calibration_fraction,
+            workdir,
+            bench or BenchSettings(),
+            progress,
+            seq_len,
+        )
         return Prepared(run, _baseline(run), seed, calibration_fraction)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -209,8 +255,9 @@ def transformer_kept(model: LoadedModel):
             model.transformer.update(before)
 
 
-def run_stages(run: Run, recipe: Recipe, baseline_path: Path | None, seed: int,
-               saved: RunCheckpoint | None = None) -> StagesRun:
+def run_stages(
+    run: Run, recipe: Recipe, baseline_path: Path | None, seed: int, saved: RunCheckpoint | None = None
+) -> StagesRun:
     """Run the recipe's model-changing stages in order (budget checked after each), then
     store mostly-zero weights sparsely. Storage stages (pack) are left to the caller."""
     stages = recipe.configs()
@@ -234,14 +281,17 @@ def run_stages(run: Run, recipe: Recipe, baseline_path: Path | None, seed: int,
             current = outcome.path
             module = outcome.module if technique.domain == "torch" else None
     if all(o.skipped for o in outcomes):
-        raise BudgetError(f"Every stage of recipe '{recipe.name}' was skipped, so there is no compressed "
-                          "model. Raise --max-drop or try another recipe.")
+        raise BudgetError(
+            f"Every stage of recipe '{recipe.name}' was skipped, so there is no compressed "
+            "model. Raise --max-drop or try another recipe."
+        )
     compact_names(current)
     eval_metrics = next(o.metrics for o in reversed(outcomes) if not o.skipped)
     stage_reports = [o.report for o in outcomes]
     notes = list(run.model.notes) + [n for o in outcomes for n in o.notes]
-    steps = [(f"{i} {o.technique}", o.technique, o.path, o.metrics, o.skipped)
-             for i, o in enumerate(outcomes, 1)]
+    steps = [
+        (f"{i} {o.technique}", o.technique, o.path, o.metrics, o.skipped) for i, o in enumerate(outcomes, 1)
+    ]
     if any(t.sparse for (t, _), o in zip(stages, outcomes, strict=False) if not o.skipped):
         current, storage = _store_sparse(run, current)  # a scan of every weight: only where zeros were made
         if storage is not None:
@@ -251,8 +301,14 @@ def run_stages(run: Run, recipe: Recipe, baseline_path: Path | None, seed: int,
     return StagesRun(current, outcomes, eval_metrics, stage_reports, notes, steps)
 
 
-def run_recipe(prepared: Prepared, recipe: Recipe, *, pack: bool = False, checkpoint: str | Path | None = None,
-               resume: bool = False) -> CompressionResult:
+def run_recipe(
+    prepared: Prepared,
+    recipe: Recipe,
+    *,
+    pack: bool = False,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> CompressionResult:
     """Run ``recipe`` on a prepared model, measure the result against the baseline and
     return it; the result owns ``prepared.run.workdir`` from then on."""
     run, seed, calibration_fraction = prepared.run, prepared.seed, prepared.calibration_fraction
@@ -260,19 +316,39 @@ def run_recipe(prepared: Prepared, recipe: Recipe, *, pack: bool = False, checkp
     saved = None
     try:
         if checkpoint is not None:
-            saved = RunCheckpoint.open(checkpoint, _fingerprint(run, recipe, seed, calibration_fraction), resume)
+            saved = RunCheckpoint.open(
+                checkpoint, _fingerprint(run, recipe, seed, calibration_fraction), resume
+            )
             if resume:
-                progress.log(f"resuming after stage {saved.finished} (checkpoint {checkpoint})" if saved.finished
-                             else f"no finished stage in {checkpoint}: starting from the first stage")
+                progress.log(
+                    f"resuming after stage {saved.finished} (checkpoint {checkpoint})"
+                    if saved.finished
+                    else f"no finished stage in {checkpoint}: starting from the first stage"
+                )
         done = run_stages(run, recipe, prepared.baseline, seed, saved)
         pack = pack or any(t.domain == "storage" for t, _ in recipe.configs())
         resolved = resolved_recipe(recipe, done.outcomes, run, seed, calibration_fraction)
-        report, packed_path = _measure(run, prepared.baseline, done.path, done.metrics, resolved,
-                                       done.stage_reports, done.notes, done.steps, pack)
+        report, packed_path = _measure(
+            run,
+            prepared.baseline,
+            done.path,
+            done.metrics,
+            resolved,
+            done.stage_reports,
+            done.notes,
+            done.steps,
+            pack,
+        )
         if saved is not None:
             saved.remove()  # the run is complete: nothing left to resume
-        return CompressionResult(report=report, model_path=done.path, workdir=run.workdir,
-                                 tokenizer=run.model.tokenizer, recipe=resolved, packed_path=packed_path)
+        return CompressionResult(
+            report=report,
+            model_path=done.path,
+            workdir=run.workdir,
+            tokenizer=run.model.tokenizer,
+            recipe=resolved,
+            packed_path=packed_path,
+        )
     except PressoError:
         # The run ended with an answer (bad input, budget not met): nothing to resume. Only an
         # interruption (Ctrl-C, a killed process) leaves the checkpoint behind.
@@ -281,8 +357,9 @@ def run_recipe(prepared: Prepared, recipe: Recipe, *, pack: bool = False, checkp
         raise
 
 
-def _run_stage(run: Run, index: int, count: int, technique, config, spec: Stage, current: Path | None,
-               module, seed: int) -> StageOutcome:
+def _run_stage(
+    run: Run, index: int, count: int, technique, config, spec: Stage, current: Path | None, module, seed: int
+) -> StageOutcome:
     """Run one stage on ``current`` and verify its best variant on the held-out rows.
 
     An ``optional`` stage with no variant within budget, or a stage whose result does not
@@ -301,33 +378,54 @@ def _run_stage(run: Run, index: int, count: int, technique, config, spec: Stage,
     except (BudgetError, NothingToDo) as exc:
         if not spec.optional:
             raise
-        reason = ("no variant within the budget" if isinstance(exc, BudgetError)
-                  else str(exc).split(" (", 1)[0].split(": ", 1)[-1])
+        reason = (
+            "no variant within the budget"
+            if isinstance(exc, BudgetError)
+            else str(exc).split(" (", 1)[0].split(": ", 1)[-1]
+        )
         return _skipped(run, technique.name, index, reason, tried, transformer_before)
     reason = _not_paying(run, spec.keep_if, current, chosen.path)
     if reason:
         return _skipped(run, technique.name, index, reason, result.tried, transformer_before)
     layers = chosen.layers if chosen.layers is not None else result.layers
-    report = {"technique": technique.name, "chosen": chosen.name,
-              "variants": [c.describe() for c in result.tried],
-              "notes": result.notes + chosen.notes, "layers": _with_storage(layers, chosen.path)}
+    report = {
+        "technique": technique.name,
+        "chosen": chosen.name,
+        "variants": [c.describe() for c in result.tried],
+        "notes": result.notes + chosen.notes,
+        "layers": _with_storage(layers, chosen.path),
+    }
     options = config.model_dump(mode="json")
     options.update(chosen.options)
     pinned = {**spec.model_dump(mode="json", exclude_defaults=True), "options": options}
-    return StageOutcome(technique.name, report, chosen.path, chosen.module if torch_stage else None,
-                        eval_metrics, pinned, result.notes + chosen.notes,
-                        copy.deepcopy(run.model.transformer))
+    return StageOutcome(
+        technique.name,
+        report,
+        chosen.path,
+        chosen.module if torch_stage else None,
+        eval_metrics,
+        pinned,
+        result.notes + chosen.notes,
+        copy.deepcopy(run.model.transformer),
+    )
 
 
-def _skipped(run: Run, technique: str, index: int, reason: str, tried: list[Candidate],
-             transformer_before: dict | None) -> StageOutcome:
+def _skipped(
+    run: Run, technique: str, index: int, reason: str, tried: list[Candidate], transformer_before: dict | None
+) -> StageOutcome:
     if transformer_before is not None:
         run.model.transformer.clear()
         run.model.transformer.update(transformer_before)
     note = f"stage {index} '{technique}' skipped: {reason}; the run goes on with the model before it"
     run.progress.log(note)
-    report = {"technique": technique, "chosen": None, "skipped": True,
-              "variants": [c.describe() for c in tried], "notes": [note], "layers": []}
+    report = {
+        "technique": technique,
+        "chosen": None,
+        "skipped": True,
+        "variants": [c.describe() for c in tried],
+        "notes": [note],
+        "layers": [],
+    }
     return StageOutcome(technique, report, None, notes=[note], transformer=transformer_before)
 
 
@@ -345,16 +443,23 @@ def _not_paying(run: Run, keep_if: str, before: Path | None, after: Path) -> str
     # A gain within timing noise is no gain: the stage must win by 3% and in most rounds.
     if after_ms < before_ms * (1 - _KEEP_MARGIN) and faster_rounds > len(t["after"].rounds_ms) / 2:
         return None
-    return (f"not faster than its input at batch 1 ({after_ms:.4f} vs {before_ms:.4f} ms p50, faster in "
-            f"{faster_rounds} of {len(t['after'].rounds_ms)} interleaved rounds; keep_if: faster)")
+    return (
+        f"not faster than its input at batch 1 ({after_ms:.4f} vs {before_ms:.4f} ms p50, faster in "
+        f"{faster_rounds} of {len(t['after'].rounds_ms)} interleaved rounds; keep_if: faster)"
+    )
 
 
 _KEEP_MARGIN = 0.03
 
 
 def _fingerprint(run: Run, recipe: Recipe, seed: int, calibration_fraction: float) -> str:
-    settings = {"task": run.task, "max_drop": run.max_drop, "seed": seed, "seq_len": run.seq_len,
-                "calibration_fraction": calibration_fraction}
+    settings = {
+        "task": run.task,
+        "max_drop": run.max_drop,
+        "seed": seed,
+        "seq_len": run.seq_len,
+        "calibration_fraction": calibration_fraction,
+    }
     arrays = [*run.data.inputs.values(), run.ref_cal, run.ref_eval]
     if run.data.target is not None:
         arrays.append(np.asarray(run.data.target))
@@ -367,9 +472,11 @@ def _check_stage_order(recipe: Recipe, stages, loaded: LoadedModel) -> None:
     storage = [i for i, (t, _) in enumerate(stages, 1) if t.domain == "storage"]
     if storage and (storage[0] == 1 or storage[-1] != len(stages) or len(storage) > 1):
         i = storage[0] if storage[0] == 1 or len(storage) > 1 else storage[-1]
-        raise PressoError(f"Recipe '{recipe.name}' stage {i} '{stages[i - 1][0].name}' stores the final model, "
-                          "so it must be the last stage, once, after a stage that compresses the model "
-                          "(or pass --packed to any recipe).")
+        raise PressoError(
+            f"Recipe '{recipe.name}' stage {i} '{stages[i - 1][0].name}' stores the final model, "
+            "so it must be the last stage, once, after a stage that compresses the model "
+            "(or pass --packed to any recipe)."
+        )
     torch_stages = [(i, t.name) for i, (t, _) in enumerate(stages, 1) if t.domain == "torch"]
     if loaded.kind != "torch":
         # A student with its own architecture (distill: student mlp / a factory) can learn from
@@ -378,34 +485,52 @@ def _check_stage_order(recipe: Recipe, stages, loaded: LoadedModel) -> None:
         needs_module = getattr(config, "needs_teacher_module", None)  # None: not a distill stage
         what = "an ONNX file" if loaded.kind == "onnx" else "a Python callable"
         if needs_module:
-            raise PressoError(f"Recipe '{recipe.name}' stage 1 '{first.name}': student: auto derives the student "
-                              f"from the teacher's PyTorch architecture, and this teacher is {what}. Use "
-                              "student: mlp (flat rows) or your own student factory file.py:fn.")
+            raise PressoError(
+                f"Recipe '{recipe.name}' stage 1 '{first.name}': student: auto derives the student "
+                f"from the teacher's PyTorch architecture, and this teacher is {what}. Use "
+                "student: mlp (flat rows) or your own student factory file.py:fn."
+            )
         if needs_module is None and loaded.kind == "callable":
-            raise PressoError(f"Recipe '{recipe.name}' cannot start from {what}: presso can only distil a "
-                              "student from it. Use a recipe whose first stage is distill with student: mlp "
-                              "or a factory (e.g. presso distill MODEL --student mlp).")
+            raise PressoError(
+                f"Recipe '{recipe.name}' cannot start from {what}: presso can only distil a "
+                "student from it. Use a recipe whose first stage is distill with student: mlp "
+                "or a factory (e.g. presso distill MODEL --student mlp)."
+            )
         if needs_module is None and torch_stages:
             i, name = torch_stages[0]
-            raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model; it needs "
-                              "a PyTorch model or Hugging Face folder, not an ONNX file (or a distill stage "
-                              "first with student: mlp or a factory).")
+            raise PressoError(
+                f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model; it needs "
+                "a PyTorch model or Hugging Face folder, not an ONNX file (or a distill stage "
+                "first with student: mlp or a factory)."
+            )
     first_onnx = next((i for i, (t, _) in enumerate(stages, 1) if t.domain == "onnx"), None)
     late = [(i, n) for i, n in torch_stages if first_onnx is not None and i > first_onnx]
     if late:
         i, name = late[0]
-        raise PressoError(f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model, so it must "
-                          f"come before stage {first_onnx} '{stages[first_onnx - 1][0].name}', which works "
-                          "on the exported ONNX graph. Reorder the stages.")
+        raise PressoError(
+            f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model, so it must "
+            f"come before stage {first_onnx} '{stages[first_onnx - 1][0].name}', which works "
+            "on the exported ONNX graph. Reorder the stages."
+        )
 
 
 def _first(*values):
     return next(v for v in values if v is not None)
 
 
-def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: float | None,
-             settings: Settings, seed: int, calibration_fraction: float, workdir: Path,
-             bench: BenchSettings, progress: Progress, seq_len: int = 128) -> Run:
+def _prepare(
+    loaded: LoadedModel,
+    data: Dataset,
+    task: str | None,
+    max_drop: float | None,
+    settings: Settings,
+    seed: int,
+    calibration_fraction: float,
+    workdir: Path,
+    bench: BenchSettings,
+    progress: Progress,
+    seq_len: int = 128,
+) -> Run:
     """Check the data fits the model, take reference outputs, split, settle the task."""
     progress.log("running the original model on the data")
     try:
@@ -432,16 +557,30 @@ def _prepare(loaded: LoadedModel, data: Dataset, task: str | None, max_drop: flo
         data = Dataset(inputs=data.inputs, target=target, source=data.source, texts=data.texts)
     parts = split(data, calibration_fraction, seed)
     split_info = {**parts.describe(), "evaluation_batch": EVAL_BATCH}
-    unresolved = unresolved_budget(primary_metric(task, parts.evaluation.has_labels), float(max_drop),
-                                   {"calibration": len(parts.calibration), "held-out": len(parts.evaluation)})
+    unresolved = unresolved_budget(
+        primary_metric(task, parts.evaluation.has_labels),
+        float(max_drop),
+        {"calibration": len(parts.calibration), "held-out": len(parts.evaluation)},
+    )
     for line in unresolved:
         progress.warn(line)
     return Run(
-        model=loaded, task=task, max_drop=float(max_drop), data=data,
-        calibration=parts.calibration, evaluation=parts.evaluation, split_info=split_info,
-        ref_cal=reference[parts.calibration_index], ref_eval=reference[parts.evaluation_index],
-        y_cal=parts.calibration.target, y_eval=parts.evaluation.target,
-        workdir=workdir, bench=bench, progress=progress, seq_len=seq_len, unresolved=unresolved,
+        model=loaded,
+        task=task,
+        max_drop=float(max_drop),
+        data=data,
+        calibration=parts.calibration,
+        evaluation=parts.evaluation,
+        split_info=split_info,
+        ref_cal=reference[parts.calibration_index],
+        ref_eval=reference[parts.evaluation_index],
+        y_cal=parts.calibration.target,
+        y_eval=parts.evaluation.target,
+        workdir=workdir,
+        bench=bench,
+        progress=progress,
+        seq_len=seq_len,
+        unresolved=unresolved,
     )
 
 
@@ -514,20 +653,34 @@ def _stage_context(run: Run, stage_dir: Path, module, seed: int, torch_stage: bo
         export_onnx(model, run.calibration.head(2).inputs, path)
         compact_names(path)
         sample = run.calibration.head(8)
-        check_parity(model.run_torch(sample.inputs),
-                     run_session(make_session(path), sample.inputs, EVAL_BATCH), "ONNX export")
+        check_parity(
+            model.run_torch(sample.inputs),
+            run_session(make_session(path), sample.inputs, EVAL_BATCH),
+            "ONNX export",
+        )
         return path
 
-    return StageContext(workdir=stage_dir, calibration=run.calibration, score=score,
-                        score_outputs=score_outputs,
-                        time_models=time_models, transformer=run.model.transformer,
-                        log=run.progress.log, task=run.task, seed=seed,
-                        module=None if module is None else copy.deepcopy(module).eval(),
-                        teacher=run.ref_cal, labels=run.y_cal, max_drop=run.max_drop,
-                        input_names=list(run.model.input_names),
-                        export=export if torch_stage else None, teacher_fn=run.model.run,
-                        evaluation_inputs=run.evaluation.inputs, progress=run.progress,
-                        read_data=lambda path: resolve_data(path, run.model, seq_len=run.seq_len))
+    return StageContext(
+        workdir=stage_dir,
+        calibration=run.calibration,
+        score=score,
+        score_outputs=score_outputs,
+        time_models=time_models,
+        transformer=run.model.transformer,
+        log=run.progress.log,
+        task=run.task,
+        seed=seed,
+        module=None if module is None else copy.deepcopy(module).eval(),
+        teacher=run.ref_cal,
+        labels=run.y_cal,
+        max_drop=run.max_drop,
+        input_names=list(run.model.input_names),
+        export=export if torch_stage else None,
+        teacher_fn=run.model.run,
+        evaluation_inputs=run.evaluation.inputs,
+        progress=run.progress,
+        read_data=lambda path: resolve_data(path, run.model, seq_len=run.seq_len),
+    )
 
 
 def _store_sparse(run: Run, path: Path) -> tuple[Path, dict | None]:
@@ -544,20 +697,31 @@ def _store_sparse(run: Run, path: Path) -> tuple[Path, dict | None]:
         dst.unlink(missing_ok=True)
         return path, None
     sample = run.calibration.head(32).inputs
-    diff = check_parity(run_session(make_session(path), sample, EVAL_BATCH),
-                        run_session(make_session(dst), sample, EVAL_BATCH), "sparse storage")
-    note = (f"sparse storage: {len(sparse)} of {len(rows)} weight tensors stored as a bitmask + their non-zero "
-            f"values ({before:,} -> {after:,} bytes); ONNX Runtime rebuilds them once at load "
-            f"(outputs identical, max difference {diff:.2g})")
-    return dst, {"technique": "sparse-storage", "chosen": "bitmask", "variants": [], "notes": [note],
-                 "layers": rows}
+    diff = check_parity(
+        run_session(make_session(path), sample, EVAL_BATCH),
+        run_session(make_session(dst), sample, EVAL_BATCH),
+        "sparse storage",
+    )
+    note = (
+        f"sparse storage: {len(sparse)} of {len(rows)} weight tensors stored as a bitmask + their non-zero "
+        f"values ({before:,} -> {after:,} bytes); ONNX Runtime rebuilds them once at load "
+        f"(outputs identical, max difference {diff:.2g})"
+    )
+    return dst, {
+        "technique": "sparse-storage",
+        "chosen": "bitmask",
+        "variants": [],
+        "notes": [note],
+        "layers": rows,
+    }
 
 
 def _with_storage(layers: list[dict], path: Path) -> list[dict]:
     """Per-layer rows plus the bytes each layer's weights take in the stage's model."""
     sizes = layer_storage_bytes(path, [row["node"] for row in layers if "node" in row])
-    return [{**row, "stored_bytes": sizes[row["node"]]} if row.get("node") in sizes else row
-            for row in layers]
+    return [
+        {**row, "stored_bytes": sizes[row["node"]]} if row.get("node") in sizes else row for row in layers
+    ]
 
 
 def _verify(run: Run, ranked: Iterable[Candidate], tried: list[Candidate], technique: str):
@@ -592,21 +756,34 @@ def _refusal_line(c: Candidate, primary: str) -> str:
     return line
 
 
-def resolved_recipe(recipe: Recipe, outcomes: list[StageOutcome], run: Run,
-                     seed: int, calibration_fraction: float) -> Recipe:
+def resolved_recipe(
+    recipe: Recipe, outcomes: list[StageOutcome], run: Run, seed: int, calibration_fraction: float
+) -> Recipe:
     """The recipe as run: each stage pinned to the variant it chose (skipped stages left
     out, the packing stage kept as written), plus the settings."""
     pinned = [Stage(**o.pinned) for o in outcomes if o.pinned is not None]
     pinned += [s for s in recipe.stages if get_technique(s.technique).domain == "storage"]
     return Recipe(
-        name=recipe.name, description=recipe.description, stages=pinned,
-        settings=Settings(task=run.task, max_drop=run.max_drop, seed=seed,
-                          calibration_fraction=calibration_fraction),
+        name=recipe.name,
+        description=recipe.description,
+        stages=pinned,
+        settings=Settings(
+            task=run.task, max_drop=run.max_drop, seed=seed, calibration_fraction=calibration_fraction
+        ),
     )
 
 
-def _measure(run: Run, baseline_path: Path | None, compressed_path: Path, compressed_metrics: dict,
-             recipe: Recipe, stage_reports: list, notes: list[str], steps: list[tuple], pack: bool):
+def _measure(
+    run: Run,
+    baseline_path: Path | None,
+    compressed_path: Path,
+    compressed_metrics: dict,
+    recipe: Recipe,
+    stage_reports: list,
+    notes: list[str],
+    steps: list[tuple],
+    pack: bool,
+):
     progress = run.progress
     baseline_metrics = run.metrics(run.baseline_eval, "evaluation")
     batch1 = run.evaluation.head(1).inputs
@@ -615,13 +792,19 @@ def _measure(run: Run, baseline_path: Path | None, compressed_path: Path, compre
     batch_n = {k: np.concatenate([v] * reps)[:rows] for k, v in run.evaluation.inputs.items()}
     paths = {"baseline": baseline_path, "compressed": compressed_path}
     # The model after each stage joins the latency rounds, for the per-stage waterfall.
-    between = {name: path for name, _, path, _, skipped in steps
-               if not skipped and path not in (baseline_path, compressed_path)}
-    with progress.task("benchmarking baseline and compressed (interleaved rounds)",
-                       total=run.bench.rounds + max(3, run.bench.rounds // 2)) as advance:
+    between = {
+        name: path
+        for name, _, path, _, skipped in steps
+        if not skipped and path not in (baseline_path, compressed_path)
+    }
+    with progress.task(
+        "benchmarking baseline and compressed (interleaved rounds)",
+        total=run.bench.rounds + max(3, run.bench.rounds // 2),
+    ) as advance:
         if baseline_path is None:  # a callable teacher, timed calling its own predict
-            timing = bench_with_callable(run.model, compressed_path, batch1, batch_n, run.bench, advance,
-                                         latency_only=between)
+            timing = bench_with_callable(
+                run.model, compressed_path, batch1, batch_n, run.bench, advance, latency_only=between
+            )
         else:
             timing = bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance, latency_only=between)
     step_latency = {**timing.pop("latency_only"), "baseline": timing["baseline"]["latency_ms"]["p50"]}
@@ -630,15 +813,27 @@ def _measure(run: Run, baseline_path: Path | None, compressed_path: Path, compre
         with progress.task("timing PyTorch eager fp32 (reference)"):
             torch_latency = bench_torch(run.model.module, run.model.input_names, batch1, run.bench)
     with progress.task("measuring peak memory (fresh processes)"):
-        memory = {k: None if p is None else peak_memory_mb(p, batch_n, run.bench.thread_count)
-                  for k, p in paths.items()}
+        memory = {
+            k: None if p is None else peak_memory_mb(p, batch_n, run.bench.thread_count)
+            for k, p in paths.items()
+        }
     figures = {}
-    for key, path, metrics in (("baseline", baseline_path, baseline_metrics),
-                               ("compressed", compressed_path, compressed_metrics)):
-        size, params = (file_size(path), parameter_count(path)) if path is not None else (
-            callable_size(run.model.predict), None)
-        figures[key] = {"size_bytes": size, "parameters": params, **timing[key],
-                        "peak_memory_mb": memory[key], "metrics": metrics}
+    for key, path, metrics in (
+        ("baseline", baseline_path, baseline_metrics),
+        ("compressed", compressed_path, compressed_metrics),
+    ):
+        size, params = (
+            (file_size(path), parameter_count(path))
+            if path is not None
+            else (callable_size(run.model.predict), None)
+        )
+        figures[key] = {
+            "size_bytes": size,
+            "parameters": params,
+            **timing[key],
+            "peak_memory_mb": memory[key],
+            "metrics": metrics,
+        }
     waterfall = _steps(run, figures, steps, step_latency, compressed_path)
     packed_path = stored = None
     if pack:
@@ -646,25 +841,50 @@ def _measure(run: Run, baseline_path: Path | None, compressed_path: Path, compre
         stage_reports.append(pack_report)
         notes += pack_report["notes"]
     sizes = {k: layer_sizes(p) for k, p in paths.items() if p is not None}
-    report = build_report(run, recipe, figures, torch_latency, stage_reports, notes,
-                          steps=waterfall, layer_sizes=sizes, stored=stored)
+    report = build_report(
+        run,
+        recipe,
+        figures,
+        torch_latency,
+        stage_reports,
+        notes,
+        steps=waterfall,
+        layer_sizes=sizes,
+        stored=stored,
+    )
     return report, packed_path
 
 
-def _steps(run: Run, figures: dict, steps: list[tuple], latency: dict[str, float],
-           compressed_path: Path) -> list[dict]:
+def _steps(
+    run: Run, figures: dict, steps: list[tuple], latency: dict[str, float], compressed_path: Path
+) -> list[dict]:
     """The per-stage waterfall: the baseline and the model after each stage on the held-out
     rows, each timed in the same interleaved rounds as the headline figures."""
     base = figures["baseline"]
-    out = [{"name": "baseline", "technique": None, "quality": base["metrics"][run.primary],
-            "size_bytes": base["size_bytes"], "latency_ms": latency["baseline"]}]
+    out = [
+        {
+            "name": "baseline",
+            "technique": None,
+            "quality": base["metrics"][run.primary],
+            "size_bytes": base["size_bytes"],
+            "latency_ms": latency["baseline"],
+        }
+    ]
     for name, technique, path, metrics, skipped in steps:
         if skipped:
             out.append({**out[-1], "name": name, "technique": technique, "skipped": True})
             continue
         ms = figures["compressed"]["latency_ms"]["p50"] if path == compressed_path else latency.get(name)
-        out.append({"name": name, "technique": technique, "quality": metrics[run.primary],
-                    "size_bytes": file_size(path), "latency_ms": ms, "path": path})
+        out.append(
+            {
+                "name": name,
+                "technique": technique,
+                "quality": metrics[run.primary],
+                "size_bytes": file_size(path),
+                "latency_ms": ms,
+                "path": path,
+            }
+        )
     return out
 
 
@@ -694,9 +914,11 @@ def _pack(run: Run, baseline_path: Path | None, compressed_path: Path, figures: 
         source = min(sources, key=lambda k: packed[sources[k]][0].bytes)
         stats, dst = packed[sources[source]]
         sample = run.calibration.head(32).inputs
-        diff = check_parity(run_session(make_session(compressed_path), sample, EVAL_BATCH),
-                            run_session(make_session(unpack(dst).SerializeToString()), sample, EVAL_BATCH),
-                            "packed storage")
+        diff = check_parity(
+            run_session(make_session(compressed_path), sample, EVAL_BATCH),
+            run_session(make_session(unpack(dst).SerializeToString()), sample, EVAL_BATCH),
+            "packed storage",
+        )
         for step in waterfall:
             path = baseline_path if step["name"] == "baseline" else step.get("path")
             if path is not None and path not in packed and file_size(path) <= _PACK_EVERY_STEP_BYTES:
@@ -705,16 +927,25 @@ def _pack(run: Run, baseline_path: Path | None, compressed_path: Path, figures: 
                 step["stored_bytes"] = packed[path][0].bytes
     figures["compressed"]["stored_bytes"] = stats.bytes
     figures["baseline"]["stored_bytes"] = waterfall[0].get("stored_bytes")
-    waterfall.append({**waterfall[-1], "name": "pack", "technique": "pack", "stored_bytes": stats.bytes,
-                      "skipped": False})
+    waterfall.append(
+        {**waterfall[-1], "name": "pack", "technique": "pack", "stored_bytes": stats.bytes, "skipped": False}
+    )
     params = figures["baseline"]["parameters"] or parameter_count(compressed_path)
-    stored = {"file": "model.packed", "bytes": stats.bytes, "weights_bytes": stats.weights_bytes,
-              "graph_bytes": stats.graph_bytes, "fp32_weights_bytes": 4 * params,
-              "weights_ratio": round(4 * params / max(stats.weights_bytes, 1), 3), "codecs": stats.codecs}
-    note = (f"packed storage: model.packed is {stats.bytes:,} bytes ({stats.weights_bytes:,} of weights, "
-            f"{stats.graph_bytes:,} of graph) against {figures['compressed']['size_bytes']:,} for the runnable "
-            f"model.onnx; the weights are {stored['weights_ratio']:.1f}x smaller than {params:,} float32 values. "
-            f"Lossless: presso.unpack gives back {source} (outputs identical to model.onnx, max difference "
-            f"{diff:.2g})")
+    stored = {
+        "file": "model.packed",
+        "bytes": stats.bytes,
+        "weights_bytes": stats.weights_bytes,
+        "graph_bytes": stats.graph_bytes,
+        "fp32_weights_bytes": 4 * params,
+        "weights_ratio": round(4 * params / max(stats.weights_bytes, 1), 3),
+        "codecs": stats.codecs,
+    }
+    note = (
+        f"packed storage: model.packed is {stats.bytes:,} bytes ({stats.weights_bytes:,} of weights, "
+        f"{stats.graph_bytes:,} of graph) against {figures['compressed']['size_bytes']:,} for the runnable "
+        f"model.onnx; the weights are {stored['weights_ratio']:.1f}x smaller than {params:,} float32 values. "
+        f"Lossless: presso.unpack gives back {source} (outputs identical to model.onnx, max difference "
+        f"{diff:.2g})"
+    )
     report = {"technique": "pack", "chosen": "lzma", "variants": [], "notes": [note], "layers": stats.tensors}
     return dst, stored, report

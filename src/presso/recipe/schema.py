@@ -57,14 +57,17 @@ class Recipe(BaseModel):
         for i, stage in enumerate(self.stages, 1):
             tech = TECHNIQUES.get(stage.technique)
             if tech is None:
-                raise PressoError(f"{where}, stage {i}: unknown technique '{stage.technique}'"
-                                  f"{_did_you_mean(stage.technique, TECHNIQUES)}. "
-                                  f"Allowed: {', '.join(TECHNIQUES)}.")
+                raise PressoError(
+                    f"{where}, stage {i}: unknown technique '{stage.technique}'"
+                    f"{_did_you_mean(stage.technique, TECHNIQUES)}. "
+                    f"Allowed: {', '.join(TECHNIQUES)}."
+                )
             try:
                 out.append((tech, tech.config(**stage.options)))
             except ValidationError as exc:
-                raise PressoError(f"{where}, stage {i} '{stage.technique}': "
-                                  f"{_first_error(exc, tech.config, 'option')}") from None
+                raise PressoError(
+                    f"{where}, stage {i} '{stage.technique}': {_first_error(exc, tech.config, 'option')}"
+                ) from None
         return out
 
     def to_yaml(self) -> str:
@@ -78,13 +81,19 @@ def _first_error(exc: ValidationError, model: type[BaseModel], what: str) -> str
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     # Union members and validator wrappers add parts like "literal['auto']" or "int" to the
     # location; the user wrote only the key.
-    loc = [p for p in err["loc"] if isinstance(p, int) or ("[" not in str(p) and str(p) not in _TYPE_TAGS
-                                                         and not str(p).startswith("function-"))]
+    loc = [
+        p
+        for p in err["loc"]
+        if isinstance(p, int)
+        or ("[" not in str(p) and str(p) not in _TYPE_TAGS and not str(p).startswith("function-"))
+    ]
     key = ".".join(str(p) for p in loc) or what
     if err["type"] == "extra_forbidden":
         known = list(model.model_fields)
-        return (f"unknown {what} '{key}'{_did_you_mean(str(loc[-1]), known)}. "
-                f"Allowed {what}s: {', '.join(known)}.")
+        return (
+            f"unknown {what} '{key}'{_did_you_mean(str(loc[-1]), known)}. "
+            f"Allowed {what}s: {', '.join(known)}."
+        )
     field = model.model_fields.get(str(loc[0])) if loc else None
     allowed = f" Allowed: {_allowed(field)}." if field is not None and len(loc) == 1 else ""
     if err["type"] == "missing":
@@ -94,8 +103,19 @@ def _first_error(exc: ValidationError, model: type[BaseModel], what: str) -> str
     return f"{what} '{key}': {msg} (got {err.get('input')!r}).{allowed}"
 
 
-_TYPE_TAGS = {"int", "float", "str", "bool", "list", "dict", "none", "tuple", "constrained-float",
-              "constrained-int", "is-instance"}
+_TYPE_TAGS = {
+    "int",
+    "float",
+    "str",
+    "bool",
+    "list",
+    "dict",
+    "none",
+    "tuple",
+    "constrained-float",
+    "constrained-int",
+    "is-instance",
+}
 
 
 def _did_you_mean(word: str, choices) -> str:
@@ -103,8 +123,15 @@ def _did_you_mean(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-               type(None): "null", list: "a list", dict: "a mapping"}
+_TYPE_WORDS = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    type(None): "null",
+    list: "a list",
+    dict: "a mapping",
+}
 
 
 def _allowed(field) -> str:
@@ -114,10 +141,17 @@ def _allowed(field) -> str:
     words = list(dict.fromkeys(_type_words(field.annotation)))
     nullable = "null" in words
     words = [w for w in words if w != "null"]
-    bounds = [f"{sign} {getattr(meta, attr)}" for meta in field.metadata
-              for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if getattr(meta, attr, None) is not None]
-    text = " or ".join(words) + (" " + " and ".join(bounds) if bounds else "") + (" (or null)" if nullable else "")
+    bounds = [
+        f"{sign} {getattr(meta, attr)}"
+        for meta in field.metadata
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        if getattr(meta, attr, None) is not None
+    ]
+    text = (
+        " or ".join(words)
+        + (" " + " and ".join(bounds) if bounds else "")
+        + (" (or null)" if nullable else "")
+    )
     if field.default is not PydanticUndefined and field.default is not None:
         text += f"; default {field.default!r}"
     return text

@@ -25,18 +25,24 @@ def speed_note(baseline: dict, compressed: dict, label: str = "ONNX Runtime fp32
     b, c = baseline["latency_ms"]["p50"], compressed["latency_ms"]["p50"]
     tb, tc = baseline["throughput_per_s"], compressed["throughput_per_s"]
     if c < b:
-        return (f"The compressed model is {b / c:.2f}x faster than {label} at batch 1 "
-                f"({c:.3f} ms vs {b:.3f} ms p50) and {tc / tb:.2f}x the throughput.")
-    return (f"The compressed model is NOT faster than {label} on this machine at batch 1: "
-            f"{c:.3f} ms vs {b:.3f} ms p50 ({b / c:.2f}x); throughput {tc / tb:.2f}x. "
-            "It is smaller; for speed, try --recipe slim (structured pruning) or a smaller student.")
+        return (
+            f"The compressed model is {b / c:.2f}x faster than {label} at batch 1 "
+            f"({c:.3f} ms vs {b:.3f} ms p50) and {tc / tb:.2f}x the throughput."
+        )
+    return (
+        f"The compressed model is NOT faster than {label} on this machine at batch 1: "
+        f"{c:.3f} ms vs {b:.3f} ms p50 ({b / c:.2f}x); throughput {tc / tb:.2f}x. "
+        "It is smaller; for speed, try --recipe slim (structured pruning) or a smaller student."
+    )
 
 
 def torch_note(torch_latency: dict | None, compressed: dict) -> str | None:
     if not torch_latency or torch_latency["p50"] >= compressed["latency_ms"]["p50"]:
         return None
-    return (f"PyTorch fp32 eager ({torch_latency['p50']:.3f} ms p50) is faster than the compressed "
-            f"ONNX model ({compressed['latency_ms']['p50']:.3f} ms) on this machine at batch 1.")
+    return (
+        f"PyTorch fp32 eager ({torch_latency['p50']:.3f} ms p50) is faster than the compressed "
+        f"ONNX model ({compressed['latency_ms']['p50']:.3f} ms) on this machine at batch 1."
+    )
 
 
 def size_note(baseline: dict, compressed: dict) -> str | None:
@@ -44,36 +50,57 @@ def size_note(baseline: dict, compressed: dict) -> str | None:
         return None
     if compressed["size_bytes"] < baseline["size_bytes"]:
         return None
-    return (f"The compressed file is NOT smaller ({compressed['size_bytes']:,} vs "
-            f"{baseline['size_bytes']:,} bytes): with {baseline['parameters']:,} parameters the "
-            "quantization nodes and scales outweigh the 4x smaller weights.")
+    return (
+        f"The compressed file is NOT smaller ({compressed['size_bytes']:,} vs "
+        f"{baseline['size_bytes']:,} bytes): with {baseline['parameters']:,} parameters the "
+        "quantization nodes and scales outweigh the 4x smaller weights."
+    )
 
 
 def _one_row_drops(primary: str, run) -> dict[str, float] | None:
     """The drop one changed row makes on each part of the data (None: a continuous metric)."""
-    steps = {part: one_row_drop(primary, len(rows))
-             for part, rows in (("held-out", run.evaluation), ("calibration", run.calibration))}
+    steps = {
+        part: one_row_drop(primary, len(rows))
+        for part, rows in (("held-out", run.evaluation), ("calibration", run.calibration))
+    }
     return {k: round(v, 6) for k, v in steps.items() if v is not None} or None
 
 
-def build_report(run, recipe, figures: dict, torch_latency: dict | None,
-                 stage_reports: list[dict], notes: list[str], steps: list[dict] | None = None,
-                 layer_sizes: dict | None = None, stored: dict | None = None) -> Report:
+def build_report(
+    run,
+    recipe,
+    figures: dict,
+    torch_latency: dict | None,
+    stage_reports: list[dict],
+    notes: list[str],
+    steps: list[dict] | None = None,
+    layer_sizes: dict | None = None,
+    stored: dict | None = None,
+) -> Report:
     import onnxruntime
     import torch
 
     import presso
 
     base, comp = figures["baseline"], figures["compressed"]
-    label = ("ONNX Runtime fp32" if run.model.kind != "callable"
-             else f"the teacher's own {run.model.name} (Python)")
+    label = (
+        "ONNX Runtime fp32"
+        if run.model.kind != "callable"
+        else f"the teacher's own {run.model.name} (Python)"
+    )
     primary = run.primary
     drop = base["metrics"][primary] - comp["metrics"][primary]
     sample = run.evaluation.head(1).inputs
     inputs = [
-        {"name": n, "dtype": str(sample[n].dtype),
-         "shape": ["batch"] + [run.model.dynamic_axes.get(n, {}).get(i + 1, int(d))
-                               for i, d in enumerate(sample[n].shape[1:])]}
+        {
+            "name": n,
+            "dtype": str(sample[n].dtype),
+            "shape": ["batch"]
+            + [
+                run.model.dynamic_axes.get(n, {}).get(i + 1, int(d))
+                for i, d in enumerate(sample[n].shape[1:])
+            ],
+        }
         for n in run.model.input_names
     ]
     return Report(
@@ -82,13 +109,22 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
         task=run.task,
         recipe=recipe.model_dump(mode="json", exclude_none=True),
         model={"name": run.model.name, "source": run.model.source, "kind": run.model.kind},
-        data={"source": run.data.source, "rows": len(run.data), "has_labels": run.data.has_labels,
-              "split": run.split_info},
+        data={
+            "source": run.data.source,
+            "rows": len(run.data),
+            "has_labels": run.data.has_labels,
+            "split": run.split_info,
+        },
         inputs=inputs,
-        budget={"primary_metric": primary, "max_drop": run.max_drop,
-                "baseline": base["metrics"][primary], "compressed": comp["metrics"][primary],
-                "drop": drop, "passed": drop <= run.max_drop + 1e-12,
-                "one_row_drop": _one_row_drops(primary, run)},
+        budget={
+            "primary_metric": primary,
+            "max_drop": run.max_drop,
+            "baseline": base["metrics"][primary],
+            "compressed": comp["metrics"][primary],
+            "drop": drop,
+            "passed": drop <= run.max_drop + 1e-12,
+            "one_row_drop": _one_row_drops(primary, run),
+        },
         baseline={"runtime": label, **base},
         compressed={"runtime": _runtime_label(stage_reports), **comp},
         ratios={
@@ -96,16 +132,26 @@ def build_report(run, recipe, figures: dict, torch_latency: dict | None,
             "latency_speedup": round(base["latency_ms"]["p50"] / comp["latency_ms"]["p50"], 3),
             "throughput": round(comp["throughput_per_s"] / base["throughput_per_s"], 3),
         },
-        reference={"pytorch_fp32_latency_ms": torch_latency,
-                   "export_max_abs_diff": run.split_info.pop("export_max_abs_diff", None),
-                   "outputs_compared_with": "the original model's outputs, taken before export"},
-        machine={**cpu_features().describe(), "threads": run.bench.thread_count,
-                 "ort_thread_spinning": False, "onnxruntime": onnxruntime.__version__,
-                 "torch": torch.__version__, "python": platform.python_version()},
+        reference={
+            "pytorch_fp32_latency_ms": torch_latency,
+            "export_max_abs_diff": run.split_info.pop("export_max_abs_diff", None),
+            "outputs_compared_with": "the original model's outputs, taken before export",
+        },
+        machine={
+            **cpu_features().describe(),
+            "threads": run.bench.thread_count,
+            "ort_thread_spinning": False,
+            "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         stages=stage_reports,
-        notes=[*(f"budget resolution: {line}" for line in run.unresolved), *notes,
-               speed_note(base, comp, label),
-               *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)])],
+        notes=[
+            *(f"budget resolution: {line}" for line in run.unresolved),
+            *notes,
+            speed_note(base, comp, label),
+            *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)]),
+        ],
         steps=[{k: v for k, v in s.items() if k != "path"} for s in steps or []],
         layer_sizes=layer_sizes or {},
         stored=stored,

@@ -49,10 +49,19 @@ footer{color:var(--muted);font-size:.8rem;margin-top:3rem}
 
 _WIDE, _SMALL = 800, 330  # chart widths (px): full-width charts and the three side by side
 
-_NAV = [("summary", "Summary"), ("steps", "Steps"), ("layer-sizes", "Layer sizes"),
-        ("sensitivity", "Sensitivity"), ("latency", "Latency"), ("storage", "Storage"),
-        ("variants", "Variants"), ("layers", "Layer tables"), ("data", "Data"), ("machine", "Machine"),
-        ("recipe", "Recipe")]
+_NAV = [
+    ("summary", "Summary"),
+    ("steps", "Steps"),
+    ("layer-sizes", "Layer sizes"),
+    ("sensitivity", "Sensitivity"),
+    ("latency", "Latency"),
+    ("storage", "Storage"),
+    ("variants", "Variants"),
+    ("layers", "Layer tables"),
+    ("data", "Data"),
+    ("machine", "Machine"),
+    ("recipe", "Recipe"),
+]
 
 
 def esc(text) -> str:
@@ -105,29 +114,56 @@ def _mb(n) -> str:
 
 def _header(report: Report) -> str:
     b, base, comp = report.budget, report.baseline, report.compressed
-    badge = ("<span class='badge pass'>\u2713 within budget</span>" if b.passed
-             else "<span class='badge fail'>\u2717 over budget</span>")
+    badge = (
+        "<span class='badge pass'>\u2713 within budget</span>"
+        if b.passed
+        else "<span class='badge fail'>\u2717 over budget</span>"
+    )
     cards = []
     if base.size_bytes and comp.size_bytes:
-        cards.append(("size", f"{base.size_bytes / comp.size_bytes:.2f}x smaller",
-                      f"{_mb(base.size_bytes)} \u2192 {_mb(comp.size_bytes)} (model.onnx)"))
+        cards.append(
+            (
+                "size",
+                f"{base.size_bytes / comp.size_bytes:.2f}x smaller",
+                f"{_mb(base.size_bytes)} \u2192 {_mb(comp.size_bytes)} (model.onnx)",
+            )
+        )
     else:
         cards.append(("size", _mb(comp.size_bytes), "model.onnx (the baseline's size is unknown)"))
     speed = base.latency_ms.p50 / comp.latency_ms.p50 if comp.latency_ms.p50 > 0 else None
-    cards.append(("speed", "n/a" if not speed else f"{speed:.2f}x faster" if speed >= 1
-                  else f"{1 / speed:.2f}x slower",
-                  f"{base.latency_ms.p50:.3g} \u2192 {comp.latency_ms.p50:.3g} ms p50, batch 1"))
-    cards.append((b.primary_metric, f"{b.baseline:.4f} \u2192 {b.compressed:.4f}",
-                  f"drop {b.drop:.4f} of at most {b.max_drop:g} (held-out rows)"))
+    cards.append(
+        (
+            "speed",
+            "n/a" if not speed else f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower",
+            f"{base.latency_ms.p50:.3g} \u2192 {comp.latency_ms.p50:.3g} ms p50, batch 1",
+        )
+    )
+    cards.append(
+        (
+            b.primary_metric,
+            f"{b.baseline:.4f} \u2192 {b.compressed:.4f}",
+            f"drop {b.drop:.4f} of at most {b.max_drop:g} (held-out rows)",
+        )
+    )
     if report.stored is not None:
-        cards.append(("packed weights", f"{report.stored.weights_ratio:.1f}x smaller",
-                      f"{_mb(report.stored.weights_bytes)} vs {_mb(report.stored.fp32_weights_bytes)} fp32"))
-    card_html = "".join(f"<div class='card'><div class='k'>{esc(k)}</div><div class='v'>{esc(v)}</div>"
-                        f"<div class='d'>{esc(d)}</div></div>" for k, v, d in cards)
-    return (f"<header><div class='title'><h1>{esc(report.model['name'])}</h1>{badge}</div>"
-            f"<p class='sub'>{esc(report.task)} \u00b7 recipe <b>{esc(report.recipe['name'])}</b> \u00b7 "
-            f"{esc(report.model['source'])} \u00b7 {esc(report.created)}</p>"
-            f"<p class='lead'>{esc(summary_line(report))}</p><div class='cards'>{card_html}</div></header>")
+        cards.append(
+            (
+                "packed weights",
+                f"{report.stored.weights_ratio:.1f}x smaller",
+                f"{_mb(report.stored.weights_bytes)} vs {_mb(report.stored.fp32_weights_bytes)} fp32",
+            )
+        )
+    card_html = "".join(
+        f"<div class='card'><div class='k'>{esc(k)}</div><div class='v'>{esc(v)}</div>"
+        f"<div class='d'>{esc(d)}</div></div>"
+        for k, v, d in cards
+    )
+    return (
+        f"<header><div class='title'><h1>{esc(report.model['name'])}</h1>{badge}</div>"
+        f"<p class='sub'>{esc(report.task)} \u00b7 recipe <b>{esc(report.recipe['name'])}</b> \u00b7 "
+        f"{esc(report.model['source'])} \u00b7 {esc(report.created)}</p>"
+        f"<p class='lead'>{esc(summary_line(report))}</p><div class='cards'>{card_html}</div></header>"
+    )
 
 
 def _section(anchor: str, title: str, *parts: str) -> str:
@@ -136,17 +172,21 @@ def _section(anchor: str, title: str, *parts: str) -> str:
 
 def _summary(report: Report) -> str:
     b = report.budget
-    verdict = ("<span class='pass'>within budget</span>" if b.passed
-               else "<span class='fail'>over budget</span>")
+    verdict = (
+        "<span class='pass'>within budget</span>" if b.passed else "<span class='fail'>over budget</span>"
+    )
     return _section(
-        "summary", "Baseline vs compressed",
+        "summary",
+        "Baseline vs compressed",
         f"<p>Budget: {esc(b.primary_metric)} may drop by at most {b.max_drop:g} (absolute, held-out rows). "
         f"Baseline {b.baseline:.4f}, compressed {b.compressed:.4f}, drop {b.drop:.4f}: {verdict}.</p>",
         table(["", report.baseline.runtime, report.compressed.runtime, "ratio"], comparison_rows(report)),
-        "<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>")
+        "<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>",
+    )
 
 
 # ---------------------------------------------------------------- plots
+
 
 def _steps(report: Report) -> str:
     steps, b = report.steps, report.budget
@@ -163,29 +203,66 @@ def _steps(report: Report) -> str:
     small = {"muted": muted, "width": _SMALL, "height": 250}
     latency = [svg.Series("p50, batch 1", [s.latency_ms for s in steps])]
     quality = [svg.Series(b.primary_metric, [s.quality for s in steps])]
-    known = {k: any(svg.number(v) is not None for v in vs[0].values) for k, vs in (("size", size),
-                                                                                  ("latency", latency))}
+    known = {
+        k: any(svg.number(v) is not None for v in vs[0].values)
+        for k, vs in (("size", size), ("latency", latency))
+    }
     charts = [
-        figure(svg.bar_chart("steps-size", "Size after each stage", names, size, value_label="size",
-                             unit="bytes", horizontal=False, show_values=True, **small),
-               "Bytes of the runnable model.onnx after each stage"
-               + (" and of the packed storage file." if len(size) > 1 else "."))
-        if known["size"] else "<figure><p>No step has a known size (a Python callable teacher has none "
-                              "until it is exported).</p></figure>",
-        figure(svg.bar_chart("steps-latency", "Latency after each stage", names, latency,
-                             value_label="p50, batch 1", unit="ms", horizontal=False, show_values=True,
-                             **small),
-               "Median time of one batch-1 call, every step timed in the same interleaved rounds as the "
-               "headline figures.")
-        if known["latency"] else "<figure><p>No step could be timed.</p></figure>",
-        figure(svg.line_chart("steps-quality", f"{b.primary_metric.capitalize()} after each stage", quality,
-                              x_label="step", y_label=b.primary_metric, categories=names,
-                              ref=(budget, f"budget {budget:.4f}"), **small),
-               f"{b.primary_metric} on {on}; the dashed line is the budget, baseline \u2212 {b.max_drop:g}."),
+        figure(
+            svg.bar_chart(
+                "steps-size",
+                "Size after each stage",
+                names,
+                size,
+                value_label="size",
+                unit="bytes",
+                horizontal=False,
+                show_values=True,
+                **small,
+            ),
+            "Bytes of the runnable model.onnx after each stage"
+            + (" and of the packed storage file." if len(size) > 1 else "."),
+        )
+        if known["size"]
+        else "<figure><p>No step has a known size (a Python callable teacher has none "
+        "until it is exported).</p></figure>",
+        figure(
+            svg.bar_chart(
+                "steps-latency",
+                "Latency after each stage",
+                names,
+                latency,
+                value_label="p50, batch 1",
+                unit="ms",
+                horizontal=False,
+                show_values=True,
+                **small,
+            ),
+            "Median time of one batch-1 call, every step timed in the same interleaved rounds as the "
+            "headline figures.",
+        )
+        if known["latency"]
+        else "<figure><p>No step could be timed.</p></figure>",
+        figure(
+            svg.line_chart(
+                "steps-quality",
+                f"{b.primary_metric.capitalize()} after each stage",
+                quality,
+                x_label="step",
+                y_label=b.primary_metric,
+                categories=names,
+                ref=(budget, f"budget {budget:.4f}"),
+                **small,
+            ),
+            f"{b.primary_metric} on {on}; the dashed line is the budget, baseline \u2212 {b.max_drop:g}.",
+        ),
     ]
-    return ("<p>The model after each stage of the recipe, from the baseline on"
-            + (" (grey: a stage that was skipped)" if muted else "") + ".</p>"
-            + f"<div class='grid'>{''.join(charts)}</div>")
+    return (
+        "<p>The model after each stage of the recipe, from the baseline on"
+        + (" (grey: a stage that was skipped)" if muted else "")
+        + ".</p>"
+        + f"<div class='grid'>{''.join(charts)}</div>"
+    )
 
 
 def _layer_sizes(report: Report) -> str:
@@ -199,14 +276,28 @@ def _layer_sizes(report: Report) -> str:
     # Entries under 0.2% of the largest (an activation's quantization scale: a few bytes) go to "other".
     size = {n: max(base.get(n, 0), comp.get(n, 0)) for n in names}
     shown = min(30, sum(v >= max(size.values()) / 500 for v in size.values()))
-    chart = svg.bar_chart("layer-sizes", "Stored bytes per layer", names, series, value_label="stored bytes",
-                          unit="bytes", max_bars=shown + 1, width=_WIDE)
-    how = (f"{sum(n in comp for n in base)} of {len(base)} baseline layers matched by node name"
-           if base and comp else "one model only")
-    cap = (f"; the {shown} largest are shown, the rest summed as other" if len(names) > shown else "")
+    chart = svg.bar_chart(
+        "layer-sizes",
+        "Stored bytes per layer",
+        names,
+        series,
+        value_label="stored bytes",
+        unit="bytes",
+        max_bars=shown + 1,
+        width=_WIDE,
+    )
+    how = (
+        f"{sum(n in comp for n in base)} of {len(base)} baseline layers matched by node name"
+        if base and comp
+        else "one model only"
+    )
+    cap = f"; the {shown} largest are shown, the rest summed as other" if len(names) > shown else ""
     totals = ", ".join(f"{k} {sum(d.values()):,} bytes" for k, d in models)
-    return figure(chart, "Bytes of each layer's weights, biases, scales and codebooks, read from the ONNX "
-                  f"files ({how}{cap}). Totals: {totals}.")
+    return figure(
+        chart,
+        "Bytes of each layer's weights, biases, scales and codebooks, read from the ONNX "
+        f"files ({how}{cap}). Totals: {totals}.",
+    )
 
 
 def _row_name(row: dict) -> str:
@@ -225,95 +316,158 @@ def _stage_sensitivity(i: int, stage, metric: str, max_drop: float) -> str | Non
     levels = _drop_levels(rows)
     if levels:
         worst = sorted(rows, key=lambda r: -max((svg.number(r.get(k)) or 0.0) for _, k in levels))[:8]
-        series = [svg.Series(_row_name(r), [r.get(k) for _, k in levels], x=[lv for lv, _ in levels])
-                  for r in worst]
+        series = [
+            svg.Series(_row_name(r), [r.get(k) for _, k in levels], x=[lv for lv, _ in levels]) for r in worst
+        ]
         shown = "" if len(rows) <= 8 else f", the 8 most sensitive of {len(rows)} layers"
-        return figure(svg.line_chart(name, f"{tag}: drop vs sparsity per layer", series, x_label="sparsity",
-                                     y_label=f"drop of {metric}", ref=(max_drop, f"budget {max_drop:g}"),
-                                     width=_WIDE, height=340),
-                      f"{tag}: drop of {metric} on the calibration rows with only that layer pruned to each "
-                      f"sparsity, one line per layer{shown}; the dashed line is the budget.")
+        return figure(
+            svg.line_chart(
+                name,
+                f"{tag}: drop vs sparsity per layer",
+                series,
+                x_label="sparsity",
+                y_label=f"drop of {metric}",
+                ref=(max_drop, f"budget {max_drop:g}"),
+                width=_WIDE,
+                height=340,
+            ),
+            f"{tag}: drop of {metric} on the calibration rows with only that layer pruned to each "
+            f"sparsity, one line per layer{shown}; the dashed line is the budget.",
+        )
     for key, what, caption in (
-        ("sensitivity", f"drop of {metric}", f"drop of {metric} on the calibration rows with only that layer "
-         "quantized (larger: more sensitive)"),
-        ("relative_error", "relative weight error", "this stage measured no sensitivity, so this shows each "
-         "layer's relative weight error ||w_q \u2212 w|| / ||w|| instead (0: unchanged)"),
-        ("frobenius_error", "weight error ||W \u2212 W_r||", "this stage measured no sensitivity, so this "
-         "shows each layer's weight error ||W \u2212 W_r|| (Frobenius norm) instead"),
+        (
+            "sensitivity",
+            f"drop of {metric}",
+            f"drop of {metric} on the calibration rows with only that layer "
+            "quantized (larger: more sensitive)",
+        ),
+        (
+            "relative_error",
+            "relative weight error",
+            "this stage measured no sensitivity, so this shows each "
+            "layer's relative weight error ||w_q \u2212 w|| / ||w|| instead (0: unchanged)",
+        ),
+        (
+            "frobenius_error",
+            "weight error ||W \u2212 W_r||",
+            "this stage measured no sensitivity, so this "
+            "shows each layer's weight error ||W \u2212 W_r|| (Frobenius norm) instead",
+        ),
     ):
         have = [r for r in rows if svg.number(r.get(key)) is not None]
         if have:
-            chart = svg.bar_chart(name, f"{tag}: {what} per layer", [_row_name(r) for r in have],
-                                  [svg.Series(what, [r[key] for r in have])], value_label=what, sort=True,
-                                  max_bars=25, other="other ({k} layers, summed)", width=_WIDE,
-                                  ref=(max_drop, f"budget {max_drop:g}") if key == "sensitivity" else None)
+            chart = svg.bar_chart(
+                name,
+                f"{tag}: {what} per layer",
+                [_row_name(r) for r in have],
+                [svg.Series(what, [r[key] for r in have])],
+                value_label=what,
+                sort=True,
+                max_bars=25,
+                other="other ({k} layers, summed)",
+                width=_WIDE,
+                ref=(max_drop, f"budget {max_drop:g}") if key == "sensitivity" else None,
+            )
             return figure(chart, f"{tag}: {caption}; most affected first.")
     return None
 
 
 def _sensitivity(report: Report) -> list[str]:
     b = report.budget
-    figs = [f for i, s in enumerate(report.stages, 1) if s.layers
-            and (f := _stage_sensitivity(i, s, b.primary_metric, b.max_drop)) is not None]
-    return figs or ["<p>No stage of this run reported a per-layer sensitivity or weight error, "
-                    "so there is nothing per layer to plot.</p>"]
+    figs = [
+        f
+        for i, s in enumerate(report.stages, 1)
+        if s.layers and (f := _stage_sensitivity(i, s, b.primary_metric, b.max_drop)) is not None
+    ]
+    return figs or [
+        "<p>No stage of this run reported a per-layer sensitivity or weight error, "
+        "so there is nothing per layer to plot.</p>"
+    ]
 
 
 def _latency(report: Report) -> str:
     base, comp = report.baseline.latency_ms, report.compressed.latency_ms
     if not base.samples and not comp.samples:
         return "<p>This report has no latency samples (it was written before presso recorded them).</p>"
-    marks = [svg.Mark(j, v, label, dash) for j, lat in enumerate((base, comp)) if lat.samples
-             for v, label, dash in ((lat.p50, "p50", "5 3"), (lat.p95, "p95", "1.5 2.5"))]
+    marks = [
+        svg.Mark(j, v, label, dash)
+        for j, lat in enumerate((base, comp))
+        if lat.samples
+        for v, label, dash in ((lat.p50, "p50", "5 3"), (lat.p95, "p95", "1.5 2.5"))
+    ]
     series = [svg.Series("baseline", base.samples), svg.Series("compressed", comp.samples)]
-    chart = svg.histogram("latency", "Batch-1 call times", series, x_label="time per call", unit="ms",
-                          marks=marks, width=_WIDE)
-    return figure(chart, "How long single batch-1 calls took in the timing rounds (up to 200 per model, "
-                  "evenly subsampled in call order), with each model's p50 (dashed) and p95 (dotted).")
+    chart = svg.histogram(
+        "latency", "Batch-1 call times", series, x_label="time per call", unit="ms", marks=marks, width=_WIDE
+    )
+    return figure(
+        chart,
+        "How long single batch-1 calls took in the timing rounds (up to 200 per model, "
+        "evenly subsampled in call order), with each model's p50 (dashed) and p95 (dotted).",
+    )
 
 
 def _storage(report: Report) -> str:
     st, size = report.stored, report.compressed.size_bytes
     if st is None:
         return "<p>This run wrote no packed storage file; model.onnx is what is stored and run.</p>"
-    rows = [["runnable model (model.onnx)", f"{size:,}" if size else "n/a", ""],
-            [f"packed file ({st.file})", f"{st.bytes:,}", f"{size / st.bytes:.2f}x smaller than model.onnx"
-             if size else ""],
-            ["\u2003weights, scales and codebooks (entropy-coded)", f"{st.weights_bytes:,}",
-             f"{st.weights_ratio:.2f}x smaller than fp32"],
-            ["\u2003graph (compressed)", f"{st.graph_bytes:,}", ""],
-            ["fp32 weights of the baseline (parameters x 4)", f"{st.fp32_weights_bytes:,}", ""],
-            ["codecs", ", ".join(f"{c} ({n} tensor{'s' * (n != 1)})" for c, n in st.codecs.items()), ""]]
-    return ("<p>The packed file stores the same model for shipping; it is unpacked to model.onnx to run.</p>"
-            + table(["", "bytes", "ratio"], rows))
+    rows = [
+        ["runnable model (model.onnx)", f"{size:,}" if size else "n/a", ""],
+        [
+            f"packed file ({st.file})",
+            f"{st.bytes:,}",
+            f"{size / st.bytes:.2f}x smaller than model.onnx" if size else "",
+        ],
+        [
+            "\u2003weights, scales and codebooks (entropy-coded)",
+            f"{st.weights_bytes:,}",
+            f"{st.weights_ratio:.2f}x smaller than fp32",
+        ],
+        ["\u2003graph (compressed)", f"{st.graph_bytes:,}", ""],
+        ["fp32 weights of the baseline (parameters x 4)", f"{st.fp32_weights_bytes:,}", ""],
+        ["codecs", ", ".join(f"{c} ({n} tensor{'s' * (n != 1)})" for c, n in st.codecs.items()), ""],
+    ]
+    return (
+        "<p>The packed file stores the same model for shipping; it is unpacked to model.onnx to run.</p>"
+        + table(["", "bytes", "ratio"], rows)
+    )
 
 
 # ---------------------------------------------------------------- tables
 
 # Per-layer columns in reading order; any other keys a technique reports follow them.
-_LAYER_COLUMNS = ["node", "op", "precision", "granularity", "activations", "sensitivity",
-                  "parameters", "stored_bytes", "relative_error", "reason"]
+_LAYER_COLUMNS = [
+    "node",
+    "op",
+    "precision",
+    "granularity",
+    "activations",
+    "sensitivity",
+    "parameters",
+    "stored_bytes",
+    "relative_error",
+    "reason",
+]
 
 
 _LAYER_NOTES = {
     "quantization": "sensitivity: drop of the primary metric on calibration rows with only that layer "
-                    "quantized (measured when the whole model missed the budget); relative_error: "
-                    "||w_q - w|| / ||w|| of the stored weight.",
+    "quantized (measured when the whole model missed the budget); relative_error: "
+    "||w_q - w|| / ||w|| of the stored weight.",
     "prune": "sparsity: fraction of the layer's weights that are zero; drop@s: drop of the primary metric "
-             "on calibration rows with only that layer pruned to sparsity s (its sensitivity curve, measured "
-             "with scope: sensitivity and used to choose the per-layer sparsities).",
+    "on calibration rows with only that layer pruned to sparsity s (its sensitivity curve, measured "
+    "with scope: sensitivity and used to choose the per-layer sparsities).",
     "slim": "outputs / inputs: channels or neurons before -> after the physical removal.",
     "factorize": "method: svd = the Linear layer became two thin ones (W ~ U_r S_r V_r^T), tucker2 = the "
-                 "convolution became 1x1 -> core -> 1x1; rank: r, or R_out x R_in; macs: multiply-adds per "
-                 "input row (Linear) or output position (conv); frobenius_error: ||W - W_r||, for svd equal "
-                 "to the square root of the sum of the discarded squared singular values; relative_error: "
-                 "that / ||W||; reason: why a layer was left whole.",
+    "convolution became 1x1 -> core -> 1x1; rank: r, or R_out x R_in; macs: multiply-adds per "
+    "input row (Linear) or output position (conv); frobenius_error: ||W - W_r||, for svd equal "
+    "to the square root of the sum of the discarded squared singular values; relative_error: "
+    "that / ||W||; reason: why a layer was left whole.",
     "sparse-storage": "storage: bitmask = a bit per weight plus the non-zero values; dense = left as is "
-                      "(too few zeros to pay).",
+    "(too few zeros to pay).",
     "pack": "one row per stored tensor of model.packed; codec: the smallest lossless coding found for it "
-            "(raw, lzma, shuffle = byte planes then LZMA, codebook = distinct values plus an index per "
-            "element, nibbles = 4-bit halves, sparse = bitmask plus the non-zero elements); "
-            "raw_bytes -> packed_bytes.",
+    "(raw, lzma, shuffle = byte planes then LZMA, codebook = distinct values plus an index per "
+    "element, nibbles = 4-bit halves, sparse = bitmask plus the non-zero elements); "
+    "raw_bytes -> packed_bytes.",
 }
 
 
@@ -349,8 +503,11 @@ def _variant_tables(report: Report) -> list[str]:
         header = list(dict.fromkeys(k for v in stage.variants for k in v))
         rows = [[_cell(v.get(k, "")) for k in header] for v in stage.variants]
         chosen = f"chosen: {stage.chosen}" if stage.chosen else "none chosen"
-        flags = "".join(f for f, on in ((", skipped", stage.skipped), (", resumed from a checkpoint",
-                                                                     stage.resumed)) if on)
+        flags = "".join(
+            f
+            for f, on in ((", skipped", stage.skipped), (", resumed from a checkpoint", stage.resumed))
+            if on
+        )
         parts.append(f"<h3>Stage {i} ({esc(stage.technique)}; {esc(chosen)}{flags})</h3>")
         parts.append(table(header, rows))
         parts += [f"<p>{esc(n)}</p>" for n in stage.notes]
@@ -359,11 +516,15 @@ def _variant_tables(report: Report) -> list[str]:
 
 def _data(report: Report) -> str:
     d, split = report.data, report.data.get("split", {})
-    return _section("data", "Data", f"<p>{esc(d.get('source'))}: {esc(d.get('rows'))} rows, split by "
-                    f"{esc(split.get('method'))} (seed {esc(split.get('seed'))}) into "
-                    f"{esc(split.get('calibration_rows'))} calibration and "
-                    f"{esc(split.get('evaluation_rows'))} held-out evaluation rows. "
-                    f"{esc(split.get('note', ''))}.</p>")
+    return _section(
+        "data",
+        "Data",
+        f"<p>{esc(d.get('source'))}: {esc(d.get('rows'))} rows, split by "
+        f"{esc(split.get('method'))} (seed {esc(split.get('seed'))}) into "
+        f"{esc(split.get('calibration_rows'))} calibration and "
+        f"{esc(split.get('evaluation_rows'))} held-out evaluation rows. "
+        f"{esc(split.get('note', ''))}.</p>",
+    )
 
 
 def _nav(report: Report) -> list[tuple[str, str]]:
@@ -400,7 +561,9 @@ def render_html(report: Report) -> str:
         f"<footer>Written by presso {esc(report.presso_version)} as one self-contained file (no scripts, "
         "no network). Hover a mark for its exact value.</footer>",
     ]
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>presso report: {esc(report.model['name'])}</title><style>{CSS}</style></head>"
-            f"<body><main>{''.join(body)}</main></body></html>")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>presso report: {esc(report.model['name'])}</title><style>{CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>"
+    )

@@ -76,7 +76,7 @@ def clip(text: str, chars: int, middle: bool = False) -> str:
         return text
     if middle and chars >= 9:
         head = (chars - 1) * 2 // 5
-        return text[:head] + "\u2026" + text[len(text) - (chars - 1 - head):]
+        return text[:head] + "\u2026" + text[len(text) - (chars - 1 - head) :]
     return text[: max(chars - 1, 1)] + "\u2026"
 
 
@@ -85,6 +85,7 @@ def colour(i: int) -> str:
 
 
 # ---------------------------------------------------------------- ticks and scales
+
 
 def _nice(x: float, round_: bool) -> float:
     exp = math.floor(math.log10(x))
@@ -172,6 +173,7 @@ def _axis_title(label: str, unit: str) -> str:
 
 # ---------------------------------------------------------------- SVG pieces
 
+
 def _f(v: float) -> str:
     return f"{v:.1f}"
 
@@ -182,29 +184,39 @@ def _tip(tip) -> str:
 
 def _text(x, y, text, *, anchor="start", size=10, fill=_INK, weight=None, tip=None) -> str:
     bold = f' font-weight="{weight}"' if weight else ""
-    return (f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="{size}" '
-            f'fill="{fill}"{bold}>{_tip(tip)}{esc(text)}</text>')
+    return (
+        f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="{size}" '
+        f'fill="{fill}"{bold}>{_tip(tip)}{esc(text)}</text>'
+    )
 
 
 def _line(x1, y1, x2, y2, stroke, *, width=1.0, dash=None, tip=None) -> str:
     dash = f' stroke-dasharray="{esc(dash)}"' if dash else ""
-    return (f'<line x1="{_f(x1)}" y1="{_f(y1)}" x2="{_f(x2)}" y2="{_f(y2)}" stroke="{stroke}" '
-            f'stroke-width="{width:g}"{dash}>{_tip(tip)}</line>')
+    return (
+        f'<line x1="{_f(x1)}" y1="{_f(y1)}" x2="{_f(x2)}" y2="{_f(y2)}" stroke="{stroke}" '
+        f'stroke-width="{width:g}"{dash}>{_tip(tip)}</line>'
+    )
 
 
 def _rect(x, y, w, h, fill, tip=None, extra="") -> str:
-    return (f'<rect x="{_f(x)}" y="{_f(y)}" width="{_f(max(w, 0.5))}" height="{_f(max(h, 0.5))}" '
-            f'fill="{fill}"{extra}>{_tip(tip)}</rect>')
+    return (
+        f'<rect x="{_f(x)}" y="{_f(y)}" width="{_f(max(w, 0.5))}" height="{_f(max(h, 0.5))}" '
+        f'fill="{fill}"{extra}>{_tip(tip)}</rect>'
+    )
 
 
 def _root(name: str, title: str, width: float, height: float, body: list[str]) -> str:
     w, h = math.ceil(width), math.ceil(height)
     # No xmlns: inline in HTML5 an <svg> is in the SVG namespace anyway, and the page stays
     # free of any URL.
-    return (f'<svg class="plot" data-plot="{esc(name)}" '
-            f'viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{esc(title)}" '
-            f'font-family="system-ui, -apple-system, Segoe UI, sans-serif"><title>{esc(title)}</title>'
-            + _text(4, 15, clip(title, int(w / 7)), size=12, weight="600") + "".join(body) + "</svg>")
+    return (
+        f'<svg class="plot" data-plot="{esc(name)}" '
+        f'viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{esc(title)}" '
+        f'font-family="system-ui, -apple-system, Segoe UI, sans-serif"><title>{esc(title)}</title>'
+        + _text(4, 15, clip(title, int(w / 7)), size=12, weight="600")
+        + "".join(body)
+        + "</svg>"
+    )
 
 
 def _marker(shape: str, x: float, y: float, fill: str, tip: str | None, r: float = 4.0) -> str:
@@ -213,8 +225,11 @@ def _marker(shape: str, x: float, y: float, fill: str, tip: str | None, r: float
         return _rect(x - r, y - r, 2 * r, 2 * r, fill, tip, ' stroke="#fff" stroke-width="1"')
     if shape in ("diamond", "triangle"):
         s = r * 1.3
-        pts = ([(x, y - s), (x + s, y), (x, y + s), (x - s, y)] if shape == "diamond"
-               else [(x, y - s), (x + s, y + s * 0.8), (x - s, y + s * 0.8)])
+        pts = (
+            [(x, y - s), (x + s, y), (x, y + s), (x - s, y)]
+            if shape == "diamond"
+            else [(x, y - s), (x + s, y + s * 0.8), (x - s, y + s * 0.8)]
+        )
         points = " ".join(f"{_f(a)},{_f(b)}" for a, b in pts)
         return f'<polygon points="{points}" {paint}>{_tip(tip)}</polygon>'
     return f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{_f(r)}" {paint}>{_tip(tip)}</circle>'
@@ -232,8 +247,17 @@ def _legend(entries: list[tuple[str, str, str]], width: float, y0: float = 34) -
         if style == "box":
             out.append(_rect(x, y - 8, 12, 10, fill))
         elif style in ("line", "dash", "dot"):
-            out.append(_line(x, y - 3, x + 14, y - 3, fill, width=2,
-                             dash={"line": None, "dash": "5 3", "dot": "1.5 2.5"}[style]))
+            out.append(
+                _line(
+                    x,
+                    y - 3,
+                    x + 14,
+                    y - 3,
+                    fill,
+                    width=2,
+                    dash={"line": None, "dash": "5 3", "dot": "1.5 2.5"}[style],
+                )
+            )
         else:
             out.append(_marker(style, x + 6, y - 3, fill, None))
         out.append(_text(x + 18, y, label, tip=name if label != name else None))
@@ -245,11 +269,16 @@ def _y_grid(ticks, ys: _Scale, fmt, left: float, right: float, title: str) -> li
     """Horizontal grid lines with tick labels left of the plot, and the rotated axis title."""
     out = []
     for t in ticks:
-        out += [_line(left, ys(t), right, ys(t), _GRID), _text(left - 5, ys(t) + 3.5, fmt(t), anchor="end",
-                                                                 fill=_SUBTLE)]
+        out += [
+            _line(left, ys(t), right, ys(t), _GRID),
+            _text(left - 5, ys(t) + 3.5, fmt(t), anchor="end", fill=_SUBTLE),
+        ]
     mid = (ys.start + ys.end) / 2
-    return out + [f'<g transform="translate(11,{_f(mid)}) rotate(-90)">'
-                  + _text(0, 0, title, anchor="middle", fill=_SUBTLE) + "</g>"]
+    return out + [
+        f'<g transform="translate(11,{_f(mid)}) rotate(-90)">'
+        + _text(0, 0, title, anchor="middle", fill=_SUBTLE)
+        + "</g>"
+    ]
 
 
 def _x_axis(ticks, xs: _Scale, fmt, top: float, bottom: float, title: str, grid: bool = True) -> list[str]:
@@ -263,8 +292,16 @@ def _x_axis(ticks, xs: _Scale, fmt, top: float, bottom: float, title: str, grid:
 def _categories(cats, xs: _Scale, bottom: float, chars: int, muted: set[int], note: str) -> list[str]:
     out = []
     for k, c in enumerate(cats):
-        out.append(_text(xs(k), bottom + 13, clip(c, chars), anchor="middle",
-                         fill=MUTED if k in muted else _INK, tip=c if len(c) > chars else None))
+        out.append(
+            _text(
+                xs(k),
+                bottom + 13,
+                clip(c, chars),
+                anchor="middle",
+                fill=MUTED if k in muted else _INK,
+                tip=c if len(c) > chars else None,
+            )
+        )
         if k in muted:
             out.append(_text(xs(k), bottom + 25, note, anchor="middle", size=9, fill=MUTED))
     return out
@@ -276,11 +313,15 @@ def _ref(ref: tuple[float, str] | None, scale: _Scale, a: float, b: float, horiz
         return []
     p, tip = scale(ref[0]), f"{ref[1]}: {format_value(ref[0])}"
     if horizontal:  # at y = p, from x = a to b
-        return [_line(a, p, b, p, _INK, width=1.5, dash="6 4", tip=tip),
-                _text(b - 2, p - 4, ref[1], anchor="end", tip=tip)]
+        return [
+            _line(a, p, b, p, _INK, width=1.5, dash="6 4", tip=tip),
+            _text(b - 2, p - 4, ref[1], anchor="end", tip=tip),
+        ]
     flip = p > (scale.start + scale.end) / 2  # label on the inner side, so that it is never cut off
-    return [_line(p, a, p, b, _INK, width=1.5, dash="6 4", tip=tip),
-            _text(p - 3 if flip else p + 3, a + 10, ref[1], anchor="end" if flip else "start", tip=tip)]
+    return [
+        _line(p, a, p, b, _INK, width=1.5, dash="6 4", tip=tip),
+        _text(p - 3 if flip else p + 3, a + 10, ref[1], anchor="end" if flip else "start", tip=tip),
+    ]
 
 
 def _extent(values: list[float], *extra) -> tuple[float, float]:
@@ -289,8 +330,9 @@ def _extent(values: list[float], *extra) -> tuple[float, float]:
 
 
 def _no_data(name, title, width, height, message="no data to plot") -> str:
-    return _root(name, title, width, height,
-                 [_text(width / 2, height / 2, message, anchor="middle", fill=_SUBTLE)])
+    return _root(
+        name, title, width, height, [_text(width / 2, height / 2, message, anchor="middle", fill=_SUBTLE)]
+    )
 
 
 def _left(tick_labels) -> float:
@@ -298,11 +340,19 @@ def _left(tick_labels) -> float:
     return max(len(t) for t in tick_labels) * _CHAR_W + 26
 
 
-def _cap(categories: list[str], values: list[list[float | None]], max_bars: int, other: str, sort: bool,
-         muted: set[int]):
+def _cap(
+    categories: list[str],
+    values: list[list[float | None]],
+    max_bars: int,
+    other: str,
+    sort: bool,
+    muted: set[int],
+):
     """Keep the ``max_bars - 1`` largest categories (by |value|), the rest summed into one bar."""
+
     def size(i):
         return max((abs(row[i]) for row in values if row[i] is not None), default=-1.0)
+
     order = sorted(range(len(categories)), key=size, reverse=True) if sort else list(range(len(categories)))
     if len(order) > max_bars:
         keep = set(sorted(order, key=size, reverse=True)[: max_bars - 1])
@@ -320,18 +370,35 @@ def _cap(categories: list[str], values: list[list[float | None]], max_bars: int,
 
 # ---------------------------------------------------------------- charts
 
-def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence[Series], *,
-              value_label: str, unit: str = "", horizontal: bool = True, max_bars: int = 30,
-              other: str = "other ({k} layers)", sort: bool = False, muted: Sequence[int] = (),
-              muted_note: str = "skipped", ref: tuple[float, str] | None = None,
-              show_values: bool = False, width: float = 640, height: float = 260) -> str:
+
+def bar_chart(
+    name: str,
+    title: str,
+    categories: Sequence[str],
+    series: Sequence[Series],
+    *,
+    value_label: str,
+    unit: str = "",
+    horizontal: bool = True,
+    max_bars: int = 30,
+    other: str = "other ({k} layers)",
+    sort: bool = False,
+    muted: Sequence[int] = (),
+    muted_note: str = "skipped",
+    ref: tuple[float, str] | None = None,
+    show_values: bool = False,
+    width: float = 640,
+    height: float = 260,
+) -> str:
     """Bars per category, one colour per series side by side. Past ``max_bars`` categories the
     largest ``max_bars - 1`` are kept and the rest summed into one "other" bar; ``muted`` ones are grey.
     Horizontal charts grow in height with the number of categories."""
-    matrix = [[number(s.values[i]) if i < len(s.values) else None for i in range(len(categories))]
-              for s in series]
-    cats, vals, muted_set, capped = _cap([str(c) for c in categories], matrix, max_bars, other, sort,
-                                         set(muted))
+    matrix = [
+        [number(s.values[i]) if i < len(s.values) else None for i in range(len(categories))] for s in series
+    ]
+    cats, vals, muted_set, capped = _cap(
+        [str(c) for c in categories], matrix, max_bars, other, sort, set(muted)
+    )
     finite = [v for row in vals for v in row if v is not None]
     if not finite:
         return _no_data(name, title, width, height)
@@ -340,8 +407,11 @@ def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence
     scaled = [v for row in vals for v in (row[:-1] if capped and horizontal else row) if v is not None]
     ticks = nice_ticks(*_extent(scaled or finite, 0.0, ref[0] if ref else None))
     fmt, axis_unit, factor = _tick_format(ticks, unit)
-    body, top = _legend([(s.name, colour(i), "box") for i, s in enumerate(series)], width) \
-        if len(series) > 1 else ([], 26.0)
+    body, top = (
+        _legend([(s.name, colour(i), "box") for i, s in enumerate(series)], width)
+        if len(series) > 1
+        else ([], 26.0)
+    )
     ns = len(series)
 
     def bar(k, j, c, v, x, y, w, h):
@@ -350,8 +420,9 @@ def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence
         return _rect(x, y, w, h, MUTED if k in muted_set else colour(j), tip)
 
     if horizontal:
-        chars = min(30, max(len(c) + (len(muted_note) + 3 if k in muted_set else 0)
-                            for k, c in enumerate(cats)))
+        chars = min(
+            30, max(len(c) + (len(muted_note) + 3 if k in muted_set else 0) for k, c in enumerate(cats))
+        )
         left, thick = chars * _CHAR_W + 14, (12.0 if ns == 1 else 9.0)
         band, plot_top = ns * thick + 7, top + 4
         plot_bottom = plot_top + band * len(cats)
@@ -360,18 +431,32 @@ def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence
         for k, c in enumerate(cats):
             y = plot_top + k * band + 3.5
             shown = c + (f" ({muted_note})" if k in muted_set else "")
-            body.append(_text(left - 6, y + ns * thick / 2 + 3.5, clip(shown, chars, middle=True),
-                              anchor="end", fill=MUTED if k in muted_set else _INK,
-                              tip=shown if len(shown) > chars else None))
+            body.append(
+                _text(
+                    left - 6,
+                    y + ns * thick / 2 + 3.5,
+                    clip(shown, chars, middle=True),
+                    anchor="end",
+                    fill=MUTED if k in muted_set else _INK,
+                    tip=shown if len(shown) > chars else None,
+                )
+            )
             for j in range(ns):
                 v = vals[j][k]
                 if v is not None:
                     x0, x1 = sorted((xs(0.0), xs(v)))
                     body.append(bar(k, j, c, v, x0, y + j * thick, x1 - x0, thick - 1))
                     if not ticks[0] <= v <= ticks[-1]:
-                        body.append(_text(x1 - 4 if v > 0 else x0 + 4, y + j * thick + thick - 3,
-                                          f"{format_value(v, unit)} (off scale)", size=min(thick - 2, 9),
-                                          anchor="end" if v > 0 else "start", fill="#fff"))
+                        body.append(
+                            _text(
+                                x1 - 4 if v > 0 else x0 + 4,
+                                y + j * thick + thick - 3,
+                                f"{format_value(v, unit)} (off scale)",
+                                size=min(thick - 2, 9),
+                                anchor="end" if v > 0 else "start",
+                                fill="#fff",
+                            )
+                        )
         body.append(_line(xs(0.0), plot_top, xs(0.0), plot_bottom, _INK))
         body += _ref(ref, xs, plot_top, plot_bottom, horizontal=False)
         return _root(name, title, width, plot_bottom + 40, body)
@@ -380,8 +465,14 @@ def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence
     band = (right - left) / len(cats)
     ys = _Scale(ticks[0], ticks[-1], plot_bottom, plot_top)
     body += _y_grid(ticks, ys, fmt, left, right, _axis_title(value_label, axis_unit))
-    body += _categories(cats, _Scale(0, len(cats), left + band / 2, right + band / 2), plot_bottom,
-                        max(int(band / _CHAR_W), 3), muted_set, muted_note)
+    body += _categories(
+        cats,
+        _Scale(0, len(cats), left + band / 2, right + band / 2),
+        plot_bottom,
+        max(int(band / _CHAR_W), 3),
+        muted_set,
+        muted_note,
+    )
     group = band * 0.72
     thick = group / ns
     for k, c in enumerate(cats):
@@ -394,18 +485,39 @@ def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence
             body.append(bar(k, j, c, v, x, y0, thick - 1.5, y1 - y0))
             short = f"{v / factor:,.0f}" if abs(v / factor) >= 100 else f"{v / factor:.3g}"
             if show_values and len(short) * 5.4 <= thick + 4:
-                body.append(_text(x + (thick - 1.5) / 2, max(y0 - 3, plot_top + 8), short, anchor="middle",
-                                  size=9, fill=_SUBTLE))
+                body.append(
+                    _text(
+                        x + (thick - 1.5) / 2,
+                        max(y0 - 3, plot_top + 8),
+                        short,
+                        anchor="middle",
+                        size=9,
+                        fill=_SUBTLE,
+                    )
+                )
     body.append(_line(left, ys(0.0), right, ys(0.0), _INK))
     body += _ref(ref, ys, left, right, horizontal=True)
     return _root(name, title, width, height, body)
 
 
-def line_chart(name: str, title: str, series: Sequence[Series], *, x_label: str, y_label: str,
-               x_unit: str = "", y_unit: str = "", categories: Sequence[str] | None = None,
-               step: bool = False, ref: tuple[float, str] | None = None, muted: Sequence[int] = (),
-               muted_note: str = "skipped", include_zero: bool = False,
-               width: float = 640, height: float = 300) -> str:
+def line_chart(
+    name: str,
+    title: str,
+    series: Sequence[Series],
+    *,
+    x_label: str,
+    y_label: str,
+    x_unit: str = "",
+    y_unit: str = "",
+    categories: Sequence[str] | None = None,
+    step: bool = False,
+    ref: tuple[float, str] | None = None,
+    muted: Sequence[int] = (),
+    muted_note: str = "skipped",
+    include_zero: bool = False,
+    width: float = 640,
+    height: float = 300,
+) -> str:
     """Lines with a marker on every point; x is numeric (``Series.x``) or ``categories`` (one
     value per category). ``step`` draws a step-after line; ``ref`` a labelled horizontal line."""
     muted = set(muted)
@@ -419,8 +531,11 @@ def line_chart(name: str, title: str, series: Sequence[Series], *, x_label: str,
         return _no_data(name, title, width, height)
     yt = nice_ticks(*_extent(ys_all, ref[0] if ref else None, 0.0 if include_zero else None))
     yfmt, y_axis_unit, _ = _tick_format(yt, y_unit)
-    body, top = _legend([(s.name, colour(i), "line") for i, s in enumerate(series)], width) \
-        if len(series) > 1 else ([], 26.0)
+    body, top = (
+        _legend([(s.name, colour(i), "line") for i, s in enumerate(series)], width)
+        if len(series) > 1
+        else ([], 26.0)
+    )
     left, plot_top, plot_bottom, right = _left(map(yfmt, yt)), top + 10, height - 36, width - 14
     ys = _Scale(yt[0], yt[-1], plot_bottom, plot_top)
     body += _y_grid(yt, ys, yfmt, left, right, _axis_title(y_label, y_axis_unit))
@@ -439,6 +554,7 @@ def line_chart(name: str, title: str, series: Sequence[Series], *, x_label: str,
 
         def where(x):
             return f"{x_label} {format_value(x, x_unit)}"
+
     body.append(_line(left, plot_bottom, right, plot_bottom, _INK))
     body += _ref(ref, ys, left, right, horizontal=True)
     for j, (s, p) in enumerate(zip(series, pts, strict=True)):
@@ -450,14 +566,34 @@ def line_chart(name: str, title: str, series: Sequence[Series], *, x_label: str,
         for x, y in p:
             off = categories is not None and int(x) in muted
             tip = f"{s.name + ' · ' if len(series) > 1 else ''}{where(x)}: {format_value(y, y_unit)}"
-            body.append(_marker("circle", xs(x), ys(y), MUTED if off else colour(j),
-                                tip + (f" ({muted_note})" if off else ""), r=4.5))
+            body.append(
+                _marker(
+                    "circle",
+                    xs(x),
+                    ys(y),
+                    MUTED if off else colour(j),
+                    tip + (f" ({muted_note})" if off else ""),
+                    r=4.5,
+                )
+            )
     return _root(name, title, width, height, body)
 
 
-def scatter_chart(name: str, title: str, series: Sequence[Series], *, x_label: str, y_label: str,
-                  x_unit: str = "", y_unit: str = "", log_x: bool = False, x_zero: bool = False,
-                  quiet: Sequence[int] = (), width: float = 640, height: float = 380) -> str:
+def scatter_chart(
+    name: str,
+    title: str,
+    series: Sequence[Series],
+    *,
+    x_label: str,
+    y_label: str,
+    x_unit: str = "",
+    y_unit: str = "",
+    log_x: bool = False,
+    x_zero: bool = False,
+    quiet: Sequence[int] = (),
+    width: float = 640,
+    height: float = 380,
+) -> str:
     """Labelled points, one marker shape and colour per series; ``log_x`` for ranges over decades
     (points at x <= 0 are then left out), else ``x_zero`` starts the x axis at zero so that
     distances read as ratios. The series numbered in ``quiet`` keep their point labels in the
@@ -465,10 +601,13 @@ def scatter_chart(name: str, title: str, series: Sequence[Series], *, x_label: s
     pts = []
     for s in series:
         labels = list(s.labels or [])
-        row = [(number(x), number(y), labels[i] if i < len(labels) else "")
-               for i, (x, y) in enumerate(zip(s.x or [], s.values, strict=False))]
-        pts.append([(x, y, lab) for x, y, lab in row
-                    if x is not None and y is not None and (x > 0 or not log_x)])
+        row = [
+            (number(x), number(y), labels[i] if i < len(labels) else "")
+            for i, (x, y) in enumerate(zip(s.x or [], s.values, strict=False))
+        ]
+        pts.append(
+            [(x, y, lab) for x, y, lab in row if x is not None and y is not None and (x > 0 or not log_x)]
+        )
     xs_all, ys_all = [x for p in pts for x, _, _ in p], [y for p in pts for _, y, _ in p]
     if not xs_all:
         return _no_data(name, title, width, height)
@@ -492,13 +631,16 @@ def scatter_chart(name: str, title: str, series: Sequence[Series], *, x_label: s
     for j, (s, p) in enumerate(zip(series, pts, strict=True)):
         for x, y, lab in p:
             px, py = xs(x), ys(y)
-            tip = (f"{lab + ' · ' if lab else ''}{s.name}: {x_label} {format_value(x, x_unit)}, "
-                   f"{y_label} {format_value(y, y_unit)}")
+            tip = (
+                f"{lab + ' · ' if lab else ''}{s.name}: {x_label} {format_value(x, x_unit)}, "
+                f"{y_label} {format_value(y, y_unit)}"
+            )
             body.append(_marker(_MARKERS[j % len(_MARKERS)], px, py, colour(j), tip, r=5))
             if lab and j not in quiet:
                 shown = clip(lab, 30, middle=True)
-                tx, ty, anchor = _place(px, py, len(shown) * _CHAR_W, placed,
-                                        (left, plot_top, right, plot_bottom))
+                tx, ty, anchor = _place(
+                    px, py, len(shown) * _CHAR_W, placed, (left, plot_top, right, plot_bottom)
+                )
                 body.append(_text(tx, ty, shown, anchor=anchor, tip=lab))
     return _root(name, title, width, height, body)
 
@@ -522,8 +664,17 @@ def _place(px, py, w, placed: list, bounds) -> tuple[float, float, str]:
     return spot
 
 
-def histogram(name: str, title: str, series: Sequence[Series], *, x_label: str, unit: str = "",
-              marks: Sequence[Mark] = (), width: float = 640, height: float = 280) -> str:
+def histogram(
+    name: str,
+    title: str,
+    series: Sequence[Series],
+    *,
+    x_label: str,
+    unit: str = "",
+    marks: Sequence[Mark] = (),
+    width: float = 640,
+    height: float = 280,
+) -> str:
     """Overlaid step histograms of each series' values on shared bins (about 30); values
     far past the pooled p95 go to the last bin. ``marks`` draw e.g. each series' p50 and p95."""
     data = [[v for v in (number(x) for x in s.values) if v is not None] for s in series]
@@ -547,7 +698,10 @@ def histogram(name: str, title: str, series: Sequence[Series], *, x_label: str, 
         counts.append(c)
     yt = nice_ticks(0, max(4, max(max(c) for c in counts)))
     xfmt, x_axis_unit, _ = _tick_format(xt, unit)
-    entries = [(f"{s.name} ({len(d)} calls)", colour(i), "box") for i, (s, d) in enumerate(zip(series, data))]
+    entries = [
+        (f"{s.name} ({len(d)} calls)", colour(i), "box")
+        for i, (s, d) in enumerate(zip(series, data, strict=True))
+    ]
     styles = dict.fromkeys((m.label, m.dash) for m in marks)  # e.g. p50 dashed, p95 dotted
     entries += [(lab, _INK, "dash" if dash == "5 3" else "dot") for lab, dash in styles]
     body, top = _legend(entries, width)
@@ -557,15 +711,24 @@ def histogram(name: str, title: str, series: Sequence[Series], *, x_label: str, 
     body += _x_axis(xt, xs, xfmt, plot_top, plot_bottom, _axis_title(x_label, x_axis_unit), grid=False)
     over = sum(1 for v in pooled if v >= hi)
     if over:
-        body.append(_text(right, plot_top - 4, f"{over} slower call{'s' * (over > 1)} (up to "
-                          f"{format_value(pooled[-1], unit)}) counted in the last bin", anchor="end",
-                          size=9, fill=_SUBTLE))
+        body.append(
+            _text(
+                right,
+                plot_top - 4,
+                f"{over} slower call{'s' * (over > 1)} (up to "
+                f"{format_value(pooled[-1], unit)}) counted in the last bin",
+                anchor="end",
+                size=9,
+                fill=_SUBTLE,
+            )
+        )
     for b in range(nbins):  # an invisible column per bin, for its tooltip
         a, z = lo + b * step, lo + (b + 1) * step
         span = f"\u2265 {a:.4g}" if b == nbins - 1 and over else f"{a:.4g}\u2013{z:.4g}"
         tip = f"{span} {unit}: " + ", ".join(f"{s.name} {c[b]}" for s, c in zip(series, counts, strict=True))
-        body.append(_rect(xs(a), plot_top, xs(z) - xs(a), plot_bottom - plot_top, "#fff", tip,
-                          ' fill-opacity="0"'))
+        body.append(
+            _rect(xs(a), plot_top, xs(z) - xs(a), plot_bottom - plot_top, "#fff", tip, ' fill-opacity="0"')
+        )
     for j, c in enumerate(counts):
         if not data[j]:
             continue
@@ -574,12 +737,24 @@ def histogram(name: str, title: str, series: Sequence[Series], *, x_label: str, 
         d += "".join(f"V{_f(ys(c[b]))}H{_f(xs(lo + (b + 1) * step))}" for b in range(first, last + 1))
         d += f"V{_f(ys(0))}"
         body.append(f'<path d="{d}Z" fill="{colour(j)}" fill-opacity="0.18" stroke="none"/>')
-        body.append(f'<path d="{d}" fill="none" stroke="{colour(j)}" stroke-width="2" '
-                    f'stroke-linejoin="round">{_tip(series[j].name)}</path>')
+        body.append(
+            f'<path d="{d}" fill="none" stroke="{colour(j)}" stroke-width="2" '
+            f'stroke-linejoin="round">{_tip(series[j].name)}</path>'
+        )
     for m in marks:
         if number(m.value) is not None and 0 <= m.series < len(series):
             tip = f"{series[m.series].name} {m.label}: {format_value(m.value, unit)}"
-            body.append(_line(xs(m.value), plot_top, xs(m.value), plot_bottom, colour(m.series), width=2,
-                              dash=m.dash, tip=tip))
+            body.append(
+                _line(
+                    xs(m.value),
+                    plot_top,
+                    xs(m.value),
+                    plot_bottom,
+                    colour(m.series),
+                    width=2,
+                    dash=m.dash,
+                    tip=tip,
+                )
+            )
     body.append(_line(left, plot_bottom, right, plot_bottom, _INK))
     return _root(name, title, width, height, body)

@@ -18,20 +18,38 @@ def _count(n: int | None) -> str:
 def comparison_rows(report: Report) -> list[list[str]]:
     b, c = report.baseline, report.compressed
     rows = [
-        ["size", _mb(b.size_bytes), _mb(c.size_bytes),
-         f"{b.size_bytes / c.size_bytes:.2f}x smaller" if b.size_bytes else ""],
+        [
+            "size",
+            _mb(b.size_bytes),
+            _mb(c.size_bytes),
+            f"{b.size_bytes / c.size_bytes:.2f}x smaller" if b.size_bytes else "",
+        ],
         ["parameters", _count(b.parameters), _count(c.parameters), ""],
-        ["latency p50 (batch 1)", f"{b.latency_ms.p50:.3f} ms", f"{c.latency_ms.p50:.3f} ms",
-         f"{b.latency_ms.p50 / c.latency_ms.p50:.2f}x faster"],
+        [
+            "latency p50 (batch 1)",
+            f"{b.latency_ms.p50:.3f} ms",
+            f"{c.latency_ms.p50:.3f} ms",
+            f"{b.latency_ms.p50 / c.latency_ms.p50:.2f}x faster",
+        ],
         ["latency p95 (batch 1)", f"{b.latency_ms.p95:.3f} ms", f"{c.latency_ms.p95:.3f} ms", ""],
-        [f"throughput (batch {b.throughput_batch})", f"{b.throughput_per_s:,.0f}/s",
-         f"{c.throughput_per_s:,.0f}/s", f"{c.throughput_per_s / b.throughput_per_s:.2f}x"],
+        [
+            f"throughput (batch {b.throughput_batch})",
+            f"{b.throughput_per_s:,.0f}/s",
+            f"{c.throughput_per_s:,.0f}/s",
+            f"{c.throughput_per_s / b.throughput_per_s:.2f}x",
+        ],
         ["peak memory", _mem(b.peak_memory_mb), _mem(c.peak_memory_mb), ""],
     ]
     for name in b.metrics:
         if name in c.metrics:
-            rows.append([name, f"{b.metrics[name]:.4f}", f"{c.metrics[name]:.4f}",
-                         f"{c.metrics[name] - b.metrics[name]:+.4f}"])
+            rows.append(
+                [
+                    name,
+                    f"{b.metrics[name]:.4f}",
+                    f"{c.metrics[name]:.4f}",
+                    f"{c.metrics[name] - b.metrics[name]:+.4f}",
+                ]
+            )
     torch_ms = (report.reference.get("pytorch_fp32_latency_ms") or {}).get("p50")
     if torch_ms is not None:
         rows.append(["PyTorch fp32 eager p50 (reference)", f"{torch_ms:.3f} ms", "", ""])

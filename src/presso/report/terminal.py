@@ -32,8 +32,10 @@ def print_summary(report: Report, console: Console, out_dir: str | None = None) 
             console.print(f"• {stage.technique}: {summary} (per-layer table in report.html)")
     if out_dir:
         packed = ", model.packed" if report.stored is not None else ""
-        console.print(f"Artifact written to [bold]{out_dir}[/bold] (model.onnx{packed}, report.json, report.html, "
-                      "recipe.yaml)")
+        console.print(
+            f"Artifact written to [bold]{out_dir}[/bold] (model.onnx{packed}, report.json, report.html, "
+            "recipe.yaml)"
+        )
 
 
 def _layer_summary(rows: list[dict]) -> str:
@@ -66,19 +68,33 @@ def print_front(report: Report, console: Console) -> None:
         return
     metric = report.budget.primary_metric
     table = Table(title=f"Pareto front · study {s.study} · {s.sampler} · pick {s.pick}")
-    for name, justify in (("trial", "right"), ("recipe", "left"), (f"{metric} drop", "right"),
-                          ("p50 ms", "right"), ("re-timed ms", "right"), ("size kB", "right")):
+    for name, justify in (
+        ("trial", "right"),
+        ("recipe", "left"),
+        (f"{metric} drop", "right"),
+        ("p50 ms", "right"),
+        ("re-timed ms", "right"),
+        ("size kB", "right"),
+    ):
         table.add_column(name, justify=justify)
     front = sorted((t for t in s.trials if t.on_front), key=lambda t: t.latency_ms or 0)
     for t in front:
         mark = " ←" if t.number == s.picked else ""
-        table.add_row(f"{t.number}{mark}", t.summary, f"{t.drop:+.4f}", f"{t.latency_ms:.4f}",
-                      "-" if t.retimed_ms is None else f"{t.retimed_ms:.4f}", f"{t.size_bytes / 1e3:,.1f}")
+        table.add_row(
+            f"{t.number}{mark}",
+            t.summary,
+            f"{t.drop:+.4f}",
+            f"{t.latency_ms:.4f}",
+            "-" if t.retimed_ms is None else f"{t.retimed_ms:.4f}",
+            f"{t.size_bytes / 1e3:,.1f}",
+        )
     console.print(table)
     counts: dict[str, int] = {}
     for t in s.trials:
         key = t.state if t.state != "complete" or t.feasible else "outside the constraints"
         counts[key] = counts.get(key, 0) + 1
-    console.print(f"{len(s.trials)} trials ({', '.join(f'{n} {k}' for k, n in counts.items())}) in "
-                  f"{s.seconds:,.0f} s; trial {s.picked} re-run and measured below. Every trial's recipe: "
-                  "trials/NNNN.yaml (presso compress --recipe FILE).")
+    console.print(
+        f"{len(s.trials)} trials ({', '.join(f'{n} {k}' for k, n in counts.items())}) in "
+        f"{s.seconds:,.0f} s; trial {s.picked} re-run and measured below. Every trial's recipe: "
+        "trials/NNNN.yaml (presso compress --recipe FILE)."
+    )

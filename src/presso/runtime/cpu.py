@@ -40,8 +40,13 @@ class CpuFeatures:
         return "u8 x s8 summed exactly in int32"
 
     def describe(self) -> dict:
-        return {"cpu": self.model, "avx2": self.avx2, "avx512": self.avx512, "vnni": self.vnni,
-                "int8_kernel": self.int8_kernel}
+        return {
+            "cpu": self.model,
+            "avx2": self.avx2,
+            "avx512": self.avx512,
+            "vnni": self.vnni,
+            "int8_kernel": self.int8_kernel,
+        }
 
 
 @functools.cache
@@ -58,7 +63,9 @@ def cpu_features() -> CpuFeatures:
     except OSError:
         pass
     return CpuFeatures(
-        model=model, avx2="avx2" in flags, avx512="avx512f" in flags,
+        model=model,
+        avx2="avx2" in flags,
+        avx512="avx512f" in flags,
         vnni=bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"}),
         int8_saturates=int8_products_saturate(),
     )
@@ -77,10 +84,12 @@ def int8_products_saturate() -> bool:
 
     n = 16
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "presso-int8-probe",
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "presso-int8-probe",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, _PROBE_K])],
         [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
-        [numpy_helper.from_array(np.full((_PROBE_K, n), 127, np.int8), "b")])
+        [numpy_helper.from_array(np.full((_PROBE_K, n), 127, np.int8), "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

@@ -65,9 +65,16 @@ def u8s8_gemm(a: np.ndarray, b: np.ndarray, saturating: bool) -> np.ndarray:
     return exact.astype(np.int64) - lost
 
 
-def dynamic_matmul(x: np.ndarray, w: np.ndarray, *, saturating: bool, reduce_range: bool = False,
-                   lo: float | None = None, hi: float | None = None,
-                   quantized_w: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def dynamic_matmul(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    saturating: bool,
+    reduce_range: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+    quantized_w: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """ORT's dynamic int8 ``x @ w`` (no bias) for rows ``x`` (M, K) of a call whose values span
     [lo, hi] (default: ``x``'s own range) and float weights ``w`` (K, N).
 

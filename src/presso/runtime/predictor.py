@@ -19,8 +19,14 @@ class Predictor:
     of strings (text models saved with their tokenizer) and returns the model's output.
     """
 
-    def __init__(self, model_path: str | Path, tokenizer: Any = None, task: str | None = None,
-                 threads: int | None = None, seq_len: int = 128):
+    def __init__(
+        self,
+        model_path: str | Path,
+        tokenizer: Any = None,
+        task: str | None = None,
+        threads: int | None = None,
+        seq_len: int = 128,
+    ):
         self.model_path = Path(model_path)
         if self.model_path.suffix == ".packed":  # unpacked in memory, never on disk
             from presso.export.packed import unpack
@@ -44,6 +50,7 @@ class Predictor:
             if self.tokenizer is None:
                 raise PressoError("This model has no tokenizer; pass token arrays, not strings.")
             from presso.data.sources import from_texts
+
             return from_texts(inputs, self.input_names, self.tokenizer, self.seq_len).inputs
         if isinstance(inputs, dict):
             missing = [n for n in self.input_names if n not in inputs]
@@ -74,10 +81,12 @@ def load(path: str | Path, threads: int | None = None) -> Predictor:
             task = json.loads((path / "report.json").read_text()).get("task")
         if (path / "tokenizer").is_dir():
             from transformers import AutoTokenizer
+
             tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
         path = model
     elif path.suffix == ".onnx" and path.is_file():
         from presso.model.onnx_file import load_onnx
+
         load_onnx(path)  # a corrupt file gets presso's clear error, not ORT's
     elif path.suffix != ".packed" or not path.is_file():
         raise PressoError(f"'{path}' is neither an artifact folder, an .onnx file nor a .packed file.")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # Session settings a model needs to run as measured, kept in its own metadata so that
 # presso.load() and every presso measurement apply them.
 SESSION_CONFIG_KEY = "presso.ort_session_config"
@@ -71,6 +70,6 @@ def run_session(session, inputs: dict[str, np.ndarray], batch_size: int = 256) -
     n = len(inputs[names[0]])
     outs = []
     for start in range(0, n, batch_size):
-        feed = {k: np.ascontiguousarray(inputs[k][start:start + batch_size]) for k in names}
+        feed = {k: np.ascontiguousarray(inputs[k][start : start + batch_size]) for k in names}
         outs.append(session.run(None, feed)[0])
     return np.concatenate(outs).astype(np.float32, copy=False)

@@ -42,9 +42,13 @@ def near_front(points: Sequence[dict], latency_noise: float) -> list[dict]:
     points kept here are re-timed together, and the front of those timings decides. The
     front is always a subset (a dominator faster beyond the noise is a dominator).
     """
+
     def beaten(b: dict, a: dict) -> bool:
-        return (a["drop"] <= b["drop"] and a["size_bytes"] <= b["size_bytes"]
-                and a["latency_ms"] * (1 + latency_noise) < b["latency_ms"])
+        return (
+            a["drop"] <= b["drop"]
+            and a["size_bytes"] <= b["size_bytes"]
+            and a["latency_ms"] * (1 + latency_noise) < b["latency_ms"]
+        )
 
     return [p for p in points if not any(beaten(p, q) for q in points if q is not p)]
 

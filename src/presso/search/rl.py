@@ -37,8 +37,9 @@ Reward = Callable[[FrozenTrial, Sequence[FrozenTrial]], float]
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def default_reward(trial: FrozenTrial, complete_trials: Sequence[FrozenTrial],
-                   directions: Sequence[StudyDirection]) -> float:
+def default_reward(
+    trial: FrozenTrial, complete_trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]
+) -> float:
     """Reward (to maximise) of a complete ``trial`` of a study with these ``directions``.
 
     One objective: the value, negated when minimising. Several: minus the sum over
@@ -57,8 +58,11 @@ def default_reward(trial: FrozenTrial, complete_trials: Sequence[FrozenTrial],
     return _default_rewards([trial], complete_trials, directions)[0]
 
 
-def _default_rewards(trials: Sequence[FrozenTrial], complete_trials: Sequence[FrozenTrial],
-                     directions: Sequence[StudyDirection]) -> list[float]:
+def _default_rewards(
+    trials: Sequence[FrozenTrial],
+    complete_trials: Sequence[FrozenTrial],
+    directions: Sequence[StudyDirection],
+) -> list[float]:
     if len(directions) == 1:
         sign = -1.0 if directions[0] == StudyDirection.MINIMIZE else 1.0
         return [sign * t.value for t in trials]
@@ -109,8 +113,15 @@ class PolicyGradientSampler(optuna.samplers.BaseSampler):
     True
     """
 
-    def __init__(self, *, reward: Reward | None = None, lr: float = 0.5, baseline_decay: float = 0.8,
-                 seed: int | None = None, entropy_floor: float = 0.02) -> None:
+    def __init__(
+        self,
+        *,
+        reward: Reward | None = None,
+        lr: float = 0.5,
+        baseline_decay: float = 0.8,
+        seed: int | None = None,
+        entropy_floor: float = 0.02,
+    ) -> None:
         # Checked here, not when sampling: inside study.optimize an error would surface as a
         # failed trial far from the line that caused it.
         bad = None
@@ -125,8 +136,9 @@ class PolicyGradientSampler(optuna.samplers.BaseSampler):
         elif not (seed is None or (isinstance(seed, int) and not isinstance(seed, bool))):
             bad = ("seed", "an int or None", seed)
         if bad:
-            raise PressoError(f"The '{bad[0]}' option of PolicyGradientSampler must be {bad[1]}. "
-                              f"Got {bad[2]!r} instead.")
+            raise PressoError(
+                f"The '{bad[0]}' option of PolicyGradientSampler must be {bad[1]}. Got {bad[2]!r} instead."
+            )
         self.reward = reward
         self.lr = lr
         self.baseline_decay = baseline_decay
@@ -135,15 +147,19 @@ class PolicyGradientSampler(optuna.samplers.BaseSampler):
         self._rng = np.random.default_rng(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
 
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
         return {}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return {}
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         if not isinstance(param_distribution, CategoricalDistribution):
             return self._random.sample_independent(study, trial, param_name, param_distribution)
         p = self._probabilities(study, param_name, param_distribution)
@@ -155,17 +171,20 @@ class PolicyGradientSampler(optuna.samplers.BaseSampler):
         self._rng = np.random.default_rng()
         self._random.reseed_rng()
 
-    def policy(self, study: optuna.Study, param_name: str,
-               distribution: CategoricalDistribution) -> dict[Any, float]:
+    def policy(
+        self, study: optuna.Study, param_name: str, distribution: CategoricalDistribution
+    ) -> dict[Any, float]:
         """Probability of each choice of ``param_name`` the next trial would be sampled with.
 
         Choices that are equal as dict keys (``1`` and ``True``) share one entry.
         """
         if not isinstance(distribution, CategoricalDistribution):
-            raise PressoError(f"PolicyGradientSampler learns categorical parameters only; '{param_name}' "
-                              f"has a {type(distribution).__name__}. Pass its CategoricalDistribution.")
+            raise PressoError(
+                f"PolicyGradientSampler learns categorical parameters only; '{param_name}' "
+                f"has a {type(distribution).__name__}. Pass its CategoricalDistribution."
+            )
         p = self._probabilities(study, param_name, distribution)
-        return {choice: float(q) for choice, q in zip(distribution.choices, p)}
+        return {choice: float(q) for choice, q in zip(distribution.choices, p, strict=True)}
 
     def _rewards(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> dict[int, float]:
         """Reward of every finished trial, by trial number."""
@@ -176,12 +195,15 @@ class PolicyGradientSampler(optuna.samplers.BaseSampler):
             scores = [float(self.reward(t, complete)) for t in complete]
         finite = [s for s in scores if math.isfinite(s)]
         penalty = (min(finite) if finite else 0.0) - 1.0
-        rewards = {t.number: (s if math.isfinite(s) else penalty) for t, s in zip(complete, scores)}
+        rewards = {
+            t.number: (s if math.isfinite(s) else penalty) for t, s in zip(complete, scores, strict=True)
+        }
         rewards.update((t.number, penalty) for t in trials if t.state == TrialState.PRUNED)
         return rewards
 
-    def _probabilities(self, study: optuna.Study, param_name: str,
-                       distribution: CategoricalDistribution) -> np.ndarray:
+    def _probabilities(
+        self, study: optuna.Study, param_name: str, distribution: CategoricalDistribution
+    ) -> np.ndarray:
         trials = sorted(study.get_trials(deepcopy=False, states=_FINISHED), key=lambda t: t.number)
         rewards = self._rewards(study, trials)
         k = len(distribution.choices)

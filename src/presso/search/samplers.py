@@ -17,8 +17,9 @@ def make_sampler(name: str, seed: int, trials: int, constraints: Constraints):
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)),
-                                          multivariate=True, group=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=max(3, min(10, trials // 3)), multivariate=True, group=True
+        )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
     if name == "random":
@@ -42,20 +43,46 @@ def warm_starts(space: SearchSpace) -> list[dict]:
     names = {c.name: c.values for c in space.choices}
     points = []
     if "slim.ratio" in names:  # slim, fast
-        points.append({"structure": "slim", "slim.ratio": 0.65, "slim.lr": 1e-3, "slim.epochs": 60,
-                       "slim.temperature": 2.0, "slim.l1": 0.0, "weights": "fp32"})
+        points.append(
+            {
+                "structure": "slim",
+                "slim.ratio": 0.65,
+                "slim.lr": 1e-3,
+                "slim.epochs": 60,
+                "slim.temperature": 2.0,
+                "slim.l1": 0.0,
+                "weights": "fp32",
+            }
+        )
     int8 = names.get("int8.variant", ())
     if int8:
         # the built-in int8 recipe's usual choice: dynamic-smooth on MiniLM, static s8s8 on the CNN
         variant = "dynamic-smooth" if space.kind == "transformer" else int8[min(1, len(int8) - 1)]
         points.append({"structure": "none", "weights": "int8", "int8.variant": variant})
     if "distill.width" in names and space.kind == "torch":  # student
-        points.append({"structure": "distill", "distill.width": 0.45, "distill.temperature": 4.0,
-                       "distill.alpha": 0.9, "distill.lr": 1e-3, "distill.epochs": 60,
-                       "weights": "int8" if int8 else "fp32", "int8.variant": int8[0] if int8 else None})
+        points.append(
+            {
+                "structure": "distill",
+                "distill.width": 0.45,
+                "distill.temperature": 4.0,
+                "distill.alpha": 0.9,
+                "distill.lr": 1e-3,
+                "distill.epochs": 60,
+                "weights": "int8" if int8 else "fp32",
+                "int8.variant": int8[0] if int8 else None,
+            }
+        )
     if "prune" in names:  # sparse, deep-compression
-        sparse = {"structure": "none", "prune": True, "prune.sparsity": 0.9, "prune.scope": "global",
-                  "prune.lr": 3e-3, "prune.epochs": 60, "prune.temperature": 2.0, "prune.l1": 0.0}
+        sparse = {
+            "structure": "none",
+            "prune": True,
+            "prune.sparsity": 0.9,
+            "prune.scope": "global",
+            "prune.lr": 3e-3,
+            "prune.epochs": 60,
+            "prune.temperature": 2.0,
+            "prune.l1": 0.0,
+        }
         points.append({**sparse, "weights": "fp32"})
         if "kmeans.bits" in names:
             points.append({**sparse, "weights": "kmeans", "kmeans.bits": 5})
@@ -98,8 +125,11 @@ class FrontCrossover:
         if trial.state != TrialState.COMPLETE or not self.constraints.met(trial.user_attrs):
             return
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        feasible = [{**t.user_attrs, "params": t.params, "number": t.number} for t in done
-                    if "drop" in t.user_attrs and self.constraints.met(t.user_attrs)]
+        feasible = [
+            {**t.user_attrs, "params": t.params, "number": t.number}
+            for t in done
+            if "drop" in t.user_attrs and self.constraints.met(t.user_attrs)
+        ]
         everything = study.get_trials(deepcopy=False)
         seen = [t.params for t in everything] + [t.system_attrs.get("fixed_params") for t in everything]
         # At most a few children wait at a time: the sampler keeps choosing most trials.
@@ -107,12 +137,20 @@ class FrontCrossover:
         mine = {"params": trial.params, "number": trial.number}
         for other in pareto_front(feasible):
             for a, b in ((mine, other), (other, mine)):
-                child = self.space.active({**{k: v for k, v in a["params"].items() if self.structure(k)},
-                                           **{k: v for k, v in b["params"].items() if not self.structure(k)}})
+                child = self.space.active(
+                    {
+                        **{k: v for k, v in a["params"].items() if self.structure(k)},
+                        **{k: v for k, v in b["params"].items() if not self.structure(k)},
+                    }
+                )
                 if room <= 0 or child in seen or not self._runnable(child):
                     continue
-                study.enqueue_trial(child, user_attrs={
-                    "crossover": f"structure of trial {a['number']}, the rest of trial {b['number']}"})
+                study.enqueue_trial(
+                    child,
+                    user_attrs={
+                        "crossover": f"structure of trial {a['number']}, the rest of trial {b['number']}"
+                    },
+                )
                 seen.append(child)
                 room -= 1
 

@@ -80,14 +80,22 @@ class SearchSpace:
         if families:
             unknown = [f for f in families if f not in FAMILIES]
             if unknown:
-                raise PressoError(f"Unknown technique famil{'ies' if len(unknown) > 1 else 'y'} "
-                                  f"{', '.join(map(repr, unknown))} for --techniques. Allowed: {', '.join(FAMILIES)}.")
+                raise PressoError(
+                    f"Unknown technique famil{'ies' if len(unknown) > 1 else 'y'} "
+                    f"{', '.join(map(repr, unknown))} for --techniques. Allowed: {', '.join(FAMILIES)}."
+                )
             absent = [f for f in families if f not in allowed]
             if absent:
-                what = {"transformer": "a transformer encoder", "torch": "this PyTorch model",
-                        "onnx": "an ONNX file (nothing to train)", "callable": "a Python callable"}[kind]
-                raise PressoError(f"--techniques {', '.join(absent)} cannot apply to {what}. "
-                                  f"For this model choose from: {', '.join(allowed)}.")
+                what = {
+                    "transformer": "a transformer encoder",
+                    "torch": "this PyTorch model",
+                    "onnx": "an ONNX file (nothing to train)",
+                    "callable": "a Python callable",
+                }[kind]
+                raise PressoError(
+                    f"--techniques {', '.join(absent)} cannot apply to {what}. "
+                    f"For this model choose from: {', '.join(allowed)}."
+                )
             chosen = tuple(f for f in allowed if f in families)
         else:
             chosen = allowed
@@ -98,7 +106,9 @@ class SearchSpace:
             space.onnx_nodes = _weighted_nodes(prepared.baseline)
         space.choices = space._choices(loaded)
         if not space.choices:
-            raise PressoError("The search space is empty: no technique of --techniques applies to this model.")
+            raise PressoError(
+                "The search space is empty: no technique of --techniques applies to this model."
+            )
         return space
 
     def _choices(self, loaded) -> list[Choice]:
@@ -106,43 +116,86 @@ class SearchSpace:
         transformer = kind == "transformer"
         structures = ["none"] + [f for f in ("slim", "distill") if f in fam]
         if len(structures) > 1:
-            c.append(Choice("structure", tuple(structures), describe="remove channels / heads, or train a student"))
+            c.append(
+                Choice("structure", tuple(structures), describe="remove channels / heads, or train a student")
+            )
         is_slim = lambda p: p.get("structure") == "slim"  # noqa: E731
         is_student = lambda p: p.get("structure") == "distill"  # noqa: E731
         if "slim" in fam:
             if transformer:
-                c += [Choice("slim.heads", (0.0, 0.25, 0.5), is_slim, "attention heads removed per layer"),
-                      Choice("slim.ffn", (0.25, 0.5, 0.75), is_slim, "feed-forward neurons removed per layer")]
+                c += [
+                    Choice("slim.heads", (0.0, 0.25, 0.5), is_slim, "attention heads removed per layer"),
+                    Choice("slim.ffn", (0.25, 0.5, 0.75), is_slim, "feed-forward neurons removed per layer"),
+                ]
             else:
-                c.append(Choice("slim.ratio", (0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85), is_slim,
-                                "channels / neurons removed per layer"))
+                c.append(
+                    Choice(
+                        "slim.ratio",
+                        (0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85),
+                        is_slim,
+                        "channels / neurons removed per layer",
+                    )
+                )
             c += _recovery("slim", is_slim, transformer)
         if "distill" in fam:
             if kind == "callable":
-                c.append(Choice("distill.hidden", ("32", "64", "128", "32x32", "64x64", "128x128", "64x64x64"),
-                                is_student, "student MLP hidden layer sizes"))
+                c.append(
+                    Choice(
+                        "distill.hidden",
+                        ("32", "64", "128", "32x32", "64x64", "128x128", "64x64x64"),
+                        is_student,
+                        "student MLP hidden layer sizes",
+                    )
+                )
             else:
-                c.append(Choice("distill.width", (0.25, 0.35, 0.45, 0.6, 0.8, 1.0), is_student,
-                                "fraction of channels / neurons (heads, FFN) the student keeps"))
+                c.append(
+                    Choice(
+                        "distill.width",
+                        (0.25, 0.35, 0.45, 0.6, 0.8, 1.0),
+                        is_student,
+                        "fraction of channels / neurons (heads, FFN) the student keeps",
+                    )
+                )
                 if transformer:
-                    c.append(Choice("distill.depth", (2, 3, 4, 6), is_student, "encoder layers the student keeps"))
+                    c.append(
+                        Choice("distill.depth", (2, 3, 4, 6), is_student, "encoder layers the student keeps")
+                    )
                 if _has_spatial_conv(loaded.module):
-                    c.append(Choice("distill.blocks", ("standard", "separable"), is_student,
-                                    "standard or depthwise-separable (MobileNet) convolutions"))
-            c += [Choice("distill.temperature", (1.0, 2.0, 4.0, 8.0), is_student, "soft-target temperature T"),
-                  Choice("distill.alpha", (0.5, 0.9, 1.0), is_student, "weight of the soft-target loss")]
+                    c.append(
+                        Choice(
+                            "distill.blocks",
+                            ("standard", "separable"),
+                            is_student,
+                            "standard or depthwise-separable (MobileNet) convolutions",
+                        )
+                    )
+            c += [
+                Choice("distill.temperature", (1.0, 2.0, 4.0, 8.0), is_student, "soft-target temperature T"),
+                Choice("distill.alpha", (0.5, 0.9, 1.0), is_student, "weight of the soft-target loss"),
+            ]
             c += _recovery("distill", is_student, transformer, temperature=False)
         if "prune" in fam:
-            c.append(Choice("prune", (False, True), describe="unstructured pruning (zeros stored as a bitmask)"))
+            c.append(
+                Choice("prune", (False, True), describe="unstructured pruning (zeros stored as a bitmask)")
+            )
             on = lambda p: bool(p.get("prune"))  # noqa: E731
-            c += [Choice("prune.sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), on, "fraction of weights zeroed"),
-                  Choice("prune.scope", ("global", "layer"), on, "one ranking over all layers, or per layer")]
+            c += [
+                Choice("prune.sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), on, "fraction of weights zeroed"),
+                Choice("prune.scope", ("global", "layer"), on, "one ranking over all layers, or per layer"),
+            ]
             c += _recovery("prune", on, transformer)
         if "lowrank" in fam:
             lowrank_ok = (lambda p: not p.get("prune")) if "prune" in fam else (lambda p: True)
             c.append(Choice("lowrank", (False, True), lowrank_ok, "low-rank factors (SVD / Tucker-2)"))
             on = lambda p: bool(p.get("lowrank")) and lowrank_ok(p)  # noqa: E731
-            c.append(Choice("lowrank.ratio", (0.125, 0.25, 0.5), on, "rank kept, as a fraction of each layer's full rank"))
+            c.append(
+                Choice(
+                    "lowrank.ratio",
+                    (0.125, 0.25, 0.5),
+                    on,
+                    "rank kept, as a fraction of each layer's full rank",
+                )
+            )
             # Per-layer choices name the teacher's modules: a student with fewer blocks renames them.
             per_layer = lambda p: on(p) and p.get("structure") != "distill"  # noqa: E731
             for layer in self.layers:
@@ -152,14 +205,21 @@ class SearchSpace:
             c.append(Choice("weights", tuple(formats), describe="how the weights are stored and run"))
         is_int8 = lambda p: p.get("weights") == "int8"  # noqa: E731
         if "int8" in fam:
-            variants = (("dynamic", "dynamic-smooth") if transformer
-                        else ("dynamic", "static-s8s8", "static-u8s8"))
+            variants = (
+                ("dynamic", "dynamic-smooth") if transformer else ("dynamic", "static-s8s8", "static-u8s8")
+            )
             c.append(Choice("int8.variant", variants, is_int8, "ONNX Runtime int8 kernels"))
             for node in self.onnx_nodes:
                 c.append(Choice(f"int8.float.{node}", (False, True), is_int8, f"keep {node} in float"))
         if "kmeans" in fam:
-            c.append(Choice("kmeans.bits", (3, 4, 5, 6), lambda p: p.get("weights") == "kmeans",
-                            "bits per weight index (2^bits shared values per layer)"))
+            c.append(
+                Choice(
+                    "kmeans.bits",
+                    (3, 4, 5, 6),
+                    lambda p: p.get("weights") == "kmeans",
+                    "bits per weight index (2^bits shared values per layer)",
+                )
+            )
         return c
 
     # ------------------------------------------------------------------ using
@@ -205,8 +265,10 @@ class SearchSpace:
                     grown.append(point)
             points = grown
             if len(points) > limit:
-                raise PressoError(f"The grid of this model's search space has more than {limit:,} points; use "
-                                  "--sampler tpe, random, nsga2 or rl, or fewer --techniques.")
+                raise PressoError(
+                    f"The grid of this model's search space has more than {limit:,} points; use "
+                    "--sampler tpe, random, nsga2 or rl, or fewer --techniques."
+                )
         return points
 
     def active(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -233,9 +295,14 @@ class SearchSpace:
         stages: list[Stage] = []
         structure = p.get("structure", "none")
         if structure == "slim":
-            opts = ({"heads": p["slim.heads"], "ffn": p["slim.ffn"]} if self.kind == "transformer"
-                    else {"ratio": p["slim.ratio"]})
-            stages.append(Stage(technique="slim", options={**opts, **_recovery_options("slim", p), "backoff": 0}))
+            opts = (
+                {"heads": p["slim.heads"], "ffn": p["slim.ffn"]}
+                if self.kind == "transformer"
+                else {"ratio": p["slim.ratio"]}
+            )
+            stages.append(
+                Stage(technique="slim", options={**opts, **_recovery_options("slim", p), "backoff": 0})
+            )
         elif structure == "distill":
             if self.kind == "callable":
                 opts = {"student": "mlp", "hidden": [int(h) for h in str(p["distill.hidden"]).split("x")]}
@@ -245,13 +312,27 @@ class SearchSpace:
                     opts["depth"] = p["distill.depth"]
                 if p.get("distill.blocks", "standard") != "standard":
                     opts["blocks"] = p["distill.blocks"]
-            opts.update({"temperature": p["distill.temperature"], "alpha": p["distill.alpha"],
-                         **_recovery_options("distill", p), "backoff": 0})
+            opts.update(
+                {
+                    "temperature": p["distill.temperature"],
+                    "alpha": p["distill.alpha"],
+                    **_recovery_options("distill", p),
+                    "backoff": 0,
+                }
+            )
             stages.append(Stage(technique="distill", options=opts))
         if p.get("prune"):
-            stages.append(Stage(technique="prune", options={
-                "sparsity": p["prune.sparsity"], "scope": p["prune.scope"], **_recovery_options("prune", p),
-                "backoff": 0}))
+            stages.append(
+                Stage(
+                    technique="prune",
+                    options={
+                        "sparsity": p["prune.sparsity"],
+                        "scope": p["prune.scope"],
+                        **_recovery_options("prune", p),
+                        "backoff": 0,
+                    },
+                )
+            )
         if p.get("lowrank"):
             opts = {"ratio": p["lowrank.ratio"]}
             chosen = [layer for layer in self.layers if p.get(f"lowrank.layer.{layer}")]
@@ -313,15 +394,21 @@ def _recovery(prefix: str, when, transformer: bool, temperature: bool = True) ->
     """Recovery (fine-tuning) hyper-parameters: learning rate, epochs, distillation temperature
     of the recovery loss, and an L1 penalty toward small weights (not for students)."""
     if transformer:  # an epoch of MiniLM on 192 sentences takes 30-60 s on 2 cores
-        out = [Choice(f"{prefix}.lr", (1e-4, 2e-4, 5e-4), when, "fine-tuning learning rate"),
-               Choice(f"{prefix}.epochs", (2, 4), when, "fine-tuning epochs")]
+        out = [
+            Choice(f"{prefix}.lr", (1e-4, 2e-4, 5e-4), when, "fine-tuning learning rate"),
+            Choice(f"{prefix}.epochs", (2, 4), when, "fine-tuning epochs"),
+        ]
     else:
-        out = [Choice(f"{prefix}.lr", (3e-4, 1e-3, 3e-3), when, "fine-tuning learning rate"),
-               Choice(f"{prefix}.epochs", (30, 60, 120), when, "fine-tuning epochs")]
+        out = [
+            Choice(f"{prefix}.lr", (3e-4, 1e-3, 3e-3), when, "fine-tuning learning rate"),
+            Choice(f"{prefix}.epochs", (30, 60, 120), when, "fine-tuning epochs"),
+        ]
     if temperature:
         out.append(Choice(f"{prefix}.temperature", (1.0, 2.0, 4.0), when, "temperature of the recovery loss"))
     if prefix in ("slim", "prune") and not transformer:
-        out.append(Choice(f"{prefix}.l1", (0.0, 1e-5, 1e-4), when, "L1 penalty on the weights while fine-tuning"))
+        out.append(
+            Choice(f"{prefix}.l1", (0.0, 1e-5, 1e-4), when, "L1 penalty on the weights while fine-tuning")
+        )
     return out
 
 
@@ -345,9 +432,13 @@ def _has_spatial_conv(module) -> bool:
 
     if module is None:
         return False
-    return any(isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == 1 and m.in_channels > 1
-               and min(m.kernel_size) > 1
-               for m in module.modules())
+    return any(
+        isinstance(m, (nn.Conv1d, nn.Conv2d))
+        and m.groups == 1
+        and m.in_channels > 1
+        and min(m.kernel_size) > 1
+        for m in module.modules()
+    )
 
 
 def _weighted_nodes(path) -> list[str]:
@@ -357,6 +448,9 @@ def _weighted_nodes(path) -> list[str]:
 
     model = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
-    nodes = [n.name for n in model.graph.node
-             if n.op_type in ("MatMul", "Gemm", "Conv") and any(x in inits for x in n.input) and n.name]
+    nodes = [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm", "Conv") and any(x in inits for x in n.input) and n.name
+    ]
     return nodes if 1 < len(nodes) <= PER_LAYER_MAX else []

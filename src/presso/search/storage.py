@@ -65,19 +65,26 @@ def check_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise PressoError(f"--storage '{redact(url)}' is not a valid database URL ({exc}). Use {_EXAMPLES}.") from None
+        raise PressoError(
+            f"--storage '{redact(url)}' is not a valid database URL ({exc}). Use {_EXAMPLES}."
+        ) from None
     backend = parsed.get_backend_name()
     if backend not in _SUPPORTED:
-        raise PressoError(f"--storage: presso stores studies in SQLite or PostgreSQL, not '{backend}'. "
-                          f"Use {_EXAMPLES}.")
+        raise PressoError(
+            f"--storage: presso stores studies in SQLite or PostgreSQL, not '{backend}'. Use {_EXAMPLES}."
+        )
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
-            raise PressoError("--storage: an in-memory SQLite database cannot be shared or resumed; give a file, "
-                              "e.g. sqlite:///path/study.db (three slashes, then the path).")
+            raise PressoError(
+                "--storage: an in-memory SQLite database cannot be shared or resumed; give a file, "
+                "e.g. sqlite:///path/study.db (three slashes, then the path)."
+            )
         folder = Path(parsed.database).expanduser().resolve().parent
         if not folder.is_dir():
-            raise PressoError(f"--storage: the folder of the SQLite file, {folder}, does not exist. Create it "
-                              "or give another path.")
+            raise PressoError(
+                f"--storage: the folder of the SQLite file, {folder}, does not exist. Create it "
+                "or give another path."
+            )
     else:
         parsed = make_url(with_driver(url))
         driver = parsed.get_driver_name()
@@ -85,11 +92,15 @@ def check_url(url: str) -> str:
         try:
             __import__(module)
         except ImportError:
-            raise PressoError(f"--storage: PostgreSQL needs the '{module}' driver, which is not installed. "
-                              "Install it with: pip install 'presso[postgres]'.") from None
+            raise PressoError(
+                f"--storage: PostgreSQL needs the '{module}' driver, which is not installed. "
+                "Install it with: pip install 'presso[postgres]'."
+            ) from None
         if not parsed.host and not parsed.query.get("host"):
-            raise PressoError(f"--storage '{redact(url)}' names no server: give host (and port), "
-                              "e.g. postgresql://user:password@db.example.com:5432/presso.")
+            raise PressoError(
+                f"--storage '{redact(url)}' names no server: give host (and port), "
+                "e.g. postgresql://user:password@db.example.com:5432/presso."
+            )
     return backend
 
 
@@ -114,14 +125,21 @@ def open_storage(url: str):
             with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-                return RDBStorage(with_driver(url), engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                  grace_period=grace, heartbeat_stale_trial_callback=retry)
+                return RDBStorage(
+                    with_driver(url),
+                    engine_kwargs=engine,
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=retry,
+                )
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             if attempt + 1 < _ATTEMPTS and _schema_race(exc):
                 time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
                 continue
-            raise PressoError(f"--storage: cannot open the study database at {redact(url)}: "
-                              f"{_first_line(exc)}. {_hint(backend)}") from None
+            raise PressoError(
+                f"--storage: cannot open the study database at {redact(url)}: "
+                f"{_first_line(exc)}. {_hint(backend)}"
+            ) from None
 
 
 def _schema_race(exc: BaseException) -> bool:
@@ -131,15 +149,20 @@ def _schema_race(exc: BaseException) -> bool:
     from sqlalchemy.exc import IntegrityError
 
     text = f"{exc} {exc.__cause__}".lower()
-    return isinstance(exc, IntegrityError) or isinstance(exc.__cause__, IntegrityError) or any(
-        words in text for words in ("already exists", "duplicate key"))
+    return (
+        isinstance(exc, IntegrityError)
+        or isinstance(exc.__cause__, IntegrityError)
+        or any(words in text for words in ("already exists", "duplicate key"))
+    )
 
 
 def _hint(backend: str) -> str:
     if backend == "sqlite":
         return "Check that the file is a study database presso or Optuna wrote, and that it can be written."
-    return ("Is the server running and reachable from here, and are the user, password and database in the URL "
-            "right (the database must exist: createdb NAME)?")
+    return (
+        "Is the server running and reachable from here, and are the user, password and database in the URL "
+        "right (the database must exist: createdb NAME)?"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

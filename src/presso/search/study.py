@@ -59,15 +59,32 @@ class SearchResult:
         return save_search(self, out)
 
 
-def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None = 20,
-           timeout: float | None = None, storage: str | None = None, study: str | None = None,
-           sampler: str = "tpe", pick: str = "balanced", max_latency_ms: float | None = None,
-           max_size_mb: float | None = None, techniques: list[str] | None = None,
-           task: str | None = None, max_drop: float | None = None, target: str | None = None,
-           weights: str | Path | None = None, seed: int | None = None,
-           calibration_fraction: float | None = None, seq_len: int = 128,
-           bench: BenchSettings | None = None, trial_rounds: int = 5, keep_front: bool = False,
-           progress: Progress = SILENT) -> SearchResult:
+def search(
+    model: Any,
+    data: Any = None,
+    *,
+    out: str | Path,
+    trials: int | None = 20,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    sampler: str = "tpe",
+    pick: str = "balanced",
+    max_latency_ms: float | None = None,
+    max_size_mb: float | None = None,
+    techniques: list[str] | None = None,
+    task: str | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    weights: str | Path | None = None,
+    seed: int | None = None,
+    calibration_fraction: float | None = None,
+    seq_len: int = 128,
+    bench: BenchSettings | None = None,
+    trial_rounds: int = 5,
+    keep_front: bool = False,
+    progress: Progress = SILENT,
+) -> SearchResult:
     """Search the model's compression space and return the front's best point for ``pick``.
 
     ``out`` is the search folder: the default SQLite study (``study.db``), each trial's
@@ -88,32 +105,56 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
     # A database server that cannot be reached fails now, not after minutes of preparing the
     # model; the default SQLite file is made once the options are known to be sound.
     db = open_storage(storage) if storage is not None else None
-    prepared = prepare(model, data, task=task, max_drop=max_drop, target=target, weights=weights, seed=seed,
-                       calibration_fraction=calibration_fraction, seq_len=seq_len, bench=bench,
-                       progress=progress)
+    prepared = prepare(
+        model,
+        data,
+        task=task,
+        max_drop=max_drop,
+        target=target,
+        weights=weights,
+        seed=seed,
+        calibration_fraction=calibration_fraction,
+        seq_len=seq_len,
+        bench=bench,
+        progress=progress,
+    )
     try:
         run = prepared.run
         space = SearchSpace.for_model(prepared, techniques)
-        constraints = Constraints(run.max_drop, max_latency_ms,
-                                  None if max_size_mb is None else int(max_size_mb * 1e6))
+        constraints = Constraints(
+            run.max_drop, max_latency_ms, None if max_size_mb is None else int(max_size_mb * 1e6)
+        )
         if max_latency_ms is not None:
             _check_latency_floor(prepared, max_latency_ms)
-        settings = Settings(task=run.task, max_drop=run.max_drop, seed=prepared.seed,
-                            calibration_fraction=prepared.calibration_fraction)
+        settings = Settings(
+            task=run.task,
+            max_drop=run.max_drop,
+            seed=prepared.seed,
+            calibration_fraction=prepared.calibration_fraction,
+        )
         if db is None:
             out.mkdir(parents=True, exist_ok=True)
             db = open_storage(url)
         name = study or f"presso-{run.model.name}"
-        the_study = _open_study(db, url, name, space, prepared, sampler, trials, constraints,
-                                shared=storage is not None)
+        the_study = _open_study(
+            db, url, name, space, prepared, sampler, trials, constraints, shared=storage is not None
+        )
         models = run.workdir / "models"
         reference = None
         if prepared.baseline is not None:
             with progress.task("timing the baseline (the scale of every trial's latency)"):
-                reference = time_latency({"baseline": prepared.baseline}, run.evaluation.head(1).inputs,
-                                         run.bench)["baseline"].p50_ms
-        runner = TrialRunner(prepared, space, settings, constraints, rounds=trial_rounds, keep_models=models,
-                             reference_ms=reference)
+                reference = time_latency(
+                    {"baseline": prepared.baseline}, run.evaluation.head(1).inputs, run.bench
+                )["baseline"].p50_ms
+        runner = TrialRunner(
+            prepared,
+            space,
+            settings,
+            constraints,
+            rounds=trial_rounds,
+            keep_models=models,
+            reference_ms=reference,
+        )
         _optimize(the_study, runner, trials, timeout, progress, grid=sampler == "grid")
         rows = _rows(the_study, constraints)
         if out.is_dir():
@@ -127,8 +168,18 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
         for r in rows:
             r["on_front"] = any(r is f for f in front)
         result, picked = _final(prepared, front, pick, scale, progress)
-        result.report.search = _report_section(the_study, url, sampler, pick, picked, constraints, space,
-                                               rows, scale, time.perf_counter() - started)
+        result.report.search = _report_section(
+            the_study,
+            url,
+            sampler,
+            pick,
+            picked,
+            constraints,
+            space,
+            rows,
+            scale,
+            time.perf_counter() - started,
+        )
         kept = {}
         if keep_front:  # copied out of the preparation's folder, which is removed below
             for r in front:
@@ -141,6 +192,7 @@ def search(model: Any, data: Any = None, *, out: str | Path, trials: int | None 
 
 
 # ------------------------------------------------------------------ checks
+
 
 def _check_options(trials, timeout, sampler, pick, max_latency_ms, max_size_mb, trial_rounds) -> None:
     if sampler not in SAMPLERS:
@@ -168,8 +220,10 @@ def check_search_dir(out: Path) -> None:
         raise PressoError(f"--out '{out}' is a file, not a folder. Choose another --out.")
     names = {p.name for p in out.iterdir()}
     if names and not names & {*SEARCH_FILES, "report.json"}:
-        raise PressoError(f"Output folder '{out}' exists and is neither a presso search folder nor an artifact. "
-                          "Choose another --out.")
+        raise PressoError(
+            f"Output folder '{out}' exists and is neither a presso search folder nor an artifact. "
+            "Choose another --out."
+        )
 
 
 def _check_latency_floor(prepared: Prepared, max_ms: float) -> None:
@@ -181,49 +235,84 @@ def _check_latency_floor(prepared: Prepared, max_ms: float) -> None:
     run = prepared.run
     batch1 = run.evaluation.head(1).inputs
     first = run.model.input_names[0]
-    dtype = {np.dtype("float32"): TensorProto.FLOAT, np.dtype("int64"): TensorProto.INT64,
-             np.dtype("int32"): TensorProto.INT32}.get(batch1[first].dtype, TensorProto.FLOAT)
+    dtype = {
+        np.dtype("float32"): TensorProto.FLOAT,
+        np.dtype("int64"): TensorProto.INT64,
+        np.dtype("int32"): TensorProto.INT32,
+    }.get(batch1[first].dtype, TensorProto.FLOAT)
     graph = helper.make_graph(
-        [helper.make_node("Identity", [first], ["out"])], "floor",
-        [helper.make_tensor_value_info(first, dtype, None)], [helper.make_tensor_value_info("out", dtype, None)])
+        [helper.make_node("Identity", [first], ["out"])],
+        "floor",
+        [helper.make_tensor_value_info(first, dtype, None)],
+        [helper.make_tensor_value_info("out", dtype, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)])
     model.ir_version = 8
     path = run.workdir / "floor.onnx"
     onnx.save(model, str(path))
-    floor = time_latency({"floor": path}, {first: batch1[first]}, BenchSettings(rounds=3, round_seconds=0.05,
-                                                                               threads=run.bench.threads))
+    floor = time_latency(
+        {"floor": path},
+        {first: batch1[first]},
+        BenchSettings(rounds=3, round_seconds=0.05, threads=run.bench.threads),
+    )
     floor_ms = floor["floor"].p50_ms
     if max_ms < floor_ms:
-        raise PressoError(f"--max-latency-ms {max_ms:g} is impossible on this machine: ONNX Runtime takes "
-                          f"{floor_ms:.4f} ms to call an empty graph on one row here, before any layer runs. "
-                          "Give a larger limit.")
+        raise PressoError(
+            f"--max-latency-ms {max_ms:g} is impossible on this machine: ONNX Runtime takes "
+            f"{floor_ms:.4f} ms to call an empty graph on one row here, before any layer runs. "
+            "Give a larger limit."
+        )
 
 
 # ------------------------------------------------------------------ the study
 
-def _open_study(storage, url: str, name: str, space: SearchSpace, prepared: Prepared, sampler_name: str,
-                trials: int | None, constraints: Constraints, shared: bool):
+
+def _open_study(
+    storage,
+    url: str,
+    name: str,
+    space: SearchSpace,
+    prepared: Prepared,
+    sampler_name: str,
+    trials: int | None,
+    constraints: Constraints,
+    shared: bool,
+):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = prepared.run
-    fingerprint = run_fingerprint(space.digest(), {"task": run.task, "max_drop": run.max_drop,
-                                                   "seed": prepared.seed, "seq_len": run.seq_len,
-                                                   "calibration_fraction": prepared.calibration_fraction},
-                                  [*run.data.inputs.values(), run.ref_cal, run.ref_eval])
+    fingerprint = run_fingerprint(
+        space.digest(),
+        {
+            "task": run.task,
+            "max_drop": run.max_drop,
+            "seed": prepared.seed,
+            "seq_len": run.seq_len,
+            "calibration_fraction": prepared.calibration_fraction,
+        },
+        [*run.data.inputs.values(), run.ref_cal, run.ref_eval],
+    )
     existing = _existing_trials(storage, name)
     seed = prepared.seed + existing + (os.getpid() % 10_000 if shared else 0)
     sampler = make_sampler(sampler_name, seed, trials or 50, constraints)
     try:
-        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                                    directions=["minimize"] * len(OBJECTIVES), load_if_exists=True)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            sampler=sampler,
+            directions=["minimize"] * len(OBJECTIVES),
+            load_if_exists=True,
+        )
     except ValueError as exc:  # an existing study with other directions
-        raise PressoError(f"Study '{name}' at {redact(url)} is not a presso search ({exc}). "
-                          "Use another --study name.") from None
+        raise PressoError(
+            f"Study '{name}' at {redact(url)} is not a presso search ({exc}). Use another --study name."
+        ) from None
     owner = study.user_attrs.get("presso")
     if owner is None:
-        study.set_user_attr("presso", {"fingerprint": fingerprint, "model": run.model.name,
-                                       "objectives": list(OBJECTIVES)})
+        study.set_user_attr(
+            "presso", {"fingerprint": fingerprint, "model": run.model.name, "objectives": list(OBJECTIVES)}
+        )
         study.set_metric_names(list(OBJECTIVES))
         if existing == 0:
             if sampler_name == "grid":
@@ -237,9 +326,11 @@ def _open_study(storage, url: str, name: str, space: SearchSpace, prepared: Prep
             for params in points:
                 study.enqueue_trial(params, skip_if_exists=sampler_name != "grid")
     elif owner.get("fingerprint") != fingerprint:
-        raise PressoError(f"Study '{name}' at {redact(url)} belongs to another search (model "
-                          f"'{owner.get('model')}', or other data, settings or search space). Use another "
-                          "--study name, or the same model, data and options as its other workers.")
+        raise PressoError(
+            f"Study '{name}' at {redact(url)} belongs to another search (model "
+            f"'{owner.get('model')}', or other data, settings or search space). Use another "
+            "--study name, or the same model, data and options as its other workers."
+        )
     return study
 
 
@@ -251,8 +342,14 @@ def _existing_trials(storage, name: str) -> int:
     return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
-def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | None, progress: Progress,
-              grid: bool = False) -> None:
+def _optimize(
+    study,
+    runner: TrialRunner,
+    trials: int | None,
+    timeout: float | None,
+    progress: Progress,
+    grid: bool = False,
+) -> None:
     from optuna.trial import TrialState
 
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -270,17 +367,20 @@ def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | N
     label = f"searching: {trials} finished trials" if trials is not None else "searching until the timeout"
     deadline = None if timeout is None else time.monotonic() + timeout
     with progress.task(label, total=total) as advance:
+
         def tick(s, t):
             if t.state in finished:
                 advance(1)
+
         callbacks.append(tick)
         # A trial that crashes is recorded as failed (with its error) and the search goes on;
         # the stop comes from _stop_at (counting every worker's trials) or the timeout.
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                study.optimize(runner, timeout=left, callbacks=callbacks, catch=(Exception,),
-                               gc_after_trial=True)
+                study.optimize(
+                    runner, timeout=left, callbacks=callbacks, catch=(Exception,), gc_after_trial=True
+                )
                 return
             except ValueError as exc:
                 # Optuna's RDB storage can hand one queued trial to two workers at once
@@ -288,8 +388,9 @@ def _optimize(study, runner: TrialRunner, trials: int | None, timeout: float | N
                 # tell it. Its result duplicates the other's; the worker goes on.
                 if not str(exc).startswith("Cannot tell a "):
                     raise
-                progress.log(f"a queued trial was also run by another worker, which finished it first "
-                             f"({exc})")
+                progress.log(
+                    f"a queued trial was also run by another worker, which finished it first ({exc})"
+                )
 
 
 def _stop_at(trials: int):
@@ -304,6 +405,7 @@ def _stop_at(trials: int):
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not any("failed_trial" in t.system_attrs for t in waiting):
             study.stop()
+
     return callback
 
 
@@ -320,8 +422,10 @@ def _log_trial(progress: Progress, t, trials: int | None) -> None:
     a = t.user_attrs
     what = a.get("summary", "?")
     if t.state.name == "COMPLETE":
-        line = (f"trial {t.number}: {what}: drop {a['drop']:+.4f}, {a['latency_ms']:.4f} ms, "
-                f"{a['size_bytes'] / 1e3:,.1f} kB")
+        line = (
+            f"trial {t.number}: {what}: drop {a['drop']:+.4f}, {a['latency_ms']:.4f} ms, "
+            f"{a['size_bytes'] / 1e3:,.1f} kB"
+        )
         if "same_as" in a:
             line += f" (same choices as trial {a['same_as']})"
     elif t.state.name == "PRUNED":
@@ -342,6 +446,7 @@ def _fail_reason(t) -> str:
 
 # ------------------------------------------------------------------ results
 
+
 def _rows(study, constraints: Constraints) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -349,9 +454,16 @@ def _rows(study, constraints: Constraints) -> list[dict]:
         state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(t.state.name)
         if state is None:
             continue  # running or waiting: another worker's
-        row = {"number": t.number, "state": state, "summary": a.get("summary", ""), "recipe": a.get("recipe"),
-               "worker": a.get("worker"),
-               "feasible": False, "on_front": False, "reason": a.get("reason")}
+        row = {
+            "number": t.number,
+            "state": state,
+            "summary": a.get("summary", ""),
+            "recipe": a.get("recipe"),
+            "worker": a.get("worker"),
+            "feasible": False,
+            "on_front": False,
+            "reason": a.get("reason"),
+        }
         if state == "complete" and "drop" in a:
             row.update({k: a[k] for k in OBJECTIVES})
             row["feasible"] = constraints.met(a)
@@ -378,21 +490,33 @@ def _nothing_feasible(rows: list[dict], c: Constraints, primary: str) -> str:
     complete = [r for r in rows if r["state"] == "complete" and "drop" in r]
     if not complete:
         pruned = sum(r["state"] == "pruned" for r in rows)
-        return (f"No trial finished within the {primary} budget (--max-drop {c.max_drop}): {pruned} of "
-                f"{len(rows)} broke it or could not run. Nothing was written. Raise --max-drop, give more "
-                "--trials, or other --techniques.")
+        return (
+            f"No trial finished within the {primary} budget (--max-drop {c.max_drop}): {pruned} of "
+            f"{len(rows)} broke it or could not run. Nothing was written. Raise --max-drop, give more "
+            "--trials, or other --techniques."
+        )
     best = [f"smallest drop {min(r['drop'] for r in complete):.4f}"]
     if c.max_latency_ms is not None:
         best.append(f"fastest {min(r['latency_ms'] for r in complete):.4f} ms (limit {c.max_latency_ms:g})")
     if c.max_size_bytes is not None:
-        best.append(f"smallest {min(r['size_bytes'] for r in complete) / 1e6:.3f} MB "
-                    f"(limit {c.max_size_bytes / 1e6:g})")
-    return (f"No trial meets all the constraints together ({len(complete)} finished: {', '.join(best)}). "
-            "Nothing was written. Loosen --max-latency-ms / --max-size-mb / --max-drop, or give more --trials.")
+        best.append(
+            f"smallest {min(r['size_bytes'] for r in complete) / 1e6:.3f} MB "
+            f"(limit {c.max_size_bytes / 1e6:g})"
+        )
+    return (
+        f"No trial meets all the constraints together ({len(complete)} finished: {', '.join(best)}). "
+        "Nothing was written. Loosen --max-latency-ms / --max-size-mb / --max-drop, or give more --trials."
+    )
 
 
-def _retime(prepared: Prepared, feasible: list[dict], models: Path, c: Constraints, reference_ms: float | None,
-            progress: Progress) -> float:
+def _retime(
+    prepared: Prepared,
+    feasible: list[dict],
+    models: Path,
+    c: Constraints,
+    reference_ms: float | None,
+    progress: Progress,
+) -> float:
     """Time this worker's front candidates together with the baseline in one interleaved run:
     each trial was timed at its own moment, and a shared machine drifts between them.
 
@@ -402,8 +526,11 @@ def _retime(prepared: Prepared, feasible: list[dict], models: Path, c: Constrain
     scale (the baseline's time at the start of the search over its time now).
     """
     run = prepared.run
-    local = {r["number"]: models / f"{r['number']}.onnx" for r in near_front(feasible, LATENCY_NOISE)
-             if (models / f"{r['number']}.onnx").is_file()}
+    local = {
+        r["number"]: models / f"{r['number']}.onnx"
+        for r in near_front(feasible, LATENCY_NOISE)
+        if (models / f"{r['number']}.onnx").is_file()
+    }
     if len(local) < 1:
         return 1.0
     paths = {str(n): p for n, p in local.items()}
@@ -419,14 +546,18 @@ def _retime(prepared: Prepared, feasible: list[dict], models: Path, c: Constrain
         r["retimed_ms"] = t.p50_ms
         if c.max_latency_ms is not None and t.p50_ms > c.max_latency_ms:
             r["feasible"] = False
-            r["reason"] = f"re-timed with the front at {t.p50_ms:.4f} ms > --max-latency-ms {c.max_latency_ms:g}"
+            r["reason"] = (
+                f"re-timed with the front at {t.p50_ms:.4f} ms > --max-latency-ms {c.max_latency_ms:g}"
+            )
     return scale
 
 
 def _timed_together(rows: list[dict], scale: float) -> list[dict]:
     """Views of ``rows`` whose latency is the re-timing's where there is one (on the trials'
     scale), so that re-timed points are compared by the one run that timed them together."""
-    return [{**r, "latency_ms": r["retimed_ms"] * scale} if r.get("retimed_ms") is not None else r for r in rows]
+    return [
+        {**r, "latency_ms": r["retimed_ms"] * scale} if r.get("retimed_ms") is not None else r for r in rows
+    ]
 
 
 def _front(feasible: list[dict], scale: float) -> list[dict]:
@@ -444,15 +575,21 @@ def _final(prepared: Prepared, front: list[dict], pick: str, scale: float, progr
     order = ordered(_timed_together(front, scale), pick)
     rows = [next(r for r in front if r["number"] == o["number"]) for o in order]
     for row in rows:
-        recipe = Recipe(**{**row["recipe"], "name": "auto",
-                           "description": f"found by presso search (trial {row['number']}): {row['summary']}"})
+        recipe = Recipe(
+            **{
+                **row["recipe"],
+                "name": "auto",
+                "description": f"found by presso search (trial {row['number']}): {row['summary']}",
+            }
+        )
         progress.log(f"re-running trial {row['number']} ({row['summary']}) as the result, measured in full")
         workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
         run = replace(prepared.run, workdir=workdir)
         try:
             with transformer_kept(run.model):
-                result = run_recipe(Prepared(run, prepared.baseline, prepared.seed, prepared.calibration_fraction),
-                                    recipe)
+                result = run_recipe(
+                    Prepared(run, prepared.baseline, prepared.seed, prepared.calibration_fraction), recipe
+                )
             return result, row["number"]
         except BaseException as exc:
             shutil.rmtree(workdir, ignore_errors=True)  # the result owns it only when there is one
@@ -462,18 +599,57 @@ def _final(prepared: Prepared, front: list[dict], pick: str, scale: float, progr
     raise BudgetError("Every point of the front missed the budget when re-run: " + "; ".join(failures))
 
 
-def _report_section(study, url: str, sampler: str, pick: str, picked: int, c: Constraints, space: SearchSpace,
-                    rows: list[dict], scale: float, seconds: float) -> dict:
+def _report_section(
+    study,
+    url: str,
+    sampler: str,
+    pick: str,
+    picked: int,
+    c: Constraints,
+    space: SearchSpace,
+    rows: list[dict],
+    scale: float,
+    seconds: float,
+) -> dict:
     from presso.report.schema import Search
 
-    trials = [{k: r.get(k) for k in ("number", "state", "summary", "drop", "latency_ms", "size_bytes",
-                                     "feasible", "on_front", "retimed_ms", "reason", "worker")} | {
-        "recipe_file": f"trials/{r['number']:04d}.yaml" if r.get("recipe") else None} for r in rows]
-    return Search(study=study.study_name, storage=redact(url), sampler=sampler, pick=pick, picked=picked,
-                  objectives=list(OBJECTIVES),
-                  constraints={"max_drop": c.max_drop, "max_latency_ms": c.max_latency_ms,
-                               "max_size_mb": None if c.max_size_bytes is None else c.max_size_bytes / 1e6},
-                  space=space.grid(), trials=trials, seconds=round(seconds, 1), retime_scale=scale)
+    trials = [
+        {
+            k: r.get(k)
+            for k in (
+                "number",
+                "state",
+                "summary",
+                "drop",
+                "latency_ms",
+                "size_bytes",
+                "feasible",
+                "on_front",
+                "retimed_ms",
+                "reason",
+                "worker",
+            )
+        }
+        | {"recipe_file": f"trials/{r['number']:04d}.yaml" if r.get("recipe") else None}
+        for r in rows
+    ]
+    return Search(
+        study=study.study_name,
+        storage=redact(url),
+        sampler=sampler,
+        pick=pick,
+        picked=picked,
+        objectives=list(OBJECTIVES),
+        constraints={
+            "max_drop": c.max_drop,
+            "max_latency_ms": c.max_latency_ms,
+            "max_size_mb": None if c.max_size_bytes is None else c.max_size_bytes / 1e6,
+        },
+        space=space.grid(),
+        trials=trials,
+        seconds=round(seconds, 1),
+        retime_scale=scale,
+    )
 
 
 def _write_trials(out: Path, rows: list[dict]) -> None:
@@ -484,7 +660,9 @@ def _write_trials(out: Path, rows: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for r in rows:
         if r.get("recipe"):
-            recipe = Recipe(**{**r["recipe"], "description": f"trial {r['number']} of presso search: {r['summary']}"})
+            recipe = Recipe(
+                **{**r["recipe"], "description": f"trial {r['number']} of presso search: {r['summary']}"}
+            )
             write_atomic(folder / f"{r['number']:04d}.yaml", recipe.to_yaml())
 
 

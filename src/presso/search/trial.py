@@ -51,9 +51,17 @@ class Constraints:
 class TrialRunner:
     """The objective Optuna calls: choices -> recipe -> stages -> (drop, latency, size)."""
 
-    def __init__(self, prepared: Prepared, space: SearchSpace, settings: Settings, constraints: Constraints, *,
-                 rounds: int = 5, keep_models: Path | None = None,
-                 reference_ms: float | None = None):
+    def __init__(
+        self,
+        prepared: Prepared,
+        space: SearchSpace,
+        settings: Settings,
+        constraints: Constraints,
+        *,
+        rounds: int = 5,
+        keep_models: Path | None = None,
+        reference_ms: float | None = None,
+    ):
         self.prepared, self.space, self.settings, self.constraints = prepared, space, settings, constraints
         self.rounds = rounds
         self.keep_models = keep_models  # where each finished trial's model is kept (re-timing the front)
@@ -111,7 +119,9 @@ class TrialRunner:
         try:
             with transformer_kept(run.model):
                 done = run_stages(run, recipe, prepared.baseline, prepared.seed)
-            resolved = resolved_recipe(recipe, done.outcomes, run, prepared.seed, prepared.calibration_fraction)
+            resolved = resolved_recipe(
+                recipe, done.outcomes, run, prepared.seed, prepared.calibration_fraction
+            )
             skipped = [o.technique for o in done.outcomes if o.skipped]
             drop = self.baseline_value - done.metrics[run.primary]
             paths = {"trial": done.path}
@@ -123,11 +133,16 @@ class TrialRunner:
             latency = measured
             if self.reference_ms is not None and "baseline" in timing:
                 latency = round(measured * self.reference_ms / timing["baseline"].p50_ms, 4)
-            attrs = {"drop": round(float(drop), 6), "quality": round(float(done.metrics[run.primary]), 6),
-                     "latency_ms": latency, "measured_ms": measured, "size_bytes": file_size(done.path),
-                     "parameters": parameter_count(done.path),
-                     "baseline_latency_ms": timing["baseline"].p50_ms if "baseline" in timing else None,
-                     "recipe": resolved.model_dump(mode="json", exclude_defaults=True)}
+            attrs = {
+                "drop": round(float(drop), 6),
+                "quality": round(float(done.metrics[run.primary]), 6),
+                "latency_ms": latency,
+                "measured_ms": measured,
+                "size_bytes": file_size(done.path),
+                "parameters": parameter_count(done.path),
+                "baseline_latency_ms": timing["baseline"].p50_ms if "baseline" in timing else None,
+                "recipe": resolved.model_dump(mode="json", exclude_defaults=True),
+            }
             if skipped:  # an optional stage that broke the budget or had nothing to do: say what ran
                 attrs["summary"] = describe_stages(resolved.stages) + f" ({', '.join(skipped)} skipped)"
             if self.keep_models is not None:
@@ -137,8 +152,10 @@ class TrialRunner:
         except (BudgetError, NothingToDo) as exc:
             return {"reason": _short(exc), "recipe": recipe.model_dump(mode="json", exclude_defaults=True)}
         except PressoError as exc:  # a choice this model cannot take (e.g. a depth it does not have)
-            return {"reason": "cannot run: " + _short(exc),
-                    "recipe": recipe.model_dump(mode="json", exclude_defaults=True)}
+            return {
+                "reason": "cannot run: " + _short(exc),
+                "recipe": recipe.model_dump(mode="json", exclude_defaults=True),
+            }
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -80,8 +80,9 @@ class Candidate:
     def describe(self) -> dict:
         return {
             "variant": self.name,
-            "calibration_" + (self.score.primary if self.score else "quality"):
-                None if self.score is None else round(self.score.value, 6),
+            "calibration_" + (self.score.primary if self.score else "quality"): None
+            if self.score is None
+            else round(self.score.value, 6),
             "calibration_drop": None if self.score is None else round(self.score.drop, 6),
             "passed_on_calibration": None if self.score is None else self.score.passed,
             "latency_p50_ms": None if self.latency_ms is None else round(self.latency_ms, 4),

@@ -24,21 +24,26 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def teacher_split(ctx: StageContext, fraction: float, stage: str,
-                  targets: str = "teacher") -> tuple[Data, Data | None]:
+def teacher_split(
+    ctx: StageContext, fraction: float, stage: str, targets: str = "teacher"
+) -> tuple[Data, Data | None]:
     """(training, validation) inputs and targets from a seeded split of the calibration
     rows; validation is None with a single row. ``targets``: "teacher" (the original
     model's outputs) or "labels" (the data's target column)."""
     train_idx, val_idx = split_indices(len(ctx.calibration), fraction, ctx.seed)
     n_val = len(val_idx)
     if len(train_idx) == 0:
-        raise PressoError(f"The '{stage}' stage needs calibration rows to fine-tune on; got {len(ctx.calibration)}. "
-                          "Give more data or a larger --calibration-fraction.")
+        raise PressoError(
+            f"The '{stage}' stage needs calibration rows to fine-tune on; got {len(ctx.calibration)}. "
+            "Give more data or a larger --calibration-fraction."
+        )
     inputs = {k: v for k, v in ctx.calibration.inputs.items() if k in ctx.input_names}
     if targets == "labels":
         if ctx.labels is None:
-            raise PressoError(f"The '{stage}' stage was asked to fine-tune on labels (targets: labels), but the "
-                              "data has none. Give data with a target column, or use targets: teacher.")
+            raise PressoError(
+                f"The '{stage}' stage was asked to fine-tune on labels (targets: labels), but the "
+                "data has none. Give data with a target column, or use targets: teacher."
+            )
         y = np.asarray(ctx.labels)
     else:
         y = np.asarray(ctx.teacher, np.float32)
@@ -54,8 +59,12 @@ def mixup_inputs(inputs: dict[str, np.ndarray], copies: int, seed: int) -> dict[
     n = len(next(iter(inputs.values())))
     m = copies * n
     i, j, lam = rng.integers(0, n, m), rng.integers(0, n, m), rng.random(m, dtype=np.float32)
-    return {k: (lam.reshape(-1, *[1] * (v.ndim - 1)) * v[i] + (1 - lam).reshape(-1, *[1] * (v.ndim - 1)) * v[j])
-            .astype(v.dtype) for k, v in inputs.items()}  # (m, ...)
+    return {
+        k: (
+            lam.reshape(-1, *[1] * (v.ndim - 1)) * v[i] + (1 - lam).reshape(-1, *[1] * (v.ndim - 1)) * v[j]
+        ).astype(v.dtype)
+        for k, v in inputs.items()
+    }  # (m, ...)
 
 
 def mixup_rows(train: Data, teacher, copies: int, seed: int, names: list[str]) -> tuple[Data, int]:
@@ -76,14 +85,27 @@ def mixup_rows(train: Data, teacher, copies: int, seed: int, names: list[str]) -
     outs = []
     with torch.no_grad():
         for start in range(0, m, 256):
-            out = teacher(*[torch.from_numpy(mixed[k][start:start + 256]) for k in names])
+            out = teacher(*[torch.from_numpy(mixed[k][start : start + 256]) for k in names])
             outs.append(first_tensor(out).float().numpy())
     labels = np.concatenate(outs).reshape(m, *targets.shape[1:])
-    return ({k: np.concatenate([v, mixed[k]]) for k, v in inputs.items()}, np.concatenate([targets, labels])), m
+    return (
+        {k: np.concatenate([v, mixed[k]]) for k, v in inputs.items()},
+        np.concatenate([targets, labels]),
+    ), m
 
 
-def fit_to_teacher(module, train: Data, val: Data | None, ctx: StageContext, stage: str, cfg,
-                   *, patience: int | None, before_epoch=None, loss=None):
+def fit_to_teacher(
+    module,
+    train: Data,
+    val: Data | None,
+    ctx: StageContext,
+    stage: str,
+    cfg,
+    *,
+    patience: int | None,
+    before_epoch=None,
+    loss=None,
+):
     """Fine-tune ``module`` to the teacher's outputs with ``cfg``'s epochs, lr, batch size,
     temperature and time cap, logging each epoch; returns :class:`presso.train.FitReport`.
 
@@ -93,20 +115,36 @@ def fit_to_teacher(module, train: Data, val: Data | None, ctx: StageContext, sta
     it (seen on 3-epoch runs)."""
     from presso.train import FitSettings, fit, teacher_loss
 
-    settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
-                           patience=patience,
-                           max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60)
+    settings = FitSettings(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=ctx.seed,
+        patience=patience,
+        max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60,
+    )
 
     def on_epoch(row: dict) -> None:
         score = row.get("val_score")
-        ctx.log(f"{stage}: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
-                + ("" if score is None else f", validation loss {-score:.4g}"))
+        ctx.log(
+            f"{stage}: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
+            + ("" if score is None else f", validation loss {-score:.4g}")
+        )
 
     # Validation by the (continuous) teacher loss: agreement on a few dozen rows saturates
     # at 1.0 before fine-tuning starts, and early stopping would then keep the start.
     loss = loss if loss is not None else teacher_loss(ctx.task, cfg.temperature)
-    return fit(module, train, val, loss, None, settings,
-               input_names=ctx.input_names, on_epoch=on_epoch, before_epoch=before_epoch)
+    return fit(
+        module,
+        train,
+        val,
+        loss,
+        None,
+        settings,
+        input_names=ctx.input_names,
+        on_epoch=on_epoch,
+        before_epoch=before_epoch,
+    )
 
 
 def _digest(a: np.ndarray) -> str:

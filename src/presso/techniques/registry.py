@@ -40,39 +40,53 @@ class Technique:
 
 TECHNIQUES: dict[str, Technique] = {
     "int8": Technique(
-        "int8", Int8Config, "onnx",
+        "int8",
+        Int8Config,
+        "onnx",
         "int8 post-training quantization on ONNX Runtime integer kernels, accuracy-aware",
         "presso.techniques.quantization.int8:quantize_int8",
     ),
     "int4": Technique(
-        "int4", Int4Config, "onnx",
+        "int4",
+        Int4Config,
+        "onnx",
         "4-bit weight-only quantization, packed two values a byte (per group / per channel)",
         "presso.techniques.quantization.weight_only:quantize_int4",
     ),
     "weight-only": Technique(
-        "weight-only", WeightOnlyConfig, "onnx",
+        "weight-only",
+        WeightOnlyConfig,
+        "onnx",
         "weight-only quantization: int 2-8 bits, power-of-two scales, binary, float16/bfloat16; "
         "optional AdaRound rounding and bias correction from the calibration rows",
         "presso.techniques.quantization.weight_only:quantize_weight_only",
     ),
     "kmeans": Technique(
-        "kmeans", KMeansConfig, "onnx",
+        "kmeans",
+        KMeansConfig,
+        "onnx",
         "k-means weight clustering: a codebook of 2^bits values per layer plus packed indices",
         "presso.techniques.quantization.clustering:cluster_weights",
     ),
     "qat": Technique(
-        "qat", QATConfig, "torch",
+        "qat",
+        QATConfig,
+        "torch",
         "quantization-aware fine-tuning (STE / learned step size), stored as packed 2-8-bit weights",
         "presso.techniques.quantization.qat_stage:quantize_aware",
     ),
     "hashed": Technique(
-        "hashed", HashedConfig, "torch",
+        "hashed",
+        HashedConfig,
+        "torch",
         "hashed weight sharing (HashedNets): a hash of each weight's position picks one of K shared "
         "values per layer, fine-tuned to the original model; stores K values + the hash seed",
         "presso.techniques.quantization.hashing:hash_weights",
     ),
     "prune": Technique(
-        "prune", PruneConfig, "torch",
+        "prune",
+        PruneConfig,
+        "torch",
         "weight pruning: unstructured (magnitude / Taylor / random, global, per layer or from sensitivity "
         "curves) or N:M masks on a one-shot, iterative or gradual schedule with fine-tuning; zeros stored as "
         "a bitmask + surviving values",
@@ -80,27 +94,35 @@ TECHNIQUES: dict[str, Technique] = {
         sparse=True,
     ),
     "slim": Technique(
-        "slim", SlimConfig, "torch",
+        "slim",
+        SlimConfig,
+        "torch",
         "structured pruning: physically removes channels / neurons (or attention heads and feed-forward "
         "neurons), rewiring residual and concatenated layers, then fine-tunes: a smaller, faster model",
         "presso.techniques.pruning.slim_stage:slim",
     ),
     "factorize": Technique(
-        "factorize", FactorizeConfig, "torch",
+        "factorize",
+        FactorizeConfig,
+        "torch",
         "low-rank factorization: Linear layers by truncated SVD (two thin layers), convolutions by Tucker-2 "
         "(1x1 -> core -> 1x1); rank by fixed rank, ratio, kept energy, max error or measured speed; "
         "fine-tuned to the original model",
         "presso.techniques.lowrank.stage:factorize_stage",
     ),
     "distill": Technique(
-        "distill", DistillConfig, "torch",
+        "distill",
+        DistillConfig,
+        "torch",
         "knowledge distillation: a smaller student (derived from the teacher: narrower / fewer layers; a plain "
         "MLP; or your own) fitted to the teacher's outputs (soft targets with temperature, MSE or cosine, "
         "optional hints); the teacher may be PyTorch, ONNX or any Python callable",
         "presso.techniques.distill.stage:distill_stage",
     ),
     "pack": Technique(
-        "pack", PackConfig, "storage",
+        "pack",
+        PackConfig,
+        "storage",
         "packed storage: besides model.onnx, model.packed holds the weights losslessly entropy-coded "
         "(sparse bitmasks, codebooks, 4-bit nibbles, LZMA), with its own loader (presso.unpack)",
         "presso.export.packed:pack",
@@ -112,6 +134,4 @@ def get_technique(name: str) -> Technique:
     try:
         return TECHNIQUES[name]
     except KeyError:
-        raise PressoError(
-            f"Unknown technique '{name}'. Available: {', '.join(TECHNIQUES)}."
-        ) from None
+        raise PressoError(f"Unknown technique '{name}'. Available: {', '.join(TECHNIQUES)}.") from None

@@ -38,8 +38,12 @@ def save_atomic(obj, path: Path) -> None:
 
 def fingerprint_of(module: nn.Module, settings, train_rows: int, val_rows: int | None) -> dict:
     """What must match for a checkpoint to belong to this fit (taken before any hook runs)."""
-    return {"settings": dataclasses.asdict(settings), "train_rows": train_rows, "val_rows": val_rows,
-            "parameters": [[name, list(p.shape)] for name, p in module.named_parameters()]}
+    return {
+        "settings": dataclasses.asdict(settings),
+        "train_rows": train_rows,
+        "val_rows": val_rows,
+        "parameters": [[name, list(p.shape)] for name, p in module.named_parameters()],
+    }
 
 
 def read_checkpoint(path: Path, fingerprint: dict) -> dict:
@@ -52,8 +56,14 @@ def read_checkpoint(path: Path, fingerprint: dict) -> dict:
     if not (isinstance(ckpt, dict) and ckpt.get("format") == FORMAT):
         raise PressoError(f"The file {path} is not a presso fine-tuning checkpoint; {fix}.")
     saved = ckpt.get("fingerprint", {})
-    for key, what in (("settings", "fine-tuning settings"), ("train_rows", "number of training rows"),
-                      ("val_rows", "number of validation rows"), ("parameters", "parameter names or shapes")):
+    for key, what in (
+        ("settings", "fine-tuning settings"),
+        ("train_rows", "number of training rows"),
+        ("val_rows", "number of validation rows"),
+        ("parameters", "parameter names or shapes"),
+    ):
         if saved.get(key) != fingerprint[key]:
-            raise PressoError(f"The checkpoint {path} is from another fine-tuning run (the {what} differ); {fix}.")
+            raise PressoError(
+                f"The checkpoint {path} is from another fine-tuning run (the {what} differ); {fix}."
+            )
     return ckpt

@@ -43,13 +43,17 @@ def init_from_env() -> bool:
     try:
         size = int(raw)
     except ValueError:
-        raise PressoError(f"The WORLD_SIZE environment variable must be an int. Got {raw!r} instead; "
-                          "start the processes with torchrun, which sets it.") from None
+        raise PressoError(
+            f"The WORLD_SIZE environment variable must be an int. Got {raw!r} instead; "
+            "start the processes with torchrun, which sets it."
+        ) from None
     if size <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
     if not dist.is_available():
-        raise PressoError(f"WORLD_SIZE is {size} but this PyTorch build has no torch.distributed; "
-                          "install a build with it or run a single process.")
+        raise PressoError(
+            f"WORLD_SIZE is {size} but this PyTorch build has no torch.distributed; "
+            "install a build with it or run a single process."
+        )
     dist.init_process_group("gloo")
     return True
 
@@ -90,6 +94,7 @@ def shutdown() -> None:
 
 # --- what fit needs ---------------------------------------------------------------------------
 
+
 def shard(rows: int, rank: int, world: int) -> tuple[int, int]:
     """(start, stop) of rank ``rank``'s contiguous part of a global batch of ``rows`` rows.
 
@@ -103,7 +108,11 @@ def shard(rows: int, rank: int, world: int) -> tuple[int, int]:
 
 def _comm_device() -> torch.device:
     # gloo reduces CPU tensors; nccl (not tested here) only CUDA ones.
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 def all_sum(values: list[float]) -> list[float]:

@@ -80,8 +80,9 @@ class FitSettings:
         elif not (self.max_seconds is None or (finite_number(self.max_seconds) and self.max_seconds > 0)):
             bad = ("max_seconds", "a positive number or None", self.max_seconds)
         if bad:
-            raise PressoError(f"The '{bad[0]}' option of the fine-tuning settings must be {bad[1]}. "
-                              f"Got {bad[2]!r} instead.")
+            raise PressoError(
+                f"The '{bad[0]}' option of the fine-tuning settings must be {bad[1]}. Got {bad[2]!r} instead."
+            )
 
 
 @dataclass
@@ -115,8 +116,10 @@ def _tensor(a, device) -> Tensor:
 def _columns(data: Data, names: list[str] | None, what: str, device) -> tuple[list[Tensor], Tensor]:
     """The inputs in call order and the targets, as tensors on ``device``; rows checked."""
     if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], dict) and data[0]):
-        raise PressoError(f"The {what} data must be a pair (inputs, targets) with inputs a non-empty "
-                          "dict of input name -> array.")
+        raise PressoError(
+            f"The {what} data must be a pair (inputs, targets) with inputs a non-empty "
+            "dict of input name -> array."
+        )
     inputs, targets = data
     names = list(inputs) if names is None else names
     missing = [n for n in names if n not in inputs]
@@ -125,8 +128,10 @@ def _columns(data: Data, names: list[str] | None, what: str, device) -> tuple[li
     n = len(targets)
     for name in names:
         if len(inputs[name]) != n:
-            raise PressoError(f"The {what} input '{name}' has {len(inputs[name])} rows but the targets "
-                              f"have {n}; give one target row per input row.")
+            raise PressoError(
+                f"The {what} input '{name}' has {len(inputs[name])} rows but the targets "
+                f"have {n}; give one target row per input row."
+            )
     if n == 0:
         raise PressoError(f"The {what} data has no rows.")
     return [_tensor(inputs[name], device) for name in names], _tensor(targets, device)
@@ -136,8 +141,10 @@ def _first(out) -> Tensor:
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
     if not isinstance(out, Tensor):
-        raise PressoError(f"The module returned {type(out).__name__}; fine-tuning needs a tensor or a "
-                          "tuple whose first item is the output tensor.")
+        raise PressoError(
+            f"The module returned {type(out).__name__}; fine-tuning needs a tensor or a "
+            "tuple whose first item is the output tensor."
+        )
     return out
 
 
@@ -155,13 +162,15 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 def _predict(module: nn.Module, xs: list[Tensor]) -> Tensor:
     module.eval()
     with torch.no_grad():
-        outs = [_first(module(*[x[i:i + _EVAL_BATCH] for x in xs]))
-                for i in range(0, len(xs[0]), _EVAL_BATCH)]
+        outs = [
+            _first(module(*[x[i : i + _EVAL_BATCH] for x in xs])) for i in range(0, len(xs[0]), _EVAL_BATCH)
+        ]
     return torch.cat(outs).float().cpu()
 
 
-def _train_epoch(module, xs, y, loss_fn, opt, batch_size: int, gen: torch.Generator,
-                 net: nn.Module | None = None) -> float:
+def _train_epoch(
+    module, xs, y, loss_fn, opt, batch_size: int, gen: torch.Generator, net: nn.Module | None = None
+) -> float:
     """One pass over the rows in the order ``gen`` draws; the mean training loss.
 
     ``net`` is ``module`` wrapped in DistributedDataParallel. Every rank then draws the same
@@ -176,7 +185,7 @@ def _train_epoch(module, xs, y, loss_fn, opt, batch_size: int, gen: torch.Genera
     perm = torch.randperm(n, generator=gen)  # (n,), the same on every rank
     total, seen = 0.0, 0
     for start in range(0, n, batch_size):
-        idx = perm[start:start + batch_size]
+        idx = perm[start : start + batch_size]
         if len(idx) == 1 and n > 1 and batch_size > 1:  # a lone last row: BatchNorm cannot train on one
             continue  # decided on the global batch, so all ranks skip it together
         if net is None:
@@ -206,11 +215,18 @@ def _better(score: float, best: float) -> bool:
     return math.isfinite(score) and (not math.isfinite(best) or score > best)
 
 
-def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
-        score_fn: ScoreFn | None = None, settings: FitSettings = FitSettings(),
-        input_names: list[str] | None = None, on_epoch: Callable[[dict], None] | None = None,
-        before_epoch: Callable[[int], bool | None] | None = None,
-        checkpoint: str | Path | None = None) -> FitReport:
+def fit(
+    module: nn.Module,
+    train: Data,
+    val: Data | None,
+    loss_fn: LossFn,
+    score_fn: ScoreFn | None = None,
+    settings: FitSettings = FitSettings(),
+    input_names: list[str] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    before_epoch: Callable[[int], bool | None] | None = None,
+    checkpoint: str | Path | None = None,
+) -> FitReport:
     """Fine-tune ``module`` in place on ``train``; keep the weights that score best on ``val``.
 
     Parameters
@@ -303,11 +319,26 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
         error = None
         if rank == 0:
             try:
-                save_atomic({"format": FORMAT, "fingerprint": fingerprint, "epoch": epoch,
-                               "finished": stop is not None, "stopped": stop or "", "module": module.state_dict(),
-                               "optimizer": opt.state_dict(), "best_state": best_state, "best_score": best_score,
-                               "best_epoch": best_epoch, "since_best": since_best, "history": history,
-                               "generator": gen.get_state(), "rng": rngs, "elapsed": time.monotonic() - start}, path)
+                save_atomic(
+                    {
+                        "format": FORMAT,
+                        "fingerprint": fingerprint,
+                        "epoch": epoch,
+                        "finished": stop is not None,
+                        "stopped": stop or "",
+                        "module": module.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "best_state": best_state,
+                        "best_score": best_score,
+                        "best_epoch": best_epoch,
+                        "since_best": since_best,
+                        "history": history,
+                        "generator": gen.get_state(),
+                        "rng": rngs,
+                        "elapsed": time.monotonic() - start,
+                    },
+                    path,
+                )
             except Exception as e:
                 error = e
         # Also the barrier: the other ranks go on once rank 0 has written, and stop if it failed.
@@ -333,7 +364,11 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
                     for epoch in range(1, done + 1):
                         before_epoch(epoch)
                 module.load_state_dict(ckpt["module"])
-                best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
+                best_state, best_score, best_epoch = (
+                    ckpt["best_state"],
+                    ckpt["best_score"],
+                    ckpt["best_epoch"],
+                )
                 since_best, history, stopped = ckpt["since_best"], ckpt["history"], ckpt["stopped"] or stopped
                 start -= ckpt["elapsed"]  # the time cap counts the epochs before the interruption too
                 if ckpt["finished"]:
@@ -345,7 +380,9 @@ def fit(module: nn.Module, train: Data, val: Data | None, loss_fn: LossFn,
                 else:  # resumed with another number of processes: fresh streams, not bit for bit
                     torch.manual_seed(settings.seed + rank + 7919 * done)
             # DDP starts every rank from rank 0's weights, before anything is validated.
-            net = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True) if parallel else None
+            net = (
+                nn.parallel.DistributedDataParallel(module, find_unused_parameters=True) if parallel else None
+            )
             if ckpt is None and val is not None:
                 best_score, best_state = validate(), snapshot()
             for epoch in range(done + 1, settings.epochs + 1):
@@ -421,13 +458,17 @@ def label_loss(task: str) -> LossFn:
 
     def ce(s: Tensor, y: Tensor) -> Tensor:
         if y.is_floating_point() and torch.any(y != y.round()):
-            raise PressoError("Classification labels must be class indices (integers); got fractional values.")
+            raise PressoError(
+                "Classification labels must be class indices (integers); got fractional values."
+            )
         return F.cross_entropy(s, y.reshape(-1).long())
 
     def mse(s: Tensor, y: Tensor) -> Tensor:
         if y.numel() != s.numel():
-            raise PressoError(f"Outputs {tuple(s.shape)} and labels {tuple(y.shape)} differ in size; "
-                              "fine-tune on labels only with one target per output value.")
+            raise PressoError(
+                f"Outputs {tuple(s.shape)} and labels {tuple(y.shape)} differ in size; "
+                "fine-tune on labels only with one target per output value."
+            )
         return F.mse_loss(s, y.reshape(s.shape).to(s.dtype))
 
     return ce if task == "classification" else mse

@@ -30,8 +30,16 @@ from torch import Tensor, nn
 from presso.errors import PressoError
 from presso.model.loaded import first_tensor
 
-__all__ = ["FeatureTap", "HintLoss", "cosine_loss", "hinton_loss", "looks_like_probabilities",
-           "regression_loss", "soft_target_loss", "teacher_logits_from"]
+__all__ = [
+    "FeatureTap",
+    "HintLoss",
+    "cosine_loss",
+    "hinton_loss",
+    "looks_like_probabilities",
+    "regression_loss",
+    "soft_target_loss",
+    "teacher_logits_from",
+]
 
 _MIN_PROB = 1e-7  # probabilities are clamped here before the log: log(0) would be -inf
 _PROB_TOL = 1e-4
@@ -57,8 +65,9 @@ def loss_kind(task: str) -> str:
 def _student(x, name: str) -> Tensor:
     if not (isinstance(x, Tensor) and x.is_floating_point()):
         what = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
-        raise PressoError(f"The '{name}' must be a floating-point tensor (the student's raw outputs); "
-                          f"got {what}.")
+        raise PressoError(
+            f"The '{name}' must be a floating-point tensor (the student's raw outputs); got {what}."
+        )
     return x
 
 
@@ -66,11 +75,15 @@ def _teacher(t, s: Tensor, name: str, student_name: str) -> Tensor:
     """``t`` as a detached tensor shaped and typed like the student output ``s``."""
     t = torch.as_tensor(t, device=s.device)
     if not t.is_floating_point():
-        raise PressoError(f"The '{name}' are integers; for labels use torch.nn.functional.cross_entropy, "
-                          "or hinton_loss(labels=...) beside a teacher's raw (float) outputs.")
+        raise PressoError(
+            f"The '{name}' are integers; for labels use torch.nn.functional.cross_entropy, "
+            "or hinton_loss(labels=...) beside a teacher's raw (float) outputs."
+        )
     if t.numel() != s.numel():
-        raise PressoError(f"The '{name}' have shape {tuple(t.shape)} but the '{student_name}' have "
-                          f"{tuple(s.shape)}; give teacher outputs of the same shape as the student's.")
+        raise PressoError(
+            f"The '{name}' have shape {tuple(t.shape)} but the '{student_name}' have "
+            f"{tuple(s.shape)}; give teacher outputs of the same shape as the student's."
+        )
     return t.detach().reshape(s.shape).to(s.dtype)
 
 
@@ -108,8 +121,9 @@ def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, temperature
     t = _teacher(teacher_logits, s, "teacher_logits", "student_logits")
     classes = s.shape[-1] if s.ndim else 1
     s, t = s.reshape(-1, classes), t.reshape(-1, classes)  # (rows, C)
-    kl = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), reduction="batchmean",
-                  log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), reduction="batchmean", log_target=True
+    )
     return kl * (temp * temp)
 
 
@@ -118,20 +132,31 @@ def _cross_entropy(s: Tensor, labels) -> Tensor:
     s = s.reshape(-1, classes)  # (rows, C)
     y = torch.as_tensor(labels, device=s.device)
     if y.is_floating_point() and not torch.all(y == y.round()):
-        raise PressoError("The 'labels' must be class indices (integers); got fractional values. "
-                          "Give one class index per row, not probabilities.")
+        raise PressoError(
+            "The 'labels' must be class indices (integers); got fractional values. "
+            "Give one class index per row, not probabilities."
+        )
     y = y.reshape(-1).long()
     if len(y) != len(s):
-        raise PressoError(f"The 'labels' have {len(y)} values but the logits have {len(s)} rows; "
-                          "give one class index per row.")
+        raise PressoError(
+            f"The 'labels' have {len(y)} values but the logits have {len(s)} rows; "
+            "give one class index per row."
+        )
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
-        raise PressoError(f"The 'labels' must be class indices in [0, {classes}); got values from "
-                          f"{int(y.min())} to {int(y.max())}.")
+        raise PressoError(
+            f"The 'labels' must be class indices in [0, {classes}); got values from "
+            f"{int(y.min())} to {int(y.max())}."
+        )
     return F.cross_entropy(s, y)
 
 
-def hinton_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None,
-                temperature: float = 4.0, alpha: float = 0.9) -> Tensor:
+def hinton_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+) -> Tensor:
     """``(1 - alpha) * CE(s, labels) + alpha * soft_target_loss(s, t, temperature)``.
 
     Parameters
@@ -156,8 +181,9 @@ def hinton_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor |
     1.2806
     """
     if not (finite_number(alpha) and 0 <= alpha <= 1):
-        raise PressoError(f"The 'alpha' option must be a number in [0, 1] (the teacher's weight). "
-                          f"Got {alpha!r} instead.")
+        raise PressoError(
+            f"The 'alpha' option must be a number in [0, 1] (the teacher's weight). Got {alpha!r} instead."
+        )
     temp = check_temperature(temperature)
     s = _student(student_logits, "student_logits")
     if alpha < 1 and labels is None:
@@ -190,8 +216,9 @@ def looks_like_probabilities(outputs: Tensor | np.ndarray) -> bool:
     if not x.is_floating_point() or x.ndim == 0 or x.shape[-1] < 2 or x.numel() == 0:
         return False
     x = x.detach().double()
-    return bool(torch.all(torch.isfinite(x)) and torch.all(x >= 0)
-                and torch.all((x.sum(-1) - 1).abs() <= _PROB_TOL))
+    return bool(
+        torch.all(torch.isfinite(x)) and torch.all(x >= 0) and torch.all((x.sum(-1) - 1).abs() <= _PROB_TOL)
+    )
 
 
 def teacher_logits_from(outputs: Tensor | np.ndarray) -> Tensor:
@@ -274,15 +301,22 @@ class HintLoss(nn.Module):
         super().__init__()
         for name, v in (("student_width", student_width), ("teacher_width", teacher_width)):
             if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1):
-                raise PressoError(f"The '{name}' option of HintLoss must be an int >= 1 (the feature "
-                                  f"width). Got {v!r} instead.")
+                raise PressoError(
+                    f"The '{name}' option of HintLoss must be an int >= 1 (the feature "
+                    f"width). Got {v!r} instead."
+                )
         if channels_first not in (None, True, False):
-            raise PressoError(f"The 'channels_first' option of HintLoss must be True, False or None. "
-                              f"Got {channels_first!r} instead.")
+            raise PressoError(
+                f"The 'channels_first' option of HintLoss must be True, False or None. "
+                f"Got {channels_first!r} instead."
+            )
         self.student_width, self.teacher_width = int(student_width), int(teacher_width)
         self.channels_first = channels_first
-        self.proj = (nn.Identity() if student_width == teacher_width
-                     else nn.Linear(self.student_width, self.teacher_width, bias=False))
+        self.proj = (
+            nn.Identity()
+            if student_width == teacher_width
+            else nn.Linear(self.student_width, self.teacher_width, bias=False)
+        )
 
     def _axis(self, x: Tensor) -> int:
         first = x.ndim == 4 if self.channels_first is None else self.channels_first
@@ -292,18 +326,24 @@ class HintLoss(nn.Module):
         s = _student(student_feat, "student_feat")
         t = torch.as_tensor(teacher_feat, device=s.device).detach().to(s.dtype)
         if s.ndim < 2:
-            raise PressoError(f"The 'student_feat' must be batch-first with a width axis; got shape "
-                              f"{tuple(s.shape)}. Reshape it to (N, C) or (N, ..., C).")
+            raise PressoError(
+                f"The 'student_feat' must be batch-first with a width axis; got shape "
+                f"{tuple(s.shape)}. Reshape it to (N, C) or (N, ..., C)."
+            )
         axis = self._axis(s)
         if s.shape[axis] != self.student_width:
-            raise PressoError(f"The 'student_feat' {tuple(s.shape)} have width {s.shape[axis]} on axis "
-                              f"{axis} but HintLoss was built with student_width {self.student_width}; "
-                              "build it with the features' width or set channels_first.")
+            raise PressoError(
+                f"The 'student_feat' {tuple(s.shape)} have width {s.shape[axis]} on axis "
+                f"{axis} but HintLoss was built with student_width {self.student_width}; "
+                "build it with the features' width or set channels_first."
+            )
         p = self.proj(s.movedim(axis, -1)).movedim(-1, axis)  # width -> teacher_width
         if p.shape != t.shape:
-            raise PressoError(f"The 'student_feat' {tuple(s.shape)} (projected {tuple(p.shape)}) and the "
-                              f"'teacher_feat' {tuple(t.shape)} differ; tap layers with the same batch and "
-                              "spatial sizes, and set teacher_width to the teacher's width.")
+            raise PressoError(
+                f"The 'student_feat' {tuple(s.shape)} (projected {tuple(p.shape)}) and the "
+                f"'teacher_feat' {tuple(t.shape)} differ; tap layers with the same batch and "
+                "spatial sizes, and set teacher_width to the teacher's width."
+            )
         return F.mse_loss(p, t)
 
 
@@ -337,8 +377,10 @@ class FeatureTap:
         missing = [n for n in self.names if n not in layers]
         if missing:
             valid = [n for n in layers if n][:8]
-            raise PressoError(f"Layer '{missing[0]}' is not in the module; tap one of its named modules, "
-                              f"e.g. {', '.join(valid) or '(none)'}.")
+            raise PressoError(
+                f"Layer '{missing[0]}' is not in the module; tap one of its named modules, "
+                f"e.g. {', '.join(valid) or '(none)'}."
+            )
         self.features = {}
         try:
             for name in self.names:
@@ -361,6 +403,9 @@ class FeatureTap:
             try:
                 self.features[name] = first_tensor(output)
             except TypeError:
-                raise PressoError(f"Layer '{name}' returned {type(output).__name__}, not a tensor; "
-                                  "tap a layer whose output is a tensor.") from None
+                raise PressoError(
+                    f"Layer '{name}' returned {type(output).__name__}, not a tensor; "
+                    "tap a layer whose output is a tensor."
+                ) from None
+
         return record

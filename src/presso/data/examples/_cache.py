@@ -47,9 +47,7 @@ def _load(path: Path) -> dict | None:
     return state
 
 
-def cached_state_dict(
-    name: str, version: int, train_fn: Callable[[], dict]
-) -> tuple[dict, bool]:
+def cached_state_dict(name: str, version: int, train_fn: Callable[[], dict]) -> tuple[dict, bool]:
     """Load the example's weights from the cache, or train and cache them.
 
     Returns ``(state_dict, was_trained)``. A corrupt or foreign cache file is
@@ -116,7 +114,7 @@ def _train(model, X, y, loss_fn, epochs, lr, batch_size, seed) -> list[float]:
         order = torch.randperm(n, generator=gen)
         total = 0.0
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(X[idx]), y[idx])
             loss.backward()
@@ -147,9 +145,14 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def cached_model(name: str, version: int, seed: int,
-                 build: Callable[[bool], nn.Module], fit: Callable[[nn.Module], object],
-                 progress: Callable[[str], None] | None = None) -> tuple[nn.Module, bool]:
+def cached_model(
+    name: str,
+    version: int,
+    seed: int,
+    build: Callable[[bool], nn.Module],
+    fit: Callable[[nn.Module], object],
+    progress: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, bool]:
     """An example's trained model: from the cache, or built, fitted and cached now.
 
     ``build(fitting)`` makes the module (under ``seed``; ``fitting`` is True when it will

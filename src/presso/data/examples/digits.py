@@ -27,12 +27,17 @@ class DigitsCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),   # (N, 16, 8, 8)
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),  # (N, 32, 8, 8)
-            nn.MaxPool2d(2),                             # (N, 32, 4, 4)
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),  # (N, 16, 8, 8)
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),  # (N, 32, 8, 8)
+            nn.MaxPool2d(2),  # (N, 32, 4, 4)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,18 +64,29 @@ def build(progress: Callable[[str], None] | None = None) -> Example:
     X_tr, X_ho, y_tr, y_ho = _split()
 
     model, trained = cached_model(
-        NAME, VERSION, SEED, lambda fitting: DigitsCNN(),
-        lambda m: train_supervised(m, torch.from_numpy(X_tr), torch.from_numpy(y_tr),
-                                   nn.functional.cross_entropy, EPOCHS, LR, BATCH_SIZE, SEED),
-        progress)
+        NAME,
+        VERSION,
+        SEED,
+        lambda fitting: DigitsCNN(),
+        lambda m: train_supervised(
+            m,
+            torch.from_numpy(X_tr),
+            torch.from_numpy(y_tr),
+            nn.functional.cross_entropy,
+            EPOCHS,
+            LR,
+            BATCH_SIZE,
+            SEED,
+        ),
+        progress,
+    )
     return Example(
         name=NAME,
         model=model,
-        data=Dataset(inputs={"x": X_ho}, target=y_ho,
-                     source="scikit-learn load_digits (held-out rows)"),
+        data=Dataset(inputs={"x": X_ho}, target=y_ho, source="scikit-learn load_digits (held-out rows)"),
         task="classification",
         description="CNN on scikit-learn's 8x8 handwritten digits: input 'x' is "
-                    "(N, 1, 8, 8) pixels scaled to [0, 1], output (N, 10) logits.",
+        "(N, 1, 8, 8) pixels scaled to [0, 1], output (N, 10) logits.",
         training={
             "train_rows": len(X_tr),
             "heldout_rows": len(X_ho),

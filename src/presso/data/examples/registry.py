@@ -31,25 +31,32 @@ class Example:
 
 # Explicit registry (no import-time magic): name -> (module, one-line description).
 EXAMPLES: dict[str, tuple[str, str]] = {
-    "digits": ("presso.data.examples.digits",
-               "CNN on scikit-learn's 8x8 handwritten digits (accuracy, top-3)"),
-    "tabular": ("presso.data.examples.tabular",
-                "MLP on scikit-learn's breast-cancer rows (accuracy, F1, ROC-AUC)"),
-    "forecast": ("presso.data.examples.forecast",
-                 "MLP forecaster on statsmodels' weekly Mauna Loa CO2 (MAE, RMSE, MAPE)"),
-    "anomaly": ("presso.data.examples.anomaly",
-                "autoencoder on benign breast-cancer rows; malignant rows are anomalies "
-                "(ROC-AUC, average precision)"),
-    "minilm": ("presso.data.examples.minilm",
-               "pretrained all-MiniLM-L6-v2 sentence encoder, offline (cosine, top-10 agreement)"),
+    "digits": (
+        "presso.data.examples.digits",
+        "CNN on scikit-learn's 8x8 handwritten digits (accuracy, top-3)",
+    ),
+    "tabular": (
+        "presso.data.examples.tabular",
+        "MLP on scikit-learn's breast-cancer rows (accuracy, F1, ROC-AUC)",
+    ),
+    "forecast": (
+        "presso.data.examples.forecast",
+        "MLP forecaster on statsmodels' weekly Mauna Loa CO2 (MAE, RMSE, MAPE)",
+    ),
+    "anomaly": (
+        "presso.data.examples.anomaly",
+        "autoencoder on benign breast-cancer rows; malignant rows are anomalies (ROC-AUC, average precision)",
+    ),
+    "minilm": (
+        "presso.data.examples.minilm",
+        "pretrained all-MiniLM-L6-v2 sentence encoder, offline (cosine, top-10 agreement)",
+    ),
 }
 
 
 def load_example(name: str, progress: Callable[[str], None] | None = None) -> Example:
     """Build (training on first use) the built-in example ``name``."""
     if name not in EXAMPLES:
-        raise PressoError(
-            f"Unknown example '{name}'. Choose one of: {', '.join(EXAMPLES)}."
-        )
+        raise PressoError(f"Unknown example '{name}'. Choose one of: {', '.join(EXAMPLES)}.")
     module = importlib.import_module(EXAMPLES[name][0])
     return module.build(progress=progress)

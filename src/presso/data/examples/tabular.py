@@ -29,8 +29,10 @@ class TabularMLP(nn.Module):
         super().__init__()
         self.standardize = standardize if standardize is not None else Standardize(N_FEATURES)
         self.net = nn.Sequential(
-            nn.Linear(N_FEATURES, 64), nn.ReLU(),
-            nn.Linear(64, 64), nn.ReLU(),
+            nn.Linear(N_FEATURES, 64),
+            nn.ReLU(),
+            nn.Linear(64, 64),
+            nn.ReLU(),
             nn.Linear(64, 2),
         )
 
@@ -60,20 +62,28 @@ def build(progress: Callable[[str], None] | None = None) -> Example:
 
     X = torch.from_numpy(X_tr)
     model, trained = cached_model(
-        NAME, VERSION, SEED, lambda fitting: TabularMLP(Standardize.fit(X) if fitting else None),
-        lambda m: train_supervised(m, X, torch.from_numpy(y_tr), nn.functional.cross_entropy,
-                                   EPOCHS, LR, BATCH_SIZE, SEED),
-        progress)
+        NAME,
+        VERSION,
+        SEED,
+        lambda fitting: TabularMLP(Standardize.fit(X) if fitting else None),
+        lambda m: train_supervised(
+            m, X, torch.from_numpy(y_tr), nn.functional.cross_entropy, EPOCHS, LR, BATCH_SIZE, SEED
+        ),
+        progress,
+    )
     return Example(
         name=NAME,
         model=model,
-        data=Dataset(inputs={"x": X_ho}, target=y_ho,
-                     source="scikit-learn load_breast_cancer (held-out rows)",
-                     feature_names=feature_names),
+        data=Dataset(
+            inputs={"x": X_ho},
+            target=y_ho,
+            source="scikit-learn load_breast_cancer (held-out rows)",
+            feature_names=feature_names,
+        ),
         task="classification",
         description="MLP 30-64-64-2 on scikit-learn's breast-cancer rows: input 'x' is "
-                    "(N, 30) raw features (standardised inside the model), output (N, 2) "
-                    "logits, class 1 = benign.",
+        "(N, 30) raw features (standardised inside the model), output (N, 2) "
+        "logits, class 1 = benign.",
         training={
             "train_rows": len(X_tr),
             "heldout_rows": len(X_ho),

@@ -15,24 +15,97 @@ import warnings
 import numpy as np
 
 _MODULES = (
-    "argparse", "asyncio", "bisect", "calendar", "collections", "concurrent.futures",
-    "configparser", "contextlib", "csv", "dataclasses", "datetime", "decimal", "difflib",
-    "email.message", "enum", "fractions", "ftplib", "functools", "gettext", "gzip", "heapq",
-    "hmac", "html.parser", "http.client", "http.cookies", "imaplib", "inspect", "ipaddress",
-    "itertools", "json", "logging", "mailbox", "mimetypes", "multiprocessing", "numbers",
-    "optparse", "os", "pathlib", "pickle", "pprint", "queue", "random", "re", "sched",
-    "shlex", "shutil", "smtplib", "socket", "sqlite3", "statistics", "string", "subprocess",
-    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback",
-    "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave",
-    "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile",
+    "argparse",
+    "asyncio",
+    "bisect",
+    "calendar",
+    "collections",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email.message",
+    "enum",
+    "fractions",
+    "ftplib",
+    "functools",
+    "gettext",
+    "gzip",
+    "heapq",
+    "hmac",
+    "html.parser",
+    "http.client",
+    "http.cookies",
+    "imaplib",
+    "inspect",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "mailbox",
+    "mimetypes",
+    "multiprocessing",
+    "numbers",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "traceback",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "zipfile",
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _CODE_LIKE = re.compile(r"[=<>{}\[\]`|\\]|>>>|\w\(|::|__|\.\.\.")
 
 
 # Modules whose import has side effects (opens a browser, prints, needs a display) or is slow.
-_SKIP = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3", "ensurepip", "venv",
-         "pydoc_data", "test", "xxsubtype", "xxlimited"}
+_SKIP = {
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "venv",
+    "pydoc_data",
+    "test",
+    "xxsubtype",
+    "xxlimited",
+}
 
 
 def all_stdlib_modules() -> tuple[str, ...]:
@@ -56,13 +129,16 @@ def _docstrings(module_name: str):
 def _module_docs(module) -> list[str]:
     docs = [inspect.getdoc(module) or ""]
     for _, obj in sorted(vars(module).items()):
-        if getattr(obj, "__module__", None) == module.__name__ and (inspect.isclass(obj) or inspect.isfunction(obj)):
+        if getattr(obj, "__module__", None) == module.__name__ and (
+            inspect.isclass(obj) or inspect.isfunction(obj)
+        ):
             docs.append(inspect.getdoc(obj) or "")
     return docs
 
 
-def stdlib_sentences(n: int = 800, seed: int = 0, min_words: int = 6, max_words: int = 40,
-                     modules: tuple[str, ...] = _MODULES) -> list[str]:
+def stdlib_sentences(
+    n: int = 800, seed: int = 0, min_words: int = 6, max_words: int = 40, modules: tuple[str, ...] = _MODULES
+) -> list[str]:
     """``n`` distinct prose sentences from the docstrings of ``modules``, shuffled with ``seed``."""
     seen, sentences = set(), []
     for name in modules:
@@ -71,9 +147,13 @@ def stdlib_sentences(n: int = 800, seed: int = 0, min_words: int = 6, max_words:
                 text = " ".join(para.split())
                 for sent in _SENTENCE_END.split(text):
                     words = sent.split()
-                    if (min_words <= len(words) <= max_words and sent[0].isupper()
-                            and sent.endswith(".") and not _CODE_LIKE.search(sent)
-                            and sent.lower() not in seen):
+                    if (
+                        min_words <= len(words) <= max_words
+                        and sent[0].isupper()
+                        and sent.endswith(".")
+                        and not _CODE_LIKE.search(sent)
+                        and sent.lower() not in seen
+                    ):
                         seen.add(sent.lower())
                         sentences.append(sent)
     order = np.random.default_rng(seed).permutation(len(sentences))

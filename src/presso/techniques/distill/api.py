@@ -7,10 +7,23 @@ from typing import Any
 from presso.progress import SILENT, Progress
 
 
-def distill(teacher: Any, data: Any = None, *, student: str = "auto", int8: bool = False,
-            task: str | None = None, max_drop: float | None = None, target: str | None = None,
-            weights: str | None = None, seed: int | None = None, calibration_fraction: float | None = None,
-            seq_len: int = 128, bench=None, progress: Progress = SILENT, **options):
+def distill(
+    teacher: Any,
+    data: Any = None,
+    *,
+    student: str = "auto",
+    int8: bool = False,
+    task: str | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    weights: str | None = None,
+    seed: int | None = None,
+    calibration_fraction: float | None = None,
+    seq_len: int = 128,
+    bench=None,
+    progress: Progress = SILENT,
+    **options,
+):
     """Distil a smaller ``student`` from ``teacher`` and measure it against the teacher.
 
     Parameters
@@ -54,6 +67,17 @@ def distill(teacher: Any, data: Any = None, *, student: str = "auto", int8: bool
     if int8:
         stages.append(Stage(technique="int8"))
     recipe = Recipe(name="student", description="knowledge distillation (presso.distill)", stages=stages)
-    return compress(teacher, recipe, data=data, task=task, max_drop=max_drop, target=target, weights=weights,
-                    seed=seed, calibration_fraction=calibration_fraction, seq_len=seq_len, bench=bench,
-                    progress=progress)
+    return compress(
+        teacher,
+        recipe,
+        data=data,
+        task=task,
+        max_drop=max_drop,
+        target=target,
+        weights=weights,
+        seed=seed,
+        calibration_fraction=calibration_fraction,
+        seq_len=seq_len,
+        bench=bench,
+        progress=progress,
+    )

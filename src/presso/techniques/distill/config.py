@@ -68,13 +68,17 @@ class DistillConfig(BaseModel):
     train_data: str | None = None
     max_minutes: float | None = Field(default=None, gt=0)
     checkpoint: str | None = None
-    backoff: int = Field(default=1, ge=0, le=4)  # wider retries (width -> (1 + width) / 2) if the budget breaks
+    backoff: int = Field(
+        default=1, ge=0, le=4
+    )  # wider retries (width -> (1 + width) / 2) if the budget breaks
 
     @field_validator("student")
     @classmethod
     def _student(cls, v: str) -> str:
         if v not in ("auto", "mlp") and ":" not in v:
-            raise ValueError(f"student must be auto, mlp or a factory 'file.py:fn' / 'package.module:fn'; got {v!r}")
+            raise ValueError(
+                f"student must be auto, mlp or a factory 'file.py:fn' / 'package.module:fn'; got {v!r}"
+            )
         return v
 
     @field_validator("hidden")
@@ -88,19 +92,27 @@ class DistillConfig(BaseModel):
     @classmethod
     def _hints(cls, v: list[list[str]]) -> list[list[str]]:
         if any(len(pair) != 2 for pair in v):
-            raise ValueError("hints must be pairs [student_layer, teacher_layer], e.g. [[features.2, features.2]]")
+            raise ValueError(
+                "hints must be pairs [student_layer, teacher_layer], e.g. [[features.2, features.2]]"
+            )
         return v
 
     @model_validator(mode="after")
     def _check(self):
         if self.student != "auto" and (self.width is not None or self.depth is not None):
-            raise ValueError("width and depth derive a student from the teacher (student: auto); "
-                             f"they do not apply to student: {self.student}")
+            raise ValueError(
+                "width and depth derive a student from the teacher (student: auto); "
+                f"they do not apply to student: {self.student}"
+            )
         if self.student != "auto" and self.blocks != "standard":
-            raise ValueError("blocks: separable rebuilds the convolutions of a student derived from the "
-                             f"teacher (student: auto); it does not apply to student: {self.student}")
+            raise ValueError(
+                "blocks: separable rebuilds the convolutions of a student derived from the "
+                f"teacher (student: auto); it does not apply to student: {self.student}"
+            )
         if self.student_weights is not None and ":" not in self.student:
-            raise ValueError("student_weights loads a state dict into a factory student (student: file.py:fn)")
+            raise ValueError(
+                "student_weights loads a state dict into a factory student (student: file.py:fn)"
+            )
         return self
 
     @property
@@ -111,4 +123,3 @@ class DistillConfig(BaseModel):
     def needs_teacher_module(self) -> bool:
         """Only a derived student needs the teacher's PyTorch architecture."""
         return self.student == "auto"
-

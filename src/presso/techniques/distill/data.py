@@ -44,8 +44,10 @@ class DistillData:
     def describe(self) -> str:
         parts = [f"{self.n_calibration} calibration rows"]
         if self.n_extra:
-            parts.append(f"{self.n_extra} extra rows labelled by the teacher"
-                         + (f" ({self.n_dropped} dropped: they repeat held-out rows)" if self.n_dropped else ""))
+            parts.append(
+                f"{self.n_extra} extra rows labelled by the teacher"
+                + (f" ({self.n_dropped} dropped: they repeat held-out rows)" if self.n_dropped else "")
+            )
         if self.n_mixed:
             parts.append(f"{self.n_mixed} mixup rows labelled by the teacher")
         return " + ".join(parts)
@@ -55,8 +57,10 @@ def row_digests(inputs: Inputs) -> list[bytes]:
     """One digest per row over all inputs, to find repeated rows."""
     n = len(next(iter(inputs.values())))
     names = sorted(inputs)
-    return [hashlib.sha1(b"".join(np.ascontiguousarray(inputs[k][i]).tobytes() for k in names)).digest()
-            for i in range(n)]
+    return [
+        hashlib.sha1(b"".join(np.ascontiguousarray(inputs[k][i]).tobytes() for k in names)).digest()
+        for i in range(n)
+    ]
 
 
 def without_rows(inputs: Inputs, labels: np.ndarray | None, banned: Inputs | None):
@@ -78,8 +82,13 @@ def teacher_cache_dir() -> Path:
     return cache_dir().parent / "teacher-outputs"
 
 
-def cached_teacher_outputs(teacher_fn: Callable[[Inputs], np.ndarray], inputs: Inputs, probe: Inputs,
-                           cache: Path | None, log: Callable[[str], None] = lambda _m: None) -> np.ndarray:
+def cached_teacher_outputs(
+    teacher_fn: Callable[[Inputs], np.ndarray],
+    inputs: Inputs,
+    probe: Inputs,
+    cache: Path | None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> np.ndarray:
     """``teacher_fn(inputs)``, read from / written to ``cache`` when given.
 
     The key digests the rows and the teacher's outputs on ``probe`` rows: any change of
@@ -119,9 +128,14 @@ def _labels_for(ctx: StageContext, fraction: float) -> tuple[np.ndarray | None, 
     return labels[train_idx], labels[val_idx] if len(val_idx) else None
 
 
-def distill_data(ctx: StageContext, *, validation_fraction: float, augment: int,
-                 extra: tuple[Inputs, np.ndarray | None] | None = None,
-                 cache: Path | None = None) -> DistillData:
+def distill_data(
+    ctx: StageContext,
+    *,
+    validation_fraction: float,
+    augment: int,
+    extra: tuple[Inputs, np.ndarray | None] | None = None,
+    cache: Path | None = None,
+) -> DistillData:
     """Rows for distillation in the stage's context (see the module docstring)."""
     (train, teacher), val = teacher_split(ctx, validation_fraction, "distill")
     y_train, y_val = _labels_for(ctx, validation_fraction)
@@ -141,19 +155,33 @@ def distill_data(ctx: StageContext, *, validation_fraction: float, augment: int,
         rows, labels = extra
         missing = [k for k in train if k not in rows]
         if missing:
-            raise PressoError(f"The distill stage's train_data lacks input '{missing[0]}'; it has "
-                              f"{', '.join(rows)}. Give rows with the model's inputs.")
+            raise PressoError(
+                f"The distill stage's train_data lacks input '{missing[0]}'; it has "
+                f"{', '.join(rows)}. Give rows with the model's inputs."
+            )
         rows, labels, dropped = without_rows({k: rows[k] for k in train}, labels, ctx.evaluation_inputs)
         n_extra = len(next(iter(rows.values())))
         if n_extra:
             ctx.log(f"distill: labelling {n_extra} extra rows with the teacher")
-            add(rows, cached_teacher_outputs(ctx.teacher_fn, rows, probe, cache, ctx.log),
-                labels if labels is not None and ctx.task == "classification" else None)
+            add(
+                rows,
+                cached_teacher_outputs(ctx.teacher_fn, rows, probe, cache, ctx.log),
+                labels if labels is not None and ctx.task == "classification" else None,
+            )
     if augment and all(v.dtype.kind == "f" for v in train.values()):
-        base = {k: v[:n_cal + n_extra] for k, v in train.items()}
+        base = {k: v[: n_cal + n_extra] for k, v in train.items()}
         mixed = mixup_inputs(base, augment, ctx.seed)
         n_mixed = len(next(iter(mixed.values())))
         add(mixed, np.asarray(ctx.teacher_fn(mixed), np.float32), None)
-    return DistillData(train, teacher, y_train, None if val is None else val[0],
-                       None if val is None else np.asarray(val[1], np.float32), y_val,
-                       n_cal, n_extra, n_mixed, dropped)
+    return DistillData(
+        train,
+        teacher,
+        y_train,
+        None if val is None else val[0],
+        None if val is None else np.asarray(val[1], np.float32),
+        y_val,
+        n_cal,
+        n_extra,
+        n_mixed,
+        dropped,
+    )

@@ -34,8 +34,13 @@ class Trainee(nn.Module):
     The teacher is kept out of the module tree (no parameters to train, not saved in
     checkpoints); ``hint_value`` holds the last batch's weighted hint loss."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, hints: list[list[str]],
-                 example: tuple[Tensor, ...]):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        hints: list[list[str]],
+        example: tuple[Tensor, ...],
+    ):
         super().__init__()
         self.student = student
         self.hints = [tuple(pair) for pair in hints]
@@ -44,8 +49,10 @@ class Trainee(nn.Module):
         object.__setattr__(self, "_teacher", teacher)
         if self.hints:
             if teacher is None:
-                raise PressoError("hints compare the student's layers with the teacher's, so they need a PyTorch "
-                                  "teacher; drop the hints option for an ONNX or callable teacher.")
+                raise PressoError(
+                    "hints compare the student's layers with the teacher's, so they need a PyTorch "
+                    "teacher; drop the hints option for an ONNX or callable teacher."
+                )
             teacher.eval()
             s_feats, t_feats = self._features(example)
             for s_name, t_name in self.hints:
@@ -64,19 +71,29 @@ class Trainee(nn.Module):
         if not self.hints:
             return self.student(*xs)
         s_feats, t_feats = self._features(xs)
-        self.hint_value = sum(proj(s_feats[s], t_feats[t])
-                              for proj, (s, t) in zip(self.projections, self.hints, strict=True))
+        self.hint_value = sum(
+            proj(s_feats[s], t_feats[t]) for proj, (s, t) in zip(self.projections, self.hints, strict=True)
+        )
         return self._out
 
 
-def distill_loss(kind: str, n_out: int, *, alpha: float, temperature: float, has_labels: bool,
-                 trainee: Trainee, hint_weight: float):
+def distill_loss(
+    kind: str,
+    n_out: int,
+    *,
+    alpha: float,
+    temperature: float,
+    has_labels: bool,
+    trainee: Trainee,
+    hint_weight: float,
+):
     """Loss of student outputs against :func:`target_rows`.
 
     ``kl``: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)``, the
     cross-entropy over the batch's rows that have a label (mixup and extra rows have none;
     a batch without labelled rows counts the soft term alone). ``mse`` / ``cosine`` compare
     with the teacher's outputs. Plus ``hint_weight`` x the hint loss."""
+
     def loss(out: Tensor, targets: Tensor) -> Tensor:
         t = targets[:, :n_out]
         if kind == "kl":

@@ -43,20 +43,25 @@ def _factory_student(spec: str, weights: str | None) -> nn.Module:
     except Exception as exc:
         raise PressoError(f"Student factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(module, nn.Module):
-        raise PressoError(f"Student factory '{spec}' returned a {type(module).__name__}; it must return an nn.Module.")
+        raise PressoError(
+            f"Student factory '{spec}' returned a {type(module).__name__}; it must return an nn.Module."
+        )
     if weights is not None:
         load_weights(module, Path(weights))
     return module
 
 
-def build_student(cfg: DistillConfig, ctx: StageContext, width: float, rows: dict[str, np.ndarray],
-                  n_out: int) -> tuple[nn.Module, list[str]]:
+def build_student(
+    cfg: DistillConfig, ctx: StageContext, width: float, rows: dict[str, np.ndarray], n_out: int
+) -> tuple[nn.Module, list[str]]:
     """The student and lines saying what it is."""
     example = example_inputs(ctx)
     if cfg.student == "auto":
         if ctx.module is None:
-            raise PressoError("student: auto derives the student from the teacher's PyTorch architecture; this "
-                              "teacher is an ONNX file or a callable. Use student: mlp or a factory file.py:fn.")
+            raise PressoError(
+                "student: auto derives the student from the teacher's PyTorch architecture; this "
+                "teacher is an ONNX file or a callable. Use student: mlp or a factory file.py:fn."
+            )
         from presso.techniques.distill.students import StudentPlan, derive_student
 
         plan = StudentPlan(width=width, depth=cfg.depth, init=cfg.init, blocks=cfg.blocks)
@@ -70,8 +75,10 @@ def build_student(cfg: DistillConfig, ctx: StageContext, width: float, rows: dic
         name = ctx.input_names[0]
         x = rows[name]
         if len(ctx.input_names) != 1 or x.ndim != 2 or x.dtype.kind != "f":
-            raise PressoError("student: mlp takes one input of flat float rows (N, features); this model takes "
-                              f"{ctx.input_names} with shape {tuple(x.shape[1:])}. Give a student factory file.py:fn.")
+            raise PressoError(
+                "student: mlp takes one input of flat float rows (N, features); this model takes "
+                f"{ctx.input_names} with shape {tuple(x.shape[1:])}. Give a student factory file.py:fn."
+            )
         from presso.techniques.distill.students import mlp_student
 
         student = mlp_student(x.shape[1], n_out, tuple(cfg.hidden), seed=ctx.seed, inputs=x)
@@ -84,25 +91,35 @@ def build_student(cfg: DistillConfig, ctx: StageContext, width: float, rows: dic
         with torch.no_grad():
             out = first_tensor(student(*example))
     except Exception as exc:
-        raise PressoError(f"The student does not run on the model's inputs {ctx.input_names}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PressoError(
+            f"The student does not run on the model's inputs {ctx.input_names}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from exc
     if out[0].numel() != n_out:
-        raise PressoError(f"The student gives {out[0].numel()} values per row, the teacher {n_out}; "
-                          "give a student whose output has the teacher's shape.")
+        raise PressoError(
+            f"The student gives {out[0].numel()} values per row, the teacher {n_out}; "
+            "give a student whose output has the teacher's shape."
+        )
     return student, notes
 
 
 def _settings(cfg: DistillConfig, ctx: StageContext) -> DistillConfig:
     big = ctx.transformer is not None
-    return cfg.model_copy(update={"epochs": cfg.epochs if cfg.epochs is not None else (3 if big else 60),
-                                  "lr": cfg.lr if cfg.lr is not None else (1e-4 if big else 1e-3)})
+    return cfg.model_copy(
+        update={
+            "epochs": cfg.epochs if cfg.epochs is not None else (3 if big else 60),
+            "lr": cfg.lr if cfg.lr is not None else (1e-4 if big else 1e-3),
+        }
+    )
 
 
 def _extra_rows(cfg: DistillConfig, ctx: StageContext):
     if cfg.train_data is None:
         return None
     if ctx.read_data is None:
-        raise PressoError("train_data needs the pipeline's data reader; run the distill stage through compress.")
+        raise PressoError(
+            "train_data needs the pipeline's data reader; run the distill stage through compress."
+        )
     ds = ctx.read_data(cfg.train_data)
     return ds.inputs, None if ds.target is None else np.asarray(ds.target)
 
@@ -114,8 +131,9 @@ def _checkpoint(cfg: DistillConfig, width: float, first: bool) -> Path | None:
     return path if first else path.with_name(f"{path.stem}-width{width:g}{path.suffix}")
 
 
-def train_student(student: nn.Module, data: DistillData, cfg: DistillConfig, ctx: StageContext,
-                  checkpoint: Path | None):
+def train_student(
+    student: nn.Module, data: DistillData, cfg: DistillConfig, ctx: StageContext, checkpoint: Path | None
+):
     """Fit ``student`` (in place) to the teacher; returns the :class:`presso.train.FitReport`."""
     from presso.train import FitSettings, fit
     from presso.train.losses import loss_kind, teacher_logits_from
@@ -128,22 +146,50 @@ def train_student(student: nn.Module, data: DistillData, cfg: DistillConfig, ctx
     n_out = int(np.prod(teacher.shape[1:]))
     has_labels = kind == "kl" and data.labels is not None
     train = (data.train, target_rows(teacher, data.labels if has_labels else None))
-    val = None if data.val is None else (data.val, target_rows(val_teacher, data.val_labels if has_labels else None))
+    val = (
+        None
+        if data.val is None
+        else (data.val, target_rows(val_teacher, data.val_labels if has_labels else None))
+    )
     trainee = Trainee(student, ctx.module if cfg.hints else None, cfg.hints, example_inputs(ctx))
-    loss = distill_loss(kind, n_out, alpha=cfg.alpha, temperature=cfg.temperature, has_labels=has_labels,
-                        trainee=trainee, hint_weight=cfg.hint_weight)
-    settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
-                           patience=cfg.patience, max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60)
+    loss = distill_loss(
+        kind,
+        n_out,
+        alpha=cfg.alpha,
+        temperature=cfg.temperature,
+        has_labels=has_labels,
+        trainee=trainee,
+        hint_weight=cfg.hint_weight,
+    )
+    settings = FitSettings(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=ctx.seed,
+        patience=cfg.patience,
+        max_seconds=None if cfg.max_minutes is None else cfg.max_minutes * 60,
+    )
     with ctx.progress.task(f"{STAGE}: training the student", total=cfg.epochs) as advance:
+
         def on_epoch(row: dict) -> None:
             score = row.get("val_score")
-            line = (f"{STAGE}: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}"
-                    + ("" if score is None else f", validation loss {-score:.4g}"))
+            line = f"{STAGE}: epoch {row['epoch']}/{cfg.epochs}, loss {row['train_loss']:.4g}" + (
+                "" if score is None else f", validation loss {-score:.4g}"
+            )
             advance(1, description=line)
             ctx.log(line)
 
-        report = fit(trainee, train, val, loss, None, settings, input_names=ctx.input_names, on_epoch=on_epoch,
-                     checkpoint=checkpoint)
+        report = fit(
+            trainee,
+            train,
+            val,
+            loss,
+            None,
+            settings,
+            input_names=ctx.input_names,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+        )
     return report, kind
 
 
@@ -151,10 +197,17 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
     from presso.train import distributed
 
     if ctx.export is None or ctx.teacher_fn is None:
-        raise PressoError("The distill stage trains a PyTorch student; put it first in the recipe, before ONNX stages.")
+        raise PressoError(
+            "The distill stage trains a PyTorch student; put it first in the recipe, before ONNX stages."
+        )
     cfg = _settings(cfg, ctx)
-    data = distill_data(ctx, validation_fraction=cfg.validation_fraction, augment=cfg.augment,
-                        extra=_extra_rows(cfg, ctx), cache=teacher_cache_dir())
+    data = distill_data(
+        ctx,
+        validation_fraction=cfg.validation_fraction,
+        augment=cfg.augment,
+        extra=_extra_rows(cfg, ctx),
+        cache=teacher_cache_dir(),
+    )
     n_out = int(np.prod(data.teacher.shape[1:]))
     teacher_params = None if ctx.module is None else count_parameters(ctx.module)
     widths = wider(cfg.student_width, cfg.backoff) if cfg.student == "auto" else [1.0]
@@ -168,18 +221,34 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
         name = f"student width {width:g}" if cfg.student == "auto" else "student"
         path = ctx.export(student.eval(), ctx.workdir / f"student-{width:g}.onnx")
         score = ctx.score(path)
-        size = (f"{teacher_params:,} -> {params:,} parameters ({params / teacher_params:.1%} of the teacher)"
-                if teacher_params else f"{params:,} parameters")
-        loss_words = {"kl": f"soft targets T={cfg.temperature:g}, alpha {cfg.alpha:g}"
-                            + (" with labels" if data.labels is not None and cfg.alpha < 1 else ""),
-                      "mse": "mean squared error to the teacher", "cosine": "cosine to the teacher"}[kind]
+        size = (
+            f"{teacher_params:,} -> {params:,} parameters ({params / teacher_params:.1%} of the teacher)"
+            if teacher_params
+            else f"{params:,} parameters"
+        )
+        loss_words = {
+            "kl": f"soft targets T={cfg.temperature:g}, alpha {cfg.alpha:g}"
+            + (" with labels" if data.labels is not None and cfg.alpha < 1 else ""),
+            "mse": "mean squared error to the teacher",
+            "cosine": "cosine to the teacher",
+        }[kind]
         hints = f", hints on {len(cfg.hints)} layer pair(s)" if cfg.hints else ""
-        note = (f"{size}; distilled ({loss_words}{hints}) for {report.epochs_run} epochs on {data.describe()} "
-                f"(best epoch {report.best_epoch}, stopped: {report.stopped}"
-                + (f", resumed after epoch {report.resumed_from}" if getattr(report, "resumed_from", 0) else "") + ")")
+        note = (
+            f"{size}; distilled ({loss_words}{hints}) for {report.epochs_run} epochs on {data.describe()} "
+            f"(best epoch {report.best_epoch}, stopped: {report.stopped}"
+            + (f", resumed after epoch {report.resumed_from}" if getattr(report, "resumed_from", 0) else "")
+            + ")"
+        )
         # The checkpoint belongs to this run only; the pinned recipe starts afresh.
         options = {"width": width, "checkpoint": None} if cfg.student == "auto" else {"checkpoint": None}
-        return Candidate(name=name, path=path, score=score, note=note, options=options, module=student,
-                         notes=[*notes, f"{STAGE}: {note}"])
+        return Candidate(
+            name=name,
+            path=path,
+            score=score,
+            note=note,
+            options=options,
+            module=student,
+            notes=[*notes, f"{STAGE}: {note}"],
+        )
 
     return with_backoff(widths, attempt, ctx, STAGE, what="with a wider student, width")

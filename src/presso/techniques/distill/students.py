@@ -76,14 +76,17 @@ class StudentPlan:
             raise PressoError(f"The 'width' of a student must be a float in (0, 1]. Got {w!r} instead.")
         d = self.depth
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-            raise PressoError(f"The 'depth' of a student must be an int >= 1 or None (keep all). "
-                              f"Got {d!r} instead.")
+            raise PressoError(
+                f"The 'depth' of a student must be an int >= 1 or None (keep all). Got {d!r} instead."
+            )
         if self.init not in INITS:
-            raise PressoError(f"The 'init' of a student must be one of {', '.join(INITS)}. "
-                              f"Got {self.init!r} instead.")
+            raise PressoError(
+                f"The 'init' of a student must be one of {', '.join(INITS)}. Got {self.init!r} instead."
+            )
         if self.blocks not in BLOCKS:
-            raise PressoError(f"The 'blocks' of a student must be one of {', '.join(BLOCKS)}. "
-                              f"Got {self.blocks!r} instead.")
+            raise PressoError(
+                f"The 'blocks' of a student must be one of {', '.join(BLOCKS)}. Got {self.blocks!r} instead."
+            )
 
 
 def _run(module: nn.Module, inputs: tuple) -> torch.Tensor:
@@ -94,8 +97,10 @@ def _run(module: nn.Module, inputs: tuple) -> torch.Tensor:
 def _evenly(count: int, depth: int, what: str) -> list[int]:
     """Indices of the ``depth`` of ``count`` items kept (first and last included)."""
     if depth > count:
-        raise PressoError(f"A student 'depth' of {depth} exceeds the teacher's {count} {what}; "
-                          f"give a depth in [1, {count}].")
+        raise PressoError(
+            f"A student 'depth' of {depth} exceeds the teacher's {count} {what}; "
+            f"give a depth in [1, {count}]."
+        )
     return sorted({int(i) for i in np.linspace(0, count - 1, depth).round()})
 
 
@@ -109,20 +114,23 @@ def _keep_children(container: nn.Module, drop: set[int]) -> None:
 
 # ---------------------------------------------------------------- depth: transformers
 
+
 def _shallower_transformer(student: nn.Module, depth: int) -> str:
     layers = find_encoder_layers(student)
     parents = {name.rpartition(".")[0] for name, _ in layers}
     parent = student.get_submodule(parents.pop()) if len(parents) == 1 else None
     if not isinstance(parent, nn.ModuleList) or len(parent) != len(layers):
-        raise PressoError("depth needs the encoder's layers in one nn.ModuleList of nothing else (as in "
-                          "BERT's encoder.layer); this model spreads them out — use width.")
+        raise PressoError(
+            "depth needs the encoder's layers in one nn.ModuleList of nothing else (as in "
+            "BERT's encoder.layer); this model spreads them out — use width."
+        )
     keep = _evenly(len(layers), depth, "encoder layers")
     _keep_children(parent, set(range(len(layers))) - set(keep))
     for new_idx, layer in enumerate(parent):  # cache slots of HF attention follow the layer's position
         for sub in layer.modules():
             if isinstance(getattr(sub, "layer_idx", None), int):
                 sub.layer_idx = new_idx
-    path = layers[0][0].split(".")[:-2]       # modules from the root down to the ModuleList's owner
+    path = layers[0][0].split(".")[:-2]  # modules from the root down to the ModuleList's owner
     for i in range(len(path) + 1):
         config = getattr(student.get_submodule(".".join(path[:i])), "config", None)
         if config is not None and hasattr(config, "num_hidden_layers"):
@@ -132,13 +140,18 @@ def _shallower_transformer(student: nn.Module, depth: int) -> str:
 
 # ---------------------------------------------------------------- depth: stacks of blocks
 
+
 def _same_shape_calls(student: nn.Module, containers: list, inputs: tuple) -> dict[int, list[bool]]:
     """For every child of ``containers``: per call, whether it mapped a tensor to one of the same shape."""
     calls: dict[int, list[bool]] = {}
 
     def hook(child, args, out):
-        same = (len(args) >= 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor)
-                and out.shape == args[0].shape)
+        same = (
+            len(args) >= 1
+            and isinstance(args[0], torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and out.shape == args[0].shape
+        )
         calls.setdefault(id(child), []).append(same)
 
     handles = [c.register_forward_hook(hook) for _, box in containers for c in box.children()]
@@ -157,7 +170,7 @@ def _runs(box: nn.Module, calls: dict[int, list[bool]]) -> list[list[list[int]]]
     current: list[list[int]] = []
     for j, child in enumerate(box.children()):
         seen = calls.get(id(child), [])
-        if not seen or not all(seen):          # changes the shape, or never called: the run ends
+        if not seen or not all(seen):  # changes the shape, or never called: the run ends
             if current:
                 runs.append(current)
             current = []
@@ -179,26 +192,39 @@ def _shallower_stack(student: nn.Module, depth: int, inputs: tuple) -> str:
             if len(run) > len(best):
                 best_name, best_box, best = name, box, run
     if not best:
-        raise PressoError("depth needs a transformer encoder or a stack of same-shape blocks (nn.Sequential / "
-                          "nn.ModuleList); this model has none — use width.")
+        raise PressoError(
+            "depth needs a transformer encoder or a stack of same-shape blocks (nn.Sequential / "
+            "nn.ModuleList); this model has none — use width."
+        )
     keep = _evenly(len(best), depth, f"same-shape blocks of '{best_name or type(best_box).__name__}'")
     _keep_children(best_box, {j for b, block in enumerate(best) if b not in keep for j in block})
     where = f"'{best_name}'" if best_name else f"the {type(best_box).__name__}"
-    return (f"kept {len(keep)} of {len(best)} same-shape blocks of {where} "
-            f"(blocks {', '.join(map(str, keep))})")
+    return (
+        f"kept {len(keep)} of {len(best)} same-shape blocks of {where} (blocks {', '.join(map(str, keep))})"
+    )
 
 
 # ---------------------------------------------------------------- width
 
+
 def _narrower_transformer(student: nn.Module, width: float, inputs: tuple) -> str:
-    report = prune_transformer(student, inputs, heads_ratio=1 - width, ffn_ratio=1 - width,
-                               importance="l2", scope="layer", round_to=8)
+    report = prune_transformer(
+        student,
+        inputs,
+        heads_ratio=1 - width,
+        ffn_ratio=1 - width,
+        importance="l2",
+        scope="layer",
+        round_to=8,
+    )
     rows = report.summary()
     heads = sorted({(r["heads_kept"], r["heads_kept"] + r["heads_removed"]) for r in rows})
     ffn = sorted({(r["ffn_kept"], r["ffn_kept"] + r["ffn_removed"]) for r in rows})
-    return (f"kept {width:.0%} of attention heads and FFN neurons per layer (heads "
-            f"{', '.join(f'{k} of {n}' for k, n in heads)}; FFN {', '.join(f'{k} of {n}' for k, n in ffn)}; "
-            f"fuse its ONNX export with attention_shape(student))")
+    return (
+        f"kept {width:.0%} of attention heads and FFN neurons per layer (heads "
+        f"{', '.join(f'{k} of {n}' for k, n in heads)}; FFN {', '.join(f'{k} of {n}' for k, n in ffn)}; "
+        f"fuse its ONNX export with attention_shape(student))"
+    )
 
 
 def _narrower(student: nn.Module, width: float, inputs: tuple) -> str:
@@ -208,10 +234,15 @@ def _narrower(student: nn.Module, width: float, inputs: tuple) -> str:
 
 # ---------------------------------------------------------------- blocks: depthwise-separable
 
+
 def _separable_candidate(m: nn.Module) -> bool:
     """A plain Conv1d / Conv2d (not a subclass with its own forward) that a pair can stand in for."""
-    return (type(m) in (nn.Conv1d, nn.Conv2d) and m.groups == 1 and m.in_channels > 1
-            and all(k > 1 for k in m.kernel_size))
+    return (
+        type(m) in (nn.Conv1d, nn.Conv2d)
+        and m.groups == 1
+        and m.in_channels > 1
+        and all(k > 1 for k in m.kernel_size)
+    )
 
 
 def separable_pair(conv: nn.Conv1d | nn.Conv2d) -> nn.Sequential:
@@ -221,11 +252,21 @@ def separable_pair(conv: nn.Conv1d | nn.Conv2d) -> nn.Sequential:
     >>> [tuple(p.shape) for p in pair.parameters()]
     [(16, 1, 3, 3), (32, 16, 1, 1), (32,)]
     """
-    cls, cin, w = type(conv), conv.in_channels, conv.weight.detach()              # w: (out, in, *k)
+    cls, cin, w = type(conv), conv.in_channels, conv.weight.detach()  # w: (out, in, *k)
     where = {"device": w.device, "dtype": w.dtype}
-    depthwise = skip_init(cls, cin, cin, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                          dilation=conv.dilation, groups=cin, bias=False, padding_mode=conv.padding_mode,
-                          **where)
+    depthwise = skip_init(
+        cls,
+        cin,
+        cin,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=cin,
+        bias=False,
+        padding_mode=conv.padding_mode,
+        **where,
+    )
     pointwise = skip_init(cls, cin, conv.out_channels, 1, bias=conv.bias is not None, **where)
     # The pair's weight is W_hat[o, c] = pointwise[o, c] * depthwise[c]: for each input channel c
     # the (out, K) matrix W_hat[:, c] has rank 1, and the channels are independent. By Eckart-Young
@@ -233,8 +274,8 @@ def separable_pair(conv: nn.Conv1d | nn.Conv2d) -> nn.Sequential:
     # depthwise[c] = s v, pointwise[:, c] = u is the best separable pair (exact if W[:, c] is rank 1).
     u, s, vh = torch.linalg.svd(w.double().transpose(0, 1).flatten(2), full_matrices=False)  # (in, out, K)
     with torch.no_grad():
-        depthwise.weight.copy_((s[:, :1] * vh[:, 0]).reshape(depthwise.weight.shape))       # (in, 1, *k)
-        pointwise.weight.copy_(u[:, :, 0].T.reshape(pointwise.weight.shape))                # (out, in, 1..)
+        depthwise.weight.copy_((s[:, :1] * vh[:, 0]).reshape(depthwise.weight.shape))  # (in, 1, *k)
+        pointwise.weight.copy_(u[:, :, 0].T.reshape(pointwise.weight.shape))  # (out, in, 1..)
         if conv.bias is not None:
             pointwise.bias.copy_(conv.bias)
     pair = nn.Sequential(OrderedDict(depthwise=depthwise, pointwise=pointwise))
@@ -243,7 +284,7 @@ def separable_pair(conv: nn.Conv1d | nn.Conv2d) -> nn.Sequential:
 
 def _separable(student: nn.Module, inputs: tuple) -> tuple[nn.Module, str]:
     """Every candidate convolution of ``student`` replaced (in place; the root too) by its pair."""
-    pairs: dict[int, nn.Sequential] = {}                     # a conv shared by two parents: one pair
+    pairs: dict[int, nn.Sequential] = {}  # a conv shared by two parents: one pair
 
     def pair(conv: nn.Module) -> nn.Sequential:
         if id(conv) not in pairs:
@@ -257,19 +298,24 @@ def _separable(student: nn.Module, inputs: tuple) -> tuple[nn.Module, str]:
     if _separable_candidate(student):
         student = pair(student)
     if not pairs:
-        raise PressoError("blocks: separable replaces Conv1d / Conv2d layers with a kernel > 1, groups 1 and "
-                          "more than one input channel; this model has none — use blocks: standard.")
+        raise PressoError(
+            "blocks: separable replaces Conv1d / Conv2d layers with a kernel > 1, groups 1 and "
+            "more than one input channel; this model has none — use blocks: standard."
+        )
     try:
         _run(student, inputs)
     except Exception as err:
-        raise PressoError(f"The student with depthwise-separable blocks no longer runs "
-                          f"({type(err).__name__}: {err}); its forward probably reads a convolution's weight "
-                          f"— use blocks: standard.") from err
+        raise PressoError(
+            f"The student with depthwise-separable blocks no longer runs "
+            f"({type(err).__name__}: {err}); its forward probably reads a convolution's weight "
+            f"— use blocks: standard."
+        ) from err
     plural = "" if len(pairs) == 1 else "s"
     return student, f"replaced {len(pairs)} convolution{plural} by depthwise-separable blocks"
 
 
 # ---------------------------------------------------------------- init
+
 
 def _hf_models(student: nn.Module) -> list[nn.Module]:
     """The outermost Hugging Face PreTrainedModels inside ``student`` (transformers only if loaded)."""
@@ -302,12 +348,18 @@ def _reinitialise(student: nn.Module, seed: int) -> list[str]:
                     t._is_hf_initialized = False
             hf.apply(hf._init_weights)
             owners.update(id(m) for m in hf.modules())
-    missed = [n for n, m in student.named_modules() if id(m) not in owners
-              for p, _ in m.named_parameters(recurse=False)]
+    missed = [
+        n
+        for n, m in student.named_modules()
+        if id(m) not in owners
+        for p, _ in m.named_parameters(recurse=False)
+    ]
     notes = [f"re-initialised all weights from seed {seed} (a from-scratch student of the same shape)"]
     if missed:
-        notes.append(f"kept the teacher's values of {len(missed)} parameters whose module has no "
-                     f"reset_parameters (first: {missed[0]})")
+        notes.append(
+            f"kept the teacher's values of {len(missed)} parameters whose module has no "
+            f"reset_parameters (first: {missed[0]})"
+        )
     if fixed:
         notes.append("kept the fitted input standardisation (Standardize layers)")
     return notes
@@ -315,8 +367,15 @@ def _reinitialise(student: nn.Module, seed: int) -> list[str]:
 
 # ---------------------------------------------------------------- entry points
 
-def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...], plan: StudentPlan,
-                   *, transformer: dict | None = None, seed: int = 0) -> tuple[nn.Module, list[str]]:
+
+def derive_student(
+    teacher: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    plan: StudentPlan,
+    *,
+    transformer: dict | None = None,
+    seed: int = 0,
+) -> tuple[nn.Module, list[str]]:
     """A smaller copy of ``teacher``: ``plan.depth`` blocks / layers, ``plan.width`` of its channels,
     depthwise-separable convolutions with ``plan.blocks="separable"``.
 
@@ -358,22 +417,32 @@ def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     try:
         ref = _run(student, inputs)
     except Exception as err:
-        raise PressoError(f"derive_student could not run the teacher on the example inputs "
-                          f"({type(err).__name__}: {err}); pass what its forward takes, as a tuple.") from err
+        raise PressoError(
+            f"derive_student could not run the teacher on the example inputs "
+            f"({type(err).__name__}: {err}); pass what its forward takes, as a tuple."
+        ) from err
     is_transformer = bool(find_encoder_layers(student))
     if transformer is not None and not is_transformer:
-        raise PressoError("The teacher is marked as a transformer but has no BERT-style encoder layers "
-                          "(attention.self.query/key/value, intermediate.dense, output.dense); "
-                          "derive_student shrinks BERT-like encoders only — give a factory student.")
+        raise PressoError(
+            "The teacher is marked as a transformer but has no BERT-style encoder layers "
+            "(attention.self.query/key/value, intermediate.dense, output.dense); "
+            "derive_student shrinks BERT-like encoders only — give a factory student."
+        )
     notes = []
-    for step, wanted in (("depth", plan.depth is not None), ("width", plan.width < 1.0),
-                         ("blocks", plan.blocks == "separable")):
+    for step, wanted in (
+        ("depth", plan.depth is not None),
+        ("width", plan.width < 1.0),
+        ("blocks", plan.blocks == "separable"),
+    ):
         if not wanted:
             continue
         before = count_parameters(student)
         if step == "depth":
-            note = (_shallower_transformer(student, plan.depth) if is_transformer
-                    else _shallower_stack(student, plan.depth, inputs))
+            note = (
+                _shallower_transformer(student, plan.depth)
+                if is_transformer
+                else _shallower_stack(student, plan.depth, inputs)
+            )
         elif step == "width":
             note = (_narrower_transformer if is_transformer else _narrower)(student, plan.width, inputs)
         else:
@@ -382,15 +451,21 @@ def derive_student(teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     try:
         out = _run(student, inputs)
     except Exception as err:
-        raise PressoError(f"The derived student no longer runs ({type(err).__name__}: {err}); its forward "
-                          f"probably indexes the removed blocks — use width only, or a factory student.") from err
+        raise PressoError(
+            f"The derived student no longer runs ({type(err).__name__}: {err}); its forward "
+            f"probably indexes the removed blocks — use width only, or a factory student."
+        ) from err
     if out.shape != ref.shape:
-        raise PressoError(f"The derived student's output shape {tuple(out.shape)} differs from the teacher's "
-                          f"{tuple(ref.shape)}; use width only, or a factory student.")
+        raise PressoError(
+            f"The derived student's output shape {tuple(out.shape)} differs from the teacher's "
+            f"{tuple(ref.shape)}; use width only, or a factory student."
+        )
     if plan.init == "random":
         notes += _reinitialise(student, seed)
     if not notes:
-        notes.append(f"kept the teacher whole ({count_parameters(student):,} parameters): width 1, all blocks")
+        notes.append(
+            f"kept the teacher whole ({count_parameters(student):,} parameters): width 1, all blocks"
+        )
     return student.train(teacher.training), notes
 
 
@@ -402,11 +477,16 @@ class MLPStudent(nn.Module):
         self.standardize, self.net = standardize, net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.standardize(x))                    # (N, n_outputs)
+        return self.net(self.standardize(x))  # (N, n_outputs)
 
 
-def mlp_student(n_inputs: int, n_outputs: int, hidden: tuple[int, ...] = (64, 64), seed: int = 0,
-                inputs: np.ndarray | None = None) -> MLPStudent:
+def mlp_student(
+    n_inputs: int,
+    n_outputs: int,
+    hidden: tuple[int, ...] = (64, 64),
+    seed: int = 0,
+    inputs: np.ndarray | None = None,
+) -> MLPStudent:
     """A plain MLP student for flat float rows, for teachers without a PyTorch architecture.
 
     ``inputs`` (N, n_inputs) rows fit the standardisation (mean / std per feature, kept as
@@ -422,17 +502,23 @@ def mlp_student(n_inputs: int, n_outputs: int, hidden: tuple[int, ...] = (64, 64
             raise PressoError(f"The '{key}' of an MLP student must be a positive int. Got {value!r} instead.")
     sizes = tuple(hidden)
     if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
-        raise PressoError(f"The 'hidden' sizes of an MLP student must be one or more positive ints, "
-                          f"e.g. (64, 64). Got {hidden!r} instead.")
+        raise PressoError(
+            f"The 'hidden' sizes of an MLP student must be one or more positive ints, "
+            f"e.g. (64, 64). Got {hidden!r} instead."
+        )
     standardize = Standardize(n_inputs)
     if inputs is not None:
         rows = np.asarray(inputs, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != n_inputs or len(rows) < 2:
-            raise PressoError(f"The inputs fitting an MLP student's standardisation must be (N >= 2, "
-                              f"{n_inputs}) rows. Got shape {rows.shape}; reshape to (-1, {n_inputs}).")
+            raise PressoError(
+                f"The inputs fitting an MLP student's standardisation must be (N >= 2, "
+                f"{n_inputs}) rows. Got shape {rows.shape}; reshape to (-1, {n_inputs})."
+            )
         if not np.isfinite(rows).all():
-            raise PressoError("The inputs fitting an MLP student's standardisation contain NaN or inf; "
-                              "impute or drop those rows first.")
+            raise PressoError(
+                "The inputs fitting an MLP student's standardisation contain NaN or inf; "
+                "impute or drop those rows first."
+            )
         standardize = Standardize.fit(torch.from_numpy(rows))
     widths = (n_inputs, *sizes)
     with seeded(seed):

@@ -16,9 +16,15 @@ from presso.techniques.lowrank.factorize import (
 from presso.techniques.lowrank.tucker import CONVS
 
 
-def factorize(layer_or_model: nn.Module, rank: int | None = None, *, ratio: float | None = None,
-              energy: float | None = None, max_error: float | None = None,
-              layers: list[str] | None = None) -> nn.Module:
+def factorize(
+    layer_or_model: nn.Module,
+    rank: int | None = None,
+    *,
+    ratio: float | None = None,
+    energy: float | None = None,
+    max_error: float | None = None,
+    layers: list[str] | None = None,
+) -> nn.Module:
     """Replace Linear layers by truncated-SVD factors and convolutions by Tucker-2 factors.
 
     Give one rank selector: ``rank`` (fixed; for a convolution it caps both channel
@@ -39,7 +45,9 @@ def factorize(layer_or_model: nn.Module, rank: int | None = None, *, ratio: floa
     """
     sel = Selector(rank=rank, ratio=ratio, energy=energy, max_error=max_error)
     if not isinstance(layer_or_model, nn.Module):
-        raise PressoError(f"factorize takes a torch.nn.Module (a layer or a model); got {type(layer_or_model).__name__}.")
+        raise PressoError(
+            f"factorize takes a torch.nn.Module (a layer or a model); got {type(layer_or_model).__name__}."
+        )
     target = copy.deepcopy(layer_or_model)
     if isinstance(target, (nn.Linear, *CONVS)):
         new, decision = factorize_layer(target, type(target).__name__, sel, require_savings=False)
@@ -50,8 +58,10 @@ def factorize(layer_or_model: nn.Module, rank: int | None = None, *, ratio: floa
     names = factorizable(target) if layers is None else list(layers)
     missing = [n for n in names if n not in dict(target.named_modules())]
     if missing:
-        raise PressoError(f"No layer named {', '.join(map(repr, missing))} in the model; "
-                          f"its Linear / Conv layers are: {', '.join(factorizable(target)) or 'none'}.")
+        raise PressoError(
+            f"No layer named {', '.join(map(repr, missing))} in the model; "
+            f"its Linear / Conv layers are: {', '.join(factorizable(target)) or 'none'}."
+        )
     decisions = factorize_layers(target, names, sel)
     for d in decisions:
         if d.factorized:

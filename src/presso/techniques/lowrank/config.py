@@ -63,7 +63,9 @@ class FactorizeConfig(RecoveryOptions):
         for name, r in self.ranks.items():
             values = [r] if isinstance(r, int) else r
             if not 1 <= len(values) <= 2 or any(v < 1 for v in values):
-                raise ValueError(f"ranks['{name}'] must be a rank >= 1, or [R_out, R_in] for a convolution; got {r}")
+                raise ValueError(
+                    f"ranks['{name}'] must be a rank >= 1, or [R_out, R_in] for a convolution; got {r}"
+                )
         return self
 
     @property

@@ -51,14 +51,19 @@ class Selector:
     def __post_init__(self):
         if self.keep is not None:
             if any(v is not None for v in (self.rank, self.ratio, self.energy, self.max_error)):
-                raise PressoError("keep is its own rank selector; do not combine it with rank, ratio, energy or "
-                                  "max_error.")
+                raise PressoError(
+                    "keep is its own rank selector; do not combine it with rank, ratio, energy or max_error."
+                )
             if not 0 < self.keep < 1:
-                raise PressoError(f"keep is the fraction of a layer's parameters kept, in (0, 1); got {self.keep!r}.")
+                raise PressoError(
+                    f"keep is the fraction of a layer's parameters kept, in (0, 1); got {self.keep!r}."
+                )
         elif isinstance(self.rank, tuple):
             if len(self.rank) != 2 or any(not isinstance(r, int) or r < 1 for r in self.rank):
-                raise PressoError(f"A convolution's ranks are a pair [R_out, R_in] of whole numbers >= 1; "
-                                  f"got {list(self.rank)}.")
+                raise PressoError(
+                    f"A convolution's ranks are a pair [R_out, R_in] of whole numbers >= 1; "
+                    f"got {list(self.rank)}."
+                )
         else:
             check_selector(self.rank, self.ratio, self.energy, self.max_error)
             if all(v is None for v in (self.rank, self.ratio, self.energy, self.max_error)):
@@ -88,9 +93,14 @@ class LayerDecision:
     reason: str = ""
 
     def row(self) -> dict:
-        out = {"layer": self.layer, "method": self.method, "shape": "x".join(map(str, self.shape)),
-               "rank": self.rank, "parameters": f"{self.parameters_before:,} -> {self.parameters_after:,}",
-               "macs": f"{self.macs_before:,} -> {self.macs_after:,}"}
+        out = {
+            "layer": self.layer,
+            "method": self.method,
+            "shape": "x".join(map(str, self.shape)),
+            "rank": self.rank,
+            "parameters": f"{self.parameters_before:,} -> {self.parameters_after:,}",
+            "macs": f"{self.macs_before:,} -> {self.macs_after:,}",
+        }
         if self.error is not None:
             out["frobenius_error"] = round(self.error, 6)
             out["relative_error"] = round(self.relative_error, 6)
@@ -123,12 +133,25 @@ def _keep_ranks_conv(o: int, i: int, kernel: int, keep: float) -> tuple[int, int
 def left_whole(layer: nn.Module, name: str, reason: str) -> LayerDecision:
     """The row of a layer that stays dense."""
     macs = int(np.prod(layer.weight.shape))
-    return LayerDecision(name, "svd" if isinstance(layer, nn.Linear) else "tucker2", tuple(layer.weight.shape), "-",
-                         _n_params(layer), _n_params(layer), macs, macs, None, None, factorized=False, reason=reason)
+    return LayerDecision(
+        name,
+        "svd" if isinstance(layer, nn.Linear) else "tucker2",
+        tuple(layer.weight.shape),
+        "-",
+        _n_params(layer),
+        _n_params(layer),
+        macs,
+        macs,
+        None,
+        None,
+        factorized=False,
+        reason=reason,
+    )
 
 
-def factorize_linear(layer: nn.Linear, name: str, sel: Selector, require_savings: bool = True,
-                     gram: np.ndarray | None = None) -> tuple[LowRankLinear | None, LayerDecision]:
+def factorize_linear(
+    layer: nn.Linear, name: str, sel: Selector, require_savings: bool = True, gram: np.ndarray | None = None
+) -> tuple[LowRankLinear | None, LayerDecision]:
     """``gram``: the layer's input covariance X^T X / N on calibration rows, for
     activation-aware factors (None: plain truncated SVD of the weight)."""
     m, n = layer.weight.shape
@@ -136,8 +159,11 @@ def factorize_linear(layer: nn.Linear, name: str, sel: Selector, require_savings
         raise PressoError(f"'{name}' is a Linear layer: give it one rank, not a pair {list(sel.rank)}.")
 
     def choose(sigma: np.ndarray) -> int:
-        return _keep_rank_linear(m, n, sel.keep) if sel.keep is not None else \
-            rank_from_spectrum(sigma, **sel.spectral(), layer=name)
+        return (
+            _keep_rank_linear(m, n, sel.keep)
+            if sel.keep is not None
+            else rank_from_spectrum(sigma, **sel.spectral(), layer=name)
+        )
 
     if gram is not None:
         factors = weighted_factors(layer.weight, gram, choose)
@@ -146,8 +172,19 @@ def factorize_linear(layer: nn.Linear, name: str, sel: Selector, require_savings
         factors = svd_factors(None, choose(decomposed[1]), decomposed)
     r = factors.rank
     bias = 0 if layer.bias is None else m
-    decision = LayerDecision(name, "svd", (m, n), str(r), _n_params(layer), r * (m + n) + bias, m * n, r * (m + n),
-                             factors.error, factors.relative_error, factorized=linear_pays(m, n, r))
+    decision = LayerDecision(
+        name,
+        "svd",
+        (m, n),
+        str(r),
+        _n_params(layer),
+        r * (m + n) + bias,
+        m * n,
+        r * (m + n),
+        factors.error,
+        factors.relative_error,
+        factorized=linear_pays(m, n, r),
+    )
     if not decision.factorized:
         decision.reason = f"rank {r} saves nothing (pays below {m * n / (m + n):.1f})"
         if require_savings:
@@ -155,8 +192,9 @@ def factorize_linear(layer: nn.Linear, name: str, sel: Selector, require_savings
     return low_rank_linear(layer, factors), decision
 
 
-def factorize_conv(layer: nn.Module, name: str, sel: Selector,
-                   require_savings: bool = True) -> tuple[TuckerConv | None, LayerDecision]:
+def factorize_conv(
+    layer: nn.Module, name: str, sel: Selector, require_savings: bool = True
+) -> tuple[TuckerConv | None, LayerDecision]:
     o, i, *k = layer.weight.shape
     kernel = int(np.prod(k))
     shape = tuple(layer.weight.shape)
@@ -166,15 +204,19 @@ def factorize_conv(layer: nn.Module, name: str, sel: Selector,
         dense.reason = f"grouped convolution (groups={layer.groups}): Tucker-2 needs groups=1"
         return None, dense
     if kernel == 1:
-        dense.reason = "1x1 convolution: a Tucker-2 core would be a third 1x1 layer; factorize it as a matrix instead"
+        dense.reason = (
+            "1x1 convolution: a Tucker-2 core would be a third 1x1 layer; factorize it as a matrix instead"
+        )
         return None, dense
     if sel.keep is not None:
         ranks = _keep_ranks_conv(o, i, kernel, sel.keep)
     elif isinstance(sel.rank, tuple):
         ranks = sel.rank
         if ranks[0] > o or ranks[1] > i:
-            raise PressoError(f"ranks {list(ranks)} exceed the channel counts of '{name}' ({o} out, {i} in); "
-                              f"give [R_out <= {o}, R_in <= {i}].")
+            raise PressoError(
+                f"ranks {list(ranks)} exceed the channel counts of '{name}' ({o} out, {i} in); "
+                f"give [R_out <= {o}, R_in <= {i}]."
+            )
     else:
         ranks = tucker_ranks(layer.weight.detach().numpy(), **sel.spectral(), layer=name)
     dense.rank = f"{ranks[0]}x{ranks[1]}"
@@ -184,22 +226,34 @@ def factorize_conv(layer: nn.Module, name: str, sel: Selector,
         return None, dense
     factors = tucker2(layer.weight, ranks)
     after = tucker_parameters(o, i, kernel, factors.ranks)
-    decision = LayerDecision(name, "tucker2", shape, "x".join(map(str, factors.ranks)), _n_params(layer),
-                             after + bias, o * i * kernel, after,
-                             factors.error, factors.relative_error, factorized=pays,
-                             reason="" if pays else f"ranks {ranks[0]}x{ranks[1]} save nothing")
+    decision = LayerDecision(
+        name,
+        "tucker2",
+        shape,
+        "x".join(map(str, factors.ranks)),
+        _n_params(layer),
+        after + bias,
+        o * i * kernel,
+        after,
+        factors.error,
+        factors.relative_error,
+        factorized=pays,
+        reason="" if pays else f"ranks {ranks[0]}x{ranks[1]} save nothing",
+    )
     return tucker_conv(layer, factors), decision
 
 
-def factorize_layer(layer: nn.Module, name: str, sel: Selector, require_savings: bool = True,
-                    gram: np.ndarray | None = None) -> tuple[nn.Module | None, LayerDecision]:
+def factorize_layer(
+    layer: nn.Module, name: str, sel: Selector, require_savings: bool = True, gram: np.ndarray | None = None
+) -> tuple[nn.Module | None, LayerDecision]:
     """SVD for a Linear layer (activation-weighted with ``gram``), Tucker-2 for a convolution."""
     if isinstance(layer, nn.Linear):
         return factorize_linear(layer, name, sel, require_savings, gram)
     if isinstance(layer, CONVS):
         return factorize_conv(layer, name, sel, require_savings)
-    raise PressoError(f"Layer '{name}' is a {type(layer).__name__}; only Linear and Conv1d/2d/3d layers "
-                      "can be factorized.")
+    raise PressoError(
+        f"Layer '{name}' is a {type(layer).__name__}; only Linear and Conv1d/2d/3d layers can be factorized."
+    )
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -207,8 +261,12 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def factorize_layers(model: nn.Module, names: list[str], selector: Callable[[str], Selector] | Selector,
-                     log: Callable[[str], None] = lambda _m: None) -> list[LayerDecision]:
+def factorize_layers(
+    model: nn.Module,
+    names: list[str],
+    selector: Callable[[str], Selector] | Selector,
+    log: Callable[[str], None] = lambda _m: None,
+) -> list[LayerDecision]:
     """Replace each named Linear / Conv of ``model`` (in place) by its factors where that pays."""
     decisions = []
     for j, name in enumerate(names):
@@ -224,7 +282,12 @@ def factorize_layers(model: nn.Module, names: list[str], selector: Callable[[str
 
 def factorizable(model: nn.Module) -> list[str]:
     """Names of the Linear / Conv layers not already factorized."""
-    inside = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, LowRankLinear | TuckerConv)
-              for c, _ in m.named_children()}
-    return [n for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, *CONVS)) and n and n not in inside]
+    inside = {
+        f"{n}.{c}"
+        for n, m in model.named_modules()
+        if isinstance(m, LowRankLinear | TuckerConv)
+        for c, _ in m.named_children()
+    }
+    return [
+        n for n, m in model.named_modules() if isinstance(m, (nn.Linear, *CONVS)) and n and n not in inside
+    ]

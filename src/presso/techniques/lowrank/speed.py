@@ -35,6 +35,7 @@ def input_shapes(module: nn.Module, names: list[str], example: tuple[torch.Tenso
     def record(name: str):
         def hook(_module, args):  # returns None: a pre-hook's return value would replace the input
             shapes.setdefault(name, tuple(args[0].shape))
+
         return hook
 
     hooks = [module.get_submodule(n).register_forward_pre_hook(record(n)) for n in names]
@@ -50,8 +51,16 @@ def input_shapes(module: nn.Module, names: list[str], example: tuple[torch.Tenso
 def _export(layer: nn.Module, shape: tuple, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(layer.eval(), (torch.zeros(shape),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], do_constant_folding=True)
+        torch.onnx.export(
+            layer.eval(),
+            (torch.zeros(shape),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            do_constant_folding=True,
+        )
     return path
 
 
@@ -59,13 +68,17 @@ def _factorized(layer: nn.Module, keep: float) -> nn.Module | None:
     return factorize_layer(layer, "probe", Selector(keep=keep))[0]
 
 
-def faster_at(layer: nn.Module, shape: tuple, candidates: dict[str, nn.Module], workdir: Path) -> dict[str, bool]:
+def faster_at(
+    layer: nn.Module, shape: tuple, candidates: dict[str, nn.Module], workdir: Path
+) -> dict[str, bool]:
     """Which factorized ``candidates`` run clearly faster than ``layer`` on an input of ``shape``."""
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"dense": _export(layer, shape, workdir / "dense.onnx")}
     for k, m in candidates.items():
         paths[k] = _export(m, shape, workdir / f"{k}.onnx")
-    timed = time_latency(paths, {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}, _SETTINGS)
+    timed = time_latency(
+        paths, {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}, _SETTINGS
+    )
     return {k: clearly_slower(timed["dense"], timed[k], _MARGIN) for k in candidates}
 
 
@@ -80,8 +93,9 @@ def speed_keep(layer: nn.Module, shape: tuple, workdir: Path) -> float | None:
     return max(kept) if kept else None
 
 
-def speed_selectors(module: nn.Module, names: list[str], shapes: dict[str, tuple], workdir: Path,
-                    log: Callable[[str], None]) -> dict[str, Selector | None]:
+def speed_selectors(
+    module: nn.Module, names: list[str], shapes: dict[str, tuple], workdir: Path, log: Callable[[str], None]
+) -> dict[str, Selector | None]:
     """Per layer: the selector of its fastest-still-faithful rank, or None where no rank is
     measurably faster (one measurement per distinct layer and input shape)."""
     seen: dict[tuple, float | None] = {}

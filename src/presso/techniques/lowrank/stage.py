@@ -37,29 +37,39 @@ from presso.techniques.pruning.recover import example_inputs, milder, recovery_f
 _FFN = re.compile(r"(\.intermediate\.dense|(?<!attention)\.output\.dense)$")
 
 
-def target_layers(module: nn.Module, cfg: FactorizeConfig, ctx: StageContext,
-                  order: list[str]) -> tuple[list[str], str]:
+def target_layers(
+    module: nn.Module, cfg: FactorizeConfig, ctx: StageContext, order: list[str]
+) -> tuple[list[str], str]:
     """(layer names to factorize, what was left out and why)."""
     candidates = factorizable(module)
     if isinstance(cfg.layers, list):
         missing = [n for n in cfg.layers if n not in candidates]
         if missing:
-            raise PressoError(f"factorize: no Linear / Conv layer named {', '.join(map(repr, missing))}; the model's "
-                              f"are: {', '.join(candidates) or 'none'}.")
+            raise PressoError(
+                f"factorize: no Linear / Conv layer named {', '.join(map(repr, missing))}; the model's "
+                f"are: {', '.join(candidates) or 'none'}."
+            )
         return list(cfg.layers), ""
     if cfg.layers == "all":
         return candidates, ""
     if ctx.transformer is not None:
         ffn = [n for n in candidates if _FFN.search(n)]
         if ffn:
-            return ffn, "attention projections and other layers kept whole (layers: auto = feed-forward layers)"
+            return (
+                ffn,
+                "attention projections and other layers kept whole (layers: auto = feed-forward layers)",
+            )
     run = [n for n in order if n in candidates]
     if len(run) > 1:
-        return [n for n in candidates if n != run[-1]], f"output layer {run[-1]} kept whole (layers: all includes it)"
+        return [
+            n for n in candidates if n != run[-1]
+        ], f"output layer {run[-1]} kept whole (layers: all includes it)"
     return candidates, ""
 
 
-def input_grams(module: nn.Module, names: list[str], ctx: StageContext, batch: int = 64) -> dict[str, np.ndarray]:
+def input_grams(
+    module: nn.Module, names: list[str], ctx: StageContext, batch: int = 64
+) -> dict[str, np.ndarray]:
     """X^T X / N of each named Linear layer's inputs over the calibration rows (float64)."""
     grams: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
@@ -69,6 +79,7 @@ def input_grams(module: nn.Module, names: list[str], ctx: StageContext, batch: i
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
             grams[name] = grams.get(name, 0) + (x.T @ x).numpy()
             counts[name] = counts.get(name, 0) + len(x)
+
         return hook
 
     hooks = [module.get_submodule(n).register_forward_pre_hook(record(n)) for n in names]
@@ -88,8 +99,12 @@ def _selector(cfg: FactorizeConfig, name: str, keep: float | None) -> Selector:
         return Selector(rank=r if isinstance(r, int) else tuple(r))
     if keep is not None:
         return Selector(keep=keep)
-    return Selector(rank=cfg.rank if isinstance(cfg.rank, int) else None, ratio=cfg.ratio, energy=cfg.energy,
-                    max_error=cfg.max_error)
+    return Selector(
+        rank=cfg.rank if isinstance(cfg.rank, int) else None,
+        ratio=cfg.ratio,
+        energy=cfg.energy,
+        max_error=cfg.max_error,
+    )
 
 
 def _describe(cfg: FactorizeConfig, keep: float | None) -> str:
@@ -114,8 +129,11 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
         raise PressoError("factorize: the model has no Linear or Conv layers to factorize.")
     linear = [n for n in names if isinstance(original.get_submodule(n), nn.Linear)]
     grams = input_grams(original, linear, ctx) if cfg.weighting == "activations" else {}
-    timed = speed_selectors(original, [n for n in names if n not in cfg.ranks], shapes, ctx.workdir, ctx.log) \
-        if cfg.rank == "speed" else {}
+    timed = (
+        speed_selectors(original, [n for n in names if n not in cfg.ranks], shapes, ctx.workdir, ctx.log)
+        if cfg.rank == "speed"
+        else {}
+    )
 
     def decide(module: nn.Module, keep: float | None) -> list[LayerDecision]:
         decisions = []
@@ -123,14 +141,27 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
             layer = module.get_submodule(name)
             ctx.log(f"factorize: layer {j + 1}/{len(names)} ({name})")
             if name in timed and timed[name] is None:
-                new, d = None, left_whole(layer, name, "no rank measured faster than the dense layer on ONNX Runtime")
+                new, d = (
+                    None,
+                    left_whole(layer, name, "no rank measured faster than the dense layer on ONNX Runtime"),
+                )
             else:
-                new, d = factorize_layer(layer, name, timed.get(name) or _selector(cfg, name, keep),
-                                         gram=grams.get(name))
-            if new is not None and cfg.pays == "speed" and cfg.rank != "speed" and name not in cfg.ranks \
-                    and (name not in shapes or not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}")):
-                new, d = None, left_whole(layer, name, f"its rank-{d.rank} factors did not run measurably faster "
-                                                       "(pays: speed)")
+                new, d = factorize_layer(
+                    layer, name, timed.get(name) or _selector(cfg, name, keep), gram=grams.get(name)
+                )
+            if (
+                new is not None
+                and cfg.pays == "speed"
+                and cfg.rank != "speed"
+                and name not in cfg.ranks
+                and (name not in shapes or not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}"))
+            ):
+                new, d = (
+                    None,
+                    left_whole(
+                        layer, name, f"its rank-{d.rank} factors did not run measurably faster (pays: speed)"
+                    ),
+                )
             if new is not None:
                 replace_module(module, name, new)
             decisions.append(d)
@@ -144,10 +175,16 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
         done = [d for d in decisions if d.factorized]
         if not done:
             why = "; ".join(f"{d.layer}: {d.reason}" for d in decisions)
-            raise NothingToDo(f"factorize: no layer would pay ({why}). Lower the rank (e.g. keep: 0.25), use "
-                              "pays: size, or choose other layers.")
-        factors = [m for d in done for m in module.get_submodule(d.layer).modules()
-                   if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+            raise NothingToDo(
+                f"factorize: no layer would pay ({why}). Lower the rank (e.g. keep: 0.25), use "
+                "pays: size, or choose other layers."
+            )
+        factors = [
+            m
+            for d in done
+            for m in module.get_submodule(d.layer).modules()
+            if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        ]
         fit = rec.fit(module, factors) if cfg.epochs else None
         module.eval()
         after = count_parameters(module)
@@ -155,19 +192,33 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
         label = f"factorized {len(done)}/{len(decisions)} layers ({how})"
         dst = ctx.export(module, ctx.workdir / f"factorized-{len(tried_labels)}.onnx")
         tried_labels.append(label)
-        cand = Candidate(label, dst, module=module, options={
-            "rank": "auto", "ratio": None, "energy": None, "max_error": None, "pays": "size",
-            "layers": [d.layer for d in done],
-            "ranks": {d.layer: (int(d.rank) if d.method == "svd" else [int(v) for v in d.rank.split("x")])
-                      for d in done}})
+        cand = Candidate(
+            label,
+            dst,
+            module=module,
+            options={
+                "rank": "auto",
+                "ratio": None,
+                "energy": None,
+                "max_error": None,
+                "pays": "size",
+                "layers": [d.layer for d in done],
+                "ranks": {
+                    d.layer: (int(d.rank) if d.method == "svd" else [int(v) for v in d.rank.split("x")])
+                    for d in done
+                },
+            },
+        )
         cand.score = ctx.score(dst)
         cand.layers = [d.row() for d in decisions]
         alone = [f"{d.layer} ({d.reason})" for d in decisions if not d.factorized]
         cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"
-        cand.notes = [f"factorize: {label}: parameters {before:,} -> {after:,}"
-                      + (f"; left whole: {', '.join(alone)}" if alone else "")
-                      + (f"; {left_out}" if left_out else "")
-                      + f"; {rec.describe(fit) if fit else 'no fine-tuning (epochs: 0)'}"]
+        cand.notes = [
+            f"factorize: {label}: parameters {before:,} -> {after:,}"
+            + (f"; left whole: {', '.join(alone)}" if alone else "")
+            + (f"; {left_out}" if left_out else "")
+            + f"; {rec.describe(fit) if fit else 'no fine-tuning (epochs: 0)'}"
+        ]
         return cand
 
     tried_labels: list[str] = []

@@ -44,8 +44,11 @@ class LinearFactors:
 
     @property
     def relative_error(self) -> float:
-        total = self.weight_norm if self.weight_norm is not None else \
-            float(np.sqrt(np.sum(self.sigma.astype(np.float64) ** 2)))
+        total = (
+            self.weight_norm
+            if self.weight_norm is not None
+            else float(np.sqrt(np.sum(self.sigma.astype(np.float64) ** 2)))
+        )
         return self.error / total if total else 0.0
 
 
@@ -75,7 +78,9 @@ def weighted_factors(weight, gram: np.ndarray, choose_rank) -> LinearFactors:
     truncation-aware whitening). With the input covariance C + ridge = S S^T, the SVD of
     W S truncated to r gives W_r = U_r S_r V_r^T S^-1. ``choose_rank(sigma)`` picks r from
     the singular values of W S (the output error's spectrum)."""
-    w = (weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)).astype(np.float64)
+    w = (weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)).astype(
+        np.float64
+    )
     c = np.asarray(gram, np.float64)
     c = c + RIDGE * max(np.trace(c) / len(c), 1e-12) * np.eye(len(c))
     lam, q = np.linalg.eigh(c)
@@ -84,9 +89,14 @@ def weighted_factors(weight, gram: np.ndarray, choose_rank) -> LinearFactors:
     r = choose_rank(s)
     first = vt[:r] @ (q / np.sqrt(lam)).T
     second = u[:, :r] * s[:r]
-    return LinearFactors(first=first, second=second, sigma=s, rank=r,
-                         measured_error=float(np.linalg.norm(w - second @ first)),
-                         weight_norm=float(np.linalg.norm(w)))
+    return LinearFactors(
+        first=first,
+        second=second,
+        sigma=s,
+        rank=r,
+        measured_error=float(np.linalg.norm(w - second @ first)),
+        weight_norm=float(np.linalg.norm(w)),
+    )
 
 
 def low_rank_linear(layer: nn.Linear, factors: LinearFactors) -> LowRankLinear:

@@ -65,9 +65,15 @@ def mode_spectra(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.svd(out_unf, compute_uv=False), np.linalg.svd(in_unf, compute_uv=False)
 
 
-def tucker_ranks(weight: np.ndarray, *, rank: int | None = None, ratio: float | None = None,
-                 energy: float | None = None, max_error: float | None = None,
-                 layer: str = "the layer") -> tuple[int, int]:
+def tucker_ranks(
+    weight: np.ndarray,
+    *,
+    rank: int | None = None,
+    ratio: float | None = None,
+    energy: float | None = None,
+    max_error: float | None = None,
+    layer: str = "the layer",
+) -> tuple[int, int]:
     """(R_out, R_in) for a selector. ``rank`` caps both modes (an error if it exceeds both
     channel counts); ``max_error`` gives each mode half the squared budget, which bounds
     the truncated-HOSVD error by ``max_error`` (its squared error is at most the sum of
@@ -76,12 +82,16 @@ def tucker_ranks(weight: np.ndarray, *, rank: int | None = None, ratio: float | 
     s_out, s_in = mode_spectra(weight)
     if rank is not None:
         if rank > max(len(s_out), len(s_in)):
-            raise PressoError(f"rank {rank} is larger than both channel counts ({len(s_out)} out, {len(s_in)} in) "
-                              f"of {layer}; choose a rank between 1 and {max(len(s_out), len(s_in))}.")
+            raise PressoError(
+                f"rank {rank} is larger than both channel counts ({len(s_out)} out, {len(s_in)} in) "
+                f"of {layer}; choose a rank between 1 and {max(len(s_out), len(s_in))}."
+            )
         return min(rank, len(s_out)), min(rank, len(s_in))
     per_mode = max_error / np.sqrt(2) if max_error is not None else None
-    return tuple(rank_from_spectrum(s, ratio=ratio, energy=energy, max_error=per_mode, layer=layer)
-                 for s in (s_out, s_in))
+    return tuple(
+        rank_from_spectrum(s, ratio=ratio, energy=energy, max_error=per_mode, layer=layer)
+        for s in (s_out, s_in)
+    )
 
 
 def tucker2(weight, ranks: tuple[int, int], sweeps: int = _HOOI_SWEEPS) -> TuckerFactors:
@@ -89,22 +99,31 @@ def tucker2(weight, ranks: tuple[int, int], sweeps: int = _HOOI_SWEEPS) -> Tucke
     import tensorly as tl
     from tensorly.decomposition import partial_tucker
 
-    w = (weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)).astype(np.float64)
+    w = (weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)).astype(
+        np.float64
+    )
     r_out, r_in = ranks
     if not (1 <= r_out <= w.shape[0] and 1 <= r_in <= w.shape[1]):
-        raise PressoError(f"Tucker ranks must be within 1..{w.shape[0]} (out) and 1..{w.shape[1]} (in); "
-                          f"got {ranks}.")
+        raise PressoError(
+            f"Tucker ranks must be within 1..{w.shape[0]} (out) and 1..{w.shape[1]} (in); got {ranks}."
+        )
     # The core's output-mode rank cannot exceed R_in * k (nor the input one R_out * k):
     # larger ranks add channels that carry nothing, so they are trimmed.
     kernel = int(np.prod(w.shape[2:]))
     r_out, r_in = min(r_out, r_in * kernel), min(r_in, r_out * kernel)
     tl.set_backend("numpy")
-    (core, (u_out, u_in)), _ = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd",
-                                              n_iter_max=sweeps, tol=1e-10)
+    (core, (u_out, u_in)), _ = partial_tucker(
+        w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=sweeps, tol=1e-10
+    )
     core, u_out, u_in = np.asarray(core), np.asarray(u_out), np.asarray(u_in)
     approx = np.einsum("ab...,oa,ib->oi...", core, u_out, u_in)
-    return TuckerFactors(core=core, out_factor=u_out, in_factor=u_in,
-                         error=float(np.linalg.norm(w - approx)), norm=float(np.linalg.norm(w)))
+    return TuckerFactors(
+        core=core,
+        out_factor=u_out,
+        in_factor=u_in,
+        error=float(np.linalg.norm(w - approx)),
+        norm=float(np.linalg.norm(w)),
+    )
 
 
 def tucker_conv(layer: nn.Module, factors: TuckerFactors) -> TuckerConv:
@@ -114,14 +133,24 @@ def tucker_conv(layer: nn.Module, factors: TuckerFactors) -> TuckerConv:
     r_out, r_in = factors.ranks
     ones = (1,) * (layer.weight.dim() - 2)
     first = conv(layer.in_channels, r_in, 1, bias=False)
-    core = conv(r_in, r_out, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode)
+    core = conv(
+        r_in,
+        r_out,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        bias=False,
+        padding_mode=layer.padding_mode,
+    )
     last = conv(r_out, layer.out_channels, 1, bias=layer.bias is not None)
     dtype = layer.weight.dtype
     with torch.no_grad():
         first.weight.copy_(torch.as_tensor(factors.in_factor.T.reshape(r_in, -1, *ones), dtype=dtype))
         core.weight.copy_(torch.as_tensor(factors.core, dtype=dtype))
-        last.weight.copy_(torch.as_tensor(factors.out_factor.reshape(layer.out_channels, r_out, *ones), dtype=dtype))
+        last.weight.copy_(
+            torch.as_tensor(factors.out_factor.reshape(layer.out_channels, r_out, *ones), dtype=dtype)
+        )
         if layer.bias is not None:
             last.bias.copy_(layer.bias)
     return TuckerConv(first, core, last).to(layer.weight.device)

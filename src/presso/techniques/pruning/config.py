@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,7 +35,9 @@ class RecoveryOptions(BaseModel):
     augment: int = Field(default=8, ge=0, le=64)  # digits slim 0.65: 0.6-0.8 points lost with 8 (60 epochs)
     l1: float = Field(default=0.0, ge=0, le=100)
     group_lasso: float = Field(default=0.0, ge=0, le=100)
-    backoff: int = Field(default=2, ge=0, le=8)  # milder retries (half the pruned fraction) if the budget breaks
+    backoff: int = Field(
+        default=2, ge=0, le=8
+    )  # milder retries (half the pruned fraction) if the budget breaks
 
 
 class PruneConfig(RecoveryOptions):
@@ -67,14 +70,20 @@ class PruneConfig(RecoveryOptions):
     @model_validator(mode="after")
     def _check_nm(self):
         if self.pattern == "n:m" and self.n >= self.m:
-            raise ValueError(f"n:m pruning keeps n of every m weights, so n must be < m; got n={self.n}, "
-                             f"m={self.m} (e.g. n: 2, m: 4)")
+            raise ValueError(
+                f"n:m pruning keeps n of every m weights, so n must be < m; got n={self.n}, "
+                f"m={self.m} (e.g. n: 2, m: 4)"
+            )
         if self.pattern == "n:m" and self.schedule not in (None, "one-shot"):
-            raise ValueError("an n:m pattern is applied once, then fine-tuned: use schedule one-shot (gradual and "
-                             "iterative schedules raise unstructured sparsity)")
+            raise ValueError(
+                "an n:m pattern is applied once, then fine-tuned: use schedule one-shot (gradual and "
+                "iterative schedules raise unstructured sparsity)"
+            )
         if self.pattern == "n:m" and self.scope == "sensitivity":
-            raise ValueError("scope 'sensitivity' chooses per-layer sparsities; an n:m pattern fixes them at "
-                             "1 - n/m: use scope global or layer")
+            raise ValueError(
+                "scope 'sensitivity' chooses per-layer sparsities; an n:m pattern fixes them at "
+                "1 - n/m: use scope global or layer"
+            )
         return self
 
     @property
@@ -119,6 +128,6 @@ class SlimConfig(RecoveryOptions):
     @model_validator(mode="after")
     def _check_ratios(self):
         r = self.ratios
-        if r is not None and (any(not 0 < x < 1 for x in r) or any(a <= b for a, b in zip(r, r[1:]))):
+        if r is not None and (any(not 0 < x < 1 for x in r) or any(a <= b for a, b in pairwise(r))):
             raise ValueError(f"ratios must be fractions in (0, 1), boldest first (decreasing); got {r}")
         return self

@@ -26,15 +26,19 @@ from presso.errors import PressoError
 
 def _check_same_shape(w: torch.Tensor, grad: torch.Tensor, what: str) -> None:
     if tuple(w.shape) != tuple(grad.shape):
-        raise PressoError(f"The gradient given to '{what}' has shape {tuple(grad.shape)} but the weight has "
-                          f"shape {tuple(w.shape)}. Pass the weight's own .grad after a backward pass.")
+        raise PressoError(
+            f"The gradient given to '{what}' has shape {tuple(grad.shape)} but the weight has "
+            f"shape {tuple(w.shape)}. Pass the weight's own .grad after a backward pass."
+        )
 
 
 def _channels(w: torch.Tensor) -> torch.Tensor:
     """``w`` as (out, rest): one row per output channel / neuron."""
     if w.dim() < 2:
-        raise PressoError(f"Channel scores need a weight with at least 2 dimensions (out, in, ...); got shape "
-                          f"{tuple(w.shape)}. Score a Linear or Conv weight.")
+        raise PressoError(
+            f"Channel scores need a weight with at least 2 dimensions (out, in, ...); got shape "
+            f"{tuple(w.shape)}. Score a Linear or Conv weight."
+        )
     return w.detach().reshape(w.shape[0], -1)  # (out, rest)
 
 
@@ -108,7 +112,9 @@ def activation_importance(acts: torch.Tensor, axis: int = 1) -> torch.Tensor:
     """
     acts = torch.as_tensor(acts).detach()
     if acts.dim() < 2:
-        raise PressoError(f"Activations must be (N, C, ...) with one row per data example; got shape "
-                          f"{tuple(acts.shape)}. Add the batch axis, e.g. acts.unsqueeze(0).")
+        raise PressoError(
+            f"Activations must be (N, C, ...) with one row per data example; got shape "
+            f"{tuple(acts.shape)}. Add the batch axis, e.g. acts.unsqueeze(0)."
+        )
     a = acts.abs().movedim(axis, 0)  # (C, N, ...)
     return a.reshape(a.shape[0], -1).float().mean(1)

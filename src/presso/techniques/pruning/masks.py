@@ -24,8 +24,10 @@ SCOPES = ("global", "layer")
 
 def _check_sparsity(sparsity, what: str = "sparsity") -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise PressoError(f"The '{what}' option must be a number in [0, 1) (the fraction of weights set to "
-                          f"zero). Got {sparsity!r} instead.")
+        raise PressoError(
+            f"The '{what}' option must be a number in [0, 1) (the fraction of weights set to "
+            f"zero). Got {sparsity!r} instead."
+        )
     return float(sparsity)
 
 
@@ -34,9 +36,12 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.argsort(scores, stable=True)[:k]
 
 
-def unstructured_masks(weights: dict[str, torch.Tensor], sparsity: float,
-                       scores: dict[str, torch.Tensor] | None = None,
-                       scope: str = "global") -> dict[str, torch.Tensor]:
+def unstructured_masks(
+    weights: dict[str, torch.Tensor],
+    sparsity: float,
+    scores: dict[str, torch.Tensor] | None = None,
+    scope: str = "global",
+) -> dict[str, torch.Tensor]:
     """Keep the highest-scoring ``1 - sparsity`` of the weights; returns bool masks.
 
     ``scores`` defaults to ``|w|`` (magnitude pruning); pass e.g. ``taylor`` scores per
@@ -55,14 +60,18 @@ def unstructured_masks(weights: dict[str, torch.Tensor], sparsity: float,
     if scope not in SCOPES:
         raise PressoError(f"The 'scope' option must be one of {list(SCOPES)}. Got {scope!r} instead.")
     if not weights:
-        raise PressoError("No weights to prune: pass a dict of {name: weight tensor}, e.g. prunable_weights(model).")
+        raise PressoError(
+            "No weights to prune: pass a dict of {name: weight tensor}, e.g. prunable_weights(model)."
+        )
     scores = scores if scores is not None else {n: w.detach().abs() for n, w in weights.items()}
     for name, w in weights.items():
         s = scores.get(name)
         if s is None or tuple(s.shape) != tuple(w.shape):
             got = "none" if s is None else f"shape {tuple(s.shape)}"
-            raise PressoError(f"The scores for weight '{name}' must have its shape {tuple(w.shape)}; got {got}. "
-                              "Give one score per weight, e.g. criteria.magnitude(w).")
+            raise PressoError(
+                f"The scores for weight '{name}' must have its shape {tuple(w.shape)}; got {got}. "
+                "Give one score per weight, e.g. criteria.magnitude(w)."
+            )
     names = list(weights)
     if scope == "layer":
         out = {}
@@ -78,7 +87,7 @@ def unstructured_masks(weights: dict[str, torch.Tensor], sparsity: float,
     out, start = {}, 0
     for name in names:
         n = weights[name].numel()
-        out[name] = keep[start:start + n].reshape(weights[name].shape)
+        out[name] = keep[start : start + n].reshape(weights[name].shape)
         start += n
     return out
 
@@ -95,26 +104,33 @@ def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight") -> to
     """
     for key, v in (("n", n), ("m", m)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise PressoError(f"The '{key}' option of N:M sparsity must be a positive int. Got {v!r} instead.")
+            raise PressoError(
+                f"The '{key}' option of N:M sparsity must be a positive int. Got {v!r} instead."
+            )
     if n > m:
-        raise PressoError(f"N:M sparsity keeps n of every m weights, so n must be <= m. Got n={n}, m={m}; "
-                          "use e.g. n=2, m=4.")
+        raise PressoError(
+            f"N:M sparsity keeps n of every m weights, so n must be <= m. Got n={n}, m={m}; "
+            "use e.g. n=2, m=4."
+        )
     if w.dim() < 2:
         raise PressoError(f"N:M sparsity needs a weight (out, in, ...); '{name}' has shape {tuple(w.shape)}.")
     rows = w.detach().reshape(w.shape[0], -1)  # (out, K)
     k = rows.shape[1]
     if k % m:
-        raise PressoError(f"Layer '{name}' has {k} inputs per output (weight shape {tuple(w.shape)}), not a "
-                          f"multiple of m={m}, so it cannot be {n}:{m} sparse. Leave this layer out or choose "
-                          f"an m that divides {k}.")
+        raise PressoError(
+            f"Layer '{name}' has {k} inputs per output (weight shape {tuple(w.shape)}), not a "
+            f"multiple of m={m}, so it cannot be {n}:{m} sparse. Leave this layer out or choose "
+            f"an m that divides {k}."
+        )
     groups = rows.abs().reshape(rows.shape[0], k // m, m)  # (out, K/m, m)
     order = torch.argsort(-groups, dim=-1, stable=True)[..., :n]  # n largest, earlier first on ties
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True)
     return keep.reshape(w.shape)
 
 
-def polynomial_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0,
-                        power: int = 3) -> float:
+def polynomial_sparsity(
+    step: int, total_steps: int, final: float, initial: float = 0.0, power: int = 3
+) -> float:
     """Gradual-pruning target at ``step`` (Zhu & Gupta 2017):
     ``final + (initial - final) * (1 - step / total_steps) ** power``, constant after the end.
 
@@ -155,8 +171,11 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def prunable_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     """``{"<module>.weight": weight}`` of every Linear and Conv layer (the tensors, not copies)."""
-    return {f"{name}.weight" if name else "weight": m.weight for name, m in module.named_modules()
-            if isinstance(m, PRUNABLE)}
+    return {
+        f"{name}.weight" if name else "weight": m.weight
+        for name, m in module.named_modules()
+        if isinstance(m, PRUNABLE)
+    }
 
 
 def _split(module: nn.Module, key: str) -> tuple[nn.Module, str]:
@@ -166,8 +185,10 @@ def _split(module: nn.Module, key: str) -> tuple[nn.Module, str]:
     except AttributeError:
         sub = None
     if sub is None or not hasattr(sub, param):
-        raise PressoError(f"No parameter '{key}' in the model; masks are keyed like named_parameters(), "
-                          "e.g. 'fc1.weight' (see prunable_weights(model)).")
+        raise PressoError(
+            f"No parameter '{key}' in the model; masks are keyed like named_parameters(), "
+            "e.g. 'fc1.weight' (see prunable_weights(model))."
+        )
     return sub, param
 
 
@@ -180,8 +201,10 @@ def apply_masks(module: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         sub, param = _split(module, key)
         current = getattr(sub, param)
         if tuple(mask.shape) != tuple(current.shape):
-            raise PressoError(f"The mask for '{key}' has shape {tuple(mask.shape)} but the parameter has "
-                              f"{tuple(current.shape)}.")
+            raise PressoError(
+                f"The mask for '{key}' has shape {tuple(mask.shape)} but the parameter has "
+                f"{tuple(current.shape)}."
+            )
         prune.custom_from_mask(sub, param, mask.to(device=current.device, dtype=torch.bool))
     return module
 

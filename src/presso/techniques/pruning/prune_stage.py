@@ -45,8 +45,10 @@ def prunable_layers(module: nn.Module, skip: list[str]) -> dict[str, nn.Module]:
     """Linear / Conv layers by module name, without those in ``skip`` (unknown names refused)."""
     layers = {name: m for name, m in module.named_modules() if isinstance(m, PRUNABLE)}
     if unknown := [s for s in skip if s not in layers]:
-        raise PressoError(f"The 'skip' option names '{unknown[0]}', which is not a Linear or Conv layer of this "
-                          f"model. Layers: {', '.join(list(layers)[:12])}{' ...' if len(layers) > 12 else ''}.")
+        raise PressoError(
+            f"The 'skip' option names '{unknown[0]}', which is not a Linear or Conv layer of this "
+            f"model. Layers: {', '.join(list(layers)[:12])}{' ...' if len(layers) > 12 else ''}."
+        )
     kept = {n: m for n, m in layers.items() if n not in skip}
     if not kept:
         raise PressoError("The 'prune' stage found no Linear or Conv layer to prune (check 'skip').")
@@ -74,8 +76,8 @@ def _gradients(module: nn.Module, layers: dict[str, nn.Module], rec: Recovery) -
     module.eval()
     loss_fn = rec.loss
     for start in range(0, len(y), 256):
-        out = first_tensor(module(*[x[start:start + 256] for x in xs]))
-        (loss_fn(out, y[start:start + 256]) * len(out) / len(y)).backward()
+        out = first_tensor(module(*[x[start : start + 256] for x in xs]))
+        (loss_fn(out, y[start : start + 256]) * len(out) / len(y)).backward()
     module.train(was)
     grads = {}
     for name, layer in layers.items():
@@ -85,24 +87,32 @@ def _gradients(module: nn.Module, layers: dict[str, nn.Module], rec: Recovery) -
     return grads
 
 
-def _scores(module, layers, weights: dict[str, torch.Tensor], cfg: PruneConfig, rec: Recovery,
-            step: int) -> dict[str, torch.Tensor]:
+def _scores(
+    module, layers, weights: dict[str, torch.Tensor], cfg: PruneConfig, rec: Recovery, step: int
+) -> dict[str, torch.Tensor]:
     """Each layer's weight scores by the criterion; ``weights`` are the effective weights."""
     if cfg.criterion == "taylor":
         grads = _gradients(module, layers, rec)
         scores = {n: criteria.taylor(w, grads[n]) for n, w in weights.items()}
     elif cfg.criterion == "random":
-        scores = {n: criteria.random_scores(w, seed=rec.ctx.seed * 1000 + step * 97 + i)
-                  for i, (n, w) in enumerate(weights.items())}
+        scores = {
+            n: criteria.random_scores(w, seed=rec.ctx.seed * 1000 + step * 97 + i)
+            for i, (n, w) in enumerate(weights.items())
+        }
     else:
         scores = {n: criteria.magnitude(w) for n, w in weights.items()}
     # Pruned weights stay pruned: masks only grow along the schedule.
-    return {n: torch.where(weights[n] != 0, s, torch.full_like(s, -1.0)) if hasattr(layers[n], "weight_mask")
-            else s for n, s in scores.items()}
+    return {
+        n: torch.where(weights[n] != 0, s, torch.full_like(s, -1.0))
+        if hasattr(layers[n], "weight_mask")
+        else s
+        for n, s in scores.items()
+    }
 
 
-def masks_at(module, layers, cfg: PruneConfig, finals: dict[str, float] | float, epoch: int,
-             rec: Recovery) -> dict[str, torch.Tensor]:
+def masks_at(
+    module, layers, cfg: PruneConfig, finals: dict[str, float] | float, epoch: int, rec: Recovery
+) -> dict[str, torch.Tensor]:
     """Each layer's mask at ``epoch``: ``finals`` is one global sparsity or one per layer."""
     weights = {n: effective_weight(m) for n, m in layers.items()}
     scores = _scores(module, layers, weights, cfg, rec, epoch)
@@ -136,8 +146,10 @@ def _nm_layers(layers: dict[str, nn.Module], cfg: PruneConfig) -> tuple[dict[str
         k = layer.weight[0].numel()
         (ok.__setitem__(n, layer) if k % cfg.m == 0 else left.append(f"{n} ({k} inputs)"))
     if not ok:
-        raise PressoError(f"No Linear or Conv layer of this model has a multiple of m={cfg.m} inputs per output, "
-                          f"so none can be {cfg.n}:{cfg.m} sparse ({', '.join(left[:4])}).")
+        raise PressoError(
+            f"No Linear or Conv layer of this model has a multiple of m={cfg.m} inputs per output, "
+            f"so none can be {cfg.n}:{cfg.m} sparse ({', '.join(left[:4])})."
+        )
     return ok, left
 
 
@@ -152,7 +164,9 @@ def _finals(module, layers, cfg: PruneConfig, ctx: StageContext):
     from presso.techniques.pruning.sensitivity import allocate, curves_table, sensitivity_curves
 
     if ctx.score_outputs is None:
-        raise PressoError("scope 'sensitivity' needs the pipeline's scorer; run the stage through presso.compress.")
+        raise PressoError(
+            "scope 'sensitivity' needs the pipeline's scorer; run the stage through presso.compress."
+        )
     xs = [torch.from_numpy(ctx.calibration.inputs[n]) for n in ctx.input_names]
 
     def evaluate(m: nn.Module) -> float:
@@ -173,7 +187,12 @@ def _layer_rows(module, layers: dict[str, nn.Module], exported: Path, curves: li
     for n, layer in layers.items():
         w = layer.weight.detach()
         zeros = int((w == 0).sum())
-        row = {"layer": n, "parameters": int(w.numel()), "zeros": zeros, "sparsity": round(zeros / w.numel(), 4)}
+        row = {
+            "layer": n,
+            "parameters": int(w.numel()),
+            "zeros": zeros,
+            "sparsity": round(zeros / w.numel(), 4),
+        }
         if n in nodes:
             row["node"] = nodes[n]
         row.update({k: v for k, v in by_layer.get(n, {}).items() if k != "layer"})
@@ -191,8 +210,10 @@ def prune_weights(onnx_path: Path, cfg: PruneConfig, ctx: StageContext) -> Stage
     if cfg.pattern == "n:m":
         layers0, left = _nm_layers(layers0, cfg)
         if left:
-            notes.append(f"prune: {_plural(len(left), 'layer')} left dense, inputs per output not a multiple of "
-                         f"m={cfg.m}: {', '.join(left[:6])}")
+            notes.append(
+                f"prune: {_plural(len(left), 'layer')} left dense, inputs per output not a multiple of "
+                f"m={cfg.m}: {', '.join(left[:6])}"
+            )
     finals_for, curves = _finals(original, layers0, cfg, ctx)
 
     def attempt(fraction: float) -> Candidate:
@@ -221,14 +242,18 @@ def prune_weights(onnx_path: Path, cfg: PruneConfig, ctx: StageContext) -> Stage
         total = sum(m.weight.numel() for m in layers.values())
         zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
         dst = ctx.export(module, ctx.workdir / f"prune-{fraction:g}.onnx")
-        cand = Candidate(label, dst, module=module, options={"sparsity": fraction} if cfg.pattern != "n:m" else {})
+        cand = Candidate(
+            label, dst, module=module, options={"sparsity": fraction} if cfg.pattern != "n:m" else {}
+        )
         cand.score = ctx.score(dst)
         cand.layers = _layer_rows(module, layers, dst, curves)
         cand.note = f"{zeros / total:.1%} of {total:,} prunable weights are zero"
         how = "magnitude" if cfg.pattern == "n:m" else f"{cfg.criterion}, scope {cfg.scope}"
-        cand.notes = [f"prune: {label} ({how}, {cfg.ramp_schedule}): {zeros:,} of {total:,} weights of "
-                      f"{_plural(len(layers), 'layer')} are zero; "
-                      + (rec.describe(report) if report else "no fine-tuning (epochs: 0)")]
+        cand.notes = [
+            f"prune: {label} ({how}, {cfg.ramp_schedule}): {zeros:,} of {total:,} weights of "
+            f"{_plural(len(layers), 'layer')} are zero; "
+            + (rec.describe(report) if report else "no fine-tuning (epochs: 0)")
+        ]
         return cand
 
     fractions = [cfg.target] if cfg.pattern == "n:m" else milder(cfg.target, cfg.backoff)

@@ -37,38 +37,58 @@ class Recovery:
             return label_loss(self.ctx.task)
         return teacher_loss(self.ctx.task, self.cfg.temperature)
 
-    def fit(self, module: nn.Module, layers: list[nn.Module], *, before_epoch=None, epochs: int | None = None):
+    def fit(
+        self, module: nn.Module, layers: list[nn.Module], *, before_epoch=None, epochs: int | None = None
+    ):
         """Fine-tune ``module`` in place (penalising ``layers``' weights if the options say so)."""
         from presso.techniques.pruning.regularizers import regularized
 
         cfg = self.cfg if epochs is None else self.cfg.model_copy(update={"epochs": epochs})
         loss = regularized(self.loss, layers, l1=cfg.l1, group_lasso=cfg.group_lasso)  # itself if both 0
-        return fit_to_teacher(module, self.train, self.val, self.ctx, self.stage, cfg, patience=cfg.patience,
-                              before_epoch=before_epoch, loss=loss)
+        return fit_to_teacher(
+            module,
+            self.train,
+            self.val,
+            self.ctx,
+            self.stage,
+            cfg,
+            patience=cfg.patience,
+            before_epoch=before_epoch,
+            loss=loss,
+        )
 
     def describe(self, report) -> str:
         rows = len(self.train[1]) - self.n_mixed
         what = "labels" if self.cfg.targets == "labels" else "the original model's outputs"
         penalties = [f"{k} {getattr(self.cfg, k)}" for k in ("l1", "group_lasso") if getattr(self.cfg, k)]
         epochs = f"{report.epochs_run} epoch{'' if report.epochs_run == 1 else 's'}"
-        return (f"fine-tuned to {what} for {epochs} on {rows} calibration rows"
-                + (f" and {self.n_mixed} mixup rows labelled by the original model" if self.n_mixed else "")
-                + (f" with {' and '.join(penalties)} penalties" if penalties else "")
-                + (f" (best epoch {report.best_epoch}, stopped: {report.stopped})" if report.epochs_run else ""))
+        return (
+            f"fine-tuned to {what} for {epochs} on {rows} calibration rows"
+            + (f" and {self.n_mixed} mixup rows labelled by the original model" if self.n_mixed else "")
+            + (f" with {' and '.join(penalties)} penalties" if penalties else "")
+            + (f" (best epoch {report.best_epoch}, stopped: {report.stopped})" if report.epochs_run else "")
+        )
 
 
 def recovery_for(ctx: StageContext, cfg: RecoveryOptions, stage: str) -> Recovery:
     if ctx.module is None or ctx.export is None:
-        raise PressoError(f"The '{stage}' stage prunes and fine-tunes the PyTorch model; give presso a PyTorch "
-                          f"model or Hugging Face folder, and put '{stage}' before ONNX stages.")
+        raise PressoError(
+            f"The '{stage}' stage prunes and fine-tunes the PyTorch model; give presso a PyTorch "
+            f"model or Hugging Face folder, and put '{stage}' before ONNX stages."
+        )
     big = ctx.transformer is not None
-    cfg = cfg.model_copy(update={"epochs": cfg.epochs if cfg.epochs is not None else (4 if big else 60),
-                                 "lr": cfg.lr if cfg.lr is not None else (2e-4 if big else 1e-3)})
+    cfg = cfg.model_copy(
+        update={
+            "epochs": cfg.epochs if cfg.epochs is not None else (4 if big else 60),
+            "lr": cfg.lr if cfg.lr is not None else (2e-4 if big else 1e-3),
+        }
+    )
     train, val = teacher_split(ctx, cfg.validation_fraction, stage, cfg.targets)
     n_mixed = 0
     if cfg.targets == "teacher" and cfg.augment and cfg.epochs:
-        train, n_mixed = mixup_rows(train, copy.deepcopy(ctx.module).eval(), cfg.augment, ctx.seed,
-                                    ctx.input_names)
+        train, n_mixed = mixup_rows(
+            train, copy.deepcopy(ctx.module).eval(), cfg.augment, ctx.seed, ctx.input_names
+        )
     return Recovery(ctx, stage, cfg, train, val, n_mixed)
 
 
@@ -97,8 +117,13 @@ def milder(fraction: float, steps: int) -> list[float]:
     return out
 
 
-def with_backoff(fractions: list[float], attempt: Callable[[float], Candidate], ctx: StageContext,
-                 stage: str, what: str = "milder") -> StageResult:
+def with_backoff(
+    fractions: list[float],
+    attempt: Callable[[float], Candidate],
+    ctx: StageContext,
+    stage: str,
+    what: str = "milder",
+) -> StageResult:
     """Candidates at each fraction in turn, built lazily: the next, milder one is trained
     only when the previous failed the budget on the calibration rows or, when the
     pipeline verifies it, on the held-out rows."""
@@ -109,7 +134,9 @@ def with_backoff(fractions: list[float], attempt: Callable[[float], Candidate], 
             if i:
                 last = tried[-1]
                 drop = last.heldout_drop if last.heldout_drop is not None else last.score.drop
-                ctx.log(f"{stage}: {last.name} broke the budget (drop {drop:.4f}); retrying {what} at {fraction:g}")
+                ctx.log(
+                    f"{stage}: {last.name} broke the budget (drop {drop:.4f}); retrying {what} at {fraction:g}"
+                )
             cand = attempt(fraction)
             tried.append(cand)
             if cand.score is not None and cand.score.passed:

@@ -27,8 +27,9 @@ from presso.errors import PressoError
 def _tensors(weights: Iterable[torch.Tensor], what: str) -> list[torch.Tensor]:
     ws = list(weights)
     if not ws:
-        raise PressoError(f"No weights given to '{what}'; pass the tensors to penalise, e.g. "
-                          "[m.weight for m in layers].")
+        raise PressoError(
+            f"No weights given to '{what}'; pass the tensors to penalise, e.g. [m.weight for m in layers]."
+        )
     return ws
 
 
@@ -61,8 +62,10 @@ def group_lasso_penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
     total, acc = 0, 0.0
     for w in ws:
         if w.dim() < 2:
-            raise PressoError(f"Group lasso needs weights with at least 2 dimensions (out, in, ...); got "
-                              f"shape {tuple(w.shape)}. Pass Linear or Conv weights, not biases.")
+            raise PressoError(
+                f"Group lasso needs weights with at least 2 dimensions (out, in, ...); got "
+                f"shape {tuple(w.shape)}. Pass Linear or Conv weights, not biases."
+            )
         rows = w.reshape(w.shape[0], -1)  # (out, p)
         acc = acc + math.sqrt(rows.shape[1]) * torch.linalg.vector_norm(rows, dim=1).sum()
         total += w.numel()
@@ -72,16 +75,19 @@ def group_lasso_penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
 def _check_strength(value, key: str) -> float:
     number = not isinstance(value, bool) and isinstance(value, (int, float))
     if not number or not math.isfinite(value) or value < 0:
-        raise PressoError(f"The '{key}' option of regularized() must be a finite number >= 0 (the penalty "
-                          f"strength; 0 turns it off). Got {value!r} instead.")
+        raise PressoError(
+            f"The '{key}' option of regularized() must be a finite number >= 0 (the penalty "
+            f"strength; 0 turns it off). Got {value!r} instead."
+        )
     return float(value)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def regularized(loss_fn: LossFn, layers: Sequence[nn.Module], l1: float = 0.0,
-                group_lasso: float = 0.0) -> LossFn:
+def regularized(
+    loss_fn: LossFn, layers: Sequence[nn.Module], l1: float = 0.0, group_lasso: float = 0.0
+) -> LossFn:
     """``loss_fn`` plus ``l1 * l1_penalty + group_lasso * group_lasso_penalty`` of the layers' weights.
 
     The returned function reads ``layer.weight`` of each layer at every call: with masks from
@@ -103,12 +109,16 @@ def regularized(loss_fn: LossFn, layers: Sequence[nn.Module], l1: float = 0.0,
         return loss_fn
     layers = list(layers)
     if not layers:
-        raise PressoError("regularized() got no layers to penalise; pass e.g. [model.fc1, model.fc2], or set "
-                          "l1=0 and group_lasso=0.")
+        raise PressoError(
+            "regularized() got no layers to penalise; pass e.g. [model.fc1, model.fc2], or set "
+            "l1=0 and group_lasso=0."
+        )
     for i, layer in enumerate(layers):
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
-            raise PressoError(f"Layer {i} given to regularized() ({type(layer).__name__}) has no weight "
-                              "tensor; pass Linear or Conv modules.")
+            raise PressoError(
+                f"Layer {i} given to regularized() ({type(layer).__name__}) has no weight "
+                "tensor; pass Linear or Conv modules."
+            )
 
     def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ws = [layer.weight for layer in layers]  # read now: pruning hooks replace .weight every forward

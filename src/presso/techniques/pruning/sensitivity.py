@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -40,9 +41,11 @@ Curves = dict[str, list[tuple[float, float]]]
 def _check_levels(levels, where: str) -> tuple[float, ...]:
     levels = tuple(levels)
     bad = [x for x in levels if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1]
-    if not levels or bad or any(a >= b for a, b in zip(levels, levels[1:])):
-        raise PressoError(f"The 'levels' {where} must be sparsities in (0, 1), strictly increasing, e.g. "
-                          f"{list(LEVELS)}. Got {list(levels)!r} instead.")
+    if not levels or bad or any(a >= b for a, b in pairwise(levels)):
+        raise PressoError(
+            f"The 'levels' {where} must be sparsities in (0, 1), strictly increasing, e.g. "
+            f"{list(LEVELS)}. Got {list(levels)!r} instead."
+        )
     return tuple(float(x) for x in levels)
 
 
@@ -64,7 +67,7 @@ def _prune_layer(layer: nn.Module, level: float, kind: str, key: str) -> None:
             weight.mul_(keep.to(weight.device, weight.dtype))
             return
         scores = l2_norm(effective).cpu()  # (out,)
-        drop = torch.argsort(scores, stable=True)[:round(level * scores.numel())].to(weight.device)
+        drop = torch.argsort(scores, stable=True)[: round(level * scores.numel())].to(weight.device)
         weight[drop] = 0
         bias = _param(layer, "bias")
         if isinstance(bias, torch.Tensor):
@@ -79,9 +82,14 @@ def _refresh_masked(layer: nn.Module) -> None:
         hook(layer, None)
 
 
-def sensitivity_curves(module: nn.Module, layers: Sequence[str], evaluate: Callable[[nn.Module], float],
-                       levels: Sequence[float] = LEVELS, kind: str = "unstructured",
-                       progress: Callable[[str], None] | None = None) -> Curves:
+def sensitivity_curves(
+    module: nn.Module,
+    layers: Sequence[str],
+    evaluate: Callable[[nn.Module], float],
+    levels: Sequence[float] = LEVELS,
+    kind: str = "unstructured",
+    progress: Callable[[str], None] | None = None,
+) -> Curves:
     """Quality drop of the whole model when only one layer is pruned, for each layer and level.
 
     ``kind="unstructured"`` zeroes the ``round(level * numel)`` smallest ``|w|`` of the layer
@@ -107,15 +115,20 @@ def sensitivity_curves(module: nn.Module, layers: Sequence[str], evaluate: Calla
     """
     levels = _check_levels(levels, "of sensitivity_curves()")
     if kind not in KINDS:
-        raise PressoError(f"The 'kind' option of sensitivity_curves() must be one of {list(KINDS)}. "
-                          f"Got {kind!r} instead.")
+        raise PressoError(
+            f"The 'kind' option of sensitivity_curves() must be one of {list(KINDS)}. Got {kind!r} instead."
+        )
     if isinstance(layers, str):
-        raise PressoError(f"The 'layers' option must be a list of layer names, e.g. [{layers!r}]. "
-                          f"Got the string {layers!r} instead.")
+        raise PressoError(
+            f"The 'layers' option must be a list of layer names, e.g. [{layers!r}]. "
+            f"Got the string {layers!r} instead."
+        )
     layers = list(layers)
     if not layers or len(set(layers)) != len(layers):
-        raise PressoError(f"The 'layers' option must list distinct layer names, e.g. ['fc1', 'fc2']. "
-                          f"Got {layers!r} instead.")
+        raise PressoError(
+            f"The 'layers' option must list distinct layer names, e.g. ['fc1', 'fc2']. "
+            f"Got {layers!r} instead."
+        )
     prunable = [k.removesuffix("weight").removesuffix(".") for k in prunable_weights(module)]
     for name in layers:
         if name not in prunable:
@@ -123,8 +136,11 @@ def sensitivity_curves(module: nn.Module, layers: Sequence[str], evaluate: Calla
     curves: Curves = {}
     for name in layers:
         layer = module.get_submodule(name)
-        saved = {p: t.detach().clone() for p in ("weight", "bias")
-                 if isinstance(t := _param(layer, p), torch.Tensor)}
+        saved = {
+            p: t.detach().clone()
+            for p in ("weight", "bias")
+            if isinstance(t := _param(layer, p), torch.Tensor)
+        }
         curve = []
         for level in levels:
             try:
@@ -138,8 +154,10 @@ def sensitivity_curves(module: nn.Module, layers: Sequence[str], evaluate: Calla
             try:
                 drop = float(result)
             except (TypeError, ValueError):
-                raise PressoError(f"The 'evaluate' function must return the quality drop as a float; it "
-                                  f"returned {result!r} for layer {name!r} at level {level:g}.") from None
+                raise PressoError(
+                    f"The 'evaluate' function must return the quality drop as a float; it "
+                    f"returned {result!r} for layer {name!r} at level {level:g}."
+                ) from None
             curve.append((level, drop))
             if progress is not None:
                 progress(f"sensitivity {name} @ {level:g} ({kind}): drop {drop:.6g}")
@@ -149,14 +167,18 @@ def sensitivity_curves(module: nn.Module, layers: Sequence[str], evaluate: Calla
 
 def _check_curves(curves: Curves) -> None:
     if not isinstance(curves, dict) or not curves:
-        raise PressoError("The curves must be a non-empty dict {layer: [(level, drop), ...]}, as returned by "
-                          "sensitivity_curves().")
+        raise PressoError(
+            "The curves must be a non-empty dict {layer: [(level, drop), ...]}, as returned by "
+            "sensitivity_curves()."
+        )
     for name, curve in curves.items():
         try:
             levels = [lv for lv, _ in curve]
         except (TypeError, ValueError):
-            raise PressoError(f"The curve of layer {name!r} must be a list of (level, drop) pairs, as "
-                              "returned by sensitivity_curves().") from None
+            raise PressoError(
+                f"The curve of layer {name!r} must be a list of (level, drop) pairs, as "
+                "returned by sensitivity_curves()."
+            ) from None
         _check_levels(levels, f"of the curve of layer {name!r}")
 
 
@@ -178,8 +200,9 @@ def ratios_under_budget(curves: Curves, max_drop: float, floor: float = 0.0) -> 
     _check_curves(curves)
     max_drop = _check_number(max_drop, "max_drop")
     floor = _check_sparsity(floor, "floor")
-    return {name: max((lv for lv, d in curve if d <= max_drop), default=floor)
-            for name, curve in curves.items()}
+    return {
+        name: max((lv for lv, d in curve if d <= max_drop), default=floor) for name, curve in curves.items()
+    }
 
 
 def allocate(curves: Curves, sizes: dict[str, int], target: float, max_drop: float) -> dict[str, float]:
@@ -210,8 +233,10 @@ def allocate(curves: Curves, sizes: dict[str, int], target: float, max_drop: flo
     for name in curves:
         n = sizes.get(name) if isinstance(sizes, dict) else None
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise PressoError(f"The 'sizes' option must give a positive int weight count for layer {name!r} "
-                              f"(e.g. prunable_weights(model)['{name}.weight'].numel()). Got {n!r} instead.")
+            raise PressoError(
+                f"The 'sizes' option must give a positive int weight count for layer {name!r} "
+                f"(e.g. prunable_weights(model)['{name}.weight'].numel()). Got {n!r} instead."
+            )
     ratios = ratios_under_budget(curves, max_drop)
     total = sum(sizes[n] for n in curves)
 
@@ -246,5 +271,7 @@ def curves_table(curves: Curves) -> list[dict]:
     [{'layer': 'fc1', 'drop@0.5': 0.001235, 'drop@0.9': 0.25}]
     """
     _check_curves(curves)
-    return [{"layer": name, **{f"drop@{lv:g}": round(float(d), 6) for lv, d in curve}}
-            for name, curve in curves.items()]
+    return [
+        {"layer": name, **{f"drop@{lv:g}": round(float(d), 6) for lv, d in curve}}
+        for name, curve in curves.items()
+    ]

@@ -33,8 +33,12 @@ def _layer_rows(before: dict, module: nn.Module, exported: Path) -> list[dict]:
     for n, m in layers.items():
         shape = tuple(m.weight.shape)
         old = before.get(n, shape)
-        row = {"layer": n, "outputs": f"{old[0]} -> {shape[0]}", "inputs": f"{old[1]} -> {shape[1]}",
-               "parameters": int(sum(p.numel() for p in m.parameters(recurse=False)))}
+        row = {
+            "layer": n,
+            "outputs": f"{old[0]} -> {shape[0]}",
+            "inputs": f"{old[1]} -> {shape[1]}",
+            "parameters": int(sum(p.numel() for p in m.parameters(recurse=False))),
+        }
         if n in nodes:
             row["node"] = nodes[n]
         rows.append(row)
@@ -54,9 +58,16 @@ def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageC
 
         heads, ffn = heads_and_ffn(cfg, fraction)
         importance = "taylor" if cfg.importance == "auto" else cfg.importance
-        report = prune_transformer(module, example_inputs(ctx), heads_ratio=heads, ffn_ratio=ffn,
-                                   importance=importance,
-                                   scope=cfg.scope, round_to=cfg.round_to or 8, seed=ctx.seed)
+        report = prune_transformer(
+            module,
+            example_inputs(ctx),
+            heads_ratio=heads,
+            ffn_ratio=ffn,
+            importance=importance,
+            scope=cfg.scope,
+            round_to=cfg.round_to or 8,
+            seed=ctx.seed,
+        )
         # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
         # fuses the heads wrongly without an error; 0 / 0 (uneven heads) disables the fusion.
         ctx.transformer.update(attention_shape(module))
@@ -64,8 +75,16 @@ def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageC
     from presso.techniques.pruning.structured import prune_channels
 
     importance = "l2" if cfg.importance == "auto" else cfg.importance
-    return prune_channels(module, example_inputs(ctx), fraction, importance=importance, scope=cfg.scope,
-                          ignored_layers=cfg.skip, round_to=cfg.round_to, seed=ctx.seed)
+    return prune_channels(
+        module,
+        example_inputs(ctx),
+        fraction,
+        importance=importance,
+        scope=cfg.scope,
+        ignored_layers=cfg.skip,
+        round_to=cfg.round_to,
+        seed=ctx.seed,
+    )
 
 
 def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
@@ -84,8 +103,10 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
         per_round = 1.0 - (1.0 - fraction) ** (1.0 / rounds)
         fits = []
         for r in range(rounds):
-            ctx.log(f"slim: removing {per_round:.0%} of the {what}"
-                    + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+            ctx.log(
+                f"slim: removing {per_round:.0%} of the {what}"
+                + (f" (round {r + 1}/{rounds})" if rounds > 1 else "")
+            )
             _prune_once(module, cfg, per_round, ctx, transformer)
             epochs = cfg.epochs // rounds + (cfg.epochs % rounds if r == rounds - 1 else 0)
             if epochs:
@@ -106,8 +127,10 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
         cand.layers = _layer_rows(before_shapes, module, dst)
         cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"
         tuned = "; ".join(rec.describe(f) for f in fits) if fits else "no fine-tuning (epochs: 0)"
-        cand.notes = [f"slim: {label} ({cfg.importance}, scope {cfg.scope}, {rounds} round"
-                      f"{'s' if rounds > 1 else ''}): parameters {before:,} -> {after:,}; {tuned}"]
+        cand.notes = [
+            f"slim: {label} ({cfg.importance}, scope {cfg.scope}, {rounds} round"
+            f"{'s' if rounds > 1 else ''}): parameters {before:,} -> {after:,}; {tuned}"
+        ]
         return cand
 
     if cfg.ratios and transformer:  # the schedule scales the configured heads / ffn

@@ -57,15 +57,24 @@ def _sparse_tensors(w: np.ndarray, weight: str, node: str):
         numpy_helper.from_array(np.array(w.shape, dtype=np.int64), f"{p}_shape"),
     ]
     nodes = [
-        helper.make_node("Cast", [f"{weight}_mask"], [f"{p}_bytes"], name=f"{node}/sparse_bytes", to=TensorProto.INT32),
+        helper.make_node(
+            "Cast", [f"{weight}_mask"], [f"{p}_bytes"], name=f"{node}/sparse_bytes", to=TensorProto.INT32
+        ),
         helper.make_node("Gather", [_LUT, f"{p}_bytes"], [f"{p}_bits"], name=f"{node}/sparse_bits", axis=0),
         helper.make_node("Reshape", [f"{p}_bits", f"{_LUT}_flat"], [f"{p}_flat"], name=f"{node}/sparse_flat"),
-        helper.make_node("Slice", [f"{p}_flat", f"{_LUT}_zero", f"{p}_n"], [f"{p}_keep8"], name=f"{node}/sparse_trim"),
-        helper.make_node("Cast", [f"{p}_keep8"], [f"{p}_keep"], name=f"{node}/sparse_keep", to=TensorProto.INT32),
-        helper.make_node("CumSum", [f"{p}_keep", f"{_LUT}_zero32"], [f"{p}_cum"], name=f"{node}/sparse_cumsum"),
+        helper.make_node(
+            "Slice", [f"{p}_flat", f"{_LUT}_zero", f"{p}_n"], [f"{p}_keep8"], name=f"{node}/sparse_trim"
+        ),
+        helper.make_node(
+            "Cast", [f"{p}_keep8"], [f"{p}_keep"], name=f"{node}/sparse_keep", to=TensorProto.INT32
+        ),
+        helper.make_node(
+            "CumSum", [f"{p}_keep", f"{_LUT}_zero32"], [f"{p}_cum"], name=f"{node}/sparse_cumsum"
+        ),
         helper.make_node("Mul", [f"{p}_cum", f"{p}_keep"], [f"{p}_idx"], name=f"{node}/sparse_index"),
-        helper.make_node("Gather", [f"{weight}_values", f"{p}_idx"], [f"{p}_dense"], name=f"{node}/sparse_values",
-                         axis=0),
+        helper.make_node(
+            "Gather", [f"{weight}_values", f"{p}_idx"], [f"{p}_dense"], name=f"{node}/sparse_values", axis=0
+        ),
         helper.make_node("Reshape", [f"{p}_dense", f"{p}_shape"], [weight], name=f"{node}/sparse_weight"),
     ]
     return tensors, nodes
@@ -74,10 +83,12 @@ def _sparse_tensors(w: np.ndarray, weight: str, node: str):
 def _shared_tensors():
     from onnx import numpy_helper
 
-    return [numpy_helper.from_array(_lut(), _LUT),
-            numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{_LUT}_flat"),
-            numpy_helper.from_array(np.array([0], dtype=np.int64), f"{_LUT}_zero"),
-            numpy_helper.from_array(np.array(0, dtype=np.int32), f"{_LUT}_zero32")]
+    return [
+        numpy_helper.from_array(_lut(), _LUT),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{_LUT}_flat"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{_LUT}_zero"),
+        numpy_helper.from_array(np.array(0, dtype=np.int32), f"{_LUT}_zero32"),
+    ]
 
 
 # op -> (input index of the integer weight, input index of its zero point)
@@ -134,11 +145,20 @@ def write_sparse(src, dst, min_sparsity: float = 0.5, keep: set[str] | frozenset
     import onnx
     from onnx import numpy_helper
 
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0 < min_sparsity <= 1:
-        raise PressoError(f"The 'min_sparsity' option must be a number in (0, 1] (the fraction of zeros from which "
-                          f"a layer is stored sparse). Got {min_sparsity!r} instead.")
+    if (
+        isinstance(min_sparsity, bool)
+        or not isinstance(min_sparsity, (int, float))
+        or not 0 < min_sparsity <= 1
+    ):
+        raise PressoError(
+            f"The 'min_sparsity' option must be a number in (0, 1] (the fraction of zeros from which "
+            f"a layer is stored sparse). Got {min_sparsity!r} instead."
+        )
     model = onnx.load(str(src))
-    if model.opset_import and next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < SPARSE_OPSET:
+    if (
+        model.opset_import
+        and next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < SPARSE_OPSET
+    ):
         model = to_opset(model, SPARSE_OPSET)
     inits = {i.name: i for i in model.graph.initializer}
     new_nodes, rows, sparse = [], [], []

@@ -66,8 +66,10 @@ class StructuredReport:
 
     def summary(self) -> list[dict]:
         """Per layer and dimension: kept and removed counts (for reports)."""
-        return [{"layer": c.name, "dim": c.dim, "kept": c.kept, "removed": len(c.removed)}
-                for c in self.layers.values()]
+        return [
+            {"layer": c.name, "dim": c.dim, "kept": c.kept, "removed": len(c.removed)}
+            for c in self.layers.values()
+        ]
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -150,17 +152,22 @@ def _importance(kind: str, acts: dict | None = None):
 
 def _validate(ratio, importance, scope, round_to) -> None:
     if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise PressoError(f"The 'ratio' of structured pruning must be a float in [0, 1). "
-                          f"Got {ratio!r} instead.")
+        raise PressoError(
+            f"The 'ratio' of structured pruning must be a float in [0, 1). Got {ratio!r} instead."
+        )
     if importance not in IMPORTANCES:
-        raise PressoError(f"The 'importance' of structured pruning must be one of "
-                          f"{', '.join(IMPORTANCES)}. Got {importance!r} instead.")
+        raise PressoError(
+            f"The 'importance' of structured pruning must be one of "
+            f"{', '.join(IMPORTANCES)}. Got {importance!r} instead."
+        )
     if scope not in SCOPES:
-        raise PressoError(f"The 'scope' of structured pruning must be one of "
-                          f"{', '.join(SCOPES)}. Got {scope!r} instead.")
+        raise PressoError(
+            f"The 'scope' of structured pruning must be one of {', '.join(SCOPES)}. Got {scope!r} instead."
+        )
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise PressoError(f"The 'round_to' of structured pruning must be a positive int or "
-                          f"None. Got {round_to!r} instead.")
+        raise PressoError(
+            f"The 'round_to' of structured pruning must be a positive int or None. Got {round_to!r} instead."
+        )
 
 
 def _forward(module: nn.Module, inputs: tuple) -> torch.Tensor:
@@ -170,8 +177,9 @@ def _forward(module: nn.Module, inputs: tuple) -> torch.Tensor:
 
 def _refuse(layer: str, why: str, fix: str = "") -> PressoError:
     fix = fix or f"Add '{layer}' to ignored_layers to keep it whole."
-    return PressoError(f"Structured pruning cannot safely prune the output channels of layer "
-                       f"'{layer}': {why}. {fix}")
+    return PressoError(
+        f"Structured pruning cannot safely prune the output channels of layer '{layer}': {why}. {fix}"
+    )
 
 
 class _Watched:
@@ -190,20 +198,25 @@ def _zero_inputs(layer: nn.Module, name: str, idx: list[int]) -> None:
     """Zero the weights through which the input channels ``idx`` reach ``layer``."""
     with torch.no_grad():
         if isinstance(layer, nn.Linear):
-            layer.weight[:, idx] = 0                       # (out, in)
+            layer.weight[:, idx] = 0  # (out, in)
         elif isinstance(layer, nn.modules.conv._ConvTransposeNd) and layer.groups == 1:
-            layer.weight[idx] = 0                          # (in, out, *k)
+            layer.weight[idx] = 0  # (in, out, *k)
         elif isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == 1:
-            layer.weight[:, idx] = 0                       # (out, in, *k)
-        elif isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == layer.in_channels \
-                and layer.out_channels == layer.in_channels:
-            layer.weight[idx] = 0                          # depthwise: channel c reads c only
+            layer.weight[:, idx] = 0  # (out, in, *k)
+        elif (
+            isinstance(layer, nn.modules.conv._ConvNd)
+            and layer.groups == layer.in_channels
+            and layer.out_channels == layer.in_channels
+        ):
+            layer.weight[idx] = 0  # depthwise: channel c reads c only
             if layer.bias is not None:
                 layer.bias[idx] = 0
         else:
-            raise PressoError(f"No masked equivalent for the inputs of layer '{name}' "
-                              f"({type(layer).__name__}); only Linear and ungrouped or "
-                              f"depthwise Conv layers are supported.")
+            raise PressoError(
+                f"No masked equivalent for the inputs of layer '{name}' "
+                f"({type(layer).__name__}); only Linear and ungrouped or "
+                f"depthwise Conv layers are supported."
+            )
 
 
 def masked_equivalent(original: nn.Module, report: StructuredReport) -> nn.Module:
@@ -216,9 +229,11 @@ def masked_equivalent(original: nn.Module, report: StructuredReport) -> nn.Modul
     pruned model's outputs up to float rounding.
     """
     if report.unchecked:
-        raise PressoError(f"Layers {', '.join(report.unchecked)} were pruned through a "
-                          f"LayerNorm or GroupNorm, which mixes channels; no masked model is "
-                          f"exactly equivalent.")
+        raise PressoError(
+            f"Layers {', '.join(report.unchecked)} were pruned through a "
+            f"LayerNorm or GroupNorm, which mixes channels; no masked model is "
+            f"exactly equivalent."
+        )
     masked = copy.deepcopy(original)
     modules = dict(masked.named_modules())
     for change in report.layers.values():
@@ -227,9 +242,17 @@ def masked_equivalent(original: nn.Module, report: StructuredReport) -> nn.Modul
     return masked
 
 
-def _plan_and_prune(work: nn.Module, original: nn.Module, inputs: tuple, ratio: float,
-                    importance: str, scope: str, ignored: Sequence[str],
-                    round_to: int | None, seed: int) -> StructuredReport:
+def _plan_and_prune(
+    work: nn.Module,
+    original: nn.Module,
+    inputs: tuple,
+    ratio: float,
+    importance: str,
+    scope: str,
+    ignored: Sequence[str],
+    round_to: int | None,
+    seed: int,
+) -> StructuredReport:
     """Prune ``work`` (a copy) group by group, checking each group against a masked copy."""
     import torch_pruning as tp
 
@@ -238,12 +261,13 @@ def _plan_and_prune(work: nn.Module, original: nn.Module, inputs: tuple, ratio: 
     try:
         graph = tp.DependencyGraph().build_dependency(work, example_inputs=inputs)
     except Exception as err:
-        raise PressoError(f"Structured pruning could not trace the model's channel "
-                          f"dependencies on the example inputs ({type(err).__name__}: {err}). "
-                          f"Check example_inputs, or prune a traceable sub-module.") from err
+        raise PressoError(
+            f"Structured pruning could not trace the model's channel "
+            f"dependencies on the example inputs ({type(err).__name__}: {err}). "
+            f"Check example_inputs, or prune a traceable sub-module."
+        ) from err
     # Layers whose outputs are the model's outputs: never pruned (output shape is fixed).
-    ignored_modules = [m for m, node in graph.module2node.items()
-                       if m in names and not node.outputs]
+    ignored_modules = [m for m, node in graph.module2node.items() if m in names and not node.outputs]
     ignored_modules += [m for m, n in names.items() if n and _matches(n, ignored)]
     if importance == "taylor":
         work.zero_grad()
@@ -252,8 +276,14 @@ def _plan_and_prune(work: nn.Module, original: nn.Module, inputs: tuple, ratio: 
     acts = _activations(work, inputs) if importance == "activation" else None
     watched = _Watched(_importance(importance, acts), names)
     pruner = tp.pruner.MetaPruner(
-        work, inputs, importance=watched, global_pruning=scope == "global",
-        pruning_ratio=ratio, ignored_layers=ignored_modules, round_to=round_to)
+        work,
+        inputs,
+        importance=watched,
+        global_pruning=scope == "global",
+        pruning_ratio=ratio,
+        ignored_layers=ignored_modules,
+        round_to=round_to,
+    )
 
     masked = copy.deepcopy(original)
     masked_modules = dict(masked.named_modules())
@@ -274,21 +304,22 @@ def _plan_and_prune(work: nn.Module, original: nn.Module, inputs: tuple, ratio: 
                 if name is None or fn not in ("prune_out_channels", "prune_in_channels"):
                     continue  # an op of the traced graph, not a layer with parameters
                 dim = "out" if fn == "prune_out_channels" else "in"
-                size = (graph.get_out_channels(dep.target.module) if dim == "out"
-                        else graph.get_in_channels(dep.target.module))
+                size = (
+                    graph.get_out_channels(dep.target.module)
+                    if dim == "out"
+                    else graph.get_in_channels(dep.target.module)
+                )
                 alive = remaining.setdefault((name, dim), list(range(size)))
                 gone = sorted({alive[i] for i in idxs})
                 touched.append((name, dim, gone))
-            mixing = any(isinstance(m, _MIXING_NORMS) for m in
-                         (dep.target.module for dep, _ in group))
+            mixing = any(isinstance(m, _MIXING_NORMS) for m in (dep.target.module for dep, _ in group))
             group.prune()
             for name, dim, gone in touched:
                 alive = remaining[(name, dim)]
                 before = changes[(name, dim)].before if (name, dim) in changes else len(alive)
                 prev = changes[(name, dim)].removed if (name, dim) in changes else ()
                 remaining[(name, dim)] = [c for c in alive if c not in set(gone)]
-                changes[(name, dim)] = LayerChange(name, dim, before,
-                                                   tuple(sorted(set(prev) | set(gone))))
+                changes[(name, dim)] = LayerChange(name, dim, before, tuple(sorted(set(prev) | set(gone))))
                 if dim == "in" and not mixing:
                     _zero_inputs(masked_modules[name], name, gone)
             _check_outputs(work, masked, inputs, ref, root, check_equal=not mixing)
@@ -299,8 +330,9 @@ def _plan_and_prune(work: nn.Module, original: nn.Module, inputs: tuple, ratio: 
         raise
     except Exception as err:
         where = root if root != "?" else watched.root
-        raise _refuse(where, f"the dependency graph could not rewire it "
-                             f"({type(err).__name__}: {err})") from err
+        raise _refuse(
+            where, f"the dependency graph could not rewire it ({type(err).__name__}: {err})"
+        ) from err
     return StructuredReport(count_parameters(original), count_parameters(work), changes, tuple(unchecked))
 
 
@@ -313,42 +345,59 @@ def _seeded(groups, seed: int):
 
 def _feeds_output(group) -> bool:
     """Whether pruning ``group`` would remove channels of the model's output."""
-    return any(not dep.target.outputs and getattr(dep.handler, "__name__", "")
-               == "prune_out_channels" for dep, _ in group)
+    return any(
+        not dep.target.outputs and getattr(dep.handler, "__name__", "") == "prune_out_channels"
+        for dep, _ in group
+    )
 
 
 def _check_group(group, names: dict, root: str) -> None:
     """Refuse grouped (not depthwise) convolutions: their channels cannot move freely."""
     for dep, _ in group:
         m = dep.target.module
-        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not (
-                m.groups == m.in_channels == m.out_channels):
+        if (
+            isinstance(m, nn.modules.conv._ConvNd)
+            and m.groups > 1
+            and not (m.groups == m.in_channels == m.out_channels)
+        ):
             conv = names.get(m, "?")
-            what = ("it is a grouped convolution" if conv == root
-                    else f"its channels feed grouped convolution '{conv}'")
-            raise _refuse(root, f"{what} (groups={m.groups}), whose channel groups would no "
-                                f"longer line up",
-                          f"Add '{conv}' and the layers feeding it to ignored_layers.")
+            what = (
+                "it is a grouped convolution"
+                if conv == root
+                else f"its channels feed grouped convolution '{conv}'"
+            )
+            raise _refuse(
+                root,
+                f"{what} (groups={m.groups}), whose channel groups would no longer line up",
+                f"Add '{conv}' and the layers feeding it to ignored_layers.",
+            )
 
 
 def _check_outputs(work, masked, inputs, ref, root: str, check_equal: bool) -> None:
     try:
         out = _forward(work, inputs)
     except Exception as err:
-        raise _refuse(root, f"the pruned model no longer runs ({type(err).__name__}: "
-                            f"{err}); a reshape or view probably folds its channels into "
-                            f"another dimension") from err
+        raise _refuse(
+            root,
+            f"the pruned model no longer runs ({type(err).__name__}: "
+            f"{err}); a reshape or view probably folds its channels into "
+            f"another dimension",
+        ) from err
     if out.shape != ref.shape:
-        raise _refuse(root, f"the model's output shape would change from {tuple(ref.shape)} "
-                            f"to {tuple(out.shape)}")
+        raise _refuse(
+            root, f"the model's output shape would change from {tuple(ref.shape)} to {tuple(out.shape)}"
+        )
     if check_equal:
         expect = _forward(masked, inputs)
         if not torch.allclose(out, expect, rtol=_EQUIV_RTOL, atol=_EQUIV_ATOL):
             err = (out - expect).abs().max().item()
-            raise _refuse(root, f"removing its channels changes the outputs of the kept "
-                                f"channels (max difference {err:.3g} from the masked model); "
-                                f"a reshape or channel-mixing op the tracer cannot follow "
-                                f"consumes them")
+            raise _refuse(
+                root,
+                f"removing its channels changes the outputs of the kept "
+                f"channels (max difference {err:.3g} from the masked model); "
+                f"a reshape or channel-mixing op the tracer cannot follow "
+                f"consumes them",
+            )
 
 
 def _transplant(dst: nn.Module, src: nn.Module) -> None:
@@ -359,10 +408,16 @@ def _transplant(dst: nn.Module, src: nn.Module) -> None:
                 d.__dict__[key] = value
 
 
-def prune_channels(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
-                   ratio: float, importance: str = "l2", scope: str = "layer",
-                   ignored_layers: Sequence[str] = (), round_to: int | None = None,
-                   seed: int = 0) -> StructuredReport:
+def prune_channels(
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    ratio: float,
+    importance: str = "l2",
+    scope: str = "layer",
+    ignored_layers: Sequence[str] = (),
+    round_to: int | None = None,
+    seed: int = 0,
+) -> StructuredReport:
     """Physically remove ``ratio`` of the output channels of every prunable layer, in place.
 
     Parameters
@@ -401,8 +456,9 @@ def prune_channels(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     module.eval()
     try:
         work = copy.deepcopy(module)
-        report = _plan_and_prune(work, module, inputs, float(ratio), importance, scope,
-                                 tuple(ignored_layers), round_to, seed)
+        report = _plan_and_prune(
+            work, module, inputs, float(ratio), importance, scope, tuple(ignored_layers), round_to, seed
+        )
         work.zero_grad(set_to_none=True)
         _transplant(module, work)
     finally:

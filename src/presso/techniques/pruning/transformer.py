@@ -48,20 +48,24 @@ class TransformerPruneReport:
 
     params_before: int
     params_after: int
-    heads: dict[int, tuple[int, ...]]      # layer index -> removed head indices
-    neurons: dict[int, tuple[int, ...]]    # layer index -> removed intermediate neurons
-    layer_names: tuple[str, ...] = ()      # qualified name of layer i
-    heads_before: tuple[int, ...] = ()     # heads of layer i before pruning
-    ffn_before: tuple[int, ...] = ()       # intermediate neurons of layer i before pruning
+    heads: dict[int, tuple[int, ...]]  # layer index -> removed head indices
+    neurons: dict[int, tuple[int, ...]]  # layer index -> removed intermediate neurons
+    layer_names: tuple[str, ...] = ()  # qualified name of layer i
+    heads_before: tuple[int, ...] = ()  # heads of layer i before pruning
+    ffn_before: tuple[int, ...] = ()  # intermediate neurons of layer i before pruning
 
     def summary(self) -> list[dict]:
         """Per layer: heads and feed-forward neurons kept and removed (for reports)."""
-        return [{"layer": name,
-                 "heads_kept": self.heads_before[i] - len(self.heads.get(i, ())),
-                 "heads_removed": len(self.heads.get(i, ())),
-                 "ffn_kept": self.ffn_before[i] - len(self.neurons.get(i, ())),
-                 "ffn_removed": len(self.neurons.get(i, ()))}
-                for i, name in enumerate(self.layer_names)]
+        return [
+            {
+                "layer": name,
+                "heads_kept": self.heads_before[i] - len(self.heads.get(i, ())),
+                "heads_removed": len(self.heads.get(i, ())),
+                "ffn_kept": self.ffn_before[i] - len(self.neurons.get(i, ())),
+                "ffn_removed": len(self.neurons.get(i, ())),
+            }
+            for i, name in enumerate(self.layer_names)
+        ]
 
 
 class _Layer:
@@ -76,14 +80,21 @@ class _Layer:
         width = self.q.out_features
         heads = getattr(self.attn, "num_attention_heads", None)
         self.head_size = int(getattr(self.attn, "attention_head_size", 0) or width // max(heads or 1, 1))
-        if (self.head_size < 1 or width % self.head_size or self.k.out_features != width
-                or self.v.out_features != width or self.attn_out.in_features != width
-                or self.inter.out_features != self.out.in_features):
-            raise PressoError(f"Layer '{name}' looks BERT-like but its projections do not line up "
-                              f"(query/key/value {self.q.out_features}/{self.k.out_features}/"
-                              f"{self.v.out_features} wide, head size {self.head_size}, "
-                              f"attention.output.dense reads {self.attn_out.in_features}); "
-                              f"transformer pruning supports standard multi-head attention only.")
+        if (
+            self.head_size < 1
+            or width % self.head_size
+            or self.k.out_features != width
+            or self.v.out_features != width
+            or self.attn_out.in_features != width
+            or self.inter.out_features != self.out.in_features
+        ):
+            raise PressoError(
+                f"Layer '{name}' looks BERT-like but its projections do not line up "
+                f"(query/key/value {self.q.out_features}/{self.k.out_features}/"
+                f"{self.v.out_features} wide, head size {self.head_size}, "
+                f"attention.output.dense reads {self.attn_out.in_features}); "
+                f"transformer pruning supports standard multi-head attention only."
+            )
         self.n_heads, self.n_ffn = width // self.head_size, self.inter.out_features
 
     def head_columns(self, heads) -> list[int]:
@@ -93,8 +104,14 @@ class _Layer:
 
 def _is_bert_layer(m: nn.Module) -> bool:
     try:
-        parts = (m.attention.self.query, m.attention.self.key, m.attention.self.value,
-                 m.attention.output.dense, m.intermediate.dense, m.output.dense)
+        parts = (
+            m.attention.self.query,
+            m.attention.self.key,
+            m.attention.self.value,
+            m.attention.output.dense,
+            m.intermediate.dense,
+            m.output.dense,
+        )
     except AttributeError:
         return False
     return all(isinstance(p, nn.Linear) for p in parts)
@@ -116,18 +133,22 @@ def find_encoder_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
 def _validate(heads_ratio, ffn_ratio, importance, scope, round_to) -> None:
     for key, ratio in (("heads_ratio", heads_ratio), ("ffn_ratio", ffn_ratio)):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-            raise PressoError(f"The '{key}' of transformer pruning must be a float in [0, 1). "
-                              f"Got {ratio!r} instead.")
+            raise PressoError(
+                f"The '{key}' of transformer pruning must be a float in [0, 1). Got {ratio!r} instead."
+            )
     if importance not in IMPORTANCES:
-        raise PressoError(f"The 'importance' of transformer pruning must be one of "
-                          f"{', '.join(IMPORTANCES)}. Got {importance!r} instead.")
+        raise PressoError(
+            f"The 'importance' of transformer pruning must be one of "
+            f"{', '.join(IMPORTANCES)}. Got {importance!r} instead."
+        )
     if scope not in SCOPES:
-        raise PressoError(f"The 'scope' of transformer pruning must be one of "
-                          f"{', '.join(SCOPES)}. Got {scope!r} instead.")
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
-                                 or round_to < 1):
-        raise PressoError(f"The 'round_to' of transformer pruning must be a positive int or "
-                          f"None. Got {round_to!r} instead.")
+        raise PressoError(
+            f"The 'scope' of transformer pruning must be one of {', '.join(SCOPES)}. Got {scope!r} instead."
+        )
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise PressoError(
+            f"The 'round_to' of transformer pruning must be a positive int or None. Got {round_to!r} instead."
+        )
 
 
 def _run(module: nn.Module, inputs) -> torch.Tensor:
@@ -137,23 +158,25 @@ def _run(module: nn.Module, inputs) -> torch.Tensor:
 
 # ---------------------------------------------------------------- scoring
 
+
 def _group_sums(L: _Layer, f) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum ``f(param)`` (elementwise) over the weights of each head and each neuron."""
     H, d = L.n_heads, L.head_size
-    heads = f(L.attn_out.weight).reshape(-1, H, d).sum((0, 2))          # columns of (C, H*d)
+    heads = f(L.attn_out.weight).reshape(-1, H, d).sum((0, 2))  # columns of (C, H*d)
     for lin in (L.q, L.k, L.v):
-        heads = heads + f(lin.weight).reshape(H, d, -1).sum((1, 2))     # rows of (H*d, C)
+        heads = heads + f(lin.weight).reshape(H, d, -1).sum((1, 2))  # rows of (H*d, C)
         if lin.bias is not None:
             heads = heads + f(lin.bias).reshape(H, d).sum(1)
-    ffn = f(L.inter.weight).sum(1) + f(L.out.weight).sum(0)            # (N,)
+    ffn = f(L.inter.weight).sum(1) + f(L.out.weight).sum(0)  # (N,)
     if L.inter.bias is not None:
         ffn = ffn + f(L.inter.bias)
     return heads, ffn
 
 
 def _taylor_grads(module: nn.Module, layers: list[_Layer], inputs) -> dict:
-    params = [p for L in layers for lin in (L.q, L.k, L.v, L.attn_out, L.inter, L.out)
-              for p in lin.parameters()]
+    params = [
+        p for L in layers for lin in (L.q, L.k, L.v, L.attn_out, L.inter, L.out) for p in lin.parameters()
+    ]
     frozen = [p for p in params if not p.requires_grad]
     for p in frozen:
         p.requires_grad_(True)
@@ -174,9 +197,10 @@ def _activations(module: nn.Module, layers: list[_Layer], inputs) -> list[tuple]
     def hook(i: int, kind: str, L: _Layer):
         def record(_m, _args, out):
             out = first_tensor(out).detach().float()
-            if kind == "heads":                                         # (B, T, H*d)
+            if kind == "heads":  # (B, T, H*d)
                 out = out.reshape(*out.shape[:-1], L.n_heads, L.head_size).norm(dim=-1)
             seen[(i, kind)] = out.abs().reshape(-1, out.shape[-1]).mean(0)
+
         return record
 
     handles = []
@@ -191,13 +215,16 @@ def _activations(module: nn.Module, layers: list[_Layer], inputs) -> list[tuple]
             h.remove()
     missing = [L.name for i, L in enumerate(layers) if (i, "heads") not in seen or (i, "ffn") not in seen]
     if missing:
-        raise PressoError(f"The 'activation' importance saw no activations of layer '{missing[0]}' on "
-                          f"the example inputs; use importance 'l2' or 'taylor'.")
+        raise PressoError(
+            f"The 'activation' importance saw no activations of layer '{missing[0]}' on "
+            f"the example inputs; use importance 'l2' or 'taylor'."
+        )
     return [(seen[(i, "heads")], seen[(i, "ffn")]) for i in range(len(layers))]
 
 
-def _scores(module: nn.Module, layers: list[_Layer], inputs, importance: str,
-            seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _scores(
+    module: nn.Module, layers: list[_Layer], inputs, importance: str, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One score per head and per neuron of every layer (higher = more important)."""
     if importance == "activation":
         return _activations(module, layers, inputs)
@@ -213,6 +240,7 @@ def _scores(module: nn.Module, layers: list[_Layer], inputs, importance: str,
 
 
 # ---------------------------------------------------------------- policy
+
 
 def _global_counts(scores: list[torch.Tensor], budget: int, floors: list[int]) -> list[int]:
     """Per layer, how many of the globally lowest ``budget`` scores to remove (floors kept)."""
@@ -236,15 +264,20 @@ def _plan(scores, heads_ratio: float, ffn_ratio: float, scope: str, round_to: in
     head_scores, ffn_scores = [s[0] for s in scores], [s[1] for s in scores]
     ffn_floors = [min(len(s), round_to or 1) for s in ffn_scores]
     if scope == "global":
-        head_counts = _global_counts(head_scores, round(heads_ratio * sum(map(len, head_scores))),
-                                     [1] * len(head_scores))
+        head_counts = _global_counts(
+            head_scores, round(heads_ratio * sum(map(len, head_scores))), [1] * len(head_scores)
+        )
         ffn_counts = _global_counts(ffn_scores, round(ffn_ratio * sum(map(len, ffn_scores))), ffn_floors)
     else:
         head_counts = [min(round(heads_ratio * len(s)), len(s) - 1) for s in head_scores]
-        ffn_counts = [min(round(ffn_ratio * len(s)), len(s) - f) for s, f in zip(ffn_scores, ffn_floors)]
+        ffn_counts = [
+            min(round(ffn_ratio * len(s)), len(s) - f) for s, f in zip(ffn_scores, ffn_floors, strict=True)
+        ]
     if round_to:  # kept neurons rounded *up* to a multiple of round_to (never above the layer's size)
-        ffn_counts = [len(s) - min(len(s), math.ceil((len(s) - c) / round_to) * round_to)
-                      for s, c in zip(ffn_scores, ffn_counts, strict=True)]
+        ffn_counts = [
+            len(s) - min(len(s), math.ceil((len(s) - c) / round_to) * round_to)
+            for s, c in zip(ffn_scores, ffn_counts, strict=True)
+        ]
     heads = {i: _lowest(s, c) for i, (s, c) in enumerate(zip(head_scores, head_counts, strict=True))}
     neurons = {i: _lowest(s, c) for i, (s, c) in enumerate(zip(ffn_scores, ffn_counts, strict=True))}
     return heads, neurons
@@ -252,12 +285,14 @@ def _plan(scores, heads_ratio: float, ffn_ratio: float, scope: str, round_to: in
 
 # ---------------------------------------------------------------- surgery
 
+
 def _sliced(lin: nn.Linear, keep: list[int], dim: int) -> nn.Linear:
     """A smaller copy of ``lin`` keeping outputs (``dim=0``) or inputs (``dim=1``) ``keep``."""
     idx = torch.tensor(keep, dtype=torch.long, device=lin.weight.device)
-    weight = lin.weight.detach().index_select(dim, idx)                 # (out, in)
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=lin.bias is not None,
-                    device=weight.device, dtype=weight.dtype)
+    weight = lin.weight.detach().index_select(dim, idx)  # (out, in)
+    new = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=lin.bias is not None, device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if lin.bias is not None:
@@ -291,8 +326,8 @@ def _cut_neurons(L: _Layer, removed: tuple[int, ...], undo: list) -> None:
 
 def _zero_columns(L: _Layer, heads: tuple[int, ...], neurons: tuple[int, ...]) -> None:
     with torch.no_grad():
-        L.attn_out.weight[:, L.head_columns(heads)] = 0                 # (C, H*d)
-        L.out.weight[:, list(neurons)] = 0                              # (C, N)
+        L.attn_out.weight[:, L.head_columns(heads)] = 0  # (C, H*d)
+        L.out.weight[:, list(neurons)] = 0  # (C, N)
 
 
 def _masked_output(module: nn.Module, L: _Layer, heads, neurons, inputs) -> torch.Tensor:
@@ -313,33 +348,49 @@ def _check(module: nn.Module, L: _Layer, inputs, ref: torch.Tensor, expect: torc
         with torch.no_grad():
             out = _run(module, inputs)
     except Exception as err:
-        raise PressoError(f"Transformer pruning broke layer '{L.name}': the model no longer runs "
-                          f"({type(err).__name__}: {err}); its attention probably reshapes with a "
-                          f"fixed head count.") from err
+        raise PressoError(
+            f"Transformer pruning broke layer '{L.name}': the model no longer runs "
+            f"({type(err).__name__}: {err}); its attention probably reshapes with a "
+            f"fixed head count."
+        ) from err
     if out.shape != ref.shape:
-        raise PressoError(f"Transformer pruning of layer '{L.name}' would change the model's output "
-                          f"shape from {tuple(ref.shape)} to {tuple(out.shape)}.")
+        raise PressoError(
+            f"Transformer pruning of layer '{L.name}' would change the model's output "
+            f"shape from {tuple(ref.shape)} to {tuple(out.shape)}."
+        )
     if not torch.allclose(out, expect, rtol=_EQUIV_RTOL, atol=_EQUIV_ATOL):
         err = (out - expect).abs().max().item()
-        raise PressoError(f"Transformer pruning of layer '{L.name}' changes the outputs of the kept "
-                          f"heads / neurons (max difference {err:.3g} from the masked model); its "
-                          f"attention does not lay heads out as contiguous blocks of query/key/value.")
+        raise PressoError(
+            f"Transformer pruning of layer '{L.name}' changes the outputs of the kept "
+            f"heads / neurons (max difference {err:.3g} from the masked model); its "
+            f"attention does not lay heads out as contiguous blocks of query/key/value."
+        )
 
 
 # ---------------------------------------------------------------- entry points
 
+
 def _layers(module: nn.Module) -> list[_Layer]:
     found = find_encoder_layers(module)
     if not found:
-        raise PressoError("Transformer pruning found no BERT-style encoder layer (attention.self.query/"
-                          "key/value, attention.output.dense, intermediate.dense, output.dense) in this "
-                          "model; use the 'slim' channel pruning for CNNs/MLPs.")
+        raise PressoError(
+            "Transformer pruning found no BERT-style encoder layer (attention.self.query/"
+            "key/value, attention.output.dense, intermediate.dense, output.dense) in this "
+            "model; use the 'slim' channel pruning for CNNs/MLPs."
+        )
     return [_Layer(name, m) for name, m in found]
 
 
-def prune_transformer(module: nn.Module, example_inputs: tuple | dict, heads_ratio: float = 0.0,
-                      ffn_ratio: float = 0.5, importance: str = "l2", scope: str = "layer",
-                      round_to: int | None = 8, seed: int = 0) -> TransformerPruneReport:
+def prune_transformer(
+    module: nn.Module,
+    example_inputs: tuple | dict,
+    heads_ratio: float = 0.0,
+    ffn_ratio: float = 0.5,
+    importance: str = "l2",
+    scope: str = "layer",
+    round_to: int | None = 8,
+    seed: int = 0,
+) -> TransformerPruneReport:
     """Remove attention heads and feed-forward neurons of every BERT-style layer, in place.
 
     Parameters
@@ -386,8 +437,11 @@ def prune_transformer(module: nn.Module, example_inputs: tuple | dict, heads_rat
     (3, 32)
     """
     _validate(heads_ratio, ffn_ratio, importance, scope, round_to)
-    inputs = example_inputs if isinstance(example_inputs, dict) else (
-        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
+    inputs = (
+        example_inputs
+        if isinstance(example_inputs, dict)
+        else ((example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
+    )
     layers = _layers(module)
     before = count_parameters(module)
     was_training = module.training
@@ -398,11 +452,18 @@ def prune_transformer(module: nn.Module, example_inputs: tuple | dict, heads_rat
             with torch.no_grad():
                 ref = _run(module, inputs)
         except Exception as err:
-            raise PressoError(f"Transformer pruning could not run the model on the example inputs "
-                              f"({type(err).__name__}: {err}). Pass what the model's forward takes, "
-                              f"as a tuple (positional) or a dict (keywords).") from err
-        heads, neurons = _plan(_scores(module, layers, inputs, importance, seed),
-                               float(heads_ratio), float(ffn_ratio), scope, round_to)
+            raise PressoError(
+                f"Transformer pruning could not run the model on the example inputs "
+                f"({type(err).__name__}: {err}). Pass what the model's forward takes, "
+                f"as a tuple (positional) or a dict (keywords)."
+            ) from err
+        heads, neurons = _plan(
+            _scores(module, layers, inputs, importance, seed),
+            float(heads_ratio),
+            float(ffn_ratio),
+            scope,
+            round_to,
+        )
         for i, L in enumerate(layers):
             if not heads[i] and not neurons[i]:
                 continue
@@ -418,9 +479,15 @@ def prune_transformer(module: nn.Module, example_inputs: tuple | dict, heads_rat
         raise
     finally:
         module.train(was_training)
-    return TransformerPruneReport(before, count_parameters(module), heads, neurons,
-                                  tuple(L.name for L in layers), tuple(L.n_heads for L in layers),
-                                  tuple(L.n_ffn for L in layers))
+    return TransformerPruneReport(
+        before,
+        count_parameters(module),
+        heads,
+        neurons,
+        tuple(L.name for L in layers),
+        tuple(L.n_heads for L in layers),
+        tuple(L.n_ffn for L in layers),
+    )
 
 
 def attention_shape(module: nn.Module) -> dict[str, int]:
@@ -452,9 +519,11 @@ def masked_transformer(original: nn.Module, report: TransformerPruneReport) -> n
     layers = _layers(masked)
     sizes = (tuple(L.name for L in layers), tuple(L.n_heads for L in layers), tuple(L.n_ffn for L in layers))
     if sizes != (report.layer_names, report.heads_before, report.ffn_before):
-        raise PressoError("masked_transformer needs the model as it was before pruning (its layers, "
-                          "heads or feed-forward sizes differ from the report's); keep a "
-                          "copy.deepcopy of it before calling prune_transformer.")
+        raise PressoError(
+            "masked_transformer needs the model as it was before pruning (its layers, "
+            "heads or feed-forward sizes differ from the report's); keep a "
+            "copy.deepcopy of it before calling prune_transformer."
+        )
     for i, L in enumerate(layers):
         _zero_columns(L, report.heads.get(i, ()), report.neurons.get(i, ()))
     return masked

@@ -25,8 +25,11 @@ def per_call_inputs(src: Path, tensors: list[str], feeds, calls: int = CALLS) ->
 
     probe = onnx.load(str(src))
     known = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in sorted(set(tensors)) if t not in known)
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+        for t in sorted(set(tensors))
+        if t not in known
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = default_threads()
     opts.log_severity_level = 3

@@ -150,9 +150,17 @@ class _Accumulator:
         return LayerInputs(self.sum / max(self.rows, 1), gram, self.rows, self.sampled)
 
 
-def collect_inputs(onnx_path: Path, specs: dict[str, InputSpec], inputs: dict[str, np.ndarray],
-                   *, gram: bool = True, max_rows: int = MAX_ROWS, batch_size: int = 64,
-                   seed: int = 0, workdir: Path | None = None) -> dict[str, LayerInputs]:
+def collect_inputs(
+    onnx_path: Path,
+    specs: dict[str, InputSpec],
+    inputs: dict[str, np.ndarray],
+    *,
+    gram: bool = True,
+    max_rows: int = MAX_ROWS,
+    batch_size: int = 64,
+    seed: int = 0,
+    workdir: Path | None = None,
+) -> dict[str, LayerInputs]:
     """Statistics of each node's float input over the rows of ``inputs``.
 
     ``specs`` maps a node name to its :class:`InputSpec`; nodes that read the same
@@ -189,10 +197,12 @@ def collect_inputs(onnx_path: Path, specs: dict[str, InputSpec], inputs: dict[st
     n = len(inputs[feeds[0]])
     batches = max(1, math.ceil(n / batch_size))
     rng = np.random.default_rng(seed)
-    acc = {spec: _Accumulator(math.ceil(max_rows / batches), gram, rng)
-           for spec in sorted(set(specs.values()), key=repr)}
+    acc = {
+        spec: _Accumulator(math.ceil(max_rows / batches), gram, rng)
+        for spec in sorted(set(specs.values()), key=repr)
+    }
     for start in range(0, n, batch_size):
-        feed = {k: np.ascontiguousarray(inputs[k][start:start + batch_size]) for k in feeds}
+        feed = {k: np.ascontiguousarray(inputs[k][start : start + batch_size]) for k in feeds}
         values = dict(zip(fetch, session.run(fetch, feed), strict=True)) if fetch else {}
         values.update({k: v for k, v in feed.items() if k in tensors})
         mask = feed.get("attention_mask")
@@ -232,9 +242,17 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
-def adaround(w, qp: QuantParams, gram, *, iters: int = ITERS, lam: float = LAMBDA,
-             beta: tuple[float, float] = BETA, warmup: float = WARMUP,
-             lr: float = LR) -> torch.Tensor:
+def adaround(
+    w,
+    qp: QuantParams,
+    gram,
+    *,
+    iters: int = ITERS,
+    lam: float = LAMBDA,
+    beta: tuple[float, float] = BETA,
+    warmup: float = WARMUP,
+    lr: float = LR,
+) -> torch.Tensor:
     """Integers of ``w`` (outputs, K) on the grid ``qp``, rounded up or down by AdaRound.
 
     ``gram`` is ``X^T X / N`` (K, K) of the layer's inputs. Each result is ``floor(w / s)``
@@ -258,8 +276,10 @@ def adaround(w, qp: QuantParams, gram, *, iters: int = ITERS, lam: float = LAMBD
     w = torch.as_tensor(w, dtype=torch.float32)
     h_mat = torch.as_tensor(gram, dtype=torch.float32)
     if w.ndim != 2 or h_mat.shape != (w.shape[1], w.shape[1]):
-        raise ValueError(f"adaround needs a (O, K) weight and a (K, K) Gram matrix; got "
-                         f"{tuple(w.shape)} and {tuple(h_mat.shape)}.")
+        raise ValueError(
+            f"adaround needs a (O, K) weight and a (K, K) Gram matrix; got "
+            f"{tuple(w.shape)} and {tuple(h_mat.shape)}."
+        )
     wv, s, z = _grid_view(w, qp)
     x = wv * (1.0 / s)  # as quantize(): float32 reciprocal
     base = torch.floor(x)
@@ -292,8 +312,9 @@ def adaround(w, qp: QuantParams, gram, *, iters: int = ITERS, lam: float = LAMBD
     return q.to(dtype)
 
 
-def _no_worse_than_nearest(q: torch.Tensor, w: torch.Tensor, qp: QuantParams,
-                           h_mat: torch.Tensor) -> torch.Tensor:
+def _no_worse_than_nearest(
+    q: torch.Tensor, w: torch.Tensor, qp: QuantParams, h_mat: torch.Tensor
+) -> torch.Tensor:
     """``q`` (O, K) with every output row whose reconstruction error is above nearest
     rounding's replaced by nearest rounding.
 
@@ -413,7 +434,11 @@ def subtract_from_bias(model, node, shift: np.ndarray, rms: np.ndarray | None) -
     elif node.op_type == "MatMul":
         out = node.output[0]
         consumers = [n for n in graph.node if out in n.input]
-        if len(consumers) == 1 and consumers[0].op_type == "Add" and out not in {o.name for o in graph.output}:
+        if (
+            len(consumers) == 1
+            and consumers[0].op_type == "Add"
+            and out not in {o.name for o in graph.output}
+        ):
             add = consumers[0]
             other = add.input[1] if add.input[0] == out else add.input[0]
             dims = list(inits[other].dims) if other in inits else None

@@ -72,8 +72,12 @@ def activation_tensors(model_path) -> list[str]:
     return _select(_typed_model(model_path))
 
 
-def calibrate(model_path, feeds: Iterable[Mapping[str, np.ndarray]], observer: str | Mapping[str, str] = "minmax",
-              **observer_options) -> Calibration:
+def calibrate(
+    model_path,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    observer: str | Mapping[str, str] = "minmax",
+    **observer_options,
+) -> Calibration:
     """Run the model batch by batch and return each activation tensor's quantization range.
 
     Parameters
@@ -107,7 +111,9 @@ def calibrate(model_path, feeds: Iterable[Mapping[str, np.ndarray]], observer: s
     return Calibration(ranges, chosen)
 
 
-def quant_overrides(calibration, activation_type: str = "u8", symmetric: bool = False) -> dict[str, list[dict]]:
+def quant_overrides(
+    calibration, activation_type: str = "u8", symmetric: bool = False
+) -> dict[str, list[dict]]:
     """ORT ``TensorQuantOverrides`` fixing each tensor's scale and zero point from its range.
 
     Scale and zero point come from ORT's own formula (``quant_utils.compute_scale_zp``: the
@@ -124,7 +130,9 @@ def quant_overrides(calibration, activation_type: str = "u8", symmetric: bool = 
     from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
     _check_activation_type(activation_type)
-    qmin, qmax = get_qmin_qmax_for_qType(getattr(onnx.TensorProto, _QTYPES[activation_type]), symmetric=symmetric)
+    qmin, qmax = get_qmin_qmax_for_qType(
+        getattr(onnx.TensorProto, _QTYPES[activation_type]), symmetric=symmetric
+    )
     ranges = calibration.ranges if isinstance(calibration, Calibration) else calibration
     out = {}
     for name, (lo, hi) in ranges.items():
@@ -133,9 +141,17 @@ def quant_overrides(calibration, activation_type: str = "u8", symmetric: bool = 
     return out
 
 
-def static_quantize_kwargs(model_path, reader_feeds, observer: str | Mapping[str, str] = "auto",
-                           activation_type: str = "u8", *, symmetric: bool = False,
-                           nodes_to_exclude: Iterable[str] = (), workdir=None, **observer_options) -> dict:
+def static_quantize_kwargs(
+    model_path,
+    reader_feeds,
+    observer: str | Mapping[str, str] = "auto",
+    activation_type: str = "u8",
+    *,
+    symmetric: bool = False,
+    nodes_to_exclude: Iterable[str] = (),
+    workdir=None,
+    **observer_options,
+) -> dict:
     """Calibrate with presso and return the keyword arguments that make ``quantize_static`` use it.
 
     Merge them into the call (``extra_options`` merged key by key into yours) and pass no
@@ -167,26 +183,38 @@ def static_quantize_kwargs(model_path, reader_feeds, observer: str | Mapping[str
 
     model = _typed_model(model_path)
     tensors = set(_select(model))
-    half = [vi.name for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)
-            if vi.name in tensors and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16]
+    half = [
+        vi.name
+        for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)
+        if vi.name in tensors and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    ]
     if half:
-        raise PressoError(f"Tensor {half[0]!r} is float16: presso's int8 ranges are written as float32 scales, "
-                          "which float16 QuantizeLinear nodes reject. Quantize the float32 model.")
+        raise PressoError(
+            f"Tensor {half[0]!r} is float16: presso's int8 ranges are written as float32 scales, "
+            "which float16 QuantizeLinear nodes reject. Quantize the float32 model."
+        )
     cal = calibrate(model_path, remember_first(_iterate(reader_feeds)), observer, **observer_options)
     ranges = _ort_adjusted(cal.ranges, model, set(nodes_to_exclude))
     del model
     kwargs = {
         "activation_type": QuantType.QUInt8 if activation_type == "u8" else QuantType.QInt8,
         "calibrate_method": CalibrationMethod.MinMax,
-        "extra_options": {"ActivationSymmetric": symmetric,
-                          "TensorQuantOverrides": quant_overrides(ranges, activation_type, symmetric)},
+        "extra_options": {
+            "ActivationSymmetric": symmetric,
+            "TensorQuantOverrides": quant_overrides(ranges, activation_type, symmetric),
+        },
     }
     if use_cache:
         from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
         path = Path(workdir or tempfile.mkdtemp(prefix="presso-calibration-")) / "presso-calibration.json"
-        save_tensors_data(TensorsData(CalibrationMethod.MinMax,
-                                      {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()}), path)
+        save_tensors_data(
+            TensorsData(
+                CalibrationMethod.MinMax,
+                {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()},
+            ),
+            path,
+        )
         kwargs.update(calibration_cache_path=str(path), calibration_data_reader=None)
     else:
         kwargs["calibration_data_reader"] = _OneBatch(first[0])
@@ -194,6 +222,7 @@ def static_quantize_kwargs(model_path, reader_feeds, observer: str | Mapping[str
 
 
 # --- running the model -----------------------------------------------------------------------
+
 
 def _collect(model_path, feeds, observer, options) -> dict[str, tuple[object, str]]:
     """Tensor -> (fitted observer, observer name); one ORT run per batch, nothing kept across batches."""
@@ -219,8 +248,9 @@ def _collect(model_path, feeds, observer, options) -> dict[str, tuple[object, st
         if _has_external_data(model):
             # ORT refuses external data outside the model's folder (links included): load the
             # weight-less graph from memory and point ORT at the original folder.
-            so.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                        str(Path(model_path).resolve().parent))
+            so.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(Path(model_path).resolve().parent)
+            )
             source = model.SerializeToString()
         else:
             source = str(Path(tmp) / "calibration.onnx")
@@ -229,16 +259,20 @@ def _collect(model_path, feeds, observer, options) -> dict[str, tuple[object, st
         try:
             sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT's error classes share no base but Exception
-            raise PressoError(f"ONNX Runtime cannot load {model_path} for calibration: {_first_line(exc)}") from None
+            raise PressoError(
+                f"ONNX Runtime cannot load {model_path} for calibration: {_first_line(exc)}"
+            ) from None
         n_batches = 0
         for i, feed in enumerate(_iterate(feeds)):
             feed = {k: v for k, v in feed.items() if k in inputs}
             try:
                 values = sess.run(fetch, feed)  # one batch of every fetched activation
             except Exception as exc:  # noqa: BLE001 - as above
-                raise PressoError(f"ONNX Runtime could not run calibration batch {i}: {_first_line(exc)}. "
-                                  f"Feed the model's inputs ({', '.join(inputs)}) with their dtypes and shapes.") from None
-            for name, value in zip(fetch, values):
+                raise PressoError(
+                    f"ONNX Runtime could not run calibration batch {i}: {_first_line(exc)}. "
+                    f"Feed the model's inputs ({', '.join(inputs)}) with their dtypes and shapes."
+                ) from None
+            for name, value in zip(fetch, values, strict=True):
                 observers[name][0].observe(value)
             for name in inputs:
                 if name in observers:
@@ -292,8 +326,12 @@ def _select(model) -> list[str]:
         if node.op_type in ops:
             for name in (*node.input, *node.output):
                 t = types.get(name)
-                if (t is not None and t.HasField("tensor_type") and t.tensor_type.elem_type in floats
-                        and name not in weights):
+                if (
+                    t is not None
+                    and t.HasField("tensor_type")
+                    and t.tensor_type.elem_type in floats
+                    and name not in weights
+                ):
                     picked[name] = None
     return list(picked)
 
@@ -347,11 +385,14 @@ def _first_line(exc: Exception) -> str:
 
 def _check_activation_type(activation_type) -> None:
     if activation_type not in _QTYPES:
-        raise PressoError(f"The activation type must be one of {', '.join(map(repr, _QTYPES))}. "
-                          f"Got {activation_type!r} instead.")
+        raise PressoError(
+            f"The activation type must be one of {', '.join(map(repr, _QTYPES))}. "
+            f"Got {activation_type!r} instead."
+        )
 
 
 # --- observers -------------------------------------------------------------------------------
+
 
 def _check_name(name) -> None:
     if not isinstance(name, str) or name not in OBSERVER_NAMES:
@@ -362,15 +403,19 @@ def _names_per_tensor(observer, tensors: list[str]) -> dict[str, str]:
     if isinstance(observer, str):
         return dict.fromkeys(tensors, observer)
     if not isinstance(observer, Mapping):
-        raise PressoError("The 'observer' option must be an observer name or a dict {tensor: observer name}. "
-                          f"Got {type(observer).__name__} instead.")
+        raise PressoError(
+            "The 'observer' option must be an observer name or a dict {tensor: observer name}. "
+            f"Got {type(observer).__name__} instead."
+        )
     for name in observer.values():
         _check_name(name)
     unknown = sorted(set(observer) - set(tensors))
     if unknown:
         shown = ", ".join(tensors[:8]) + (f" ... ({len(tensors)} in all)" if len(tensors) > 8 else "")
-        raise PressoError(f"The observer dict names tensor(s) {', '.join(unknown)} that ONNX Runtime does not "
-                          f"quantize in this model. Its activation tensors: {shown}.")
+        raise PressoError(
+            f"The observer dict names tensor(s) {', '.join(unknown)} that ONNX Runtime does not "
+            f"quantize in this model. Its activation tensors: {shown}."
+        )
     return {t: observer.get(t, "minmax") for t in tensors}
 
 
@@ -389,8 +434,10 @@ def _check_options(options: dict, used: set[str]) -> None:
     unused = sorted(set(options) - set().union(*(_takes(n) for n in used)))
     if unused:
         takes = "; ".join(f"{n}: {', '.join(sorted(_takes(n))) or 'none'}" for n in sorted(used))
-        raise PressoError(f"Observer option(s) {', '.join(unused)} are taken by none of the observers used "
-                          f"({takes}). Drop them or choose an observer that takes them.")
+        raise PressoError(
+            f"Observer option(s) {', '.join(unused)} are taken by none of the observers used "
+            f"({takes}). Drop them or choose an observer that takes them."
+        )
 
 
 class _AutoObserver:
@@ -429,13 +476,18 @@ class _AutoObserver:
         h = self.signed_.hist_
         mse = MSEObserver(bits=8, bins=self.bins)
         mse.hist_, mse.n_seen_ = h, h.n_seen_  # it only reads these: lend the shared histogram
-        return {"minmax": (float(h.min_), float(h.max_)), "percentile": self.signed_.range_(),
-                "mse": mse.range_(), "entropy": self.abs_.range_()}
+        return {
+            "minmax": (float(h.min_), float(h.max_)),
+            "percentile": self.signed_.range_(),
+            "mse": mse.range_(),
+            "entropy": self.abs_.range_(),
+        }
 
     def range_(self) -> tuple[float, float]:
         cands = self.candidates()
-        self.errors_ = {name: _int8_mse(self.signed_.hist_, *cands[name], zeros=self.zeros_)
-                        for name in _AUTO_CANDIDATES}
+        self.errors_ = {
+            name: _int8_mse(self.signed_.hist_, *cands[name], zeros=self.zeros_) for name in _AUTO_CANDIDATES
+        }
         self.choice_ = min(_AUTO_CANDIDATES, key=self.errors_.__getitem__)  # first minimum: min-max on ties
         return cands[self.choice_]
 
@@ -447,5 +499,5 @@ def _int8_mse(hist, lo: float, hi: float, zeros: int = 0) -> float:
     edges = hist.edges_
     centres = 0.5 * (edges[:-1] + edges[1:])  # (B,)
     d2 = (centres - np.clip(centres, lo, hi)) ** 2
-    rounding = step ** 2 / 12 * (hist.counts_[d2 == 0].sum() - zeros)  # zeros lie inside every range
+    rounding = step**2 / 12 * (hist.counts_[d2 == 0].sum() - zeros)  # zeros lie inside every range
     return float(((hist.counts_ * d2).sum() + rounding) / hist.n_seen_)

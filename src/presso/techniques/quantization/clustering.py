@@ -18,7 +18,9 @@ from presso.techniques.quantization.config import KMeansConfig
 from presso.techniques.quantization.packing import pack_int4
 
 
-def cluster(w: np.ndarray, bits: int, seed: int = 0, keep_zeros: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def cluster(
+    w: np.ndarray, bits: int, seed: int = 0, keep_zeros: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(codebook (2^bits,), indices shaped like ``w``) from 1-D k-means of ``w``'s values.
 
     ``keep_zeros``: pruned weights stay exactly zero (one codebook entry is 0.0) and the
@@ -37,11 +39,11 @@ def cluster(w: np.ndarray, bits: int, seed: int = 0, keep_zeros: bool = False) -
     values = w.reshape(-1).astype(np.float64)  # (n,)
     zero = values == 0
     if keep_zeros and _worth_a_zero_entry(zero, bits):
-        book, kept = _kmeans_1d(values[~zero], 2 ** bits - 1, seed)
+        book, kept = _kmeans_1d(values[~zero], 2**bits - 1, seed)
         idx = np.zeros(values.shape, np.int64)
         idx[~zero] = kept + 1  # index 0 is the exact zero
         return np.concatenate([[0.0], book]).astype(np.float32), idx.reshape(w.shape).astype(np.uint8)
-    codebook, idx = _kmeans_1d(values, 2 ** bits, seed)
+    codebook, idx = _kmeans_1d(values, 2**bits, seed)
     return codebook.astype(np.float32), idx.reshape(w.shape).astype(np.uint8)
 
 
@@ -49,7 +51,7 @@ def _worth_a_zero_entry(zero: np.ndarray, bits: int) -> bool:
     """A codebook entry for exact zeros pays when zeros are at least as common as an average
     cluster (1 / 2^bits of the weights): a few stray zeros in a dense layer must not take one
     of the few values the other weights share."""
-    return bool(zero.any() and not zero.all() and zero.mean() >= 1 / 2 ** bits)
+    return bool(zero.any() and not zero.all() and zero.mean() >= 1 / 2**bits)
 
 
 def _kmeans_1d(values: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +66,14 @@ def _kmeans_1d(values: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.nd
     # millions); exact 1-D Lloyd steps on all values then refine it to a fixed point.
     sample = values if len(values) <= _FIT_SAMPLE else rng.choice(values, _FIT_SAMPLE, replace=False)
     init = np.linspace(sample.min(), sample.max(), k).reshape(-1, 1)  # linear init
-    km = KMeans(n_clusters=k, init=init, n_init=1, max_iter=300, tol=0.0,  # run to convergence
-                random_state=seed).fit(sample.reshape(-1, 1))
+    km = KMeans(
+        n_clusters=k,
+        init=init,
+        n_init=1,
+        max_iter=300,
+        tol=0.0,  # run to convergence
+        random_state=seed,
+    ).fit(sample.reshape(-1, 1))
     codebook = np.sort(km.cluster_centers_[:, 0])
     idx = _nearest(values, codebook)
     for _ in range(_MAX_REFINE):
@@ -82,8 +90,9 @@ def _kmeans_1d(values: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.nd
     return codebook, idx
 
 
-def cluster_rows(w2: np.ndarray, bits: int, iters: int = 50,
-                 keep_zeros: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def cluster_rows(
+    w2: np.ndarray, bits: int, iters: int = 50, keep_zeros: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row codebooks: ((rows, 2^bits) centroids, indices shaped like ``w2``).
 
     One 1-D k-means per row (output channel), vectorised over rows: linear initialisation
@@ -104,10 +113,10 @@ def cluster_rows(w2: np.ndarray, bits: int, iters: int = 50,
     if keep_zeros and _worth_a_zero_entry(zero, bits):
         lo, hi = np.where(zero, np.inf, v).min(1), np.where(zero, -np.inf, v).max(1)
         lo, hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)  # all-zero rows
-        books, idx = _lloyd_rows(v, ~zero, np.linspace(lo, hi, 2 ** bits - 1, axis=1), iters)
+        books, idx = _lloyd_rows(v, ~zero, np.linspace(lo, hi, 2**bits - 1, axis=1), iters)
         books = np.concatenate([np.zeros((len(v), 1)), books], axis=1)
         return books.astype(np.float32), np.where(zero, 0, idx + 1).astype(np.uint8)
-    k = 2 ** bits
+    k = 2**bits
     books, idx = _lloyd_rows(v, np.ones_like(zero), np.linspace(v.min(1), v.max(1), k, axis=1), iters)
     return books.astype(np.float32), idx.astype(np.uint8)
 
@@ -151,8 +160,9 @@ def _nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(midpoints, values)]
 
 
-def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig,
-                 precision: dict[str, str] | None = None) -> list[dict]:
+def write_kmeans(
+    src: Path, dst: Path, cfg: KMeansConfig, precision: dict[str, str] | None = None
+) -> list[dict]:
     """Rewrite ``src`` with clustered weights into ``dst``; returns one row per layer.
     Nodes that ``precision`` maps to ``"fp32"`` stay float."""
     import onnx
@@ -192,26 +202,49 @@ def write_kmeans(src: Path, dst: Path, cfg: KMeansConfig,
             index = helper.make_tensor(i_name, TensorProto.UINT4, list(idx.shape), packed.tobytes(), raw=True)
         else:
             index = numpy_helper.from_array(idx, i_name)
-        model.graph.initializer.extend([index, numpy_helper.from_array(codebook, c_name),
-                                        numpy_helper.from_array(np.array(1.0, np.float32), one)])
+        model.graph.initializer.extend(
+            [
+                index,
+                numpy_helper.from_array(codebook, c_name),
+                numpy_helper.from_array(np.array(1.0, np.float32), one),
+            ]
+        )
         gather_in = f"{weight}_index_i"
         new_nodes += [
-            helper.make_node("DequantizeLinear", [i_name, one], [f"{weight}_index_f"], name=f"{node_name}/index"),
-            helper.make_node("Cast", [f"{weight}_index_f"], [gather_in], to=TensorProto.INT64,
-                             name=f"{node_name}/index_int"),
+            helper.make_node(
+                "DequantizeLinear", [i_name, one], [f"{weight}_index_f"], name=f"{node_name}/index"
+            ),
+            helper.make_node(
+                "Cast",
+                [f"{weight}_index_f"],
+                [gather_in],
+                to=TensorProto.INT64,
+                name=f"{node_name}/index_int",
+            ),
         ]
         if offsets is not None:
             o_name = f"{weight}_codebook_offsets"
             model.graph.initializer.append(numpy_helper.from_array(offsets, o_name))
-            new_nodes.append(helper.make_node("Add", [gather_in, o_name], [f"{weight}_index_g"],
-                                              name=f"{node_name}/codebook_offset"))
+            new_nodes.append(
+                helper.make_node(
+                    "Add", [gather_in, o_name], [f"{weight}_index_g"], name=f"{node_name}/codebook_offset"
+                )
+            )
             gather_in = f"{weight}_index_g"
-        new_nodes.append(helper.make_node("Gather", [c_name, gather_in], [weight], axis=0,
-                                          name=f"{node_name}/codebook"))
+        new_nodes.append(
+            helper.make_node("Gather", [c_name, gather_in], [weight], axis=0, name=f"{node_name}/codebook")
+        )
         err = float(np.linalg.norm(rebuilt - w) / max(float(np.linalg.norm(w)), 1e-12))
-        rows.append({"node": node_name, "op": op, "precision": f"kmeans {2 ** cfg.bits} values",
-                     "granularity": "per channel" if offsets is not None else "per layer",
-                     "parameters": int(w.size), "relative_error": round(err, 6)})
+        rows.append(
+            {
+                "node": node_name,
+                "op": op,
+                "precision": f"kmeans {2**cfg.bits} values",
+                "granularity": "per channel" if offsets is not None else "per layer",
+                "parameters": int(w.size),
+                "relative_error": round(err, 6),
+            }
+        )
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer

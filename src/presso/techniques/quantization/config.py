@@ -71,8 +71,9 @@ class Int4Config(BaseModel):
 Scheme = Literal["int", "power-of-two", "binary", "float16", "bfloat16"]
 INT_SCHEMES = ("int", "power-of-two")
 # Per-layer precisions a weight-only stage may store (mixed precision overrides)
-WeightPrecision = Literal["int2", "int3", "int4", "int5", "int6", "int7", "int8", "binary",
-                          "float16", "bfloat16"]
+WeightPrecision = Literal[
+    "int2", "int3", "int4", "int5", "int6", "int7", "int8", "binary", "float16", "bfloat16"
+]
 
 
 class WeightOnlyConfig(BaseModel):
@@ -112,8 +113,7 @@ class WeightOnlyConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_bits(cls, data):
-        if isinstance(data, dict) and data.get("bits") is None \
-                and data.get("scheme", "int") in INT_SCHEMES:
+        if isinstance(data, dict) and data.get("bits") is None and data.get("scheme", "int") in INT_SCHEMES:
             data = {**data, "bits": 4}
         return data
 
@@ -143,8 +143,10 @@ class WeightOnlyConfig(BaseModel):
     def _check_group(cls, v, info: ValidationInfo):
         scheme = info.data.get("scheme", "int")
         if v != "auto" and scheme not in INT_SCHEMES:
-            raise ValueError(f"group_size applies to the integer schemes, not '{scheme}' "
-                             "(binary scales are per output channel; half floats have none)")
+            raise ValueError(
+                f"group_size applies to the integer schemes, not '{scheme}' "
+                "(binary scales are per output channel; half floats have none)"
+            )
         return v
 
     @field_validator("rounding")

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-_WEIGHTED = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "LSTM": 1, "GRU": 1,
-             "RNN": 1, "Attention": 1}
+_WEIGHTED = {
+    "MatMul": 1,
+    "Gemm": 1,
+    "Conv": 1,
+    "ConvTranspose": 1,
+    "LSTM": 1,
+    "GRU": 1,
+    "RNN": 1,
+    "Attention": 1,
+}
 _FLOAT = {1, 10, 16}  # float, float16, bfloat16
 
 
@@ -19,9 +27,13 @@ def input_uses(graph) -> dict[str, int]:
 def weighted_nodes(model) -> list[str]:
     """Names of nodes whose weight operand is an initializer, in graph order."""
     inits = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type in _WEIGHTED and len(n.input) > _WEIGHTED[n.op_type]
-            and n.input[_WEIGHTED[n.op_type]] in inits]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in _WEIGHTED
+        and len(n.input) > _WEIGHTED[n.op_type]
+        and n.input[_WEIGHTED[n.op_type]] in inits
+    ]
 
 
 def float_weight_nodes(model) -> list[tuple[str, str]]:

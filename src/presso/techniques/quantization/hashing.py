@@ -141,8 +141,15 @@ class HashedWeight(nn.Module):
         return (sums / counts).to(weight.dtype)
 
 
-def prepare_hashed(module: nn.Module, compression: float, *, sign_hash: bool = True, seed: int = 0,
-                   min_values: int = 16, skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+def prepare_hashed(
+    module: nn.Module,
+    compression: float,
+    *,
+    sign_hash: bool = True,
+    seed: int = 0,
+    min_values: int = 16,
+    skip: frozenset[str] = frozenset(),
+) -> dict[str, torch.Tensor]:
     """Hash the weights of ``module``'s Linear / Conv layers in place; returns layer name ->
     its weight before hashing. Layers in ``skip``, with fewer than ``min_values`` weights or
     already parametrized stay as they are."""
@@ -154,8 +161,10 @@ def prepare_hashed(module: nn.Module, compression: float, *, sign_hash: bool = T
         if numel < min_values:
             continue
         if numel >= P:
-            raise PressoError(f"Layer '{name}' has {numel} weights; hashed weight sharing hashes positions "
-                              f"below 2^31 - 1. Keep it float with keep_float.")
+            raise PressoError(
+                f"Layer '{name}' has {numel} weights; hashed weight sharing hashes positions "
+                f"below 2^31 - 1. Keep it float with keep_float."
+            )
         originals[name] = layer.weight.detach().clone()
         k = math.ceil(compression * numel)
         param = HashedWeight(layer.weight.shape, k, layer_seed(seed, name), sign_hash)
@@ -187,9 +196,15 @@ def materialize(module: nn.Module, originals: dict[str, torch.Tensor]) -> dict[s
             continue
         values = layer.parametrizations.weight.original.detach().float().numpy().copy()
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-        out[name] = HashedLayer(name, param.k, param.seed, param.sign_hash, values,
-                                layer.weight.detach().float().numpy().copy(),
-                                originals[name].float().numpy())
+        out[name] = HashedLayer(
+            name,
+            param.k,
+            param.seed,
+            param.sign_hash,
+            values,
+            layer.weight.detach().float().numpy().copy(),
+            originals[name].float().numpy(),
+        )
     return out
 
 
@@ -213,7 +228,8 @@ def _rebuild(node: str, weight: str, layer: HashedLayer, transposed: bool) -> tu
     scalars = {"n": layer.weight.size, "a": a, "b": b, "c": c, "d": d, "k": layer.k}
     inits = [numpy_helper.from_array(np.array(v, np.int64), p + k) for k, v in scalars.items()] + [
         numpy_helper.from_array(layer.values.astype(np.float32), p + "values"),  # the K stored values
-        numpy_helper.from_array(np.array(layer.weight.shape, np.int64), p + "shape")]
+        numpy_helper.from_array(np.array(layer.weight.shape, np.int64), p + "shape"),
+    ]
     nodes = []
 
     def mk(op_type: str, inputs: list[str], output: str, out_name: str | None = None, **attrs) -> str:
@@ -235,8 +251,15 @@ def _rebuild(node: str, weight: str, layer: HashedLayer, transposed: bool) -> tu
     return inits, nodes
 
 
-def write_hashed(src: Path, dst: Path, cfg: HashedConfig, precision: dict[str, str] | None = None,
-                 grids=None, *, layers: dict[str, tuple[HashedLayer, bool]]) -> list[dict]:
+def write_hashed(
+    src: Path,
+    dst: Path,
+    cfg: HashedConfig,
+    precision: dict[str, str] | None = None,
+    grids=None,
+    *,
+    layers: dict[str, tuple[HashedLayer, bool]],
+) -> list[dict]:
     """Rewrite ``src`` into ``dst`` with the weight initializers in ``layers`` (initializer ->
     (layer, transposed)) stored as K values and rebuilt by the hash in the graph; one row per
     layer. Nodes that ``precision`` maps to ``"fp32"`` get their trained weight from before
@@ -264,14 +287,24 @@ def write_hashed(src: Path, dst: Path, cfg: HashedConfig, precision: dict[str, s
         extra, nodes = _rebuild(node, weight, layer, transposed)
         graph.initializer.extend(extra)
         new_nodes += nodes
-        err = float(np.linalg.norm(layer.weight - layer.original) / max(float(np.linalg.norm(layer.original)), 1e-12))
-        rows.append({"node": node, "op": op, "precision": f"hashed {layer.k} values",
-                     "parameters": int(layer.weight.size), "stored_values": layer.k,
-                     "relative_error": round(err, 6)})
+        err = float(
+            np.linalg.norm(layer.weight - layer.original) / max(float(np.linalg.norm(layer.original)), 1e-12)
+        )
+        rows.append(
+            {
+                "node": node,
+                "op": op,
+                "precision": f"hashed {layer.k} values",
+                "parameters": int(layer.weight.size),
+                "stored_values": layer.k,
+                "relative_error": round(err, 6),
+            }
+        )
     if new_nodes:
         const = {"zero": 0, "one": 1, "two": 2, "prime": P}
-        graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), f"hashed/{k}")
-                                 for k, v in const.items())
+        graph.initializer.extend(
+            numpy_helper.from_array(np.array(v, np.int64), f"hashed/{k}") for k, v in const.items()
+        )
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
@@ -284,24 +317,35 @@ def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> Stage
     from presso.techniques.quantization.weight_only import accuracy_aware
 
     if ctx.module is None or ctx.export is None:
-        raise PressoError("The 'hashed' stage fine-tunes the PyTorch model; give presso a PyTorch model "
-                          "or Hugging Face folder, and put 'hashed' before ONNX stages.")
+        raise PressoError(
+            "The 'hashed' stage fine-tunes the PyTorch model; give presso a PyTorch model "
+            "or Hugging Face folder, and put 'hashed' before ONNX stages."
+        )
     module, notes = ctx.module, []
     skip: frozenset[str] = frozenset()
     if cfg.keep_float:  # node names of an export of the module as it is -> its layer names
-        weights = {n: m.weight.detach().float().numpy() for n, m in module.named_modules() if isinstance(m, _LAYERS)}
-        found = {node: name for name, (node, _, _) in
-                 match_initializers(ctx.export(module, ctx.workdir / "hashed-original.onnx"), weights).items()}
+        weights = {
+            n: m.weight.detach().float().numpy() for n, m in module.named_modules() if isinstance(m, _LAYERS)
+        }
+        found = {
+            node: name
+            for name, (node, _, _) in match_initializers(
+                ctx.export(module, ctx.workdir / "hashed-original.onnx"), weights
+            ).items()
+        }
         skip = frozenset(found[n] for n in cfg.keep_float if n in found)
         if missing := sorted(set(cfg.keep_float) - set(found)):
             notes.append(f"hashed: keep_float names no Linear / Conv layer: {', '.join(missing[:6])}")
     copies = cfg.augment if cfg.epochs else 0
     teacher = copy.deepcopy(module).eval() if copies else None  # labels the mixup rows
-    originals = prepare_hashed(module, cfg.compression, sign_hash=cfg.sign_hash, seed=ctx.seed,
-                               min_values=cfg.min_values, skip=skip)
+    originals = prepare_hashed(
+        module, cfg.compression, sign_hash=cfg.sign_hash, seed=ctx.seed, min_values=cfg.min_values, skip=skip
+    )
     if not originals:
-        raise PressoError(f"The 'hashed' stage found no Linear or Conv layer with at least {cfg.min_values} "
-                          "weights to hash in this model (lower min_values, or check keep_float).")
+        raise PressoError(
+            f"The 'hashed' stage found no Linear or Conv layer with at least {cfg.min_values} "
+            "weights to hash in this model (lower min_values, or check keep_float)."
+        )
     train, val = teacher_split(ctx, cfg.validation_fraction, "hashed")
     train, n_mixed = mixup_rows(train, teacher, copies, ctx.seed, ctx.input_names)
     ctx.log(f"hashed: fine-tuning {len(originals)} hashed layers on {len(train[1])} rows")
@@ -317,13 +361,22 @@ def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> Stage
     total = sum(h.weight.size for h in hashed.values() if h.name in matched)
     for cand in result.ranked:  # no DequantizeLinear here: the weight-only session note does not apply
         cand.notes = [n for n in cand.notes if "disable_quant_qdq" not in n]
-    result.notes[:0] = [*notes, (
-        f"hashed: {len(matched)} layers store {stored} shared values for {total} weights (compression "
-        f"{cfg.compression}, sign hash {'on' if cfg.sign_hash else 'off'}); ONNX Runtime recomputes the hash "
-        "and folds the weights once at session creation (default graph optimizations), then runs at fp32 speed"), (
-        f"hashed: fine-tuned for {report.epochs_run} epochs on {len(train[1]) - n_mixed} calibration rows"
-        + (f" and {n_mixed} mixup rows labelled by the original model" if n_mixed else "")
-        + f" (best epoch {report.best_epoch}, validation loss {-report.best_score:.4g}, stopped: {report.stopped})"
-        + ("" if len(matched) == len(hashed) else
-           f"; {len(hashed) - len(matched)} hashed layers were changed by the export and are stored float"))]
+    result.notes[:0] = [
+        *notes,
+        (
+            f"hashed: {len(matched)} layers store {stored} shared values for {total} weights (compression "
+            f"{cfg.compression}, sign hash {'on' if cfg.sign_hash else 'off'}); ONNX Runtime recomputes the hash "
+            "and folds the weights once at session creation (default graph optimizations), then runs at fp32 speed"
+        ),
+        (
+            f"hashed: fine-tuned for {report.epochs_run} epochs on {len(train[1]) - n_mixed} calibration rows"
+            + (f" and {n_mixed} mixup rows labelled by the original model" if n_mixed else "")
+            + f" (best epoch {report.best_epoch}, validation loss {-report.best_score:.4g}, stopped: {report.stopped})"
+            + (
+                ""
+                if len(matched) == len(hashed)
+                else f"; {len(hashed) - len(matched)} hashed layers were changed by the export and are stored float"
+            )
+        ),
+    ]
     return result

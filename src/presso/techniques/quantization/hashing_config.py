@@ -27,7 +27,9 @@ class HashedConfig(BaseModel):
     min_values: int = Field(default=16, ge=1)  # layers with fewer weights stay float
     augment: int = Field(default=4, ge=0, le=64)  # mixup copies of the training rows, labelled by the model
     epochs: int = Field(default=100, ge=0, le=1000)  # 0: least-squares values, no fine-tuning
-    lr: float = Field(default=3e-3, gt=0, le=1.0)  # the values start far from the weights: 1e-4 barely moves them
+    lr: float = Field(
+        default=3e-3, gt=0, le=1.0
+    )  # the values start far from the weights: 1e-4 barely moves them
     batch_size: int = Field(default=32, ge=1, le=65536)
     patience: int | None = Field(default=10, ge=1)
     temperature: float = Field(default=4.0, gt=0, le=100)

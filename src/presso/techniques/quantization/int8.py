@@ -22,9 +22,18 @@ from presso.techniques.quantization.config import Int8Config
 from presso.techniques.quantization.graph import float_weight_nodes, weighted_nodes
 from presso.techniques.quantization.mixed import FP32, MixedSearch, annotate, search
 
-_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-                  "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
-                  "MatMulNBits", "QAttention"}
+_QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "DynamicQuantizeMatMul",
+    "MatMulNBits",
+    "QAttention",
+}
 
 
 def default_variants(is_transformer: bool, saturates: bool) -> list[str]:
@@ -61,8 +70,7 @@ def rank(passing: list[Candidate]) -> list[Candidate]:
         return by_speed
     fastest = by_speed[0].timing
     tied = [c for c in by_speed if not clearly_slower(c.timing, fastest, _LATENCY_TIE)]
-    return (sorted(tied, key=lambda c: -c.score.value)
-            + [c for c in by_speed if all(c is not t for t in tied)])
+    return sorted(tied, key=lambda c: -c.score.value) + [c for c in by_speed if all(c is not t for t in tied)]
 
 
 class _Reader:
@@ -70,8 +78,7 @@ class _Reader:
 
     def __init__(self, data, input_names: list[str], rows: int, batch: int = 16):
         self._feeds = [
-            {k: v for k, v in feed.items() if k in input_names}
-            for feed in data.head(rows).batches(batch)
+            {k: v for k, v in feed.items() if k in input_names} for feed in data.head(rows).batches(batch)
         ]
         self._it = iter(self._feeds)
 
@@ -103,8 +110,14 @@ def _fuse_transformer(src: Path, dst: Path, shape: dict, log) -> tuple[Path, dic
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
-        optimized = optimize_model(str(src), model_type="bert", num_heads=shape.get("num_heads", 0),
-                                   hidden_size=shape.get("hidden_size", 0), opt_level=0, use_gpu=False)
+        optimized = optimize_model(
+            str(src),
+            model_type="bert",
+            num_heads=shape.get("num_heads", 0),
+            hidden_size=shape.get("hidden_size", 0),
+            opt_level=0,
+            use_gpu=False,
+        )
         stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
         optimized.save_model_to_file(str(dst))
         return dst, stats
@@ -135,8 +148,9 @@ def _seven_bit_weights(src: Path, ctx: StageContext, input_names: list[str]) -> 
 
     path = ctx.workdir / "weight_ranges.json"
     if not path.exists():
-        rows = choose_weight_ranges(src, _calibration_calls(ctx, input_names), cpu_features().int8_saturates,
-                                    ctx.log)
+        rows = choose_weight_ranges(
+            src, _calibration_calls(ctx, input_names), cpu_features().int8_saturates, ctx.log
+        )
         path.write_text(json.dumps(rows))
     return [r["weight"] for r in json.loads(path.read_text()) if r["weights"] == "7-bit"]
 
@@ -150,8 +164,16 @@ def smoothing_rows(ctx: StageContext) -> dict[str, dict]:
     return _rows_of(ctx, "smoothing.json")
 
 
-def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageContext,
-              input_names: list[str], exclude: list[str], calibration_batch: int) -> None:
+def _quantize(
+    variant: str,
+    src: Path,
+    dst: Path,
+    cfg: Int8Config,
+    ctx: StageContext,
+    input_names: list[str],
+    exclude: list[str],
+    calibration_batch: int,
+) -> None:
     import onnx
     from onnxruntime.quantization import (
         QuantFormat,
@@ -161,10 +183,15 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
     )
 
     if variant.startswith("dynamic"):
+
         def dynamic(source: Path, target: Path, reduce_range: bool) -> Path:
             quantize_dynamic(
-                str(source), str(target), per_channel=cfg.per_channel, reduce_range=reduce_range,
-                weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None,
+                str(source),
+                str(target),
+                per_channel=cfg.per_channel,
+                reduce_range=reduce_range,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude or None,
                 # Fused transformer ops (com.microsoft domain) defeat ORT's type inference;
                 # their tensors are float.
                 extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -190,17 +217,27 @@ def _quantize(variant: str, src: Path, dst: Path, cfg: Int8Config, ctx: StageCon
     # presso's own streaming calibration (bounded memory; ORT's calibrators keep every
     # activation), handed to ORT as explicit per-tensor ranges.
     feeds = _Reader(ctx.calibration, input_names, cfg.calibration_rows, calibration_batch)
-    kwargs = static_quantize_kwargs(src, feeds, cfg.calibration, "u8" if u8 else "s8",
-                                    nodes_to_exclude=exclude, workdir=ctx.workdir)
-    extra = {"WeightSymmetric": True, "DefaultTensorType": onnx.TensorProto.FLOAT,
-             **kwargs.pop("extra_options")}
+    kwargs = static_quantize_kwargs(
+        src, feeds, cfg.calibration, "u8" if u8 else "s8", nodes_to_exclude=exclude, workdir=ctx.workdir
+    )
+    extra = {
+        "WeightSymmetric": True,
+        "DefaultTensorType": onnx.TensorProto.FLOAT,
+        **kwargs.pop("extra_options"),
+    }
     quantize_static(
-        str(src), str(dst), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+        str(src),
+        str(dst),
+        quant_format=QuantFormat.QDQ,
+        per_channel=cfg.per_channel,
         op_types_to_quantize=STATIC_TRANSFORMER_OPS if ctx.transformer is not None else None,
         # u8 activations x s8 weights saturate pairs of products at int16 on x86 without
         # VNNI (presso.runtime.cpu); 7-bit weights (reduce_range) are ORT's remedy there.
-        reduce_range=u8 and cpu_features().int8_saturates, weight_type=QuantType.QInt8,
-        nodes_to_exclude=exclude or None, extra_options=extra, **kwargs,
+        reduce_range=u8 and cpu_features().int8_saturates,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude or None,
+        extra_options=extra,
+        **kwargs,
     )
 
 
@@ -233,8 +270,11 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     input_names = [i.name for i in proto.graph.input]
     # A graph with a fixed batch axis (exported without dynamic axes) calibrates row by row.
     calibration_batch = 1 if fixed_batch_sizes(proto.graph) else 16
-    variants = (default_variants(ctx.transformer is not None, cpu_features().int8_saturates)
-                if cfg.variants == "auto" else list(cfg.variants))
+    variants = (
+        default_variants(ctx.transformer is not None, cpu_features().int8_saturates)
+        if cfg.variants == "auto"
+        else list(cfg.variants)
+    )
 
     src = onnx_path
     if ctx.transformer is not None and cfg.fuse_transformer:
@@ -278,8 +318,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
                 return attempt(variant, sorted(n for n, p in precision.items() if p == FP32), name)
 
             layers = [n for n in weighted if n not in base_exclude]
-            found = search(best, layers, {n: FP32 for n in base_exclude}, mixed_attempt,
-                           [FP32], variant, ctx)
+            found = search(best, layers, {n: FP32 for n in base_exclude}, mixed_attempt, [FP32], variant, ctx)
             tried += found.tried
             if found.chosen is not None:
                 passing += [found.chosen, *found.backups]
@@ -294,12 +333,17 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         ops = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
         for cand in passing:  # each candidate's own per-layer table: the pipeline may verify any
             cand.layers, cand.notes = _layer_rows(cand, weighted, ops, found, cfg, ctx)
-    return StageResult(ranked=passing, tried=tried, notes=notes,
-                       layers=passing[0].layers if passing else [])
+    return StageResult(ranked=passing, tried=tried, notes=notes, layers=passing[0].layers if passing else [])
 
 
-def _layer_rows(cand: Candidate, weighted: list[str], ops: dict[str, str], found: MixedSearch,
-                cfg: Int8Config, ctx: StageContext) -> tuple[list[dict], list[str]]:
+def _layer_rows(
+    cand: Candidate,
+    weighted: list[str],
+    ops: dict[str, str],
+    found: MixedSearch,
+    cfg: Int8Config,
+    ctx: StageContext,
+) -> tuple[list[dict], list[str]]:
     """Per-layer rows and notes of one quantized candidate."""
     import onnx
 
@@ -313,27 +357,40 @@ def _layer_rows(cand: Candidate, weighted: list[str], ops: dict[str, str], found
         )
     fell_back = found.fallback_of.get(cand.name, {})
     if fell_back:
-        notes.append(f"mixed precision: the {len(fell_back)} most sensitive layer(s) stay fp32 "
-                     f"({', '.join(list(fell_back)[:4])}{' ...' if len(fell_back) > 4 else ''})")
+        notes.append(
+            f"mixed precision: the {len(fell_back)} most sensitive layer(s) stay fp32 "
+            f"({', '.join(list(fell_back)[:4])}{' ...' if len(fell_back) > 4 else ''})"
+        )
     float_names = {n for n, _ in still_float}
     variant = cand.options["variants"][0]
-    observer = ("per batch, at run time" if variant.startswith("dynamic")
-                else f"{cfg.calibration} on {min(cfg.calibration_rows, len(ctx.calibration))} rows")
+    observer = (
+        "per batch, at run time"
+        if variant.startswith("dynamic")
+        else f"{cfg.calibration} on {min(cfg.calibration_rows, len(ctx.calibration))} rows"
+    )
     smoothing = smoothing_rows(ctx) if variant == "dynamic-smooth" else {}
-    ranges = {n: r for n, r in _rows_of(ctx, "weight_ranges.json").items() if r["weights"] == "7-bit"
-              } if variant == "dynamic-smooth" else {}
+    ranges = (
+        {n: r for n, r in _rows_of(ctx, "weight_ranges.json").items() if r["weights"] == "7-bit"}
+        if variant == "dynamic-smooth"
+        else {}
+    )
     if ranges:
-        notes.append(f"{len(ranges)} layer(s) got 7-bit weights: on this CPU ONNX Runtime adds pairs of "
-                     "u8 x s8 products in int16 with saturation (no VNNI), and for them 7 bits cost "
-                     "less than saturation (emulated on the calibration rows)")
+        notes.append(
+            f"{len(ranges)} layer(s) got 7-bit weights: on this CPU ONNX Runtime adds pairs of "
+            "u8 x s8 products in int16 with saturation (no VNNI), and for them 7 bits cost "
+            "less than saturation (emulated on the calibration rows)"
+        )
     layers = []
     for node in weighted:
         row = {"node": node, "op": ops.get(node, "")}
         if node in float_names or node in cand.options["keep_float"]:
             row["precision"] = FP32
         else:
-            row.update(precision="int8", granularity="per channel" if cfg.per_channel else "per tensor",
-                       activations=f"int8, {observer}")
+            row.update(
+                precision="int8",
+                granularity="per channel" if cfg.per_channel else "per tensor",
+                activations=f"int8, {observer}",
+            )
         if node in smoothing:
             row["smoothing"] = smoothing[node]["smoothing"]
         if node in ranges and row.get("precision") == "int8":
@@ -343,5 +400,3 @@ def _layer_rows(cand: Candidate, weighted: list[str], ops: dict[str, str], found
     known = set(weighted)
     layers += [{"node": n, "op": op, "precision": FP32} for n, op in still_float if n not in known]
     return layers, notes
-
-

@@ -45,8 +45,9 @@ def _passed(c: Candidate) -> bool:
     return c.score is not None and c.score.passed
 
 
-def sensitivities(layers: list[str], base: dict[str, str], attempt: Attempt,
-                  name: str, ctx: StageContext) -> dict[str, float]:
+def sensitivities(
+    layers: list[str], base: dict[str, str], attempt: Attempt, name: str, ctx: StageContext
+) -> dict[str, float]:
     """Drop of the primary metric with only ``layer`` quantized, for each layer."""
     out: dict[str, float] = {}
     for i, layer in enumerate(layers, 1):
@@ -58,8 +59,15 @@ def sensitivities(layers: list[str], base: dict[str, str], attempt: Attempt,
     return out
 
 
-def search(first: Candidate, layers: list[str], base: dict[str, str], attempt: Attempt,
-           fallbacks: list[str], name: str, ctx: StageContext) -> MixedSearch:
+def search(
+    first: Candidate,
+    layers: list[str],
+    base: dict[str, str],
+    attempt: Attempt,
+    fallbacks: list[str],
+    name: str,
+    ctx: StageContext,
+) -> MixedSearch:
     """Fall back the fewest, most sensitive layers that bring ``first`` within budget.
 
     ``first`` is the variant with every layer quantized (already scored); ``base`` holds
@@ -81,7 +89,8 @@ def search(first: Candidate, layers: list[str], base: dict[str, str], attempt: A
             cand = attempt(f"{name}+{k}-{level}", precision)
             cand.note = (cand.note + "; " if cand.note else "") + (
                 f"{k} most sensitive layer(s) at {level}: {', '.join(order[:k][:4])}"
-                + (" ..." if k > 4 else ""))
+                + (" ..." if k > 4 else "")
+            )
             result.fallback_of[cand.name] = {n: level for n in order[:k]}
             result.tried.append(cand)
             return cand
@@ -124,7 +133,9 @@ def annotate(rows: list[dict], found: MixedSearch, precision: dict[str, str] | N
         if node in found.sensitivity:
             row["sensitivity"] = round(found.sensitivity[node], 6)
         if node in fell_back and node in found.sensitivity:
-            row["reason"] = (f"fell back to {fell_back[node]}: quantized alone it costs "
-                             f"{found.sensitivity[node]:.4f} of the primary metric")
+            row["reason"] = (
+                f"fell back to {fell_back[node]}: quantized alone it costs "
+                f"{found.sensitivity[node]:.4f} of the primary metric"
+            )
         out.append(row)
     return out

@@ -31,8 +31,16 @@ import numpy as np
 
 from presso.errors import PressoError
 
-__all__ = ["OBSERVERS", "EntropyObserver", "MSEObserver", "MinMaxObserver", "MovingAverageMinMaxObserver",
-           "PercentileObserver", "StreamingHistogram", "make_observer"]
+__all__ = [
+    "OBSERVERS",
+    "EntropyObserver",
+    "MSEObserver",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PercentileObserver",
+    "StreamingHistogram",
+    "make_observer",
+]
 
 
 def _batch(x, owner) -> tuple[np.ndarray, float, float]:
@@ -46,16 +54,19 @@ def _batch(x, owner) -> tuple[np.ndarray, float, float]:
     lo, hi = float(x.min()), float(x.max())  # NaN propagates; inf shows at an end
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int(x.size - np.isfinite(x).sum())
-        raise PressoError(f"{type(owner).__name__}.observe() got {bad} NaN or infinite values out of "
-                          f"{x.size}. Check the model's inputs and activations for overflow, or drop "
-                          "the batch before calibrating.")
+        raise PressoError(
+            f"{type(owner).__name__}.observe() got {bad} NaN or infinite values out of "
+            f"{x.size}. Check the model's inputs and activations for overflow, or drop "
+            "the batch before calibrating."
+        )
     return x, lo, hi
 
 
 def _check_bits(bits, owner) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise PressoError(f"The 'bits' option of {type(owner).__name__} must be an int in [2, 16]. "
-                          f"Got {bits!r} instead.")
+        raise PressoError(
+            f"The 'bits' option of {type(owner).__name__} must be an int in [2, 16]. Got {bits!r} instead."
+        )
 
 
 class _Observer:
@@ -67,8 +78,10 @@ class _Observer:
 
     def _require_data(self) -> None:
         if getattr(self, "n_seen_", 0) == 0:
-            raise PressoError(f"{type(self).__name__} has seen no data yet. Call observe(x) with at "
-                              "least one non-empty batch before range_().")
+            raise PressoError(
+                f"{type(self).__name__} has seen no data yet. Call observe(x) with at "
+                "least one non-empty batch before range_()."
+            )
 
 
 class StreamingHistogram(_Observer):
@@ -113,8 +126,9 @@ class StreamingHistogram(_Observer):
     def observe(self, x) -> StreamingHistogram:
         """Add one batch (any shape) to the histogram; returns ``self``."""
         if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 16:
-            raise PressoError("The 'bins' option of StreamingHistogram must be an int >= 16. "
-                              f"Got {self.bins!r} instead.")
+            raise PressoError(
+                f"The 'bins' option of StreamingHistogram must be an int >= 16. Got {self.bins!r} instead."
+            )
         x, xmin, xmax = _batch(x, self)
         if x.size == 0:
             return self
@@ -197,13 +211,16 @@ class MovingAverageMinMaxObserver(_Observer):
     def observe(self, x) -> MovingAverageMinMaxObserver:
         """Fold one batch's min/max into the moving averages; returns ``self``."""
         if not isinstance(self.momentum, (int, float)) or not 0.0 <= self.momentum < 1.0:
-            raise PressoError("The 'momentum' option of MovingAverageMinMaxObserver must be a float in "
-                              f"[0, 1). Got {self.momentum!r} instead.")
+            raise PressoError(
+                "The 'momentum' option of MovingAverageMinMaxObserver must be a float in "
+                f"[0, 1). Got {self.momentum!r} instead."
+            )
         x, lo, hi = _batch(x, self)
         if x.size:
             n, m = getattr(self, "n_seen_", 0), self.momentum
-            self.min_, self.max_ = (lo, hi) if n == 0 else (m * self.min_ + (1 - m) * lo,
-                                                           m * self.max_ + (1 - m) * hi)
+            self.min_, self.max_ = (
+                (lo, hi) if n == 0 else (m * self.min_ + (1 - m) * lo, m * self.max_ + (1 - m) * hi)
+            )
             self.n_seen_ = n + x.size
         return self
 
@@ -259,8 +276,10 @@ class PercentileObserver(_HistogramObserver):
     def range_(self) -> tuple[float, float]:
         """Two-sided quantiles read off the histogram (error <= one bin width)."""
         if not isinstance(self.percentile, (int, float)) or not 50.0 < self.percentile <= 100.0:
-            raise PressoError("The 'percentile' option of PercentileObserver must be a number in "
-                              f"(50, 100]. Got {self.percentile!r} instead.")
+            raise PressoError(
+                "The 'percentile' option of PercentileObserver must be a number in "
+                f"(50, 100]. Got {self.percentile!r} instead."
+            )
         self._require_data()
         q = self.percentile / 100.0
         lo, hi = self.hist_.quantile([1.0 - q, q])
@@ -296,9 +315,9 @@ class MSEObserver(_HistogramObserver):
         centres = 0.5 * (h.edges_[:-1] + h.edges_[1:])  # (B,)
         alpha = np.linspace(1.0, 0.0, 512, endpoint=False)[:, None]  # (C, 1), first = no clipping
         lo, hi = alpha * min(h.min_, 0.0), alpha * max(h.max_, 0.0)  # (C, 1)
-        step = (hi - lo) / (2 ** self.bits - 1)
+        step = (hi - lo) / (2**self.bits - 1)
         d2 = (centres - np.clip(centres, lo, hi)) ** 2  # (C, B)
-        err = (h.counts_ * np.where(d2 > 0, d2, step ** 2 / 12)).sum(axis=1)  # (C,)
+        err = (h.counts_ * np.where(d2 > 0, d2, step**2 / 12)).sum(axis=1)  # (C,)
         best = int(np.argmin(err))
         return float(lo[best, 0]), float(hi[best, 0])
 
@@ -335,7 +354,7 @@ class EntropyObserver(_HistogramObserver):
         self._require_data()
         h = self.hist_
         counts, edges = h.counts_.astype(np.float64), h.edges_
-        levels = 2 ** self.bits if self.min_ >= 0 else 2 ** (self.bits - 1)
+        levels = 2**self.bits if self.min_ >= 0 else 2 ** (self.bits - 1)
         last = int(np.flatnonzero(counts)[-1]) + 1  # bins past the max hold nothing
         best, best_kl = last, math.inf
         for i in range(min(levels, last), last + 1):

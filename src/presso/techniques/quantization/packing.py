@@ -28,8 +28,10 @@ def _check_range(v: np.ndarray, bits: int, signed: bool) -> None:
     bad = (v < lo) | (v > hi)
     if bad.any():
         kind = "signed" if signed else "unsigned"
-        raise PressoError(f"{int(bad.sum())} values lie outside the {kind} {bits}-bit range "
-                          f"[{lo}, {hi}] (e.g. {int(v[bad][0])}); quantize to {bits} bits first.")
+        raise PressoError(
+            f"{int(bad.sum())} values lie outside the {kind} {bits}-bit range "
+            f"[{lo}, {hi}] (e.g. {int(v[bad][0])}); quantize to {bits} bits first."
+        )
 
 
 def _infer_signed(values, v: np.ndarray) -> bool:

@@ -68,14 +68,24 @@ class FakeQuantWeight(nn.Module):
     [[-1.0, 0.0, 0.0, 1.0]]
     """
 
-    def __init__(self, weight: Tensor, bits: int = 4, group_size: int | None = None,
-                 symmetric: bool = True, learned_scale: bool = True):
+    def __init__(
+        self,
+        weight: Tensor,
+        bits: int = 4,
+        group_size: int | None = None,
+        symmetric: bool = True,
+        learned_scale: bool = True,
+    ):
         super().__init__()
         _check_bits(bits)
         per_row = weight[0].numel()
-        if group_size is not None and not (_is_int(group_size) and group_size >= 1 and per_row % group_size == 0):
-            raise PressoError(f"The 'group_size' option ({group_size!r}) must be a positive int dividing "
-                              f"the {per_row} values of a weight row.")
+        if group_size is not None and not (
+            _is_int(group_size) and group_size >= 1 and per_row % group_size == 0
+        ):
+            raise PressoError(
+                f"The 'group_size' option ({group_size!r}) must be a positive int dividing "
+                f"the {per_row} values of a weight row."
+            )
         self.bits, self.symmetric, self.learned_scale = bits, symmetric, learned_scale
         self.group_size = group_size  # None: per output channel
         self.enabled = True
@@ -89,8 +99,9 @@ class FakeQuantWeight(nn.Module):
     def extra_repr(self) -> str:
         grid = "symmetric" if self.symmetric else "affine"
         group = "per channel" if self.group_size is None else f"group {self.group_size}"
-        return (f"bits={self.bits}, {grid}, {group}, learned_scale={self.learned_scale}, "
-                f"enabled={self.enabled}")
+        return (
+            f"bits={self.bits}, {grid}, {group}, learned_scale={self.learned_scale}, enabled={self.enabled}"
+        )
 
     def _g(self, w: Tensor) -> int:
         return w[0].numel() if self.group_size is None else self.group_size
@@ -146,15 +157,23 @@ def _group_for(name: str, layer: nn.Module, group_size) -> int | None:
         return AUTO_GROUP if k % AUTO_GROUP == 0 else None
     if k % group_size:
         near = sorted((d for d in range(1, k + 1) if k % d == 0), key=lambda d: abs(d - group_size))
-        raise PressoError(f"The 'group_size' option ({group_size}) does not divide the {k} input features "
-                          f"of layer '{name}'. Use a divisor of {k} such as {' or '.join(map(str, near[:2]))}, "
-                          "or skip the layer.")
+        raise PressoError(
+            f"The 'group_size' option ({group_size}) does not divide the {k} input features "
+            f"of layer '{name}'. Use a divisor of {k} such as {' or '.join(map(str, near[:2]))}, "
+            "or skip the layer."
+        )
     return group_size
 
 
-def prepare_qat(module: nn.Module, bits: int = 4, group_size: int | str | None = "auto",
-                symmetric: bool = True, learned_scale: bool = True, skip: Iterable[str] = frozenset(),
-                layers: list[str] | None = None) -> list[str]:
+def prepare_qat(
+    module: nn.Module,
+    bits: int = 4,
+    group_size: int | str | None = "auto",
+    symmetric: bool = True,
+    learned_scale: bool = True,
+    skip: Iterable[str] = frozenset(),
+    layers: list[str] | None = None,
+) -> list[str]:
     """Fake-quantize the weights of ``module``'s Linear / Conv1d / Conv2d layers, in place.
 
     Parameters
@@ -184,15 +203,18 @@ def prepare_qat(module: nn.Module, bits: int = 4, group_size: int | str | None =
     """
     _check_bits(bits)
     if not (group_size in ("auto", None) or (_is_int(group_size) and group_size >= 1)):
-        raise PressoError(f"The 'group_size' option must be 'auto', None or a positive int. "
-                          f"Got {group_size!r} instead.")
+        raise PressoError(
+            f"The 'group_size' option must be 'auto', None or a positive int. Got {group_size!r} instead."
+        )
     skip = set(skip)
     found = {name: m for name, m in module.named_modules() if isinstance(m, _LAYERS)}
     for option, names in (("skip", skip), ("layers", layers or [])):
         unknown = [n for n in names if n not in found]
         if unknown:
-            raise PressoError(f"Layer '{unknown[0]}' in the '{option}' option is not a Linear or Conv layer "
-                              f"of the model; those are: {', '.join(list(found)[:20]) or 'none'}.")
+            raise PressoError(
+                f"Layer '{unknown[0]}' in the '{option}' option is not a Linear or Conv layer "
+                f"of the model; those are: {', '.join(list(found)[:20]) or 'none'}."
+            )
     chosen = [n for n in found if n not in skip and (layers is None or n in layers)]
     uses: dict[int, int] = {}
     for _, p in module.named_parameters(remove_duplicate=False):
@@ -201,11 +223,14 @@ def prepare_qat(module: nn.Module, bits: int = 4, group_size: int | str | None =
     for name in chosen:
         layer = found[name]
         if parametrize.is_parametrized(layer, "weight"):
-            raise PressoError(f"The weight of layer '{name}' is already parametrized (prepared twice?); "
-                              "call convert() first or skip the layer.")
+            raise PressoError(
+                f"The weight of layer '{name}' is already parametrized (prepared twice?); "
+                "call convert() first or skip the layer."
+            )
         if uses[id(layer.weight)] > 1:
-            raise PressoError(f"The weight of layer '{name}' is shared with another layer (tied weights); "
-                              "add it to 'skip'.")
+            raise PressoError(
+                f"The weight of layer '{name}' is shared with another layer (tied weights); add it to 'skip'."
+            )
         plans.append((layer, _group_for(name, layer, group_size)))
     for layer, g in plans:
         fq = FakeQuantWeight(layer.weight.detach(), bits, g, symmetric, learned_scale)
@@ -257,7 +282,7 @@ def progressive_schedule(names: list[str], stages: int, epochs: int) -> dict[int
     start = 0
     for i in range(n_groups):
         size = len(names) // n_groups + (i < len(names) % n_groups)
-        schedule.setdefault(1 + i * epochs // n_groups, []).extend(names[start:start + size])
+        schedule.setdefault(1 + i * epochs // n_groups, []).extend(names[start : start + size])
         start += size
     return schedule
 

@@ -38,6 +38,11 @@ class QATConfig(BaseModel):
 
     def weight_only(self):
         """The storage options: the weight-only writer's config for these bits and grid."""
-        return WeightOnlyConfig(scheme="int", bits=self.bits, symmetric=self.symmetric,
-                                group_size=self.group_size, keep_float=self.keep_float,
-                                precision=self.precision)
+        return WeightOnlyConfig(
+            scheme="int",
+            bits=self.bits,
+            symmetric=self.symmetric,
+            group_size=self.group_size,
+            keep_float=self.keep_float,
+            precision=self.precision,
+        )

@@ -41,11 +41,18 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
     from presso.techniques.quantization.weight_only import accuracy_aware, write_weight_only
 
     if ctx.module is None or ctx.export is None:
-        raise PressoError("The 'qat' stage fine-tunes the PyTorch model; give presso a PyTorch model "
-                          "or Hugging Face folder, and put 'qat' before ONNX stages.")
+        raise PressoError(
+            "The 'qat' stage fine-tunes the PyTorch model; give presso a PyTorch model "
+            "or Hugging Face folder, and put 'qat' before ONNX stages."
+        )
     module = ctx.module
-    names = prepare_qat(module, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
-                        learned_scale=cfg.learned_scale)
+    names = prepare_qat(
+        module,
+        bits=cfg.bits,
+        group_size=cfg.group_size,
+        symmetric=cfg.symmetric,
+        learned_scale=cfg.learned_scale,
+    )
     if not names:
         raise PressoError("The 'qat' stage found no Linear or Conv layer to quantize in this model.")
 
@@ -57,10 +64,16 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
     schedule = progressive_schedule(names, cfg.progressive_stages, cfg.epochs) if progressive else {}
     ctx.log(f"qat: fine-tuning {len(names)} layers with {cfg.bits}-bit weights on {n_train} rows")
     report = fit_to_teacher(
-        module, train, val, ctx, "qat", cfg,
+        module,
+        train,
+        val,
+        ctx,
+        "qat",
+        cfg,
         # Early stopping could end before the last group of layers starts quantizing.
         patience=None if progressive else cfg.patience,
-        before_epoch=progressive_hook(module, schedule) if progressive else None)
+        before_epoch=progressive_hook(module, schedule) if progressive else None,
+    )
     qparams = convert(module.eval())
     exported = ctx.export(module, ctx.workdir / "qat-float.onnx")
     grids = grids_by_initializer(exported, module, qparams)
@@ -69,16 +82,25 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
     def writer(src, dst, _cfg, precision, grids_=grids):
         return write_weight_only(src, dst, storage, precision, grids_)
 
-    result = accuracy_aware(exported, cfg, ctx, "qat", writer,
-                            fallbacks=("int8", "fp32") if cfg.bits < 8 else ("fp32",))
+    result = accuracy_aware(
+        exported, cfg, ctx, "qat", writer, fallbacks=("int8", "fp32") if cfg.bits < 8 else ("fp32",)
+    )
     for cand in result.tried:
         cand.module = module
-    result.notes.insert(0, (
-        f"qat: fine-tuned {len(names)} layers for {report.epochs_run} epochs on {n_train} "
-        f"calibration rows (best epoch {report.best_epoch}, validation loss {-report.best_score:.4g} "
-        f"on {n_val} rows, stopped: {report.stopped}); {len(grids)} of {len(qparams)} layers stored "
-        "with their trained scales" + ("" if len(grids) == len(qparams) else
-                                       ", the rest re-quantized min-max (changed by the export)")))
+    result.notes.insert(
+        0,
+        (
+            f"qat: fine-tuned {len(names)} layers for {report.epochs_run} epochs on {n_train} "
+            f"calibration rows (best epoch {report.best_epoch}, validation loss {-report.best_score:.4g} "
+            f"on {n_val} rows, stopped: {report.stopped}); {len(grids)} of {len(qparams)} layers stored "
+            "with their trained scales"
+            + (
+                ""
+                if len(grids) == len(qparams)
+                else ", the rest re-quantized min-max (changed by the export)"
+            )
+        ),
+    )
     return result
 
 

@@ -16,8 +16,13 @@ import torch
 from presso.errors import PressoError
 
 _EPS = torch.finfo(torch.float32).eps  # smallest scale: guards a zero range, as torch observers
-_HALF = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-         "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_HALF = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,35 +67,50 @@ def _check_bits(bits) -> None:
 
 def _check_axis(axis, ndim: int) -> int:
     if not (_is_int(axis) and -ndim <= axis < ndim):
-        raise PressoError(f"The 'axis' option must be an int in [{-ndim}, {ndim - 1}] for a "
-                          f"{ndim}-d tensor. Got {axis!r} instead.")
+        raise PressoError(
+            f"The 'axis' option must be an int in [{-ndim}, {ndim - 1}] for a "
+            f"{ndim}-d tensor. Got {axis!r} instead."
+        )
     return int(axis) % ndim
 
 
 def _check_group(x: torch.Tensor, group_size) -> int:
     if not (_is_int(group_size) and group_size >= 1 and x.ndim >= 1):
-        raise PressoError(f"The 'group_size' option must be a positive int and the tensor have at "
-                          f"least one axis. Got {group_size!r} and shape {tuple(x.shape)} instead.")
+        raise PressoError(
+            f"The 'group_size' option must be a positive int and the tensor have at "
+            f"least one axis. Got {group_size!r} and shape {tuple(x.shape)} instead."
+        )
     n = x.shape[-1]
     if n % group_size:
         near = sorted((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - group_size))
-        raise PressoError(f"group_size {group_size} does not divide the layer's {n} input features "
-                          f"(last axis of shape {tuple(x.shape)}); use a divisor of {n} such as "
-                          f"{' or '.join(map(str, near[:2]))}.")
+        raise PressoError(
+            f"group_size {group_size} does not divide the layer's {n} input features "
+            f"(last axis of shape {tuple(x.shape)}); use a divisor of {n} such as "
+            f"{' or '.join(map(str, near[:2]))}."
+        )
     return int(group_size)
 
 
 def _as_float(x) -> torch.Tensor:
     x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
     if not x.is_floating_point():
-        raise PressoError(f"Expected a floating-point tensor; got dtype {x.dtype}. Convert it with "
-                          f".float() first.")
+        raise PressoError(
+            f"Expected a floating-point tensor; got dtype {x.dtype}. Convert it with .float() first."
+        )
     return x.float()
 
 
-def qparams_from_range(lo, hi, bits: int, symmetric: bool, power_of_two: bool = False,
-                       narrow: bool = False, *, axis: int | None = None,
-                       group_size: int | None = None) -> QuantParams:
+def qparams_from_range(
+    lo,
+    hi,
+    bits: int,
+    symmetric: bool,
+    power_of_two: bool = False,
+    narrow: bool = False,
+    *,
+    axis: int | None = None,
+    group_size: int | None = None,
+) -> QuantParams:
     """Scale and zero point that map ``[lo, hi]`` (widened to include 0) onto ``bits`` bits.
 
     Affine uses ``[0, 2**bits - 1]`` and a zero point that makes 0 exactly representable;
@@ -116,9 +136,10 @@ def qparams_from_range(lo, hi, bits: int, symmetric: bool, power_of_two: bool = 
         scale = torch.maximum(-lo, hi) / qmax
     else:
         if narrow:
-            raise PressoError("narrow=True applies to symmetric quantization only; drop it or "
-                              "set symmetric=True.")
-        qmin, qmax = 0, 2 ** bits - 1
+            raise PressoError(
+                "narrow=True applies to symmetric quantization only; drop it or set symmetric=True."
+            )
+        qmin, qmax = 0, 2**bits - 1
         scale = (hi - lo) / (qmax - qmin)
     scale = scale.clamp(min=_EPS)
     if power_of_two:
@@ -132,9 +153,15 @@ def qparams_from_range(lo, hi, bits: int, symmetric: bool, power_of_two: bool = 
     return QuantParams(scale, zero_point, qmin, qmax, axis, group_size)
 
 
-def compute_qparams(x, bits: int = 8, symmetric: bool = False, axis: int | None = None,
-                    group_size: int | None = None, power_of_two: bool = False,
-                    narrow: bool = False) -> QuantParams:
+def compute_qparams(
+    x,
+    bits: int = 8,
+    symmetric: bool = False,
+    axis: int | None = None,
+    group_size: int | None = None,
+    power_of_two: bool = False,
+    narrow: bool = False,
+) -> QuantParams:
     """Min-max quantization parameters of ``x``: per tensor, per channel or per group.
 
     ``axis`` keeps one scale per index of that axis (per channel); ``group_size`` keeps
@@ -158,8 +185,9 @@ def compute_qparams(x, bits: int = 8, symmetric: bool = False, axis: int | None 
         raise PressoError("The tensor holds NaN or inf values; quantization needs finite values.")
     if group_size is not None:
         if axis is not None:
-            raise PressoError("Use either 'axis' (per channel) or 'group_size' (per group along "
-                              "the last axis), not both.")
+            raise PressoError(
+                "Use either 'axis' (per channel) or 'group_size' (per group along the last axis), not both."
+            )
         g = _check_group(x, group_size)
         xg = x.reshape(*x.shape[:-1], x.shape[-1] // g, g)  # (..., G, g)
         lo, hi = xg.amin(-1), xg.amax(-1)  # (..., G)
@@ -169,8 +197,7 @@ def compute_qparams(x, bits: int = 8, symmetric: bool = False, axis: int | None 
         lo, hi = xc.amin(1), xc.amax(1)  # (C,)
     else:
         lo, hi = x.min(), x.max()  # ()
-    return qparams_from_range(lo, hi, bits, symmetric, power_of_two, narrow,
-                              axis=axis, group_size=group_size)
+    return qparams_from_range(lo, hi, bits, symmetric, power_of_two, narrow, axis=axis, group_size=group_size)
 
 
 def _view(x: torch.Tensor, qp: QuantParams):
@@ -179,13 +206,17 @@ def _view(x: torch.Tensor, qp: QuantParams):
     if qp.group_size is not None:
         g = _check_group(x, qp.group_size)
         if tuple(x.shape[:-1]) + (x.shape[-1] // g,) != tuple(s.shape):
-            raise PressoError(f"Per-group parameters of shape {tuple(s.shape)} do not fit a tensor "
-                              f"of shape {tuple(x.shape)} with group_size {g}.")
+            raise PressoError(
+                f"Per-group parameters of shape {tuple(s.shape)} do not fit a tensor "
+                f"of shape {tuple(x.shape)} with group_size {g}."
+            )
         return x.reshape(*x.shape[:-1], -1, g), s.unsqueeze(-1), z.unsqueeze(-1)  # (..., G, g), (..., G, 1)
     if qp.axis is not None:
         if qp.axis >= x.ndim or x.shape[qp.axis] != s.numel():
-            raise PressoError(f"Per-channel parameters for {s.numel()} channels on axis {qp.axis} "
-                              f"do not fit a tensor of shape {tuple(x.shape)}.")
+            raise PressoError(
+                f"Per-channel parameters for {s.numel()} channels on axis {qp.axis} "
+                f"do not fit a tensor of shape {tuple(x.shape)}."
+            )
         shape = [1] * x.ndim
         shape[qp.axis] = -1
         return x, s.reshape(shape), z.reshape(shape)
@@ -234,9 +265,15 @@ def dequantize(q, qp: QuantParams) -> torch.Tensor:
     return ((qv.to(torch.float32) - z) * s).reshape(q.shape)
 
 
-def fake_quantize(x, bits: int = 8, symmetric: bool = False, axis: int | None = None,
-                  group_size: int | None = None, power_of_two: bool = False,
-                  qparams: QuantParams | None = None) -> torch.Tensor:
+def fake_quantize(
+    x,
+    bits: int = 8,
+    symmetric: bool = False,
+    axis: int | None = None,
+    group_size: int | None = None,
+    power_of_two: bool = False,
+    qparams: QuantParams | None = None,
+) -> torch.Tensor:
     """Quantize then dequantize ``x``: the float values an integer kernel would see.
 
     Min-max parameters are computed from ``x`` unless ``qparams`` is given (then the
@@ -252,8 +289,11 @@ def fake_quantize(x, bits: int = 8, symmetric: bool = False, axis: int | None = 
     [-1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
     """
     x32 = _as_float(x)
-    qp = qparams if qparams is not None else compute_qparams(
-        x32, bits, symmetric, axis, group_size, power_of_two)
+    qp = (
+        qparams
+        if qparams is not None
+        else compute_qparams(x32, bits, symmetric, axis, group_size, power_of_two)
+    )
     out = dequantize(quantize(x32, qp), qp)
     return out.to(x.dtype) if isinstance(x, torch.Tensor) else out
 
@@ -297,6 +337,8 @@ def to_half(w, dtype) -> torch.Tensor:
     _as_float(w)  # validates the dtype
     h = w.to(half)
     if bool((torch.isinf(h) & torch.isfinite(w)).any()):
-        raise PressoError(f"Some values exceed the {str(half)[6:]} range (max "
-                          f"{torch.finfo(half).max:g}); use bfloat16, which has float32's range.")
+        raise PressoError(
+            f"Some values exceed the {str(half)[6:]} range (max "
+            f"{torch.finfo(half).max:g}); use bfloat16, which has float32's range."
+        )
     return h.to(w.dtype)

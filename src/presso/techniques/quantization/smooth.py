@@ -38,11 +38,22 @@ _MIN_GAIN = 0.05  # smooth a layer only if it cuts the simulated error by at lea
 # MiniLM cut the error further but cost 3% latency, more than ORT's plain dynamic int8
 # is worth against presso's (measured); the LayerNorm-fed feed-forward inputs carry most
 # of the gain (simulated error x0.05-0.08) at a third of that cost.
-_AFTER = {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "SimplifiedLayerNormalization"}
+_AFTER = {
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "SimplifiedLayerNormalization",
+}
 
 
-def simulated_error(calls: list[np.ndarray], rows: list[np.ndarray], w: np.ndarray, s: np.ndarray | None,
-                    saturating: bool | None = None, reduce_range: bool = False) -> float:
+def simulated_error(
+    calls: list[np.ndarray],
+    rows: list[np.ndarray],
+    w: np.ndarray,
+    s: np.ndarray | None,
+    saturating: bool | None = None,
+    reduce_range: bool = False,
+) -> float:
     """Squared int8 output error of ``x @ w`` over the sampled rows of each call, with the
     input divided by ``s`` and the weight rows multiplied by it (None: unsmoothed).
 
@@ -57,8 +68,9 @@ def simulated_error(calls: list[np.ndarray], rows: list[np.ndarray], w: np.ndarr
         # The range comes from the whole call's tensor; the error from the sampled rows.
         lo, hi = (float(x.min()), float(x.max())) if s is None else _range(x, s)
         xr = x[idx]
-        got = dynamic_matmul(xr if s is None else xr / s, ws, saturating=saturating, lo=lo, hi=hi,
-                             quantized_w=qw)
+        got = dynamic_matmul(
+            xr if s is None else xr / s, ws, saturating=saturating, lo=lo, hi=hi, quantized_w=qw
+        )
         err += float(np.sum((xr @ w - got) ** 2))
     return err
 
@@ -68,8 +80,13 @@ def _range(x: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     return float((x.min(0) / s).min()), float((x.max(0) / s).max())
 
 
-def choose_scales(calls: list[np.ndarray], w: np.ndarray, seed: int = 0, saturating: bool | None = None,
-                  reduce_range: bool = False):
+def choose_scales(
+    calls: list[np.ndarray],
+    w: np.ndarray,
+    seed: int = 0,
+    saturating: bool | None = None,
+    reduce_range: bool = False,
+):
     """(smoothing scales or None, alpha or None, error ratio vs unsmoothed) for one MatMul."""
     rng = np.random.default_rng(seed)
     rows = [rng.choice(len(x), min(_ROWS_PER_CALL, len(x)), replace=False) for x in calls]
@@ -85,8 +102,14 @@ def choose_scales(calls: list[np.ndarray], w: np.ndarray, seed: int = 0, saturat
     return best if best[2] <= 1 - _MIN_GAIN else (None, None, best[2])
 
 
-def smooth_matmuls(src: Path, dst: Path, feeds, log=lambda _m: None, saturating: bool | None = None,
-                   reduce_range: bool = False) -> list[dict]:
+def smooth_matmuls(
+    src: Path,
+    dst: Path,
+    feeds,
+    log=lambda _m: None,
+    saturating: bool | None = None,
+    reduce_range: bool = False,
+) -> list[dict]:
     """Write ``src`` with per-layer smoothing into ``dst``; one row per MatMul considered.
 
     ``feeds``: batch-1 input dicts (the calibration rows), at most ``_CALLS`` are used;
@@ -99,9 +122,15 @@ def smooth_matmuls(src: Path, dst: Path, feeds, log=lambda _m: None, saturating:
     model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
     producer = {out: n.op_type for n in model.graph.node for out in n.output}
-    targets = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
-               and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2
-               and producer.get(n.input[0], "") in _AFTER]
+    targets = [
+        n
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and n.input[1] in inits
+        and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+        and len(inits[n.input[1]].dims) == 2
+        and producer.get(n.input[0], "") in _AFTER
+    ]
     if not targets:
         onnx.save(model, str(dst))
         return []
@@ -110,13 +139,21 @@ def smooth_matmuls(src: Path, dst: Path, feeds, log=lambda _m: None, saturating:
     for i, node in enumerate(targets):
         log(f"int8: smoothing, layer {i + 1}/{len(targets)}")
         w = numpy_helper.to_array(inits[node.input[1]])
-        s, alpha, ratio = choose_scales(acts[node.input[0]], w, seed=i, saturating=saturating,
-                                         reduce_range=reduce_range)
-        rows.append({"node": node.name, "smoothing": "none" if s is None else f"alpha {alpha}",
-                     "simulated_error_ratio": round(ratio, 4)})
+        s, alpha, ratio = choose_scales(
+            acts[node.input[0]], w, seed=i, saturating=saturating, reduce_range=reduce_range
+        )
+        rows.append(
+            {
+                "node": node.name,
+                "smoothing": "none" if s is None else f"alpha {alpha}",
+                "simulated_error_ratio": round(ratio, 4),
+            }
+        )
         if s is None:
             continue
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1]))
+        inits[node.input[1]].CopyFrom(
+            numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1])
+        )
         inv = f"{node.name}/smooth_inverse_scale"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
         out = f"{node.name}/smoothed_input"

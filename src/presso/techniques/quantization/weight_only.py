@@ -150,15 +150,21 @@ def _rows_view(w: np.ndarray, plan: _Plan) -> torch.Tensor:
 
 def _grid(t: torch.Tensor, plan: _Plan, prec: _Precision, symmetric: bool) -> QuantParams:
     if plan.group is None:
-        return compute_qparams(t, bits=prec.bits, symmetric=symmetric, axis=0,
-                               power_of_two=prec.power_of_two)
-    return compute_qparams(t, bits=prec.bits, symmetric=symmetric, group_size=plan.group,
-                           power_of_two=prec.power_of_two)
+        return compute_qparams(t, bits=prec.bits, symmetric=symmetric, axis=0, power_of_two=prec.power_of_two)
+    return compute_qparams(
+        t, bits=prec.bits, symmetric=symmetric, group_size=plan.group, power_of_two=prec.power_of_two
+    )
 
 
-def _quantize_weight(w: np.ndarray, plan: _Plan, symmetric: bool, bits: int = 4,
-                     grid: QuantParams | None = None, power_of_two: bool = False,
-                     learned: torch.Tensor | None = None):
+def _quantize_weight(
+    w: np.ndarray,
+    plan: _Plan,
+    symmetric: bool,
+    bits: int = 4,
+    grid: QuantParams | None = None,
+    power_of_two: bool = False,
+    learned: torch.Tensor | None = None,
+):
     """(ints in ONNX layout, scales, zero points or None, DQ axis, block size, dequantized w).
 
     ``grid`` (scales in the (outputs, K) layout, e.g. learned by QAT) replaces min-max;
@@ -215,15 +221,21 @@ class _Stored:
 def _store_int(w, plan: _Plan, prec: _Precision, cfg, grid, learned) -> _Stored:
     from onnx import helper, numpy_helper
 
-    q, scale, zp, axis, block, deq = _quantize_weight(w, plan, cfg.symmetric, prec.bits, grid,
-                                                      prec.power_of_two, learned)
+    q, scale, zp, axis, block, deq = _quantize_weight(
+        w, plan, cfg.symmetric, prec.bits, grid, prec.power_of_two, learned
+    )
     q_name, s_name = f"{plan.weight}_{prec.label}", f"{plan.weight}_scale"
     tensors = [_int_tensor(q_name, q, cfg.symmetric, prec.bits), numpy_helper.from_array(scale, s_name)]
     if zp is not None:
         tensors.append(_int_tensor(f"{plan.weight}_zero_point", zp, False, prec.bits))
     attrs = {"axis": axis, **({"block_size": block} if block else {})}
-    node = helper.make_node("DequantizeLinear", [t.name for t in tensors], [plan.weight],
-                            name=f"{plan.node}/weight_{prec.label}", **attrs)
+    node = helper.make_node(
+        "DequantizeLinear",
+        [t.name for t in tensors],
+        [plan.weight],
+        name=f"{plan.node}/weight_{prec.label}",
+        **attrs,
+    )
     width = 4 if prec.bits <= 4 else 8
     storage = f"{width}-bit" + (" container" if prec.bits != width else "")
     extra = {"scales": "power of two"} if prec.power_of_two else {}
@@ -242,10 +254,17 @@ def _store_binary(w, plan: _Plan) -> _Stored:
     if plan.transposed:
         q, deq = q.T, deq.T
     q_name, s_name = f"{plan.weight}_binary", f"{plan.weight}_scale"
-    tensors = [_int_tensor(q_name, np.ascontiguousarray(q), True, 4),
-               numpy_helper.from_array(scale.numpy().astype(np.float32), s_name)]
-    node = helper.make_node("DequantizeLinear", [q_name, s_name], [plan.weight],
-                            name=f"{plan.node}/weight_binary", axis=1 if plan.transposed else 0)
+    tensors = [
+        _int_tensor(q_name, np.ascontiguousarray(q), True, 4),
+        numpy_helper.from_array(scale.numpy().astype(np.float32), s_name),
+    ]
+    node = helper.make_node(
+        "DequantizeLinear",
+        [q_name, s_name],
+        [plan.weight],
+        name=f"{plan.node}/weight_binary",
+        axis=1 if plan.transposed else 0,
+    )
     return _Stored(tensors, [node], np.ascontiguousarray(deq), "per channel", "4-bit container")
 
 
@@ -258,8 +277,9 @@ def _store_half(w, plan: _Plan, prec: _Precision) -> _Stored:
     raw = half.to(torch.float16 if prec.label == "float16" else torch.bfloat16).view(torch.int16)
     name = f"{plan.weight}_{prec.label}"
     tensor = helper.make_tensor(name, kind, list(w.shape), raw.numpy().tobytes(), raw=True)
-    node = helper.make_node("Cast", [name], [plan.weight], name=f"{plan.node}/weight_{prec.label}",
-                            to=TensorProto.FLOAT)
+    node = helper.make_node(
+        "Cast", [name], [plan.weight], name=f"{plan.node}/weight_{prec.label}", to=TensorProto.FLOAT
+    )
     return _Stored([tensor], [node], half.numpy(), "none", prec.label)
 
 
@@ -283,8 +303,13 @@ class Calibrated:
         key = (plan.node, prec.label)
         stats = self.inputs.get(plan.node)
         if key not in self.learned:
-            if not self.adaround or prec.bits >= 8 or stats is None or stats.gram is None \
-                    or self.groups.get(plan.node, 1) != 1:
+            if (
+                not self.adaround
+                or prec.bits >= 8
+                or stats is None
+                or stats.gram is None
+                or self.groups.get(plan.node, 1) != 1
+            ):
                 return None
             t = _rows_view(w, plan)
             t2 = t.reshape(t.shape[0], -1)  # (outputs, K)
@@ -293,9 +318,16 @@ class Calibrated:
         return self.learned[key]
 
 
-def _write(src: Path, dst: Path, cfg: WeightOnlyConfig, precision: dict[str, str] | None,
-           grids: dict[str, QuantParams] | None, *, stage: str,
-           calib: Calibrated | None = None) -> list[dict]:
+def _write(
+    src: Path,
+    dst: Path,
+    cfg: WeightOnlyConfig,
+    precision: dict[str, str] | None,
+    grids: dict[str, QuantParams] | None,
+    *,
+    stage: str,
+    calib: Calibrated | None = None,
+) -> list[dict]:
     import onnx
     from onnx import numpy_helper
 
@@ -334,16 +366,28 @@ def _write(src: Path, dst: Path, cfg: WeightOnlyConfig, precision: dict[str, str
             shift = output_shift(delta.numpy(), stats.mean, calib.groups.get(plan.node, 1))
             rms = None
             if stats.gram is not None and calib.groups.get(plan.node, 1) == 1:
-                rms = np.sqrt(np.maximum(((t.float() @ torch.from_numpy(stats.gram)) * t.float())
-                                         .sum(1).double().numpy(), 0))
+                rms = np.sqrt(
+                    np.maximum(
+                        ((t.float() @ torch.from_numpy(stats.gram)) * t.float()).sum(1).double().numpy(), 0
+                    )
+                )
             row["bias_correction"] = subtract_from_bias(model, nodes_by_name[plan.node], shift, rms)
             row["max_mean_shift"] = round(float(np.abs(shift).max()), 6)
         err = float(np.linalg.norm(stored.deq - w) / max(float(np.linalg.norm(w)), 1e-12))
-        rows.append({"node": plan.node, "op": plan.op, "precision": prec.label,
-                     "granularity": stored.granularity, "parameters": int(w.size),
-                     "relative_error": round(err, 6),
-                     "size_bytes": sum(_nbytes(t) for t in stored.tensors),
-                     "storage": stored.storage, **stored.extra, **row})
+        rows.append(
+            {
+                "node": plan.node,
+                "op": plan.op,
+                "precision": prec.label,
+                "granularity": stored.granularity,
+                "parameters": int(w.size),
+                "relative_error": round(err, 6),
+                "size_bytes": sum(_nbytes(t) for t in stored.tensors),
+                "storage": stored.storage,
+                **stored.extra,
+                **row,
+            }
+        )
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
@@ -352,10 +396,15 @@ def _write(src: Path, dst: Path, cfg: WeightOnlyConfig, precision: dict[str, str
     return rows
 
 
-def write_weight_only(src: Path, dst: Path, cfg: WeightOnlyConfig,
-                      precision: dict[str, str] | None = None,
-                      grids: dict[str, QuantParams] | None = None, *,
-                      calib: Calibrated | None = None) -> list[dict]:
+def write_weight_only(
+    src: Path,
+    dst: Path,
+    cfg: WeightOnlyConfig,
+    precision: dict[str, str] | None = None,
+    grids: dict[str, QuantParams] | None = None,
+    *,
+    calib: Calibrated | None = None,
+) -> list[dict]:
     """Rewrite ``src`` with the weights of ``cfg`` into ``dst``; returns one row per layer.
 
     ``precision`` overrides single nodes: ``"fp32"`` leaves the weight float, another
@@ -380,8 +429,13 @@ def _as_weight_only(cfg: Int4Config) -> WeightOnlyConfig:
     return WeightOnlyConfig(scheme="int", bits=4, symmetric=cfg.symmetric, group_size=cfg.group_size)
 
 
-def write_int4(src: Path, dst: Path, cfg: Int4Config, precision: dict[str, str] | None = None,
-               grids: dict[str, QuantParams] | None = None) -> list[dict]:
+def write_int4(
+    src: Path,
+    dst: Path,
+    cfg: Int4Config,
+    precision: dict[str, str] | None = None,
+    grids: dict[str, QuantParams] | None = None,
+) -> list[dict]:
     """Rewrite ``src`` with 4-bit weights into ``dst``; returns one row per layer.
 
     ``precision`` overrides single nodes: ``"fp32"`` leaves the weight float, ``"int8"``
@@ -392,8 +446,9 @@ def write_int4(src: Path, dst: Path, cfg: Int4Config, precision: dict[str, str] 
     return _write(Path(src), Path(dst), _as_weight_only(cfg), precision, grids, stage="int4")
 
 
-def accuracy_aware(onnx_path: Path, cfg, ctx: StageContext, name: str, writer,
-                   fallbacks: tuple[str, ...] = ("fp32",)) -> StageResult:
+def accuracy_aware(
+    onnx_path: Path, cfg, ctx: StageContext, name: str, writer, fallbacks: tuple[str, ...] = ("fp32",)
+) -> StageResult:
     """Write ``onnx_path`` with ``writer``; if the budget breaks, the most sensitive layers
     fall back (``mixed.search``). Shared by the weight-storage techniques.
 
@@ -443,25 +498,44 @@ def accuracy_aware(onnx_path: Path, cfg, ctx: StageContext, name: str, writer,
         fell_back = found.fallback_of.get(c.name, {})
         rows = annotate(layers_of.get(c.name, []), found, fell_back)
         kept = sorted(set(weighted) - {row["node"] for row in rows})
-        c.layers = rows + [{"node": n, "precision": FP32,
-                            **({"sensitivity": round(found.sensitivity[n], 6)} if n in found.sensitivity else {}),
-                            **({"reason": annotate([{"node": n}], found, fell_back)[0].get(
-                                "reason", "kept float by the recipe")} if n in fell_back or n in base else {})}
-                           for n in kept]
-        c.notes = [(f"{len(rows)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
-                    "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
-                    "restores the float weights once at load: set it too when loading model.onnx "
-                    "with plain onnxruntime, or the weights are rebuilt on every call")]
+        c.layers = rows + [
+            {
+                "node": n,
+                "precision": FP32,
+                **({"sensitivity": round(found.sensitivity[n], 6)} if n in found.sensitivity else {}),
+                **(
+                    {
+                        "reason": annotate([{"node": n}], found, fell_back)[0].get(
+                            "reason", "kept float by the recipe"
+                        )
+                    }
+                    if n in fell_back or n in base
+                    else {}
+                ),
+            }
+            for n in kept
+        ]
+        c.notes = [
+            (
+                f"{len(rows)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
+                "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
+                "restores the float weights once at load: set it too when loading model.onnx "
+                "with plain onnxruntime, or the weights are rebuilt on every call"
+            )
+        ]
         if kept:
-            c.notes.append(f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}"
-                           + (" ..." if len(kept) > 6 else ""))
+            c.notes.append(
+                f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}"
+                + (" ..." if len(kept) > 6 else "")
+            )
         if fell_back:
-            c.notes.append(f"mixed precision: {len(fell_back)} most sensitive layer(s) fell back "
-                           f"({', '.join(f'{n} -> {p}' for n, p in list(fell_back.items())[:4])}"
-                           f"{' ...' if len(fell_back) > 4 else ''}); sensitivity of every layer is "
-                           "in the per-layer table")
-    return StageResult(ranked=ranked, tried=tried, notes=[],
-                       layers=ranked[0].layers if ranked else [])
+            c.notes.append(
+                f"mixed precision: {len(fell_back)} most sensitive layer(s) fell back "
+                f"({', '.join(f'{n} -> {p}' for n, p in list(fell_back.items())[:4])}"
+                f"{' ...' if len(fell_back) > 4 else ''}); sensitivity of every layer is "
+                "in the per-layer table"
+            )
+    return StageResult(ranked=ranked, tried=tried, notes=[], layers=ranked[0].layers if ranked else [])
 
 
 def calibrate(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageContext, name: str) -> Calibrated:
@@ -478,10 +552,19 @@ def calibrate(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageContext, name: s
     ctx.log(f"{name}: reading the inputs of {len(specs)} layers on {len(ctx.calibration)} calibration rows")
     inputs = collect_inputs(onnx_path, specs, ctx.calibration.inputs, seed=ctx.seed, workdir=ctx.workdir)
     inits = {i.name: i for i in model.graph.initializer}
-    shapes = [(w.dims[1 if p.transposed else 0], int(np.prod(w.dims)) // w.dims[1 if p.transposed else 0])
-              for p in plans if p.node in specs for w in [inits[p.weight]]]  # (outputs, K)
-    calib = Calibrated(inputs, {n: s.groups for n, s in specs.items()}, cfg.rounding == "adaround",
-                       cfg.bias_correction, iters=steps_for(shapes))
+    shapes = [
+        (w.dims[1 if p.transposed else 0], int(np.prod(w.dims)) // w.dims[1 if p.transposed else 0])
+        for p in plans
+        if p.node in specs
+        for w in [inits[p.weight]]
+    ]  # (outputs, K)
+    calib = Calibrated(
+        inputs,
+        {n: s.groups for n, s in specs.items()},
+        cfg.rounding == "adaround",
+        cfg.bias_correction,
+        iters=steps_for(shapes),
+    )
     if calib.adaround:
         from onnx import numpy_helper
 
@@ -503,7 +586,9 @@ def quantize_weight_only(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageConte
     """The ``weight-only`` technique: write the weights, keep the fewest most sensitive
     layers at a safer precision (8 bits, then fp32) if the budget needs it."""
     name = _variant_name(cfg)
-    calib = calibrate(onnx_path, cfg, ctx, name) if cfg.rounding == "adaround" or cfg.bias_correction else None
+    calib = (
+        calibrate(onnx_path, cfg, ctx, name) if cfg.rounding == "adaround" or cfg.bias_correction else None
+    )
     low = cfg.scheme == "binary" or (cfg.scheme in INT_SCHEMES and cfg.bits < 8)
     writer = functools.partial(write_weight_only, calib=calib)
     return accuracy_aware(onnx_path, cfg, ctx, name, writer, fallbacks=("int8", "fp32") if low else ("fp32",))

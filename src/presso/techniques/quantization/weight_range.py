@@ -35,21 +35,29 @@ def targets(model) -> list:
     import onnx
 
     inits = {i.name: i for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type in ("MatMul", "Attention") and len(n.input) > 1
-            and n.input[1] in inits and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
-            and len(inits[n.input[1]].dims) == 2]
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Attention")
+        and len(n.input) > 1
+        and n.input[1] in inits
+        and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+        and len(inits[n.input[1]].dims) == 2
+    ]
 
 
-def emulated_error(calls: list[np.ndarray], w: np.ndarray, reduce_range: bool, saturating: bool,
-                   seed: int = 0) -> float:
+def emulated_error(
+    calls: list[np.ndarray], w: np.ndarray, reduce_range: bool, saturating: bool, seed: int = 0
+) -> float:
     """Squared error of ORT's dynamic int8 ``x @ w`` against float over sampled rows of each call."""
     rng = np.random.default_rng(seed)
     qw = quantize_s8_columns(w, reduce_range)
     err = 0.0
     for x in calls:
         rows = x[rng.choice(len(x), min(_ROWS_PER_CALL, len(x)), replace=False)]
-        got = dynamic_matmul(rows, w, saturating=saturating, lo=float(x.min()), hi=float(x.max()),
-                             quantized_w=qw)
+        got = dynamic_matmul(
+            rows, w, saturating=saturating, lo=float(x.min()), hi=float(x.max()), quantized_w=qw
+        )
         err += float(np.sum((rows @ w - got) ** 2))
     return err
 
@@ -74,9 +82,14 @@ def choose_weight_ranges(src: Path, feeds, saturating: bool, log=lambda _m: None
         full = emulated_error(acts[node.input[0]], w, False, saturating, seed=i)
         seven = emulated_error(acts[node.input[0]], w, True, saturating, seed=i)
         ratio = seven / max(full, 1e-30)
-        rows.append({"node": node.name, "weight": node.input[1],
-                     "weights": "7-bit" if ratio <= 1 - _MIN_GAIN else "8-bit",
-                     "error_ratio_7bit": round(ratio, 4)})
+        rows.append(
+            {
+                "node": node.name,
+                "weight": node.input[1],
+                "weights": "7-bit" if ratio <= 1 - _MIN_GAIN else "8-bit",
+                "error_ratio_7bit": round(ratio, 4),
+            }
+        )
     return rows
 
 
