@@ -23,8 +23,8 @@ import numpy as np
 from _minilm import FP32, compare, parse, setup
 
 import presso
-from presso.data.examples.minilm import SENTENCES
-from presso.data.examples.texts import all_stdlib_modules, stdlib_sentences
+from presso.examples.minilm import SENTENCES
+from presso.examples.texts import all_stdlib_modules, stdlib_sentences
 from presso.progress import Progress
 
 

@@ -37,7 +37,7 @@ LABELS_ONLY = {"alpha": 0.0, "augment": 0}
 
 def digits_training_rows(folder: Path) -> Path:
     """The rows the teacher was trained on, with labels, as an .npz the student also trains on."""
-    from presso.data.examples.digits import _split
+    from presso.examples.digits import _split
 
     X_tr, _, y_tr, _ = _split()
     path = folder / "digits-train.npz"
@@ -106,7 +106,7 @@ def run_digits(args, bench, tmp: Path) -> dict:
 def gradient_boosting_teacher():
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from presso.data.examples.tabular import _split
+    from presso.examples.tabular import _split
 
     X_tr, X_ho, y_tr, y_ho, _ = _split()
     gbm = GradientBoostingClassifier(random_state=0).fit(X_tr, y_tr)

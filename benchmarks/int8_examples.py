@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import presso
-from presso.data.examples import EXAMPLES
+from presso.examples import EXAMPLES
 from presso.measure.bench import BenchSettings
 
 

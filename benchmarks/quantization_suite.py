@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 import presso
-from presso.data.examples import EXAMPLES
 from presso.errors import BudgetError
+from presso.examples import EXAMPLES
 from presso.measure.bench import BenchSettings
 
 RECIPES = ["int8", "int4", "kmeans", "qat"]

@@ -40,7 +40,7 @@ def digits_split():
     from sklearn.model_selection import train_test_split
 
     from presso.data.dataset import Dataset
-    from presso.data.examples.digits import HELDOUT_FRACTION, SEED
+    from presso.examples.digits import HELDOUT_FRACTION, SEED
 
     digits = load_digits()
     X = (digits.images / 16.0).astype(np.float32)[:, None]
@@ -52,7 +52,7 @@ def digits_split():
 
 
 def build(seed: int = 0, epochs: int = 30) -> nn.Module:
-    from presso.data.examples._cache import train_supervised
+    from presso.examples._cache import train_supervised
 
     torch.manual_seed(seed)
     (X_tr, y_tr), _ = digits_split()

@@ -8,11 +8,11 @@ import torch
 from numpy.testing import assert_allclose
 from torch import nn
 
-from presso.data.examples._cache import Standardize
-from presso.data.examples.digits import DigitsCNN
-from presso.data.examples.tabular import TabularMLP
 from presso.errors import PressoError
+from presso.examples.digits import DigitsCNN
+from presso.examples.tabular import TabularMLP
 from presso.export.onnx_export import export_onnx
+from presso.model.layers import Standardize
 from presso.model.loaded import LoadedModel, count_parameters
 from presso.techniques.distill.config import DistillConfig
 from presso.techniques.distill.students import StudentPlan, derive_student, mlp_student
@@ -504,8 +504,8 @@ def test_students_export_to_onnx(which, tmp_path):
 
 @pytest.mark.slow
 def test_minilm_depth_three():
-    from presso.data.examples.minilm import model_folder
-    from presso.data.examples.texts import stdlib_sentences
+    from presso.examples.minilm import model_folder
+    from presso.examples.texts import stdlib_sentences
     from presso.model.huggingface import load_hf_folder
 
     loaded = load_hf_folder(model_folder())

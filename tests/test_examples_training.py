@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from presso.data.examples import _cache
-from presso.data.examples.registry import EXAMPLES
+from presso.examples import _cache
+from presso.examples.registry import EXAMPLES
 
 NAMES = ["digits", "tabular", "forecast", "anomaly"]
 
@@ -74,7 +74,7 @@ def test_classifiers_are_accurate_on_heldout_rows(built, name, min_rows, min_acc
 
 
 def test_forecast_is_accurate_without_leakage(built):
-    from presso.data.examples import forecast
+    from presso.examples import forecast
 
     example, _ = built["forecast"]
     x, y = example.data.inputs["x"], example.data.target

@@ -12,9 +12,9 @@ import presso
 from presso.cli.main import main
 from presso.errors import PressoError
 from presso.model.sources import load_model
-from presso.recipe.runner import _check_stage_order
+from presso.recipe.order import check_stage_order
 from presso.recipe.schema import BUILTIN_DIR, Recipe, Stage, builtin_names, builtin_path, load_recipe
-from presso.techniques.registry import TECHNIQUES
+from presso.techniques.registry import techniques
 
 
 def _error(tmp_path, text: str, name: str = "bad.yaml") -> str:
@@ -39,7 +39,7 @@ CASES = {
         _stages("  - technique: int8", "  - technique: prnue"),
         [
             ", stage 2: unknown technique 'prnue' (did you mean 'prune'?). ",
-            "Allowed: " + ", ".join(TECHNIQUES) + ".",
+            "Allowed: " + ", ".join(techniques()) + ".",
         ],
     ),
     "option typo": (
@@ -362,7 +362,7 @@ def tiny_torch_model():
 def test_pack_must_be_last_once_after_a_compressing_stage(tiny_torch_model, techniques, stage):
     recipe = Recipe(name="r", stages=[Stage(technique=t) for t in techniques])
     with pytest.raises(PressoError) as info:
-        _check_stage_order(recipe, recipe.configs(), tiny_torch_model)
+        check_stage_order(recipe, recipe.configs(), tiny_torch_model)
     assert str(info.value) == (
         f"Recipe 'r' stage {stage} 'pack' stores the final model, so it must be the last stage, once, "
         "after a stage that compresses the model (or pass --packed to any recipe)."
@@ -372,7 +372,7 @@ def test_pack_must_be_last_once_after_a_compressing_stage(tiny_torch_model, tech
 @pytest.mark.parametrize("techniques", [["kmeans", "pack"], ["prune", "kmeans", "pack"], ["prune", "int8"]])
 def test_valid_orders_pass(tiny_torch_model, techniques):
     recipe = Recipe(name="r", stages=[Stage(technique=t) for t in techniques])
-    assert _check_stage_order(recipe, recipe.configs(), tiny_torch_model) is None
+    assert check_stage_order(recipe, recipe.configs(), tiny_torch_model) is None
 
 
 def test_torch_stage_after_onnx_stage_is_refused(tiny_torch_model):
@@ -383,7 +383,7 @@ def test_torch_stage_after_onnx_stage_is_refused(tiny_torch_model):
         r"come before stage 1 'int8', which works on the exported ONNX "
         r"graph\. Reorder the stages\.$",
     ):
-        _check_stage_order(recipe, recipe.configs(), tiny_torch_model)
+        check_stage_order(recipe, recipe.configs(), tiny_torch_model)
 
 
 # --- CLI ------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def tabular_cached(tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
     }
     done = subprocess.run(
-        [sys.executable, "-c", "from presso.data.examples import load_example; load_example('tabular')"],
+        [sys.executable, "-c", "from presso.examples import load_example; load_example('tabular')"],
         env=env,
         capture_output=True,
         text=True,

@@ -16,9 +16,9 @@ from presso.recipe.runner import prepare
 from presso.recipe.schema import Settings
 from presso.search.front import PICKS, dominates, near_front, ordered, pareto_front
 from presso.search.samplers import warm_starts
-from presso.search.space import FAMILIES, SearchSpace
+from presso.search.space import SearchSpace, families
 from presso.search.trial import Constraints
-from presso.techniques.registry import TECHNIQUES
+from presso.techniques.registry import techniques as registered
 
 TORCH_FAMILIES = ("slim", "distill", "prune", "lowrank", "int8", "kmeans")
 HYPER = ("lr", "epochs", "temperature", "l1", "alpha", "scope")
@@ -315,7 +315,7 @@ def test_random_points_spell_valid_recipes(prepared):
         configs = recipe.configs()  # every option validates
         for (_tech, config), stage in zip(configs, recipe.stages, strict=True):
             assert set(stage.options) <= set(type(config).model_fields), stage
-        domains = [TECHNIQUES[t].domain for t in techniques]
+        domains = [registered()[t].domain for t in techniques]
         assert domains == sorted(domains, key=lambda d: d != "torch"), techniques  # torch before ONNX
         for stage in recipe.stages:
             if stage.technique in ("slim", "prune", "distill"):
@@ -412,7 +412,7 @@ def test_techniques_subset_and_errors(prepared):
     with pytest.raises(
         PressoError,
         match=r"Unknown technique family 'quantum' for --techniques\. "
-        r"Allowed: " + ", ".join(FAMILIES),
+        r"Allowed: " + ", ".join(families()),
     ):
         SearchSpace.for_model(prepared, ["int8", "quantum"])
     with pytest.raises(PressoError, match=r"Unknown technique families 'a', 'b'"):
@@ -448,24 +448,3 @@ def test_warm_starts_are_points_of_the_space(prepared):
     assert warm_starts(SearchSpace.for_model(prepared, ["kmeans"])) == [
         {"weights": "kmeans", "kmeans.bits": 4}
     ]
-
-
-def test_transformer_kept_restores_the_description_in_place():
-    from types import SimpleNamespace
-
-    from presso.recipe.runner import transformer_kept
-
-    described = {"model_type": "bert", "num_heads": 12, "hidden_size": 384}
-    model = SimpleNamespace(transformer=described)
-    with pytest.raises(RuntimeError), transformer_kept(model):
-        model.transformer.update(num_heads=6, hidden_size=192)  # as slim does to a transformer
-        raise RuntimeError("a stage failed")
-    assert model.transformer is described and described == {
-        "model_type": "bert",
-        "num_heads": 12,
-        "hidden_size": 384,
-    }
-    plain = SimpleNamespace(transformer=None)  # not a transformer: nothing to keep
-    with transformer_kept(plain):
-        pass
-    assert plain.transformer is None

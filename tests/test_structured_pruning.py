@@ -12,9 +12,9 @@ import torch
 from numpy.testing import assert_allclose
 from torch import nn
 
-from presso.data.examples.digits import DigitsCNN
-from presso.data.examples.tabular import TabularMLP
 from presso.errors import PressoError
+from presso.examples.digits import DigitsCNN
+from presso.examples.tabular import TabularMLP
 from presso.techniques.pruning.structured import masked_equivalent, prune_channels
 
 

@@ -10,8 +10,8 @@ import torch
 from conftest import FAST_BENCH, read_report, run_cli
 
 import presso
-from presso.data.examples.minilm import model_folder
-from presso.data.examples.texts import stdlib_sentences
+from presso.examples.minilm import model_folder
+from presso.examples.texts import stdlib_sentences
 
 
 @pytest.fixture(scope="module")

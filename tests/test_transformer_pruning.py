@@ -380,8 +380,8 @@ def test_minilm_prunes_heads_and_neurons(tmp_path):
     import onnxruntime as ort
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from presso.data.examples.minilm import model_folder
-    from presso.data.examples.texts import stdlib_sentences
+    from presso.examples.minilm import model_folder
+    from presso.examples.texts import stdlib_sentences
     from presso.model.huggingface import load_hf_folder
 
     loaded = load_hf_folder(model_folder())

@@ -136,8 +136,8 @@ def test_dynamic_smooth_splices_seven_bit_weights_where_this_cpu_saturates(tmp_p
     not depend on the CPU; the choice is emulated)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from presso.data.examples.minilm import model_folder
-    from presso.data.examples.texts import stdlib_sentences
+    from presso.examples.minilm import model_folder
+    from presso.examples.texts import stdlib_sentences
     from presso.recipe.schema import Recipe, Stage
 
     folder = tmp_path / "bert"

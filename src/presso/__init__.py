@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from presso.version import __version__
 
 __all__ = [
     "BudgetError",
@@ -34,7 +34,7 @@ def __getattr__(name: str):
 
         return compress
     if name == "distill":
-        from presso.techniques.distill.api import distill
+        from presso.recipe.distill import distill
 
         return distill
     if name == "factorize":
@@ -46,11 +46,11 @@ def __getattr__(name: str):
 
         return fake_quantize
     if name == "load":
-        from presso.runtime.predictor import load
+        from presso.export.predictor import load
 
         return load
     if name == "load_example":
-        from presso.data.examples import load_example
+        from presso.examples import load_example
 
         return load_example
     if name == "unpack":

@@ -40,8 +40,8 @@ def run(args) -> int:
 
     from presso.data.sources import load_data
     from presso.errors import PressoError
+    from presso.export.predictor import load
     from presso.measure.metrics import check_target, evaluate
-    from presso.runtime.predictor import load
     from presso.tasks import get_task, primary_metric
 
     model = load(args.artifact)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from presso.errors import PressoError
+from presso.report.schema import StageReport
 
 FORMAT = 1
 
@@ -32,13 +33,14 @@ class StageOutcome:
     """What one stage left behind: the model it chose (or none, when skipped) and its report."""
 
     technique: str
-    report: dict  # the stage's entry in report.stages
+    report: StageReport  # the stage's entry in report.stages
     path: Path | None  # the chosen ONNX model; None when the stage was skipped
     module: Any = None  # torch stages: the trained nn.Module the ONNX file was exported from
     metrics: dict | None = None  # held-out metrics of the chosen model
     pinned: dict | None = None  # the recipe stage pinned to the chosen variant (recipe.yaml)
     notes: list[str] = field(default_factory=list)
     transformer: dict | None = None  # heads / hidden size after the stage (slim and distill change them)
+    sparse: bool = False  # the technique leaves zero weights (stored as a bitmask + values at the end)
 
     @property
     def skipped(self) -> bool:
@@ -102,11 +104,12 @@ class RunCheckpoint:
         self.folder.mkdir(parents=True, exist_ok=True)
         entry = {
             "technique": outcome.technique,
-            "report": outcome.report,
+            "report": outcome.report.model_dump(),
             "metrics": outcome.metrics,
             "pinned": outcome.pinned,
             "notes": outcome.notes,
             "transformer": outcome.transformer,
+            "sparse": outcome.sparse,
             "model": None,
             "module": None,
         }
@@ -135,7 +138,7 @@ class RunCheckpoint:
 
             # presso's own file, loaded on the user's --resume (see the module docstring).
             module = torch.load(self.folder / entry["module"], weights_only=False)
-        report = {**entry["report"], "resumed": True}
+        report = StageReport(**{**entry["report"], "resumed": True})
         return StageOutcome(
             entry["technique"],
             report,
@@ -145,6 +148,7 @@ class RunCheckpoint:
             entry["pinned"],
             entry["notes"],
             entry["transformer"],
+            entry.get("sparse", False),
         )
 
     def remove(self) -> None:

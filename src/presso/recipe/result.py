@@ -50,7 +50,7 @@ class CompressionResult:
         return onnx.load(str(self.model_path))
 
     def predictor(self):
-        from presso.runtime.predictor import Predictor
+        from presso.export.predictor import Predictor
 
         return Predictor(self.model_path, tokenizer=self.tokenizer, task=self.report.task)
 

@@ -6,6 +6,7 @@ import difflib
 import functools
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from presso.errors import PressoError
-from presso.techniques.registry import TECHNIQUES
+from presso.techniques.registry import techniques
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 FORMAT_VERSION = 1
@@ -54,13 +55,14 @@ class Recipe(BaseModel):
         """(technique, validated config) per stage; errors name the stage, the option and
         what it allows."""
         out = []
+        known = techniques()
         for i, stage in enumerate(self.stages, 1):
-            tech = TECHNIQUES.get(stage.technique)
+            tech = known.get(stage.technique)
             if tech is None:
                 raise PressoError(
                     f"{where}, stage {i}: unknown technique '{stage.technique}'"
-                    f"{_did_you_mean(stage.technique, TECHNIQUES)}. "
-                    f"Allowed: {', '.join(TECHNIQUES)}."
+                    f"{_did_you_mean(stage.technique, known)}. "
+                    f"Allowed: {', '.join(known)}."
                 )
             try:
                 out.append((tech, tech.config(**stage.options)))
@@ -194,6 +196,26 @@ def _relocated(exc: ValidationError, drop: int) -> ValidationError:
     return ValidationError.from_exception_data(exc.title, [err])
 
 
+def recipe_of(stages: list[BaseModel], name: str = "custom") -> Recipe:
+    """A recipe from typed stage configs (or :class:`Stage` objects), in order."""
+    if not stages:
+        raise PressoError("A recipe needs at least one stage; got an empty list.")
+    by_config = {t.config: t.name for t in techniques().values()}
+    out = []
+    for i, stage in enumerate(stages, 1):
+        if isinstance(stage, Stage):
+            out.append(stage)
+        elif type(stage) in by_config:
+            options = stage.model_dump(mode="json", exclude_unset=True)
+            out.append(Stage(technique=by_config[type(stage)], options=options))
+        else:
+            raise PressoError(
+                f"recipe stage {i}: {type(stage).__name__} is not a technique config. Use one of "
+                f"{', '.join(sorted(c.__name__ for c in by_config))}, a Stage, or a recipe name."
+            )
+    return Recipe(name=name, description=" -> ".join(s.technique for s in out), stages=out)
+
+
 @functools.cache
 def _builtin_files() -> dict[str, Path]:
     """Built-in recipe name (the ``name`` in each file: "2:4" lives in 2-4.yaml, as file
@@ -215,10 +237,17 @@ def builtin_names() -> list[str]:
     return sorted(_builtin_files())
 
 
-def load_recipe(spec: str | Path | Recipe) -> Recipe:
-    """A built-in recipe by name, or a recipe YAML file by path."""
+# A recipe as the Python API takes it: a built-in name, a YAML file, a Recipe, or the
+# stages themselves as typed configs (``[SlimConfig(ratio=0.65), Int8Config()]``) or Stages.
+RecipeSpec = str | Path | Recipe | Sequence[BaseModel]
+
+
+def load_recipe(spec: RecipeSpec) -> Recipe:
+    """A built-in recipe by name, a recipe YAML file by path, or a list of stages."""
     if isinstance(spec, Recipe):
         return spec
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        return recipe_of(list(spec))
     spec = str(spec)
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():

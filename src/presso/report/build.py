@@ -4,18 +4,56 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from presso.data.dataset import Dataset
+from presso.measure.bench import BenchSettings
 from presso.measure.metrics import one_row_drop
-from presso.report.schema import Report
+from presso.model.loaded import LoadedModel
+from presso.report.schema import Report, StageReport, Step
 from presso.runtime.cpu import cpu_features
+from presso.version import __version__
 
 
-def _runtime_label(stage_reports: list[dict]) -> str:
-    ran = [s for s in stage_reports if not s.get("skipped") and s["technique"] not in _STORAGE]
+class RunRecord(Protocol):
+    """What the report reads of a run (presso.recipe.run.Run); it never changes it."""
+
+    model: LoadedModel
+    task: str
+    max_drop: float
+    data: Dataset
+    calibration: Dataset
+    evaluation: Dataset
+    split_info: dict
+    bench: BenchSettings
+    unresolved: list[str]
+    export_max_abs_diff: float | None
+
+    @property
+    def primary(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the run measured: per model ("baseline", "compressed") its size, parameters,
+    latency, throughput, memory and metrics, and what the stages reported."""
+
+    figures: dict[str, dict[str, Any]]
+    torch_latency: dict | None
+    stages: list[StageReport]
+    notes: list[str]
+    steps: list[Step] = field(default_factory=list)
+    layer_sizes: dict = field(default_factory=dict)
+    stored: dict | None = None
+
+
+def _runtime_label(stage_reports: list[StageReport]) -> str:
+    ran = [s for s in stage_reports if not s.skipped and s.technique not in _STORAGE]
     if not ran:
         return "ONNX Runtime fp32"
     last = ran[-1]
-    return f"ONNX Runtime {last['technique']} ({last['chosen']})"
+    return f"ONNX Runtime {last.technique} ({last.chosen})"
 
 
 _STORAGE = ("sparse-storage", "pack")  # how the weights are stored, not what runs
@@ -57,7 +95,7 @@ def size_note(baseline: dict, compressed: dict) -> str | None:
     )
 
 
-def _one_row_drops(primary: str, run) -> dict[str, float] | None:
+def _one_row_drops(primary: str, run: RunRecord) -> dict[str, float] | None:
     """The drop one changed row makes on each part of the data (None: a continuous metric)."""
     steps = {
         part: one_row_drop(primary, len(rows))
@@ -66,22 +104,12 @@ def _one_row_drops(primary: str, run) -> dict[str, float] | None:
     return {k: round(v, 6) for k, v in steps.items() if v is not None} or None
 
 
-def build_report(
-    run,
-    recipe,
-    figures: dict,
-    torch_latency: dict | None,
-    stage_reports: list[dict],
-    notes: list[str],
-    steps: list[dict] | None = None,
-    layer_sizes: dict | None = None,
-    stored: dict | None = None,
-) -> Report:
+def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
+    """The report of a run from what it measured (``recipe``: the recipe as run)."""
     import onnxruntime
     import torch
 
-    import presso
-
+    figures, torch_latency, stage_reports = measured.figures, measured.torch_latency, measured.stages
     base, comp = figures["baseline"], figures["compressed"]
     label = (
         "ONNX Runtime fp32"
@@ -104,7 +132,7 @@ def build_report(
         for n in run.model.input_names
     ]
     return Report(
-        presso_version=presso.__version__,
+        presso_version=__version__,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         task=run.task,
         recipe=recipe.model_dump(mode="json", exclude_none=True),
@@ -134,7 +162,7 @@ def build_report(
         },
         reference={
             "pytorch_fp32_latency_ms": torch_latency,
-            "export_max_abs_diff": run.split_info.pop("export_max_abs_diff", None),
+            "export_max_abs_diff": run.export_max_abs_diff,
             "outputs_compared_with": "the original model's outputs, taken before export",
         },
         machine={
@@ -148,11 +176,11 @@ def build_report(
         stages=stage_reports,
         notes=[
             *(f"budget resolution: {line}" for line in run.unresolved),
-            *notes,
+            *measured.notes,
             speed_note(base, comp, label),
             *filter(None, [size_note(base, comp), torch_note(torch_latency, comp)]),
         ],
-        steps=[{k: v for k, v in s.items() if k != "path"} for s in steps or []],
-        layer_sizes=layer_sizes or {},
-        stored=stored,
+        steps=measured.steps,
+        layer_sizes=measured.layer_sizes,
+        stored=measured.stored,
     )

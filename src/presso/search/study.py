@@ -32,7 +32,7 @@ from presso.measure.bench import BenchSettings, time_latency
 from presso.progress import SILENT, Progress
 from presso.recipe.checkpoint import run_fingerprint
 from presso.recipe.result import CompressionResult
-from presso.recipe.runner import Prepared, prepare, run_recipe, transformer_kept
+from presso.recipe.runner import Prepared, prepare, run_recipe
 from presso.recipe.schema import Recipe, Settings
 from presso.search.front import LATENCY_NOISE, PICKS, near_front, ordered, pareto_front
 from presso.search.samplers import FrontCrossover, make_sampler, warm_starts
@@ -586,10 +586,9 @@ def _final(prepared: Prepared, front: list[dict], pick: str, scale: float, progr
         workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
         run = replace(prepared.run, workdir=workdir)
         try:
-            with transformer_kept(run.model):
-                result = run_recipe(
-                    Prepared(run, prepared.baseline, prepared.seed, prepared.calibration_fraction), recipe
-                )
+            result = run_recipe(
+                Prepared(run, prepared.baseline, prepared.seed, prepared.calibration_fraction), recipe
+            )
             return result, row["number"]
         except BaseException as exc:
             shutil.rmtree(workdir, ignore_errors=True)  # the result owns it only when there is one

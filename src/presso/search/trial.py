@@ -22,7 +22,7 @@ from presso.errors import BudgetError, NothingToDo, PressoError
 from presso.measure.bench import BenchSettings, time_latency
 from presso.measure.size import file_size, parameter_count
 from presso.progress import SILENT
-from presso.recipe.runner import Prepared, resolved_recipe, run_stages, transformer_kept
+from presso.recipe.runner import Prepared, resolved_recipe, run_stages
 from presso.recipe.schema import Settings
 from presso.search.space import SearchSpace, describe_stages
 
@@ -117,8 +117,7 @@ class TrialRunner:
         workdir.mkdir(parents=True)
         run = replace(prepared.run, workdir=workdir, progress=SILENT)
         try:
-            with transformer_kept(run.model):
-                done = run_stages(run, recipe, prepared.baseline, prepared.seed)
+            done = run_stages(run, recipe, prepared.baseline, prepared.seed)
             resolved = resolved_recipe(
                 recipe, done.outcomes, run, prepared.seed, prepared.calibration_fraction
             )

@@ -1,5 +1,6 @@
-"""Techniques: each a typed config plus a transform, registered in one explicit table."""
+"""Compression techniques: each registers itself next to its code (see :mod:`.contract`)."""
 
-from presso.techniques.registry import TECHNIQUES, Technique, get_technique
+from presso.techniques.contract import Choice, SearchEntry, SpaceModel, Technique, technique
+from presso.techniques.registry import get_technique, techniques
 
-__all__ = ["TECHNIQUES", "Technique", "get_technique"]
+__all__ = ["Choice", "SearchEntry", "SpaceModel", "Technique", "get_technique", "technique", "techniques"]

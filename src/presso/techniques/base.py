@@ -36,7 +36,7 @@ class StageContext:
     calibration: Dataset
     score: Callable[[Path], Score]
     time_models: Callable[[dict[str, Path]], dict[str, Timing]]  # name -> batch-1 latency, interleaved
-    transformer: dict | None  # heads / hidden size of a transformer encoder, else None
+    transformer: dict | None  # heads / hidden size of a transformer encoder, else None (a copy)
     log: Callable[[str], None] = lambda _msg: None
     # Scores outputs computed elsewhere (e.g. by a PyTorch model) on the calibration rows,
     # in the same terms as ``score``; used by sensitivity analysis, which cannot export per probe.
@@ -73,6 +73,10 @@ class Candidate:
     # (the pipeline reports those of the one it verifies); else StageResult's are used.
     layers: list[dict] | None = None
     notes: list[str] = field(default_factory=list)
+    # Stages that change a transformer's heads / widths (slim, distill): its shape after this
+    # candidate, which later stages see as ``StageContext.transformer`` (the context's own
+    # dict is a copy: a stage never changes it).
+    transformer: dict | None = None
 
     def timed(self, timing: Timing) -> None:
         self.timing, self.latency_ms = timing, timing.p50_ms

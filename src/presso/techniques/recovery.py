@@ -163,7 +163,7 @@ def weights_by_value(onnx_path: Path, weights: dict[str, np.ndarray]) -> list[tu
     import onnx
     from onnx import numpy_helper
 
-    from presso.techniques.quantization.weight_only import float_weight_plans
+    from presso.techniques.graph import float_weight_plans
 
     by_digest = {_digest(w): name for name, w in weights.items()}
     model = onnx.load(str(onnx_path))

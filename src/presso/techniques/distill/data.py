@@ -77,9 +77,9 @@ def without_rows(inputs: Inputs, labels: np.ndarray | None, banned: Inputs | Non
 
 def teacher_cache_dir() -> Path:
     """Teacher outputs are cached beside the examples' weights (``PRESSO_CACHE_DIR`` moves both)."""
-    from presso.data.examples._cache import cache_dir
+    from presso.cache import cache_root
 
-    return cache_dir().parent / "teacher-outputs"
+    return cache_root() / "teacher-outputs"
 
 
 def cached_teacher_outputs(

@@ -16,9 +16,11 @@ from torch import nn
 from presso.errors import PressoError
 from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.contract import technique
 from presso.techniques.distill.config import DistillConfig
 from presso.techniques.distill.data import DistillData, distill_data, teacher_cache_dir
 from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
+from presso.techniques.distill.search import DISTILL
 from presso.techniques.pruning.recover import example_inputs, with_backoff
 
 STAGE = "distill"
@@ -66,11 +68,6 @@ def build_student(
 
         plan = StudentPlan(width=width, depth=cfg.depth, init=cfg.init, blocks=cfg.blocks)
         student, notes = derive_student(ctx.module, example, plan, transformer=ctx.transformer, seed=ctx.seed)
-        if ctx.transformer is not None and width < 1:
-            from presso.techniques.pruning.transformer import attention_shape
-
-            # ONNX Runtime's attention fusion needs the student's head count, not the config's
-            ctx.transformer.update(attention_shape(student))
     elif cfg.student == "mlp":
         name = ctx.input_names[0]
         x = rows[name]
@@ -101,6 +98,16 @@ def build_student(
             "give a student whose output has the teacher's shape."
         )
     return student, notes
+
+
+def _student_shape(cfg: DistillConfig, ctx: StageContext, student: nn.Module, width: float) -> dict | None:
+    """The transformer shape of a derived student: ONNX Runtime's attention fusion needs the
+    student's head count, not the teacher's (None: the teacher's shape holds)."""
+    if cfg.student != "auto" or ctx.transformer is None or width >= 1:
+        return None
+    from presso.techniques.pruning.transformer import attention_shape
+
+    return {**ctx.transformer, **attention_shape(student)}
 
 
 def _settings(cfg: DistillConfig, ctx: StageContext) -> DistillConfig:
@@ -193,6 +200,18 @@ def train_student(
     return report, kind
 
 
+@technique(
+    "distill",
+    config=DistillConfig,
+    domain="torch",
+    summary=(
+        "knowledge distillation: a smaller student (derived from the teacher: narrower / fewer "
+        "layers; a plain MLP; or your own) fitted to the teacher's outputs (soft targets with "
+        "temperature, MSE or cosine, optional hints); the teacher may be PyTorch, ONNX or any "
+        "Python callable"
+    ),
+    search=DISTILL,
+)
 def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext) -> StageResult:
     from presso.train import distributed
 
@@ -249,6 +268,7 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
             options=options,
             module=student,
             notes=[*notes, f"{STAGE}: {note}"],
+            transformer=_student_shape(cfg, ctx, student, width),
         )
 
     return with_backoff(widths, attempt, ctx, STAGE, what="with a wider student, width")

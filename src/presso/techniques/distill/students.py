@@ -45,8 +45,8 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from presso.data.examples._cache import Standardize, seeded
 from presso.errors import PressoError
+from presso.model.layers import Standardize, seeded
 from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.pruning.structured import prune_channels
 from presso.techniques.pruning.transformer import find_encoder_layers, prune_transformer
@@ -407,7 +407,7 @@ def derive_student(
 
     Examples
     --------
-    >>> from presso.data.examples.digits import DigitsCNN
+    >>> from presso.examples.digits import DigitsCNN
     >>> student, notes = derive_student(DigitsCNN(), (torch.rand(2, 1, 8, 8),), StudentPlan(width=0.45))
     >>> notes[-1]
     'kept 45% of channels / neurons (the output layer keeps its size): 38,282 -> 7,556 parameters'

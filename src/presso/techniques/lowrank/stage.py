@@ -19,6 +19,7 @@ from torch import nn
 from presso.errors import NothingToDo, PressoError
 from presso.model.loaded import count_parameters
 from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.contract import technique
 from presso.techniques.lowrank.config import FactorizeConfig
 from presso.techniques.lowrank.factorize import (
     LayerDecision,
@@ -28,6 +29,7 @@ from presso.techniques.lowrank.factorize import (
     left_whole,
     replace_module,
 )
+from presso.techniques.lowrank.search import LOWRANK
 from presso.techniques.lowrank.speed import input_shapes, speed_selectors, speeds_up
 from presso.techniques.pruning.recover import example_inputs, milder, recovery_for, with_backoff
 
@@ -117,6 +119,17 @@ def _describe(cfg: FactorizeConfig, keep: float | None) -> str:
     return _selector(cfg, "", None).describe()
 
 
+@technique(
+    "factorize",
+    config=FactorizeConfig,
+    domain="torch",
+    summary=(
+        "low-rank factorization: Linear layers by truncated SVD (two thin layers), convolutions "
+        "by Tucker-2 (1x1 -> core -> 1x1); rank by fixed rank, ratio, kept energy, max error or "
+        "measured speed; fine-tuned to the original model"
+    ),
+    search=LOWRANK,
+)
 def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) -> StageResult:
     """The ``factorize`` technique (see the module docstring)."""
     rec = recovery_for(ctx, cfg, "factorize")

@@ -22,6 +22,7 @@ from torch import nn
 from presso.errors import PressoError
 from presso.model.loaded import first_tensor
 from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.contract import technique
 from presso.techniques.pruning import criteria
 from presso.techniques.pruning.config import PruneConfig
 from presso.techniques.pruning.masks import (
@@ -35,6 +36,7 @@ from presso.techniques.pruning.masks import (
     unstructured_masks,
 )
 from presso.techniques.pruning.recover import Recovery, layer_nodes, milder, recovery_for, with_backoff
+from presso.techniques.pruning.search import PRUNE
 
 
 def _plural(n: int, word: str) -> str:
@@ -200,6 +202,18 @@ def _layer_rows(module, layers: dict[str, nn.Module], exported: Path, curves: li
     return rows
 
 
+@technique(
+    "prune",
+    config=PruneConfig,
+    domain="torch",
+    summary=(
+        "weight pruning: unstructured (magnitude / Taylor / random, global, per layer or from "
+        "sensitivity curves) or N:M masks on a one-shot, iterative or gradual schedule with "
+        "fine-tuning; zeros stored as a bitmask + surviving values"
+    ),
+    sparse=True,
+    search=PRUNE,
+)
 def prune_weights(onnx_path: Path, cfg: PruneConfig, ctx: StageContext) -> StageResult:
     """The ``prune`` technique (see the module docstring)."""
     rec = recovery_for(ctx, cfg, "prune")

@@ -17,9 +17,11 @@ from torch import nn
 
 from presso.model.loaded import count_parameters
 from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.contract import technique
 from presso.techniques.pruning.config import SlimConfig
 from presso.techniques.pruning.masks import PRUNABLE
 from presso.techniques.pruning.recover import example_inputs, layer_nodes, milder, recovery_for, with_backoff
+from presso.techniques.pruning.search import SLIM
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -54,7 +56,7 @@ def heads_and_ffn(cfg: SlimConfig, fraction: float) -> tuple[float, float]:
 
 def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageContext, transformer: bool):
     if transformer:
-        from presso.techniques.pruning.transformer import attention_shape, prune_transformer
+        from presso.techniques.pruning.transformer import prune_transformer
 
         heads, ffn = heads_and_ffn(cfg, fraction)
         importance = "taylor" if cfg.importance == "auto" else cfg.importance
@@ -68,9 +70,6 @@ def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageC
             round_to=cfg.round_to or 8,
             seed=ctx.seed,
         )
-        # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
-        # fuses the heads wrongly without an error; 0 / 0 (uneven heads) disables the fusion.
-        ctx.transformer.update(attention_shape(module))
         return report
     from presso.techniques.pruning.structured import prune_channels
 
@@ -87,6 +86,17 @@ def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageC
     )
 
 
+@technique(
+    "slim",
+    config=SlimConfig,
+    domain="torch",
+    summary=(
+        "structured pruning: physically removes channels / neurons (or attention heads and "
+        "feed-forward neurons), rewiring residual and concatenated layers, then fine-tunes: a "
+        "smaller, faster model"
+    ),
+    search=SLIM,
+)
 def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
     """The ``slim`` technique (see the module docstring)."""
     rec = recovery_for(ctx, cfg, "slim")
@@ -123,6 +133,12 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
             label = f"{fraction:.0%} of {what} removed"
             pins = {"ratio": fraction, "ratios": None}  # recipe.yaml re-runs the chosen ratio only
         cand = Candidate(label, dst, module=module, options=pins)
+        if transformer:
+            from presso.techniques.pruning.transformer import attention_shape
+
+            # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
+            # fuses the heads wrongly without an error; 0 / 0 (uneven heads) disables the fusion.
+            cand.transformer = {**ctx.transformer, **attention_shape(module)}
         cand.score = ctx.score(dst)
         cand.layers = _layer_rows(before_shapes, module, dst)
         cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"

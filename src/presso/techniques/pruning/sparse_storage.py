@@ -26,8 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from presso.errors import PressoError
-from presso.techniques.quantization.graph import input_uses
-from presso.techniques.quantization.weight_only import float_weight_plans, to_opset
+from presso.techniques.graph import float_weight_plans, input_uses, to_opset
 
 SPARSE_OPSET = 13  # Slice / Reshape / CumSum with tensor inputs
 _LUT = "presso_sparse_bit_lut"

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from presso.techniques.quantization.graph import input_uses
+from presso.techniques.graph import input_uses
 from presso.techniques.quantization.quantizers import QuantParams, dequantize, quantize
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper values)

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from presso.techniques.base import StageContext, StageResult
+from presso.techniques.contract import technique
 from presso.techniques.quantization.config import KMeansConfig
 from presso.techniques.quantization.packing import pack_int4
+from presso.techniques.quantization.search import KMEANS
 
 
 def cluster(
@@ -253,6 +255,13 @@ def write_kmeans(
     return rows
 
 
+@technique(
+    "kmeans",
+    config=KMeansConfig,
+    domain="onnx",
+    summary=("k-means weight clustering: a codebook of 2^bits values per layer plus packed indices"),
+    search=KMEANS,
+)
 def cluster_weights(onnx_path: Path, cfg: KMeansConfig, ctx: StageContext) -> StageResult:
     from presso.techniques.quantization.weight_only import accuracy_aware
 

@@ -49,6 +49,7 @@ from torch.nn.utils import parametrize
 
 from presso.errors import PressoError
 from presso.techniques.base import StageContext, StageResult
+from presso.techniques.contract import technique
 from presso.techniques.quantization.hashing_config import HashedConfig
 from presso.techniques.recovery import fit_to_teacher, mixup_rows, teacher_split, weights_by_value
 
@@ -268,7 +269,7 @@ def write_hashed(
     import onnx
     from onnx import numpy_helper
 
-    from presso.techniques.quantization.weight_only import float_weight_plans
+    from presso.techniques.graph import float_weight_plans
 
     model = onnx.load(str(src))
     graph = model.graph
@@ -312,6 +313,16 @@ def write_hashed(
     return rows
 
 
+@technique(
+    "hashed",
+    config=HashedConfig,
+    domain="torch",
+    summary=(
+        "hashed weight sharing (HashedNets): a hash of each weight's position picks one of K "
+        "shared values per layer, fine-tuned to the original model; stores K values + the hash "
+        "seed"
+    ),
+)
 def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> StageResult:
     """The ``hashed`` technique: hash, fine-tune, export, store K values per layer."""
     from presso.techniques.quantization.weight_only import accuracy_aware

@@ -18,9 +18,11 @@ from presso.measure.bench import clearly_slower
 from presso.model.onnx_file import fixed_batch_sizes
 from presso.runtime.cpu import cpu_features
 from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.contract import technique
+from presso.techniques.graph import float_weight_nodes, weighted_nodes
 from presso.techniques.quantization.config import Int8Config
-from presso.techniques.quantization.graph import float_weight_nodes, weighted_nodes
 from presso.techniques.quantization.mixed import FP32, MixedSearch, annotate, search
+from presso.techniques.quantization.search import INT8
 
 _QUANTIZED_OPS = {
     "QuantizeLinear",
@@ -241,6 +243,13 @@ def _quantize(
     )
 
 
+@technique(
+    "int8",
+    config=Int8Config,
+    domain="onnx",
+    summary=("int8 post-training quantization on ONNX Runtime integer kernels, accuracy-aware"),
+    search=INT8,
+)
 def quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
     root = logging.getLogger()
     level, cwd = root.level, os.getcwd()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from presso.errors import PressoError
 from presso.techniques.base import StageContext, StageResult
+from presso.techniques.contract import technique
 from presso.techniques.quantization.qat_config import QATConfig
 from presso.techniques.recovery import fit_to_teacher, teacher_split, weights_by_value
 
@@ -31,6 +32,12 @@ def grids_by_initializer(onnx_path: Path, module, qparams: dict) -> dict:
     return {weight: qparams[name] for name, _, weight, _ in weights_by_value(onnx_path, weights)}
 
 
+@technique(
+    "qat",
+    config=QATConfig,
+    domain="torch",
+    summary=("quantization-aware fine-tuning (STE / learned step size), stored as packed 2-8-bit weights"),
+)
 def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageResult:
     from presso.techniques.quantization.qat import (
         convert,
@@ -107,6 +114,6 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
 def _plans(src):
     import onnx
 
-    from presso.techniques.quantization.weight_only import float_weight_plans
+    from presso.techniques.graph import float_weight_plans
 
     return float_weight_plans(onnx.load(str(src), load_external_data=False), set())

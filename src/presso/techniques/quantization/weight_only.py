@@ -31,8 +31,9 @@ import torch
 from presso.errors import PressoError
 from presso.runtime.session import mark_session_config
 from presso.techniques.base import Candidate, StageContext, StageResult
+from presso.techniques.contract import technique
+from presso.techniques.graph import float_weight_plans, to_opset
 from presso.techniques.quantization.config import AUTO_GROUP, INT_SCHEMES, Int4Config, WeightOnlyConfig
-from presso.techniques.quantization.graph import input_uses
 from presso.techniques.quantization.packing import pack_int4
 from presso.techniques.quantization.quantizers import (
     QuantParams,
@@ -42,6 +43,7 @@ from presso.techniques.quantization.quantizers import (
     quantize,
     to_half,
 )
+from presso.techniques.quantization.search import INT4
 
 INT4_OPSET = 21
 # With QDQ handling on (the default), ONNX Runtime keeps a weight's DequantizeLinear and
@@ -59,40 +61,6 @@ class _Plan:
     weight: str
     transposed: bool  # the initializer is (K, N): quantize its transpose
     group: int | None  # None: per output channel
-
-
-# Operand that holds the weight: MatMul/Gemm/Conv multiply by input 1; an embedding
-# table (Gather) is input 0, indexed by token ids.
-_WEIGHT_SLOT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
-
-
-def float_weight_plans(model, keep: set[str]) -> list[tuple[str, str, str]]:
-    """(node, op, weight initializer) of MatMul/Gemm/Conv nodes and embedding lookups
-    (Gather of a 2-D table) with a float weight of their own."""
-    inits = {i.name: i for i in model.graph.initializer}
-    uses = input_uses(model.graph)
-    out = []
-    for node in model.graph.node:
-        slot = _WEIGHT_SLOT.get(node.op_type)
-        if slot is None or node.name in keep or len(node.input) < 2:
-            continue
-        w = inits.get(node.input[slot])
-        if w is None or w.data_type != 1 or uses.get(w.name, 0) != 1:
-            continue  # not a float constant of this node alone
-        if node.op_type != "Conv" and len(w.dims) != 2:
-            continue
-        if node.op_type == "Gather" and any(a.name == "axis" and a.i != 0 for a in node.attribute):
-            continue  # not a row lookup
-        out.append((node.name, node.op_type, w.name))
-    return out
-
-
-def to_opset(model, opset: int):
-    """``model`` at ``opset`` or later (int4/uint4 tensors need opset 21)."""
-    from onnx import version_converter
-
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return model if current >= opset else version_converter.convert_version(model, opset)
 
 
 def _plan(model, group_size, keep: set[str], stage: str = "int4") -> list[_Plan]:
@@ -457,7 +425,7 @@ def accuracy_aware(
     """
     import onnx
 
-    from presso.techniques.quantization.graph import weighted_nodes
+    from presso.techniques.graph import weighted_nodes
     from presso.techniques.quantization.mixed import FP32, annotate, search
 
     layers_of: dict[str, list[dict]] = {}
@@ -582,6 +550,15 @@ def _variant_name(cfg: WeightOnlyConfig) -> str:
     return name + ("-adaround" if cfg.rounding == "adaround" else "") + ("-bc" if cfg.bias_correction else "")
 
 
+@technique(
+    "weight-only",
+    config=WeightOnlyConfig,
+    domain="onnx",
+    summary=(
+        "weight-only quantization: int 2-8 bits, power-of-two scales, binary, float16/bfloat16; "
+        "optional AdaRound rounding and bias correction from the calibration rows"
+    ),
+)
 def quantize_weight_only(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageContext) -> StageResult:
     """The ``weight-only`` technique: write the weights, keep the fewest most sensitive
     layers at a safer precision (8 bits, then fp32) if the budget needs it."""
@@ -594,5 +571,12 @@ def quantize_weight_only(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageConte
     return accuracy_aware(onnx_path, cfg, ctx, name, writer, fallbacks=("int8", "fp32") if low else ("fp32",))
 
 
+@technique(
+    "int4",
+    config=Int4Config,
+    domain="onnx",
+    summary=("4-bit weight-only quantization, packed two values a byte (per group / per channel)"),
+    search=INT4,
+)
 def quantize_int4(onnx_path: Path, cfg: Int4Config, ctx: StageContext) -> StageResult:
     return accuracy_aware(onnx_path, cfg, ctx, "int4", write_int4, fallbacks=("int8", "fp32"))

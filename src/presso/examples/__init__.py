@@ -1,5 +1,5 @@
 """Built-in examples: small models trained on first use on real, offline data."""
 
-from presso.data.examples.registry import EXAMPLES, Example, load_example
+from presso.examples.registry import EXAMPLES, Example, load_example
 
 __all__ = ["EXAMPLES", "Example", "load_example"]

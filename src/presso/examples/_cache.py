@@ -8,28 +8,21 @@ loaded.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from presso.cache import CACHE_ENV, cache_root
+from presso.model.layers import seeded
 from presso.train.checkpoint import save_atomic
-
-CACHE_ENV = "PRESSO_CACHE_DIR"
 
 
 def cache_dir() -> Path:
     """The folder holding the examples' trained weights (not created here)."""
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        import platformdirs  # only needed when no override is given
-
-        root = platformdirs.user_cache_dir("presso")
-    return Path(root) / "examples"
+    return cache_root() / "examples"
 
 
 def _load(path: Path) -> dict | None:
@@ -67,14 +60,6 @@ def cached_state_dict(name: str, version: int, train_fn: Callable[[], dict]) -> 
             stacklevel=2,
         )
     return state, True
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator inside the block, restoring the caller's state after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def train_supervised(
@@ -123,26 +108,6 @@ def _train(model, X, y, loss_fn, epochs, lr, batch_size, seed) -> list[float]:
         history.append(total / n)
     model.eval()
     return history
-
-
-class Standardize(nn.Module):
-    """Fixed ``(x - mean) / std`` with train-row statistics kept as buffers."""
-
-    def __init__(self, n_features: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("std", torch.ones(n_features))
-
-    @classmethod
-    def fit(cls, X: torch.Tensor) -> Standardize:
-        """A layer whose statistics come from the rows of ``X`` (N, F)."""
-        layer = cls(X.shape[1])
-        layer.mean.copy_(X.mean(dim=0))
-        layer.std.copy_(X.std(dim=0).clamp_min(1e-6))
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def cached_model(

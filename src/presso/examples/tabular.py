@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from presso.data.dataset import Dataset
-from presso.data.examples._cache import Standardize, cached_model, train_supervised
-from presso.data.examples.registry import Example
+from presso.examples._cache import Standardize, cached_model, train_supervised
+from presso.examples.registry import Example
 
 NAME = "tabular"
 VERSION = 1  # bump when the model, data or training below changes

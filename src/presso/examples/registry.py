@@ -32,23 +32,23 @@ class Example:
 # Explicit registry (no import-time magic): name -> (module, one-line description).
 EXAMPLES: dict[str, tuple[str, str]] = {
     "digits": (
-        "presso.data.examples.digits",
+        "presso.examples.digits",
         "CNN on scikit-learn's 8x8 handwritten digits (accuracy, top-3)",
     ),
     "tabular": (
-        "presso.data.examples.tabular",
+        "presso.examples.tabular",
         "MLP on scikit-learn's breast-cancer rows (accuracy, F1, ROC-AUC)",
     ),
     "forecast": (
-        "presso.data.examples.forecast",
+        "presso.examples.forecast",
         "MLP forecaster on statsmodels' weekly Mauna Loa CO2 (MAE, RMSE, MAPE)",
     ),
     "anomaly": (
-        "presso.data.examples.anomaly",
+        "presso.examples.anomaly",
         "autoencoder on benign breast-cancer rows; malignant rows are anomalies (ROC-AUC, average precision)",
     ),
     "minilm": (
-        "presso.data.examples.minilm",
+        "presso.examples.minilm",
         "pretrained all-MiniLM-L6-v2 sentence encoder, offline (cosine, top-10 agreement)",
     ),
 }

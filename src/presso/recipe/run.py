@@ -1,0 +1,251 @@
+"""A compression run made ready: the model loaded, its data split, the original model's
+reference outputs taken and its fp32 ONNX baseline exported and checked.
+
+Everything a run measures is measured against what :func:`prepare` fixes here, once: a
+search runs many recipes on one prepared run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from presso.data.dataset import Dataset, split
+from presso.data.resolve import resolve_data
+from presso.errors import PressoError
+from presso.export.compact import compact_names
+from presso.export.onnx_export import check_parity, export_onnx
+from presso.measure.bench import BenchSettings
+from presso.measure.metrics import check_target, evaluate, unresolved_budget
+from presso.model.loaded import LoadedModel
+from presso.model.sources import load_model
+from presso.progress import SILENT, Progress
+from presso.recipe.order import check_stage_order
+from presso.recipe.schema import Recipe, Settings
+from presso.runtime.session import make_session, run_session
+from presso.tasks import get_task, primary_metric
+
+# Quality is measured one row at a time, as a real-time service runs the model: with
+# dynamic quantization a row's output depends on the other rows of its batch (the
+# activation range is computed per batch), so batched figures would not be the ones
+# a user gets at batch 1.
+EVAL_BATCH = 1
+
+
+@dataclass
+class Run:
+    """What the flow knows about one compression run, shared by its steps."""
+
+    model: LoadedModel
+    task: str
+    max_drop: float
+    data: Dataset
+    calibration: Dataset
+    evaluation: Dataset
+    split_info: dict
+    ref_cal: np.ndarray  # original model's outputs on the calibration rows
+    ref_eval: np.ndarray  # ... and on the held-out evaluation rows
+    y_cal: np.ndarray | None
+    y_eval: np.ndarray | None
+    workdir: Path
+    bench: BenchSettings
+    progress: Progress
+    baseline_eval: np.ndarray | None = None  # the fp32 ONNX baseline's held-out outputs
+    seq_len: int = 128  # token length of text rows (extra text for a stage is tokenized alike)
+    # Parts of the data too small for the budget: one changed row already breaks it there.
+    unresolved: list[str] = field(default_factory=list)
+    export_max_abs_diff: float | None = None  # PyTorch vs the exported baseline, held-out rows
+
+    @property
+    def primary(self) -> str:
+        return primary_metric(self.task, self.evaluation.has_labels)
+
+    def metrics(self, outputs: np.ndarray, on: str) -> dict[str, float]:
+        if on == "calibration":
+            return evaluate(self.task, outputs, self.ref_cal, self.y_cal, self.calibration.inputs)
+        return evaluate(self.task, outputs, self.ref_eval, self.y_eval, self.evaluation.inputs)
+
+
+@dataclass
+class Prepared:
+    """A model and its data made ready once: reference outputs, split, fp32 ONNX baseline.
+
+    :func:`compress` runs one recipe on it; a search runs many (the teacher's outputs are
+    computed once, not per trial). ``close()`` removes its working folder."""
+
+    run: Run
+    baseline: Path | None
+    seed: int
+    calibration_fraction: float
+
+    def close(self) -> None:
+        shutil.rmtree(self.run.workdir, ignore_errors=True)
+
+
+def prepare(
+    model: Any,
+    data: Any = None,
+    *,
+    settings: Settings | None = None,
+    recipe: Recipe | None = None,
+    task: str | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    weights: str | Path | None = None,
+    seed: int | None = None,
+    calibration_fraction: float | None = None,
+    seq_len: int = 128,
+    bench: BenchSettings | None = None,
+    progress: Progress = SILENT,
+) -> Prepared:
+    """Load ``model`` and ``data``, take the original model's outputs, split the rows and
+    export the baseline; ``recipe`` (optional) is checked against the model before any of
+    the slow work."""
+    settings = settings or Settings()
+    seed = _first(seed, settings.seed, 0)
+    calibration_fraction = _first(calibration_fraction, settings.calibration_fraction, 0.3)
+    progress.log("loading the model")
+    loaded = load_model(model, weights=weights)
+    data = resolve_data(data, loaded, target=target, seq_len=seq_len)
+    if recipe is not None:
+        check_stage_order(recipe, recipe.configs(), loaded)
+    workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
+    try:
+        run = _prepare(
+            loaded,
+            data,
+            task or settings.task,
+            max_drop,
+            settings,
+            seed,
+            calibration_fraction,
+            workdir,
+            bench or BenchSettings(),
+            progress,
+            seq_len,
+        )
+        return Prepared(run, _baseline(run), seed, calibration_fraction)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _prepare(
+    loaded: LoadedModel,
+    data: Dataset,
+    task: str | None,
+    max_drop: float | None,
+    settings: Settings,
+    seed: int,
+    calibration_fraction: float,
+    workdir: Path,
+    bench: BenchSettings,
+    progress: Progress,
+    seq_len: int = 128,
+) -> Run:
+    """Check the data fits the model, take reference outputs, split, settle the task."""
+    progress.log("running the original model on the data")
+    try:
+        _reference_outputs(loaded, data.head(2))
+    except PressoError:
+        raise
+    except Exception as exc:
+        shapes = {k: list(v.shape[1:]) for k, v in data.inputs.items()}
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PressoError(
+            f"The data does not fit the model: {msg}. Data rows have shapes {shapes} "
+            f"for inputs {loaded.input_names}; reshape the data to what the model expects."
+        ) from exc
+    # References come from the original model before anything is exported (exporting
+    # can alter a live model, measured).
+    reference = _reference_outputs(loaded, data)
+    task = task or _infer_task(loaded, data, reference)
+    spec = get_task(task)
+    max_drop = _first(max_drop, settings.max_drop, spec.default_max_drop)
+    if max_drop < 0:
+        raise PressoError(f"--max-drop must be >= 0 (an allowed drop of the primary metric). Got {max_drop}.")
+    target = None if data.target is None else check_target(task, reference, data.target)
+    if target is not None:
+        data = Dataset(inputs=data.inputs, target=target, source=data.source, texts=data.texts)
+    parts = split(data, calibration_fraction, seed)
+    split_info = {**parts.describe(), "evaluation_batch": EVAL_BATCH}
+    unresolved = unresolved_budget(
+        primary_metric(task, parts.evaluation.has_labels),
+        float(max_drop),
+        {"calibration": len(parts.calibration), "held-out": len(parts.evaluation)},
+    )
+    for line in unresolved:
+        progress.warn(line)
+    return Run(
+        model=loaded,
+        task=task,
+        max_drop=float(max_drop),
+        data=data,
+        calibration=parts.calibration,
+        evaluation=parts.evaluation,
+        split_info=split_info,
+        ref_cal=reference[parts.calibration_index],
+        ref_eval=reference[parts.evaluation_index],
+        y_cal=parts.calibration.target,
+        y_eval=parts.evaluation.target,
+        workdir=workdir,
+        bench=bench,
+        progress=progress,
+        seq_len=seq_len,
+        unresolved=unresolved,
+    )
+
+
+def _reference_outputs(loaded: LoadedModel, data: Dataset) -> np.ndarray:
+    out = loaded.run(data.inputs)
+    if not np.all(np.isfinite(out)):
+        raise PressoError("The original model returns NaN/inf on this data; check the data's scale.")
+    return out
+
+
+def _infer_task(loaded: LoadedModel, data: Dataset, outputs: np.ndarray) -> str:
+    if loaded.task_hint:
+        return loaded.task_hint
+    y = data.target
+    if y is not None and outputs.ndim == 2 and outputs.shape[1] >= 2:
+        if np.all(np.mod(y, 1) == 0) and y.ndim == 1 and 0 <= y.min() and y.max() < outputs.shape[1]:
+            return "classification"
+    if y is not None and np.issubdtype(np.asarray(y).dtype, np.floating):
+        return "regression"
+    raise PressoError(
+        "Cannot infer the task from this model and data. Pass --task "
+        "classification|regression|forecast|anomaly|embedding."
+    )
+
+
+def _baseline(run: Run) -> Path | None:
+    """The fp32 ONNX model everything is compared with, checked against PyTorch; None for a
+    callable teacher, which is measured as it is (its own predict)."""
+    path = run.workdir / "baseline.onnx"
+    if run.model.kind == "callable":
+        run.baseline_eval = run.ref_eval
+        return None
+    if run.model.module is None:
+        shutil.copyfile(run.model.onnx_path, path)
+        compact_names(path)
+        run.baseline_eval = run.ref_eval
+        return path
+    run.progress.log("exporting the original model to ONNX")
+    export_onnx(run.model, run.calibration.head(2).inputs, path)
+    compact_names(path)  # the baseline gets the same storage treatment as the result
+    try:
+        out = run_session(make_session(path), run.evaluation.inputs, EVAL_BATCH)
+    except Exception as exc:
+        raise PressoError(f"The exported ONNX model does not run on ONNX Runtime: {exc}") from exc
+    run.export_max_abs_diff = check_parity(run.ref_eval, out, "ONNX export")
+    run.baseline_eval = out
+    return path
