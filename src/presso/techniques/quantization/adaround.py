@@ -238,10 +238,6 @@ def steps_for(shapes: list[tuple[int, int]]) -> int:
     return int(min(ITERS, max(MIN_ITERS, BUDGET_S / max(cost, 1e-12))))
 
 
-def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
-
-
 def adaround(
     w,
     qp: QuantParams,
