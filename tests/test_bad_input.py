@@ -231,3 +231,34 @@ def test_existing_non_artifact_output_is_refused(mlp_project, tmp_path):
 def test_debug_shows_traceback(tmp_path, out):
     done = run_cli("compress", str(tmp_path / "nope.onnx"), "--data", "x.npz", "--debug")
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def _caught_as_value_error(call):
+    try:
+        call()
+    except ValueError as exc:
+        return exc
+    pytest.fail("no ValueError was raised")
+
+
+def test_bad_option_is_caught_as_value_error(mlp_project, tmp_path):
+    """User code guarding a call with ``except ValueError`` catches presso's bad-option error,
+    the same PressoError with the same message (the line the CLI prints)."""
+    import presso
+    from presso.train.loop import FitSettings
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: mine\nstages:\n  - technique: int8\n    options: {calibration: median}\n")
+    data = str(mlp_project["dir"] / "data.npz")
+    with pytest.raises(presso.PressoError) as refused:
+        presso.compress(mlp_project["model"], recipe, data=data)
+    caught = _caught_as_value_error(lambda: presso.compress(mlp_project["model"], recipe, data=data))
+    assert isinstance(caught, presso.PressoError) and caught.exit_code == 2
+    assert str(caught) == str(refused.value)
+    assert "stage 1 'int8'" in str(caught) and "calibration" in str(caught)
+
+    caught = _caught_as_value_error(lambda: FitSettings(epochs=-1))
+    assert isinstance(caught, presso.PressoError)
+    assert (
+        str(caught) == "The 'epochs' option of the fine-tuning settings must be an int >= 0. Got -1 instead."
+    )

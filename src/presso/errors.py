@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 
-class PressoError(Exception):
+class PressoError(ValueError):
     """Bad input or an unsupported request.
 
     The message names the problem and the fix; the CLI prints it on one line and
-    exits with code 2.
+    exits with code 2. A ``ValueError`` (and so still an ``Exception``), so that code
+    which guards a call with ``except ValueError`` also catches a bad option.
     """
 
     exit_code = 2

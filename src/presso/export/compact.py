@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from presso.files import atomic_path
+
 _QPARAM_SUFFIXES = ("_scale", "_zero_point")
 
 
@@ -49,7 +51,6 @@ def compact_names(path: str | Path) -> Path:
         node.doc_string = ""
     del graph.value_info[:]  # shape annotations of renamed tensors; ORT infers them again
     model.doc_string = ""
-    tmp = path.with_suffix(".compact.onnx")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
     return path

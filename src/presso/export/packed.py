@@ -56,6 +56,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from presso.errors import PressoError
+from presso.files import write_bytes_atomic
 
 MAGIC = b"PRESSO-PACK\x01"
 _HEAD = struct.Struct("<IQI")
@@ -310,9 +311,7 @@ def pack(onnx_path: str | Path, dst: str | Path) -> PackStats:
     table = b"".join(rows)
     body = table + graph + b"".join(p for _, p in coded)
     blob = MAGIC + _HEAD.pack(len(tensors), len(graph), zlib.crc32(body)) + body
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(dst)  # never leave a half-written file under the final name
+    write_bytes_atomic(dst, blob)  # never leave a half-written file under the final name
     rows = [
         {
             "name": t.name,

@@ -31,17 +31,26 @@ def load_model(model: Any, weights: str | Path | None = None) -> LoadedModel:
     """
     if isinstance(model, LoadedModel):
         return model
+    if isinstance(model, str | Path):
+        return _load_spec(str(model), weights)
+    return _load_object(model, weights)
+
+
+def _load_object(model: Any, weights: str | Path | None) -> LoadedModel:
+    """A model given as a Python object: an nn.Module (copied) or a callable teacher."""
     if isinstance(model, nn.Module):
         if weights is not None:
             raise PressoError("weights= applies to factories only; load them into your module.")
         return from_module(copy.deepcopy(model), name=type(model).__name__, source="nn.Module")
-    if callable(model) and not isinstance(model, str | Path):
+    if callable(model):
         if weights is not None:
             raise PressoError("weights= applies to factories only; a callable carries its own model.")
         return from_callable(model, name=_callable_name(model), source="Python callable")
-    if not isinstance(model, str | Path):
-        raise PressoError(f"Cannot use a {type(model).__name__} as a model. {_HOW}")
-    spec = str(model)
+    raise PressoError(f"Cannot use a {type(model).__name__} as a model. {_HOW}")
+
+
+def _load_spec(spec: str, weights: str | Path | None) -> LoadedModel:
+    """A model named by a string or path: an ONNX file, a model folder or a factory."""
     path = Path(spec)
     if path.suffix == ".onnx":
         if weights is not None:

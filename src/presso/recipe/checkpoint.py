@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from presso.errors import PressoError
+from presso.files import atomic_path, write_text_atomic
 from presso.report.schema import StageReport
 
 FORMAT = 1
@@ -120,9 +120,8 @@ class RunCheckpoint:
             import torch
 
             entry["module"] = f"stage{index}.pt"
-            tmp = self.folder / f".stage{index}.pt.tmp"
-            torch.save(outcome.module, tmp)
-            os.replace(tmp, self.folder / entry["module"])
+            with atomic_path(self.folder / entry["module"]) as tmp:
+                torch.save(outcome.module, tmp)
         self.stages = self.stages[: index - 1] + [entry]
         self._write_state()
 
@@ -155,12 +154,11 @@ class RunCheckpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _write_state(self) -> None:
-        tmp = self.folder / ".state.json.tmp"
-        tmp.write_text(
+        write_text_atomic(
+            self.folder / "state.json",
             json.dumps(
                 {"format": FORMAT, "fingerprint": self.fingerprint, "stages": self.stages},
                 indent=1,
                 default=str,
-            )
+            ),
         )
-        os.replace(tmp, self.folder / "state.json")

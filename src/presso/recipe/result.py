@@ -14,8 +14,6 @@ from presso.errors import PressoError
 from presso.recipe.schema import Recipe
 from presso.report.schema import Report
 
-ARTIFACT_FILES = ("model.onnx", "report.json", "report.html", "recipe.yaml")
-
 
 class CompressionResult:
     """A compressed model with its evidence; ``save(dir)`` writes the artifact."""

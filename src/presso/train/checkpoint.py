@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from presso.errors import PressoError
+from presso.files import atomic_path
 
 FORMAT = "presso.fit-checkpoint/1"
 
@@ -23,17 +23,10 @@ def save_atomic(obj, path: Path) -> None:
     whole rather than a truncated one that cannot be read.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per file (rank 0)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def fingerprint_of(module: nn.Module, settings, train_rows: int, val_rows: int | None) -> dict:

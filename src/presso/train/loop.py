@@ -7,6 +7,23 @@ worse on the validation data than where it started.
 
 Long fits can write a checkpoint after each epoch and resume from it bit for bit, and run
 data-parallel under torchrun (:mod:`presso.train.distributed`).
+
+Data-parallel fits
+------------------
+Under torchrun with an initialised process group (:func:`presso.train.distributed.init_from_env`)
+:func:`fit` is data-parallel: each global batch of ``settings.batch_size`` rows is split over
+the ranks and the gradients averaged by DistributedDataParallel (gloo, CPU), so the
+weights are those of one process up to float summation order (about 1e-6). Every rank
+validates on all of ``val``, so all take the same early-stopping decisions; rank 0 alone
+writes the checkpoint and every rank resumes from it (give all the same path, in a
+folder they share). Each rank draws dropout from its own seeded stream. DDP looks for
+parameters a step leaves unused (progressive QAT's switched-off layers) at the cost of
+one graph traversal per step, and warns once per process when it finds none.
+
+BatchNorm normalises each rank's shard with that shard's statistics, and the running
+statistics kept are rank 0's: results differ from one process unless the module is
+converted with ``nn.SyncBatchNorm`` (not supported here), and every shard then needs
+two rows or more.
 """
 
 from __future__ import annotations
@@ -269,20 +286,8 @@ def fit(
 
     Notes
     -----
-    Under torchrun with an initialised process group (:func:`presso.train.distributed.init_from_env`)
-    the fit is data-parallel: each global batch of ``settings.batch_size`` rows is split over
-    the ranks and the gradients averaged by DistributedDataParallel (gloo, CPU), so the
-    weights are those of one process up to float summation order (about 1e-6). Every rank
-    validates on all of ``val``, so all take the same early-stopping decisions; rank 0 alone
-    writes the checkpoint and every rank resumes from it (give all the same path, in a
-    folder they share). Each rank draws dropout from its own seeded stream. DDP looks for
-    parameters a step leaves unused (progressive QAT's switched-off layers) at the cost of
-    one graph traversal per step, and warns once per process when it finds none.
-
-    BatchNorm normalises each rank's shard with that shard's statistics, and the running
-    statistics kept are rank 0's: results differ from one process unless the module is
-    converted with ``nn.SyncBatchNorm`` (not supported here), and every shard then needs
-    two rows or more.
+    Under torchrun with an initialised process group the fit is data-parallel; the module
+    docstring says how the ranks share the work and where that differs from one process.
 
     Examples
     --------
@@ -295,131 +300,188 @@ def fit(
     >>> r.epochs_run, r.best_epoch > 0
     (3, True)
     """
-    param = next(module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    xs, y = _columns(train, input_names, "training", device)
-    names = input_names if input_names is not None else list(train[0])
-    val_xs, val_y = _columns(val, names, "validation", device) if val is not None else (None, None)
-    path = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = fingerprint_of(module, settings, len(y), None if val is None else len(val_y))
-    parallel, rank = _dist.active(), _dist.rank()
+    run = _FitRun(module, train, val, loss_fn, score_fn, settings, input_names, checkpoint)
+    return run.run(before_epoch, on_epoch)
 
-    def validate() -> float:
-        out = _predict(module, val_xs)
-        if score_fn is None:
-            with torch.no_grad():
-                return -float(loss_fn(out, val_y.cpu()))
-        return float(score_fn(out.numpy(), np.asarray(val[1])))
 
-    def snapshot() -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+class _FitRun:
+    """One call of :func:`fit`: its data as tensors, the optimizer, the best weights so far
+    and the history, with a method for each part of the fit (resume, epoch, stop, save)."""
 
-    def save(epoch: int, stop: str | None) -> None:
-        rngs = _dist.gather(torch.get_rng_state()) if parallel else [torch.get_rng_state()]
-        error = None
-        if rank == 0:
+    def __init__(self, module, train, val, loss_fn, score_fn, settings: FitSettings, input_names, checkpoint):
+        self.module, self.val, self.loss_fn, self.score_fn = module, val, loss_fn, score_fn
+        self.settings = settings
+        param = next(module.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self.xs, self.y = _columns(train, input_names, "training", self.device)
+        names = input_names if input_names is not None else list(train[0])
+        self.val_xs, self.val_y = (
+            _columns(val, names, "validation", self.device) if val is not None else (None, None)
+        )
+        self.path = Path(checkpoint) if checkpoint is not None else None
+        self.fingerprint = fingerprint_of(
+            module, settings, len(self.y), None if val is None else len(self.val_y)
+        )
+        self.parallel, self.rank = _dist.active(), _dist.rank()
+        self.opt = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
+        self.gen = torch.Generator().manual_seed(settings.seed)
+        self.was_training, self.start = module.training, time.monotonic()
+        self.history: list[dict] = []
+        self.stopped, self.best_epoch, self.since_best = "epochs", 0, 0
+        self.best_score, self.best_state, self.done = math.nan, None, 0
+
+    def run(self, before_epoch, on_epoch) -> FitReport:
+        """Resume or start, train until a stopping rule says so, and leave the module with
+        the best weights and its training mode (also when an exception propagates)."""
+        module, path = self.module, self.path
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # dropout draws from a seeded, private stream
+            torch.manual_seed(self.settings.seed + self.rank)
+            ckpt = read_checkpoint(path, self.fingerprint) if path is not None and path.exists() else None
             try:
-                save_atomic(
-                    {
-                        "format": FORMAT,
-                        "fingerprint": fingerprint,
-                        "epoch": epoch,
-                        "finished": stop is not None,
-                        "stopped": stop or "",
-                        "module": module.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "best_state": best_state,
-                        "best_score": best_score,
-                        "best_epoch": best_epoch,
-                        "since_best": since_best,
-                        "history": history,
-                        "generator": gen.get_state(),
-                        "rng": rngs,
-                        "elapsed": time.monotonic() - start,
-                    },
-                    path,
+                if ckpt is not None:
+                    self._resume(ckpt, before_epoch)
+                    if ckpt["finished"]:
+                        return self._report()
+                    self._resume_training(ckpt)
+                # DDP starts every rank from rank 0's weights, before anything is validated.
+                net = (
+                    nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+                    if self.parallel
+                    else None
                 )
+                if ckpt is None and self.val is not None:
+                    self.best_score, self.best_state = self._validate(), self._snapshot()
+                for epoch in range(self.done + 1, self.settings.epochs + 1):
+                    stop = self._epoch(epoch, net, before_epoch, on_epoch)
+                    if stop is not None:
+                        self.stopped = stop
+                        break
+            finally:
+                if self.best_state is not None:
+                    module.load_state_dict(self.best_state)
+                module.train(self.was_training)
+        return self._report()
+
+    def _report(self) -> FitReport:
+        h = self.history
+        return FitReport(len(h), self.best_epoch, self.best_score, h, self.stopped, self.done)
+
+    def _resume(self, ckpt: dict, before_epoch) -> None:
+        """Go on from ``ckpt``: the hooks of its epochs again, then its weights, best weights and history."""
+        self.done = ckpt["epoch"]
+        if before_epoch is not None:  # hooks that switch layers on rebuild the module the weights fit
+            for epoch in range(1, self.done + 1):
+                before_epoch(epoch)
+        self.module.load_state_dict(ckpt["module"])
+        self.best_state, self.best_score, self.best_epoch = (
+            ckpt["best_state"],
+            ckpt["best_score"],
+            ckpt["best_epoch"],
+        )
+        self.since_best, self.history = ckpt["since_best"], ckpt["history"]
+        self.stopped = ckpt["stopped"] or self.stopped
+        self.start -= ckpt["elapsed"]  # the time cap counts the epochs before the interruption too
+
+    def _resume_training(self, ckpt: dict) -> None:
+        """The optimizer and random-number states of an unfinished ``ckpt``: the next epochs
+        are those of a fit that was never interrupted."""
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.gen.set_state(ckpt["generator"])
+        if len(ckpt["rng"]) == _dist.world_size():
+            torch.set_rng_state(ckpt["rng"][self.rank])
+        else:  # resumed with another number of processes: fresh streams, not bit for bit
+            torch.manual_seed(self.settings.seed + self.rank + 7919 * self.done)
+
+    def _epoch(self, epoch: int, net: nn.Module | None, before_epoch, on_epoch) -> str | None:
+        """Train, validate and checkpoint one epoch; why the fit stops after it (None: it goes on)."""
+        if before_epoch is not None and before_epoch(epoch) and self.val is not None:
+            # the module computes something else now: its current weights are the reference
+            self.best_score, self.best_state = self._validate(), self._snapshot()
+            self.best_epoch, self.since_best = epoch - 1, 0
+        batch_size = self.settings.batch_size
+        train_loss = _train_epoch(
+            self.module, self.xs, self.y, self.loss_fn, self.opt, batch_size, self.gen, net
+        )
+        if self.parallel:
+            _dist.broadcast_buffers(self.module)
+        score = self._validate() if self.val is not None else None
+        row = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
+        self.history.append(row)
+        self._keep_best(epoch, score)
+        stop = self._stop_reason(epoch)
+        if self.path is not None:
+            self._save(epoch, stop)
+        if on_epoch is not None:
+            on_epoch(row)
+        return stop
+
+    def _keep_best(self, epoch: int, score: float | None) -> None:
+        if self.val is None:
+            self.best_epoch = epoch
+        elif _better(score, self.best_score):
+            self.best_score, self.best_state = score, self._snapshot()
+            self.best_epoch, self.since_best = epoch, 0
+        else:
+            self.since_best += 1
+
+    def _stop_reason(self, epoch: int) -> str | None:
+        """Why the fit stops after ``epoch`` ("epochs", "early-stop" or "time"); None: it goes on."""
+        s = self.settings
+        if epoch == s.epochs:
+            return "epochs"
+        if self.val is not None and s.patience is not None and self.since_best >= s.patience:
+            return "early-stop"
+        if s.max_seconds is not None:
+            late = time.monotonic() - self.start >= s.max_seconds
+            return "time" if (_dist.from_main(late) if self.parallel else late) else None  # clocks differ
+        return None
+
+    def _validate(self) -> float:
+        out = _predict(self.module, self.val_xs)
+        if self.score_fn is None:
+            with torch.no_grad():
+                return -float(self.loss_fn(out, self.val_y.cpu()))
+        return float(self.score_fn(out.numpy(), np.asarray(self.val[1])))
+
+    def _snapshot(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def _save(self, epoch: int, stop: str | None) -> None:
+        """Rank 0 writes the checkpoint of ``epoch``; every rank waits for it and fails with it."""
+        rngs = _dist.gather(torch.get_rng_state()) if self.parallel else [torch.get_rng_state()]
+        error = None
+        if self.rank == 0:
+            try:
+                save_atomic(self._checkpoint(epoch, stop, rngs), self.path)
             except Exception as e:
                 error = e
         # Also the barrier: the other ranks go on once rank 0 has written, and stop if it failed.
-        written = _dist.from_main(error is None) if parallel else error is None
+        written = _dist.from_main(error is None) if self.parallel else error is None
         if error is not None:
             raise error
         if not written:
-            raise PressoError(f"Rank 0 could not write the checkpoint {path}; see its error.")
+            raise PressoError(f"Rank 0 could not write the checkpoint {self.path}; see its error.")
 
-    opt = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
-    gen = torch.Generator().manual_seed(settings.seed)
-    was_training, start = module.training, time.monotonic()
-    history: list[dict] = []
-    stopped, best_epoch, since_best, best_score, best_state, done = "epochs", 0, 0, math.nan, None, 0
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # dropout draws from a seeded, private stream
-        torch.manual_seed(settings.seed + rank)
-        ckpt = read_checkpoint(path, fingerprint) if path is not None and path.exists() else None
-        try:
-            if ckpt is not None:
-                done = ckpt["epoch"]
-                if before_epoch is not None:  # hooks that switch layers on rebuild the module the weights fit
-                    for epoch in range(1, done + 1):
-                        before_epoch(epoch)
-                module.load_state_dict(ckpt["module"])
-                best_state, best_score, best_epoch = (
-                    ckpt["best_state"],
-                    ckpt["best_score"],
-                    ckpt["best_epoch"],
-                )
-                since_best, history, stopped = ckpt["since_best"], ckpt["history"], ckpt["stopped"] or stopped
-                start -= ckpt["elapsed"]  # the time cap counts the epochs before the interruption too
-                if ckpt["finished"]:
-                    return FitReport(len(history), best_epoch, best_score, history, stopped, done)
-                opt.load_state_dict(ckpt["optimizer"])
-                gen.set_state(ckpt["generator"])
-                if len(ckpt["rng"]) == _dist.world_size():
-                    torch.set_rng_state(ckpt["rng"][rank])
-                else:  # resumed with another number of processes: fresh streams, not bit for bit
-                    torch.manual_seed(settings.seed + rank + 7919 * done)
-            # DDP starts every rank from rank 0's weights, before anything is validated.
-            net = (
-                nn.parallel.DistributedDataParallel(module, find_unused_parameters=True) if parallel else None
-            )
-            if ckpt is None and val is not None:
-                best_score, best_state = validate(), snapshot()
-            for epoch in range(done + 1, settings.epochs + 1):
-                if before_epoch is not None and before_epoch(epoch) and val is not None:
-                    best_score, best_state, best_epoch, since_best = validate(), snapshot(), epoch - 1, 0
-                train_loss = _train_epoch(module, xs, y, loss_fn, opt, settings.batch_size, gen, net)
-                if parallel:
-                    _dist.broadcast_buffers(module)
-                score = validate() if val is not None else None
-                row = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
-                history.append(row)
-                if val is None:
-                    best_epoch = epoch
-                elif _better(score, best_score):
-                    best_score, best_state, best_epoch, since_best = score, snapshot(), epoch, 0
-                else:
-                    since_best += 1
-                stop = None
-                if epoch == settings.epochs:
-                    stop = "epochs"
-                elif val is not None and settings.patience is not None and since_best >= settings.patience:
-                    stop = "early-stop"
-                elif settings.max_seconds is not None:
-                    late = time.monotonic() - start >= settings.max_seconds
-                    stop = "time" if (_dist.from_main(late) if parallel else late) else None  # clocks differ
-                if path is not None:
-                    save(epoch, stop)
-                if on_epoch is not None:
-                    on_epoch(row)
-                if stop is not None:
-                    stopped = stop
-                    break
-        finally:
-            if best_state is not None:
-                module.load_state_dict(best_state)
-            module.train(was_training)
-    return FitReport(len(history), best_epoch, best_score, history, stopped, done)
+    def _checkpoint(self, epoch: int, stop: str | None, rngs: list[Tensor]) -> dict:
+        """All that the epochs after ``epoch`` need (see :func:`fit`'s ``checkpoint``)."""
+        return {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "finished": stop is not None,
+            "stopped": stop or "",
+            "module": self.module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "best_state": self.best_state,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "since_best": self.since_best,
+            "history": self.history,
+            "generator": self.gen.get_state(),
+            "rng": rngs,
+            "elapsed": time.monotonic() - self.start,
+        }
 
 
 def teacher_loss(task: str, temperature: float = 1.0) -> LossFn:

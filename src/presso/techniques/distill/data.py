@@ -10,7 +10,6 @@ by the rows and by the teacher's outputs on a few probe rows (a changed teacher 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from presso.errors import PressoError
+from presso.files import atomic_path
 from presso.techniques.base import StageContext
 from presso.techniques.recovery import mixup_inputs, split_indices, teacher_split
 
@@ -111,9 +111,8 @@ def cached_teacher_outputs(
     out = np.asarray(teacher_fn(inputs), np.float32)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, out, allow_pickle=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file: np.save would add ".npy" to tmp
+            np.save(f, out, allow_pickle=False)
     except OSError:
         pass  # a read-only cache only costs speed
     return out

@@ -238,10 +238,6 @@ def steps_for(shapes: list[tuple[int, int]]) -> int:
     return int(min(ITERS, max(MIN_ITERS, BUDGET_S / max(cost, 1e-12))))
 
 
-def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
-
-
 def adaround(
     w,
     qp: QuantParams,
@@ -384,79 +380,104 @@ def subtract_from_bias(model, node, shift: np.ndarray, rms: np.ndarray | None) -
     bias or node is only added when some channel's shift exceeds ``NEGLIGIBLE`` times its
     output RMS (``rms``; None: always).
     """
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    uses = input_uses(graph)
+    edit = _BiasEdit(model, node)
     shift = np.asarray(shift, np.float64)
     tiny = rms is not None and bool(np.all(np.abs(shift) <= NEGLIGIBLE * np.asarray(rms)))
+    done = None
+    if node.op_type == "Gemm":
+        attrs = {a.name: a for a in node.attribute}
+        alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
+        beta = attrs["beta"].f if "beta" in attrs else 1.0
+        # y = alpha A B + beta C: C takes shift * alpha / beta; with beta 0 it has no effect
+        done = edit.into_bias_input(shift * alpha / beta, tiny) if beta != 0 else None
+    elif node.op_type == "Conv":
+        done = edit.into_bias_input(shift, tiny)
+    elif node.op_type == "MatMul":
+        done = edit.into_following_add(shift)
+    if done:
+        return done
+    if tiny:
+        return "negligible"
+    return edit.new_add(shift)
 
-    def minus(name: str, amount: np.ndarray) -> str:
+
+class _BiasEdit:
+    """The ways :func:`subtract_from_bias` changes ``model``'s graph around ``node``.
+
+    ``inits`` and ``uses`` describe the graph as it was before the edit.
+    """
+
+    def __init__(self, model, node):
+        self.graph, self.node = model.graph, node
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.uses = input_uses(self.graph)
+
+    def minus(self, name: str, amount: np.ndarray) -> str:
         """Subtract ``amount`` from initializer ``name`` (a private copy if it is shared)."""
-        old = numpy_helper.to_array(inits[name])
+        from onnx import numpy_helper
+
+        old = numpy_helper.to_array(self.inits[name])
         new = (old.astype(np.float64) - amount).astype(np.float32)
-        if uses.get(name, 0) > 1:
-            name = f"{name}_{node.name}_corrected"
+        if self.uses.get(name, 0) > 1:
+            name = f"{name}_{self.node.name}_corrected"
         else:
-            graph.initializer.remove(inits[name])
-        graph.initializer.append(numpy_helper.from_array(new, name))
+            self.graph.initializer.remove(self.inits[name])
+        self.graph.initializer.append(numpy_helper.from_array(new, name))
         return name
 
-    def is_float_const(name: str) -> bool:
-        return name in inits and inits[name].data_type == 1
+    def is_float_const(self, name: str) -> bool:
+        return name in self.inits and self.inits[name].data_type == 1
 
-    def into_bias_input(amount: np.ndarray) -> str | None:
+    def into_bias_input(self, amount: np.ndarray, tiny: bool) -> str | None:
         """Gemm's C / Conv's B: corrected, or added; None when it is computed (not constant)."""
+        from onnx import numpy_helper
+
+        node = self.node
         if len(node.input) > 2 and node.input[2]:
-            if is_float_const(node.input[2]):
-                node.input[2] = minus(node.input[2], amount)
+            if self.is_float_const(node.input[2]):
+                node.input[2] = self.minus(node.input[2], amount)
                 return f"{node.op_type} bias"
             return None
         if tiny:
             return "negligible"
         name = f"{node.name}_bias_correction"
-        graph.initializer.append(numpy_helper.from_array((-amount).astype(np.float32), name))
+        self.graph.initializer.append(numpy_helper.from_array((-amount).astype(np.float32), name))
         node.input.append(name)
         return f"new {node.op_type} bias"
 
-    attrs = {a.name: a for a in node.attribute}
-    if node.op_type == "Gemm":
-        alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
-        beta = attrs["beta"].f if "beta" in attrs else 1.0
-        done = into_bias_input(shift * alpha / beta) if beta != 0 else None  # y = alpha A B + beta C
-        if done:
-            return done
-    elif node.op_type == "Conv":
-        done = into_bias_input(shift)
-        if done:
-            return done
-    elif node.op_type == "MatMul":
-        out = node.output[0]
+    def into_following_add(self, shift: np.ndarray) -> str | None:
+        """A MatMul's shift into the constant operand of the Add that alone consumes its
+        output (not a graph output); None when there is no such Add."""
+        graph, out = self.graph, self.node.output[0]
         consumers = [n for n in graph.node if out in n.input]
-        if (
+        if not (
             len(consumers) == 1
             and consumers[0].op_type == "Add"
             and out not in {o.name for o in graph.output}
         ):
-            add = consumers[0]
-            other = add.input[1] if add.input[0] == out else add.input[0]
-            dims = list(inits[other].dims) if other in inits else None
-            if is_float_const(other) and (not dims or dims[-1] == len(shift)):
-                add.input[list(add.input).index(other)] = minus(other, shift)
-                return "following Add"
-    if tiny:
-        return "negligible"
-    # No bias to change: y -> Add(y', -shift). Conv's channels are axis 1: shape (O, 1, ..).
-    out = node.output[0]
-    name = f"{node.name}_bias_correction"
-    value = (-shift).astype(np.float32)
-    if node.op_type == "Conv":
-        rank = len(inits[node.input[1]].dims) if node.input[1] in inits else 4
-        value = value.reshape(-1, *([1] * (rank - 2)))
-    graph.initializer.append(numpy_helper.from_array(value, name))
-    node.output[0] = f"{out}_before_bias_correction"
-    add = helper.make_node("Add", [node.output[0], name], [out], name=f"{node.name}/bias_correction")
-    position = list(graph.node).index(node)
-    graph.node.insert(position + 1, add)
-    return "new Add"
+            return None
+        add = consumers[0]
+        other = add.input[1] if add.input[0] == out else add.input[0]
+        dims = list(self.inits[other].dims) if other in self.inits else None
+        if not (self.is_float_const(other) and (not dims or dims[-1] == len(shift))):
+            return None
+        add.input[list(add.input).index(other)] = self.minus(other, shift)
+        return "following Add"
+
+    def new_add(self, shift: np.ndarray) -> str:
+        """No bias to change: y -> Add(y', -shift). Conv's channels are axis 1: shape (O, 1, ..)."""
+        from onnx import helper, numpy_helper
+
+        graph, node = self.graph, self.node
+        out = node.output[0]
+        name = f"{node.name}_bias_correction"
+        value = (-shift).astype(np.float32)
+        if node.op_type == "Conv":
+            rank = len(self.inits[node.input[1]].dims) if node.input[1] in self.inits else 4
+            value = value.reshape(-1, *([1] * (rank - 2)))
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        node.output[0] = f"{out}_before_bias_correction"
+        add = helper.make_node("Add", [node.output[0], name], [out], name=f"{node.name}/bias_correction")
+        position = list(graph.node).index(node)
+        graph.node.insert(position + 1, add)
+        return "new Add"

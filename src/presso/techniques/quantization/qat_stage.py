@@ -109,11 +109,3 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
         ),
     )
     return result
-
-
-def _plans(src):
-    import onnx
-
-    from presso.techniques.graph import float_weight_plans
-
-    return float_weight_plans(onnx.load(str(src), load_external_data=False), set())
