@@ -11,7 +11,7 @@ from torch import nn
 
 from presso.errors import PressoError
 from presso.techniques.pruning.masks import apply_masks, unstructured_masks
-from presso.techniques.pruning.regularizers import group_lasso_penalty, l1_penalty, regularized
+from presso.train.regularizers import group_lasso_penalty, l1_penalty, regularized
 
 # ---- values and gradients -----------------------------------------------------------------
 

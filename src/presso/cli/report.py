@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from presso.cli.common import add_common, console, print_json
+from presso.files import write_text_atomic
 
 REPORT_HELP = "re-render an artifact's report.html from its report.json"
 COMPARE_HELP = "compare artifacts: quality vs latency and size, as one HTML page and a table"
@@ -69,14 +68,7 @@ def write_atomic(path: Path, text: str) -> None:
         raise PressoError(f"--out '{path}' is a folder. Give a file name, e.g. {path / 'page.html'}.")
     if not path.parent.is_dir():
         raise PressoError(f"The folder of --out '{path}' does not exist. Create it or choose another path.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _open(path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from presso.errors import BudgetError, PressoError
+from presso.files import atomic_path, write_text_atomic
 from presso.measure.bench import BenchSettings, time_latency
 from presso.progress import SILENT, Progress
 from presso.recipe.checkpoint import run_fingerprint
@@ -653,8 +654,6 @@ def _report_section(
 
 def _write_trials(out: Path, rows: list[dict]) -> None:
     """Each trial's recipe as a file ``presso compress --recipe`` re-runs."""
-    from presso.cli.report import write_atomic
-
     folder = out / "trials"
     folder.mkdir(parents=True, exist_ok=True)
     for r in rows:
@@ -662,15 +661,13 @@ def _write_trials(out: Path, rows: list[dict]) -> None:
             recipe = Recipe(
                 **{**r["recipe"], "description": f"trial {r['number']} of presso search: {r['summary']}"}
             )
-            write_atomic(folder / f"{r['number']:04d}.yaml", recipe.to_yaml())
+            write_text_atomic(folder / f"{r['number']:04d}.yaml", recipe.to_yaml())
 
 
 def save_search(found: SearchResult, out: str | Path) -> Path:
     """The chosen artifact into the search folder (beside study.db and trials/), plus
     search.json with every trial."""
     import json
-
-    from presso.cli.report import write_atomic
 
     out = Path(out)
     check_search_dir(out)
@@ -680,9 +677,8 @@ def save_search(found: SearchResult, out: str | Path) -> Path:
     if found.front_models:
         (out / "front").mkdir(exist_ok=True)
         for number, model in found.front_models.items():
-            tmp = out / "front" / f".{number:04d}.onnx.tmp"
-            shutil.copyfile(model, tmp)
-            os.replace(tmp, out / "front" / f"{number:04d}.onnx")
+            with atomic_path(out / "front" / f"{number:04d}.onnx") as tmp:
+                shutil.copyfile(model, tmp)
     search_json = found.result.report.search.model_dump(mode="json") if found.result.report.search else {}
-    write_atomic(out / "search.json", json.dumps(search_json, indent=2))
+    write_text_atomic(out / "search.json", json.dumps(search_json, indent=2))
     return out

@@ -21,7 +21,7 @@ from presso.techniques.distill.config import DistillConfig
 from presso.techniques.distill.data import DistillData, distill_data, teacher_cache_dir
 from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
 from presso.techniques.distill.search import DISTILL
-from presso.techniques.pruning.recover import example_inputs, with_backoff
+from presso.techniques.recovery import example_inputs, with_backoff
 
 STAGE = "distill"
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from presso.techniques.pruning.config import RecoveryOptions
+from presso.techniques.recovery_options import RecoveryOptions
 
 
 class FactorizeConfig(RecoveryOptions):

@@ -31,7 +31,7 @@ from presso.techniques.lowrank.factorize import (
 )
 from presso.techniques.lowrank.search import LOWRANK
 from presso.techniques.lowrank.speed import input_shapes, speed_selectors, speeds_up
-from presso.techniques.pruning.recover import example_inputs, milder, recovery_for, with_backoff
+from presso.techniques.recovery import example_inputs, milder, recovery_for, with_backoff
 
 # Feed-forward layers of BERT-style encoders (Hugging Face names): the FFN holds two
 # thirds of a layer's weights, and leaving the attention projections whole keeps ONNX

@@ -35,8 +35,8 @@ from presso.techniques.pruning.masks import (
     polynomial_sparsity,
     unstructured_masks,
 )
-from presso.techniques.pruning.recover import Recovery, layer_nodes, milder, recovery_for, with_backoff
 from presso.techniques.pruning.search import PRUNE
+from presso.techniques.recovery import Recovery, layer_nodes, milder, recovery_for, with_backoff
 
 
 def _plural(n: int, word: str) -> str:

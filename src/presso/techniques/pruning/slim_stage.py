@@ -20,8 +20,8 @@ from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.pruning.config import SlimConfig
 from presso.techniques.pruning.masks import PRUNABLE
-from presso.techniques.pruning.recover import example_inputs, layer_nodes, milder, recovery_for, with_backoff
 from presso.techniques.pruning.search import SLIM
+from presso.techniques.recovery import example_inputs, layer_nodes, milder, recovery_for, with_backoff
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
