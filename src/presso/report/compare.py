@@ -12,7 +12,8 @@ from pathlib import Path
 
 from presso.errors import PressoError
 from presso.report import svg
-from presso.report.html import CSS, esc, figure
+from presso.report.html import CSS
+from presso.report.html_parts import esc, figure
 from presso.report.schema import Report
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import html
-
 from presso.report import svg
+from presso.report.html_parts import esc, figure, table
 from presso.report.schema import Report
 from presso.report.table import comparison_rows
 
@@ -62,20 +61,6 @@ _NAV = [
     ("machine", "Machine"),
     ("recipe", "Recipe"),
 ]
-
-
-def esc(text) -> str:
-    return html.escape(str(text))
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-
-
-def figure(chart: str, caption: str) -> str:
-    return f"<figure>{chart}<figcaption>{esc(caption[:1].upper() + caption[1:])}</figcaption></figure>"
 
 
 def _points(metric: str) -> bool:
@@ -534,7 +519,7 @@ def _nav(report: Report) -> list[tuple[str, str]]:
 def _search(report: Report) -> str:
     if report.search is None:
         return ""
-    from presso.report.search_html import search_section  # imports this module's helpers
+    from presso.report.search_html import search_section
 
     return _section("search", "Search: the Pareto front", search_section(report))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from presso.report import svg
-from presso.report.html import esc, figure, table
+from presso.report.html_parts import esc, figure, table
 from presso.report.schema import Report, SearchTrial
 
 
