@@ -34,10 +34,10 @@ def test_recipes_list_and_show():
     names = [line.split()[0] for line in done.stdout.splitlines()]
     from presso.recipe.schema import builtin_names
 
-    assert done.returncode == 0 and names == builtin_names()
+    assert done.returncode == 0 and names == [*builtin_names(), "auto"]
     assert {"int4", "int8", "kmeans", "qat"} <= set(names)  # the quantization suite's recipes
     listed = json.loads(run_cli("recipes", "--json").stdout)
-    assert "int8" in listed
+    assert "int8" in listed and listed["auto"].startswith("search this model's compression space")
     shown = run_cli("recipes", "show", "int8")
     assert "technique: int8" in shown.stdout
     assert run_cli("recipes", "show", "nope").returncode == 2

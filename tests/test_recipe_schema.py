@@ -392,7 +392,7 @@ def test_torch_stage_after_onnx_stage_is_refused(tiny_torch_model):
 def test_cli_lists_the_builtin_recipes(capsys):
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == builtin_names()
+    assert [line.split()[0] for line in lines] == [*builtin_names(), "auto"]  # auto: a search
     by_name = {line.split()[0]: line for line in lines}
     assert by_name["deep-compression"].split(None, 1)[1].startswith("Deep Compression (Han et al. 2016)")
     assert by_name["fast"].split(None, 1)[1].startswith("the fastest model within budget")
@@ -403,6 +403,12 @@ def test_cli_show_prints_the_recipe_file_verbatim(capsys, name):
     assert main(["recipes", "show", name]) == 0
     out = capsys.readouterr().out
     assert out == (BUILTIN_DIR / f"{name}.yaml").read_text()
+
+
+def test_cli_show_auto_says_it_is_a_search(capsys):
+    assert main(["recipes", "show", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# auto: search this model's compression space") and "trials/NNNN.yaml" in out
 
 
 def test_cli_show_unknown_recipe_is_one_line_exit_2(capsys):

@@ -8,6 +8,11 @@ import json
 from presso.cli.common import print_json
 
 HELP = "list built-in recipes (or 'presso recipes show NAME' to print one)"
+# Not a file: `--recipe auto` searches the model's compression space (presso search).
+AUTO = (
+    "search this model's compression space for the best trade-off within budget "
+    "(presso search; --trials, --timeout, --pick)"
+)
 
 
 def register(sub) -> None:
@@ -26,6 +31,11 @@ def run(args) -> int:
     if args.action == "show":
         if not args.name:
             raise PressoError("Name the recipe to show, e.g. presso recipes show int8.")
+        if args.name == "auto":
+            print(
+                f"# auto: {AUTO}.\n# It is not a recipe file: each trial's recipe is written to trials/NNNN.yaml."
+            )
+            return 0
         recipe = load_recipe(args.name)
         if args.json:
             print_json(json.dumps(recipe.model_dump(mode="json"), indent=2))
@@ -34,10 +44,11 @@ def run(args) -> int:
             print(path.read_text() if path is not None else recipe.to_yaml(), end="")
         return 0
     recipes = [load_recipe(n) for n in builtin_names()]
+    listed = {r.name: r.description for r in recipes} | {"auto": AUTO}
     if args.json:
-        print_json(json.dumps({r.name: r.description for r in recipes}, indent=2))
+        print_json(json.dumps(listed, indent=2))
     else:
-        width = max(len(r.name) for r in recipes)
-        for r in recipes:
-            print(f"{r.name:<{width}}  {r.description}")
+        width = max(map(len, listed))
+        for name, description in listed.items():
+            print(f"{name:<{width}}  {description}")
     return 0

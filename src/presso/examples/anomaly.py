@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from presso.data.dataset import Dataset
-from presso.examples._cache import Standardize, cached_model, train_supervised
+from presso.examples._cache import cached_model, train_supervised
 from presso.examples.registry import Example
+from presso.model.layers import Standardize
 
 NAME = "anomaly"
 VERSION = 1  # bump when the model, data or training below changes

@@ -55,8 +55,9 @@ def compress(
     model : nn.Module, str or Path
         A PyTorch module, an ``.onnx`` file, a Hugging Face model folder, or a factory
         ``"file.py:fn"`` / ``"package.module:fn"`` (with ``weights=`` a state dict).
-    recipe : str, Path or Recipe
-        A built-in recipe name (``presso recipes`` lists them) or a recipe YAML file.
+    recipe : str, Path, Recipe or list of technique configs
+        A built-in recipe name (``presso recipes`` lists them), a recipe YAML file, or the
+        stages themselves: ``[presso.Slim(ratio=0.65), presso.Int8()]``.
     data : path, arrays, (X, y), list of texts or Dataset
         Rows the model was not trained on. They are split (seeded) into calibration
         rows and held-out evaluation rows; every reported metric uses the latter.
@@ -82,7 +83,7 @@ def compress(
     Examples
     --------
     >>> import presso
-    >>> ex = presso.load_example("tabular")
+    >>> ex = presso.load_example("tabular")  # doctest: +SKIP
     >>> result = presso.compress(ex.model, "int8", data=ex.data, task=ex.task)  # doctest: +SKIP
     >>> result.save("tabular-int8")  # doctest: +SKIP
     """

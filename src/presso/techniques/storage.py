@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from presso.export.onnx_export import check_parity
 from presso.measure.size import file_size, parameter_count
 from presso.progress import SILENT, Progress
 from presso.runtime.session import make_session, run_session
 from presso.techniques.contract import technique
+from presso.techniques.storage_config import PackConfig
 
 # Models above this are packed once (the result), not at every step: LZMA takes about a
 # second per few MB on these machines.
@@ -86,12 +86,6 @@ def store_sparse(model: Path, ctx: StorageContext) -> Storage | None:
         "layers": rows,
     }
     return Storage(dst, report, [note])
-
-
-class PackConfig(BaseModel):
-    """The packed storage file: no options; every tensor gets the smallest lossless codec."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @technique(
