@@ -313,7 +313,7 @@ def pack(onnx_path: str | Path, dst: str | Path) -> PackStats:
     tmp = dst.with_name(dst.name + ".tmp")
     tmp.write_bytes(blob)
     tmp.replace(dst)  # never leave a half-written file under the final name
-    rows = [
+    stats = [
         {
             "name": t.name,
             "dtype": onnx.TensorProto.DataType.Name(t.data_type),
@@ -326,10 +326,10 @@ def pack(onnx_path: str | Path, dst: str | Path) -> PackStats:
     ]
     return PackStats(
         bytes=len(blob),
-        weights_bytes=sum(r["packed_bytes"] for r in rows),
+        weights_bytes=sum(r["packed_bytes"] for r in stats),
         graph_bytes=len(graph),
-        codecs=dict(Counter(r["codec"] for r in rows)),
-        tensors=rows,
+        codecs=dict(Counter(r["codec"] for r in stats)),
+        tensors=stats,
     )
 
 

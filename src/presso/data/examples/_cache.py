@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +21,8 @@ from torch import nn
 from presso.train.checkpoint import save_atomic
 
 CACHE_ENV = "PRESSO_CACHE_DIR"
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def cache_dir() -> Path:
@@ -128,6 +131,9 @@ def _train(model, X, y, loss_fn, epochs, lr, batch_size, seed) -> list[float]:
 class Standardize(nn.Module):
     """Fixed ``(x - mean) / std`` with train-row statistics kept as buffers."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, n_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))
@@ -149,10 +155,10 @@ def cached_model(
     name: str,
     version: int,
     seed: int,
-    build: Callable[[bool], nn.Module],
-    fit: Callable[[nn.Module], object],
+    build: Callable[[bool], M],
+    fit: Callable[[M], object],
     progress: Callable[[str], None] | None = None,
-) -> tuple[nn.Module, bool]:
+) -> tuple[M, bool]:
     """An example's trained model: from the cache, or built, fitted and cached now.
 
     ``build(fitting)`` makes the module (under ``seed``; ``fitting`` is True when it will
