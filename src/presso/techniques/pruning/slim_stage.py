@@ -70,6 +70,7 @@ def _prune_once(module: nn.Module, cfg: SlimConfig, fraction: float, ctx: StageC
         )
         # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
         # fuses the heads wrongly without an error; 0 / 0 (uneven heads) disables the fusion.
+        assert ctx.transformer is not None  # what ``transformer`` says
         ctx.transformer.update(attention_shape(module))
         return report
     from presso.techniques.pruning.structured import prune_channels
@@ -100,6 +101,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
         module = copy.deepcopy(original)
         before_shapes, before = _shapes(module), count_parameters(module)
         rounds = cfg.rounds if cfg.schedule == "iterative" else 1
+        assert cfg.epochs is not None  # recovery_for resolved it
         per_round = 1.0 - (1.0 - fraction) ** (1.0 / rounds)
         fits = []
         for r in range(rounds):
@@ -114,6 +116,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
                 fits.append(rec.fit(module, layers, epochs=epochs))
         module.eval()
         after = count_parameters(module)
+        assert ctx.export is not None  # recovery_for refused a context without one
         dst = ctx.export(module, ctx.workdir / f"slim-{fraction:g}.onnx")
         if transformer:
             heads, ffn = heads_and_ffn(cfg, fraction)
