@@ -6,7 +6,15 @@ that draws rich progress bars.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
+
+
+class Advance(Protocol):
+    """What :meth:`Progress.task` yields: ``advance(n=1, description=None)``."""
+
+    def __call__(self, n: int = 1, description: str | None = None) -> None: ...
 
 
 class Progress:
@@ -20,7 +28,7 @@ class Progress:
         self.log(f"warning: {message}")
 
     @contextmanager
-    def task(self, description: str, total: int | None = None):
+    def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
         """Yields ``advance(n=1, description=None)``; a new description replaces the old
         one (training shows its latest loss there)."""
         yield lambda n=1, description=None: None

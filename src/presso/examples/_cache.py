@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from torch import nn
 from presso.cache import CACHE_ENV, cache_root
 from presso.model.layers import seeded
 from presso.train.checkpoint import save_atomic
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def cache_dir() -> Path:
@@ -114,10 +117,10 @@ def cached_model(
     name: str,
     version: int,
     seed: int,
-    build: Callable[[bool], nn.Module],
-    fit: Callable[[nn.Module], object],
+    build: Callable[[bool], M],
+    fit: Callable[[M], object],
     progress: Callable[[str], None] | None = None,
-) -> tuple[nn.Module, bool]:
+) -> tuple[M, bool]:
     """An example's trained model: from the cache, or built, fitted and cached now.
 
     ``build(fitting)`` makes the module (under ``seed``; ``fitting`` is True when it will

@@ -38,6 +38,8 @@ class CO2Forecaster(nn.Module):
     and keeps working as the level rises beyond what it saw in training.
     """
 
+    scale: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("scale", torch.tensor(SCALE_PPM))

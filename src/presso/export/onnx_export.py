@@ -21,6 +21,8 @@ def export_onnx(model: LoadedModel, sample: dict[str, np.ndarray], path: Path) -
     A deep copy is exported: the TorchScript exporter alters live transformers
     modules (outputs off by up to 4.0 afterwards, measured).
     """
+    if model.module is None:
+        raise ValueError("not a PyTorch model")  # callers export PyTorch models only
     module = copy.deepcopy(model.module).eval()
     args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in model.input_names)
     dynamic_axes = dict(model.dynamic_axes)

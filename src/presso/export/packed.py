@@ -312,7 +312,7 @@ def pack(onnx_path: str | Path, dst: str | Path) -> PackStats:
     body = table + graph + b"".join(p for _, p in coded)
     blob = MAGIC + _HEAD.pack(len(tensors), len(graph), zlib.crc32(body)) + body
     write_bytes_atomic(dst, blob)  # never leave a half-written file under the final name
-    rows = [
+    stats = [
         {
             "name": t.name,
             "dtype": onnx.TensorProto.DataType.Name(t.data_type),
@@ -325,10 +325,10 @@ def pack(onnx_path: str | Path, dst: str | Path) -> PackStats:
     ]
     return PackStats(
         bytes=len(blob),
-        weights_bytes=sum(r["packed_bytes"] for r in rows),
+        weights_bytes=sum(r["packed_bytes"] for r in stats),
         graph_bytes=len(graph),
-        codecs=dict(Counter(r["codec"] for r in rows)),
-        tensors=rows,
+        codecs=dict(Counter(r["codec"] for r in stats)),
+        tensors=stats,
     )
 
 

@@ -39,7 +39,9 @@ def main() -> None:
     if before is not None and _reset_peak():
         session = make_session(model, threads=threads)
         session.run(None, inputs)
-        peak = _status_mb("VmHWM") - before
+        high_water = _status_mb("VmHWM")
+        assert high_water is not None  # /proc/self/status has VmHWM wherever it has VmRSS
+        peak = high_water - before
     else:  # no /proc: fall back to the process-lifetime peak
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         session = make_session(model, threads=threads)

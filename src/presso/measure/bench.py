@@ -12,10 +12,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from presso.runtime.session import default_threads, make_session
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from torch import nn
+
+
+class CallableTeacher(Protocol):
+    """A model run through its own Python predict (presso.model.loaded.LoadedModel of a callable)."""
+
+    def predict_arg(self, feed: dict[str, np.ndarray]) -> Any: ...
+
+    def predict(self, arg: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -121,11 +134,11 @@ def summarize(times_batch1: list[float], times_batch_n: list[float], batch_n: in
     }
 
 
-def _sessions(paths: dict[str, Path], settings: BenchSettings) -> dict:
+def _sessions(paths: dict[str, Path], settings: BenchSettings) -> dict[str, ort.InferenceSession]:
     return {k: make_session(p, threads=settings.thread_count, spinning=False) for k, p in paths.items()}
 
 
-def _caller(sess, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+def _caller(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], object]:
     feed = {i.name: feed[i.name] for i in sess.get_inputs()}
     return lambda: sess.run(None, feed)
 
@@ -176,7 +189,7 @@ def bench_onnx(
 
 
 def bench_with_callable(
-    teacher,
+    teacher: CallableTeacher,
     path: Path,
     batch1: dict[str, np.ndarray],
     batch_n: dict[str, np.ndarray],
@@ -204,7 +217,10 @@ def bench_with_callable(
 
 
 def bench_torch(
-    module, input_names: list[str], batch1: dict[str, np.ndarray], settings: BenchSettings = BenchSettings()
+    module: nn.Module,
+    input_names: list[str],
+    batch1: dict[str, np.ndarray],
+    settings: BenchSettings = BenchSettings(),
 ) -> dict:
     """Eager PyTorch fp32 latency at batch 1 (a reference; not what presso deploys)."""
     import torch
@@ -214,7 +230,7 @@ def bench_torch(
     try:
         args = [torch.from_numpy(np.ascontiguousarray(batch1[k])) for k in input_names]
 
-        def call():
+        def call() -> None:
             with torch.inference_mode():
                 module(*args)
 

@@ -69,7 +69,7 @@ def check_target(task: str, outputs: np.ndarray, target: np.ndarray) -> np.ndarr
     return target
 
 
-def _classification(out, ref, y) -> dict[str, float]:
+def _classification(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None) -> dict[str, float]:
     pred, ref_pred = out.argmax(1), ref.argmax(1)
     m = {"agreement": float(np.mean(pred == ref_pred))}
     if y is None:
@@ -91,7 +91,7 @@ def _classification(out, ref, y) -> dict[str, float]:
     return m
 
 
-def _regression(out, ref, y) -> dict[str, float]:
+def _regression(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None) -> dict[str, float]:
     m = {
         "r2_to_original": float(skm.r2_score(ref.reshape(len(ref), -1), out.reshape(len(out), -1))),
         "max_abs_diff": float(np.max(np.abs(out - ref))),
@@ -106,7 +106,9 @@ def _regression(out, ref, y) -> dict[str, float]:
     return m
 
 
-def _anomaly(out, ref, y, inputs) -> dict[str, float]:
+def _anomaly(
+    out: np.ndarray, ref: np.ndarray, y: np.ndarray | None, inputs: dict[str, np.ndarray] | None
+) -> dict[str, float]:
     s, s_ref = anomaly_scores(out, inputs), anomaly_scores(ref, inputs)
     m = {"r2_to_original": float(skm.r2_score(s_ref, s))}
     if y is None:
@@ -126,7 +128,7 @@ def top_k_agreement(a: np.ndarray, b: np.ndarray, k: int = RETRIEVAL_K) -> float
     if k < 1:
         return 1.0
 
-    def neighbours(e):
+    def neighbours(e: np.ndarray) -> np.ndarray:
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         sim = e @ e.T
         np.fill_diagonal(sim, -np.inf)
@@ -136,7 +138,7 @@ def top_k_agreement(a: np.ndarray, b: np.ndarray, k: int = RETRIEVAL_K) -> float
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb, strict=True)]))
 
 
-def _embedding(out, ref) -> dict[str, float]:
+def _embedding(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     o, r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
     cos = 1.0 - skm.pairwise.paired_cosine_distances(o, r)
     return {

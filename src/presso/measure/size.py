@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 # Integer initializers are shapes, indices and token positions, not weights.
 _WEIGHT_DTYPES = {1, 2, 3, 10, 16, 21, 22}  # float, uint8, int8, float16, bfloat16, uint4, int4
@@ -111,7 +116,7 @@ def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
     producer = {out: n for n in graph.node for out in n.output}
     by_name = {n.name: n for n in graph.node}
 
-    def nbytes(init) -> int:
+    def nbytes(init: onnx.TensorProto) -> int:
         n = int(np.prod(init.dims)) if init.dims else 1
         bits = {21: 4, 22: 4, 2: 8, 3: 8, 10: 16, 16: 16, 11: 64, 7: 64, 6: 32, 12: 32}.get(
             init.data_type, 32
@@ -175,7 +180,7 @@ def layer_sizes(path: str | Path) -> list[dict]:
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     producer = {out: n for n in proto.graph.node for out in n.output}
-    memo: dict = {}
+    memo: dict[str, bool] = {}
     layers = {
         n.name: n.op_type
         for n in proto.graph.node
@@ -189,7 +194,13 @@ def layer_sizes(path: str | Path) -> list[dict]:
     return sorted(rows, key=lambda r: -r["bytes"])
 
 
-def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0, memo: dict | None = None) -> bool:
+def _constant(
+    tensor: str,
+    inits: Container[str],
+    producer: dict[str, onnx.NodeProto],
+    depth: int = 0,
+    memo: dict[str, bool] | None = None,
+) -> bool:
     """Whether ``tensor`` is computed from initializers only (a stored weight)."""
     memo = {} if memo is None else memo
     if tensor in inits:
@@ -203,7 +214,7 @@ def _constant(tensor: str, inits: dict, producer: dict, depth: int = 0, memo: di
     return memo[tensor]
 
 
-def callable_size(fn) -> int | None:
+def callable_size(fn: Callable[..., object]) -> int | None:
     """Bytes of a callable teacher pickled (a bound method pickles its model, e.g. the trees
     of a gradient-boosting classifier); None when it cannot be pickled."""
     import pickle

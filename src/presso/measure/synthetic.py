@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from presso.errors import PressoError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -17,7 +22,11 @@ _DTYPES = {
 
 
 def synthetic_inputs(
-    session, batch: int, seq_len: int = 128, shapes: dict[str, list[int]] | None = None, seed: int = 0
+    session: ort.InferenceSession,
+    batch: int,
+    seq_len: int = 128,
+    shapes: dict[str, list[int]] | None = None,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Random rows shaped for ``session``: the batch axis is ``batch``, other free axes
     ``seq_len`` unless ``shapes`` fixes them; token ids are drawn from a vocabulary-safe
@@ -32,6 +41,7 @@ def synthetic_inputs(
         dtype = _DTYPES.get(i.type)
         if dtype is None:
             raise PressoError(f"Input '{i.name}' has type {i.type}, which presso cannot synthesize.")
+        a: np.ndarray
         if np.issubdtype(dtype, np.integer):
             if "mask" in i.name:
                 a = np.ones(dims, dtype)

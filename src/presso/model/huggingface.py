@@ -94,6 +94,7 @@ def load_hf_folder(path: Path) -> LoadedModel:
         raise PressoError(f"Cannot load Hugging Face model from '{path}': {first}") from exc
     hf_model.eval()
     with_types = "token_type_ids" in tokenizer.model_input_names
+    module: nn.Module
     if is_classifier:
         module, task = SequenceClassifier(hf_model, with_types), "classification"
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])

@@ -99,7 +99,7 @@ class LoadedModel:
             outs.append(first_tensor(self.module(*args)).float().numpy())
         return np.concatenate(outs)
 
-    def predict_arg(self, inputs: dict[str, np.ndarray]):
+    def predict_arg(self, inputs: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """What ``predict`` is called with: the one input's array (what scikit-learn's
         ``predict_proba`` takes), or the dict of the model's inputs."""
         if len(self.input_names) == 1:
@@ -134,4 +134,5 @@ class LoadedModel:
             return self.run_callable(inputs)
         from presso.runtime.session import make_session, run_session
 
+        assert self.onnx_path is not None  # neither a module nor a callable: loaded from an ONNX file
         return run_session(make_session(self.onnx_path), inputs, 1)

@@ -20,7 +20,9 @@ _I16 = (-32768, 32767)
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def quantize_u8(x: np.ndarray, lo: float | None = None, hi: float | None = None):
+def quantize_u8(
+    x: np.ndarray, lo: float | None = None, hi: float | None = None
+) -> tuple[np.ndarray, float, int]:
     """ORT's DynamicQuantizeLinear: u8 over [min(0, lo), max(0, hi)] (default: ``x``'s own
     range), round half to even. Returns (integers as uint8, scale, zero point)."""
     lo = float(x.min()) if lo is None else lo
@@ -32,7 +34,7 @@ def quantize_u8(x: np.ndarray, lo: float | None = None, hi: float | None = None)
     return q, float(scale), zero_point
 
 
-def quantize_s8_columns(w: np.ndarray, reduce_range: bool = False):
+def quantize_s8_columns(w: np.ndarray, reduce_range: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-column s8 weights as ``quantize_dynamic(per_channel=True)`` writes them:
     [-127, 127], or [-64, 64] with ``reduce_range``. Returns (integers as int8, scales (N,))."""
     qmax = 64 if reduce_range else 127

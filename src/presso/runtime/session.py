@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime as ort
 
 # Session settings a model needs to run as measured, kept in its own metadata so that
 # presso.load() and every presso measurement apply them.
@@ -21,7 +26,9 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(model: str | Path | bytes, threads: int | None = None, spinning: bool = True):
+def make_session(
+    model: str | Path | bytes, threads: int | None = None, spinning: bool = True
+) -> ort.InferenceSession:
     """An ORT CPU session with ``threads`` intra-op threads and full graph optimisation.
 
     ``spinning=False`` stops idle worker threads from busy-waiting, so sessions measured
@@ -48,7 +55,7 @@ def make_session(model: str | Path | bytes, threads: int | None = None, spinning
     return session
 
 
-def mark_session_config(model, entries: dict[str, str]) -> None:
+def mark_session_config(model: onnx.ModelProto, entries: dict[str, str]) -> None:
     """Record ORT session config ``entries`` in ``model``'s metadata (an onnx.ModelProto)."""
     for prop in list(model.metadata_props):
         if prop.key == SESSION_CONFIG_KEY:
@@ -57,11 +64,13 @@ def mark_session_config(model, entries: dict[str, str]) -> None:
     prop.key, prop.value = SESSION_CONFIG_KEY, json.dumps(entries, sort_keys=True)
 
 
-def session_input_names(session) -> list[str]:
+def session_input_names(session: ort.InferenceSession) -> list[str]:
     return [i.name for i in session.get_inputs()]
 
 
-def run_session(session, inputs: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
+def run_session(
+    session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = 256
+) -> np.ndarray:
     """First output of ``session`` over all rows of ``inputs``, in batches."""
     names = session_input_names(session)
     missing = [n for n in names if n not in inputs]

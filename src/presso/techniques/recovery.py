@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar, cast
 
 import numpy as np
 import torch
@@ -187,14 +188,19 @@ def weights_by_value(onnx_path: Path, weights: dict[str, np.ndarray]) -> list[tu
 
 # ---------------------------------------------------------------- recovery and retries
 
+# The stage's own options (PruneConfig, SlimConfig, ...): ``cfg`` keeps the stage's type.
+C = TypeVar("C", bound=RecoveryOptions)
+# What with_backoff's attempts are given: a fraction, or None for a single fixed attempt.
+F = TypeVar("F", bound=float | None)
+
 
 @dataclass
-class Recovery:
+class Recovery(Generic[C]):
     """Fine-tuning rows and loss of one stage; ``fit`` trains a module on them."""
 
     ctx: StageContext
     stage: str
-    cfg: RecoveryOptions
+    cfg: C  # epochs and lr resolved (never None)
     train: Data
     val: Data | None
     n_mixed: int
@@ -208,7 +214,7 @@ class Recovery:
         return teacher_loss(self.ctx.task, self.cfg.temperature)
 
     def fit(
-        self, module: nn.Module, layers: list[nn.Module], *, before_epoch=None, epochs: int | None = None
+        self, module: nn.Module, layers: Sequence[nn.Module], *, before_epoch=None, epochs: int | None = None
     ):
         """Fine-tune ``module`` in place (penalising ``layers``' weights if the options say so)."""
         from presso.train.regularizers import regularized
@@ -240,7 +246,7 @@ class Recovery:
         )
 
 
-def recovery_for(ctx: StageContext, cfg: RecoveryOptions, stage: str) -> Recovery:
+def recovery_for(ctx: StageContext, cfg: C, stage: str) -> Recovery[C]:
     if ctx.module is None or ctx.export is None:
         raise PressoError(
             f"The '{stage}' stage prunes and fine-tunes the PyTorch model; give presso a PyTorch "
@@ -268,9 +274,9 @@ def example_inputs(ctx: StageContext, rows: int = 8) -> tuple[torch.Tensor, ...]
     return tuple(torch.from_numpy(np.ascontiguousarray(head[n])) for n in ctx.input_names)
 
 
-def layer_nodes(exported: Path, layers: dict[str, nn.Module]) -> dict[str, str]:
+def layer_nodes(exported: Path, layers: Mapping[str, nn.Module]) -> dict[str, str]:
     """Layer name -> the ONNX node that uses its (trained, exported) weight."""
-    weights = {n: m.weight.detach().numpy() for n, m in layers.items()}
+    weights = {n: cast(torch.Tensor, m.weight).detach().numpy() for n, m in layers.items()}  # Linear / Conv
     return {name: node for name, node, _, _ in weights_by_value(exported, weights)}
 
 
@@ -288,8 +294,8 @@ def milder(fraction: float, steps: int) -> list[float]:
 
 
 def with_backoff(
-    fractions: list[float],
-    attempt: Callable[[float], Candidate],
+    fractions: Sequence[F],
+    attempt: Callable[[F], Candidate],
     ctx: StageContext,
     stage: str,
     what: str = "milder",
@@ -303,6 +309,7 @@ def with_backoff(
         for i, fraction in enumerate(fractions):
             if i:
                 last = tried[-1]
+                assert last.score is not None  # every attempt is scored
                 drop = last.heldout_drop if last.heldout_drop is not None else last.score.drop
                 ctx.log(
                     f"{stage}: {last.name} broke the budget (drop {drop:.4f}); retrying {what} at {fraction:g}"
@@ -310,6 +317,7 @@ def with_backoff(
             cand = attempt(fraction)
             tried.append(cand)
             if cand.score is not None and cand.score.passed:
+                assert cand.path is not None  # a scored candidate was exported
                 cand.timed(ctx.time_models({cand.name: cand.path})[cand.name])
                 yield cand
 

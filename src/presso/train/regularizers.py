@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ def l1_penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
     """
     ws = _tensors(weights, "l1_penalty")
     total = sum(w.numel() for w in ws)
-    return sum(w.abs().sum() for w in ws) / max(total, 1)
+    summed = cast(torch.Tensor, sum(w.abs().sum() for w in ws))  # ws is not empty: a tensor
+    return summed / max(total, 1)
 
 
 def group_lasso_penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -59,7 +61,7 @@ def group_lasso_penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
     1.7677669525146484
     """
     ws = _tensors(weights, "group_lasso_penalty")
-    total, acc = 0, 0.0
+    total, acc = 0, cast(torch.Tensor, 0.0)  # a tensor after the first weight (ws is not empty)
     for w in ws:
         if w.dim() < 2:
             raise PressoError(
@@ -121,7 +123,8 @@ def regularized(
             )
 
     def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ws = [layer.weight for layer in layers]  # read now: pruning hooks replace .weight every forward
+        # Read now: pruning hooks replace .weight every forward (a tensor: checked above).
+        ws = [cast(torch.Tensor, layer.weight) for layer in layers]
         total = loss_fn(out, target)
         if l1:
             total = total + l1 * l1_penalty(ws)

@@ -162,6 +162,7 @@ def distill_data(
         n_extra = len(next(iter(rows.values())))
         if n_extra:
             ctx.log(f"distill: labelling {n_extra} extra rows with the teacher")
+            assert ctx.teacher_fn is not None  # the distill stage refuses a context without one
             add(
                 rows,
                 cached_teacher_outputs(ctx.teacher_fn, rows, probe, cache, ctx.log),
@@ -171,6 +172,7 @@ def distill_data(
         base = {k: v[: n_cal + n_extra] for k, v in train.items()}
         mixed = mixup_inputs(base, augment, ctx.seed)
         n_mixed = len(next(iter(mixed.values())))
+        assert ctx.teacher_fn is not None  # the distill stage refuses a context without one
         add(mixed, np.asarray(ctx.teacher_fn(mixed), np.float32), None)
     return DistillData(
         train,

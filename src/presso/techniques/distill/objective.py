@@ -34,6 +34,8 @@ class Trainee(nn.Module):
     The teacher is kept out of the module tree (no parameters to train, not saved in
     checkpoints); ``hint_value`` holds the last batch's weighted hint loss."""
 
+    _teacher: nn.Module | None  # set with object.__setattr__: not a submodule
+
     def __init__(
         self,
         student: nn.Module,
@@ -61,10 +63,12 @@ class Trainee(nn.Module):
                 self.projections.append(HintLoss(int(s.shape[axis]), int(t.shape[axis])))
 
     def _features(self, xs) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        teacher = self._teacher
+        assert teacher is not None  # __init__ refuses hints without a teacher
         with FeatureTap(self.student, [s for s, _ in self.hints]) as st:
             self._out = self.student(*xs)
-        with torch.no_grad(), FeatureTap(self._teacher, [t for _, t in self.hints]) as tt:
-            self._teacher(*xs)
+        with torch.no_grad(), FeatureTap(teacher, [t for _, t in self.hints]) as tt:
+            teacher(*xs)
         return st.features, tt.features
 
     def forward(self, *xs):

@@ -153,11 +153,10 @@ def train_student(
     n_out = int(np.prod(teacher.shape[1:]))
     has_labels = kind == "kl" and data.labels is not None
     train = (data.train, target_rows(teacher, data.labels if has_labels else None))
-    val = (
-        None
-        if data.val is None
-        else (data.val, target_rows(val_teacher, data.val_labels if has_labels else None))
-    )
+    val = None
+    if data.val is not None:
+        assert val_teacher is not None  # distill_data gives validation rows with their outputs
+        val = (data.val, target_rows(val_teacher, data.val_labels if has_labels else None))
     trainee = Trainee(student, ctx.module if cfg.hints else None, cfg.hints, example_inputs(ctx))
     loss = distill_loss(
         kind,
@@ -168,6 +167,7 @@ def train_student(
         trainee=trainee,
         hint_weight=cfg.hint_weight,
     )
+    assert cfg.epochs is not None and cfg.lr is not None  # resolved by _settings
     settings = FitSettings(
         epochs=cfg.epochs,
         lr=cfg.lr,
@@ -238,6 +238,7 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
         if distributed.world_size() > 1 and not distributed.is_main():
             raise distributed.WorkerDone()  # rank 0 exports, verifies and writes; the others are done
         name = f"student width {width:g}" if cfg.student == "auto" else "student"
+        assert ctx.export is not None  # distill_stage refused a context without one
         path = ctx.export(student.eval(), ctx.workdir / f"student-{width:g}.onnx")
         score = ctx.score(path)
         size = (

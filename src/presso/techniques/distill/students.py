@@ -39,6 +39,7 @@ import itertools
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -50,6 +51,9 @@ from presso.model.layers import Standardize, seeded
 from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.pruning.structured import prune_channels
 from presso.techniques.pruning.transformer import find_encoder_layers, prune_transformer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 INITS = ("teacher", "random")
 BLOCKS = ("standard", "separable")
@@ -129,7 +133,8 @@ def _shallower_transformer(student: nn.Module, depth: int) -> str:
     for new_idx, layer in enumerate(parent):  # cache slots of HF attention follow the layer's position
         for sub in layer.modules():
             if isinstance(getattr(sub, "layer_idx", None), int):
-                sub.layer_idx = new_idx
+                # setattr: torch types a Module's attributes as Tensor | Module, not int
+                setattr(sub, "layer_idx", new_idx)  # noqa: B010
     path = layers[0][0].split(".")[:-2]  # modules from the root down to the ModuleList's owner
     for i in range(len(path) + 1):
         config = getattr(student.get_submodule(".".join(path[:i])), "config", None)
@@ -186,7 +191,9 @@ def _runs(box: nn.Module, calls: dict[int, list[bool]]) -> list[list[list[int]]]
 def _shallower_stack(student: nn.Module, depth: int, inputs: tuple) -> str:
     containers = [(n, m) for n, m in student.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))]
     calls = _same_shape_calls(student, containers, inputs)
-    best_name, best_box, best = "", None, []
+    best_name = ""
+    best_box: nn.Module | None = None
+    best: list[list[int]] = []
     for name, box in containers:
         for run in _runs(box, calls):
             if len(run) > len(best):
@@ -196,6 +203,7 @@ def _shallower_stack(student: nn.Module, depth: int, inputs: tuple) -> str:
             "depth needs a transformer encoder or a stack of same-shape blocks (nn.Sequential / "
             "nn.ModuleList); this model has none — use width."
         )
+    assert best_box is not None  # set with best
     keep = _evenly(len(best), depth, f"same-shape blocks of '{best_name or type(best_box).__name__}'")
     _keep_children(best_box, {j for b, block in enumerate(best) if b not in keep for j in block})
     where = f"'{best_name}'" if best_name else f"the {type(best_box).__name__}"
@@ -235,14 +243,12 @@ def _narrower(student: nn.Module, width: float, inputs: tuple) -> str:
 # ---------------------------------------------------------------- blocks: depthwise-separable
 
 
-def _separable_candidate(m: nn.Module) -> bool:
+def _separable_candidate(m: nn.Module) -> TypeGuard[nn.Conv1d | nn.Conv2d]:
     """A plain Conv1d / Conv2d (not a subclass with its own forward) that a pair can stand in for."""
-    return (
-        type(m) in (nn.Conv1d, nn.Conv2d)
-        and m.groups == 1
-        and m.in_channels > 1
-        and all(k > 1 for k in m.kernel_size)
-    )
+    if type(m) not in (nn.Conv1d, nn.Conv2d):
+        return False
+    conv = cast(nn.Conv1d | nn.Conv2d, m)
+    return conv.groups == 1 and conv.in_channels > 1 and all(k > 1 for k in conv.kernel_size)
 
 
 def separable_pair(conv: nn.Conv1d | nn.Conv2d) -> nn.Sequential:
@@ -286,7 +292,7 @@ def _separable(student: nn.Module, inputs: tuple) -> tuple[nn.Module, str]:
     """Every candidate convolution of ``student`` replaced (in place; the root too) by its pair."""
     pairs: dict[int, nn.Sequential] = {}  # a conv shared by two parents: one pair
 
-    def pair(conv: nn.Module) -> nn.Sequential:
+    def pair(conv: nn.Conv1d | nn.Conv2d) -> nn.Sequential:
         if id(conv) not in pairs:
             pairs[id(conv)] = separable_pair(conv)
         return pairs[id(conv)]
@@ -317,13 +323,13 @@ def _separable(student: nn.Module, inputs: tuple) -> tuple[nn.Module, str]:
 # ---------------------------------------------------------------- init
 
 
-def _hf_models(student: nn.Module) -> list[nn.Module]:
+def _hf_models(student: nn.Module) -> list[PreTrainedModel]:
     """The outermost Hugging Face PreTrainedModels inside ``student`` (transformers only if loaded)."""
     if "transformers" not in sys.modules:
         return []
     from transformers import PreTrainedModel
 
-    found: list[tuple[str, nn.Module]] = []
+    found: list[tuple[str, PreTrainedModel]] = []
     for name, m in student.named_modules():
         if isinstance(m, PreTrainedModel) and not any(name.startswith(f + ".") or f == "" for f, _ in found):
             found.append((name, m))
@@ -345,7 +351,7 @@ def _reinitialise(student: nn.Module, seed: int) -> list[str]:
             # skips tensors flagged as loaded, so the flags go first.
             for t in (*hf.parameters(), *hf.buffers()):
                 if getattr(t, "_is_hf_initialized", False):
-                    t._is_hf_initialized = False
+                    setattr(t, "_is_hf_initialized", False)  # noqa: B010 - a flag transformers adds
             hf.apply(hf._init_weights)
             owners.update(id(m) for m in hf.modules())
     missed = [
@@ -438,6 +444,7 @@ def derive_student(
             continue
         before = count_parameters(student)
         if step == "depth":
+            assert plan.depth is not None  # wanted only with a depth
             note = (
                 _shallower_transformer(student, plan.depth)
                 if is_transformer

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import numpy as np
+import torch
 from torch import nn
 
 from presso.errors import PressoError
@@ -29,6 +31,7 @@ from presso.techniques.lowrank.svd import (
 )
 from presso.techniques.lowrank.tucker import (
     CONVS,
+    Conv,
     TuckerConv,
     conv_pays,
     tucker2,
@@ -93,7 +96,7 @@ class LayerDecision:
     reason: str = ""
 
     def row(self) -> dict:
-        out = {
+        out: dict[str, Any] = {
             "layer": self.layer,
             "method": self.method,
             "shape": "x".join(map(str, self.shape)),
@@ -102,6 +105,7 @@ class LayerDecision:
             "macs": f"{self.macs_before:,} -> {self.macs_after:,}",
         }
         if self.error is not None:
+            assert self.relative_error is not None  # measured with the error
             out["frobenius_error"] = round(self.error, 6)
             out["relative_error"] = round(self.relative_error, 6)
         out["factorized"] = self.factorized
@@ -132,11 +136,12 @@ def _keep_ranks_conv(o: int, i: int, kernel: int, keep: float) -> tuple[int, int
 
 def left_whole(layer: nn.Module, name: str, reason: str) -> LayerDecision:
     """The row of a layer that stays dense."""
-    macs = int(np.prod(layer.weight.shape))
+    weight = cast(torch.Tensor, layer.weight)  # a Linear or Conv layer
+    macs = int(np.prod(weight.shape))
     return LayerDecision(
         name,
         "svd" if isinstance(layer, nn.Linear) else "tucker2",
-        tuple(layer.weight.shape),
+        tuple(weight.shape),
         "-",
         _n_params(layer),
         _n_params(layer),
@@ -193,7 +198,7 @@ def factorize_linear(
 
 
 def factorize_conv(
-    layer: nn.Module, name: str, sel: Selector, require_savings: bool = True
+    layer: Conv, name: str, sel: Selector, require_savings: bool = True
 ) -> tuple[TuckerConv | None, LayerDecision]:
     o, i, *k = layer.weight.shape
     kernel = int(np.prod(k))

@@ -77,11 +77,11 @@ def rank_from_spectrum(
         return 1
     if energy is not None:
         kept = np.cumsum(power) / total
-        return int(min(full, np.searchsorted(kept, energy - 1e-12) + 1))
+        return min(full, int(np.searchsorted(kept, energy - 1e-12)) + 1)
     if max_error is not None:
         # tail[r] = relative error when keeping r values (r = 0..full)
         tail = np.sqrt(np.maximum(total - np.concatenate([[0.0], np.cumsum(power)]), 0.0) / total)
-        return int(max(1, np.argmax(tail <= max_error + 1e-12)))
+        return max(1, int(np.argmax(tail <= max_error + 1e-12)))
     raise PressoError(f"Give a rank, ratio, energy or max_error for {layer}.")
 
 

@@ -13,6 +13,7 @@ import copy
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -99,13 +100,14 @@ def speed_selectors(
     """Per layer: the selector of its fastest-still-faithful rank, or None where no rank is
     measurably faster (one measurement per distinct layer and input shape)."""
     seen: dict[tuple, float | None] = {}
-    out = {}
+    out: dict[str, Selector | None] = {}
     for j, name in enumerate(names):
         layer = module.get_submodule(name)
         if name not in shapes:  # not run by the forward pass: nothing to time
             out[name] = None
             continue
-        key = (type(layer).__name__, tuple(layer.weight.shape), shapes[name])
+        weight = cast(torch.Tensor, layer.weight)  # names are Linear / Conv layers
+        key = (type(layer).__name__, tuple(weight.shape), shapes[name])
         if key not in seen:
             log(f"factorize: timing ranks of {name} ({j + 1}/{len(names)})")
             seen[key] = speed_keep(layer, shapes[name], workdir / f"speed-{len(seen)}")

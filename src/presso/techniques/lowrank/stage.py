@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -98,7 +99,8 @@ def input_grams(
 def _selector(cfg: FactorizeConfig, name: str, keep: float | None) -> Selector:
     if name in cfg.ranks:
         r = cfg.ranks[name]
-        return Selector(rank=r if isinstance(r, int) else tuple(r))
+        # Selector refuses a list that is not a pair [R_out, R_in].
+        return Selector(rank=r if isinstance(r, int) else cast(tuple[int, int], tuple(r)))
     if keep is not None:
         return Selector(keep=keep)
     return Selector(
@@ -203,6 +205,7 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
         after = count_parameters(module)
         how = _describe(cfg, keep)
         label = f"factorized {len(done)}/{len(decisions)} layers ({how})"
+        assert ctx.export is not None  # recovery_for refused a context without one
         dst = ctx.export(module, ctx.workdir / f"factorized-{len(tried_labels)}.onnx")
         tried_labels.append(label)
         cand = Candidate(

@@ -9,6 +9,7 @@ fall from m*n to r*(m+n): it pays when r < m*n / (m+n).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ class LowRankLinear(nn.Sequential):
 
     @property
     def rank(self) -> int:
-        return self[0].out_features
+        return cast(nn.Linear, self[0]).out_features
 
 
 @dataclass(frozen=True)

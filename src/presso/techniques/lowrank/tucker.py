@@ -13,7 +13,9 @@ use tensorly rather than our own HOOI loop because it is a maintained reference)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from presso.errors import PressoError
 from presso.techniques.lowrank.ranks import check_selector, rank_from_spectrum
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+Conv: TypeAlias = nn.Conv1d | nn.Conv2d | nn.Conv3d  # an instance of CONVS
 _HOOI_SWEEPS = 10
 
 
@@ -34,7 +37,8 @@ class TuckerConv(nn.Sequential):
 
     @property
     def ranks(self) -> tuple[int, int]:
-        return self[1].out_channels, self[1].in_channels
+        core = cast(Conv, self[1])
+        return core.out_channels, core.in_channels
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,11 @@ def tucker_ranks(
             )
         return min(rank, len(s_out)), min(rank, len(s_in))
     per_mode = max_error / np.sqrt(2) if max_error is not None else None
-    return tuple(
+    r_out, r_in = (
         rank_from_spectrum(s, ratio=ratio, energy=energy, max_error=per_mode, layer=layer)
         for s in (s_out, s_in)
     )
+    return r_out, r_in
 
 
 def tucker2(weight, ranks: tuple[int, int], sweeps: int = _HOOI_SWEEPS) -> TuckerFactors:
@@ -126,10 +131,12 @@ def tucker2(weight, ranks: tuple[int, int], sweeps: int = _HOOI_SWEEPS) -> Tucke
     )
 
 
-def tucker_conv(layer: nn.Module, factors: TuckerFactors) -> TuckerConv:
+def tucker_conv(layer: Conv, factors: TuckerFactors) -> TuckerConv:
     if layer.groups != 1:
         raise PressoError(f"Tucker-2 needs an ungrouped convolution; this one has groups={layer.groups}.")
-    conv = type(layer)
+    # The layer's own class, given its own geometry (torch types a ConvNd's kernel_size,
+    # stride... as tuple[int, ...], wider than each class's constructor takes).
+    conv: Callable[..., Conv] = type(layer)
     r_out, r_in = factors.ranks
     ones = (1,) * (layer.weight.dim() - 2)
     first = conv(layer.in_channels, r_in, 1, bias=False)
@@ -152,6 +159,7 @@ def tucker_conv(layer: nn.Module, factors: TuckerFactors) -> TuckerConv:
             torch.as_tensor(factors.out_factor.reshape(layer.out_channels, r_out, *ones), dtype=dtype)
         )
         if layer.bias is not None:
+            assert last.bias is not None  # made with a bias just above
             last.bias.copy_(layer.bias)
     return TuckerConv(first, core, last).to(layer.weight.device)
 
@@ -161,7 +169,7 @@ def tucker_parameters(out_ch: int, in_ch: int, kernel: int, ranks: tuple[int, in
     return in_ch * r_in + r_in * r_out * kernel + r_out * out_ch
 
 
-def conv_pays(layer: nn.Module, ranks: tuple[int, int]) -> bool:
+def conv_pays(layer: Conv, ranks: tuple[int, int]) -> bool:
     o, i, *k = layer.weight.shape
     kernel = int(np.prod(k))
     return tucker_parameters(o, i, kernel, ranks) < o * i * kernel

@@ -13,6 +13,7 @@ in a few lines::
 from __future__ import annotations
 
 import math
+from typing import TypeAlias, cast
 
 import torch
 from torch import nn
@@ -167,6 +168,7 @@ def iterative_sparsity(round: int, rounds: int, final: float) -> float:
 
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+Prunable: TypeAlias = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d  # an instance of PRUNABLE
 
 
 def prunable_weights(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -213,8 +215,8 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
     """The weight as the layer's forward uses it, detached: with :func:`apply_masks`' hooks
     ``weight_orig * weight_mask`` now (``.weight`` is only refreshed at the next forward)."""
     if hasattr(layer, "weight_mask"):
-        return (layer.weight_orig * layer.weight_mask).detach()
-    return layer.weight.detach()
+        return (cast(torch.Tensor, layer.weight_orig) * cast(torch.Tensor, layer.weight_mask)).detach()
+    return cast(torch.Tensor, layer.weight).detach()
 
 
 def make_permanent(module: nn.Module) -> nn.Module:

@@ -14,7 +14,9 @@ raised on a schedule while the model is fine-tuned, then exported with zeros.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -27,6 +29,7 @@ from presso.techniques.pruning import criteria
 from presso.techniques.pruning.config import PruneConfig
 from presso.techniques.pruning.masks import (
     PRUNABLE,
+    Prunable,
     apply_masks,
     effective_weight,
     iterative_sparsity,
@@ -43,7 +46,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def prunable_layers(module: nn.Module, skip: list[str]) -> dict[str, nn.Module]:
+def prunable_layers(module: nn.Module, skip: list[str]) -> dict[str, Prunable]:
     """Linear / Conv layers by module name, without those in ``skip`` (unknown names refused)."""
     layers = {name: m for name, m in module.named_modules() if isinstance(m, PRUNABLE)}
     if unknown := [s for s in skip if s not in layers]:
@@ -61,6 +64,7 @@ def schedule_sparsity(epoch: int, cfg: PruneConfig, final: float) -> float:
     """Sparsity a layer with final sparsity ``final`` has during ``epoch`` (1-based)."""
     if cfg.ramp_schedule == "one-shot" or cfg.epochs == 0:
         return final
+    assert cfg.epochs is not None  # recovery_for resolved it
     if cfg.ramp_schedule == "iterative":
         rounds = min(cfg.rounds, cfg.epochs)
         r = 1 + (epoch - 1) * rounds // cfg.epochs  # the round this epoch belongs to
@@ -69,7 +73,7 @@ def schedule_sparsity(epoch: int, cfg: PruneConfig, final: float) -> float:
     return polynomial_sparsity(min(epoch, ramp), ramp, final)
 
 
-def _gradients(module: nn.Module, layers: dict[str, nn.Module], rec: Recovery) -> dict[str, torch.Tensor]:
+def _gradients(module: nn.Module, layers: Mapping[str, nn.Module], rec: Recovery) -> dict[str, torch.Tensor]:
     """d loss / d weight of each layer over the training rows (for Taylor scores)."""
     xs = [torch.from_numpy(rec.train[0][n]) for n in rec.ctx.input_names]
     y = torch.from_numpy(rec.train[1])
@@ -83,7 +87,7 @@ def _gradients(module: nn.Module, layers: dict[str, nn.Module], rec: Recovery) -
     module.train(was)
     grads = {}
     for name, layer in layers.items():
-        p = layer.weight_orig if hasattr(layer, "weight_orig") else layer.weight
+        p = cast(torch.Tensor, layer.weight_orig if hasattr(layer, "weight_orig") else layer.weight)
         grads[name] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
     module.zero_grad(set_to_none=True)
     return grads
@@ -136,14 +140,16 @@ def set_masks(module: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         owner, _, _ = key.rpartition(".")
         layer = module.get_submodule(owner)
         if hasattr(layer, "weight_mask"):
-            layer.weight_mask.copy_(mask.to(layer.weight_mask.dtype))
+            current = cast(torch.Tensor, layer.weight_mask)  # the buffer torch.nn.utils.prune added
+            current.copy_(mask.to(current.dtype))
         else:
             apply_masks(module, {key: mask})
 
 
-def _nm_layers(layers: dict[str, nn.Module], cfg: PruneConfig) -> tuple[dict[str, nn.Module], list[str]]:
+def _nm_layers(layers: dict[str, Prunable], cfg: PruneConfig) -> tuple[dict[str, Prunable], list[str]]:
     """Layers whose inputs per output divide by m (others cannot follow the pattern)."""
-    ok, left = {}, []
+    ok: dict[str, Prunable] = {}
+    left: list[str] = []
     for n, layer in layers.items():
         k = layer.weight[0].numel()
         (ok.__setitem__(n, layer) if k % cfg.m == 0 else left.append(f"{n} ({k} inputs)"))
@@ -169,12 +175,13 @@ def _finals(module, layers, cfg: PruneConfig, ctx: StageContext):
         raise PressoError(
             "scope 'sensitivity' needs the pipeline's scorer; run the stage through presso.compress."
         )
+    score_outputs = ctx.score_outputs
     xs = [torch.from_numpy(ctx.calibration.inputs[n]) for n in ctx.input_names]
 
     def evaluate(m: nn.Module) -> float:
         with torch.no_grad():
             out = m(*xs)
-        return ctx.score_outputs(first_tensor(out).float().numpy()).drop
+        return score_outputs(first_tensor(out).float().numpy()).drop
 
     ctx.log(f"prune: sensitivity curves of {len(layers)} layers")
     curves = sensitivity_curves(module, list(layers), evaluate, kind="unstructured", progress=ctx.log)
@@ -182,7 +189,7 @@ def _finals(module, layers, cfg: PruneConfig, ctx: StageContext):
     return (lambda target: allocate(curves, sizes, target, ctx.max_drop)), curves_table(curves)
 
 
-def _layer_rows(module, layers: dict[str, nn.Module], exported: Path, curves: list[dict]) -> list[dict]:
+def _layer_rows(module, layers: Mapping[str, Prunable], exported: Path, curves: list[dict]) -> list[dict]:
     nodes = layer_nodes(exported, layers)
     by_layer = {row["layer"]: row for row in curves}
     rows = []
@@ -251,10 +258,12 @@ def prune_weights(onnx_path: Path, cfg: PruneConfig, ctx: StageContext) -> Stage
         if cfg.epochs:
             report = rec.fit(module, list(layers.values()), before_epoch=before_epoch)
         # The time cap may stop a ramp early: finish it so the sparsity is the one asked for.
+        assert cfg.epochs is not None  # recovery_for resolved it
         before_epoch(max(cfg.epochs, 1) + 10**6)
         make_permanent(module.eval())
         total = sum(m.weight.numel() for m in layers.values())
         zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+        assert ctx.export is not None  # recovery_for refused a context without one
         dst = ctx.export(module, ctx.workdir / f"prune-{fraction:g}.onnx")
         cand = Candidate(
             label, dst, module=module, options={"sparsity": fraction} if cfg.pattern != "n:m" else {}

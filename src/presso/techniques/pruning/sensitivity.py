@@ -59,6 +59,7 @@ def _param(layer: nn.Module, name: str) -> torch.Tensor | None:
 def _prune_layer(layer: nn.Module, level: float, kind: str, key: str) -> None:
     """Zero the ``level`` fraction of the layer's weights (or output channels with their bias)."""
     weight = _param(layer, "weight")
+    assert weight is not None  # sensitivity runs on Linear / Conv layers only
     effective = effective_weight(layer)
     with torch.no_grad():
         if kind == "unstructured":
@@ -66,8 +67,8 @@ def _prune_layer(layer: nn.Module, level: float, kind: str, key: str) -> None:
             keep = unstructured_masks({key: effective}, level, scores=scores, scope="layer")[key]
             weight.mul_(keep.to(weight.device, weight.dtype))
             return
-        scores = l2_norm(effective).cpu()  # (out,)
-        drop = torch.argsort(scores, stable=True)[: round(level * scores.numel())].to(weight.device)
+        norms = l2_norm(effective).cpu()  # (out,)
+        drop = torch.argsort(norms, stable=True)[: round(level * norms.numel())].to(weight.device)
         weight[drop] = 0
         bias = _param(layer, "bias")
         if isinstance(bias, torch.Tensor):
@@ -149,7 +150,9 @@ def sensitivity_curves(
             finally:
                 with torch.no_grad():
                     for p, original in saved.items():
-                        _param(layer, p).copy_(original)
+                        param = _param(layer, p)
+                        assert param is not None  # saved holds only the tensors the layer has
+                        param.copy_(original)
                 _refresh_masked(layer)
             try:
                 drop = float(result)

@@ -110,6 +110,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
         module = copy.deepcopy(original)
         before_shapes, before = _shapes(module), count_parameters(module)
         rounds = cfg.rounds if cfg.schedule == "iterative" else 1
+        assert cfg.epochs is not None  # recovery_for resolved it
         per_round = 1.0 - (1.0 - fraction) ** (1.0 / rounds)
         fits = []
         for r in range(rounds):
@@ -124,6 +125,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
                 fits.append(rec.fit(module, layers, epochs=epochs))
         module.eval()
         after = count_parameters(module)
+        assert ctx.export is not None  # recovery_for refused a context without one
         dst = ctx.export(module, ctx.workdir / f"slim-{fraction:g}.onnx")
         if transformer:
             heads, ffn = heads_and_ffn(cfg, fraction)

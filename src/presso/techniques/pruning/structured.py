@@ -390,11 +390,11 @@ def _check_outputs(work, masked, inputs, ref, root: str, check_equal: bool) -> N
     if check_equal:
         expect = _forward(masked, inputs)
         if not torch.allclose(out, expect, rtol=_EQUIV_RTOL, atol=_EQUIV_ATOL):
-            err = (out - expect).abs().max().item()
+            diff = (out - expect).abs().max().item()
             raise _refuse(
                 root,
                 f"removing its channels changes the outputs of the kept "
-                f"channels (max difference {err:.3g} from the masked model); "
+                f"channels (max difference {diff:.3g} from the masked model); "
                 f"a reshape or channel-mixing op the tracer cannot follow "
                 f"consumes them",
             )

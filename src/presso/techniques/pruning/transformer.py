@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,15 +70,29 @@ class TransformerPruneReport:
         ]
 
 
+def _path(m: nn.Module, path: str) -> Any:
+    """``m.a.b`` for ``path`` ``"a.b"``, by plain attribute access (AttributeError where it
+    fails). torch types ``Module.__getattr__`` as ``Tensor | Module``, so chained access to
+    a submodule does not type-check; callers declare what they expect to find."""
+    found: Any = m
+    for name in path.split("."):
+        found = getattr(found, name)
+    return found
+
+
 class _Layer:
     """The six projections of one BERT layer, checked to line up."""
 
     def __init__(self, name: str, layer: nn.Module) -> None:
         self.name, self.layer = name, layer
-        self.attn = layer.attention.self
-        self.q, self.k, self.v = self.attn.query, self.attn.key, self.attn.value
-        self.attn_out = layer.attention.output.dense
-        self.inter, self.out = layer.intermediate.dense, layer.output.dense
+        # find_encoder_layers only returns layers whose six projections are nn.Linear.
+        self.attn: nn.Module = _path(layer, "attention.self")
+        self.q: nn.Linear = _path(self.attn, "query")
+        self.k: nn.Linear = _path(self.attn, "key")
+        self.v: nn.Linear = _path(self.attn, "value")
+        self.attn_out: nn.Linear = _path(layer, "attention.output.dense")
+        self.inter: nn.Linear = _path(layer, "intermediate.dense")
+        self.out: nn.Linear = _path(layer, "output.dense")
         width = self.q.out_features
         heads = getattr(self.attn, "num_attention_heads", None)
         self.head_size = int(getattr(self.attn, "attention_head_size", 0) or width // max(heads or 1, 1))
@@ -97,7 +113,7 @@ class _Layer:
             )
         self.n_heads, self.n_ffn = width // self.head_size, self.inter.out_features
 
-    def head_columns(self, heads) -> list[int]:
+    def head_columns(self, heads: Iterable[int]) -> list[int]:
         d = self.head_size
         return [h * d + j for h in heads for j in range(d)]
 
@@ -105,12 +121,12 @@ class _Layer:
 def _is_bert_layer(m: nn.Module) -> bool:
     try:
         parts = (
-            m.attention.self.query,
-            m.attention.self.key,
-            m.attention.self.value,
-            m.attention.output.dense,
-            m.intermediate.dense,
-            m.output.dense,
+            _path(m, "attention.self.query"),
+            _path(m, "attention.self.key"),
+            _path(m, "attention.self.value"),
+            _path(m, "attention.output.dense"),
+            _path(m, "intermediate.dense"),
+            _path(m, "output.dense"),
         )
     except AttributeError:
         return False
@@ -206,7 +222,7 @@ def _activations(module: nn.Module, layers: list[_Layer], inputs) -> list[tuple]
     handles = []
     for i, L in enumerate(layers):
         handles.append(L.attn.register_forward_hook(hook(i, "heads", L)))
-        handles.append(L.layer.intermediate.register_forward_hook(hook(i, "ffn", L)))
+        handles.append(_path(L.layer, "intermediate").register_forward_hook(hook(i, "ffn", L)))
     try:
         with torch.no_grad():
             _run(module, inputs)
@@ -313,15 +329,15 @@ def _cut_heads(L: _Layer, removed: tuple[int, ...], undo: list) -> None:
     cols = L.head_columns(keep_heads)
     for attr in ("query", "key", "value"):
         _set(undo, L.attn, attr, _sliced(getattr(L.attn, attr), cols, 0))
-    _set(undo, L.layer.attention.output, "dense", _sliced(L.attn_out, cols, 1))
+    _set(undo, _path(L.layer, "attention.output"), "dense", _sliced(L.attn_out, cols, 1))
     _set(undo, L.attn, "num_attention_heads", len(keep_heads))
     _set(undo, L.attn, "all_head_size", len(cols))
 
 
 def _cut_neurons(L: _Layer, removed: tuple[int, ...], undo: list) -> None:
     keep = [n for n in range(L.n_ffn) if n not in set(removed)]
-    _set(undo, L.layer.intermediate, "dense", _sliced(L.inter, keep, 0))
-    _set(undo, L.layer.output, "dense", _sliced(L.out, keep, 1))
+    _set(undo, _path(L.layer, "intermediate"), "dense", _sliced(L.inter, keep, 0))
+    _set(undo, _path(L.layer, "output"), "dense", _sliced(L.out, keep, 1))
 
 
 def _zero_columns(L: _Layer, heads: tuple[int, ...], neurons: tuple[int, ...]) -> None:
@@ -359,10 +375,10 @@ def _check(module: nn.Module, L: _Layer, inputs, ref: torch.Tensor, expect: torc
             f"shape from {tuple(ref.shape)} to {tuple(out.shape)}."
         )
     if not torch.allclose(out, expect, rtol=_EQUIV_RTOL, atol=_EQUIV_ATOL):
-        err = (out - expect).abs().max().item()
+        diff = (out - expect).abs().max().item()
         raise PressoError(
             f"Transformer pruning of layer '{L.name}' changes the outputs of the kept "
-            f"heads / neurons (max difference {err:.3g} from the masked model); its "
+            f"heads / neurons (max difference {diff:.3g} from the masked model); its "
             f"attention does not lay heads out as contiguous blocks of query/key/value."
         )
 
