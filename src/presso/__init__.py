@@ -41,6 +41,7 @@ _OTHER = {
     "Recipe": ("presso.recipe.schema", "Recipe"),
     "Stage": ("presso.recipe.schema", "Stage"),
     "BenchSettings": ("presso.measure.bench", "BenchSettings"),
+    "RunSettings": ("presso.recipe.run", "RunSettings"),
 }
 
 __all__ = ["BudgetError", "PressoError", "__version__", *_FUNCTIONS, *_CONFIGS, *_OTHER]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from presso.progress import SILENT, Progress
+from presso.recipe.result import CompressionResult
+from presso.recipe.run import RunSettings
 
 
 def distill(
@@ -13,17 +16,10 @@ def distill(
     *,
     student: str = "auto",
     int8: bool = False,
-    task: str | None = None,
-    max_drop: float | None = None,
-    target: str | None = None,
-    weights: str | None = None,
-    seed: int | None = None,
-    calibration_fraction: float | None = None,
-    seq_len: int = 128,
-    bench=None,
+    settings: RunSettings | None = None,
     progress: Progress = SILENT,
-    **options,
-):
+    **options: Any,
+) -> CompressionResult:
     """Distil a smaller ``student`` from ``teacher`` and measure it against the teacher.
 
     Parameters
@@ -40,8 +36,11 @@ def distill(
         ``"mlp"`` (``hidden``), or a factory ``"file.py:fn"`` returning an ``nn.Module``.
     int8 : bool
         Quantize the student to int8 afterwards (accuracy-aware, like the int8 recipe).
+    settings : RunSettings, optional
+        The run settings (task, max_drop, seed, ...), as for :func:`presso.compress`;
+        its fields may also be given as keywords.
     **options
-        Any option of the ``distill`` technique: ``width``, ``depth``, ``init``, ``alpha``,
+        Any run setting, or any option of the ``distill`` technique: ``width``, ``depth``, ``init``, ``alpha``,
         ``temperature``, ``loss``, ``hints``, ``epochs``, ``lr``, ``augment``,
         ``train_data``, ``checkpoint`` ... (``presso recipes show student`` lists them).
 
@@ -63,21 +62,11 @@ def distill(
     from presso.recipe.runner import compress
     from presso.recipe.schema import Recipe, Stage
 
-    stages = [Stage(technique="distill", options={"student": student, **options})]
+    run_fields = {f.name for f in fields(RunSettings)}
+    run = RunSettings.of(settings, {k: v for k, v in options.items() if k in run_fields}, "distill")
+    technique = {k: v for k, v in options.items() if k not in run_fields}
+    stages = [Stage(technique="distill", options={"student": student, **technique})]
     if int8:
         stages.append(Stage(technique="int8"))
     recipe = Recipe(name="student", description="knowledge distillation (presso.distill)", stages=stages)
-    return compress(
-        teacher,
-        recipe,
-        data=data,
-        task=task,
-        max_drop=max_drop,
-        target=target,
-        weights=weights,
-        seed=seed,
-        calibration_fraction=calibration_fraction,
-        seq_len=seq_len,
-        bench=bench,
-        progress=progress,
-    )
+    return compress(teacher, recipe, data=data, settings=run, progress=progress)

@@ -7,13 +7,16 @@ search runs many recipes on one prepared run.
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+from typing_extensions import Unpack
 
 from presso.data.dataset import Dataset, split
 from presso.data.resolve import resolve_data
@@ -87,49 +90,103 @@ class Prepared:
         shutil.rmtree(self.run.workdir, ignore_errors=True)
 
 
+class RunOptions(TypedDict, total=False):
+    """The run settings as keyword arguments of compress / distill / search / prepare."""
+
+    task: str | None
+    max_drop: float | None
+    target: str | None
+    weights: str | Path | None
+    seed: int | None
+    calibration_fraction: float | None
+    seq_len: int
+    bench: BenchSettings | None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run reads its data and judges and times its result: one definition for
+    :func:`presso.compress`, :func:`presso.distill`, ``presso.search`` and their CLIs.
+
+    task
+        classification, regression, forecast, anomaly or embedding; inferred if obvious.
+    max_drop
+        Largest allowed absolute drop of the task's primary metric on held-out rows (default
+        per task, 0.01: one accuracy point, 0.01 of R^2, ROC-AUC or mean cosine).
+    target
+        The label column of a table file (csv / parquet).
+    weights
+        A state dict for a factory model ``"file.py:fn"``.
+    seed, calibration_fraction
+        The seeded split of the rows into calibration rows (default 0.3) and held-out rows.
+    seq_len
+        Token length of text rows.
+    bench
+        Timing rounds, throughput batch and threads (:class:`presso.BenchSettings`).
+    """
+
+    task: str | None = None
+    max_drop: float | None = None
+    target: str | None = None
+    weights: str | Path | None = None
+    seed: int | None = None
+    calibration_fraction: float | None = None
+    seq_len: int = 128
+    bench: BenchSettings | None = None
+
+    @classmethod
+    def of(cls, base: RunSettings | None, options: Mapping[str, Any], where: str) -> RunSettings:
+        """``base`` (or the defaults) with ``options`` given as keywords on top."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise PressoError(
+                f"{where}() got an unknown option '{unknown[0]}'{hint}. Run options: {', '.join(known)}."
+            )
+        return replace(base or cls(), **options)
+
+
 def prepare(
     model: Any,
     data: Any = None,
     *,
-    settings: Settings | None = None,
+    settings: RunSettings | None = None,
     recipe: Recipe | None = None,
-    task: str | None = None,
-    max_drop: float | None = None,
-    target: str | None = None,
-    weights: str | Path | None = None,
-    seed: int | None = None,
-    calibration_fraction: float | None = None,
-    seq_len: int = 128,
-    bench: BenchSettings | None = None,
     progress: Progress = SILENT,
+    **options: Unpack[RunOptions],
 ) -> Prepared:
     """Load ``model`` and ``data``, take the original model's outputs, split the rows and
     export the baseline; ``recipe`` (optional) is checked against the model before any of
-    the slow work."""
-    settings = settings or Settings()
-    seed = _first(seed, settings.seed, 0)
-    calibration_fraction = _first(calibration_fraction, settings.calibration_fraction, 0.3)
+    the slow work. Run settings come from ``settings`` and keywords (:class:`RunSettings`),
+    then from the recipe's own ``settings``, then the defaults."""
+    run = RunSettings.of(settings, options, "prepare")
+    pinned = recipe.settings if recipe is not None else Settings()
+    seed = _first(run.seed, pinned.seed, 0)
+    calibration_fraction = _first(run.calibration_fraction, pinned.calibration_fraction, 0.3)
+    task, max_drop, seq_len = run.task or pinned.task, run.max_drop, run.seq_len
     progress.log("loading the model")
-    loaded = load_model(model, weights=weights)
-    data = resolve_data(data, loaded, target=target, seq_len=seq_len)
+    loaded = load_model(model, weights=run.weights)
+    data = resolve_data(data, loaded, target=run.target, seq_len=seq_len)
     if recipe is not None:
         check_stage_order(recipe, recipe.configs(), loaded)
     workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
     try:
-        run = _prepare(
+        made = _prepare(
             loaded,
             data,
-            task or settings.task,
+            task,
             max_drop,
-            settings,
+            pinned,
             seed,
             calibration_fraction,
             workdir,
-            bench or BenchSettings(),
+            run.bench or BenchSettings(),
             progress,
             seq_len,
         )
-        return Prepared(run, _baseline(run), seed, calibration_fraction)
+        return Prepared(made, _baseline(made), seed, calibration_fraction)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

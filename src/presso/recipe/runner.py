@@ -12,22 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import Unpack
 
 from presso.errors import BudgetError, PressoError
 from presso.export.compact import compact_names
-from presso.measure.bench import BenchSettings
 from presso.progress import SILENT, Progress
 from presso.recipe.checkpoint import RunCheckpoint, StageOutcome, run_fingerprint
 from presso.recipe.measure import measure
 from presso.recipe.result import CompressionResult
-from presso.recipe.run import EVAL_BATCH, Prepared, Run, prepare
+from presso.recipe.run import EVAL_BATCH, Prepared, Run, RunOptions, RunSettings, prepare
 from presso.recipe.schema import Recipe, RecipeSpec, Settings, Stage, load_recipe
 from presso.recipe.stage import StageInput, StagesRun, StepModel, run_stage
 from presso.report.schema import StageReport
 from presso.techniques.registry import get_technique
 from presso.techniques.storage import StorageContext, store_sparse
 
-__all__ = ["Prepared", "compress", "prepare", "resolved_recipe", "run_recipe", "run_stages"]
+__all__ = ["Prepared", "RunSettings", "compress", "prepare", "resolved_recipe", "run_recipe", "run_stages"]
 
 
 def compress(
@@ -35,18 +35,12 @@ def compress(
     recipe: RecipeSpec = "int8",
     data: Any = None,
     *,
-    task: str | None = None,
-    max_drop: float | None = None,
-    target: str | None = None,
-    weights: str | Path | None = None,
-    seed: int | None = None,
-    calibration_fraction: float | None = None,
-    seq_len: int = 128,
-    bench: BenchSettings | None = None,
+    settings: RunSettings | None = None,
     progress: Progress = SILENT,
     pack: bool = False,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    **options: Unpack[RunOptions],
 ) -> CompressionResult:
     """Compress ``model`` with ``recipe`` and measure it against the original.
 
@@ -61,11 +55,12 @@ def compress(
     data : path, arrays, (X, y), list of texts or Dataset
         Rows the model was not trained on. They are split (seeded) into calibration
         rows and held-out evaluation rows; every reported metric uses the latter.
-    task : str, optional
-        classification, regression, forecast, anomaly or embedding; inferred if obvious.
-    max_drop : float, optional
-        Largest allowed absolute drop of the task's primary metric (default per task,
-        0.01: one accuracy point, 0.01 of R^2, ROC-AUC or mean cosine).
+    settings : RunSettings, optional
+        How the run reads the data and judges and times the result; any of its fields may
+        also be given as a keyword (``task=``, ``max_drop=``, ``target=``, ``weights=``,
+        ``seed=``, ``calibration_fraction=``, ``seq_len=``, ``bench=``): see
+        :class:`presso.RunSettings`. ``max_drop`` is the largest allowed drop of the task's
+        primary metric on held-out rows (default per task, 0.01).
     pack : bool
         Also write the packed storage file (``model.packed``: sparse + low-bit +
         entropy-coded weights) and report its size; recipes with a ``pack`` stage do.
@@ -88,21 +83,8 @@ def compress(
     >>> result.save("tabular-int8")  # doctest: +SKIP
     """
     recipe = load_recipe(recipe)
-    prepared = prepare(
-        model,
-        data,
-        settings=recipe.settings,
-        recipe=recipe,
-        task=task,
-        max_drop=max_drop,
-        target=target,
-        weights=weights,
-        seed=seed,
-        calibration_fraction=calibration_fraction,
-        seq_len=seq_len,
-        bench=bench,
-        progress=progress,
-    )
+    run = RunSettings.of(settings, options, "compress")
+    prepared = prepare(model, data, settings=run, recipe=recipe, progress=progress)
     try:
         return run_recipe(prepared, recipe, pack=pack, checkpoint=checkpoint, resume=resume)
     except BaseException:
