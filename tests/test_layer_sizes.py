@@ -13,7 +13,7 @@ from torch import nn
 import presso
 from presso.measure import BenchSettings
 from presso.measure.size import layer_sizes
-from presso.recipe import measure
+from presso.recipe import measure as recipe_measure
 from presso.recipe.schema import Recipe, Stage
 
 ITEMSIZE = {
@@ -153,7 +153,7 @@ def int8_results():
     model, X, y = _mlp_and_rows()
     out = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(measure, "peak_memory_mb", lambda *args, **kwargs: None)  # fresh processes: slow
+        mp.setattr(recipe_measure, "peak_memory_mb", lambda *args, **kwargs: None)  # fresh processes: slow
         for variant in ("static-s8s8", "dynamic"):
             recipe = Recipe(name="int8", stages=[Stage(technique="int8", options={"variants": [variant]})])
             # max_drop 1: the budget always passes, so no layer falls back to fp32

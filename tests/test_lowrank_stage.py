@@ -11,7 +11,7 @@ from torch import nn
 import presso
 from presso.errors import BudgetError, PressoError
 from presso.measure import BenchSettings
-from presso.recipe import measure
+from presso.recipe import measure as recipe_measure
 from presso.recipe.schema import Recipe, Stage
 from presso.techniques.lowrank import speed
 from presso.techniques.lowrank.config import FactorizeConfig
@@ -25,7 +25,7 @@ FAST = {"epochs": 3, "augment": 0}
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch):
     """No peak-memory processes (no test here reads them); one torch thread for tiny models."""
-    monkeypatch.setattr(measure, "peak_memory_mb", lambda *args, **kwargs: None)
+    monkeypatch.setattr(recipe_measure, "peak_memory_mb", lambda *args, **kwargs: None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -22,7 +22,7 @@ from presso.errors import BudgetError, PressoError
 from presso.measure import BenchSettings
 from presso.model.sources import load_model
 from presso.progress import Progress
-from presso.recipe import measure
+from presso.recipe import measure as recipe_measure
 from presso.recipe.schema import Recipe, Stage
 from presso.techniques.pruning.config import PruneConfig
 from presso.techniques.pruning.masks import iterative_sparsity
@@ -39,7 +39,7 @@ def _quick(monkeypatch):
     """Peak memory is measured in two fresh processes per run (~5 s of each compress here);
     no test in this file looks at it, and the schema allows it to be unknown. One torch
     thread: on a busy 2-core machine OpenMP's spinning makes these tiny models 20x slower."""
-    monkeypatch.setattr(measure, "peak_memory_mb", lambda *args, **kwargs: None)
+    monkeypatch.setattr(recipe_measure, "peak_memory_mb", lambda *args, **kwargs: None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
