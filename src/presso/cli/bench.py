@@ -73,7 +73,8 @@ def _bench(args, settings, scratch: Path) -> int:
     from presso.measure.synthetic import synthetic_inputs
     from presso.runtime.session import make_session
 
-    stored, paths = {}, {}
+    stored: dict[str, Path] = {}  # what was given: the packed file or the .onnx
+    paths: dict[str, Path] = {}  # what runs: the .onnx (unpacked for a packed file)
     for spec in [args.model, *args.vs]:
         key = spec if spec not in paths else f"{spec} ({len(paths)})"
         stored[key], paths[key] = _model_file(spec, scratch)

@@ -12,6 +12,10 @@ from torch import nn
 class Standardize(nn.Module):
     """Fixed ``(x - mean) / std`` with train-row statistics kept as buffers."""
 
+    # Buffers registered in __init__ (nn.Module.__getattr__ alone types them Tensor | Module).
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, n_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))

@@ -113,6 +113,8 @@ def _import_factory(spec: str):
             raise PressoError(f"Factory file '{target}' not found. {_HOW}")
         mod_name = f"presso_user_factory_{abs(hash(str(file.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(mod_name, file)
+        # A path ending in .py always gets a spec with a source loader (None is for other suffixes).
+        assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module  # dataclasses and pickling look modules up here
         try:

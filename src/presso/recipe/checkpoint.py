@@ -102,7 +102,7 @@ class RunCheckpoint:
     def save(self, index: int, outcome: StageOutcome) -> None:
         """Record stage ``index`` (1-based; stages finish in order) as done."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        entry = {
+        entry: dict[str, Any] = {  # one stage's record in state.json
             "technique": outcome.technique,
             "report": outcome.report.model_dump(),
             "metrics": outcome.metrics,

@@ -42,7 +42,11 @@ def measure(
                 run.model, done.path, batch1, batch_n, run.bench, advance, latency_only=between
             )
         else:
-            timing = bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance, latency_only=between)
+            # paths with the baseline's file known to be there (a dict's values are not narrowed)
+            onnx_paths = {"baseline": baseline_path, "compressed": done.path}
+            timing = bench_onnx(
+                onnx_paths, batch1, batch_n, run.bench, on_round=advance, latency_only=between
+            )
     step_latency = {**timing.pop("latency_only"), "baseline": timing["baseline"]["latency_ms"]["p50"]}
     torch_latency = None
     if run.model.module is not None:
@@ -53,7 +57,7 @@ def measure(
             k: None if p is None else peak_memory_mb(p, batch_n, run.bench.thread_count)
             for k, p in paths.items()
         }
-    metrics = {"baseline": run.metrics(run.baseline_eval, "evaluation"), "compressed": done.metrics}
+    metrics = {"baseline": run.baseline_metrics(), "compressed": done.metrics}
     figures = {k: _figures(run, p, timing[k], memory[k], metrics[k]) for k, p in paths.items()}
     waterfall = _waterfall(run, figures, done.steps, step_latency, done.path)
     stage_reports, notes, packed_path, stored = list(done.stage_reports), list(done.notes), None, None

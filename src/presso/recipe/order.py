@@ -22,12 +22,12 @@ def check_stage_order(recipe: Recipe, stages: list, loaded: LoadedModel) -> None
     if loaded.kind != "torch":
         # A student with its own architecture (distill: student mlp / a factory) can learn from
         # an ONNX file or a callable; every stage after it works on that student.
-        first, config = stages[0] if stages else (None, None)
+        config = stages[0][1] if stages else None
         needs_module = getattr(config, "needs_teacher_module", None)  # None: not a distill stage
         what = "an ONNX file" if loaded.kind == "onnx" else "a Python callable"
         if needs_module:
             raise PressoError(
-                f"Recipe '{recipe.name}' stage 1 '{first.name}': student: auto derives the student "
+                f"Recipe '{recipe.name}' stage 1 '{stages[0][0].name}': student: auto derives the student "
                 f"from the teacher's PyTorch architecture, and this teacher is {what}. Use "
                 "student: mlp (flat rows) or your own student factory file.py:fn."
             )
@@ -46,7 +46,7 @@ def check_stage_order(recipe: Recipe, stages: list, loaded: LoadedModel) -> None
             )
     first_onnx = next((i for i, (t, _) in enumerate(stages, 1) if t.domain == "onnx"), None)
     late = [(i, n) for i, n in torch_stages if first_onnx is not None and i > first_onnx]
-    if late:
+    if late and first_onnx is not None:  # late is empty without an ONNX stage
         i, name = late[0]
         raise PressoError(
             f"Recipe '{recipe.name}' stage {i} '{name}' trains the PyTorch model, so it must "

@@ -73,6 +73,11 @@ class Run:
             return evaluate(self.task, outputs, self.ref_cal, self.y_cal, self.calibration.inputs)
         return evaluate(self.task, outputs, self.ref_eval, self.y_eval, self.evaluation.inputs)
 
+    def baseline_metrics(self) -> dict[str, float]:
+        """The fp32 baseline's metrics on the held-out rows."""
+        assert self.baseline_eval is not None  # prepare() sets it before it hands the run out
+        return self.metrics(self.baseline_eval, "evaluation")
+
 
 @dataclass
 class Prepared:
@@ -292,6 +297,7 @@ def _baseline(run: Run) -> Path | None:
         run.baseline_eval = run.ref_eval
         return None
     if run.model.module is None:
+        assert run.model.onnx_path is not None  # neither a module nor a callable: an ONNX file
         shutil.copyfile(run.model.onnx_path, path)
         compact_names(path)
         run.baseline_eval = run.ref_eval

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import InitErrorDetails
 
 from presso.errors import PressoError
 from presso.techniques.registry import techniques
@@ -187,12 +188,11 @@ def _recipe_error(exc: ValidationError) -> str:
 
 def _relocated(exc: ValidationError, drop: int) -> ValidationError:
     """``exc`` with the first ``drop`` parts of its first error's location removed."""
-    err = dict(exc.errors()[0])
-    err["loc"] = tuple(err["loc"][drop:])
-    err.pop("url", None)
-    ctx = err.get("ctx")
-    if ctx and "error" in ctx:  # a validator's exception object: pydantic wants it as is
-        err["ctx"] = {**ctx, "error": ctx["error"]}
+    first = exc.errors()[0]
+    # What from_exception_data reads (it renders the message again from type and ctx).
+    err: InitErrorDetails = {"type": first["type"], "loc": first["loc"][drop:], "input": first["input"]}
+    if "ctx" in first:  # kept as is: a validator's exception object is one of its values
+        err["ctx"] = first["ctx"]
     return ValidationError.from_exception_data(exc.title, [err])
 
 

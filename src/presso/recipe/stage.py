@@ -70,9 +70,9 @@ def run_stage(
             else str(exc).split(" (", 1)[0].split(": ", 1)[-1]
         )
         return _skipped(run, technique.name, index, reason, tried, start.transformer)
-    reason = _not_paying(run, spec.keep_if, start.model, chosen.path)
-    if reason:
-        return _skipped(run, technique.name, index, reason, result.tried, start.transformer)
+    not_paying = _not_paying(run, spec.keep_if, start.model, chosen.path)
+    if not_paying:
+        return _skipped(run, technique.name, index, not_paying, result.tried, start.transformer)
     layers = chosen.layers if chosen.layers is not None else result.layers
     notes = result.notes + chosen.notes
     report = StageReport(
@@ -198,8 +198,9 @@ def _with_storage(layers: list[dict], path: Path) -> list[dict]:
 
 def _verify(run: Run, ranked: Iterable[Candidate], tried: list[Candidate], technique: str):
     """First candidate (best first) that also meets the budget on the held-out rows."""
-    baseline_value = run.metrics(run.baseline_eval, "evaluation")[run.primary]
+    baseline_value = run.baseline_metrics()[run.primary]
     for cand in ranked:
+        assert cand.path is not None  # a ranked candidate passed on calibration: its model was written
         out = run_session(make_session(cand.path), run.evaluation.inputs, EVAL_BATCH)
         metrics = run.metrics(out, "evaluation")
         drop = baseline_value - metrics[run.primary]

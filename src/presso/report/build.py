@@ -11,7 +11,7 @@ from presso.data.dataset import Dataset
 from presso.measure.bench import BenchSettings
 from presso.measure.metrics import one_row_drop
 from presso.model.loaded import LoadedModel
-from presso.report.schema import Report, StageReport, Step
+from presso.report.schema import Budget, InputSpec, ModelFigures, Report, StageReport, Step, Stored
 from presso.runtime.cpu import cpu_features
 from presso.version import __version__
 
@@ -104,6 +104,25 @@ def _one_row_drops(primary: str, run: RunRecord) -> dict[str, float] | None:
     return {k: round(v, 6) for k, v in steps.items() if v is not None} or None
 
 
+def _input_specs(run: RunRecord) -> list[InputSpec]:
+    """Each model input's name, dtype and shape ("batch" first, a dynamic axis by its name)."""
+    sample = run.evaluation.head(1).inputs
+    return [
+        InputSpec(
+            name=n,
+            dtype=str(sample[n].dtype),
+            shape=[
+                "batch",
+                *(
+                    run.model.dynamic_axes.get(n, {}).get(i + 1, int(d))
+                    for i, d in enumerate(sample[n].shape[1:])
+                ),
+            ],
+        )
+        for n in run.model.input_names
+    ]
+
+
 def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
     """The report of a run from what it measured (``recipe``: the recipe as run)."""
     import onnxruntime
@@ -118,19 +137,6 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
     )
     primary = run.primary
     drop = base["metrics"][primary] - comp["metrics"][primary]
-    sample = run.evaluation.head(1).inputs
-    inputs = [
-        {
-            "name": n,
-            "dtype": str(sample[n].dtype),
-            "shape": ["batch"]
-            + [
-                run.model.dynamic_axes.get(n, {}).get(i + 1, int(d))
-                for i, d in enumerate(sample[n].shape[1:])
-            ],
-        }
-        for n in run.model.input_names
-    ]
     return Report(
         presso_version=__version__,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -143,18 +149,18 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
             "has_labels": run.data.has_labels,
             "split": run.split_info,
         },
-        inputs=inputs,
-        budget={
-            "primary_metric": primary,
-            "max_drop": run.max_drop,
-            "baseline": base["metrics"][primary],
-            "compressed": comp["metrics"][primary],
-            "drop": drop,
-            "passed": drop <= run.max_drop + 1e-12,
-            "one_row_drop": _one_row_drops(primary, run),
-        },
-        baseline={"runtime": label, **base},
-        compressed={"runtime": _runtime_label(stage_reports), **comp},
+        inputs=_input_specs(run),
+        budget=Budget(
+            primary_metric=primary,
+            max_drop=run.max_drop,
+            baseline=base["metrics"][primary],
+            compressed=comp["metrics"][primary],
+            drop=drop,
+            passed=drop <= run.max_drop + 1e-12,
+            one_row_drop=_one_row_drops(primary, run),
+        ),
+        baseline=ModelFigures(runtime=label, **base),
+        compressed=ModelFigures(runtime=_runtime_label(stage_reports), **comp),
         ratios={
             "size": None if base["size_bytes"] is None else round(base["size_bytes"] / comp["size_bytes"], 3),
             "latency_speedup": round(base["latency_ms"]["p50"] / comp["latency_ms"]["p50"], 3),
@@ -182,5 +188,5 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
         ],
         steps=measured.steps,
         layer_sizes=measured.layer_sizes,
-        stored=measured.stored,
+        stored=None if measured.stored is None else Stored(**measured.stored),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from presso.report import svg
 from presso.report.html_parts import esc, figure, table
 from presso.report.schema import Report
@@ -47,6 +49,15 @@ footer{color:var(--muted);font-size:.8rem;margin-top:3rem}
 """
 
 _WIDE, _SMALL = 800, 330  # chart widths (px): full-width charts and the three side by side
+
+
+class _SmallChart(TypedDict):
+    """The keyword arguments the three side-by-side step charts share."""
+
+    muted: list[int]
+    width: float
+    height: float
+
 
 _NAV = [
     ("summary", "Summary"),
@@ -185,7 +196,7 @@ def _steps(report: Report) -> str:
     budget = b.baseline - b.max_drop
     rows = report.data.get("split", {}).get("evaluation_rows")
     on = f"the {rows} held-out rows" if rows else "the held-out rows"
-    small = {"muted": muted, "width": _SMALL, "height": 250}
+    small: _SmallChart = {"muted": muted, "width": _SMALL, "height": 250}
     latency = [svg.Series("p50, batch 1", [s.latency_ms for s in steps])]
     quality = [svg.Series(b.primary_metric, [s.quality for s in steps])]
     known = {

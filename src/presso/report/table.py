@@ -22,7 +22,7 @@ def comparison_rows(report: Report) -> list[list[str]]:
             "size",
             _mb(b.size_bytes),
             _mb(c.size_bytes),
-            f"{b.size_bytes / c.size_bytes:.2f}x smaller" if b.size_bytes else "",
+            f"{b.size_bytes / c.size_bytes:.2f}x smaller" if b.size_bytes and c.size_bytes else "",
         ],
         ["parameters", _count(b.parameters), _count(c.parameters), ""],
         [

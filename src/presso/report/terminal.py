@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from presso.report.schema import Report
@@ -68,14 +68,15 @@ def print_front(report: Report, console: Console) -> None:
         return
     metric = report.budget.primary_metric
     table = Table(title=f"Pareto front · study {s.study} · {s.sampler} · pick {s.pick}")
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("trial", "right"),
         ("recipe", "left"),
         (f"{metric} drop", "right"),
         ("p50 ms", "right"),
         ("re-timed ms", "right"),
         ("size kB", "right"),
-    ):
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     front = sorted((t for t in s.trials if t.on_front), key=lambda t: t.latency_ms or 0)
     for t in front:
@@ -86,7 +87,7 @@ def print_front(report: Report, console: Console) -> None:
             f"{t.drop:+.4f}",
             f"{t.latency_ms:.4f}",
             "-" if t.retimed_ms is None else f"{t.retimed_ms:.4f}",
-            f"{t.size_bytes / 1e3:,.1f}",
+            "-" if t.size_bytes is None else f"{t.size_bytes / 1e3:,.1f}",
         )
     console.print(table)
     counts: dict[str, int] = {}

@@ -65,7 +65,11 @@ def _default_rewards(
 ) -> list[float]:
     if len(directions) == 1:
         sign = -1.0 if directions[0] == StudyDirection.MINIMIZE else 1.0
-        return [sign * t.value for t in trials]
+        rewards = []
+        for t in trials:
+            assert t.value is not None  # a complete single-objective trial has its value
+            rewards.append(sign * t.value)
+        return rewards
     ref = np.array([t.values for t in complete_trials], dtype=float).reshape(-1, len(directions))  # (N, M)
     ref = ref[np.isfinite(ref).all(axis=1)]  # an infinite value would flatten everyone else to 0
     if len(ref) == 0:
@@ -222,7 +226,8 @@ class PolicyGradientSampler(optuna.samplers.BaseSampler):
             baseline = r if baseline is None else baseline
             advantage = (r - baseline) / max(math.sqrt(m2 / n), 1e-8)
             # to_internal_repr, not ==: it also matches NaN and float choices stored with rounding.
-            onehot = np.eye(k)[distribution.to_internal_repr(t.params[param_name])]
+            # The choice's index: an int, typed float by optuna's base Distribution.
+            onehot = np.eye(k)[int(distribution.to_internal_repr(t.params[param_name]))]
             logits += self.lr * advantage * (onehot - _softmax(logits))
             baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * r
         floor = min(self.entropy_floor, 0.5 / k)

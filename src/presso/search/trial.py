@@ -17,6 +17,7 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from presso.errors import BudgetError, NothingToDo, PressoError
 from presso.measure.bench import BenchSettings, time_latency
@@ -70,7 +71,7 @@ class TrialRunner:
         # machine that is busier during one trial than another does not reorder them.
         self.reference_ms = reference_ms
         run = prepared.run
-        self.baseline_value = run.metrics(run.baseline_eval, "evaluation")[run.primary]
+        self.baseline_value = run.baseline_metrics()[run.primary]
 
     def __call__(self, trial) -> tuple[float, float, float]:
         import optuna
@@ -88,9 +89,10 @@ class TrialRunner:
                 if key not in ("worker", "seconds"):  # its own worker; it trained nothing
                     trial.set_user_attr(key, value)
             trial.set_user_attr("same_as", same.number)
-            model = None if self.keep_models is None else self.keep_models / f"{same.number}.onnx"
-            if model is not None and model.is_file():  # the front may hold the repeat, not the first
-                shutil.copyfile(model, self.keep_models / f"{trial.number}.onnx")
+            keep = self.keep_models
+            # The front may hold the repeat, not the first.
+            if keep is not None and (keep / f"{same.number}.onnx").is_file():
+                shutil.copyfile(keep / f"{same.number}.onnx", keep / f"{trial.number}.onnx")
             if same.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned(same.user_attrs.get("reason", "pruned"))
             self._constrain(trial, same.user_attrs)
@@ -132,7 +134,7 @@ class TrialRunner:
             latency = measured
             if self.reference_ms is not None and "baseline" in timing:
                 latency = round(measured * self.reference_ms / timing["baseline"].p50_ms, 4)
-            attrs = {
+            attrs: dict[str, Any] = {
                 "drop": round(float(drop), 6),
                 "quality": round(float(done.metrics[run.primary]), 6),
                 "latency_ms": latency,

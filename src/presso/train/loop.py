@@ -81,7 +81,7 @@ class FitSettings:
     max_seconds: float | None = None
 
     def __post_init__(self):
-        bad = None
+        bad: tuple[str, str, object] | None = None  # (option, what it must be, the value given)
         if not (_is_int(self.epochs) and self.epochs >= 0):
             bad = ("epochs", "an int >= 0", self.epochs)
         elif not (finite_number(self.lr) and self.lr > 0):
@@ -167,7 +167,8 @@ def _first(out) -> Tensor:
 
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices and kernels only; biases, norms and quantizer scales are not decayed."""
-    decay, keep = [], []
+    decay: list[nn.Parameter] = []
+    keep: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
@@ -200,6 +201,7 @@ def _train_epoch(
     (module if net is None else net).train()
     n = len(y)
     perm = torch.randperm(n, generator=gen)  # (n,), the same on every rank
+    seen: float  # rows; all_sum returns the ranks' total as a float
     total, seen = 0.0, 0
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
@@ -315,12 +317,13 @@ class _FitRun:
         self.device = param.device if param is not None else torch.device("cpu")
         self.xs, self.y = _columns(train, input_names, "training", self.device)
         names = input_names if input_names is not None else list(train[0])
-        self.val_xs, self.val_y = (
-            _columns(val, names, "validation", self.device) if val is not None else (None, None)
-        )
+        self.val_xs: list[Tensor] | None = None
+        self.val_y: Tensor | None = None
+        if val is not None:
+            self.val_xs, self.val_y = _columns(val, names, "validation", self.device)
         self.path = Path(checkpoint) if checkpoint is not None else None
         self.fingerprint = fingerprint_of(
-            module, settings, len(self.y), None if val is None else len(self.val_y)
+            module, settings, len(self.y), None if self.val_y is None else len(self.val_y)
         )
         self.parallel, self.rank = _dist.active(), _dist.rank()
         self.opt = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
@@ -328,7 +331,9 @@ class _FitRun:
         self.was_training, self.start = module.training, time.monotonic()
         self.history: list[dict] = []
         self.stopped, self.best_epoch, self.since_best = "epochs", 0, 0
-        self.best_score, self.best_state, self.done = math.nan, None, 0
+        self.best_score: float = math.nan
+        self.best_state: dict[str, Tensor] | None = None
+        self.done = 0
 
     def run(self, before_epoch, on_epoch) -> FitReport:
         """Resume or start, train until a stopping rule says so, and leave the module with
@@ -411,13 +416,13 @@ class _FitRun:
         self._keep_best(epoch, score)
         stop = self._stop_reason(epoch)
         if self.path is not None:
-            self._save(epoch, stop)
+            self._save(self.path, epoch, stop)
         if on_epoch is not None:
             on_epoch(row)
         return stop
 
     def _keep_best(self, epoch: int, score: float | None) -> None:
-        if self.val is None:
+        if score is None:  # no validation data (score is None exactly when val is)
             self.best_epoch = epoch
         elif _better(score, self.best_score):
             self.best_score, self.best_state = score, self._snapshot()
@@ -438,6 +443,8 @@ class _FitRun:
         return None
 
     def _validate(self) -> float:
+        # Called only when the fit has validation data, which __init__ turned into tensors.
+        assert self.val is not None and self.val_xs is not None and self.val_y is not None
         out = _predict(self.module, self.val_xs)
         if self.score_fn is None:
             with torch.no_grad():
@@ -447,13 +454,13 @@ class _FitRun:
     def _snapshot(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
-    def _save(self, epoch: int, stop: str | None) -> None:
+    def _save(self, path: Path, epoch: int, stop: str | None) -> None:
         """Rank 0 writes the checkpoint of ``epoch``; every rank waits for it and fails with it."""
         rngs = _dist.gather(torch.get_rng_state()) if self.parallel else [torch.get_rng_state()]
         error = None
         if self.rank == 0:
             try:
-                save_atomic(self._checkpoint(epoch, stop, rngs), self.path)
+                save_atomic(self._checkpoint(epoch, stop, rngs), path)
             except Exception as e:
                 error = e
         # Also the barrier: the other ranks go on once rank 0 has written, and stop if it failed.
@@ -461,7 +468,7 @@ class _FitRun:
         if error is not None:
             raise error
         if not written:
-            raise PressoError(f"Rank 0 could not write the checkpoint {self.path}; see its error.")
+            raise PressoError(f"Rank 0 could not write the checkpoint {path}; see its error.")
 
     def _checkpoint(self, epoch: int, stop: str | None, rngs: list[Tensor]) -> dict:
         """All that the epochs after ``epoch`` need (see :func:`fit`'s ``checkpoint``)."""

@@ -53,7 +53,8 @@ def factorize(
         new, decision = factorize_layer(target, type(target).__name__, sel, require_savings=False)
         if new is None:
             raise PressoError(f"This layer cannot be factorized: {decision.reason}.")
-        new.decision = decision
+        # torch's stub types Module.__setattr__'s value as Tensor | Module; any attribute works.
+        new.decision = decision  # type: ignore[assignment]
         return new
     names = factorizable(target) if layers is None else list(layers)
     missing = [n for n in names if n not in dict(target.named_modules())]
@@ -65,5 +66,5 @@ def factorize(
     decisions = factorize_layers(target, names, sel)
     for d in decisions:
         if d.factorized:
-            target.get_submodule(d.layer).decision = d
+            target.get_submodule(d.layer).decision = d  # type: ignore[assignment]  # as above
     return target

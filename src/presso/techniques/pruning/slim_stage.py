@@ -135,7 +135,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
             label = f"{fraction:.0%} of {what} removed"
             pins = {"ratio": fraction, "ratios": None}  # recipe.yaml re-runs the chosen ratio only
         cand = Candidate(label, dst, module=module, options=pins)
-        if transformer:
+        if ctx.transformer is not None:  # the same test as ``transformer``, narrowed for mypy
             from presso.techniques.pruning.transformer import attention_shape
 
             # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
