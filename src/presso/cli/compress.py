@@ -9,6 +9,7 @@ from presso.cli.common import (
     add_bench_options,
     add_common,
     add_data_options,
+    add_model_options,
     add_run_options,
     bench_settings,
     console,
@@ -48,17 +49,7 @@ from the last finished stage.
 20, or --timeout SECONDS) and writes the front's balanced point; presso search has the
 samplers, constraints and shared studies.""",
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        help="an .onnx file, a Hugging Face model folder, or a "
-        "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module",
-    )
-    p.add_argument(
-        "--example",
-        metavar="NAME",
-        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm",
-    )
+    add_model_options(p)
     add_data_options(p)
     p.add_argument(
         "--recipe",
