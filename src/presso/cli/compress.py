@@ -17,7 +17,7 @@ from presso.cli.common import (
     model_and_data,
     print_json,
 )
-from presso.cli.search import add_search_budget
+from presso.cli.search import add_search_budget, search_defaults
 from presso.cli.search import run as search_run
 
 HELP = "compress a model (or a built-in example) and write model.onnx with its evidence"
@@ -73,7 +73,8 @@ samplers, constraints and shared studies.""",
     add_run_options(p)
     add_bench_options(p)
     add_common(p)
-    p.set_defaults(run=run)
+    # --recipe auto hands these arguments to presso search's run, which reads its own options too
+    p.set_defaults(run=run, **search_defaults())
 
 
 def checkpoint_dir(out: Path) -> Path:

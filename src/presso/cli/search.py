@@ -126,6 +126,15 @@ def _add_search_limits(p: argparse.ArgumentParser) -> None:
     )
 
 
+def search_defaults() -> dict:
+    """The search-only options at their defaults, for presso compress --recipe auto: its parser
+    does not offer them, and this keeps their defaults in one place (the options above)."""
+    scratch = argparse.ArgumentParser(add_help=False)
+    _add_study_options(scratch)
+    _add_search_limits(scratch)
+    return vars(scratch.parse_args([]))
+
+
 def add_search_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trials",
@@ -149,9 +158,9 @@ def run(args, out_default: str = "search") -> int:
     model, data, task, name = model_and_data(args, progress)
     out = Path(args.out or f"presso-{name}-{out_default}")
     techniques = None
-    if getattr(args, "techniques", None):
+    if args.techniques:
         techniques = [t.strip() for t in args.techniques.split(",") if t.strip()]
-    where = getattr(args, "storage", None) or f"{out / 'study.db'}"
+    where = args.storage or f"{out / 'study.db'}"
     args.interrupt_hint = (
         f"Finished trials are kept in the study ({where}): run the same command to continue it."
     )
@@ -161,12 +170,12 @@ def run(args, out_default: str = "search") -> int:
         out=out,
         trials=args.trials if args.trials is not None else (None if args.timeout else 20),
         timeout=args.timeout,
-        storage=getattr(args, "storage", None),
-        study=getattr(args, "study", None),
-        sampler=getattr(args, "sampler", "tpe"),
-        pick=getattr(args, "pick", "balanced"),
-        max_latency_ms=getattr(args, "max_latency_ms", None),
-        max_size_mb=getattr(args, "max_size_mb", None),
+        storage=args.storage,
+        study=args.study,
+        sampler=args.sampler,
+        pick=args.pick,
+        max_latency_ms=args.max_latency_ms,
+        max_size_mb=args.max_size_mb,
         techniques=techniques,
         task=task,
         max_drop=args.max_drop,
@@ -176,8 +185,8 @@ def run(args, out_default: str = "search") -> int:
         calibration_fraction=args.calibration_fraction,
         seq_len=args.seq_len,
         bench=bench_settings(args),
-        trial_rounds=getattr(args, "trial_rounds", 5),
-        keep_front=getattr(args, "keep_front", False),
+        trial_rounds=args.trial_rounds,
+        keep_front=args.keep_front,
         progress=progress,
     )
     found.save(out)
