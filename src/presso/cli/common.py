@@ -16,6 +16,21 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """MODEL and --example: what compress and search start from."""
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="an .onnx file, a Hugging Face model folder, or a "
+        "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module",
+    )
+    parser.add_argument(
+        "--example",
+        metavar="NAME",
+        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm",
+    )
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--data, --target, --weights, --task: what compress and distill read the model and rows with."""
     parser.add_argument(

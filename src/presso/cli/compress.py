@@ -9,6 +9,7 @@ from presso.cli.common import (
     add_bench_options,
     add_common,
     add_data_options,
+    add_model_options,
     add_run_options,
     bench_settings,
     console,
@@ -16,7 +17,7 @@ from presso.cli.common import (
     model_and_data,
     print_json,
 )
-from presso.cli.search import add_search_budget
+from presso.cli.search import add_search_budget, search_defaults
 from presso.cli.search import run as search_run
 
 HELP = "compress a model (or a built-in example) and write model.onnx with its evidence"
@@ -48,17 +49,7 @@ from the last finished stage.
 20, or --timeout SECONDS) and writes the front's balanced point; presso search has the
 samplers, constraints and shared studies.""",
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        help="an .onnx file, a Hugging Face model folder, or a "
-        "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module",
-    )
-    p.add_argument(
-        "--example",
-        metavar="NAME",
-        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm",
-    )
+    add_model_options(p)
     add_data_options(p)
     p.add_argument(
         "--recipe",
@@ -82,7 +73,8 @@ samplers, constraints and shared studies.""",
     add_run_options(p)
     add_bench_options(p)
     add_common(p)
-    p.set_defaults(run=run)
+    # --recipe auto hands these arguments to presso search's run, which reads its own options too
+    p.set_defaults(run=run, **search_defaults())
 
 
 def checkpoint_dir(out: Path) -> Path:

@@ -20,13 +20,7 @@ from presso.cli.common import (
 HELP = "distil a smaller student from a teacher (PyTorch, ONNX or a Python callable) and write it"
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "distill",
-        help=HELP,
-        description=HELP + ".",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""examples:
+_EPILOG = """examples:
   presso distill --example digits --width 0.45
   presso distill --example minilm --depth 3 --width 1 --train-data more-sentences.txt
   presso distill model.py:build --weights model.pt --data rows.npz --student small.py:build
@@ -38,7 +32,16 @@ def register(sub) -> None:
 student trains on (plus --train-data and mixup rows, all labelled by the teacher) and
 held-out rows every reported figure uses. Like compress, presso writes nothing if the
 student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
-(OUT.checkpoint.pt); after an interruption, run the same command with --resume.""",
+(OUT.checkpoint.pt); after an interruption, run the same command with --resume."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "distill",
+        help=HELP,
+        description=HELP + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
     )
     p.add_argument(
         "model",
@@ -53,68 +56,80 @@ student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
         help="a built-in example as the teacher: digits, tabular, forecast, anomaly, minilm",
     )
     add_data_options(p)
-    s = p.add_argument_group("student")
-    s.add_argument(
-        "--student",
-        default="auto",
-        help="auto (derived from the teacher; default), mlp (plain MLP for "
-        "flat rows), or a factory 'file.py:fn' returning your nn.Module",
-    )
-    s.add_argument("--student-weights", metavar="FILE", help="state dict for a factory student")
-    s.add_argument(
-        "--width",
-        type=float,
-        default=None,
-        help="auto: fraction of channels / neurons / heads kept (default 0.45)",
-    )
-    s.add_argument(
-        "--depth", type=int, default=None, help="auto: blocks / transformer layers kept (default all)"
-    )
-    s.add_argument(
-        "--init",
-        choices=["teacher", "random"],
-        default="teacher",
-        help="auto: start from the teacher's weights (default) or from scratch",
-    )
-    s.add_argument(
-        "--hidden", type=int, nargs="+", default=None, metavar="N", help="mlp: hidden sizes (default 64 64)"
-    )
-    t = p.add_argument_group("training")
-    t.add_argument(
-        "--loss",
-        choices=["auto", "kl", "mse", "cosine"],
-        default="auto",
-        help="kl (soft targets; classification), mse, cosine (embeddings); auto picks by task",
-    )
-    t.add_argument(
-        "--alpha",
-        type=float,
-        default=0.9,
-        help="weight of the teacher's soft targets against the labels (default 0.9; 1 = teacher only)",
-    )
-    t.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (default 4)")
-    t.add_argument("--epochs", type=int, default=None, help="default 60 (transformers 3)")
-    t.add_argument("--lr", type=float, default=None, help="AdamW step size (default 1e-3; transformers 1e-4)")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument(
-        "--augment",
-        type=int,
-        default=8,
-        help="mixup copies of the training rows labelled by the teacher (float inputs; default 8, 0 = none)",
-    )
-    t.add_argument(
-        "--train-data",
-        metavar="FILE",
-        help="extra rows to distil on (labels not needed); rows that repeat held-out rows are dropped",
-    )
-    t.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    _add_student_options(p.add_argument_group("student"))
+    _add_training_options(p.add_argument_group("training"))
     p.add_argument("--int8", action="store_true", help="then quantize the student to int8 (accuracy-aware)")
     p.add_argument("--out", metavar="DIR", help="artifact folder (default: ./presso-NAME-student)")
     add_run_options(p)
     add_bench_options(p)
     add_common(p)
     p.set_defaults(run=run)
+
+
+def _add_student_options(group) -> None:
+    """What the student is: derived from the teacher (auto), a plain MLP, or your own factory."""
+    group.add_argument(
+        "--student",
+        default="auto",
+        help="auto (derived from the teacher; default), mlp (plain MLP for "
+        "flat rows), or a factory 'file.py:fn' returning your nn.Module",
+    )
+    group.add_argument("--student-weights", metavar="FILE", help="state dict for a factory student")
+    group.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="auto: fraction of channels / neurons / heads kept (default 0.45)",
+    )
+    group.add_argument(
+        "--depth", type=int, default=None, help="auto: blocks / transformer layers kept (default all)"
+    )
+    group.add_argument(
+        "--init",
+        choices=["teacher", "random"],
+        default="teacher",
+        help="auto: start from the teacher's weights (default) or from scratch",
+    )
+    group.add_argument(
+        "--hidden", type=int, nargs="+", default=None, metavar="N", help="mlp: hidden sizes (default 64 64)"
+    )
+
+
+def _add_training_options(group) -> None:
+    """How the student learns from the teacher, on which rows, and for how long."""
+    group.add_argument(
+        "--loss",
+        choices=["auto", "kl", "mse", "cosine"],
+        default="auto",
+        help="kl (soft targets; classification), mse, cosine (embeddings); auto picks by task",
+    )
+    group.add_argument(
+        "--alpha",
+        type=float,
+        default=0.9,
+        help="weight of the teacher's soft targets against the labels (default 0.9; 1 = teacher only)",
+    )
+    group.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (default 4)")
+    group.add_argument("--epochs", type=int, default=None, help="default 60 (transformers 3)")
+    group.add_argument(
+        "--lr", type=float, default=None, help="AdamW step size (default 1e-3; transformers 1e-4)"
+    )
+    group.add_argument("--batch-size", type=int, default=32)
+    group.add_argument(
+        "--augment",
+        type=int,
+        default=8,
+        help="mixup copies of the training rows labelled by the teacher (float inputs; default 8, 0 = none)",
+    )
+    group.add_argument(
+        "--train-data",
+        metavar="FILE",
+        help="extra rows to distil on (labels not needed); rows that repeat held-out rows are dropped",
+    )
+    group.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
+    group.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
+    )
 
 
 def _options(args, checkpoint: Path) -> dict:

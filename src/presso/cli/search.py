@@ -9,6 +9,7 @@ from presso.cli.common import (
     add_bench_options,
     add_common,
     add_data_options,
+    add_model_options,
     add_run_options,
     bench_settings,
     console,
@@ -20,13 +21,7 @@ from presso.cli.common import (
 HELP = "search the compression space (Optuna) for the best quality / latency / size trade-offs"
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "search",
-        help=HELP,
-        description=HELP + ".",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""examples:
+_EPILOG = """examples:
   presso search --example digits --trials 20
   presso search --example minilm --max-latency-ms 15 --techniques int8,lowrank --trials 8
   presso search model.py:build --weights model.pt --data rows.npz --pick latency --max-size-mb 1
@@ -46,21 +41,35 @@ choices only), rl (a policy-gradient controller over the choices).
 
 The study lives in --out/study.db (SQLite) unless --storage names a database; workers on
 many machines join one study with the same --storage and --study, and the same command
-continues an interrupted study. --trials counts finished trials of the whole study.""",
+continues an interrupted study. --trials counts finished trials of the whole study."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "search",
+        help=HELP,
+        description=HELP + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        help="an .onnx file, a Hugging Face model folder, or a "
-        "factory 'file.py:fn' / 'package.module:fn' returning an nn.Module",
-    )
-    p.add_argument(
-        "--example",
-        metavar="NAME",
-        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm",
-    )
+    add_model_options(p)
     add_data_options(p)
     add_search_budget(p)
+    _add_study_options(p)
+    _add_search_limits(p)
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="search folder: artifact, study.db, trials/ (default: ./presso-NAME-search)",
+    )
+    add_run_options(p)
+    add_bench_options(p)
+    add_common(p)
+    p.set_defaults(run=run)
+
+
+def _add_study_options(p: argparse.ArgumentParser) -> None:
+    """Where the study lives, how its trials are chosen, and which front point is written."""
     p.add_argument(
         "--storage",
         metavar="URL",
@@ -84,6 +93,10 @@ continues an interrupted study. --trials counts finished trials of the whole stu
         choices=["quality", "latency", "size", "balanced"],
         help="which point of the front becomes the artifact (default: balanced)",
     )
+
+
+def _add_search_limits(p: argparse.ArgumentParser) -> None:
+    """The constraints on a point, the families searched, and how trials are timed and kept."""
     p.add_argument(
         "--max-latency-ms",
         type=float,
@@ -111,15 +124,15 @@ continues an interrupted study. --trials counts finished trials of the whole stu
         action="store_true",
         help="also write the model of every Pareto-front point to OUT/front/NNNN.onnx",
     )
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        help="search folder: artifact, study.db, trials/ (default: ./presso-NAME-search)",
-    )
-    add_run_options(p)
-    add_bench_options(p)
-    add_common(p)
-    p.set_defaults(run=run)
+
+
+def search_defaults() -> dict:
+    """The search-only options at their defaults, for presso compress --recipe auto: its parser
+    does not offer them, and this keeps their defaults in one place (the options above)."""
+    scratch = argparse.ArgumentParser(add_help=False)
+    _add_study_options(scratch)
+    _add_search_limits(scratch)
+    return vars(scratch.parse_args([]))
 
 
 def add_search_budget(p: argparse.ArgumentParser) -> None:
@@ -145,9 +158,9 @@ def run(args, out_default: str = "search") -> int:
     model, data, task, name = model_and_data(args, progress)
     out = Path(args.out or f"presso-{name}-{out_default}")
     techniques = None
-    if getattr(args, "techniques", None):
+    if args.techniques:
         techniques = [t.strip() for t in args.techniques.split(",") if t.strip()]
-    where = getattr(args, "storage", None) or f"{out / 'study.db'}"
+    where = args.storage or f"{out / 'study.db'}"
     args.interrupt_hint = (
         f"Finished trials are kept in the study ({where}): run the same command to continue it."
     )
@@ -157,12 +170,12 @@ def run(args, out_default: str = "search") -> int:
         out=out,
         trials=args.trials if args.trials is not None else (None if args.timeout else 20),
         timeout=args.timeout,
-        storage=getattr(args, "storage", None),
-        study=getattr(args, "study", None),
-        sampler=getattr(args, "sampler", "tpe"),
-        pick=getattr(args, "pick", "balanced"),
-        max_latency_ms=getattr(args, "max_latency_ms", None),
-        max_size_mb=getattr(args, "max_size_mb", None),
+        storage=args.storage,
+        study=args.study,
+        sampler=args.sampler,
+        pick=args.pick,
+        max_latency_ms=args.max_latency_ms,
+        max_size_mb=args.max_size_mb,
         techniques=techniques,
         task=task,
         max_drop=args.max_drop,
@@ -172,8 +185,8 @@ def run(args, out_default: str = "search") -> int:
         calibration_fraction=args.calibration_fraction,
         seq_len=args.seq_len,
         bench=bench_settings(args),
-        trial_rounds=getattr(args, "trial_rounds", 5),
-        keep_front=getattr(args, "keep_front", False),
+        trial_rounds=args.trial_rounds,
+        keep_front=args.keep_front,
         progress=progress,
     )
     found.save(out)

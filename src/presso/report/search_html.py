@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from presso.report import svg
 from presso.report.html_parts import esc, figure, table
-from presso.report.schema import Report, SearchTrial
+from presso.report.schema import Report, Search, SearchTrial
 
 
 def search_section(report: Report) -> str:
@@ -12,6 +12,26 @@ def search_section(report: Report) -> str:
     if s is None:
         return ""
     metric = report.budget.primary_metric
+    speed, sizes = _charts(s, metric)
+    front_table, everything, space = _tables(s, metric)
+    return (
+        _intro(s)
+        + figure(
+            speed,
+            f"Each finished trial's {metric} drop on the held-out rows against its batch-1 p50 "
+            "latency; down and to the left is better. Labels mark the Pareto front.",
+        )
+        + figure(sizes, f"Each finished trial's {metric} drop against the bytes of its model.onnx.")
+        + "<h3>Pareto front</h3>"
+        + front_table
+        + f"<details><summary>All {len(s.trials)} trials</summary>{everything}</details>"
+        + f"<details><summary>Search space ({len(s.space)} choices)</summary>{space}</details>"
+    )
+
+
+def _charts(s: Search, metric: str) -> tuple[str, str]:
+    """Every finished trial's drop against its latency, and against its size, in three groups:
+    the front, the other feasible trials, and those outside the constraints."""
     done = [t for t in s.trials if t.state == "complete" and t.drop is not None]
     groups = [
         ("Pareto front", [t for t in done if t.on_front]),
@@ -57,11 +77,17 @@ def search_section(report: Report) -> str:
         quiet=quiet,
         width=800,
     )
+    return speed, sizes
+
+
+def _intro(s: Search) -> str:
+    """The study in a paragraph: where it lives, its trials by state, objectives, constraints, and
+    how the front was decided."""
     limits = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in s.constraints.items() if v is not None)
     counts = {}
     for t in s.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
-    intro = (
+    return (
         f"<p>Study <b>{esc(s.study)}</b> ({esc(s.storage)}), sampler {esc(s.sampler)}: "
         f"{len(s.trials)} trials ({esc(', '.join(f'{n} {k}' for k, n in counts.items()))}) in "
         f"{s.seconds:,.0f} s. Objectives: {esc(', '.join(s.objectives))}, all minimised; constraints: "
@@ -71,6 +97,10 @@ def search_section(report: Report) -> str:
         "put clearly behind it, were re-timed together in one interleaved run, which decided the "
         "front.</p>"
     )
+
+
+def _tables(s: Search, metric: str) -> tuple[str, str, str]:
+    """The front (ordered by re-timed latency), every trial, and the search space, as tables."""
     front = sorted((t for t in s.trials if t.on_front), key=lambda t: t.retimed_ms or t.latency_ms or 0)
     front_table = table(
         ["trial", "recipe", f"{metric} drop", "p50 ms", "re-timed ms", "size kB", "recipe file"],
@@ -93,19 +123,7 @@ def search_section(report: Report) -> str:
         ],
     )
     space = table(["choice", "values"], [[k, ", ".join(map(str, v))] for k, v in s.space.items()])
-    return (
-        intro
-        + figure(
-            speed,
-            f"Each finished trial's {metric} drop on the held-out rows against its batch-1 p50 "
-            "latency; down and to the left is better. Labels mark the Pareto front.",
-        )
-        + figure(sizes, f"Each finished trial's {metric} drop against the bytes of its model.onnx.")
-        + "<h3>Pareto front</h3>"
-        + front_table
-        + f"<details><summary>All {len(s.trials)} trials</summary>{everything}</details>"
-        + f"<details><summary>Search space ({len(s.space)} choices)</summary>{space}</details>"
-    )
+    return front_table, everything, space
 
 
 def _row(t: SearchTrial, picked: int) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # Okabe & Ito's palette, told apart with the common colour-vision deficiencies (yellow last:
@@ -412,80 +412,126 @@ def bar_chart(
         if len(series) > 1
         else ([], 26.0)
     )
-    ns = len(series)
-
-    def bar(k, j, c, v, x, y, w, h):
-        tip = f"{c} \u00b7 {series[j].name}" if ns > 1 else c
-        tip = f"{tip}: {format_value(v, unit)}" + (f" ({muted_note})" if k in muted_set else "")
-        return _rect(x, y, w, h, MUTED if k in muted_set else colour(j), tip)
-
-    if horizontal:
-        chars = min(
-            30, max(len(c) + (len(muted_note) + 3 if k in muted_set else 0) for k, c in enumerate(cats))
-        )
-        left, thick = chars * _CHAR_W + 14, (12.0 if ns == 1 else 9.0)
-        band, plot_top = ns * thick + 7, top + 4
-        plot_bottom = plot_top + band * len(cats)
-        xs = _Scale(ticks[0], ticks[-1], left, width - 18)
-        body += _x_axis(ticks, xs, fmt, plot_top, plot_bottom, _axis_title(value_label, axis_unit))
-        for k, c in enumerate(cats):
-            y = plot_top + k * band + 3.5
-            shown = c + (f" ({muted_note})" if k in muted_set else "")
-            body.append(
-                _text(
-                    left - 6,
-                    y + ns * thick / 2 + 3.5,
-                    clip(shown, chars, middle=True),
-                    anchor="end",
-                    fill=MUTED if k in muted_set else _INK,
-                    tip=shown if len(shown) > chars else None,
-                )
-            )
-            for j in range(ns):
-                v = vals[j][k]
-                if v is not None:
-                    x0, x1 = sorted((xs(0.0), xs(v)))
-                    body.append(bar(k, j, c, v, x0, y + j * thick, x1 - x0, thick - 1))
-                    if not ticks[0] <= v <= ticks[-1]:
-                        body.append(
-                            _text(
-                                x1 - 4 if v > 0 else x0 + 4,
-                                y + j * thick + thick - 3,
-                                f"{format_value(v, unit)} (off scale)",
-                                size=min(thick - 2, 9),
-                                anchor="end" if v > 0 else "start",
-                                fill="#fff",
-                            )
-                        )
-        body.append(_line(xs(0.0), plot_top, xs(0.0), plot_bottom, _INK))
-        body += _ref(ref, xs, plot_top, plot_bottom, horizontal=False)
-        return _root(name, title, width, plot_bottom + 40, body)
-
-    left, plot_top, plot_bottom, right = _left(map(fmt, ticks)), top + 10, height - 36, width - 10
-    band = (right - left) / len(cats)
-    ys = _Scale(ticks[0], ticks[-1], plot_bottom, plot_top)
-    body += _y_grid(ticks, ys, fmt, left, right, _axis_title(value_label, axis_unit))
-    body += _categories(
+    bars = _Bars(
         cats,
-        _Scale(0, len(cats), left + band / 2, right + band / 2),
-        plot_bottom,
-        max(int(band / _CHAR_W), 3),
+        vals,
+        [s.name for s in series],
         muted_set,
         muted_note,
+        unit,
+        ticks,
+        fmt,
+        _axis_title(value_label, axis_unit),
+        factor,
+        ref,
+    )
+    if horizontal:
+        parts, plot_bottom = _horizontal_bars(bars, top, width)
+        return _root(name, title, width, plot_bottom + 40, body + parts)
+    return _root(name, title, width, height, body + _vertical_bars(bars, top, width, height, show_values))
+
+
+@dataclass(frozen=True)
+class _Bars:
+    """What a bar chart draws in either orientation: the categories left after capping, each
+    series' value per category, and the value axis."""
+
+    cats: list[str]
+    vals: list[list[float | None]]  # per series, per category
+    names: list[str]  # the series'
+    muted: set[int]
+    note: str  # what a muted category is, e.g. "skipped"
+    unit: str
+    ticks: list[float]
+    fmt: Callable[[float], str]
+    axis_title: str
+    factor: float  # of the axis unit (e.g. 1e3 for kB), for the values written on vertical bars
+    ref: tuple[float, str] | None
+
+    def bar(self, k: int, j: int, v: float, x: float, y: float, w: float, h: float) -> str:
+        """The bar of series ``j`` at category ``k``, with its exact value as the tooltip."""
+        c = self.cats[k]
+        tip = f"{c} \u00b7 {self.names[j]}" if len(self.names) > 1 else c
+        tip = f"{tip}: {format_value(v, self.unit)}" + (f" ({self.note})" if k in self.muted else "")
+        return _rect(x, y, w, h, MUTED if k in self.muted else colour(j), tip)
+
+
+def _horizontal_bars(b: _Bars, top: float, width: float) -> tuple[list[str], float]:
+    """A row per category, labelled on the left; returns the parts and the plot's bottom (the
+    chart grows with the categories)."""
+    ns = len(b.names)
+    chars = min(30, max(len(c) + (len(b.note) + 3 if k in b.muted else 0) for k, c in enumerate(b.cats)))
+    left, thick = chars * _CHAR_W + 14, (12.0 if ns == 1 else 9.0)
+    band, plot_top = ns * thick + 7, top + 4
+    plot_bottom = plot_top + band * len(b.cats)
+    xs = _Scale(b.ticks[0], b.ticks[-1], left, width - 18)
+    out = _x_axis(b.ticks, xs, b.fmt, plot_top, plot_bottom, b.axis_title)
+    for k, c in enumerate(b.cats):
+        y = plot_top + k * band + 3.5
+        shown = c + (f" ({b.note})" if k in b.muted else "")
+        out.append(
+            _text(
+                left - 6,
+                y + ns * thick / 2 + 3.5,
+                clip(shown, chars, middle=True),
+                anchor="end",
+                fill=MUTED if k in b.muted else _INK,
+                tip=shown if len(shown) > chars else None,
+            )
+        )
+        for j in range(ns):
+            v = b.vals[j][k]
+            if v is not None:
+                x0, x1 = sorted((xs(0.0), xs(v)))
+                out.append(b.bar(k, j, v, x0, y + j * thick, x1 - x0, thick - 1))
+                if not b.ticks[0] <= v <= b.ticks[-1]:
+                    out.append(_off_scale(v, b.unit, x0, x1, y + j * thick + thick - 3, thick))
+    out.append(_line(xs(0.0), plot_top, xs(0.0), plot_bottom, _INK))
+    out += _ref(b.ref, xs, plot_top, plot_bottom, horizontal=False)
+    return out, plot_bottom
+
+
+def _off_scale(v: float, unit: str, x0: float, x1: float, y: float, thick: float) -> str:
+    """The value written in white inside a bar that runs past the axis (the summed "other")."""
+    return _text(
+        x1 - 4 if v > 0 else x0 + 4,
+        y,
+        f"{format_value(v, unit)} (off scale)",
+        size=min(thick - 2, 9),
+        anchor="end" if v > 0 else "start",
+        fill="#fff",
+    )
+
+
+def _vertical_bars(b: _Bars, top: float, width: float, height: float, show_values: bool) -> list[str]:
+    """A column group per category, labelled underneath; ``show_values`` writes each value over
+    its bar where it fits."""
+    ns = len(b.names)
+    left, plot_top, plot_bottom, right = _left(map(b.fmt, b.ticks)), top + 10, height - 36, width - 10
+    band = (right - left) / len(b.cats)
+    ys = _Scale(b.ticks[0], b.ticks[-1], plot_bottom, plot_top)
+    out = _y_grid(b.ticks, ys, b.fmt, left, right, b.axis_title)
+    out += _categories(
+        b.cats,
+        _Scale(0, len(b.cats), left + band / 2, right + band / 2),
+        plot_bottom,
+        max(int(band / _CHAR_W), 3),
+        b.muted,
+        b.note,
     )
     group = band * 0.72
     thick = group / ns
-    for k, c in enumerate(cats):
+    for k in range(len(b.cats)):
         for j in range(ns):
-            v = vals[j][k]
+            v = b.vals[j][k]
             if v is None:
                 continue
             x = left + band * (k + 0.5) - group / 2 + j * thick
             y0, y1 = sorted((ys(0.0), ys(v)))
-            body.append(bar(k, j, c, v, x, y0, thick - 1.5, y1 - y0))
-            short = f"{v / factor:,.0f}" if abs(v / factor) >= 100 else f"{v / factor:.3g}"
+            out.append(b.bar(k, j, v, x, y0, thick - 1.5, y1 - y0))
+            short = f"{v / b.factor:,.0f}" if abs(v / b.factor) >= 100 else f"{v / b.factor:.3g}"
             if show_values and len(short) * 5.4 <= thick + 4:
-                body.append(
+                out.append(
                     _text(
                         x + (thick - 1.5) / 2,
                         max(y0 - 3, plot_top + 8),
@@ -495,9 +541,9 @@ def bar_chart(
                         fill=_SUBTLE,
                     )
                 )
-    body.append(_line(left, ys(0.0), right, ys(0.0), _INK))
-    body += _ref(ref, ys, left, right, horizontal=True)
-    return _root(name, title, width, height, body)
+    out.append(_line(left, ys(0.0), right, ys(0.0), _INK))
+    out += _ref(b.ref, ys, left, right, horizontal=True)
+    return out
 
 
 def line_chart(
@@ -681,30 +727,11 @@ def histogram(
     pooled = sorted(v for d in data for v in d)
     if not pooled:
         return _no_data(name, title, width, height, "no samples")
-    # A few calls 10x slower than the rest (a preempted thread) would squeeze the histogram into
-    # one bin: the axis ends at twice the pooled p95 (or just past the marks), and slower calls
-    # are counted in the last bin.
-    marked = [v for v in (number(m.value) for m in marks) if v is not None]
-    end = min(pooled[-1], max([2 * pooled[int(0.95 * (len(pooled) - 1))]] + [1.1 * v for v in marked]))
-    xt = nice_ticks(*_extent([pooled[0], end], *marked))
-    lo, hi = xt[0], xt[-1]
-    step = _nice((hi - lo) / 30, True)  # about 30 bins, on round edges
-    nbins = max(round((hi - lo) / step), 1)
-    counts = []
-    for d in data:
-        c = [0] * nbins
-        for v in d:
-            c[min(max(int((v - lo) / step), 0), nbins - 1)] += 1
-        counts.append(c)
+    xt, step, counts = _bins(data, pooled, marks)
+    lo, hi, nbins = xt[0], xt[-1], len(counts[0])
     yt = nice_ticks(0, max(4, max(max(c) for c in counts)))
     xfmt, x_axis_unit, _ = _tick_format(xt, unit)
-    entries = [
-        (f"{s.name} ({len(d)} calls)", colour(i), "box")
-        for i, (s, d) in enumerate(zip(series, data, strict=True))
-    ]
-    styles = dict.fromkeys((m.label, m.dash) for m in marks)  # e.g. p50 dashed, p95 dotted
-    entries += [(lab, _INK, "dash" if dash == "5 3" else "dot") for lab, dash in styles]
-    body, top = _legend(entries, width)
+    body, top = _legend(_histogram_entries(series, data, marks), width)
     left, plot_top, plot_bottom, right = _left(f"{t:g}" for t in yt), top + 10, height - 36, width - 14
     xs, ys = _Scale(lo, hi, left, right), _Scale(yt[0], yt[-1], plot_bottom, plot_top)
     body += _y_grid(yt, ys, lambda v: f"{v:g}", left, right, "calls")
@@ -730,31 +757,71 @@ def histogram(
             _rect(xs(a), plot_top, xs(z) - xs(a), plot_bottom - plot_top, "#fff", tip, ' fill-opacity="0"')
         )
     for j, c in enumerate(counts):
-        if not data[j]:
-            continue
-        first, last = next(b for b, n in enumerate(c) if n), max(b for b, n in enumerate(c) if n)
-        d = f"M{_f(xs(lo + first * step))},{_f(ys(0))}"
-        d += "".join(f"V{_f(ys(c[b]))}H{_f(xs(lo + (b + 1) * step))}" for b in range(first, last + 1))
-        d += f"V{_f(ys(0))}"
-        body.append(f'<path d="{d}Z" fill="{colour(j)}" fill-opacity="0.18" stroke="none"/>')
-        body.append(
-            f'<path d="{d}" fill="none" stroke="{colour(j)}" stroke-width="2" '
-            f'stroke-linejoin="round">{_tip(series[j].name)}</path>'
-        )
+        if data[j]:
+            body += _step_outline(c, colour(j), series[j].name, xs, ys, lo, step)
+    body += _mark_lines(marks, series, unit, xs, plot_top, plot_bottom)
+    body.append(_line(left, plot_bottom, right, plot_bottom, _INK))
+    return _root(name, title, width, height, body)
+
+
+def _bins(
+    data: list[list[float]], pooled: list[float], marks: Sequence[Mark]
+) -> tuple[list[float], float, list[list[int]]]:
+    """The x ticks, the width of a bin, and each series' count per bin, on bins every series
+    shares (``pooled`` is all the values, sorted)."""
+    # A few calls 10x slower than the rest (a preempted thread) would squeeze the histogram into
+    # one bin: the axis ends at twice the pooled p95 (or just past the marks), and slower calls
+    # are counted in the last bin.
+    marked = [v for v in (number(m.value) for m in marks) if v is not None]
+    end = min(pooled[-1], max([2 * pooled[int(0.95 * (len(pooled) - 1))]] + [1.1 * v for v in marked]))
+    xt = nice_ticks(*_extent([pooled[0], end], *marked))
+    lo, hi = xt[0], xt[-1]
+    step = _nice((hi - lo) / 30, True)  # about 30 bins, on round edges
+    nbins = max(round((hi - lo) / step), 1)
+    counts = []
+    for d in data:
+        c = [0] * nbins
+        for v in d:
+            c[min(max(int((v - lo) / step), 0), nbins - 1)] += 1
+        counts.append(c)
+    return xt, step, counts
+
+
+def _histogram_entries(
+    series: Sequence[Series], data: list[list[float]], marks: Sequence[Mark]
+) -> list[tuple[str, str, str]]:
+    """Legend entries: a box per series with its number of calls, then one line per kind of mark."""
+    entries = [
+        (f"{s.name} ({len(d)} calls)", colour(i), "box")
+        for i, (s, d) in enumerate(zip(series, data, strict=True))
+    ]
+    styles = dict.fromkeys((m.label, m.dash) for m in marks)  # e.g. p50 dashed, p95 dotted
+    return entries + [(lab, _INK, "dash" if dash == "5 3" else "dot") for lab, dash in styles]
+
+
+def _step_outline(
+    c: list[int], fill: str, name: str, xs: _Scale, ys: _Scale, lo: float, step: float
+) -> list[str]:
+    """One series' counts ``c`` as a filled step shape from its first non-empty bin to its last."""
+    first, last = next(b for b, n in enumerate(c) if n), max(b for b, n in enumerate(c) if n)
+    d = f"M{_f(xs(lo + first * step))},{_f(ys(0))}"
+    d += "".join(f"V{_f(ys(c[b]))}H{_f(xs(lo + (b + 1) * step))}" for b in range(first, last + 1))
+    d += f"V{_f(ys(0))}"
+    return [
+        f'<path d="{d}Z" fill="{fill}" fill-opacity="0.18" stroke="none"/>',
+        f'<path d="{d}" fill="none" stroke="{fill}" stroke-width="2" stroke-linejoin="round">{_tip(name)}</path>',
+    ]
+
+
+def _mark_lines(
+    marks: Sequence[Mark], series: Sequence[Series], unit: str, xs: _Scale, top: float, bottom: float
+) -> list[str]:
+    """A vertical line per mark, in its series' colour; marks without a value or a series are left out."""
+    out = []
     for m in marks:
         if number(m.value) is not None and 0 <= m.series < len(series):
             tip = f"{series[m.series].name} {m.label}: {format_value(m.value, unit)}"
-            body.append(
-                _line(
-                    xs(m.value),
-                    plot_top,
-                    xs(m.value),
-                    plot_bottom,
-                    colour(m.series),
-                    width=2,
-                    dash=m.dash,
-                    tip=tip,
-                )
+            out.append(
+                _line(xs(m.value), top, xs(m.value), bottom, colour(m.series), width=2, dash=m.dash, tip=tip)
             )
-    body.append(_line(left, plot_bottom, right, plot_bottom, _INK))
-    return _root(name, title, width, height, body)
+    return out

@@ -97,11 +97,8 @@ def search(
     """
     out = Path(out)
     _check_options(trials, timeout, sampler, pick, max_latency_ms, max_size_mb, trial_rounds)
+    _check_where(out, storage)
     url = storage or default_url(out)
-    if storage is None:
-        check_search_dir(out)  # the default study.db goes in it
-    else:
-        check_url(storage)  # a bad URL fails now, before the model is loaded
     started = time.perf_counter()
     # A database server that cannot be reached fails now, not after minutes of preparing the
     # model; the default SQLite file is made once the options are known to be sound.
@@ -120,79 +117,134 @@ def search(
         progress=progress,
     )
     try:
-        run = prepared.run
         space = SearchSpace.for_model(prepared, techniques)
-        constraints = Constraints(
-            run.max_drop, max_latency_ms, None if max_size_mb is None else int(max_size_mb * 1e6)
-        )
-        if max_latency_ms is not None:
-            _check_latency_floor(prepared, max_latency_ms)
-        settings = Settings(
-            task=run.task,
-            max_drop=run.max_drop,
-            seed=prepared.seed,
-            calibration_fraction=prepared.calibration_fraction,
-        )
-        if db is None:
-            out.mkdir(parents=True, exist_ok=True)
-            db = open_storage(url)
-        name = study or f"presso-{run.model.name}"
+        constraints = _constraints(prepared, max_latency_ms, max_size_mb)
+        db = _storage(db, out, url)
+        name = study or f"presso-{prepared.run.model.name}"
         the_study = _open_study(
             db, url, name, space, prepared, sampler, trials, constraints, shared=storage is not None
         )
-        models = run.workdir / "models"
-        reference = None
-        if prepared.baseline is not None:
-            with progress.task("timing the baseline (the scale of every trial's latency)"):
-                reference = time_latency(
-                    {"baseline": prepared.baseline}, run.evaluation.head(1).inputs, run.bench
-                )["baseline"].p50_ms
-        runner = TrialRunner(
-            prepared,
-            space,
-            settings,
-            constraints,
-            rounds=trial_rounds,
-            keep_models=models,
-            reference_ms=reference,
+        models = prepared.run.workdir / "models"  # every trial's model: re-timed, and kept with keep_front
+        reference = _run_trials(
+            the_study, prepared, space, constraints, models, trial_rounds, trials, timeout, sampler, progress
         )
-        _optimize(the_study, runner, trials, timeout, progress, grid=sampler == "grid")
-        rows = _rows(the_study, constraints)
-        if out.is_dir():
-            _write_trials(out, rows)  # kept even when nothing below is feasible
-        feasible = [r for r in rows if r["feasible"]]
-        if not feasible:
-            raise BudgetError(_nothing_feasible(rows, constraints, run.primary))
-        scale = _retime(prepared, feasible, models, constraints, reference, progress)
-        feasible = [r for r in feasible if r["feasible"]]
-        front = _front(feasible, scale)
-        for r in rows:
-            r["on_front"] = any(r is f for f in front)
+        rows, front, scale = _settle_front(the_study, out, prepared, constraints, models, reference, progress)
         result, picked = _final(prepared, front, pick, scale, progress)
+        seconds = time.perf_counter() - started
         result.report.search = _report_section(
-            the_study,
-            url,
-            sampler,
-            pick,
-            picked,
-            constraints,
-            space,
-            rows,
-            scale,
-            time.perf_counter() - started,
+            the_study, url, sampler, pick, picked, constraints, space, rows, scale, seconds
         )
-        kept = {}
-        if keep_front:  # copied out of the preparation's folder, which is removed below
-            for r in front:
-                model = models / f"{r['number']}.onnx"
-                if model.is_file():
-                    kept[r["number"]] = shutil.copyfile(model, result._workdir / f"front-{r['number']}.onnx")
+        kept = _keep_front(front, models, result._workdir) if keep_front else {}
         return SearchResult(result, name, redact(url), rows, front, kept)
     finally:
         prepared.close()
 
 
+def _constraints(prepared: Prepared, max_latency_ms: float | None, max_size_mb: float | None) -> Constraints:
+    """The limits every trial is held to; an impossible latency limit fails here, before any trial."""
+    constraints = Constraints(
+        prepared.run.max_drop, max_latency_ms, None if max_size_mb is None else int(max_size_mb * 1e6)
+    )
+    if max_latency_ms is not None:
+        _check_latency_floor(prepared, max_latency_ms)
+    return constraints
+
+
+def _storage(db, out: Path, url: str):
+    """``db`` when a server was opened up front, else the default SQLite file in ``out``, made
+    only now that the options and the model are known to be sound."""
+    if db is not None:
+        return db
+    out.mkdir(parents=True, exist_ok=True)
+    return open_storage(url)
+
+
+def _run_trials(
+    study,
+    prepared: Prepared,
+    space: SearchSpace,
+    constraints: Constraints,
+    models: Path,
+    rounds: int,
+    trials: int | None,
+    timeout: float | None,
+    sampler: str,
+    progress: Progress,
+) -> float | None:
+    """Run trials until the study holds ``trials`` finished ones (every worker's) or ``timeout``
+    passes. Returns the baseline's latency the trials were timed beside: their latencies' scale."""
+    run = prepared.run
+    reference = _baseline_ms(prepared, progress)
+    # Each trial's recipe carries the prepared run's settings, so that it re-runs on the same split.
+    settings = Settings(
+        task=run.task,
+        max_drop=run.max_drop,
+        seed=prepared.seed,
+        calibration_fraction=prepared.calibration_fraction,
+    )
+    runner = TrialRunner(
+        prepared, space, settings, constraints, rounds=rounds, keep_models=models, reference_ms=reference
+    )
+    _optimize(study, runner, trials, timeout, progress, grid=sampler == "grid")
+    return reference
+
+
+def _baseline_ms(prepared: Prepared, progress: Progress) -> float | None:
+    """The baseline's batch-1 p50 now: the scale every trial's latency is reported on (None
+    without an ONNX baseline)."""
+    if prepared.baseline is None:
+        return None
+    run = prepared.run
+    with progress.task("timing the baseline (the scale of every trial's latency)"):
+        timing = time_latency({"baseline": prepared.baseline}, run.evaluation.head(1).inputs, run.bench)
+    return timing["baseline"].p50_ms
+
+
+def _settle_front(
+    study,
+    out: Path,
+    prepared: Prepared,
+    constraints: Constraints,
+    models: Path,
+    reference: float | None,
+    progress: Progress,
+) -> tuple[list[dict], list[dict], float]:
+    """(every trial's row, the front, the re-timing's scale), once the trials are done."""
+    rows = _rows(study, constraints)
+    if out.is_dir():
+        _write_trials(out, rows)  # kept even when nothing below is feasible
+    feasible = [r for r in rows if r["feasible"]]
+    if not feasible:
+        raise BudgetError(_nothing_feasible(rows, constraints, prepared.run.primary))
+    scale = _retime(prepared, feasible, models, constraints, reference, progress)
+    feasible = [r for r in feasible if r["feasible"]]
+    front = _front(feasible, scale)
+    for r in rows:
+        r["on_front"] = any(r is f for f in front)
+    return rows, front, scale
+
+
+def _keep_front(front: list[dict], models: Path, workdir: Path) -> dict[int, Path]:
+    """Copies of the front models this worker ran, out of the preparation's folder (which is
+    removed when the search returns) into the result's."""
+    kept = {}
+    for r in front:
+        model = models / f"{r['number']}.onnx"
+        if model.is_file():
+            kept[r["number"]] = shutil.copyfile(model, workdir / f"front-{r['number']}.onnx")
+    return kept
+
+
 # ------------------------------------------------------------------ checks
+
+
+def _check_where(out: Path, storage: str | None) -> None:
+    """The default study.db goes in ``out``, which must be fit for it; a storage URL must be
+    sound. Both fail before the model is loaded."""
+    if storage is None:
+        check_search_dir(out)
+    else:
+        check_url(storage)
 
 
 def _check_options(trials, timeout, sampler, pick, max_latency_ms, max_size_mb, trial_rounds) -> None:
