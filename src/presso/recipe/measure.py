@@ -3,10 +3,12 @@ peak memory in fresh processes, sizes, the per-stage waterfall, and the storage 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from presso.measure.bench import bench_onnx, bench_torch, bench_with_callable
 from presso.measure.memory import peak_memory_mb
@@ -16,13 +18,19 @@ from presso.recipe.schema import Recipe
 from presso.recipe.stage import StagesRun, StepModel
 from presso.report.build import Measured, build_report
 from presso.report.schema import Report, StageReport, Step
-from presso.techniques.storage import PackConfig, StorageContext, pack_model
+from presso.techniques.contract import Technique
+from presso.techniques.storage import StorageContext
 
 
 def measure(
-    run: Run, baseline_path: Path | None, done: StagesRun, recipe: Recipe, pack: bool
+    run: Run,
+    baseline_path: Path | None,
+    done: StagesRun,
+    recipe: Recipe,
+    storage: Sequence[tuple[Technique, BaseModel]] = (),
 ) -> tuple[Report, Path | None]:
-    """The report of ``done`` (and the packed file, with ``pack``)."""
+    """The report of ``done``, after its ``storage`` stages (pack) wrote the stored file
+    (returned with the report; None without one)."""
     progress = run.progress
     batch1 = run.evaluation.head(1).inputs
     rows = run.bench.throughput_batch if run.model.batch_axis_is_free else 1
@@ -61,17 +69,19 @@ def measure(
     figures = {k: _figures(run, p, timing[k], memory[k], metrics[k]) for k, p in paths.items()}
     waterfall = _waterfall(run, figures, done.steps, step_latency, done.path)
     stage_reports, notes, packed_path, stored = list(done.stage_reports), list(done.notes), None, None
-    if pack:
-        storage = pack_model(done.path, PackConfig(), _storage_context(run, baseline_path, done.steps))
-        packed_path, stored = storage.packed, storage.stored
-        assert storage.stored is not None  # pack always sizes what it wrote
-        figures["compressed"]["stored_bytes"] = storage.stored["bytes"]
-        figures["baseline"]["stored_bytes"] = storage.stored_bytes.get("baseline")
-        waterfall = _with_stored_bytes(waterfall, storage.stored_bytes)
-        update = {"name": "pack", "technique": "pack", "skipped": False}
-        waterfall.append(waterfall[-1].model_copy(update={**update, "stored_bytes": storage.stored["bytes"]}))
-        stage_reports.append(StageReport(**storage.report))
-        notes += storage.notes
+    for technique, config in storage:  # how the weights are stored: after everything else
+        stored_by = technique.run(done.path, config, _storage_context(run, baseline_path, done.steps))
+        packed_path, stored = stored_by.packed, stored_by.stored
+        if stored is not None:
+            figures["compressed"]["stored_bytes"] = stored["bytes"]
+            figures["baseline"]["stored_bytes"] = stored_by.stored_bytes.get("baseline")
+        waterfall = _with_stored_bytes(waterfall, stored_by.stored_bytes)
+        update = {"name": technique.name, "technique": technique.name, "skipped": False}
+        waterfall.append(
+            waterfall[-1].model_copy(update={**update, "stored_bytes": stored and stored["bytes"]})
+        )
+        stage_reports.append(StageReport(**stored_by.report))
+        notes += stored_by.notes
     measured = Measured(
         figures=figures,
         torch_latency=torch_latency,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 from typing_extensions import Unpack
 
 from presso.errors import BudgetError, PressoError
@@ -24,8 +25,10 @@ from presso.recipe.run import EVAL_BATCH, Prepared, Run, RunOptions, RunSettings
 from presso.recipe.schema import Recipe, RecipeSpec, Settings, Stage, load_recipe
 from presso.recipe.stage import StageInput, StagesRun, StepModel, run_stage
 from presso.report.schema import StageReport
+from presso.techniques.contract import Technique
 from presso.techniques.registry import get_technique
 from presso.techniques.storage import StorageContext, store_sparse
+from presso.techniques.storage_config import PackConfig
 
 __all__ = ["Prepared", "RunSettings", "compress", "prepare", "resolved_recipe", "run_recipe", "run_stages"]
 
@@ -166,9 +169,8 @@ def run_recipe(
                     else f"no finished stage in {checkpoint}: starting from the first stage"
                 )
         done = run_stages(run, recipe, prepared.baseline, seed, saved)
-        pack = pack or any(t.domain == "storage" for t, _ in recipe.configs())
         resolved = resolved_recipe(recipe, done.outcomes, run, seed, calibration_fraction)
-        report, packed_path = measure(run, prepared.baseline, done, resolved, pack)
+        report, packed_path = measure(run, prepared.baseline, done, resolved, _storage_stages(recipe, pack))
         if saved is not None:
             saved.remove()  # the run is complete: nothing left to resume
         return CompressionResult(
@@ -199,6 +201,14 @@ def _fingerprint(run: Run, recipe: Recipe, seed: int, calibration_fraction: floa
     if run.data.target is not None:
         arrays.append(np.asarray(run.data.target))
     return run_fingerprint(recipe.model_dump_json(), settings, arrays)
+
+
+def _storage_stages(recipe: Recipe, pack: bool) -> list[tuple[Technique, BaseModel]]:
+    """The recipe's storage stage (at most one, last), or pack when asked for (--packed)."""
+    stages = [(t, c) for t, c in recipe.configs() if t.domain == "storage"]
+    if pack and not stages:
+        stages.append((get_technique("pack"), PackConfig()))
+    return stages
 
 
 def resolved_recipe(
