@@ -104,6 +104,19 @@ def test_the_safer_backup_follows_when_the_fewest_mix_fails_too(tmp_path):
     assert chosen.name == "q+3-fp32" and chosen.options["keep_float"] == ["l0", "l1", "l3"]
 
 
+def test_when_no_mix_can_show_the_missing_margin_the_most_faithful_one_measured_follows(tmp_path):
+    calls: list[str] = []
+    attempt = _additive(CALIBRATION, calls)
+    technique = Technique(list(CALIBRATION), [FP32], attempt, finish=lambda *_: None)
+    result = decide([attempt(None, "q", {})], technique, _context(tmp_path))
+    chosen = _verify(result.ranked, {"l0": 0.01, "l1": 0.01, "l3": 0.01})
+    # 0.03 held out against 0.007 on calibration rows: a mix would need a calibration drop
+    # of 0.01 - 0.023 < 0. None has one; the smallest measured (0.0: only l2, which costs
+    # nothing, quantized) is verified next.
+    assert [c.name for c in result.tried] == ["q", "q+1-fp32", "q+2-fp32", "q+3-fp32"]
+    assert chosen.name == "q+3-fp32" and chosen.score.drop == 0.0
+
+
 class _Outliers(nn.Module):
     """Three layers; the middle one's every 16th input column holds large weights (up to
     +-105x the largest other weight) that meet an always-zero input. Harmless in float,
