@@ -117,6 +117,37 @@ def test_when_no_mix_can_show_the_missing_margin_the_most_faithful_one_measured_
     assert chosen.name == "q+3-fp32" and chosen.score.drop == 0.0
 
 
+def test_a_backup_keeps_every_layer_that_fell_back_before_at_least_as_safe(tmp_path):
+    calibration = {"l0": 0.002, "l1": 0.012, "l2": 0.0, "l3": 0.004}
+    share = {None: 1.0, "int8": 0.5, FP32: 0.0}  # what 8 bits and fp32 leave of a layer's cost
+
+    def drop(costs, precision):
+        return sum(c * share[precision.get(n)] for n, c in costs.items())
+
+    def attempt(_first, name, precision):
+        d = drop(calibration, precision)
+        cand = Candidate(name, None, options={"precision": precision})
+        cand.score = Score("accuracy", 1 - d, d, d <= BUDGET + 1e-12, {})
+        return cand
+
+    technique = Technique(list(calibration), ["int8", FP32], attempt, finish=lambda *_: None)
+    result = decide([attempt(None, "q", {})], technique, _context(tmp_path))
+    heldout = {**calibration, "l0": 0.005}
+    chosen = None
+    for cand in result.ranked:
+        d = drop(heldout, cand.options["precision"])
+        if d <= BUDGET:
+            chosen = cand
+            break
+        cand.heldout_drop = d
+    # q+2-int8 (l1, l3 at 8 bits) keeps 0.010 on calibration rows, 0.013 held out. The
+    # missing 0.003 asks for <= 0.007: l1 alone float (0.006) would meet it but give l3
+    # its 4 bits back; the backup keeps both layers, float (0.002; 0.005 held out).
+    assert [c.name for c in result.tried if c.heldout_drop is not None] == ["q+2-int8"]
+    assert chosen.name == "q+2-fp32"
+    assert "q+1-fp32" not in [c.name for c in result.tried]
+
+
 class _Outliers(nn.Module):
     """Three layers; the middle one's every 16th input column holds large weights (up to
     +-105x the largest other weight) that meet an always-zero input. Harmless in float,

@@ -15,8 +15,10 @@ hashing).
    safer mix built (sensitivity measured then if it was not yet): the fewest most
    sensitive layers whose calibration drop leaves the margin the held-out rows showed
    missing (the budget less the largest excess of a held-out drop over its calibration
-   drop). At most :data:`MAX_MIXES` mixes are offered after the first choices; the stage
-   refuses only when none of them passes.
+   drop), and at least as many layers as far as in every mix that failed before; where no
+   mix meets that margin, the one measured with the smallest calibration drop. At most
+   :data:`MAX_MIXES` mixes are offered after the first choices; the stage refuses only
+   when none of them passes.
 
 A first choice that passes on both sets of rows costs nothing more than before.
 """
@@ -120,14 +122,18 @@ class LayerFallback:
             self._mixes[(k, level)] = cand
         return self._mixes[(k, level)]
 
-    def fewest(self, target: float | None = None) -> Candidate | None:
+    def fewest(self, target: float | None = None, least: tuple[int, int] = (1, 0)) -> Candidate | None:
         """The mix with the fewest layers moved, at the first safer setting that has one,
-        within the budget on the calibration rows (and within ``target``, a stricter drop)."""
-        for level in self.fallbacks:
+        within the budget on the calibration rows (and within ``target``, a stricter drop).
+
+        ``least`` = (k, i): only mixes that move at least k layers to ``fallbacks[i]`` or a
+        safer setting, i.e. at least as safe as every mix that failed before."""
+        k_min, first_level = least
+        for level in self.fallbacks[first_level:]:
             # All layers at fp32 is the original model, not a compressed one.
             top = len(self.layers) - (1 if level == FP32 else 0)
             # Doubling finds a passing count; bisection then finds the smallest one.
-            lo, k, hi = 0, 1, None
+            lo, k, hi = k_min - 1, max(k_min, 1), None
             while k <= top:
                 if _passed(self.mix(k, level), target):
                     hi = k
@@ -141,21 +147,31 @@ class LayerFallback:
             return self.mix(hi, level)
         return None
 
+    def place(self, cand: Candidate) -> tuple[int, int]:
+        """(layers moved, index of the setting in ``fallbacks``) of a mix."""
+        return next((k, self.fallbacks.index(level)) for (k, level), c in self._mixes.items() if c is cand)
+
     def backups(self, chosen: Candidate | None) -> list[Candidate]:
         """Mixes measured at ``chosen``'s setting with more layers moved that pass, fewest first."""
-        at = [(k, level) for (k, level), c in self._mixes.items() if c is chosen]
-        if not at:
+        if chosen is None:
             return []
-        k0, level0 = at[0]
-        more = sorted((k, c) for (k, level), c in self._mixes.items() if level == level0 and k > k0)
+        k0, i0 = self.place(chosen)
+        more = sorted(
+            (k, c) for (k, level), c in self._mixes.items() if level == self.fallbacks[i0] and k > k0
+        )
         return [c for _, c in more if _passed(c)]
 
-    def closest(self, exclude: list[Candidate]) -> Candidate | None:
-        """The mix measured so far with the smallest calibration drop within budget (fewest
-        layers moved among equals), other than ``exclude``."""
-        pool = [(c.score.drop, k, c) for (k, _), c in self._mixes.items() if _passed(c)]
-        pool = [p for p in pool if all(p[2] is not e for e in exclude)]
-        return min(pool, key=lambda p: p[:2])[2] if pool else None
+    def closest(self, exclude: list[Candidate], least: tuple[int, int] = (1, 0)) -> Candidate | None:
+        """The mix measured so far, at least as safe as ``least`` (see :meth:`fewest`) and
+        not in ``exclude``, with the smallest calibration drop within budget (fewest layers
+        moved, then the less safe setting, among equals)."""
+        pool = [
+            (c.score.drop, k, self.fallbacks.index(level), c)
+            for (k, level), c in self._mixes.items()
+            if _passed(c) and k >= least[0] and self.fallbacks.index(level) >= least[1]
+        ]
+        pool = [p for p in pool if all(p[3] is not e for e in exclude)]
+        return min(pool, key=lambda p: p[:3])[3] if pool else None
 
 
 def search(
@@ -236,16 +252,16 @@ def _ranked(
     mixes = LayerFallback(
         technique.layers, technique.base, attempt, technique.fallbacks, start.name, ctx, found, tried
     )
-    offered = list(passing)
+    offered, least = list(passing), (1, 0)
     for _ in range(MAX_MIXES):
         target = _target(offered, ctx)
         if target is not None:
             ctx.log(
                 f"{start.name}: failed on the held-out rows; next mix within a calibration drop of {target:.4f}"
             )
-        cand = mixes.fewest(target)
-        if cand is None or any(cand is o for o in offered):
-            cand = mixes.closest(offered) if target is not None else None
+        cand = mixes.fewest(target, least)
+        if cand is None and target is not None:
+            cand = mixes.closest(offered, least)
         if cand is None:
             return
         found.chosen = cand
@@ -253,6 +269,8 @@ def _ranked(
         technique.finish(cand, found.fallback_of.get(cand.name, {}), found)
         offered.append(cand)
         yield cand
+        # It failed on the held-out rows: the next one moves at least its layers, as far.
+        least = tuple(max(a, b) for a, b in zip(least, mixes.place(cand), strict=True))
 
 
 def each(ranked: Iterable[Candidate], fn: Callable[[Candidate], None]) -> Iterator[Candidate]:
