@@ -136,3 +136,40 @@ def test_per_channel_codebooks_rebuild_exactly_and_fit_better(tmp_path):
     )[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, reference(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_precision_gives_single_layers_more_values_or_keeps_them_float(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)).eval()
+    src, dst = tmp_path / "m.onnx", tmp_path / "k.onnx"
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(src),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
+    conv, gemm = (n.name for n in onnx.load(str(src)).graph.node if n.op_type in ("Conv", "Gemm"))
+    rows = write_kmeans(src, dst, KMeansConfig(bits=2), precision={conv: "8-bit"})
+    assert [(r["node"], r["precision"]) for r in rows] == [
+        (conv, "kmeans 256 values"),
+        (gemm, "kmeans 4 values"),
+    ]
+    stored = {i.name: i for i in onnx.load(str(dst)).graph.initializer}
+    # 72 conv weights have at most 72 distinct values: all kept, one byte an index.
+    assert rows[0]["relative_error"] == 0.0
+    assert [t.data_type for n, t in stored.items() if n.endswith("_index")] == [
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT4,
+    ]
+    rows = write_kmeans(src, dst, KMeansConfig(bits=2), precision={gemm: "fp32"})
+    assert [r["node"] for r in rows] == [conv]  # the float layer has no row: its weight is untouched
+
+
+@pytest.mark.parametrize("bad", [{"a": "9-bit"}, {"a": 8}, {"a": "int8"}])
+def test_bad_precision(bad):
+    from presso.recipe.schema import Recipe, Stage
+
+    with pytest.raises(PressoError, match="stage 1 'kmeans': option 'precision.a'"):
+        Recipe(name="r", stages=[Stage(technique="kmeans", options={"precision": bad})]).configs()

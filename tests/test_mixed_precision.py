@@ -9,7 +9,7 @@ from torch import nn
 import presso
 from presso.measure import BenchSettings
 from presso.techniques.base import Candidate, Score, StageContext
-from presso.techniques.quantization.mixed import FP32, search
+from presso.techniques.quantization.accuracy_aware import FP32, search
 
 QUICK = BenchSettings(rounds=1, throughput_batch=8)
 

@@ -224,7 +224,7 @@ def test_option_typo_far_from_any_name_has_no_suggestion(tmp_path):
     msg = _error(tmp_path, _stages("  - technique: kmeans", "    options: {zzz: 1}"))
     assert msg.endswith(
         ", stage 1 'kmeans': unknown option 'zzz'. "
-        "Allowed options: bits, per_channel, keep_zeros, seed, keep_float."
+        "Allowed options: bits, per_channel, keep_zeros, seed, keep_float, precision."
     )
     assert "did you mean" not in msg
 

@@ -166,9 +166,10 @@ def write_kmeans(
     src: Path, dst: Path, cfg: KMeansConfig, precision: dict[str, str] | None = None
 ) -> list[dict]:
     """Rewrite ``src`` with clustered weights into ``dst``; returns one row per layer.
-    Nodes that ``precision`` maps to ``"fp32"`` stay float."""
+
+    ``precision`` overrides single nodes: ``"fp32"`` leaves the weight float, ``"N-bit"``
+    clusters it to 2^N values instead of the stage's 2^bits (mixed precision)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     from presso.runtime.session import mark_session_config
     from presso.techniques.quantization.weight_only import (
@@ -178,81 +179,92 @@ def write_kmeans(
         to_opset,
     )
 
+    precision = precision or {}
     model = to_opset(onnx.load(str(src)), INT4_OPSET)
-    inits = {i.name: i for i in model.graph.initializer}
     new_nodes, rows = [], []
-    keep = {n for n, p in (precision or {}).items() if p == "fp32"}
+    keep = {n for n, p in precision.items() if p == "fp32"}
     for node_name, op, weight in float_weight_plans(model, keep):
-        w = numpy_helper.to_array(inits[weight])
-        axis = _channel_axis(model, node_name, op) if cfg.per_channel else None
-        if axis is None:
-            codebook, idx = cluster(w, cfg.bits, cfg.seed, keep_zeros=cfg.keep_zeros)
-            rebuilt, offsets = codebook[idx], None
-        else:  # one codebook per output channel; indices offset into the flattened books
-            moved = np.moveaxis(w, axis, 0)
-            books, idx2 = cluster_rows(moved.reshape(moved.shape[0], -1), cfg.bits, keep_zeros=cfg.keep_zeros)
-            idx = np.moveaxis(idx2.reshape(moved.shape), 0, axis)
-            codebook = books.reshape(-1)
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            offsets = (np.arange(books.shape[0], dtype=np.int64) * books.shape[1]).reshape(shape)
-            rebuilt = codebook[idx + offsets]
-        model.graph.initializer.remove(inits[weight])
-        i_name, c_name, one = f"{weight}_index", f"{weight}_codebook", f"{weight}_index_scale"
-        if cfg.bits <= 4:  # packed two indices a byte
-            packed = pack_int4(idx.reshape(-1), signed=False)
-            index = helper.make_tensor(i_name, TensorProto.UINT4, list(idx.shape), packed.tobytes(), raw=True)
-        else:
-            index = numpy_helper.from_array(idx, i_name)
-        model.graph.initializer.extend(
-            [
-                index,
-                numpy_helper.from_array(codebook, c_name),
-                numpy_helper.from_array(np.array(1.0, np.float32), one),
-            ]
-        )
-        gather_in = f"{weight}_index_i"
-        new_nodes += [
-            helper.make_node(
-                "DequantizeLinear", [i_name, one], [f"{weight}_index_f"], name=f"{node_name}/index"
-            ),
-            helper.make_node(
-                "Cast",
-                [f"{weight}_index_f"],
-                [gather_in],
-                to=TensorProto.INT64,
-                name=f"{node_name}/index_int",
-            ),
-        ]
-        if offsets is not None:
-            o_name = f"{weight}_codebook_offsets"
-            model.graph.initializer.append(numpy_helper.from_array(offsets, o_name))
-            new_nodes.append(
-                helper.make_node(
-                    "Add", [gather_in, o_name], [f"{weight}_index_g"], name=f"{node_name}/codebook_offset"
-                )
-            )
-            gather_in = f"{weight}_index_g"
-        new_nodes.append(
-            helper.make_node("Gather", [c_name, gather_in], [weight], axis=0, name=f"{node_name}/codebook")
-        )
-        err = float(np.linalg.norm(rebuilt - w) / max(float(np.linalg.norm(w)), 1e-12))
-        rows.append(
-            {
-                "node": node_name,
-                "op": op,
-                "precision": f"kmeans {2**cfg.bits} values",
-                "granularity": "per channel" if offsets is not None else "per layer",
-                "parameters": int(w.size),
-                "relative_error": round(err, 6),
-            }
-        )
+        bits = int(precision[node_name].split("-")[0]) if node_name in precision else cfg.bits
+        row, nodes = _store_clustered(model, node_name, op, weight, bits, cfg)
+        rows.append(row)
+        new_nodes += nodes
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
     mark_session_config(model, WEIGHT_ONLY_SESSION)  # fold the rebuild once, at load
     onnx.save(model, str(dst))
     return rows
+
+
+def _store_clustered(model, node_name: str, op: str, weight: str, bits: int, cfg: KMeansConfig):
+    """Replace ``weight``'s initializer in ``model`` by 2^bits clustered values: (its
+    per-layer row, the nodes that rebuild the weight at run time)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    init = next(i for i in model.graph.initializer if i.name == weight)
+    w = numpy_helper.to_array(init)
+    axis = _channel_axis(model, node_name, op) if cfg.per_channel else None
+    if axis is None:
+        codebook, idx = cluster(w, bits, cfg.seed, keep_zeros=cfg.keep_zeros)
+        rebuilt, offsets = codebook[idx], None
+    else:  # one codebook per output channel; indices offset into the flattened books
+        moved = np.moveaxis(w, axis, 0)
+        books, idx2 = cluster_rows(moved.reshape(moved.shape[0], -1), bits, keep_zeros=cfg.keep_zeros)
+        idx = np.moveaxis(idx2.reshape(moved.shape), 0, axis)
+        codebook = books.reshape(-1)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        offsets = (np.arange(books.shape[0], dtype=np.int64) * books.shape[1]).reshape(shape)
+        rebuilt = codebook[idx + offsets]
+    model.graph.initializer.remove(init)
+    i_name, c_name, one = f"{weight}_index", f"{weight}_codebook", f"{weight}_index_scale"
+    if bits <= 4:  # packed two indices a byte
+        packed = pack_int4(idx.reshape(-1), signed=False)
+        index = helper.make_tensor(i_name, TensorProto.UINT4, list(idx.shape), packed.tobytes(), raw=True)
+    else:
+        index = numpy_helper.from_array(idx, i_name)
+    model.graph.initializer.extend(
+        [
+            index,
+            numpy_helper.from_array(codebook, c_name),
+            numpy_helper.from_array(np.array(1.0, np.float32), one),
+        ]
+    )
+    gather_in = f"{weight}_index_i"
+    nodes = [
+        helper.make_node("DequantizeLinear", [i_name, one], [f"{weight}_index_f"], name=f"{node_name}/index"),
+        helper.make_node(
+            "Cast", [f"{weight}_index_f"], [gather_in], to=TensorProto.INT64, name=f"{node_name}/index_int"
+        ),
+    ]
+    if offsets is not None:
+        o_name = f"{weight}_codebook_offsets"
+        model.graph.initializer.append(numpy_helper.from_array(offsets, o_name))
+        nodes.append(
+            helper.make_node(
+                "Add", [gather_in, o_name], [f"{weight}_index_g"], name=f"{node_name}/codebook_offset"
+            )
+        )
+        gather_in = f"{weight}_index_g"
+    nodes.append(
+        helper.make_node("Gather", [c_name, gather_in], [weight], axis=0, name=f"{node_name}/codebook")
+    )
+    err = float(np.linalg.norm(rebuilt - w) / max(float(np.linalg.norm(w)), 1e-12))
+    row = {
+        "node": node_name,
+        "op": op,
+        "precision": f"kmeans {2**bits} values",
+        "granularity": "per channel" if offsets is not None else "per layer",
+        "parameters": int(w.size),
+        "relative_error": round(err, 6),
+    }
+    return row, nodes
+
+
+def safer_settings(bits: int) -> list[str]:
+    """The settings a sensitive layer falls back to, in order: more values (16 in the same
+    4-bit container, then 256: 5-8 bits all take a byte per index), then fp32."""
+    return [f"{b}-bit" for b in (4, 8) if b > bits] + ["fp32"]
 
 
 @technique(
@@ -265,4 +277,6 @@ def write_kmeans(
 def cluster_weights(onnx_path: Path, cfg: KMeansConfig, ctx: StageContext) -> StageResult:
     from presso.techniques.quantization.weight_only import accuracy_aware
 
-    return accuracy_aware(onnx_path, cfg, ctx, "kmeans", write_kmeans)
+    return accuracy_aware(
+        onnx_path, cfg, ctx, "kmeans", write_kmeans, fallbacks=tuple(safer_settings(cfg.bits))
+    )

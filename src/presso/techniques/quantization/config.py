@@ -158,6 +158,9 @@ class WeightOnlyConfig(BaseModel):
         return v
 
 
+KMeansBits = Literal["1-bit", "2-bit", "3-bit", "4-bit", "5-bit", "6-bit", "7-bit", "8-bit"]
+
+
 class KMeansConfig(BaseModel):
     """k-means weight clustering: 2^bits shared values per layer, stored as a codebook and
     packed indices (two a byte for bits <= 4)."""
@@ -172,3 +175,6 @@ class KMeansConfig(BaseModel):
     keep_zeros: bool = True
     seed: int = 0
     keep_float: list[str] = Field(default_factory=list)  # ONNX node names left in fp32
+    # ONNX node name -> "N-bit": 2^N values for that layer (mixed precision; presso fills it
+    # in the resolved recipe when sensitive layers fall back to more values)
+    precision: dict[str, KMeansBits] = Field(default_factory=dict)

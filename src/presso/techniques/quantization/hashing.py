@@ -325,6 +325,7 @@ def write_hashed(
 )
 def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> StageResult:
     """The ``hashed`` technique: hash, fine-tune, export, store K values per layer."""
+    from presso.techniques.quantization.accuracy_aware import each
     from presso.techniques.quantization.weight_only import accuracy_aware
 
     if ctx.module is None or ctx.export is None:
@@ -366,12 +367,15 @@ def hash_weights(onnx_path: Path, cfg: HashedConfig, ctx: StageContext) -> Stage
     matched = match_initializers(exported, {name: h.weight for name, h in hashed.items()})
     layers = {weight: (hashed[name], transposed) for name, (_, weight, transposed) in matched.items()}
     result = accuracy_aware(exported, cfg, ctx, "hashed", functools.partial(write_hashed, layers=layers))
-    for cand in result.tried:
+
+    def own(cand) -> None:
         cand.module = module
+        # no DequantizeLinear here: the weight-only session note does not apply
+        cand.notes = [n for n in cand.notes if "disable_quant_qdq" not in n]
+
+    result.ranked = each(result.ranked, own)  # mixes are built lazily, as the pipeline verifies
     stored = sum(h.k for h in hashed.values() if h.name in matched)
     total = sum(h.weight.size for h in hashed.values() if h.name in matched)
-    for cand in result.ranked:  # no DequantizeLinear here: the weight-only session note does not apply
-        cand.notes = [n for n in cand.notes if "disable_quant_qdq" not in n]
     result.notes[:0] = [
         *notes,
         (

@@ -2,15 +2,17 @@
 
 Accuracy-aware: every variant that fits the model is quantized, scored on the
 calibration rows against the budget and timed; the passing ones are returned fastest
-first. If none passes, the most sensitive layers of the most faithful variant fall back
-to fp32 (``mixed.py``) before giving up. Nothing here assumes a speed-up: it is measured.
+first. If none passes, or none passes on the held-out rows, the most sensitive layers of
+the most faithful variant fall back to fp32 (``accuracy_aware.py``) before giving up. Nothing here assumes a speed-up: it is measured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from presso.errors import PressoError
@@ -20,8 +22,8 @@ from presso.runtime.cpu import cpu_features
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.graph import float_weight_nodes, weighted_nodes
+from presso.techniques.quantization.accuracy_aware import FP32, MixedSearch, Technique, annotate, decide
 from presso.techniques.quantization.config import Int8Config
-from presso.techniques.quantization.mixed import FP32, MixedSearch, annotate, search
 from presso.techniques.quantization.search import INT8
 
 _QUANTIZED_OPS = {
@@ -243,25 +245,42 @@ def _quantize(
     )
 
 
-@technique(
-    "int8",
-    config=Int8Config,
-    domain="onnx",
-    summary=("int8 post-training quantization on ONNX Runtime integer kernels, accuracy-aware"),
-    search=INT8,
-)
-def quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
+@contextlib.contextmanager
+def _quiet_in(workdir: Path):
     root = logging.getLogger()
     level, cwd = root.level, os.getcwd()
     root.setLevel(logging.ERROR)  # ORT's quantizer logs advice at WARNING on the root logger
     # ORT's shape inference drops temporary files (sym_shape_infer_temp.onnx, <uuid>.data
     # of the model's size) into the current directory; keep them out of the user's.
-    os.chdir(ctx.workdir)
+    os.chdir(workdir)
     try:
-        return _quantize_int8(Path(onnx_path).resolve(), cfg, ctx)
+        yield
     finally:
         os.chdir(cwd)
         root.setLevel(level)
+
+
+def _quietly_in(workdir: Path, ranked: Iterable[Candidate]) -> Iterator[Candidate]:
+    """``ranked``, each next candidate built inside :func:`_quiet_in`."""
+    it = iter(ranked)
+    while True:
+        with _quiet_in(workdir):
+            cand = next(it, None)
+        if cand is None:
+            return
+        yield cand
+
+
+@technique(
+    "int8",
+    config=Int8Config,
+    domain="onnx",
+    summary="int8 post-training quantization on ONNX Runtime integer kernels, accuracy-aware",
+    search=INT8,
+)
+def quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
+    with _quiet_in(ctx.workdir):
+        return _quantize_int8(Path(onnx_path).resolve(), cfg, ctx)
 
 
 def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
@@ -313,42 +332,39 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         return cand
 
     base_exclude = list(cfg.keep_float)
-    tried = [attempt(v, base_exclude) for v in variants]
-    passing = [c for c in tried if c.score is not None and c.score.passed]
-    found = MixedSearch(chosen=None)
-    if not passing:
+
+    def mixed_attempt(start: Candidate, name: str, precision: dict[str, str]) -> Candidate:
         # Mixed precision: the most sensitive layers of the most faithful variant stay fp32.
-        scored = [c for c in tried if c.score is not None]
-        best = max(scored, key=lambda c: c.score.value, default=None)
-        if best is not None:
-            variant = best.options["variants"][0]
+        return attempt(
+            start.options["variants"][0], sorted(n for n, p in precision.items() if p == FP32), name
+        )
 
-            def mixed_attempt(name: str, precision: dict[str, str]) -> Candidate:
-                return attempt(variant, sorted(n for n, p in precision.items() if p == FP32), name)
+    ops = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
 
-            layers = [n for n in weighted if n not in base_exclude]
-            found = search(best, layers, {n: FP32 for n in base_exclude}, mixed_attempt, [FP32], variant, ctx)
-            tried += found.tried
-            if found.chosen is not None:
-                passing += [found.chosen, *found.backups]
+    def finish(cand: Candidate, fell_back: dict[str, str], found: MixedSearch) -> None:
+        # each candidate's own per-layer table: the pipeline may verify any
+        cand.layers, cand.notes = _layer_rows(cand, weighted, ops, fell_back, found, cfg, ctx)
 
-    if passing:
-        timings = ctx.time_models({c.name: c.path for c in passing})
-        for c in passing:
-            c.timed(timings[c.name])
-        passing = rank(passing)
-
-    if passing:
-        ops = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
-        for cand in passing:  # each candidate's own per-layer table: the pipeline may verify any
-            cand.layers, cand.notes = _layer_rows(cand, weighted, ops, found, cfg, ctx)
-    return StageResult(ranked=passing, tried=tried, notes=notes, layers=passing[0].layers if passing else [])
+    technique = Technique(
+        layers=[n for n in weighted if n not in base_exclude],
+        fallbacks=[FP32],
+        attempt=mixed_attempt,
+        finish=finish,
+        base={n: FP32 for n in base_exclude},
+        rank=rank,
+    )
+    result = decide([attempt(v, base_exclude) for v in variants], technique, ctx)
+    result.notes = notes
+    # Mixes are quantized lazily, while the pipeline verifies: in the workdir, quietly, too.
+    result.ranked = _quietly_in(work, result.ranked)
+    return result
 
 
 def _layer_rows(
     cand: Candidate,
     weighted: list[str],
     ops: dict[str, str],
+    fell_back: dict[str, str],
     found: MixedSearch,
     cfg: Int8Config,
     ctx: StageContext,
@@ -364,7 +380,6 @@ def _layer_rows(
             f"{len(still_float)} weighted node(s) stay fp32 ({', '.join(kinds)}): "
             "ONNX Runtime has no integer kernel for them in this variant, or they were kept float"
         )
-    fell_back = found.fallback_of.get(cand.name, {})
     if fell_back:
         notes.append(
             f"mixed precision: the {len(fell_back)} most sensitive layer(s) stay fp32 "

@@ -39,6 +39,7 @@ def grids_by_initializer(onnx_path: Path, module, qparams: dict) -> dict:
     summary=("quantization-aware fine-tuning (STE / learned step size), stored as packed 2-8-bit weights"),
 )
 def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageResult:
+    from presso.techniques.quantization.accuracy_aware import each
     from presso.techniques.quantization.qat import (
         convert,
         prepare_qat,
@@ -92,8 +93,7 @@ def quantize_aware(onnx_path: Path, cfg: QATConfig, ctx: StageContext) -> StageR
     result = accuracy_aware(
         exported, cfg, ctx, "qat", writer, fallbacks=("int8", "fp32") if cfg.bits < 8 else ("fp32",)
     )
-    for cand in result.tried:
-        cand.module = module
+    result.ranked = each(result.ranked, lambda c: setattr(c, "module", module))  # mixes come lazily
     result.notes.insert(
         0,
         (

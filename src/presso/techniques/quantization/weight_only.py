@@ -417,93 +417,110 @@ def write_int4(
 def accuracy_aware(
     onnx_path: Path, cfg, ctx: StageContext, name: str, writer, fallbacks: tuple[str, ...] = ("fp32",)
 ) -> StageResult:
-    """Write ``onnx_path`` with ``writer``; if the budget breaks, the most sensitive layers
-    fall back (``mixed.search``). Shared by the weight-storage techniques.
+    """Write ``onnx_path`` with ``writer``; where the budget needs it, the accuracy-aware
+    mechanism (``accuracy_aware.decide``) moves the fewest most sensitive layers to the
+    safer settings ``fallbacks``. Shared by the weight-storage techniques.
 
     ``writer(src, dst, cfg, precision)`` writes the model with ``precision[node]`` (one of
-    ``fallbacks``) overriding the technique's own precision, and returns per-layer rows.
+    ``fallbacks``) overriding the technique's own setting, and returns per-layer rows.
     """
     import onnx
 
     from presso.techniques.graph import weighted_nodes
-    from presso.techniques.quantization.mixed import FP32, annotate, search
+    from presso.techniques.quantization.accuracy_aware import FP32, Technique, decide
 
     layers_of: dict[str, list[dict]] = {}
-
-    def attempt(variant: str, precision: dict[str, str]) -> Candidate:
-        dst = ctx.workdir / f"{variant.replace('/', '_')}.onnx"
-        ctx.log(f"{name}: writing weights ({variant})")
-        keep = sorted(n for n, p in precision.items() if p == FP32)
-        options = {"keep_float": keep}
-        wider = {n: p for n, p in precision.items() if p != FP32}
-        if wider:
-            options["precision"] = wider
-        cand = Candidate(variant, dst, options=options)
-        try:
-            layers_of[variant] = writer(onnx_path, dst, cfg, precision)
-            cand.score = ctx.score(dst)
-        except PressoError:
-            raise  # the user's options do not fit the model: say so, do not retry
-        except Exception as exc:  # noqa: BLE001 - a graph this writer or ORT cannot handle is a failed variant
-            msg = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
-            cand.path, cand.note = None, f"{name} failed: {msg[:200]}"
-        return cand
-
+    attempt = functools.partial(_write_and_score, Path(onnx_path), cfg, ctx, name, writer, layers_of)
     base = {n: FP32 for n in cfg.keep_float}
     base.update(getattr(cfg, "precision", None) or {})
     first = attempt(name, base)
     proto = onnx.load(str(onnx_path), load_external_data=False)
-    layers = [n for n, _, _ in float_weight_plans(proto, set(base))]
-    found = search(first, layers, base, attempt, list(fallbacks), name, ctx)
-    tried = [first, *found.tried]
-    ranked = [found.chosen, *found.backups] if found.chosen is not None else []
-    if ranked:
-        timings = ctx.time_models({c.name: c.path for c in ranked})
-        for c in ranked:
-            c.timed(timings[c.name])
-    weighted = weighted_nodes(proto)
-    for c in ranked:  # each candidate's own per-layer table: the pipeline may verify a backup
-        fell_back = found.fallback_of.get(c.name, {})
-        rows = annotate(layers_of.get(c.name, []), found, fell_back)
-        kept = sorted(set(weighted) - {row["node"] for row in rows})
-        c.layers = rows + [
-            {
-                "node": n,
-                "precision": FP32,
-                **({"sensitivity": round(found.sensitivity[n], 6)} if n in found.sensitivity else {}),
-                **(
-                    {
-                        "reason": annotate([{"node": n}], found, fell_back)[0].get(
-                            "reason", "kept float by the recipe"
-                        )
-                    }
-                    if n in fell_back or n in base
-                    else {}
-                ),
-            }
-            for n in kept
-        ]
-        c.notes = [
-            (
-                f"{len(rows)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
-                "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
-                "restores the float weights once at load: set it too when loading model.onnx "
-                "with plain onnxruntime, or the weights are rebuilt on every call"
+    technique = Technique(
+        layers=[n for n, _, _ in float_weight_plans(proto, set(base))],
+        fallbacks=fallbacks,
+        attempt=lambda _first, variant, precision: attempt(variant, precision),
+        finish=functools.partial(
+            _finish, name=name, layers_of=layers_of, weighted=weighted_nodes(proto), base=base
+        ),
+        base=base,
+    )
+    return decide([first], technique, ctx)
+
+
+def _write_and_score(
+    onnx_path: Path,
+    cfg,
+    ctx: StageContext,
+    name: str,
+    writer,
+    layers_of: dict[str, list[dict]],
+    variant: str,
+    precision: dict[str, str],
+) -> Candidate:
+    """``onnx_path`` written with ``precision`` overriding single layers, then scored."""
+    dst = ctx.workdir / f"{variant.replace('/', '_')}.onnx"
+    ctx.log(f"{name}: writing weights ({variant})")
+    options: dict = {"keep_float": sorted(n for n, p in precision.items() if p == "fp32")}
+    wider = {n: p for n, p in precision.items() if p != "fp32"}
+    if wider:
+        options["precision"] = wider
+    cand = Candidate(variant, dst, options=options)
+    try:
+        layers_of[variant] = writer(onnx_path, dst, cfg, precision)
+        cand.score = ctx.score(dst)
+    except PressoError:
+        raise  # the user's options do not fit the model: say so, do not retry
+    except Exception as exc:  # noqa: BLE001 - a graph this writer or ORT cannot handle is a failed variant
+        msg = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
+        cand.path, cand.note = None, f"{name} failed: {msg[:200]}"
+    return cand
+
+
+def _finish(
+    cand: Candidate,
+    fell_back: dict[str, str],
+    found,
+    *,
+    name: str,
+    layers_of: dict[str, list[dict]],
+    weighted: list[str],
+    base: dict[str, str],
+) -> None:
+    """Per-layer rows and notes of one candidate: the pipeline may verify any of them."""
+    from presso.techniques.quantization.accuracy_aware import annotate
+
+    rows = annotate(layers_of.get(cand.name, []), found, fell_back)
+    kept = sorted(set(weighted) - {row["node"] for row in rows})
+    for n in kept:
+        row = {"node": n, "precision": "fp32"}
+        if n in found.sensitivity:
+            row["sensitivity"] = round(found.sensitivity[n], 6)
+        if n in fell_back or n in base:
+            row["reason"] = annotate([{"node": n}], found, fell_back)[0].get(
+                "reason", "kept float by the recipe"
             )
-        ]
-        if kept:
-            c.notes.append(
-                f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}"
-                + (" ..." if len(kept) > 6 else "")
-            )
-        if fell_back:
-            c.notes.append(
-                f"mixed precision: {len(fell_back)} most sensitive layer(s) fell back "
-                f"({', '.join(f'{n} -> {p}' for n, p in list(fell_back.items())[:4])}"
-                f"{' ...' if len(fell_back) > 4 else ''}); sensitivity of every layer is "
-                "in the per-layer table"
-            )
-    return StageResult(ranked=ranked, tried=tried, notes=[], layers=ranked[0].layers if ranked else [])
+        rows.append(row)
+    cand.layers = rows
+    cand.notes = [
+        (
+            f"{len(rows) - len(kept)} layers store {name} weights; presso.load() runs them with ONNX Runtime "
+            "session option session.disable_quant_qdq=1 (recorded in the model's metadata), which "
+            "restores the float weights once at load: set it too when loading model.onnx "
+            "with plain onnxruntime, or the weights are rebuilt on every call"
+        )
+    ]
+    if kept:
+        cand.notes.append(
+            f"{len(kept)} weighted layers stay fp32: {', '.join(kept[:6])}"
+            + (" ..." if len(kept) > 6 else "")
+        )
+    if fell_back:
+        cand.notes.append(
+            f"mixed precision: {len(fell_back)} most sensitive layer(s) fell back "
+            f"({', '.join(f'{n} -> {p}' for n, p in list(fell_back.items())[:4])}"
+            f"{' ...' if len(fell_back) > 4 else ''}); sensitivity of every layer is "
+            "in the per-layer table"
+        )
 
 
 def calibrate(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageContext, name: str) -> Calibrated:

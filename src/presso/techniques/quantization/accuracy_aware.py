@@ -1,0 +1,300 @@
+"""Accuracy-aware compression of weights: the one mechanism of every technique that
+changes them (int8, int4, int3 and the other weight-only formats, k-means clustering,
+hashing).
+
+1. The technique's first choices (int8: each variant; the others: one) are written and
+   scored on the calibration rows; those within the budget come first in ``ranked``.
+2. Where none is, the sensitivity of every layer is measured once: the drop of the primary
+   metric on the calibration rows when *only that layer* is changed (every other layer
+   float). The fewest most sensitive layers then move to the technique's next safer
+   setting (more bits, more centroids), then to fp32, until the calibration score is
+   within budget. The number of layers is found by doubling and bisection, so a model
+   with n layers costs n + O(log n) scorings.
+3. The pipeline verifies ``ranked`` in order on the held-out rows and keeps the first one
+   within budget. ``ranked`` is lazy: only when a candidate fails there is the next,
+   safer mix built (sensitivity measured then if it was not yet): the fewest most
+   sensitive layers whose calibration drop leaves the margin the held-out rows showed
+   missing (the budget less the largest excess of a held-out drop over its calibration
+   drop), and at least as many layers as far as in every mix that failed before; where no
+   mix meets that margin, the one measured with the smallest calibration drop. At most
+   :data:`MAX_MIXES` mixes are offered after the first choices; the stage refuses only
+   when none of them passes.
+
+A first choice that passes on both sets of rows costs nothing more than before.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from presso.techniques.base import Candidate, StageContext, StageResult
+
+FP32 = "fp32"
+# The fewest-layers mix, then two safer backups, each verified on the held-out rows.
+MAX_MIXES = 3
+
+# attempt(variant name, {node: setting}) -> a scored candidate (score None when it failed)
+Attempt = Callable[[str, dict[str, str]], Candidate]
+
+
+@dataclass
+class MixedSearch:
+    """What the mechanism measured: the candidate that passed (or None), the sensitivity
+    of every layer, and every mix tried on the way."""
+
+    chosen: Candidate | None
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    tried: list[Candidate] = field(default_factory=list)
+    # Other passing mixes at the chosen setting with more layers fallen back, fewest first.
+    backups: list[Candidate] = field(default_factory=list)
+    fallback_of: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate -> fallbacks
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """Fallback setting per node of the chosen candidate (empty when none fell back)."""
+        return self.fallback_of.get(self.chosen.name, {}) if self.chosen is not None else {}
+
+
+def _passed(c: Candidate, target: float | None = None) -> bool:
+    """Within the budget on the calibration rows, and within ``target`` when one is set."""
+    if c.score is None or not c.score.passed:
+        return False
+    return target is None or c.score.drop <= target + 1e-12
+
+
+def sensitivities(
+    layers: list[str], base: dict[str, str], attempt: Attempt, name: str, ctx: StageContext
+) -> dict[str, float]:
+    """Drop of the primary metric with only ``layer`` changed, for each layer."""
+    out: dict[str, float] = {}
+    for i, layer in enumerate(layers, 1):
+        ctx.log(f"{name}: sensitivity of layer {i}/{len(layers)} ({layer})")
+        alone = {**base, **{other: FP32 for other in layers if other != layer}}
+        cand = attempt(f"{name}-only-{layer}", alone)
+        # A layer whose change cannot even be written or run is maximally sensitive.
+        out[layer] = cand.score.drop if cand.score is not None else float("inf")
+    return out
+
+
+class LayerFallback:
+    """Mixes of one first choice: its ``k`` most sensitive layers at one safer setting.
+
+    Each mix is written and scored once (a later, stricter search reuses it) and added to
+    ``tried``; the sensitivity of the layers is measured on first need."""
+
+    def __init__(
+        self,
+        layers: list[str],
+        base: dict[str, str],
+        attempt: Attempt,
+        fallbacks: Sequence[str],
+        name: str,
+        ctx: StageContext,
+        found: MixedSearch | None = None,
+        tried: list[Candidate] | None = None,
+    ):
+        self.layers, self.base, self.attempt = layers, base, attempt
+        self.fallbacks, self.name, self.ctx = list(fallbacks), name, ctx
+        self.found = found if found is not None else MixedSearch(chosen=None)
+        self.tried = tried if tried is not None else self.found.tried
+        self._mixes: dict[tuple[int, str], Candidate] = {}
+
+    @functools.cached_property
+    def order(self) -> list[str]:
+        """The layers, most sensitive first."""
+        sens = sensitivities(self.layers, self.base, self.attempt, self.name, self.ctx)
+        self.found.sensitivity.update(sens)
+        return sorted(self.layers, key=lambda n: -sens[n])
+
+    def mix(self, k: int, level: str) -> Candidate:
+        """The first choice with its ``k`` most sensitive layers at ``level``."""
+        if (k, level) not in self._mixes:
+            moved = {n: level for n in self.order[:k]}
+            cand = self.attempt(f"{self.name}+{k}-{level}", {**self.base, **moved})
+            shown = ", ".join(self.order[:k][:4]) + (" ..." if k > 4 else "")
+            cand.note = (
+                cand.note + "; " if cand.note else ""
+            ) + f"{k} most sensitive layer(s) at {level}: {shown}"
+            self.found.fallback_of[cand.name] = moved
+            self.tried.append(cand)
+            self._mixes[(k, level)] = cand
+        return self._mixes[(k, level)]
+
+    def fewest(self, target: float | None = None, least: tuple[int, int] = (1, 0)) -> Candidate | None:
+        """The mix with the fewest layers moved, at the first safer setting that has one,
+        within the budget on the calibration rows (and within ``target``, a stricter drop).
+
+        ``least`` = (k, i): only mixes that move at least k layers to ``fallbacks[i]`` or a
+        safer setting, i.e. at least as safe as every mix that failed before."""
+        k_min, first_level = least
+        for level in self.fallbacks[first_level:]:
+            # All layers at fp32 is the original model, not a compressed one.
+            top = len(self.layers) - (1 if level == FP32 else 0)
+            # Doubling finds a passing count; bisection then finds the smallest one.
+            lo, k, hi = k_min - 1, max(k_min, 1), None
+            while k <= top:
+                if _passed(self.mix(k, level), target):
+                    hi = k
+                    break
+                lo, k = k, (top if k < top < 2 * k else 2 * k)
+            if hi is None:
+                continue
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if _passed(self.mix(mid, level), target) else (mid, hi)
+            return self.mix(hi, level)
+        return None
+
+    def place(self, cand: Candidate) -> tuple[int, int]:
+        """(layers moved, index of the setting in ``fallbacks``) of a mix."""
+        return next((k, self.fallbacks.index(level)) for (k, level), c in self._mixes.items() if c is cand)
+
+    def backups(self, chosen: Candidate | None) -> list[Candidate]:
+        """Mixes measured at ``chosen``'s setting with more layers moved that pass, fewest first."""
+        if chosen is None:
+            return []
+        k0, i0 = self.place(chosen)
+        more = sorted(
+            (k, c) for (k, level), c in self._mixes.items() if level == self.fallbacks[i0] and k > k0
+        )
+        return [c for _, c in more if _passed(c)]
+
+    def closest(self, exclude: list[Candidate], least: tuple[int, int] = (1, 0)) -> Candidate | None:
+        """The mix measured so far, at least as safe as ``least`` (see :meth:`fewest`) and
+        not in ``exclude``, with the smallest calibration drop within budget (fewest layers
+        moved, then the less safe setting, among equals)."""
+        pool = [
+            (c.score.drop, k, self.fallbacks.index(level), c)
+            for (k, level), c in self._mixes.items()
+            if _passed(c) and k >= least[0] and self.fallbacks.index(level) >= least[1]
+        ]
+        pool = [p for p in pool if all(p[3] is not e for e in exclude)]
+        return min(pool, key=lambda p: p[:3])[3] if pool else None
+
+
+def search(
+    first: Candidate,
+    layers: list[str],
+    base: dict[str, str],
+    attempt: Attempt,
+    fallbacks: Sequence[str],
+    name: str,
+    ctx: StageContext,
+) -> MixedSearch:
+    """Fall back the fewest, most sensitive layers that bring ``first`` within budget on
+    the calibration rows (no held-out check: :func:`decide` does the whole stage).
+
+    ``first`` is the first choice with every layer changed (already scored); ``base``
+    holds settings the user fixed (``keep_float``). ``fallbacks`` are the safer settings
+    in the order to try, ending with ``"fp32"``.
+    """
+    found = MixedSearch(chosen=first if _passed(first) else None)
+    if found.chosen is not None or not layers:
+        return found
+    mixes = LayerFallback(layers, base, attempt, fallbacks, name, ctx, found)
+    found.chosen = mixes.fewest()
+    found.backups = mixes.backups(found.chosen)
+    return found
+
+
+@dataclass
+class Technique:
+    """What :func:`decide` needs from a technique that changes weights."""
+
+    layers: list[str]  # weighted layers that may move to a safer setting
+    fallbacks: Sequence[str]  # the safer settings, in the order to try, fp32 last
+    # (first choice the mixes start from, variant name, {node: setting}) -> scored candidate
+    attempt: Callable[[Candidate, str, dict[str, str]], Candidate]
+    # (candidate, {node: setting it fell back to}, what was measured) -> sets its per-layer
+    # rows and notes (``cand.layers``, ``cand.notes``)
+    finish: Callable[[Candidate, dict[str, str], MixedSearch], None]
+    base: dict[str, str] = field(default_factory=dict)  # settings the user fixed (keep_float)
+    rank: Callable[[list[Candidate]], list[Candidate]] = list  # orders the timed first choices
+
+
+def decide(first: list[Candidate], technique: Technique, ctx: StageContext) -> StageResult:
+    """The stage's result from its scored first choices: those within budget on the
+    calibration rows first (timed, in ``technique.rank`` order), then lazily the mixes of
+    the most faithful one with the fewest most sensitive layers at a safer setting."""
+    tried = list(first)
+    passing = [c for c in first if _passed(c)]
+    if passing:
+        timings = ctx.time_models({c.name: c.path for c in passing})
+        for c in passing:
+            c.timed(timings[c.name])
+        passing = technique.rank(passing)
+    return StageResult(ranked=_ranked(first, passing, technique, ctx, tried), tried=tried)
+
+
+def _target(offered: list[Candidate], ctx: StageContext) -> float | None:
+    """The calibration drop the next mix must keep: the budget less the largest excess of a
+    held-out drop over the calibration drop among the candidates that failed there."""
+    gaps = [c.heldout_drop - c.score.drop for c in offered if c.heldout_drop is not None and c.score]
+    return ctx.max_drop - max(gaps) if gaps else None
+
+
+def _ranked(
+    first: list[Candidate], passing: list[Candidate], technique: Technique, ctx: StageContext, tried: list
+) -> Iterator[Candidate]:
+    found = MixedSearch(chosen=None)
+    for cand in passing:
+        technique.finish(cand, {}, found)
+        yield cand
+    scored = [c for c in first if c.score is not None]
+    # A single first choice that cannot be written or run may still work with its
+    # culprit layer float (the culprit measures maximally sensitive).
+    start = max(scored, key=lambda c: c.score.value) if scored else (first[0] if len(first) == 1 else None)
+    if start is None or not technique.layers:
+        return
+    attempt = functools.partial(technique.attempt, start)
+    mixes = LayerFallback(
+        technique.layers, technique.base, attempt, technique.fallbacks, start.name, ctx, found, tried
+    )
+    offered, least = list(passing), (1, 0)
+    for _ in range(MAX_MIXES):
+        target = _target(offered, ctx)
+        if target is not None:
+            ctx.log(
+                f"{start.name}: failed on the held-out rows; next mix within a calibration drop of {target:.4f}"
+            )
+        cand = mixes.fewest(target, least)
+        if cand is None and target is not None:
+            cand = mixes.closest(offered, least)
+        if cand is None:
+            return
+        found.chosen = cand
+        cand.timed(ctx.time_models({cand.name: cand.path})[cand.name])
+        technique.finish(cand, found.fallback_of.get(cand.name, {}), found)
+        offered.append(cand)
+        yield cand
+        # It failed on the held-out rows: the next one moves at least its layers, as far.
+        least = tuple(max(a, b) for a, b in zip(least, mixes.place(cand), strict=True))
+
+
+def each(ranked: Iterable[Candidate], fn: Callable[[Candidate], None]) -> Iterator[Candidate]:
+    """``ranked`` (lazy), with ``fn`` applied to each candidate as it comes (torch stages
+    attach their trained module)."""
+    for cand in ranked:
+        fn(cand)
+        yield cand
+
+
+def annotate(rows: list[dict], found: MixedSearch, precision: dict[str, str] | None = None) -> list[dict]:
+    """Per-layer report rows with the measured sensitivity and why a layer fell back
+    (``precision``: the fallbacks of the candidate the rows describe; default the chosen's)."""
+    fell_back = found.precision if precision is None else precision
+    out = []
+    for row in rows:
+        node = row.get("node")
+        row = dict(row)
+        if node in found.sensitivity:
+            row["sensitivity"] = round(found.sensitivity[node], 6)
+        if node in fell_back and node in found.sensitivity:
+            row["reason"] = (
+                f"fell back to {fell_back[node]}: quantized alone it costs "
+                f"{found.sensitivity[node]:.4f} of the primary metric"
+            )
+        out.append(row)
+    return out
