@@ -49,3 +49,55 @@ def test_reduce_range_only_where_int8_products_saturate():
     assert "dynamic-reduce-range" in default_variants(True, saturates=True)
     assert default_variants(False, saturates=False) == ["static-s8s8", "static-u8s8", "dynamic"]
     assert default_variants(False, saturates=True)[-1] == "dynamic-reduce-range"
+
+
+def test_int8_leaves_the_process_as_it_found_it(mlp_project, tmp_path, monkeypatch, caplog):
+    """No change of working directory or of the application's logging: ORT's advice is
+    dropped, the application's own records still pass, ORT's temporary files stay out."""
+    import logging
+    import os
+
+    import presso
+    from presso.measure import BenchSettings
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    root, ort = logging.getLogger(), logging.getLogger("onnxruntime")
+    levels, filters = (root.level, ort.level), (list(root.filters), list(ort.filters))
+    seen = []
+
+    class Spy(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    import presso.techniques.quantization.int8 as int8
+
+    during = []
+    quantize = int8._quantize
+
+    def watched(*args, **kwargs):  # the process as ORT's quantizer runs in it
+        during.append((os.getcwd(), root.level))
+        logging.getLogger("app").warning("logged while quantizing")
+        return quantize(*args, **kwargs)
+
+    monkeypatch.setattr(int8, "_quantize", watched)
+    spy = Spy(level=logging.DEBUG)
+    root.addHandler(spy)
+    try:
+        result = presso.compress(
+            mlp_project["model"],
+            [presso.Int8(variants=["dynamic", "static-s8s8"])],
+            data=(mlp_project["x"], mlp_project["y"]),
+            bench=BenchSettings(rounds=1, throughput_batch=8),
+            max_drop=0.05,
+        )
+        logging.getLogger("app").warning("the application's own warning")
+    finally:
+        root.removeHandler(spy)
+    assert result.report.stages[0].technique == "int8"
+    assert os.getcwd() == str(cwd) and list(cwd.iterdir()) == []
+    assert (root.level, ort.level) == levels and (list(root.filters), list(ort.filters)) == filters
+    assert during and set(during) == {(str(cwd), levels[0])}
+    app = [r.getMessage() for r in seen if r.levelno >= logging.WARNING]
+    assert app == ["logged while quantizing"] * len(during) + ["the application's own warning"]

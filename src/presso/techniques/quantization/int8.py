@@ -8,10 +8,7 @@ the most faithful variant fall back to fp32 (``accuracy_aware.py``) before givin
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from presso.techniques.contract import technique
 from presso.techniques.graph import float_weight_nodes, weighted_nodes
 from presso.techniques.quantization.accuracy_aware import FP32, MixedSearch, Technique, annotate, decide
 from presso.techniques.quantization.config import Int8Config
+from presso.techniques.quantization.ort_calls import in_folder, quiet_ort
 from presso.techniques.quantization.search import INT8
 
 _QUANTIZED_OPS = {
@@ -98,7 +96,8 @@ def _preprocess(src: Path, dst: Path, log) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        with in_folder(dst.parent):  # where ORT leaves its temporary files when it gives up
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
         return dst
     except Exception as exc:  # some graphs defeat symbolic shape inference; quantize as is
         log(f"pre-processing skipped ({type(exc).__name__}); quantizing the graph as exported")
@@ -245,26 +244,11 @@ def _quantize(
     )
 
 
-@contextlib.contextmanager
-def _quiet_in(workdir: Path):
-    root = logging.getLogger()
-    level, cwd = root.level, os.getcwd()
-    root.setLevel(logging.ERROR)  # ORT's quantizer logs advice at WARNING on the root logger
-    # ORT's shape inference drops temporary files (sym_shape_infer_temp.onnx, <uuid>.data
-    # of the model's size) into the current directory; keep them out of the user's.
-    os.chdir(workdir)
-    try:
-        yield
-    finally:
-        os.chdir(cwd)
-        root.setLevel(level)
-
-
-def _quietly_in(workdir: Path, ranked: Iterable[Candidate]) -> Iterator[Candidate]:
-    """``ranked``, each next candidate built inside :func:`_quiet_in`."""
+def _quietly(ranked: Iterable[Candidate]) -> Iterator[Candidate]:
+    """``ranked``, each next candidate built with ORT's advice silenced."""
     it = iter(ranked)
     while True:
-        with _quiet_in(workdir):
+        with quiet_ort():
             cand = next(it, None)
         if cand is None:
             return
@@ -279,7 +263,7 @@ def _quietly_in(workdir: Path, ranked: Iterable[Candidate]) -> Iterator[Candidat
     search=INT8,
 )
 def quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> StageResult:
-    with _quiet_in(ctx.workdir):
+    with quiet_ort():
         return _quantize_int8(Path(onnx_path).resolve(), cfg, ctx)
 
 
@@ -356,7 +340,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     result = decide([attempt(v, base_exclude) for v in variants], technique, ctx)
     result.notes = notes
     # Mixes are quantized lazily, while the pipeline verifies: in the workdir, quietly, too.
-    result.ranked = _quietly_in(work, result.ranked)
+    result.ranked = _quietly(result.ranked)
     return result
 
 
