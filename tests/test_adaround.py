@@ -320,6 +320,15 @@ def test_padding_tokens_are_left_out_and_rows_are_sampled_within_bounds(tmp_path
     np.testing.assert_allclose(few.mean, full.mean, rtol=1e-6)  # the mean still sees every row
 
 
+def test_no_rows_is_a_clear_error(tmp_path):
+    path = _masked_matmul(tmp_path / "mm.onnx", 8)
+    model = onnx.load(str(path))
+    spec = input_spec(model, model.graph.node[-1])
+    inputs = {"x": np.zeros((0, 12, 8), np.float32), "attention_mask": np.zeros((0, 12), np.int64)}
+    with pytest.raises(presso.PressoError, match="no rows"):
+        collect_inputs(path, {"mm": spec}, inputs)
+
+
 # ---------------------------------------------------------------------------- recipe
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
 
 from presso.techniques.base import Candidate, StageContext, StageResult
 
@@ -62,6 +64,15 @@ def _passed(c: Candidate, target: float | None = None) -> bool:
     if c.score is None or not c.score.passed:
         return False
     return target is None or c.score.drop <= target + 1e-12
+
+
+def _written(c: Candidate) -> Path:
+    """The file of a candidate that passed on the calibration rows, to time it."""
+    # Its score was measured on that file: the attempts that drop a file (writing or
+    # running it failed, int8 and weight_only) leave the score None, so a passing one has
+    # it. A cast, not a check: unit tests drive decide() with file-less candidates and a
+    # timer that ignores the paths.
+    return cast(Path, c.path)
 
 
 def sensitivities(
@@ -168,7 +179,11 @@ class LayerFallback:
         pool = [
             (c.score.drop, k, self.fallbacks.index(level), c)
             for (k, level), c in self._mixes.items()
-            if _passed(c) and k >= least[0] and self.fallbacks.index(level) >= least[1]
+            # score None never passes: the explicit test narrows the type
+            if c.score is not None
+            and _passed(c)
+            and k >= least[0]
+            and self.fallbacks.index(level) >= least[1]
         ]
         pool = [p for p in pool if all(p[3] is not e for e in exclude)]
         return min(pool, key=lambda p: p[:3])[3] if pool else None
@@ -221,7 +236,7 @@ def decide(first: list[Candidate], technique: Technique, ctx: StageContext) -> S
     tried = list(first)
     passing = [c for c in first if _passed(c)]
     if passing:
-        timings = ctx.time_models({c.name: c.path for c in passing})
+        timings = ctx.time_models({c.name: _written(c) for c in passing})
         for c in passing:
             c.timed(timings[c.name])
         passing = technique.rank(passing)
@@ -242,10 +257,10 @@ def _ranked(
     for cand in passing:
         technique.finish(cand, {}, found)
         yield cand
-    scored = [c for c in first if c.score is not None]
+    scored = [(c, c.score) for c in first if c.score is not None]
     # A single first choice that cannot be written or run may still work with its
     # culprit layer float (the culprit measures maximally sensitive).
-    start = max(scored, key=lambda c: c.score.value) if scored else (first[0] if len(first) == 1 else None)
+    start = max(scored, key=lambda cs: cs[1].value)[0] if scored else (first[0] if len(first) == 1 else None)
     if start is None or not technique.layers:
         return
     attempt = functools.partial(technique.attempt, start)
@@ -259,18 +274,19 @@ def _ranked(
             ctx.log(
                 f"{start.name}: failed on the held-out rows; next mix within a calibration drop of {target:.4f}"
             )
-        cand = mixes.fewest(target, least)
-        if cand is None and target is not None:
-            cand = mixes.closest(offered, least)
-        if cand is None:
+        mix = mixes.fewest(target, least)
+        if mix is None and target is not None:
+            mix = mixes.closest(offered, least)
+        if mix is None:
             return
-        found.chosen = cand
-        cand.timed(ctx.time_models({cand.name: cand.path})[cand.name])
-        technique.finish(cand, found.fallback_of.get(cand.name, {}), found)
-        offered.append(cand)
-        yield cand
+        found.chosen = mix
+        mix.timed(ctx.time_models({mix.name: _written(mix)})[mix.name])
+        technique.finish(mix, found.fallback_of.get(mix.name, {}), found)
+        offered.append(mix)
+        yield mix
         # It failed on the held-out rows: the next one moves at least its layers, as far.
-        least = tuple(max(a, b) for a, b in zip(least, mixes.place(cand), strict=True))
+        k, i = mixes.place(mix)
+        least = (max(least[0], k), max(least[1], i))
 
 
 def each(ranked: Iterable[Candidate], fn: Callable[[Candidate], None]) -> Iterator[Candidate]:

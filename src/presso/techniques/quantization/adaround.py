@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from presso.errors import PressoError
 from presso.techniques.graph import input_uses
 from presso.techniques.quantization.quantizers import QuantParams, dequantize, quantize
 
@@ -128,7 +129,8 @@ class _Accumulator:
 
     def __init__(self, quota: int, gram: bool, rng: np.random.Generator):
         self.quota, self.want_gram, self.rng = quota, gram, rng
-        self.sum = self.gram = None
+        self.sum: np.ndarray | None = None  # (K,) float64, from the first add()
+        self.gram: np.ndarray | None = None  # (K, K) float64, when want_gram
         self.rows = self.sampled = 0
 
     def add(self, x: torch.Tensor) -> None:  # x: (n, K)
@@ -146,6 +148,8 @@ class _Accumulator:
             self.sampled += x.shape[0]
 
     def result(self) -> LayerInputs:
+        if self.sum is None:  # add() never ran: the inputs had no rows
+            raise PressoError("collect_inputs() got no rows: give it at least one calibration row.")
         gram = None if self.gram is None else (self.gram / max(self.sampled, 1)).astype(np.float32)
         return LayerInputs(self.sum / max(self.rows, 1), gram, self.rows, self.sampled)
 

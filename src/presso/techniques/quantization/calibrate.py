@@ -41,6 +41,7 @@ from presso.techniques.quantization.observers import (
     EntropyObserver,
     MSEObserver,
     PercentileObserver,
+    RangeObserver,
     make_observer,
 )
 
@@ -107,7 +108,8 @@ def calibrate(
             continue
         lo, hi = obs.range_()
         ranges[name] = (float(lo), float(hi))
-        chosen[name] = obs.choice_ if kind == "auto" else kind
+        # kind "auto" is exactly an _AutoObserver (_build): the isinstance test narrows the type
+        chosen[name] = obs.choice_ if isinstance(obs, _AutoObserver) else kind
     return Calibration(ranges, chosen)
 
 
@@ -224,7 +226,7 @@ def static_quantize_kwargs(
 # --- running the model -----------------------------------------------------------------------
 
 
-def _collect(model_path, feeds, observer, options) -> dict[str, tuple[object, str]]:
+def _collect(model_path, feeds, observer, options) -> dict[str, tuple[RangeObserver, str]]:
     """Tensor -> (fitted observer, observer name); one ORT run per batch, nothing kept across batches."""
     import onnx
     import onnxruntime as ort
@@ -425,7 +427,7 @@ def _takes(name: str) -> set[str]:
     return set(inspect.signature(OBSERVERS[name]).parameters)
 
 
-def _build(name: str, options: dict):
+def _build(name: str, options: dict) -> RangeObserver:
     kw = {k: v for k, v in options.items() if k in _takes(name)}
     return _AutoObserver(**kw) if name == "auto" else make_observer(name, **kw)
 

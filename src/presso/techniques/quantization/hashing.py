@@ -119,6 +119,11 @@ class HashedWeight(nn.Module):
     (torch.Size([512]), torch.Size([32, 64]))
     """
 
+    # Buffers registered in __init__, declared here because mypy types nn.Module's
+    # attribute lookup as Tensor | Module.
+    index: torch.Tensor  # (n,) int64 bucket of each flat position
+    xi: torch.Tensor  # (n,) float32 sign of each flat position
+
     def __init__(self, shape: tuple[int, ...], k: int, seed: int, sign_hash: bool = True):
         super().__init__()
         self.shape, self.k, self.seed, self.sign_hash = tuple(shape), int(k), int(seed), bool(sign_hash)

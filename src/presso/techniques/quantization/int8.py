@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from presso.errors import PressoError
-from presso.measure.bench import clearly_slower
+from presso.measure.bench import Timing, clearly_slower
 from presso.model.onnx_file import fixed_batch_sizes
 from presso.runtime.cpu import cpu_features
 from presso.techniques.base import Candidate, StageContext, StageResult
@@ -65,14 +65,23 @@ STATIC_TRANSFORMER_OPS = ["MatMul", "Gemm"]
 _LATENCY_TIE = 0.03
 
 
+def _measured(c: Candidate) -> tuple[float, Timing, float]:
+    """(p50 latency in ms, timing, calibration score) of a candidate to rank."""
+    # decide() ranks only candidates that passed (so carry a score), after timing each
+    assert c.latency_ms is not None and c.timing is not None and c.score is not None, c.name
+    return c.latency_ms, c.timing, c.score.value
+
+
 def rank(passing: list[Candidate]) -> list[Candidate]:
     """Fastest first; among those not clearly slower than the fastest, most faithful first."""
-    by_speed = sorted(passing, key=lambda c: c.latency_ms)
+    by_speed = sorted(passing, key=lambda c: _measured(c)[0])
     if not by_speed:
         return by_speed
-    fastest = by_speed[0].timing
-    tied = [c for c in by_speed if not clearly_slower(c.timing, fastest, _LATENCY_TIE)]
-    return sorted(tied, key=lambda c: -c.score.value) + [c for c in by_speed if all(c is not t for t in tied)]
+    fastest = _measured(by_speed[0])[1]
+    tied = [c for c in by_speed if not clearly_slower(_measured(c)[1], fastest, _LATENCY_TIE)]
+    return sorted(tied, key=lambda c: -_measured(c)[2]) + [
+        c for c in by_speed if all(c is not t for t in tied)
+    ]
 
 
 class _Reader:

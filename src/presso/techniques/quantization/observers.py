@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -72,6 +73,10 @@ def _check_bits(bits, owner) -> None:
 class _Observer:
     """Shared plumbing: ``n_seen_`` and the "no data yet" error."""
 
+    # Fitted state, set by ``observe`` (declared here for the type checker only: an
+    # instance has none of these until its first batch, which ``hasattr`` checks rely on).
+    n_seen_: int
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
         return f"{type(self).__name__}({params})"
@@ -82,6 +87,14 @@ class _Observer:
                 f"{type(self).__name__} has seen no data yet. Call observe(x) with at "
                 "least one non-empty batch before range_()."
             )
+
+
+class RangeObserver(Protocol):
+    """What calibration asks of an observer: batches in, a quantization range out."""
+
+    def observe(self, x) -> RangeObserver: ...
+
+    def range_(self) -> tuple[float, float]: ...
 
 
 class StreamingHistogram(_Observer):
@@ -98,6 +111,12 @@ class StreamingHistogram(_Observer):
     >>> h.n_seen_, h.counts_.shape, h.lo_ <= -30.0
     (11, (64,), True)
     """
+
+    lo_: float
+    hi_: float
+    counts_: np.ndarray  # (bins,) int64
+    min_: float
+    max_: float
 
     def __init__(self, *, bins: int = 2048):
         self.bins = bins
@@ -175,6 +194,9 @@ class MinMaxObserver(_Observer):
     (-2.0, 3.0)
     """
 
+    min_: float
+    max_: float
+
     def observe(self, x) -> MinMaxObserver:
         """Update the running min/max with one batch; returns ``self``."""
         x, lo, hi = _batch(x, self)
@@ -205,6 +227,9 @@ class MovingAverageMinMaxObserver(_Observer):
     (0.0, 3.0)
     """
 
+    min_: float
+    max_: float
+
     def __init__(self, *, momentum: float = 0.9):
         self.momentum = momentum
 
@@ -229,6 +254,11 @@ class MovingAverageMinMaxObserver(_Observer):
 
 class _HistogramObserver(_Observer):
     """Observers that read their range off a :class:`StreamingHistogram` ``hist_``."""
+
+    bits: int  # PercentileObserver has none (``observe`` checks with hasattr)
+    bins: int
+    hist_: StreamingHistogram
+    min_: float
 
     def __init__(self, *, bits: int = 8, bins: int = 2048):
         self.bits = bits
@@ -386,7 +416,7 @@ def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-300))))
 
 
-OBSERVERS: dict[str, Callable[..., _Observer]] = {
+OBSERVERS: dict[str, Callable[..., RangeObserver]] = {
     "minmax": MinMaxObserver,
     "moving_average": MovingAverageMinMaxObserver,
     "percentile": PercentileObserver,
@@ -395,7 +425,7 @@ OBSERVERS: dict[str, Callable[..., _Observer]] = {
 }
 
 
-def make_observer(name: str, **kw) -> _Observer:
+def make_observer(name: str, **kw) -> RangeObserver:
     """Build an observer by name; ``kw`` go to its constructor.
 
     Examples

@@ -68,6 +68,11 @@ class FakeQuantWeight(nn.Module):
     [[-1.0, 0.0, 0.0, 1.0]]
     """
 
+    # Registered in __init__ with learned_scale only (parameter and buffer); declared here
+    # because mypy types nn.Module's attribute lookup as Tensor | Module.
+    scale: nn.Parameter  # (out, G)
+    zero_point: Tensor  # (out, G) int32
+
     def __init__(
         self,
         weight: Tensor,
@@ -202,7 +207,11 @@ def prepare_qat(
     ['0']
     """
     _check_bits(bits)
-    if not (group_size in ("auto", None) or (_is_int(group_size) and group_size >= 1)):
+    # not str: narrows the type for mypy (_is_int already rejects strings)
+    if not (
+        group_size in ("auto", None)
+        or (_is_int(group_size) and not isinstance(group_size, str) and group_size >= 1)
+    ):
         raise PressoError(
             f"The 'group_size' option must be 'auto', None or a positive int. Got {group_size!r} instead."
         )

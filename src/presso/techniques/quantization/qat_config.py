@@ -44,5 +44,6 @@ class QATConfig(BaseModel):
             symmetric=self.symmetric,
             group_size=self.group_size,
             keep_float=self.keep_float,
-            precision=self.precision,
+            # a copy typed as the writer's wider dict[str, WeightPrecision] (pydantic copies it anyway)
+            precision=dict(self.precision),
         )

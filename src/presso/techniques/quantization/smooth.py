@@ -86,14 +86,14 @@ def choose_scales(
     seed: int = 0,
     saturating: bool | None = None,
     reduce_range: bool = False,
-):
+) -> tuple[np.ndarray | None, float | None, float]:
     """(smoothing scales or None, alpha or None, error ratio vs unsmoothed) for one MatMul."""
     rng = np.random.default_rng(seed)
     rows = [rng.choice(len(x), min(_ROWS_PER_CALL, len(x)), replace=False) for x in calls]
     base = simulated_error(calls, rows, w, None, saturating, reduce_range)
     amax = np.max([np.abs(x).max(0) for x in calls], axis=0)  # (K,)
     wmax = np.abs(w).max(1)  # (K,)
-    best = (None, None, 1.0)
+    best: tuple[np.ndarray | None, float | None, float] = (None, None, 1.0)
     for alpha in ALPHAS:
         s = (np.maximum(amax, 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha)).astype(np.float32)
         ratio = simulated_error(calls, rows, w, s, saturating, reduce_range) / max(base, 1e-30)

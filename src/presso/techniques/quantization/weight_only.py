@@ -153,8 +153,8 @@ def _quantize_weight(
             scale, zp, axis = scale.T, zp.T, 0
         else:
             axis = 1
-    zp = None if symmetric else np.ascontiguousarray(zp)
-    return np.ascontiguousarray(q), np.ascontiguousarray(scale, np.float32), zp, axis, block, deq
+    zero = None if symmetric else np.ascontiguousarray(zp)
+    return np.ascontiguousarray(q), np.ascontiguousarray(scale, np.float32), zero, axis, block, deq
 
 
 def _int_tensor(name: str, values: np.ndarray, signed: bool, bits: int):
@@ -311,7 +311,7 @@ def _write(
     for plan in plans:
         prec = _precision(precision.get(plan.node, own), cfg)
         w = numpy_helper.to_array(inits[plan.weight])
-        row = {}
+        row: dict[str, object] = {}
         if prec.kind == "half":
             stored = _store_half(w, plan, prec)
         elif prec.kind == "binary":
@@ -327,7 +327,7 @@ def _write(
         model.graph.initializer.extend(stored.tensors)
         new_nodes += stored.nodes
         stats = calib.inputs.get(plan.node) if calib is not None and calib.bias_correction else None
-        if stats is not None:
+        if calib is not None and stats is not None:  # (stats implies calib; this tells mypy)
             t = _rows_view(w, plan).double()
             t = t.reshape(t.shape[0], -1)  # (outputs, K)
             delta = _rows_view(stored.deq, plan).double().reshape(t.shape) - t  # W~ - W
@@ -583,7 +583,8 @@ def quantize_weight_only(onnx_path: Path, cfg: WeightOnlyConfig, ctx: StageConte
     calib = (
         calibrate(onnx_path, cfg, ctx, name) if cfg.rounding == "adaround" or cfg.bias_correction else None
     )
-    low = cfg.scheme == "binary" or (cfg.scheme in INT_SCHEMES and cfg.bits < 8)
+    # bits is set for the integer schemes (the config fills in 4): the None test narrows the type
+    low = cfg.scheme == "binary" or (cfg.scheme in INT_SCHEMES and cfg.bits is not None and cfg.bits < 8)
     writer = functools.partial(write_weight_only, calib=calib)
     return accuracy_aware(onnx_path, cfg, ctx, name, writer, fallbacks=("int8", "fp32") if low else ("fp32",))
 
