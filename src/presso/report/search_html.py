@@ -91,7 +91,7 @@ def _intro(s: Search) -> str:
     """The study in a paragraph: where it lives, its trials by state, objectives, constraints, and
     how the front was decided."""
     limits = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in s.constraints.items() if v is not None)
-    counts = {}
+    counts: dict[str, int] = {}
     for t in s.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
     return (
@@ -117,7 +117,7 @@ def _tables(s: Search, metric: str) -> tuple[str, str, str]:
         ["trial", "state", "recipe", f"{metric} drop", "p50 ms", "size kB", "worker", "note"],
         [
             [
-                t.number,
+                str(t.number),
                 t.state,
                 t.summary,
                 _f(t.drop, "{:+.4f}"),
