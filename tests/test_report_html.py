@@ -12,7 +12,7 @@ import pytest
 
 from presso.cli.main import main
 from presso.report.html import render_html, summary_line
-from presso.report.schema import Report
+from presso.report.schema import Report, Search, SearchTrial
 from presso.report.svg import Series, bar_chart, histogram, line_chart, log_ticks, nice_ticks, scatter_chart
 
 # ------------------------------------------------------------------ a realistic report
@@ -350,6 +350,46 @@ def test_a_callable_teacher_with_only_its_baseline_step_gets_a_sentence_not_an_e
 def test_summary_line_for_a_callable_teacher_and_a_slower_model():
     report = make_report(callable_teacher=True, latency=0.04, quality=0.9781)
     assert summary_line(report) == "1.5x slower, accuracy unchanged"
+
+
+def test_a_search_section_leaves_trials_without_a_latency_or_size_out_of_those_charts():
+    def trial(number, drop, latency, size, **kwargs):
+        return SearchTrial(
+            number=number,
+            state="complete",
+            summary=f"slim ratio 0.{number}",
+            drop=drop,
+            latency_ms=latency,
+            size_bytes=size,
+            **kwargs,
+        )
+
+    search = Search(
+        study="s",
+        storage="sqlite:///study.db",
+        sampler="tpe",
+        pick="fastest",
+        picked=0,
+        objectives=["latency_ms", "size_bytes"],
+        constraints={"max_drop": 0.01},
+        space={"slim.ratio": [0.3, 0.5]},
+        trials=[
+            trial(0, 0.002, 0.02, 40_000, feasible=True, on_front=True),
+            trial(1, 0.004, None, 30_000, feasible=True),  # its timing failed
+            trial(2, 0.001, 0.05, None, feasible=True),  # its size is unknown
+            trial(3, 0.02, 0.01, 2_000_000),  # outside the budget; sizes span decades: a log axis
+            SearchTrial(number=4, state="pruned", summary="int8", reason="broke the budget"),
+        ],
+        seconds=12.0,
+    )
+    page = render_html(make_report().model_copy(update={"search": search}))
+    found = plots(page)
+    for name in ("search-latency", "search-size"):
+        check_geometry(found[name])
+    latency, size = tooltips(found["search-latency"]), tooltips(found["search-size"])
+    assert any(t.startswith("#2 \u00b7") for t in latency) and not any(t.startswith("#1 ") for t in latency)
+    assert any(t.startswith("#1 \u00b7") for t in size) and not any(t.startswith("#2 ") for t in size)
+    assert "All 5 trials" in page
 
 
 # ------------------------------------------------------------------ the charts on their own

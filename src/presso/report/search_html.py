@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from presso.report import svg
 from presso.report.html_parts import esc, figure, table
 from presso.report.schema import Report, Search, SearchTrial
@@ -51,9 +53,9 @@ def _charts(s: Search, metric: str) -> tuple[str, str]:
             for name, rows in groups
         ]
 
-    wide = lambda v: min(v) > 0 and max(v) / min(v) > 20  # noqa: E731
-    lat = [t.latency_ms for t in done]
-    size = [t.size_bytes for t in done]
+    # A trial without a timing or a size has no point on that chart: it is no part of its x range.
+    lat = [t.latency_ms for t in done if t.latency_ms is not None]
+    size = [t.size_bytes for t in done if t.size_bytes is not None]
     quiet = tuple(range(1, len(groups)))  # only the front's points carry labels
     speed = svg.scatter_chart(
         "search-latency",
@@ -62,7 +64,7 @@ def _charts(s: Search, metric: str) -> tuple[str, str]:
         x_label="latency p50, batch 1",
         x_unit="ms",
         y_label=f"{metric} drop",
-        log_x=bool(lat) and wide(lat),
+        log_x=_wide(lat),
         quiet=quiet,
         width=800,
     )
@@ -73,18 +75,23 @@ def _charts(s: Search, metric: str) -> tuple[str, str]:
         x_label="model.onnx",
         x_unit="bytes",
         y_label=f"{metric} drop",
-        log_x=bool(size) and wide(size),
+        log_x=_wide(size),
         quiet=quiet,
         width=800,
     )
     return speed, sizes
 
 
+def _wide(values: Sequence[float]) -> bool:
+    """Whether positive values span more than a factor of 20: a log axis reads them better."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 20
+
+
 def _intro(s: Search) -> str:
     """The study in a paragraph: where it lives, its trials by state, objectives, constraints, and
     how the front was decided."""
     limits = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in s.constraints.items() if v is not None)
-    counts = {}
+    counts: dict[str, int] = {}
     for t in s.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
     return (
@@ -110,7 +117,7 @@ def _tables(s: Search, metric: str) -> tuple[str, str, str]:
         ["trial", "state", "recipe", f"{metric} drop", "p50 ms", "size kB", "worker", "note"],
         [
             [
-                t.number,
+                str(t.number),
                 t.state,
                 t.summary,
                 _f(t.drop, "{:+.4f}"),

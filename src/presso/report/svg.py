@@ -347,7 +347,7 @@ def _cap(
     other: str,
     sort: bool,
     muted: set[int],
-):
+) -> tuple[list[str], list[list[float | None]], set[int], bool]:
     """Keep the ``max_bars - 1`` largest categories (by |value|), the rest summed into one bar."""
 
     def size(i):
@@ -361,9 +361,9 @@ def _cap(
     else:
         rest = []
     cats = [categories[i] for i in order] + ([other.format(k=len(rest))] if rest else [])
-    vals = []
+    vals: list[list[float | None]] = []
     for row in values:
-        tail = [row[i] for i in rest if row[i] is not None]
+        tail = [v for v in (row[i] for i in rest) if v is not None]
         vals.append([row[i] for i in order] + ([sum(tail) if tail else None] if rest else []))
     return cats, vals, {k for k, i in enumerate(order) if i in muted}, bool(rest)
 
@@ -566,7 +566,7 @@ def line_chart(
 ) -> str:
     """Lines with a marker on every point; x is numeric (``Series.x``) or ``categories`` (one
     value per category). ``step`` draws a step-after line; ``ref`` a labelled horizontal line."""
-    muted = set(muted)
+    muted_at = set(muted)
     pts = []
     for s in series:
         xs_ = range(len(s.values)) if categories is not None else (s.x or [])
@@ -588,7 +588,7 @@ def line_chart(
     if categories is not None:
         band = (right - left) / max(len(categories), 1)
         xs = _Scale(0, len(categories), left + band / 2, right + band / 2)
-        body += _categories(categories, xs, plot_bottom, max(int(band / _CHAR_W), 3), muted, muted_note)
+        body += _categories(categories, xs, plot_bottom, max(int(band / _CHAR_W), 3), muted_at, muted_note)
 
         def where(x):
             return categories[int(x)]
@@ -610,7 +610,7 @@ def line_chart(
                 d += f"H{_f(xs(x))}V{_f(ys(y))}" if step else f"L{_f(xs(x))},{_f(ys(y))}"
             body.append(f'<path d="{d}" fill="none" stroke="{colour(j)}" stroke-width="2"/>')
         for x, y in p:
-            off = categories is not None and int(x) in muted
+            off = categories is not None and int(x) in muted_at
             tip = f"{s.name + ' · ' if len(series) > 1 else ''}{where(x)}: {format_value(y, y_unit)}"
             body.append(
                 _marker(

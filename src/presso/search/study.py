@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from presso.search.samplers import FrontCrossover, make_sampler, warm_starts
 from presso.search.space import SearchSpace
 from presso.search.storage import check_url, default_url, open_storage, redact
 from presso.search.trial import OBJECTIVES, Constraints, TrialRunner
+
+if TYPE_CHECKING:
+    from presso.report.schema import Search
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid", "rl")
 SEARCH_FILES = ("study.db", "search.json", "trials")
@@ -662,27 +665,29 @@ def _report_section(
     rows: list[dict],
     scale: float,
     seconds: float,
-) -> dict:
-    from presso.report.schema import Search
+) -> Search:
+    from presso.report.schema import Search, SearchTrial
 
     trials = [
-        {
-            k: r.get(k)
-            for k in (
-                "number",
-                "state",
-                "summary",
-                "drop",
-                "latency_ms",
-                "size_bytes",
-                "feasible",
-                "on_front",
-                "retimed_ms",
-                "reason",
-                "worker",
-            )
-        }
-        | {"recipe_file": f"trials/{r['number']:04d}.yaml" if r.get("recipe") else None}
+        SearchTrial.model_validate(
+            {
+                k: r.get(k)
+                for k in (
+                    "number",
+                    "state",
+                    "summary",
+                    "drop",
+                    "latency_ms",
+                    "size_bytes",
+                    "feasible",
+                    "on_front",
+                    "retimed_ms",
+                    "reason",
+                    "worker",
+                )
+            }
+            | {"recipe_file": f"trials/{r['number']:04d}.yaml" if r.get("recipe") else None}
+        )
         for r in rows
     ]
     return Search(

@@ -374,6 +374,75 @@ def _reinitialise(student: nn.Module, seed: int) -> list[str]:
 # ---------------------------------------------------------------- entry points
 
 
+def _teacher_outputs(student: nn.Module, inputs: tuple) -> torch.Tensor:
+    """The copy's outputs before shrinking: the shape every student must keep."""
+    try:
+        return _run(student, inputs)
+    except Exception as err:
+        raise PressoError(
+            f"derive_student could not run the teacher on the example inputs "
+            f"({type(err).__name__}: {err}); pass what its forward takes, as a tuple."
+        ) from err
+
+
+def _is_transformer(student: nn.Module, transformer: dict | None) -> bool:
+    """Whether depth and width work on encoder layers; a teacher marked as a transformer
+    without BERT-style layers is refused rather than shrunk as a plain stack."""
+    is_transformer = bool(find_encoder_layers(student))
+    if transformer is not None and not is_transformer:
+        raise PressoError(
+            "The teacher is marked as a transformer but has no BERT-style encoder layers "
+            "(attention.self.query/key/value, intermediate.dense, output.dense); "
+            "derive_student shrinks BERT-like encoders only — give a factory student."
+        )
+    return is_transformer
+
+
+def _shrink(
+    student: nn.Module, plan: StudentPlan, inputs: tuple, is_transformer: bool
+) -> tuple[nn.Module, list[str]]:
+    """Depth, width, then blocks, in the order the module docstring gives, one note each. In
+    place, but the student is returned: separable blocks replace a bare convolution root."""
+    notes = []
+    for step, wanted in (
+        ("depth", plan.depth is not None),
+        ("width", plan.width < 1.0),
+        ("blocks", plan.blocks == "separable"),
+    ):
+        if not wanted:
+            continue
+        before = count_parameters(student)
+        if step == "depth":
+            assert plan.depth is not None  # wanted only with a depth
+            note = (
+                _shallower_transformer(student, plan.depth)
+                if is_transformer
+                else _shallower_stack(student, plan.depth, inputs)
+            )
+        elif step == "width":
+            note = (_narrower_transformer if is_transformer else _narrower)(student, plan.width, inputs)
+        else:
+            student, note = _separable(student, inputs)
+        notes.append(f"{note}: {before:,} -> {count_parameters(student):,} parameters")
+    return student, notes
+
+
+def _check_student(student: nn.Module, inputs: tuple, ref: torch.Tensor) -> None:
+    """Refuse a student whose forward no longer fits what was removed from it."""
+    try:
+        out = _run(student, inputs)
+    except Exception as err:
+        raise PressoError(
+            f"The derived student no longer runs ({type(err).__name__}: {err}); its forward "
+            f"probably indexes the removed blocks — use width only, or a factory student."
+        ) from err
+    if out.shape != ref.shape:
+        raise PressoError(
+            f"The derived student's output shape {tuple(out.shape)} differs from the teacher's "
+            f"{tuple(ref.shape)}; use width only, or a factory student."
+        )
+
+
 def derive_student(
     teacher: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -420,53 +489,9 @@ def derive_student(
     """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     student = copy.deepcopy(teacher).eval()
-    try:
-        ref = _run(student, inputs)
-    except Exception as err:
-        raise PressoError(
-            f"derive_student could not run the teacher on the example inputs "
-            f"({type(err).__name__}: {err}); pass what its forward takes, as a tuple."
-        ) from err
-    is_transformer = bool(find_encoder_layers(student))
-    if transformer is not None and not is_transformer:
-        raise PressoError(
-            "The teacher is marked as a transformer but has no BERT-style encoder layers "
-            "(attention.self.query/key/value, intermediate.dense, output.dense); "
-            "derive_student shrinks BERT-like encoders only — give a factory student."
-        )
-    notes = []
-    for step, wanted in (
-        ("depth", plan.depth is not None),
-        ("width", plan.width < 1.0),
-        ("blocks", plan.blocks == "separable"),
-    ):
-        if not wanted:
-            continue
-        before = count_parameters(student)
-        if step == "depth":
-            assert plan.depth is not None  # wanted only with a depth
-            note = (
-                _shallower_transformer(student, plan.depth)
-                if is_transformer
-                else _shallower_stack(student, plan.depth, inputs)
-            )
-        elif step == "width":
-            note = (_narrower_transformer if is_transformer else _narrower)(student, plan.width, inputs)
-        else:
-            student, note = _separable(student, inputs)
-        notes.append(f"{note}: {before:,} -> {count_parameters(student):,} parameters")
-    try:
-        out = _run(student, inputs)
-    except Exception as err:
-        raise PressoError(
-            f"The derived student no longer runs ({type(err).__name__}: {err}); its forward "
-            f"probably indexes the removed blocks — use width only, or a factory student."
-        ) from err
-    if out.shape != ref.shape:
-        raise PressoError(
-            f"The derived student's output shape {tuple(out.shape)} differs from the teacher's "
-            f"{tuple(ref.shape)}; use width only, or a factory student."
-        )
+    ref = _teacher_outputs(student, inputs)
+    student, notes = _shrink(student, plan, inputs, _is_transformer(student, transformer))
+    _check_student(student, inputs, ref)
     if plan.init == "random":
         notes += _reinitialise(student, seed)
     if not notes:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -121,6 +122,115 @@ def _describe(cfg: FactorizeConfig, keep: float | None) -> str:
     return _selector(cfg, "", None).describe()
 
 
+@dataclass
+class _Targets:
+    """The layers one stage factorizes and what was measured about them, once: milder
+    retries reuse it rather than tracing, probing and timing the model again."""
+
+    names: list[str]
+    left_out: str  # what target_layers left out and why, for the notes
+    shapes: dict[str, tuple]  # batch-1 input shape per layer the forward pass runs
+    grams: dict[str, np.ndarray]  # weighting: activations only
+    timed: dict[str, Selector | None]  # rank: speed only; None where no rank ran faster
+
+
+def _targets(original: nn.Module, cfg: FactorizeConfig, ctx: StageContext) -> _Targets:
+    shapes = input_shapes(original, factorizable(original), example_inputs(ctx))
+    names, left_out = target_layers(original, cfg, ctx, list(shapes))
+    if not names:
+        raise PressoError("factorize: the model has no Linear or Conv layers to factorize.")
+    linear = [n for n in names if isinstance(original.get_submodule(n), nn.Linear)]
+    grams = input_grams(original, linear, ctx) if cfg.weighting == "activations" else {}
+    timed = (
+        speed_selectors(original, [n for n in names if n not in cfg.ranks], shapes, ctx.workdir, ctx.log)
+        if cfg.rank == "speed"
+        else {}
+    )
+    return _Targets(names, left_out, shapes, grams, timed)
+
+
+def _factorized(
+    layer: nn.Module,
+    name: str,
+    j: int,
+    t: _Targets,
+    cfg: FactorizeConfig,
+    ctx: StageContext,
+    keep: float | None,
+) -> tuple[nn.Module | None, LayerDecision]:
+    """The layer's factors and its report row, or None and the row saying why it stays whole."""
+    if name in t.timed and t.timed[name] is None:
+        return None, left_whole(layer, name, "no rank measured faster than the dense layer on ONNX Runtime")
+    new, d = factorize_layer(
+        layer, name, t.timed.get(name) or _selector(cfg, name, keep), gram=t.grams.get(name)
+    )
+    # Ranks chosen by timing (rank: speed) or pinned per layer are taken as they are, untimed.
+    if (
+        new is not None
+        and cfg.pays == "speed"
+        and cfg.rank != "speed"
+        and name not in cfg.ranks
+        and (name not in t.shapes or not speeds_up(layer, new, t.shapes[name], ctx.workdir / f"pays-{j}"))
+    ):
+        return None, left_whole(
+            layer, name, f"its rank-{d.rank} factors did not run measurably faster (pays: speed)"
+        )
+    return new, d
+
+
+def _decide(
+    module: nn.Module, t: _Targets, cfg: FactorizeConfig, ctx: StageContext, keep: float | None
+) -> list[LayerDecision]:
+    """Replace the target layers of ``module`` (in place) by their factors where they pay."""
+    decisions = []
+    for j, name in enumerate(t.names):
+        layer = module.get_submodule(name)
+        ctx.log(f"factorize: layer {j + 1}/{len(t.names)} ({name})")
+        new, d = _factorized(layer, name, j, t, cfg, ctx, keep)
+        if new is not None:
+            replace_module(module, name, new)
+        decisions.append(d)
+    return decisions
+
+
+def _factors(module: nn.Module, done: list[LayerDecision]) -> list[nn.Module]:
+    """The thin layers that replaced the factorized ones (what fine-tuning may penalise)."""
+    return [
+        m
+        for d in done
+        for m in module.get_submodule(d.layer).modules()
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    ]
+
+
+def _pins(done: list[LayerDecision]) -> dict[str, Any]:
+    """recipe.yaml options that redo this candidate exactly: its layers at the ranks they got,
+    whatever selector found them (a re-run must not time or back off again)."""
+    return {
+        "rank": "auto",
+        "ratio": None,
+        "energy": None,
+        "max_error": None,
+        "pays": "size",
+        "layers": [d.layer for d in done],
+        "ranks": {
+            d.layer: (int(d.rank) if d.method == "svd" else [int(v) for v in d.rank.split("x")]) for d in done
+        },
+    }
+
+
+def _stage_note(
+    label: str, before: int, after: int, decisions: list[LayerDecision], left_out: str, tuned: str
+) -> str:
+    alone = [f"{d.layer} ({d.reason})" for d in decisions if not d.factorized]
+    return (
+        f"factorize: {label}: parameters {before:,} -> {after:,}"
+        + (f"; left whole: {', '.join(alone)}" if alone else "")
+        + (f"; {left_out}" if left_out else "")
+        + f"; {tuned}"
+    )
+
+
 @technique(
     "factorize",
     config=FactorizeConfig,
@@ -137,56 +247,13 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
     rec = recovery_for(ctx, cfg, "factorize")
     cfg = rec.cfg
     original = ctx.module
-    example = example_inputs(ctx)
-    shapes = input_shapes(original, factorizable(original), example)
-    names, left_out = target_layers(original, cfg, ctx, list(shapes))
-    if not names:
-        raise PressoError("factorize: the model has no Linear or Conv layers to factorize.")
-    linear = [n for n in names if isinstance(original.get_submodule(n), nn.Linear)]
-    grams = input_grams(original, linear, ctx) if cfg.weighting == "activations" else {}
-    timed = (
-        speed_selectors(original, [n for n in names if n not in cfg.ranks], shapes, ctx.workdir, ctx.log)
-        if cfg.rank == "speed"
-        else {}
-    )
-
-    def decide(module: nn.Module, keep: float | None) -> list[LayerDecision]:
-        decisions = []
-        for j, name in enumerate(names):
-            layer = module.get_submodule(name)
-            ctx.log(f"factorize: layer {j + 1}/{len(names)} ({name})")
-            if name in timed and timed[name] is None:
-                new, d = (
-                    None,
-                    left_whole(layer, name, "no rank measured faster than the dense layer on ONNX Runtime"),
-                )
-            else:
-                new, d = factorize_layer(
-                    layer, name, timed.get(name) or _selector(cfg, name, keep), gram=grams.get(name)
-                )
-            if (
-                new is not None
-                and cfg.pays == "speed"
-                and cfg.rank != "speed"
-                and name not in cfg.ranks
-                and (name not in shapes or not speeds_up(layer, new, shapes[name], ctx.workdir / f"pays-{j}"))
-            ):
-                new, d = (
-                    None,
-                    left_whole(
-                        layer, name, f"its rank-{d.rank} factors did not run measurably faster (pays: speed)"
-                    ),
-                )
-            if new is not None:
-                replace_module(module, name, new)
-            decisions.append(d)
-        return decisions
+    targets = _targets(original, cfg, ctx)
 
     def attempt(removed: float | None) -> Candidate:
         keep = None if removed is None else round(1.0 - removed, 6)
         module = copy.deepcopy(original)
         before = count_parameters(module)
-        decisions = decide(module, keep)
+        decisions = _decide(module, targets, cfg, ctx, keep)
         done = [d for d in decisions if d.factorized]
         if not done:
             why = "; ".join(f"{d.layer}: {d.reason}" for d in decisions)
@@ -194,47 +261,19 @@ def factorize_stage(onnx_path: Path, cfg: FactorizeConfig, ctx: StageContext) ->
                 f"factorize: no layer would pay ({why}). Lower the rank (e.g. keep: 0.25), use "
                 "pays: size, or choose other layers."
             )
-        factors = [
-            m
-            for d in done
-            for m in module.get_submodule(d.layer).modules()
-            if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
-        ]
-        fit = rec.fit(module, factors) if cfg.epochs else None
+        fit = rec.fit(module, _factors(module, done)) if cfg.epochs else None
         module.eval()
         after = count_parameters(module)
-        how = _describe(cfg, keep)
-        label = f"factorized {len(done)}/{len(decisions)} layers ({how})"
+        label = f"factorized {len(done)}/{len(decisions)} layers ({_describe(cfg, keep)})"
         assert ctx.export is not None  # recovery_for refused a context without one
         dst = ctx.export(module, ctx.workdir / f"factorized-{len(tried_labels)}.onnx")
         tried_labels.append(label)
-        cand = Candidate(
-            label,
-            dst,
-            module=module,
-            options={
-                "rank": "auto",
-                "ratio": None,
-                "energy": None,
-                "max_error": None,
-                "pays": "size",
-                "layers": [d.layer for d in done],
-                "ranks": {
-                    d.layer: (int(d.rank) if d.method == "svd" else [int(v) for v in d.rank.split("x")])
-                    for d in done
-                },
-            },
-        )
+        cand = Candidate(label, dst, module=module, options=_pins(done))
         cand.score = ctx.score(dst)
         cand.layers = [d.row() for d in decisions]
-        alone = [f"{d.layer} ({d.reason})" for d in decisions if not d.factorized]
         cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"
-        cand.notes = [
-            f"factorize: {label}: parameters {before:,} -> {after:,}"
-            + (f"; left whole: {', '.join(alone)}" if alone else "")
-            + (f"; {left_out}" if left_out else "")
-            + f"; {rec.describe(fit) if fit else 'no fine-tuning (epochs: 0)'}"
-        ]
+        tuned = rec.describe(fit) if fit else "no fine-tuning (epochs: 0)"
+        cand.notes = [_stage_note(label, before, after, decisions, targets.left_out, tuned)]
         return cand
 
     tried_labels: list[str] = []

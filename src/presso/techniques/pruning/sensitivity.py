@@ -119,6 +119,11 @@ def sensitivity_curves(
         raise PressoError(
             f"The 'kind' option of sensitivity_curves() must be one of {list(KINDS)}. Got {kind!r} instead."
         )
+    layers = _check_layers(module, layers)
+    return {name: _curve(module, name, evaluate, levels, kind, progress) for name in layers}
+
+
+def _check_layers(module: nn.Module, layers: Sequence[str]) -> list[str]:
     if isinstance(layers, str):
         raise PressoError(
             f"The 'layers' option must be a list of layer names, e.g. [{layers!r}]. "
@@ -134,38 +139,46 @@ def sensitivity_curves(
     for name in layers:
         if name not in prunable:
             raise PressoError(f"No Linear or Conv layer named {name!r} in the model; choose from {prunable}.")
-    curves: Curves = {}
-    for name in layers:
-        layer = module.get_submodule(name)
-        saved = {
-            p: t.detach().clone()
-            for p in ("weight", "bias")
-            if isinstance(t := _param(layer, p), torch.Tensor)
-        }
-        curve = []
-        for level in levels:
-            try:
-                _prune_layer(layer, level, kind, f"{name}.weight")
-                result = evaluate(module)
-            finally:
-                with torch.no_grad():
-                    for p, original in saved.items():
-                        param = _param(layer, p)
-                        assert param is not None  # saved holds only the tensors the layer has
-                        param.copy_(original)
-                _refresh_masked(layer)
-            try:
-                drop = float(result)
-            except (TypeError, ValueError):
-                raise PressoError(
-                    f"The 'evaluate' function must return the quality drop as a float; it "
-                    f"returned {result!r} for layer {name!r} at level {level:g}."
-                ) from None
-            curve.append((level, drop))
-            if progress is not None:
-                progress(f"sensitivity {name} @ {level:g} ({kind}): drop {drop:.6g}")
-        curves[name] = curve
-    return curves
+    return layers
+
+
+def _curve(
+    module: nn.Module,
+    name: str,
+    evaluate: Callable[[nn.Module], float],
+    levels: tuple[float, ...],
+    kind: str,
+    progress: Callable[[str], None] | None,
+) -> list[tuple[float, float]]:
+    """One layer's curve; the layer is restored from a saved copy after every level (also
+    when ``evaluate`` raises), so each level starts from the original weights."""
+    layer = module.get_submodule(name)
+    saved = {
+        p: t.detach().clone() for p in ("weight", "bias") if isinstance(t := _param(layer, p), torch.Tensor)
+    }
+    curve = []
+    for level in levels:
+        try:
+            _prune_layer(layer, level, kind, f"{name}.weight")
+            result = evaluate(module)
+        finally:
+            with torch.no_grad():
+                for p, original in saved.items():
+                    param = _param(layer, p)
+                    assert param is not None  # saved holds only the tensors the layer has
+                    param.copy_(original)
+            _refresh_masked(layer)
+        try:
+            drop = float(result)
+        except (TypeError, ValueError):
+            raise PressoError(
+                f"The 'evaluate' function must return the quality drop as a float; it "
+                f"returned {result!r} for layer {name!r} at level {level:g}."
+            ) from None
+        curve.append((level, drop))
+        if progress is not None:
+            progress(f"sensitivity {name} @ {level:g} ({kind}): drop {drop:.6g}")
+    return curve
 
 
 def _check_curves(curves: Curves) -> None:

@@ -242,30 +242,34 @@ def masked_equivalent(original: nn.Module, report: StructuredReport) -> nn.Modul
     return masked
 
 
-def _plan_and_prune(
-    work: nn.Module,
-    original: nn.Module,
-    inputs: tuple,
-    ratio: float,
-    importance: str,
-    scope: str,
-    ignored: Sequence[str],
-    round_to: int | None,
-    seed: int,
-) -> StructuredReport:
-    """Prune ``work`` (a copy) group by group, checking each group against a masked copy."""
+def _dependency_graph(work: nn.Module, inputs: tuple):
     import torch_pruning as tp
 
-    names = {m: n for n, m in work.named_modules()}
-    ref = _forward(work, inputs)
     try:
-        graph = tp.DependencyGraph().build_dependency(work, example_inputs=inputs)
+        return tp.DependencyGraph().build_dependency(work, example_inputs=inputs)
     except Exception as err:
         raise PressoError(
             f"Structured pruning could not trace the model's channel "
             f"dependencies on the example inputs ({type(err).__name__}: {err}). "
             f"Check example_inputs, or prune a traceable sub-module."
         ) from err
+
+
+def _pruner(
+    work: nn.Module,
+    inputs: tuple,
+    graph,
+    names: dict,
+    ratio: float,
+    importance: str,
+    scope: str,
+    ignored: Sequence[str],
+    round_to: int | None,
+):
+    """Torch-Pruning's pruner for ``work`` and the importance it scores with (watched, so
+    that a scoring failure can name its layer)."""
+    import torch_pruning as tp
+
     # Layers whose outputs are the model's outputs: never pruned (output shape is fixed).
     ignored_modules = [m for m, node in graph.module2node.items() if m in names and not node.outputs]
     ignored_modules += [m for m, n in names.items() if n and _matches(n, ignored)]
@@ -284,7 +288,67 @@ def _plan_and_prune(
         ignored_layers=ignored_modules,
         round_to=round_to,
     )
+    return pruner, watched
 
+
+def _removed(
+    group, names: dict, graph, remaining: dict[tuple[str, str], list[int]]
+) -> list[tuple[str, str, list[int]]]:
+    """(layer, dim, original indices) the group removes, read before it is pruned: its
+    indices count the channels earlier groups left, ``remaining`` maps them back."""
+    touched = []
+    for dep, idxs in group:
+        name = names.get(dep.target.module)
+        fn = getattr(dep.handler, "__name__", "")
+        if name is None or fn not in ("prune_out_channels", "prune_in_channels"):
+            continue  # an op of the traced graph, not a layer with parameters
+        dim = "out" if fn == "prune_out_channels" else "in"
+        size = (
+            graph.get_out_channels(dep.target.module)
+            if dim == "out"
+            else graph.get_in_channels(dep.target.module)
+        )
+        alive = remaining.setdefault((name, dim), list(range(size)))
+        gone = sorted({alive[i] for i in idxs})
+        touched.append((name, dim, gone))
+    return touched
+
+
+def _record(
+    touched: list[tuple[str, str, list[int]]],
+    remaining: dict[tuple[str, str], list[int]],
+    changes: dict[tuple[str, str], LayerChange],
+    masked_modules: dict[str, nn.Module],
+    mixing: bool,
+) -> None:
+    """Book a pruned group's removals (merged with earlier groups' on the same layer) and
+    zero the same inputs in the masked copy, unless a mixing norm makes that no equivalent."""
+    for name, dim, gone in touched:
+        alive = remaining[(name, dim)]
+        before = changes[(name, dim)].before if (name, dim) in changes else len(alive)
+        prev = changes[(name, dim)].removed if (name, dim) in changes else ()
+        remaining[(name, dim)] = [c for c in alive if c not in set(gone)]
+        changes[(name, dim)] = LayerChange(name, dim, before, tuple(sorted(set(prev) | set(gone))))
+        if dim == "in" and not mixing:
+            _zero_inputs(masked_modules[name], name, gone)
+
+
+def _plan_and_prune(
+    work: nn.Module,
+    original: nn.Module,
+    inputs: tuple,
+    ratio: float,
+    importance: str,
+    scope: str,
+    ignored: Sequence[str],
+    round_to: int | None,
+    seed: int,
+) -> StructuredReport:
+    """Prune ``work`` (a copy) group by group, checking each group against a masked copy."""
+    names = {m: n for n, m in work.named_modules()}
+    ref = _forward(work, inputs)
+    graph = _dependency_graph(work, inputs)
+    pruner, watched = _pruner(work, inputs, graph, names, ratio, importance, scope, ignored, round_to)
     masked = copy.deepcopy(original)
     masked_modules = dict(masked.named_modules())
     remaining: dict[tuple[str, str], list[int]] = {}
@@ -297,31 +361,10 @@ def _plan_and_prune(
             if _feeds_output(group):
                 continue  # the output's channels are fixed; leave this group whole
             _check_group(group, names, root)
-            touched = []
-            for dep, idxs in group:
-                name = names.get(dep.target.module)
-                fn = getattr(dep.handler, "__name__", "")
-                if name is None or fn not in ("prune_out_channels", "prune_in_channels"):
-                    continue  # an op of the traced graph, not a layer with parameters
-                dim = "out" if fn == "prune_out_channels" else "in"
-                size = (
-                    graph.get_out_channels(dep.target.module)
-                    if dim == "out"
-                    else graph.get_in_channels(dep.target.module)
-                )
-                alive = remaining.setdefault((name, dim), list(range(size)))
-                gone = sorted({alive[i] for i in idxs})
-                touched.append((name, dim, gone))
+            touched = _removed(group, names, graph, remaining)
             mixing = any(isinstance(m, _MIXING_NORMS) for m in (dep.target.module for dep, _ in group))
             group.prune()
-            for name, dim, gone in touched:
-                alive = remaining[(name, dim)]
-                before = changes[(name, dim)].before if (name, dim) in changes else len(alive)
-                prev = changes[(name, dim)].removed if (name, dim) in changes else ()
-                remaining[(name, dim)] = [c for c in alive if c not in set(gone)]
-                changes[(name, dim)] = LayerChange(name, dim, before, tuple(sorted(set(prev) | set(gone))))
-                if dim == "in" and not mixing:
-                    _zero_inputs(masked_modules[name], name, gone)
+            _record(touched, remaining, changes, masked_modules, mixing)
             _check_outputs(work, masked, inputs, ref, root, check_equal=not mixing)
             if mixing:
                 unchecked.append(root)

@@ -397,6 +397,47 @@ def _layers(module: nn.Module) -> list[_Layer]:
     return [_Layer(name, m) for name, m in found]
 
 
+def _sizes(layers: list[_Layer]) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """Names, head counts and feed-forward widths: what a report records of the unpruned model."""
+    return tuple(L.name for L in layers), tuple(L.n_heads for L in layers), tuple(L.n_ffn for L in layers)
+
+
+def _call_form(example_inputs: tuple | dict | torch.Tensor) -> tuple | dict:
+    """Keyword inputs as they are; a lone tensor is the one positional input."""
+    if isinstance(example_inputs, dict):
+        return example_inputs
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def _reference(module: nn.Module, inputs) -> torch.Tensor:
+    """The unpruned outputs; a model that does not run on the inputs is the caller's mistake."""
+    try:
+        with torch.no_grad():
+            return _run(module, inputs)
+    except Exception as err:
+        raise PressoError(
+            f"Transformer pruning could not run the model on the example inputs "
+            f"({type(err).__name__}: {err}). Pass what the model's forward takes, "
+            f"as a tuple (positional) or a dict (keywords)."
+        ) from err
+
+
+def _cut_and_check(
+    module: nn.Module, layers: list[_Layer], heads: dict, neurons: dict, inputs, ref: torch.Tensor, undo: list
+) -> None:
+    """Cut layer by layer, each checked before the next: a failure then names its layer, and
+    the masked reference of each layer is taken with the layers before it already cut."""
+    for i, L in enumerate(layers):
+        if not heads[i] and not neurons[i]:
+            continue
+        expect = _masked_output(module, L, heads[i], neurons[i], inputs)
+        if heads[i]:
+            _cut_heads(L, heads[i], undo)
+        if neurons[i]:
+            _cut_neurons(L, neurons[i], undo)
+        _check(module, L, inputs, ref, expect)
+
+
 def prune_transformer(
     module: nn.Module,
     example_inputs: tuple | dict,
@@ -453,57 +494,24 @@ def prune_transformer(
     (3, 32)
     """
     _validate(heads_ratio, ffn_ratio, importance, scope, round_to)
-    inputs = (
-        example_inputs
-        if isinstance(example_inputs, dict)
-        else ((example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
-    )
+    inputs = _call_form(example_inputs)
     layers = _layers(module)
     before = count_parameters(module)
     was_training = module.training
     module.eval()
     undo: list = []
     try:
-        try:
-            with torch.no_grad():
-                ref = _run(module, inputs)
-        except Exception as err:
-            raise PressoError(
-                f"Transformer pruning could not run the model on the example inputs "
-                f"({type(err).__name__}: {err}). Pass what the model's forward takes, "
-                f"as a tuple (positional) or a dict (keywords)."
-            ) from err
-        heads, neurons = _plan(
-            _scores(module, layers, inputs, importance, seed),
-            float(heads_ratio),
-            float(ffn_ratio),
-            scope,
-            round_to,
-        )
-        for i, L in enumerate(layers):
-            if not heads[i] and not neurons[i]:
-                continue
-            expect = _masked_output(module, L, heads[i], neurons[i], inputs)
-            if heads[i]:
-                _cut_heads(L, heads[i], undo)
-            if neurons[i]:
-                _cut_neurons(L, neurons[i], undo)
-            _check(module, L, inputs, ref, expect)
+        ref = _reference(module, inputs)
+        scores = _scores(module, layers, inputs, importance, seed)
+        heads, neurons = _plan(scores, float(heads_ratio), float(ffn_ratio), scope, round_to)
+        _cut_and_check(module, layers, heads, neurons, inputs, ref, undo)
     except BaseException:
         for obj, attr, old in reversed(undo):
             setattr(obj, attr, old)
         raise
     finally:
         module.train(was_training)
-    return TransformerPruneReport(
-        before,
-        count_parameters(module),
-        heads,
-        neurons,
-        tuple(L.name for L in layers),
-        tuple(L.n_heads for L in layers),
-        tuple(L.n_ffn for L in layers),
-    )
+    return TransformerPruneReport(before, count_parameters(module), heads, neurons, *_sizes(layers))
 
 
 def attention_shape(module: nn.Module) -> dict[str, int]:
@@ -533,8 +541,7 @@ def masked_transformer(original: nn.Module, report: TransformerPruneReport) -> n
     """
     masked = copy.deepcopy(original)
     layers = _layers(masked)
-    sizes = (tuple(L.name for L in layers), tuple(L.n_heads for L in layers), tuple(L.n_ffn for L in layers))
-    if sizes != (report.layer_names, report.heads_before, report.ffn_before):
+    if _sizes(layers) != (report.layer_names, report.heads_before, report.ffn_before):
         raise PressoError(
             "masked_transformer needs the model as it was before pruning (its layers, "
             "heads or feed-forward sizes differ from the report's); keep a "
