@@ -5,7 +5,7 @@
 with per-column s8 weights: activations quantized to u8 over the call's own range, the
 integer products summed by MLAS's u8 x s8 kernel, then scaled back. The kernel differs by
 CPU (``presso.runtime.cpu``): exact int32 sums with VNNI, pairs of products saturated at
-int16 without it. Equal to ORT's output on either kernel (tests/test_int8_gemm.py).
+int16 without it. Equal to ORT's output on either kernel (tests/runtime/test_int8_gemm.py).
 
 Why not PyTorch's quantized ops: they run their own kernels (FBGEMM / oneDNN), not MLAS's,
 and cannot be told to reproduce the saturating path of a CPU other than the one at hand.

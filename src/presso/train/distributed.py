@@ -83,7 +83,7 @@ def shutdown() -> None:
     thread with pthread_exit inside ``~AsyncWork`` (noexcept) and the process dies with
     SIGABRT, "terminate called without an active exception" (seen in a core dump; the
     mechanism is pybind/pybind11#2215, python/cpython#87135). Sleeping hands the GIL to them
-    first: tests/distributed_fit_script.py under torchrun failed 2 runs in 30 without it, none
+    first: tests/train/distributed_fit_script.py under torchrun failed 2 runs in 30 without it, none
     in 90 with it, on 2 cores. No barrier: ranks other than 0 leave while rank 0 still exports
     and measures, which can outlast gloo's 30-minute collective timeout.
     """

@@ -57,7 +57,7 @@ def default_variants(is_transformer: bool, saturates: bool) -> list[str]:
 
 # Static int8 of a transformer quantizes only its matrix products: with LayerNorm,
 # Softmax, GELU and the residual Adds quantized too (ORT's default op set), fidelity
-# collapses (a known failure; measured on a tiny BERT in tests/test_text_models.py).
+# collapses (a known failure; measured on a tiny BERT in tests/model/test_text_models.py).
 STATIC_TRANSFORMER_OPS = ["MatMul", "Gemm"]
 
 # A variant is slower than the fastest only by more than this and in every interleaved

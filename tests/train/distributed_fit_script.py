@@ -1,6 +1,6 @@
-"""Data-parallel fits for tests/test_train_distributed.py, run under torchrun (not collected by pytest).
+"""Data-parallel fits for tests/train/test_train_distributed.py, run under torchrun (not collected by pytest).
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_fit_script.py OUT_DIR
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train/distributed_fit_script.py OUT_DIR
 
 Every rank writes ``OUT_DIR/rank-<r>.pt``: per case, the final weights and the FitReport
 fields, so the test can compare ranks with each other and with one process. The builders
