@@ -29,6 +29,7 @@ def test_no_command_prints_help():
     assert done.returncode == 2 and "compress" in done.stdout
 
 
+@pytest.mark.e2e
 def test_recipes_list_and_show():
     done = run_cli("recipes")
     names = [line.split()[0] for line in done.stdout.splitlines()]
@@ -52,6 +53,7 @@ def test_import_is_light():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_bench_artifact_vs_baseline(digits_artifact, tmp_path):
     done = run_cli(
@@ -81,6 +83,7 @@ def test_bench_refuses_non_model(tmp_path):
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_bench_packed_file_vs_its_model(digits_artifact, tmp_path):
     """A .packed file is timed as the model it unpacks to, and reported at its stored size."""
@@ -116,6 +119,7 @@ def test_eval_on_npz(digits_artifact, tmp_path):
     assert result["metrics"]["accuracy"] >= 0.95
 
 
+@pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_rerun_saved_recipe_reproduces_choice(digits_artifact, tmp_path):
     first = read_report(digits_artifact)
@@ -138,6 +142,7 @@ def test_rerun_saved_recipe_reproduces_choice(digits_artifact, tmp_path):
     assert again["data"]["split"]["evaluation_rows"] == first["data"]["split"]["evaluation_rows"]
 
 
+@pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_rerun_into_same_folder_replaces_artifact(tmp_path):
     out = tmp_path / "art"

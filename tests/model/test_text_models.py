@@ -84,6 +84,7 @@ def test_folder_without_config(tmp_path):
     assert done.returncode == 2 and "config.json" in done.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_no_temporary_files_left_in_the_working_directory(tiny_bert, sentences_file, tmp_path):
     work = tmp_path / "cwd"

@@ -91,6 +91,7 @@ def test_rerun_without_resume_is_refused(killed_run, capsys):
     assert _finished_stages(ckpt) == 1  # the refusal leaves the checkpoint alone
 
 
+@pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_resume_continues_after_the_last_finished_stage(killed_run):
     recipe, out, ckpt = killed_run

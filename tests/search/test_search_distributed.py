@@ -27,6 +27,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import FAST_BENCH, read_report, run_cli
 
+# Several worker processes and a PostgreSQL server per test: CI runs them in their own step.
+pytestmark = pytest.mark.e2e
+
 HEARTBEAT, GRACE = 1, 4  # seconds: a killed worker's trial is stale 4 s after its last beat
 TRIALS = 8
 FINISHED = ("COMPLETE", "PRUNED")
