@@ -114,6 +114,23 @@ def bench_settings(args):
     return BenchSettings(rounds=args.rounds, throughput_batch=args.batch, threads=args.threads)
 
 
+def run_settings(args, task: str | None = None, weights: str | None = None):
+    """The run settings the command line gives (:class:`presso.RunSettings`), one definition
+    for compress, distill and search (``task`` / ``weights`` as the command resolved them)."""
+    from presso.recipe.run import RunSettings
+
+    return RunSettings(
+        task=task,
+        max_drop=args.max_drop,
+        target=args.target,
+        weights=weights,
+        seed=args.seed,
+        calibration_fraction=args.calibration_fraction,
+        seq_len=args.seq_len,
+        bench=bench_settings(args),
+    )
+
+
 def console(args):
     """Where tables go: stdout, or stderr when stdout carries JSON; nowhere with --quiet."""
     from rich.console import Console

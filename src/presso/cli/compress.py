@@ -11,11 +11,11 @@ from presso.cli.common import (
     add_data_options,
     add_model_options,
     add_run_options,
-    bench_settings,
     console,
     make_progress,
     model_and_data,
     print_json,
+    run_settings,
 )
 from presso.cli.search import add_search_budget, search_defaults
 from presso.cli.search import run as search_run
@@ -117,14 +117,7 @@ def run(args) -> int:
         model,
         recipe,
         data=data,
-        task=task,
-        max_drop=args.max_drop,
-        target=args.target,
-        weights=weights,
-        seed=args.seed,
-        calibration_fraction=args.calibration_fraction,
-        seq_len=args.seq_len,
-        bench=bench_settings(args),
+        settings=run_settings(args, task, weights),
         progress=progress,
         pack=args.packed,
         checkpoint=checkpoint,

@@ -10,11 +10,11 @@ from presso.cli.common import (
     add_common,
     add_data_options,
     add_run_options,
-    bench_settings,
     console,
     make_progress,
     model_and_data,
     print_json,
+    run_settings,
 )
 
 HELP = "distil a smaller student from a teacher (PyTorch, ONNX or a Python callable) and write it"
@@ -187,14 +187,7 @@ def run(args) -> int:
             model,
             recipe,
             data=data,
-            task=task,
-            max_drop=args.max_drop,
-            target=args.target,
-            weights=args.weights,
-            seed=args.seed,
-            calibration_fraction=args.calibration_fraction,
-            seq_len=args.seq_len,
-            bench=bench_settings(args),
+            settings=run_settings(args, task, args.weights),
             progress=progress,
         )
     except distributed.WorkerDone:

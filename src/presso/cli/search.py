@@ -11,11 +11,11 @@ from presso.cli.common import (
     add_data_options,
     add_model_options,
     add_run_options,
-    bench_settings,
     console,
     make_progress,
     model_and_data,
     print_json,
+    run_settings,
 )
 
 HELP = "search the compression space (Optuna) for the best quality / latency / size trade-offs"
@@ -177,14 +177,7 @@ def run(args, out_default: str = "search") -> int:
         max_latency_ms=args.max_latency_ms,
         max_size_mb=args.max_size_mb,
         techniques=techniques,
-        task=task,
-        max_drop=args.max_drop,
-        target=args.target,
-        weights=args.weights,
-        seed=args.seed,
-        calibration_fraction=args.calibration_fraction,
-        seq_len=args.seq_len,
-        bench=bench_settings(args),
+        settings=run_settings(args, task, args.weights),
         trial_rounds=args.trial_rounds,
         keep_front=args.keep_front,
         progress=progress,

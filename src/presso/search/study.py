@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from typing_extensions import Unpack
 
 from presso.errors import BudgetError, PressoError
 from presso.files import atomic_path, write_text_atomic
@@ -33,6 +34,7 @@ from presso.measure.bench import BenchSettings, time_latency
 from presso.progress import SILENT, Progress
 from presso.recipe.checkpoint import run_fingerprint
 from presso.recipe.result import CompressionResult
+from presso.recipe.run import RunOptions, RunSettings
 from presso.recipe.runner import Prepared, prepare, run_recipe
 from presso.recipe.schema import Recipe, Settings
 from presso.search.front import LATENCY_NOISE, PICKS, near_front, ordered, pareto_front
@@ -77,17 +79,11 @@ def search(
     max_latency_ms: float | None = None,
     max_size_mb: float | None = None,
     techniques: list[str] | None = None,
-    task: str | None = None,
-    max_drop: float | None = None,
-    target: str | None = None,
-    weights: str | Path | None = None,
-    seed: int | None = None,
-    calibration_fraction: float | None = None,
-    seq_len: int = 128,
-    bench: BenchSettings | None = None,
     trial_rounds: int = 5,
     keep_front: bool = False,
+    settings: RunSettings | None = None,
     progress: Progress = SILENT,
+    **options: Unpack[RunOptions],
 ) -> SearchResult:
     """Search the model's compression space and return the front's best point for ``pick``.
 
@@ -96,8 +92,11 @@ def search(
     saved, the chosen artifact. ``storage`` (a database URL) and ``study`` (a name) let
     workers on many machines join one study; run the same call again to resume one.
     ``keep_front`` also keeps the model of every front point this worker ran (saved as
-    ``front/NNNN.onnx``), to deploy another trade-off without re-running it.
+    ``front/NNNN.onnx``), to deploy another trade-off without re-running it. The run
+    settings (task, max_drop, seed, ...) are those of :func:`presso.compress`:
+    :class:`presso.RunSettings`, or its fields as keywords.
     """
+    run_settings = RunSettings.of(settings, options, "search")
     out = Path(out)
     _check_options(trials, timeout, sampler, pick, max_latency_ms, max_size_mb, trial_rounds)
     _check_where(out, storage)
@@ -106,19 +105,7 @@ def search(
     # A database server that cannot be reached fails now, not after minutes of preparing the
     # model; the default SQLite file is made once the options are known to be sound.
     db = open_storage(storage) if storage is not None else None
-    prepared = prepare(
-        model,
-        data,
-        task=task,
-        max_drop=max_drop,
-        target=target,
-        weights=weights,
-        seed=seed,
-        calibration_fraction=calibration_fraction,
-        seq_len=seq_len,
-        bench=bench,
-        progress=progress,
-    )
+    prepared = prepare(model, data, settings=run_settings, progress=progress)
     try:
         space = SearchSpace.for_model(prepared, techniques)
         constraints = _constraints(prepared, max_latency_ms, max_size_mb)
