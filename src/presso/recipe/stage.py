@@ -58,7 +58,7 @@ def run_stage(
     tried: list[Candidate] = []
     try:
         with run.progress.task(f"stage {index}/{count}: {technique.name}"):
-            result = technique.apply(start.model, config, ctx)
+            result = technique.run(start.model, config, ctx)
         tried = result.tried
         chosen, eval_metrics = _verify(run, result.ranked, result.tried, technique.name)
     except (BudgetError, NothingToDo) as exc:

@@ -104,9 +104,6 @@ class Technique:
     sparse: bool = False  # leaves zero weights: the run stores them as a bitmask + values at the end
     search: SearchEntry | None = None
 
-    def apply(self, model: Path | None, cfg: BaseModel, ctx: Any) -> Any:
-        return self.run(model, cfg, ctx)
-
 
 # name -> Technique, in registration order; filled by @technique as modules are imported.
 # presso.techniques.registry imports the built-in modules (and plugins) before reading it.
