@@ -50,6 +50,19 @@ from presso.techniques.pruning.transformer_find import (
     shared_refusal,
 )
 
+__all__ = [
+    "IMPORTANCES",
+    "SCOPES",
+    "Block",
+    "TransformerPruneReport",
+    "attention_shape",
+    "find_encoder_blocks",
+    "find_encoder_layers",
+    "masked_transformer",
+    "prune_transformer",
+    "shared_refusal",
+]
+
 IMPORTANCES = ("l2", "taylor", "activation", "random")
 SCOPES = ("layer", "global")
 _EQUIV_RTOL = 1e-4
