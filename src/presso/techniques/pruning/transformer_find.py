@@ -262,6 +262,8 @@ def _ffn_unit(module: nn.Module, flow: _Flow, c: _Call, after: int) -> tuple[str
 def _block(module: nn.Module, flow: _Flow, attn: dict, ups: tuple[str, ...], down: str) -> Block:
     mods = dict(module.named_modules())
     n_ffn = mods[down].in_features
+    refusal: str | None
+    heads: int | None
     if attn.get("mha"):
         mha = mods[attn["out"]]
         name = _ancestor([attn["out"], *ups, down])
@@ -291,8 +293,8 @@ def _block(module: nn.Module, flow: _Flow, attn: dict, ups: tuple[str, ...], dow
                 f"its attention scores add '{shared[0]}', a per-head term computed outside the "
                 f"layer (shared by every layer's heads)"
             )
-    heads = heads or 1
-    return Block(name, heads_in, attn["out"], attention, width // heads, heads, ups, down, n_ffn, refusal)
+    n_heads = heads or 1
+    return Block(name, heads_in, attn["out"], attention, width // n_heads, n_heads, ups, down, n_ffn, refusal)
 
 
 def find_encoder_blocks(module: nn.Module, example_inputs) -> list[Block]:
