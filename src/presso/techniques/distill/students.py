@@ -3,14 +3,18 @@
 :func:`derive_student` copies a PyTorch teacher (never changing it) and makes it
 
 * shallower (``depth``): keeps ``depth`` of the transformer encoder's layers (DistilBERT
-  style) or of the longest stack of same-shape blocks in an ``nn.Sequential`` /
+  style; the layers are found from the teacher's data flow, so BERT, RoBERTa, DistilBERT,
+  DeBERTa-v2, MPNet, ``nn.TransformerEncoder``... alike; ALBERT, whose layers share weights,
+  is refused) or of the longest stack of same-shape blocks in an ``nn.Sequential`` /
   ``nn.ModuleList``, evenly spaced: ``numpy.linspace(0, L - 1, depth).round()`` (numpy rounds
   halves to even), so the first and last are always kept: 6 -> 3 keeps 0, 2, 5; 4 -> 2 keeps
   0, 3; ``depth=1`` keeps the first;
 * narrower (``width``): presso's structured pruning physically removes channels / neurons
   (:func:`~presso.techniques.pruning.structured.prune_channels`, the output layer keeps its
   size) or attention heads and feed-forward neurons
-  (:func:`~presso.techniques.pruning.transformer.prune_transformer`). Depth goes first;
+  (:func:`~presso.techniques.pruning.transformer.prune_transformer`; where heads cannot go,
+  MPNet's shared relative bias or an ``nn.MultiheadAttention``, only the neurons, and the
+  note says why). Depth goes first;
 * MobileNet-style (``blocks="separable"``, Howard et al. 2017): every ``Conv1d`` / ``Conv2d``
   with a kernel > 1 in each dim, groups 1 and more than one input channel becomes a depthwise
   conv (one kernel per input channel, same stride / padding / dilation) then a 1x1 pointwise
@@ -478,8 +482,9 @@ def derive_student(
     plan : StudentPlan
         ``width``, ``depth``, ``blocks`` and ``init`` (see the module docstring for the rules).
     transformer : dict, optional
-        ``LoadedModel.transformer`` of a transformer encoder; BERT-like encoder layers found in
-        the model make it a transformer too.
+        ``LoadedModel.transformer`` of a transformer encoder; encoder blocks found in the
+        teacher's traced forward (any family, see ``find_encoder_blocks``) make it a
+        transformer too.
     seed : int
         Seed of ``init="random"``.
 
