@@ -219,7 +219,8 @@ def test_torch_transformer_encoder_prunes_neurons_and_refuses_heads():
         PressoError, match=r"'layers\.0\.self_attn' is an nn\.MultiheadAttention.*set heads to 0"
     ):
         prune_transformer(model, (x,), heads_ratio=0.5, ffn_ratio=0.5)
-    report = prune_transformer(model, (x,), heads_ratio=0.0, ffn_ratio=0.5)
+    # activation importance: linear2's input for neurons, no head scores (heads stay)
+    report = prune_transformer(model, (x,), heads_ratio=0.0, ffn_ratio=0.5, importance="activation")
     assert [b.ffn_in for b in find_encoder_blocks(model, (x,))] == [
         ("layers.0.linear1",),
         ("layers.1.linear1",),
