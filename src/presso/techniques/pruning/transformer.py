@@ -44,7 +44,7 @@ from torch import nn
 from presso.errors import PressoError
 from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.pruning.transformer_find import (
-    _WIDTH_NAMES,
+    WIDTH_NAMES,
     Block,
     find_encoder_blocks,
     shared_refusal,
@@ -360,7 +360,7 @@ def _cut_heads(root: nn.Module, B: Block, removed: tuple[int, ...], undo: list) 
                 continue
             if key.endswith("heads") and value == B.n_heads:
                 _set(undo, m, key, len(keep_heads))
-            elif (key in _WIDTH_NAMES or key.endswith("all_head_size")) and value == width:
+            elif (key in WIDTH_NAMES or key.endswith("all_head_size")) and value == width:
                 _set(undo, m, key, len(cols))
 
 

@@ -45,7 +45,7 @@ from presso.errors import PressoError
 
 # Integer attributes of an attention module that hold its head count (names ending in
 # "heads") or its all-heads width: updated when heads go.
-_WIDTH_NAMES = ("all_head_size", "all_head_dim", "inner_dim", "dim", "embed_dim")
+WIDTH_NAMES = ("all_head_size", "all_head_dim", "inner_dim", "dim", "embed_dim")
 
 
 @dataclass
