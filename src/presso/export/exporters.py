@@ -1,0 +1,110 @@
+"""The two PyTorch -> ONNX exporters presso tries, and what they print kept off the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import torch
+from torch import nn
+
+OPSET = 17  # TorchScript exporter
+DYNAMO_OPSET = 18  # the dynamo exporter's lowest well-supported opset (onnxscript)
+OUTPUT = "output"
+
+Axes = dict[str, dict[int, str]]
+
+
+@contextlib.contextmanager
+def fastpath_off() -> Iterator[None]:
+    """Eval-mode transformer layers without their fused kernels.
+
+    Under ``no_grad`` in eval mode, nn.TransformerEncoderLayer and nn.MultiheadAttention
+    run ``aten::_transformer_encoder_layer_fwd`` / ``_native_multi_head_attention``, which
+    no exporter translates; the same switch keeps TransformerEncoder from nested tensors.
+    """
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+@contextlib.contextmanager
+def captured(log: IO[str]) -> Iterator[None]:
+    """Everything written to stdout / stderr goes to ``log`` instead, Python's and C's alike.
+
+    The TorchScript exporter prints its whole graph from C++ when it fails, and the dynamo
+    exporter prints its steps: neither belongs on a user's terminal (file descriptors 1 and
+    2 are redirected, not only ``sys.stdout``).
+    """
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    log.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _to(log)  # restored by catch_warnings
+            yield
+    finally:
+        for stream in (sys.__stdout__, sys.__stderr__, log):
+            if stream is not None:
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _to(log: IO[str]):
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        log.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    return show
+
+
+def torchscript(
+    module: nn.Module, args: tuple, path: Path, names: list[str], axes: Axes, output_axes: dict[int, str]
+) -> None:
+    """The TorchScript exporter: its graphs are the ones ONNX Runtime's quantizer and
+    transformer fusions recognise."""
+    with fastpath_off(), torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=names,
+            output_names=[OUTPUT],
+            dynamic_axes={**axes, OUTPUT: output_axes},
+            do_constant_folding=True,
+        )
+
+
+def dynamo(module: nn.Module, args: tuple, path: Path, names: list[str], axes: Axes) -> None:
+    """The torch.export-based exporter: it translates ops the TorchScript one has no
+    symbolic for (e.g. ``aten::fft_rfft``) and keeps more shapes symbolic."""
+    dims = tuple({a: torch.export.Dim.DYNAMIC for a in axes.get(n, {})} for n in names)
+    with fastpath_off(), torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=DYNAMO_OPSET,
+            input_names=names,
+            output_names=[OUTPUT],
+            dynamic_shapes=dims,
+            external_data=False,
+        )
