@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -108,3 +109,40 @@ def dynamo(module: nn.Module, args: tuple, path: Path, names: list[str], axes: A
             dynamic_shapes=dims,
             external_data=False,
         )
+    unshare_small_initializers(path)
+
+
+def unshare_small_initializers(path: Path, max_elements: int = 1 << 16) -> None:
+    """Give each node its own copy of a small float initializer that several nodes read.
+
+    The dynamo exporter lets both halves of an attention's projection read one bias, and
+    ONNX Runtime's static quantizer refuses a graph with a weight shared that way
+    ("shared mode is not supported for weight", measured on nn.TransformerEncoder). Large
+    shared tensors (tied embeddings) stay shared: copies would grow the model.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    small = {
+        i.name: i
+        for i in graph.initializer
+        if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        and 0 < int(np.prod(i.dims)) <= max_elements
+    }
+    seen: dict[str, int] = {}
+    copies = []
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name not in small:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(small[name])
+                copy.name = f"{name}__{seen[name]}"
+                copies.append(copy)
+                node.input[k] = copy.name
+    if copies:
+        graph.initializer.extend(copies)
+        onnx.save(proto, str(path))
