@@ -253,3 +253,34 @@ def test_no_exporter_one_line_error_and_log(tmp_path, capfd):
     assert not (tmp_path / "m.onnx").exists()
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # no graph dump, no exporter chatter on the terminal
+
+
+class MeanByTracedLength(nn.Module):
+    """Divides by the length as a Python float: TorchScript bakes it into the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):  # (B, T, 4)
+        return self.head(x.sum(1) / float(x.shape[1]))
+
+
+def test_length_kept_fixed_when_no_graph_holds_parity(tmp_path, monkeypatch):
+    import presso.export.onnx_export as onnx_export
+
+    def no_dynamo(*args, **kwargs):
+        raise RuntimeError("dynamo unavailable in this test")
+
+    monkeypatch.setattr(onnx_export, "dynamo", no_dynamo)
+    model = load_model(MeanByTracedLength())
+    x = np.random.default_rng(6).normal(size=(2, 8, 4)).astype(np.float32)
+    path = export_onnx(model, {"x": x}, tmp_path / "m.onnx")
+    assert model.exporter == "torchscript"
+    assert model.dynamic_axes == {"x": {0: "batch"}}
+    assert model.notes == [
+        "input 'x' (length 8) keeps its length fixed in ONNX: the exported graph did not match "
+        "PyTorch at length 4; feed it rows of the fixed length"
+    ]
+    xb = np.random.default_rng(7).normal(size=(5, 8, 4)).astype(np.float32)
+    assert_allclose(_run(path, {"x": xb}), _torch(model.module, {"x": xb}, ["x"]), atol=1e-5)

@@ -26,6 +26,8 @@ from presso.export.failure import ExportError, failure_message, write_log
 from presso.model.loaded import LoadedModel, SelectedForward, first_tensor, with_output
 
 EXPORTERS = ("torchscript", "dynamo")
+# What an exported graph must reproduce: (what, inputs, PyTorch's outputs on them).
+Check = tuple[str, dict[str, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -54,18 +56,18 @@ def export_onnx(model: LoadedModel, sample: dict[str, np.ndarray], path: Path) -
     reference = _torch_outputs(module, args)
     declared = [n for n in model.input_names if 1 in model.dynamic_axes.get(n, {}) and sample[n].ndim >= 2]
     candidates = _sequence_candidates(model, sample)
-    short, short_ref = _shorter(module, sample, model.input_names, declared + list(candidates))
+    short = _shorter(module, sample, model.input_names, [*declared, *candidates])
     del module
-    axes = {n: dict(model.dynamic_axes.get(n, {0: "batch"})) for n in model.input_names}
-    output_axes = {0: "batch"}
-    checks = [
+    fixed = {n: dict(model.dynamic_axes.get(n, {0: "batch"})) for n in model.input_names}
+    checks: list[Check] = [
         ("its batch", sample, reference),
         ("batch 1", {n: a[:1] for n, a in sample.items()}, reference[:1]),
     ]
+    output_axes = {0: "batch"}
     plans = [(e, False) for e in EXPORTERS]
-    if short is not None and short_ref is not None:
+    if short is not None:
         output_axes.update(
-            {d: f"output_{d}" for d in range(1, reference.ndim) if reference.shape[d] != short_ref.shape[d]}
+            {d: f"output_{d}" for d in range(1, reference.ndim) if reference.shape[d] != short[2].shape[d]}
         )
         # A dynamic length from either exporter before a fixed one from TorchScript: the
         # attention of nn.MultiheadAttention traced by TorchScript keeps its length (measured).
@@ -73,20 +75,16 @@ def export_onnx(model: LoadedModel, sample: dict[str, np.ndarray], path: Path) -
     attempts: list[_Attempt] = []
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
         for exporter, sequence in plans:
-            if any(a.exporter == exporter and a.raised for a in attempts) and exporter == "torchscript":
+            if exporter == "torchscript" and any(a.exporter == exporter and a.raised for a in attempts):
                 continue  # it failed on an op, which other axes do not change
             attempt = _Attempt(exporter, sequence)
             attempts.append(attempt)
-            tried_axes = {n: {**a, 1: "sequence"} if n in candidates else a for n, a in axes.items()}
-            tried_checks = checks
-            if sequence:
-                tried_checks = [*checks, (f"length {_first_len(short)}", short, short_ref)]
-            else:
-                tried_axes = axes
-            log.write(f"\n===== {exporter} exporter, dynamic axes {tried_axes} =====\n")
-            attempt.problem, attempt.raised = _try(
-                model, args, path, exporter, tried_axes, output_axes, tried_checks, log
-            )
+            axes, tried = fixed, checks
+            if sequence and short is not None:
+                axes = {n: {**a, 1: "sequence"} if n in candidates else a for n, a in fixed.items()}
+                tried = [*checks, short]
+            log.write(f"\n===== {exporter} exporter, dynamic axes {axes} =====\n")
+            attempt.problem, attempt.raised = _try(model, args, path, exporter, axes, output_axes, tried, log)
             if attempt.problem is None:
                 _record(model, attempt, attempts, candidates, sample, short)
                 return path
@@ -109,7 +107,7 @@ def _try(
     exporter: str,
     axes: Axes,
     output_axes: dict[int, str],
-    checks: list,
+    checks: list[Check],
     log: IO[str],
 ) -> tuple[str | None, bool]:
     """Export with one exporter and check it: (the problem or None, whether it raised)."""
@@ -131,7 +129,7 @@ def _try(
         return _check(path, checks, log), False
 
 
-def _check(path: Path, checks: list, log: IO[str]) -> str | None:
+def _check(path: Path, checks: list[Check], log: IO[str]) -> str | None:
     """Why the graph at ``path`` does not reproduce PyTorch on ``checks`` (None: it does)."""
     from presso.runtime.session import make_session, run_session
 
@@ -155,7 +153,7 @@ def _record(
     attempts: list[_Attempt],
     lengths: dict[str, int],
     sample: dict[str, np.ndarray],
-    short: dict[str, np.ndarray] | None,
+    short: Check | None,
 ) -> None:
     """Note on ``model`` what the kept export is: its exporter, its dynamic axes."""
     model.exporter = chosen.exporter
@@ -171,8 +169,8 @@ def _record(
         fixed = ", ".join(f"'{n}' (length {sample[n].shape[1]})" for n in lengths)
         _note(
             model,
-            f"input {fixed} keeps a fixed length in ONNX: the exported graph did not match "
-            f"PyTorch at length {_first_len(short)}; give rows of that length",
+            f"input {fixed} keeps its length fixed in ONNX: the exported graph did not match "
+            f"PyTorch at {short[0]}; feed it rows of the fixed length",
         )
 
 
@@ -216,25 +214,20 @@ def _sequence_candidates(model: LoadedModel, sample: dict[str, np.ndarray]) -> d
 
 
 def _shorter(
-    module: nn.Module, sample: dict[str, np.ndarray], names: list[str], lengths: dict[str, int]
-) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
-    """The sample cut to half its length on the sequence inputs, and PyTorch's outputs on
-    it; (None, None) when the model itself does not take another length."""
-    if not lengths:
-        return None, None
-    short = {n: (a[:, : max(1, a.shape[1] // 2)] if n in lengths else a) for n, a in sample.items()}
+    module: nn.Module, sample: dict[str, np.ndarray], names: list[str], sequences: list[str]
+) -> Check | None:
+    """The sample cut to half its length on the ``sequences`` inputs, with PyTorch's
+    outputs on it; None when the model itself does not take another length."""
+    if not sequences:
+        return None
+    short = {n: (a[:, : max(1, a.shape[1] // 2)] if n in sequences else a) for n, a in sample.items()}
     try:
         out = _torch_outputs(module, tuple(torch.from_numpy(np.ascontiguousarray(short[n])) for n in names))
     except Exception:  # a fixed-length model (e.g. flattens its steps into a Linear)
-        return None, None
+        return None
     if out.shape[0] != len(sample[names[0]]):
-        return None, None
-    return short, out
-
-
-def _first_len(short: dict[str, np.ndarray] | None) -> int:
-    assert short is not None
-    return max(a.shape[1] for a in short.values() if a.ndim >= 2)
+        return None
+    return f"length {max(short[n].shape[1] for n in sequences)}", short, out
 
 
 def _first_line(exc: BaseException) -> str:

@@ -73,7 +73,7 @@ class SelectedForward:
 
 def with_output(module: nn.Module, name: str | None) -> nn.Module:
     """``module`` (changed in place) returning exactly the tensor ``name`` names."""
-    module.forward = SelectedForward(module, name)  # type: ignore[method-assign]
+    module.forward = SelectedForward(module, name)
     return module
 
 
