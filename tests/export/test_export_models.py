@@ -250,6 +250,7 @@ def test_no_exporter_one_line_error_and_log(tmp_path, capfd):
     details = log.read_text()
     assert "torchscript exporter" in details and "dynamo exporter" in details
     assert "Traceback" in details and "aten.cummax" in details
+    assert "Torch IR graph at exception" in details  # printed by C++, captured all the same
     assert not (tmp_path / "m.onnx").exists()
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # no graph dump, no exporter chatter on the terminal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,29 +43,35 @@ def captured(log: IO[str]) -> Iterator[None]:
     """Everything written to stdout / stderr goes to ``log`` instead, Python's and C's alike.
 
     The TorchScript exporter prints its whole graph from C++ when it fails, and the dynamo
-    exporter prints its steps: neither belongs on a user's terminal (file descriptors 1 and
-    2 are redirected, not only ``sys.stdout``).
+    exporter prints its steps: neither belongs on a user's terminal. File descriptors 1
+    and 2 go to a file of their own (sharing ``log``'s would let its buffered writes and
+    C's overwrite each other), appended to ``log`` at the end.
     """
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, log):
         if stream is not None:
             stream.flush()
-    log.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
-            warnings.simplefilter("default")
-            warnings.showwarning = _to(log)  # restored by catch_warnings
-            yield
-    finally:
-        for stream in (sys.__stdout__, sys.__stderr__, log):
-            if stream is not None:
-                stream.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
+    with tempfile.TemporaryFile() as native:
+        saved = []
+        try:
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(native.fileno(), fd)
+        except OSError:  # no such descriptor (a detached process): nothing to redirect
+            pass
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
+                warnings.simplefilter("default")
+                warnings.showwarning = _to(log)  # restored by catch_warnings
+                yield
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):
+                if stream is not None:
+                    stream.flush()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            native.seek(0)
+            log.write(native.read().decode("utf-8", errors="replace"))
 
 
 def _to(log: IO[str]):
