@@ -3,6 +3,8 @@ dynamo exporter translates, and ops no exporter does (one line, the details in a
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -82,6 +84,11 @@ def test_transformer_encoder_exports_and_holds_parity(tmp_path):
     for shape in [(1, 10, 8), (3, 10, 8), (7, 4, 8), (2, 31, 8)]:
         xb = rng.normal(size=shape).astype(np.float32)
         assert_allclose(_run(path, {"x": xb}), _torch(EncoderClassifier(), {"x": xb}, ["x"]), atol=1e-4)
+    # Each float weight read by one node: ONNX Runtime's static quantizer refuses shared ones.
+    graph = onnx.load(str(path)).graph
+    weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    readers = Counter(name for node in graph.node for name in node.input if name in weights)
+    assert readers and max(readers.values()) == 1
 
 
 def test_padded_text_encoder_with_nested_tensors(tmp_path):
