@@ -292,3 +292,12 @@ def test_length_kept_fixed_when_no_graph_holds_parity(tmp_path, monkeypatch):
     ]
     xb = np.random.default_rng(7).normal(size=(5, 8, 4)).astype(np.float32)
     assert_allclose(_run(path, {"x": xb}), _torch(model.module, {"x": xb}, ["x"]), atol=1e-5)
+
+
+def test_export_logs_are_timestamped_and_the_newest_kept():
+    from presso.export.failure import KEEP_LOGS, log_dir, write_log
+
+    paths = [write_log(f"attempt {i}", "Some Model") for i in range(KEEP_LOGS + 3)]
+    kept = sorted(log_dir().glob("export-*.log"))
+    assert kept == sorted(paths[-KEEP_LOGS:])  # the three oldest went
+    assert paths[-1].read_text() == f"attempt {KEEP_LOGS + 2}" and "Some_Model" in paths[-1].name

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import time
+from datetime import datetime
 from pathlib import Path
 
 from torch import nn
@@ -21,6 +21,9 @@ class ExportError(PressoError):
         self.log_path = log_path
 
 
+KEEP_LOGS = 20  # the newest export logs kept; older ones go when a new one is written
+
+
 def log_dir() -> Path:
     """Where export logs go: ``logs/`` in presso's cache folder."""
     return cache_root() / "logs"
@@ -28,14 +31,12 @@ def log_dir() -> Path:
 
 def write_log(details: str, what: str) -> Path:
     """The exporters' output, tracebacks included, in a new timestamped file."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # sorts by time, to the microsecond
     path = log_dir() / f"export-{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', what)}.log"
-    n = 1
-    while path.exists():
-        n += 1
-        path = path.with_name(f"export-{stamp}-{what}-{n}.log")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, details)
+    for old in sorted(path.parent.glob("export-*.log"))[:-KEEP_LOGS]:  # oldest first
+        old.unlink(missing_ok=True)
     return path
 
 
