@@ -1,9 +1,11 @@
 """PyTorch -> ONNX, checked against the module's own outputs before it is kept.
 
 The TorchScript exporter goes first (ONNX Runtime's fusions and quantizer recognise its
-graphs); when it fails, or its graph disagrees with PyTorch at another batch size, the
-dynamo exporter is tried. Sequence axes are kept dynamic when the graph holds parity at
-another length. What the exporters print goes to a log file, named when every one fails.
+graphs: a BERT's attention fuses from its graph, not from dynamo's, measured); when it
+fails, or its graph disagrees with PyTorch at another batch size, the dynamo exporter is
+tried. A sequence axis is kept dynamic when a graph holds parity at another length, from
+either exporter before a fixed-length one. What the exporters print goes to a log file,
+named when every one fails.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def export_onnx(model: LoadedModel, sample: dict[str, np.ndarray], path: Path) -
     del module
     fixed = {n: dict(model.dynamic_axes.get(n, {0: "batch"})) for n in model.input_names}
     checks: list[Check] = [
-        ("its batch", sample, reference),
+        (f"batch {len(reference)}", sample, reference),
         ("batch 1", {n: a[:1] for n, a in sample.items()}, reference[:1]),
     ]
     output_axes = {0: "batch"}
