@@ -19,7 +19,7 @@ FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "albert", "
 
 _SUPPORTED = (
     f"presso compresses text encoders ({', '.join(FAMILIES)}) as embedding models, "
-    "and their *ForSequenceClassification folders as classifiers"
+    "and their *ForSequenceClassification folders as classifiers: give one of those"
 )
 _SEQ2SEQ_HEADS = ("ForConditionalGeneration", "Seq2SeqLM", "ForSpeechSeq2Seq")
 _DECODER_HEADS = ("ForCausalLM", "LMHeadModel")
@@ -59,9 +59,7 @@ def check_supported(config: dict, folder: Path) -> list[str]:
         else:
             kind = "not a text encoder presso knows"
     if kind is not None:
-        raise PressoError(
-            f"{named}, {kind}; {_SUPPORTED}. Give such a folder, or export the model to ONNX yourself."
-        )
+        raise PressoError(f"{named}, {kind}; {_SUPPORTED}.")
     if model_type not in FAMILIES:
         return [
             f"{model_type} is not among the encoder families presso tests ({', '.join(FAMILIES)}); check the parity figures"

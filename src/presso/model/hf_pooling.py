@@ -76,7 +76,8 @@ class SentencePooling(nn.Module):
 
     def describe(self) -> str:
         parts = ["+".join(self.modes) + " pooling"]
-        parts += [f"dense {d[0].in_features}->{d[0].out_features}" for d in self.dense]
+        linears = [m for d in self.dense for m in d.modules() if isinstance(m, nn.Linear)]
+        parts += [f"dense {m.in_features}->{m.out_features}" for m in linears]
         return ", ".join(parts + (["L2-normalised"] if self.normalize else []))
 
 
