@@ -27,7 +27,7 @@ def texts():
     return ["Short.", "A second, slightly longer text about files.", *sentences]
 
 
-def _presso_and_onnx(folder, texts, tmp_path, seq_len=128):
+def _presso_and_onnx(folder, texts, tmp_path, seq_len=64):
     model = load_hf_folder(folder)
     data = from_texts(texts, model.input_names, model.tokenizer, seq_len)
     ours = model.run_torch(data.inputs)
@@ -36,7 +36,7 @@ def _presso_and_onnx(folder, texts, tmp_path, seq_len=128):
     return model, ours, exported
 
 
-def _encode(folder, texts, seq_len=128):
+def _encode(folder, texts, seq_len=64):
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(folder), device="cpu")
@@ -155,7 +155,7 @@ def test_subfolder_transformer_layout(texts, tmp_path):
         ],
     )
     model = load_hf_folder(folder)
-    ours = model.run_torch(from_texts(texts, model.input_names, model.tokenizer, 128).inputs)
+    ours = model.run_torch(from_texts(texts, model.input_names, model.tokenizer, 64).inputs)
     assert_allclose(ours, _encode(folder, texts), atol=1e-5, rtol=0)
 
 
