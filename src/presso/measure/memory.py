@@ -29,3 +29,20 @@ def peak_memory_mb(
             return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"])
         except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
             return None  # reported as unknown rather than failing the whole run
+
+
+def process_peak_mb() -> tuple[float, float]:
+    """(peak RSS of this process, largest peak RSS of any finished child) in MiB, so far.
+
+    The kernel's high-water marks (``getrusage``): they cost nothing to read and catch the
+    short peaks a sampler would miss. Children are the latency and memory probes this run
+    started; their peak is not added to this process's (they did not all run at once).
+    """
+    import resource
+    import sys
+
+    # ru_maxrss is in KiB on Linux, in bytes on macOS
+    unit = 1 if sys.platform == "darwin" else 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2**20
+    return own, children

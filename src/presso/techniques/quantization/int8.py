@@ -60,6 +60,10 @@ def default_variants(is_transformer: bool, saturates: bool) -> list[str]:
 # collapses (a known failure; measured on a tiny BERT in tests/model/test_text_models.py).
 STATIC_TRANSFORMER_OPS = ["MatMul", "Gemm"]
 
+# Calibration rows the one-pass layer sensitivity runs (layer_error.py): the ranking of 72
+# BERT-base layers needs the error's size, not its third digit.
+SENSITIVITY_ROWS = 128
+
 # A variant is slower than the fastest only by more than this and in every interleaved
 # round (``clearly_slower``); otherwise it is a tie and the more faithful one wins it.
 _LATENCY_TIE = 0.03
@@ -338,6 +342,19 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         # each candidate's own per-layer table: the pipeline may verify any
         cand.layers, cand.notes = _layer_rows(cand, weighted, ops, fell_back, found, cfg, ctx)
 
+    def one_pass(start: Candidate, layers: list[str]) -> dict[str, float] | None:
+        if start.path is None:
+            return None  # not written: sensitivity one layer at a time finds the culprit
+        from presso.techniques.quantization.layer_error import layer_errors
+
+        variant = start.options["variants"][0]
+        # the graph the variant was quantized from: its node and tensor names are the layers'
+        reference = _smoothed(src, ctx, input_names) if variant == "dynamic-smooth" else src
+        rows = ctx.calibration.head(min(len(ctx.calibration), SENSITIVITY_ROWS))
+        # one row per batch, as the scoring runs (dynamic ranges are per batch)
+        feeds = ({k: v for k, v in f.items() if k in input_names} for f in rows.batches(1))
+        return layer_errors(reference, start.path, layers, feeds, work, ctx.progress, len(rows))
+
     technique = Technique(
         layers=[n for n in weighted if n not in base_exclude],
         fallbacks=[FP32],
@@ -345,8 +362,13 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         finish=finish,
         base={n: FP32 for n in base_exclude},
         rank=rank,
+        one_pass=one_pass,
     )
-    result = decide([attempt(v, base_exclude) for v in variants], technique, ctx)
+    first = []
+    for i, v in enumerate(variants, 1):
+        with ctx.progress.task(f"int8: quantizing and scoring variant {i}/{len(variants)} ({v})"):
+            first.append(attempt(v, base_exclude))
+    result = decide(first, technique, ctx)
     result.notes = notes
     # Mixes are quantized lazily, while the pipeline verifies: in the workdir, quietly, too.
     result.ranked = _quietly(result.ranked)
