@@ -16,7 +16,6 @@ import pytest
 
 from presso.recipe.run import new_workdir, temporary_files_in
 
-
 PERSISTENT = {".ses", f"torchinductor_{getpass.getuser()}"}
 
 

@@ -97,6 +97,9 @@ class _Reader:
         ]
         self._it = iter(self._feeds)
 
+    def __len__(self) -> int:
+        return len(self._feeds)
+
     def get_next(self):
         return next(self._it, None)
 
@@ -234,7 +237,14 @@ def _quantize(
     # activation), handed to ORT as explicit per-tensor ranges.
     feeds = _Reader(ctx.calibration, input_names, cfg.calibration_rows, calibration_batch)
     kwargs = static_quantize_kwargs(
-        src, feeds, cfg.calibration, "u8" if u8 else "s8", nodes_to_exclude=exclude, workdir=ctx.workdir
+        src,
+        feeds,
+        cfg.calibration,
+        "u8" if u8 else "s8",
+        nodes_to_exclude=exclude,
+        workdir=ctx.workdir,
+        progress=ctx.progress,
+        batches=len(feeds),
     )
     extra = {
         "WeightSymmetric": True,
