@@ -39,6 +39,11 @@ def build(folder: Path, seed: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _peak() -> float:
+    """This process's peak RSS so far (MiB): printed with each step, it shows which step raised it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class _Timeline:
     """A presso Progress that records when each step starts and ends."""
 
@@ -53,12 +58,16 @@ class _Timeline:
 
             def log(self, message):
                 self.events.append((time.perf_counter() - self.t0, "log", message))
-                print(f"[{time.perf_counter() - self.t0:7.1f}s] {message}", file=sys.stderr, flush=True)
+                print(
+                    f"[{time.perf_counter() - self.t0:7.1f}s {_peak():5.0f} MiB] {message}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
             @contextmanager
             def task(self, description, total=None):
                 start = time.perf_counter() - self.t0
-                print(f"[{start:7.1f}s] > {description}", file=sys.stderr, flush=True)
+                print(f"[{start:7.1f}s {_peak():5.0f} MiB] > {description}", file=sys.stderr, flush=True)
                 try:
                     yield lambda n=1, description=None: None
                 finally:

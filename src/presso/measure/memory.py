@@ -31,18 +31,17 @@ def peak_memory_mb(
             return None  # reported as unknown rather than failing the whole run
 
 
-def process_peak_mb() -> tuple[float, float]:
-    """(peak RSS of this process, largest peak RSS of any finished child) in MiB, so far.
+def process_peak_mb() -> float:
+    """Peak RSS of this process so far, in MiB: the kernel's high-water mark (``getrusage``),
+    which costs nothing to read and catches the short peaks a sampler would miss.
 
-    The kernel's high-water marks (``getrusage``): they cost nothing to read and catch the
-    short peaks a sampler would miss. Children are the latency and memory probes this run
-    started; their peak is not added to this process's (they did not all run at once).
+    Child processes are not added: on Linux a child's ``ru_maxrss`` starts from its
+    parent's RSS at fork (the kernel keeps the old high-water mark across exec), so the
+    children's figure only repeats this one's.
     """
     import resource
     import sys
 
     # ru_maxrss is in KiB on Linux, in bytes on macOS
     unit = 1 if sys.platform == "darwin" else 1024
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2**20
-    return own, children
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20

@@ -135,11 +135,9 @@ def _input_specs(run: RunRecord) -> list[InputSpec]:
 
 def _run_memory(baseline: dict) -> RunMemory:
     """Peak RSS of this run so far (the report is built after every model was measured)."""
-    own, children = process_peak_mb()
     size = baseline["size_bytes"]
     return RunMemory(
-        peak_rss_mb=round(own, 1),
-        children_peak_rss_mb=round(children, 1) if children else None,
+        peak_rss_mb=round(process_peak_mb(), 1),
         fp32_model_mb=None if size is None else round(size / 2**20, 1),
     )
 

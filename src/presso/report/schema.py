@@ -52,8 +52,9 @@ class RunMemory(_Strict):
     """Peak memory of the compress run itself (not of the model at inference: that is
     ``peak_memory_mb`` of each model), next to the fp32 model's file size."""
 
-    peak_rss_mb: float  # this process's high-water mark when the report was built
-    children_peak_rss_mb: float | None = None  # the largest of the probe processes it started
+    # This process's high-water mark when the report was built. Child processes (the memory
+    # probes) are left out: on Linux a child's ru_maxrss starts from its parent's at fork.
+    peak_rss_mb: float
     fp32_model_mb: float | None = None  # the baseline ONNX file (None: a callable teacher)
 
 

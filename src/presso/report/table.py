@@ -67,6 +67,4 @@ def memory_line(report: Report) -> str:
     line = f"this run's peak memory: {m.peak_rss_mb:,.0f} MiB RSS"
     if m.fp32_model_mb:
         line += f" ({m.peak_rss_mb / m.fp32_model_mb:.1f}x the fp32 model's {m.fp32_model_mb:,.1f} MiB)"
-    if m.children_peak_rss_mb:
-        line += f"; its largest probe process {m.children_peak_rss_mb:,.0f} MiB"
     return line
