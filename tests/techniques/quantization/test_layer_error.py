@@ -166,3 +166,47 @@ def test_the_mechanism_asks_the_one_pass_instead_of_scoring_each_layer(tmp_path)
     assert chosen.name == "q+3-fp32" and abs(chosen.score.drop - 0.02) < 1e-9
     # the first choice, then doubling (1, 2, 4) and bisection (3); no per-layer scoring
     assert calls == ["q", "q+1-fp32", "q+2-fp32", "q+4-fp32", "q+3-fp32"]
+
+
+@pytest.mark.slow
+def test_on_minilm_the_one_pass_ranking_follows_the_per_layer_drops(tmp_path):
+    """The proxy against what it replaces, on the real all-MiniLM-L6-v2 (24 fused layers):
+    each layer's one-pass output error vs the drop of mean cosine with only that layer
+    quantized (24 full quantize-and-score runs). Measured (300 sentences, seed 0): Spearman
+    0.61 over all layers, 0.80 over the 18 MatMul layers; fused Attention nodes rank higher
+    by their own error than by their effect on the output, so the bisection may keep one or
+    two more layers float than the per-layer oracle would (5 vs 3 to win back 0.0035)."""
+    from scipy.stats import spearmanr
+
+    import presso
+
+    ex = presso.load_example("minilm")
+    prepared = prepare(ex.model, ex.data.head(300), task="embedding")
+    try:
+        run = prepared.run
+        stage = run.workdir / "stage"
+        stage.mkdir()
+        ctx = _stage_context(run, stage, StageInput(prepared.baseline, None, run.model.transformer), 0, False)
+        src, _ = int8._fuse_transformer(prepared.baseline, stage / "fused.onnx", run.model.transformer, print)
+        src = int8._preprocess(src, stage / "pre.onnx", print)
+        names = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+        layers = weighted_nodes(onnx.load(str(src), load_external_data=False))
+
+        def quantized(exclude, dst):
+            int8._quantize("dynamic", src, dst, Int8Config(), ctx, names, exclude, 16)
+            return dst
+
+        full = quantized([], stage / "full.onnx")
+        feeds = ({k: v for k, v in f.items() if k in names} for f in ctx.calibration.batches(1))
+        errors = layer_errors(src, full, layers, feeds, stage)
+        drops = {
+            n: ctx.score(quantized([o for o in layers if o != n], stage / "one.onnx")).drop for n in layers
+        }
+    finally:
+        prepared.close()
+    assert len(layers) == 24
+    assert spearmanr([errors[n] for n in layers], [drops[n] for n in layers]).correlation > 0.5
+    matmuls = [n for n in layers if n.endswith("MatMul")]
+    assert spearmanr([errors[n] for n in matmuls], [drops[n] for n in matmuls]).correlation > 0.7
+    top = lambda d, k: set(sorted(layers, key=lambda n: -d[n])[:k])  # noqa: E731
+    assert len(top(errors, 12) & top(drops, 12)) >= 8  # measured 9
