@@ -305,6 +305,9 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     input_names = [i.name for i in proto.graph.input]
     # A graph with a fixed batch axis (exported without dynamic axes) calibrates row by row.
     calibration_batch = 1 if fixed_batch_sizes(proto.graph) else 16
+    # ``load_external_data=False`` still reads weights stored inside the file (all of them
+    # below 2 GB): BERT-base's 415 MiB, held for the whole stage if kept.
+    del proto
     variants = (
         default_variants(ctx.transformer is not None, cpu_features().int8_saturates)
         if cfg.variants == "auto"
@@ -318,7 +321,10 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         if fused:
             notes.append("transformer fusion: " + ", ".join(f"{v} {k}" for k, v in sorted(fused.items())))
     src = _preprocess(src, work / "preprocessed.onnx", ctx.log)
-    weighted = weighted_nodes(onnx.load(str(src), load_external_data=False))
+    graph = onnx.load(str(src), load_external_data=False)  # read once, dropped: see above
+    weighted = weighted_nodes(graph)
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    del graph
 
     def attempt(variant: str, exclude: list[str], name: str | None = None) -> Candidate:
         name = name or variant
@@ -345,8 +351,6 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         return attempt(
             start.options["variants"][0], sorted(n for n, p in precision.items() if p == FP32), name
         )
-
-    ops = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
 
     def finish(cand: Candidate, fell_back: dict[str, str], found: MixedSearch) -> None:
         # each candidate's own per-layer table: the pipeline may verify any

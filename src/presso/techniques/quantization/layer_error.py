@@ -15,7 +15,8 @@ as the changed model keeps the layer's input and output tensor names, which ONNX
 quantizers and presso's weight writers do. A layer whose tensors are gone gets ``inf``
 (measured as most sensitive, like a layer that cannot be written).
 
-Memory: one batch of the exposed tensors at a time, and the float layers' weights once.
+Memory: one batch of the exposed tensors at a time, and the float layers' weights once (the
+reference graph is rewritten in place into the float layers' graph, not copied).
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def layer_errors(
         del ref
         err, norm = _accumulate(q, _session(floats_path), measurable, fetch, feeds, progress, rows)
     finally:
-        changed_path.unlink(missing_ok=True)
-        floats_path.unlink(missing_ok=True)
+        for scratch in (changed_path, floats_path, floats_path.with_name(floats_path.name + ".data")):
+            scratch.unlink(missing_ok=True)
     for i, (node, _, _) in enumerate(measurable):
         out[node.name] = (
             float(math.sqrt(err[i] / norm[i])) if norm[i] > 0 else (0.0 if err[i] == 0 else math.inf)
@@ -143,7 +144,8 @@ def _float_layers(ref, plans: list, dst: Path, dtypes: dict[str, int]) -> None:
     g.ClearField("output")
     g.output.extend(onnx.ValueInfoProto(name=f"L{i}:out") for i in range(len(plans)))
     g.ClearField("value_info")
-    onnx.save(ref, str(dst))
+    # Weights to a side file, tensor by tensor: no second, serialized copy of them in memory.
+    onnx.save(ref, str(dst), save_as_external_data=True, location=dst.name + ".data", size_threshold=1024)
 
 
 def _accumulate(q, f, plans, fetch, feeds, progress: Progress, rows):
