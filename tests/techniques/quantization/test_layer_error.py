@@ -210,3 +210,32 @@ def test_on_minilm_the_one_pass_ranking_follows_the_per_layer_drops(tmp_path):
     assert spearmanr([errors[n] for n in matmuls], [drops[n] for n in matmuls]).correlation > 0.7
     top = lambda d, k: set(sorted(layers, key=lambda n: -d[n])[:k])  # noqa: E731
     assert len(top(errors, 12) & top(drops, 12)) >= 8  # measured 9
+
+
+def test_a_one_pass_that_finds_no_layer_gives_way_to_measuring_each(tmp_path):
+    costs = {f"l{i}": 0.01 * i for i in range(10)}
+    calls: list[str] = []
+
+    def attempt(_first, name, precision):
+        calls.append(name)
+        drop = sum(c for n, c in costs.items() if precision.get(n) != FP32)
+        return Candidate(name, tmp_path / name, score=Score("accuracy", 1 - drop, drop, drop <= 0.3, {}))
+
+    technique = Technique(
+        layers=list(costs),
+        fallbacks=[FP32],
+        attempt=attempt,
+        finish=lambda *a: None,
+        one_pass=lambda _first, layers: dict.fromkeys(layers, math.inf),
+    )
+    ctx = StageContext(
+        workdir=tmp_path,
+        calibration=None,
+        score=None,
+        time_models=lambda paths: {n: _timing() for n in paths},
+        transformer=None,
+        max_drop=0.3,
+    )
+    chosen = next(iter(decide([attempt(None, "q", {})], technique, ctx).ranked))
+    assert sum("-only-" in c for c in calls) == len(costs)  # each layer measured alone
+    assert chosen.score.passed and chosen.name == "q+2-fp32"  # l9, l8 float: 0.45 - 0.17 = 0.28

@@ -30,6 +30,7 @@ A first choice that passes on both sets of rows costs nothing more than before.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,11 @@ class LayerFallback:
         if self.one_pass is not None and len(self.layers) > FULL_MEASURE_MAX:
             self.ctx.log(f"{self.name}: sensitivity of {len(self.layers)} layers from one pass")
             errors = self.one_pass(self.layers)
+            if errors is not None and all(math.isinf(e) for e in errors.values()):
+                # no layer's tensors were found in the changed model: the ranking would be
+                # arbitrary, so measure each layer instead (slow but right)
+                self.ctx.log(f"{self.name}: one-pass sensitivity found no layer; measuring each")
+                errors = None
         if errors is not None:
             self.found.output_error.update(errors)
             return sorted(self.layers, key=lambda n: -errors[n])
