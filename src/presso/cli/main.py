@@ -1,14 +1,17 @@
 """Entry point: registers sub-commands and turns errors into one line and an exit code.
 
 Exit codes: 0 success; 1 the quality budget could not be met (nothing written);
-2 bad input (model, data, recipe or option); 130 interrupted (Ctrl-C, nothing written).
+2 bad input (model, data, recipe or option); 130 interrupted (Ctrl-C, nothing written);
+143 terminated (SIGTERM, nothing written).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from presso.cli import bench, compress, distill, evaluate, recipes, report, search
 
@@ -23,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress trained models for fast CPU inference on ONNX Runtime, and prove it: "
         "every result comes with quality, latency, throughput and size measured "
         "against the original in the same run.",
-        epilog="Exit codes: 0 ok, 1 quality budget not met, 2 bad input, 130 interrupted. "
+        epilog="Exit codes: 0 ok, 1 quality budget not met, 2 bad input, 130 interrupted, 143 terminated. "
         "Start with: presso compress --example digits",
     )
     parser.add_argument("--version", action="version", version=f"presso {__version__}")
@@ -33,12 +36,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is: every ``finally`` and cleanup runs as for
+    Ctrl-C (the run's work folder and its temporary files are removed), where Python's
+    default for SIGTERM ends the process on the spot and leaves them behind."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    # signal handlers can only be set from the main thread (not where main() is embedded)
+    handle = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handle else None
+    try:
+        return _run(args)
+    finally:
+        if handle:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args) -> int:
     from presso.errors import PressoError
 
     debug = getattr(args, "debug", False) or os.environ.get("PRESSO_DEBUG") == "1"
@@ -52,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"presso: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = getattr(args, "checkpoint_hint", None)
         resume = ""
         if getattr(args, "interrupt_hint", None):
@@ -64,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                 f" Finished stages are kept in {hint}: run the same command with --resume to "
                 "continue from the last one."
             )
+        if isinstance(exc, Terminated):
+            print(f"presso: terminated (SIGTERM); nothing was written.{resume}", file=sys.stderr)
+            return 128 + signal.SIGTERM  # 143, the code a shell shows for a process SIGTERM ended
         print(f"presso: interrupted; nothing was written.{resume}", file=sys.stderr)
         return 130
 

@@ -89,7 +89,8 @@ def compress(
     run = RunSettings.of(settings, options, "compress")
     prepared = prepare(model, data, settings=run, recipe=recipe, progress=progress)
     try:
-        return run_recipe(prepared, recipe, pack=pack, checkpoint=checkpoint, resume=resume)
+        with prepared.temporary_files():  # ORT's temporary files die with the run's folder
+            return run_recipe(prepared, recipe, pack=pack, checkpoint=checkpoint, resume=resume)
     except BaseException:
         prepared.close()
         raise

@@ -9,9 +9,19 @@ from typing import Any, Protocol
 
 from presso.data.dataset import Dataset
 from presso.measure.bench import BenchSettings
+from presso.measure.memory import process_peak_mb
 from presso.measure.metrics import one_row_drop
 from presso.model.loaded import LoadedModel
-from presso.report.schema import Budget, InputSpec, ModelFigures, Report, StageReport, Step, Stored
+from presso.report.schema import (
+    Budget,
+    InputSpec,
+    ModelFigures,
+    Report,
+    RunMemory,
+    StageReport,
+    Step,
+    Stored,
+)
 from presso.runtime.cpu import cpu_features
 from presso.version import __version__
 
@@ -123,6 +133,15 @@ def _input_specs(run: RunRecord) -> list[InputSpec]:
     ]
 
 
+def _run_memory(baseline: dict) -> RunMemory:
+    """Peak RSS of this run so far (the report is built after every model was measured)."""
+    size = baseline["size_bytes"]
+    return RunMemory(
+        peak_rss_mb=round(process_peak_mb(), 1),
+        fp32_model_mb=None if size is None else round(size / 2**20, 1),
+    )
+
+
 def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
     """The report of a run from what it measured (``recipe``: the recipe as run)."""
     import onnxruntime
@@ -190,4 +209,5 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
         steps=measured.steps,
         layer_sizes=measured.layer_sizes,
         stored=None if measured.stored is None else Stored(**measured.stored),
+        run_memory=_run_memory(base),
     )

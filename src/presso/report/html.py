@@ -7,7 +7,7 @@ from typing import TypedDict
 from presso.report import svg
 from presso.report.html_parts import esc, figure, table
 from presso.report.schema import Report
-from presso.report.table import comparison_rows
+from presso.report.table import comparison_rows, memory_line
 
 CSS = """
 :root{--ink:#1b1f24;--muted:#57606a;--line:#d0d7de;--soft:#f6f8fa;--pass:#1a7f37;--fail:#cf222e}
@@ -177,7 +177,10 @@ def _summary(report: Report) -> str:
         f"<p>Budget: {esc(b.primary_metric)} may drop by at most {b.max_drop:g} (absolute, held-out rows). "
         f"Baseline {b.baseline:.4f}, compressed {b.compressed:.4f}, drop {b.drop:.4f}: {verdict}.</p>",
         table(["", report.baseline.runtime, report.compressed.runtime, "ratio"], comparison_rows(report)),
-        "<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>",
+        "<h3>Notes</h3><ul>"
+        + "".join(f"<li>{esc(n)}</li>" for n in report.notes)
+        + (f"<li>{esc(memory_line(report))}</li>" if report.run_memory is not None else "")
+        + "</ul>",
     )
 
 
@@ -338,6 +341,13 @@ def _stage_sensitivity(i: int, stage, metric: str, max_drop: float) -> str | Non
             "quantized (larger: more sensitive)",
         ),
         (
+            "output_error",
+            "relative output error",
+            "each layer's relative output error ||y_q \u2212 y|| / ||y|| with the whole model "
+            "quantized, from one pass over the calibration rows (it ranks the layers that fall "
+            "back; larger: more sensitive)",
+        ),
+        (
             "relative_error",
             "relative weight error",
             "this stage measured no sensitivity, so this shows each "
@@ -438,6 +448,7 @@ _LAYER_COLUMNS = [
     "granularity",
     "activations",
     "sensitivity",
+    "output_error",
     "parameters",
     "stored_bytes",
     "relative_error",
@@ -447,7 +458,9 @@ _LAYER_COLUMNS = [
 
 _LAYER_NOTES = {
     "quantization": "sensitivity: drop of the primary metric on calibration rows with only that layer "
-    "quantized (measured when the whole model missed the budget); relative_error: "
+    "quantized (measured when the whole model missed the budget, up to 8 layers); output_error: "
+    "||y_q - y|| / ||y|| of the layer's own output with the whole model quantized, one pass "
+    "(larger models); relative_error: "
     "||w_q - w|| / ||w|| of the stored weight.",
     "prune": "sparsity: fraction of the layer's weights that are zero; drop@s: drop of the primary metric "
     "on calibration rows with only that layer pruned to sparsity s (its sensitivity curve, measured "

@@ -48,6 +48,16 @@ class Budget(_Strict):
     one_row_drop: dict[str, float] | None = None
 
 
+class RunMemory(_Strict):
+    """Peak memory of the compress run itself (not of the model at inference: that is
+    ``peak_memory_mb`` of each model), next to the fp32 model's file size."""
+
+    # This process's high-water mark when the report was built. Child processes (the memory
+    # probes) are left out: on Linux a child's ru_maxrss starts from its parent's at fork.
+    peak_rss_mb: float
+    fp32_model_mb: float | None = None  # the baseline ONNX file (None: a callable teacher)
+
+
 class InputSpec(_Strict):
     name: str
     dtype: str
@@ -150,3 +160,4 @@ class Report(_Strict):
     layer_sizes: dict[str, list[LayerSize]] = Field(default_factory=dict)  # "baseline" / "compressed"
     stored: Stored | None = None
     search: Search | None = None  # present when an automatic search chose the recipe
+    run_memory: RunMemory | None = None  # absent in reports written before it was recorded

@@ -58,3 +58,13 @@ def comparison_rows(report: Report) -> list[list[str]]:
 
 def _mem(mb: float | None) -> str:
     return "n/a" if mb is None else f"{mb:.1f} MB"
+
+
+def memory_line(report: Report) -> str:
+    """The compress run's own peak memory, against the fp32 model's size."""
+    m = report.run_memory
+    assert m is not None  # callers check
+    line = f"this run's peak memory: {m.peak_rss_mb:,.0f} MiB RSS"
+    if m.fp32_model_mb:
+        line += f" ({m.peak_rss_mb / m.fp32_model_mb:.1f}x the fp32 model's {m.fp32_model_mb:,.1f} MiB)"
+    return line

@@ -6,7 +6,7 @@ from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from presso.report.schema import Report
-from presso.report.table import comparison_rows
+from presso.report.table import comparison_rows, memory_line
 
 
 def print_summary(report: Report, console: Console, out_dir: str | None = None) -> None:
@@ -26,6 +26,8 @@ def print_summary(report: Report, console: Console, out_dir: str | None = None) 
     )
     for note in report.notes:
         console.print(f"• {note}")
+    if report.run_memory is not None:
+        console.print(f"• {memory_line(report)}")
     for stage in report.stages:
         summary = _layer_summary(stage.layers)
         if summary:

@@ -17,9 +17,9 @@ The flow (:func:`search`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +34,7 @@ from presso.measure.bench import BenchSettings, time_latency
 from presso.progress import SILENT, Progress
 from presso.recipe.checkpoint import run_fingerprint
 from presso.recipe.result import CompressionResult
-from presso.recipe.run import RunOptions, RunSettings
+from presso.recipe.run import RunOptions, RunSettings, new_workdir
 from presso.recipe.runner import Prepared, prepare, run_recipe
 from presso.recipe.schema import Recipe, Settings
 from presso.search.front import LATENCY_NOISE, PICKS, near_front, ordered, pareto_front
@@ -106,6 +106,8 @@ def search(
     # model; the default SQLite file is made once the options are known to be sound.
     db = open_storage(storage) if storage is not None else None
     prepared = prepare(model, data, settings=run_settings, progress=progress)
+    scope = contextlib.ExitStack()
+    scope.enter_context(prepared.temporary_files())  # ORT's temporary files die with the run's folder
     try:
         space = SearchSpace.for_model(prepared, techniques)
         constraints = _constraints(prepared, max_latency_ms, max_size_mb)
@@ -127,6 +129,7 @@ def search(
         kept = _keep_front(front, models, result._workdir) if keep_front else {}
         return SearchResult(result, name, redact(url), rows, front, kept)
     finally:
+        scope.close()
         prepared.close()
 
 
@@ -626,7 +629,7 @@ def _final(prepared: Prepared, front: list[dict], pick: str, scale: float, progr
             }
         )
         progress.log(f"re-running trial {row['number']} ({row['summary']}) as the result, measured in full")
-        workdir = Path(tempfile.mkdtemp(prefix="presso-work-"))
+        workdir = new_workdir()  # beside the search's folder, not inside it: the result keeps it
         run = replace(prepared.run, workdir=workdir)
         try:
             result = run_recipe(

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from presso.errors import PressoError
+from presso.progress import SILENT, Progress
 from presso.techniques.quantization.observers import (
     OBSERVERS,
     EntropyObserver,
@@ -77,6 +78,9 @@ def calibrate(
     model_path,
     feeds: Iterable[Mapping[str, np.ndarray]],
     observer: str | Mapping[str, str] = "minmax",
+    *,
+    progress: Progress = SILENT,
+    batches: int | None = None,
     **observer_options,
 ) -> Calibration:
     """Run the model batch by batch and return each activation tensor's quantization range.
@@ -91,6 +95,8 @@ def calibrate(
         One of ``auto, minmax, moving_average, percentile, mse, entropy`` for every tensor,
         or ``{tensor: name}`` (unlisted tensors use "minmax"). "auto" picks, per tensor, the
         range among minmax/percentile/mse/entropy with the lowest int8 quantization MSE.
+    progress, batches
+        Where a bar shows the batches run (of ``batches``, when known).
     **observer_options
         Passed to each observer that takes them (``percentile=99.9``, ``bins=4096``...).
 
@@ -100,7 +106,7 @@ def calibrate(
     >>> cal.ranges["input"], cal.observers["input"]  # doctest: +SKIP
     ((-3.1, 3.2), 'mse')
     """
-    observers = _collect(model_path, feeds, observer, observer_options)
+    observers = _collect(model_path, feeds, observer, observer_options, progress, batches)
     ranges, chosen = {}, {}
     for name, (obs, kind) in observers.items():
         if getattr(obs, "n_seen_", 0) == 0:  # an empty tensor in every batch: nothing to scale
@@ -152,6 +158,8 @@ def static_quantize_kwargs(
     symmetric: bool = False,
     nodes_to_exclude: Iterable[str] = (),
     workdir=None,
+    progress: Progress = SILENT,
+    batches: int | None = None,
     **observer_options,
 ) -> dict:
     """Calibrate with presso and return the keyword arguments that make ``quantize_static`` use it.
@@ -162,7 +170,8 @@ def static_quantize_kwargs(
     at all) and a one-batch reader otherwise (ORT's ranges are then replaced by the overrides).
     ``activation_type`` and ``ActivationSymmetric`` are included because the overrides were
     computed for them. ``nodes_to_exclude`` must be the list given to ``quantize_static``.
-    The cache file goes to ``workdir`` (a new temporary folder if None).
+    The cache file goes to ``workdir`` (a new temporary folder if None: inside a presso run,
+    Python's temporary folder is the run's own, removed with it).
 
     Examples
     --------
@@ -195,7 +204,14 @@ def static_quantize_kwargs(
             f"Tensor {half[0]!r} is float16: presso's int8 ranges are written as float32 scales, "
             "which float16 QuantizeLinear nodes reject. Quantize the float32 model."
         )
-    cal = calibrate(model_path, remember_first(_iterate(reader_feeds)), observer, **observer_options)
+    cal = calibrate(
+        model_path,
+        remember_first(_iterate(reader_feeds)),
+        observer,
+        progress=progress,
+        batches=batches,
+        **observer_options,
+    )
     ranges = _ort_adjusted(cal.ranges, model, set(nodes_to_exclude))
     del model
     kwargs = {
@@ -226,7 +242,9 @@ def static_quantize_kwargs(
 # --- running the model -----------------------------------------------------------------------
 
 
-def _collect(model_path, feeds, observer, options) -> dict[str, tuple[RangeObserver, str]]:
+def _collect(
+    model_path, feeds, observer, options, progress: Progress = SILENT, batches: int | None = None
+) -> dict[str, tuple[RangeObserver, str]]:
     """Tensor -> (fitted observer, observer name); one ORT run per batch, nothing kept across batches."""
     import onnx
     import onnxruntime as ort
@@ -265,22 +283,24 @@ def _collect(model_path, feeds, observer, options) -> dict[str, tuple[RangeObser
                 f"ONNX Runtime cannot load {model_path} for calibration: {_first_line(exc)}"
             ) from None
         n_batches = 0
-        for i, feed in enumerate(_iterate(feeds)):
-            feed = {k: v for k, v in feed.items() if k in inputs}
-            try:
-                values = sess.run(fetch, feed)  # one batch of every fetched activation
-            except Exception as exc:  # noqa: BLE001 - as above
-                raise PressoError(
-                    f"ONNX Runtime could not run calibration batch {i}: {_first_line(exc)}. "
-                    f"Feed the model's inputs ({', '.join(inputs)}) with their dtypes and shapes."
-                ) from None
-            for name, value in zip(fetch, values, strict=True):
-                observers[name][0].observe(value)
-            for name in inputs:
-                if name in observers:
-                    observers[name][0].observe(feed[name])
-            del values, feed  # nothing of this batch outlives it
-            n_batches += 1
+        with progress.task("calibrating activation ranges (batches)", total=batches) as advance:
+            for i, feed in enumerate(_iterate(feeds)):
+                feed = {k: v for k, v in feed.items() if k in inputs}
+                try:
+                    values = sess.run(fetch, feed)  # one batch of every fetched activation
+                except Exception as exc:  # noqa: BLE001 - as above
+                    raise PressoError(
+                        f"ONNX Runtime could not run calibration batch {i}: {_first_line(exc)}. "
+                        f"Feed the model's inputs ({', '.join(inputs)}) with their dtypes and shapes."
+                    ) from None
+                for name, value in zip(fetch, values, strict=True):
+                    observers[name][0].observe(value)
+                for name in inputs:
+                    if name in observers:
+                        observers[name][0].observe(feed[name])
+                del values, feed  # nothing of this batch outlives it
+                n_batches += 1
+                advance()
     if n_batches == 0:
         raise PressoError("calibrate() got no batches. Give it at least one {input name: array} dict.")
     return observers

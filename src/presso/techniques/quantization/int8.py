@@ -60,6 +60,10 @@ def default_variants(is_transformer: bool, saturates: bool) -> list[str]:
 # collapses (a known failure; measured on a tiny BERT in tests/model/test_text_models.py).
 STATIC_TRANSFORMER_OPS = ["MatMul", "Gemm"]
 
+# Calibration rows the one-pass layer sensitivity runs (layer_error.py): the ranking of 72
+# BERT-base layers needs the error's size, not its third digit.
+SENSITIVITY_ROWS = 128
+
 # A variant is slower than the fastest only by more than this and in every interleaved
 # round (``clearly_slower``); otherwise it is a tie and the more faithful one wins it.
 _LATENCY_TIE = 0.03
@@ -92,6 +96,9 @@ class _Reader:
             {k: v for k, v in feed.items() if k in input_names} for feed in data.head(rows).batches(batch)
         ]
         self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
 
     def get_next(self):
         return next(self._it, None)
@@ -214,7 +221,14 @@ def _quantize(
     # activation), handed to ORT as explicit per-tensor ranges.
     feeds = _Reader(ctx.calibration, input_names, cfg.calibration_rows, calibration_batch)
     kwargs = static_quantize_kwargs(
-        src, feeds, cfg.calibration, "u8" if u8 else "s8", nodes_to_exclude=exclude, workdir=ctx.workdir
+        src,
+        feeds,
+        cfg.calibration,
+        "u8" if u8 else "s8",
+        nodes_to_exclude=exclude,
+        workdir=ctx.workdir,
+        progress=ctx.progress,
+        batches=len(feeds),
     )
     extra = {
         "WeightSymmetric": True,
@@ -275,6 +289,9 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     input_names = [i.name for i in proto.graph.input]
     # A graph with a fixed batch axis (exported without dynamic axes) calibrates row by row.
     calibration_batch = 1 if fixed_batch_sizes(proto.graph) else 16
+    # ``load_external_data=False`` still reads weights stored inside the file (all of them
+    # below 2 GB): BERT-base's 415 MiB, held for the whole stage if kept.
+    del proto
     variants = (
         default_variants(ctx.transformer is not None, cpu_features().int8_saturates)
         if cfg.variants == "auto"
@@ -288,7 +305,10 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         if fusion_note:
             notes.append(fusion_note)
     src = _preprocess(src, work / "preprocessed.onnx", ctx.log)
-    weighted = weighted_nodes(onnx.load(str(src), load_external_data=False))
+    graph = onnx.load(str(src), load_external_data=False)  # read once, dropped: see above
+    weighted = weighted_nodes(graph)
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    del graph
 
     def attempt(variant: str, exclude: list[str], name: str | None = None) -> Candidate:
         name = name or variant
@@ -316,11 +336,22 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
             start.options["variants"][0], sorted(n for n, p in precision.items() if p == FP32), name
         )
 
-    ops = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
-
     def finish(cand: Candidate, fell_back: dict[str, str], found: MixedSearch) -> None:
         # each candidate's own per-layer table: the pipeline may verify any
         cand.layers, cand.notes = _layer_rows(cand, weighted, ops, fell_back, found, cfg, ctx)
+
+    def one_pass(start: Candidate, layers: list[str]) -> dict[str, float] | None:
+        if start.path is None:
+            return None  # not written: sensitivity one layer at a time finds the culprit
+        from presso.techniques.quantization.layer_error import layer_errors
+
+        variant = start.options["variants"][0]
+        # the graph the variant was quantized from: its node and tensor names are the layers'
+        reference = _smoothed(src, ctx, input_names) if variant == "dynamic-smooth" else src
+        rows = ctx.calibration.head(min(len(ctx.calibration), SENSITIVITY_ROWS))
+        # one row per batch, as the scoring runs (dynamic ranges are per batch)
+        feeds = ({k: v for k, v in f.items() if k in input_names} for f in rows.batches(1))
+        return layer_errors(reference, start.path, layers, feeds, work, ctx.progress, len(rows))
 
     technique = Technique(
         layers=[n for n in weighted if n not in base_exclude],
@@ -329,8 +360,13 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         finish=finish,
         base={n: FP32 for n in base_exclude},
         rank=rank,
+        one_pass=one_pass,
     )
-    result = decide([attempt(v, base_exclude) for v in variants], technique, ctx)
+    first = []
+    for i, v in enumerate(variants, 1):
+        with ctx.progress.task(f"int8: quantizing and scoring variant {i}/{len(variants)} ({v})"):
+            first.append(attempt(v, base_exclude))
+    result = decide(first, technique, ctx)
     result.notes = notes
     # Mixes are quantized lazily, while the pipeline verifies: in the workdir, quietly, too.
     result.ranked = _quietly(result.ranked)
