@@ -193,6 +193,7 @@ def _fingerprint(run: Run, recipe: Recipe, seed: int, calibration_fraction: floa
     settings = {
         "task": run.task,
         "max_drop": run.max_drop,
+        "metric": run.primary,
         "seed": seed,
         "seq_len": run.seq_len,
         "calibration_fraction": calibration_fraction,
@@ -223,6 +224,10 @@ def resolved_recipe(
         description=recipe.description,
         stages=pinned,
         settings=Settings(
-            task=run.task, max_drop=run.max_drop, seed=seed, calibration_fraction=calibration_fraction
+            task=run.task,
+            max_drop=run.max_drop,
+            metric=run.primary,
+            seed=seed,
+            calibration_fraction=calibration_fraction,
         ),
     )

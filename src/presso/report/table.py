@@ -42,18 +42,37 @@ def comparison_rows(report: Report) -> list[list[str]]:
     ]
     for name in b.metrics:
         if name in c.metrics:
+            label = f"{name} (budget)" if name == report.budget.primary_metric else name
             rows.append(
                 [
-                    name,
+                    label,
                     f"{b.metrics[name]:.4f}",
                     f"{c.metrics[name]:.4f}",
-                    f"{c.metrics[name] - b.metrics[name]:+.4f}",
+                    metric_change(b.metrics[name], c.metrics[name]),
                 ]
             )
     torch_ms = (report.reference.get("pytorch_fp32_latency_ms") or {}).get("p50")
     if torch_ms is not None:
         rows.append(["PyTorch fp32 eager p50 (reference)", f"{torch_ms:.3f} ms", "", ""])
     return rows
+
+
+def metric_change(baseline: float, compressed: float) -> str:
+    """'+0.0012 (+1.3%)': a metric's change in absolute and relative terms."""
+    delta = compressed - baseline
+    if baseline == 0:
+        return f"{delta:+.4f}"
+    return f"{delta:+.4f} ({delta / abs(baseline):+.1%})"
+
+
+def budget_line(report: Report) -> str:
+    """'mae 0.1234 -> 0.1250: +1.3% (relative increase; budget 1%)': the verdict's figures."""
+    b = report.budget
+    if b.kind == "relative":
+        what = "relative " + ("drop" if b.higher_is_better else "increase")
+        return f"{b.primary_metric}: {b.baseline:.4f} -> {b.compressed:.4f} ({what} {b.drop:+.2%}, budget {b.max_drop:.2%})"
+    what = "drop" if b.higher_is_better else "increase"
+    return f"{b.primary_metric}: {b.baseline:.4f} -> {b.compressed:.4f} ({what} {b.drop:.4f}, budget {b.max_drop:g})"
 
 
 def _mem(mb: float | None) -> str:
