@@ -96,11 +96,15 @@ def drop(metric: str, baseline: float, value: float) -> float:
     return worse / abs(baseline)
 
 
-def change(baseline: float, value: float) -> tuple[float, float | None]:
-    """(absolute, relative) change of any metric, compressed minus baseline; the relative
-    one is None where the baseline is 0."""
+def change(metric: str, baseline: float, value: float) -> tuple[float, float | None]:
+    """(absolute, relative) change of any metric, compressed minus baseline. The relative
+    one is None where the baseline is 0, and for an error against the original model
+    (max_abs_diff), whose baseline is only the export's rounding."""
     delta = value - baseline
-    return delta, (delta / abs(baseline) if baseline != 0 else None)
+    spec = metric_spec(metric)
+    if baseline == 0 or (not spec.higher_is_better and not spec.relative):
+        return delta, None
+    return delta, delta / abs(baseline)
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def changes(baseline: dict[str, float], compressed: dict[str, float]) -> dict[st
     out = {}
     for name, b in baseline.items():
         if name in compressed:
-            absolute, relative = change(b, compressed[name])
+            absolute, relative = change(name, b, compressed[name])
             out[name] = MetricChange(
                 absolute=absolute, relative=relative, higher_is_better=metric_spec(name).higher_is_better
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from presso.report.schema import Report
+from presso.tasks import change
 
 
 def _mb(n: int | None) -> str:
@@ -48,7 +49,7 @@ def comparison_rows(report: Report) -> list[list[str]]:
                     label,
                     f"{b.metrics[name]:.4f}",
                     f"{c.metrics[name]:.4f}",
-                    metric_change(b.metrics[name], c.metrics[name]),
+                    metric_change(name, b.metrics[name], c.metrics[name]),
                 ]
             )
     torch_ms = (report.reference.get("pytorch_fp32_latency_ms") or {}).get("p50")
@@ -57,12 +58,10 @@ def comparison_rows(report: Report) -> list[list[str]]:
     return rows
 
 
-def metric_change(baseline: float, compressed: float) -> str:
+def metric_change(metric: str, baseline: float, compressed: float) -> str:
     """'+0.0012 (+1.3%)': a metric's change in absolute and relative terms."""
-    delta = compressed - baseline
-    if baseline == 0:
-        return f"{delta:+.4f}"
-    return f"{delta:+.4f} ({delta / abs(baseline):+.1%})"
+    delta, relative = change(metric, baseline, compressed)
+    return f"{delta:+.4f}" if relative is None else f"{delta:+.4f} ({relative:+.1%})"
 
 
 def budget_line(report: Report) -> str:
