@@ -175,3 +175,18 @@ def test_prepare_picks_the_budget_metric_from_the_data():
         assert prepared.run.primary == "f1"
     finally:
         prepared.close()
+
+
+def test_balanced_accuracy_resolution_is_the_smallest_class():
+    from presso.measure.metrics import one_row_drop, unresolved_budget
+
+    y = np.array([0] * 30 + [1] * 4)
+    assert one_row_drop("balanced_accuracy", 34, y) == pytest.approx(1 / 8)  # 2 classes x 4 rows
+    assert one_row_drop("balanced_accuracy", 34) is None  # without labels: unknown
+    (line,) = unresolved_budget("balanced_accuracy", 0.01, {"held-out": 34}, {"held-out": y})
+    assert line == (
+        "with 4 held-out rows in the smallest class, one changed prediction there drops balanced_accuracy "
+        "by 0.1250: --max-drop 0.01 allows none on them (give more rows of that class, --metric accuracy, "
+        "or --max-drop 0.1250 or more)"
+    )
+    assert unresolved_budget("balanced_accuracy", 0.2, {"held-out": 34}, {"held-out": y}) == []

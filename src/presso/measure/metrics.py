@@ -232,21 +232,41 @@ def evaluate(
 _COUNTED = {"accuracy": "prediction", "agreement": "prediction"}
 
 
-def one_row_drop(metric: str, rows: int) -> float | None:
+def one_row_drop(metric: str, rows: int, labels: np.ndarray | None = None) -> float | None:
     """The drop of ``metric`` that one changed row makes on ``rows`` rows, for metrics that
-    count rows (accuracy, agreement); None for continuous ones (R², ROC-AUC, cosine)."""
+    count rows (accuracy, agreement); None for continuous ones (R², ROC-AUC, cosine).
+    Balanced accuracy (given the rows' ``labels``) moves most with a row of the smallest
+    class: 1 / (classes x that class's rows)."""
+    if metric == "balanced_accuracy":
+        if labels is None or len(labels) == 0:
+            return None
+        _, counts = np.unique(labels, return_counts=True)
+        return 1.0 / (len(counts) * int(counts.min()))
     return 1.0 / rows if metric in _COUNTED and rows > 0 else None
 
 
-def unresolved_budget(metric: str, max_drop: float, rows: dict[str, int]) -> list[str]:
+def unresolved_budget(
+    metric: str, max_drop: float, rows: dict[str, int], labels: dict[str, np.ndarray] | None = None
+) -> list[str]:
     """One sentence per part of the data (``{"held-out": 90, ...}``) whose rows are too few
     for ``max_drop``: one changed row already breaks it, so the budget allows no change at
     all there. Empty when every part resolves it (or the metric is continuous, or the
-    budget is 0: no change is then what was asked for)."""
+    budget is 0: no change is then what was asked for). ``labels`` (per part) resolve
+    balanced accuracy."""
     out = []
     for part, n in rows.items():
-        step = one_row_drop(metric, n)
+        y = None if labels is None else labels.get(part)
+        step = one_row_drop(metric, n, y)
         if step is None or max_drop <= 0 or step <= max_drop + 1e-12:
+            continue
+        if metric == "balanced_accuracy":
+            assert y is not None  # one_row_drop returned a step
+            smallest = int(np.unique(y, return_counts=True)[1].min())
+            out.append(
+                f"with {smallest} {part} rows in the smallest class, one changed prediction there drops "
+                f"{metric} by {step:.4f}: --max-drop {max_drop:g} allows none on them (give more rows "
+                f"of that class, --metric accuracy, or --max-drop {step:.4f} or more)"
+            )
             continue
         enough = int(np.ceil(1 / max_drop - 1e-9))
         out.append(

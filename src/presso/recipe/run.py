@@ -275,6 +275,9 @@ def _prepare(
         metric,
         float(max_drop),
         {"calibration": len(parts.calibration), "held-out": len(parts.evaluation)},
+        {"calibration": parts.calibration.target, "held-out": parts.evaluation.target}
+        if task == "classification"
+        else None,
     )
     for line in unresolved:
         progress.warn(line)

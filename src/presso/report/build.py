@@ -108,7 +108,7 @@ def size_note(baseline: dict, compressed: dict) -> str | None:
 def _one_row_drops(primary: str, run: RunRecord) -> dict[str, float] | None:
     """The drop one changed row makes on each part of the data (None: a continuous metric)."""
     steps = {
-        part: one_row_drop(primary, len(rows))
+        part: one_row_drop(primary, len(rows), rows.target)
         for part, rows in (("held-out", run.evaluation), ("calibration", run.calibration))
     }
     return {k: round(v, 6) for k, v in steps.items() if v is not None} or None

@@ -180,7 +180,7 @@ def _summary(report: Report) -> str:
     return _section(
         "summary",
         "Baseline vs compressed",
-        f"<p>Budget ({esc(b.meaning)}): {esc(budget_line(report))}: {verdict}.</p>",
+        f"<p>Budget ({esc(b.meaning)}): {esc(budget_line(b))}: {verdict}.</p>",
         table(["", report.baseline.runtime, report.compressed.runtime, "ratio"], comparison_rows(report)),
         "<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>",
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from presso.report.schema import Report
+from presso.report.schema import Budget, Report
 from presso.tasks import change
 
 
@@ -64,9 +64,8 @@ def metric_change(metric: str, baseline: float, compressed: float) -> str:
     return f"{delta:+.4f}" if relative is None else f"{delta:+.4f} ({relative:+.1%})"
 
 
-def budget_line(report: Report) -> str:
-    """'mae 0.1234 -> 0.1250: +1.3% (relative increase; budget 1%)': the verdict's figures."""
-    b = report.budget
+def budget_line(b: Budget) -> str:
+    """'mae: 0.1234 -> 0.1250 (relative increase +1.30%, budget 1.00%)': the verdict's figures."""
     if b.kind == "relative":
         what = "relative " + ("drop" if b.higher_is_better else "increase")
         return f"{b.primary_metric}: {b.baseline:.4f} -> {b.compressed:.4f} ({what} {b.drop:+.2%}, budget {b.max_drop:.2%})"

@@ -20,7 +20,7 @@ def print_summary(report: Report, console: Console, out_dir: str | None = None) 
     console.print(table)
     b = report.budget
     style = "green" if b.passed else "red"
-    console.print(f"[{style}]{budget_line(report)} {'PASS' if b.passed else 'FAIL'}[/{style}]")
+    console.print(f"[{style}]{budget_line(b)} {'PASS' if b.passed else 'FAIL'}[/{style}]")
     for note in report.notes:
         console.print(f"• {note}")
     for stage in report.stages:
