@@ -190,3 +190,28 @@ def test_balanced_accuracy_resolution_is_the_smallest_class():
         "or --max-drop 0.1250 or more)"
     )
     assert unresolved_budget("balanced_accuracy", 0.2, {"held-out": 34}, {"held-out": y}) == []
+
+
+def test_a_ranking_table_is_prepared_by_whole_groups(tmp_path):
+    import pandas as pd
+    import torch
+
+    from presso.recipe.run import prepare
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(40, 2)).astype(np.float32), columns=["f1", "f2"])
+    frame["rel"] = rng.integers(0, 3, size=40)
+    frame["q"] = np.repeat(np.arange(10), 4)
+    frame.to_csv(tmp_path / "rank.csv", index=False)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1).eval()
+    with pytest.raises(PressoError, match="Ranking needs graded relevance labels and the query id"):
+        prepare(model, tmp_path / "rank.csv", task="ranking", target="rel")
+    prepared = prepare(model, tmp_path / "rank.csv", task="ranking", target="rel", group="q")
+    try:
+        run = prepared.run
+        assert run.primary == "ndcg@10"
+        assert not set(run.calibration.groups.tolist()) & set(run.evaluation.groups.tolist())
+        assert set(run.baseline_metrics()) == {"ndcg@10", "mrr", "map"}
+    finally:
+        prepared.close()

@@ -236,6 +236,11 @@ def _prepare(
     metric: str | None = None,
 ) -> Run:
     """Check the data fits the model, take reference outputs, split, settle the task."""
+    if task == "ranking" and (data.groups is None or data.target is None):
+        raise PressoError(
+            "Ranking needs graded relevance labels and the query id of each row: give --target "
+            "COLUMN and --group COLUMN (an .npz: arrays 'y' and 'group')."
+        )
     progress.log("running the original model on the data")
     try:
         _reference_outputs(loaded, data.head(2))
@@ -256,11 +261,6 @@ def _prepare(
     max_drop = _first(max_drop, settings.max_drop, spec.default_max_drop)
     if max_drop < 0:
         raise PressoError(f"--max-drop must be >= 0 (an allowed drop of the primary metric). Got {max_drop}.")
-    if task == "ranking" and (data.groups is None or data.target is None):
-        raise PressoError(
-            "Ranking needs graded relevance labels and the query id of each row: give --target "
-            "COLUMN and --group COLUMN (an .npz: arrays 'y' and 'group')."
-        )
     target = None if data.target is None else check_target(task, reference, data.target)
     if target is not None:
         data = replace(data, target=target)
@@ -342,7 +342,7 @@ def _infer_task(loaded: LoadedModel, data: Dataset, outputs: np.ndarray) -> str:
         return "regression"
     raise PressoError(
         "Cannot infer the task from this model and data. Pass --task "
-        "classification|regression|forecast|anomaly|embedding."
+        "classification|regression|forecast|anomaly|embedding|ranking."
     )
 
 
