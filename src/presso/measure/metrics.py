@@ -246,7 +246,7 @@ def one_row_drop(metric: str, rows: int, labels: np.ndarray | None = None) -> fl
 
 
 def unresolved_budget(
-    metric: str, max_drop: float, rows: dict[str, int], labels: dict[str, np.ndarray] | None = None
+    metric: str, max_drop: float, rows: dict[str, int], labels: dict[str, np.ndarray | None] | None = None
 ) -> list[str]:
     """One sentence per part of the data (``{"held-out": 90, ...}``) whose rows are too few
     for ``max_drop``: one changed row already breaks it, so the budget allows no change at

@@ -31,7 +31,7 @@ from presso.progress import SILENT, Progress
 from presso.recipe.order import check_stage_order
 from presso.recipe.schema import Recipe, Settings
 from presso.runtime.session import make_session, run_session
-from presso.tasks import drop, get_task, metric_spec, primary_metric
+from presso.tasks import drop, get_task, primary_metric
 
 # Quality is measured one row at a time, as a real-time service runs the model: with
 # dynamic quantization a row's output depends on the other rows of its batch (the
@@ -267,10 +267,6 @@ def _prepare(
     parts = split(data, calibration_fraction, seed)
     split_info = {**parts.describe(), "evaluation_batch": EVAL_BATCH}
     metric = _budget_metric(task, metric, reference[parts.evaluation_index], parts.evaluation, data.target)
-    spec = metric_spec(metric)
-    split_info["budget"] = (
-        f"{metric}: {spec.kind} {'drop' if spec.higher_is_better else 'increase'} against the baseline"
-    )
     unresolved = unresolved_budget(
         metric,
         float(max_drop),
