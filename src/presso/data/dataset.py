@@ -17,8 +17,8 @@ class Dataset:
     ``inputs`` maps an input name to an array whose first axis is the row; ``target``
     holds labels or regression targets (or ``None`` when the data has none); ``texts``
     keeps the raw strings of a text dataset so reports can show examples; ``groups`` holds
-    the query (or session) id of each row of ranking data, whose rows are only ever split
-    or subset a whole group at a time.
+    the query (or session) id of each row of ranking data, which :func:`split` keeps whole
+    and every subset carries along.
     """
 
     inputs: dict[str, np.ndarray]
@@ -62,13 +62,9 @@ class Dataset:
         )
 
     def head(self, n: int) -> Dataset:
-        """The first ``n`` rows; for grouped rows, the first groups (in row order) that
-        reach ``n`` rows, so no group is cut."""
-        n = min(n, len(self))
-        if self.groups is None or n == len(self):
-            return self.subset(np.arange(n))
-        first = set(_unique_in_order(self.groups[:n]).tolist())
-        return self.subset(np.flatnonzero(np.isin(self.groups, list(first))))
+        """The first ``n`` rows, exactly: timing at batch 1 and export samples need that many
+        (their group ids come along, cut or not; no metric is measured on a head)."""
+        return self.subset(np.arange(min(n, len(self))))
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), size):
@@ -123,11 +119,6 @@ def split(data: Dataset, calibration_fraction: float = 0.3, seed: int = 0) -> Sp
         evaluation_index=ev,
         grouped=data.groups is not None,
     )
-
-
-def _unique_in_order(a: np.ndarray) -> np.ndarray:
-    _, first = np.unique(a, return_index=True)
-    return a[np.sort(first)]
 
 
 def _split_groups(
