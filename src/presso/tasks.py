@@ -96,6 +96,14 @@ def drop(metric: str, baseline: float, value: float) -> float:
     return worse / abs(baseline)
 
 
+def budget_words(metric: str) -> str:
+    """'accuracy drop' / 'mae relative increase': what --max-drop bounds, in words."""
+    spec = metric_spec(metric)
+    if spec.higher_is_better:
+        return f"{metric} relative drop" if spec.relative else f"{metric} drop"
+    return f"{metric} relative increase" if spec.relative else f"{metric} increase"
+
+
 def change(metric: str, baseline: float, value: float) -> tuple[float, float | None]:
     """(absolute, relative) change of any metric, compressed minus baseline. The relative
     one is None where the baseline is 0, and for an error against the original model

@@ -213,3 +213,13 @@ def test_a_ranking_table_is_prepared_by_whole_groups(tmp_path):
         assert set(run.baseline_metrics()) == {"ndcg@10", "mrr", "map"}
     finally:
         prepared.close()
+
+
+def test_budget_words_name_what_max_drop_bounds():
+    from presso.tasks import budget_words
+
+    assert [budget_words(m) for m in ("accuracy", "mae", "max_abs_diff")] == [
+        "accuracy drop",
+        "mae relative increase",
+        "max_abs_diff increase",
+    ]

@@ -23,7 +23,7 @@ from presso.recipe.run import EVAL_BATCH, Run
 from presso.recipe.schema import Stage
 from presso.report.schema import StageReport
 from presso.runtime.session import make_session, run_session
-from presso.tasks import metric_spec
+from presso.tasks import budget_words
 from presso.techniques.base import Candidate, Score, StageContext
 from presso.techniques.contract import Technique
 
@@ -220,14 +220,6 @@ def _verify(run: Run, ranked: Iterable[Candidate], tried: list[Candidate], techn
         f"No {technique} variant keeps the {what} within --max-drop {run.max_drop} "
         f"({lines}). Nothing was written. Raise --max-drop or try another recipe."
     )
-
-
-def budget_words(metric: str) -> str:
-    """'accuracy drop' / 'mae relative increase': what --max-drop bounds, in words."""
-    spec = metric_spec(metric)
-    if spec.higher_is_better:
-        return f"{metric} drop" if not spec.relative else f"{metric} relative drop"
-    return f"{metric} relative increase" if spec.relative else f"{metric} increase"
 
 
 def _refusal_line(c: Candidate, primary: str) -> str:
