@@ -82,10 +82,10 @@ def drop(metric: str, baseline: float, value: float) -> float:
     A relative drop from a baseline of 0 (a perfect model) is 0 when the value stays 0
     and infinite otherwise: no relative budget allows error where there was none.
 
-    >>> drop("accuracy", 0.95, 0.94)
-    0.010000000000000009
-    >>> drop("mae", 2.0, 2.1)
-    0.05000000000000004
+    >>> round(drop("accuracy", 0.95, 0.94), 6)  # one point of accuracy
+    0.01
+    >>> round(drop("mae", 2.0, 2.1), 6)  # 5% more error
+    0.05
     """
     spec = metric_spec(metric)
     worse = baseline - value if spec.higher_is_better else value - baseline
