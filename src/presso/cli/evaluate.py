@@ -68,7 +68,12 @@ def run(args) -> int:
         "task": task,
         "rows": len(data),
         "data": str(args.data),
-        "primary_metric": primary_metric(task, target is not None),
+        "primary_metric": primary_metric(
+            task,
+            target is not None,
+            labels=None if target is None or task != "classification" else target.tolist(),
+            n_classes=outputs.shape[1] if outputs.ndim == 2 else None,
+        ),
         "metrics": metrics,
         "reference": args.vs or "the artifact itself (fidelity metrics are trivially 1)",
     }
