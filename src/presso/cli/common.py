@@ -13,7 +13,11 @@ from presso.progress import Progress
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks instead of one-line errors (and a failed export's full log)",
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +57,12 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         "--task",
         choices=["classification", "regression", "forecast", "anomaly", "embedding", "ranking"],
         help="what the model does (inferred when obvious)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="NAME",
+        help="the model output to compress for when forward returns several: a dict key or "
+        "tuple index (an ONNX file: a graph output name); default: the first",
     )
 
 
@@ -143,6 +153,7 @@ def run_settings(args, task: str | None = None, weights: str | None = None):
         calibration_fraction=args.calibration_fraction,
         seq_len=args.seq_len,
         bench=bench_settings(args),
+        output=getattr(args, "output", None),
     )
 
 

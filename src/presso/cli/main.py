@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except PressoError as exc:
         if debug:
+            log = getattr(exc, "log_path", None)  # a failed export's full output
+            if log is not None and log.is_file():
+                sys.stderr.write(log.read_text(encoding="utf-8", errors="replace"))
             raise
         print(f"presso: error: {exc}", file=sys.stderr)
         return exc.exit_code

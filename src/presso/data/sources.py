@@ -75,11 +75,17 @@ def _from_npz(path: Path, input_names: list[str]) -> Dataset:
         inputs = {n: arrays[n] for n in input_names}
     elif len(input_names) == 1 and "X" in arrays:
         inputs = {input_names[0]: arrays["X"]}
-    else:
-        wanted = "an array 'X'" if len(input_names) == 1 else f"arrays {input_names}"
+    elif len(input_names) == 1:
         raise PressoError(
-            f"'{path}' has arrays {sorted(arrays)}; the model needs {wanted}. "
+            f"'{path}' has arrays {sorted(arrays)}; the model needs an array 'X'. "
             "Save with np.savez(path, X=inputs, y=targets)."
+        )
+    else:
+        missing = [n for n in input_names if n not in arrays]
+        save = ", ".join(f"{n}=..." for n in input_names)
+        raise PressoError(
+            f"'{path}' has no array for the model's input(s) {missing}: it has {sorted(arrays)}, and "
+            f"forward takes {input_names}. Save one array per input: np.savez(path, {save}, y=targets)."
         )
     target = arrays.get("y")
     for name, a in {**inputs, **({"y": target} if target is not None else {})}.items():

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from presso.errors import PressoError
+
 
 def first_tensor(out: Any) -> torch.Tensor:
     """The model's prediction when forward returns a tuple, list, dict or ModelOutput."""
@@ -23,6 +25,58 @@ def first_tensor(out: Any) -> torch.Tensor:
     raise TypeError(f"forward returned {type(out).__name__}, not a tensor")
 
 
+def output_names(out: Any) -> list[str]:
+    """What ``--output`` may name in a forward's result: dict / ModelOutput keys holding a
+    tensor, or tuple / list indices."""
+    if isinstance(out, dict):
+        return [str(k) for k, v in out.items() if isinstance(v, torch.Tensor)]
+    if isinstance(out, list | tuple):
+        return [str(i) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+    return []
+
+
+def select_output(out: Any, name: str | None) -> torch.Tensor:
+    """The tensor named ``name`` (a key or a tuple index) of a forward's result; the first
+    tensor when ``name`` is None."""
+    if name is None:
+        return first_tensor(out)
+    available = output_names(out)
+    if name not in available:
+        have = (
+            f"its outputs are {', '.join(available)}"
+            if available
+            else f"it returns a single {type(out).__name__}, not a tuple or dict"
+        )
+        raise PressoError(
+            f"The model has no output '{name}': {have}. Pass one of those to --output, or drop it."
+        )
+    return out[name] if isinstance(out, dict) else out[int(name)]
+
+
+class SelectedForward:
+    """``forward`` of a module whose result is one of its outputs (``--output``).
+
+    Set as the module's own ``forward`` attribute (not a wrapper module), so submodule
+    names stay those of the user's model in ONNX node names, pruning and reports; a
+    plain object, so deep copies and pickled checkpoints keep it.
+    """
+
+    def __init__(self, module: nn.Module, name: str | None):
+        self.module = module
+        self.name = name
+        # The module's own signature: exporters bind inputs (and dynamic shapes) by it.
+        self.__signature__ = inspect.signature(type(module).forward.__get__(module))
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        return select_output(type(self.module).forward(self.module, *args), self.name)
+
+
+def with_output(module: nn.Module, name: str | None) -> nn.Module:
+    """``module`` (changed in place) returning exactly the tensor ``name`` names."""
+    module.forward = SelectedForward(module, name)
+    return module
+
+
 def count_parameters(module: nn.Module) -> int:
     """Elements of every parameter of ``module``."""
     return sum(p.numel() for p in module.parameters())
@@ -30,13 +84,14 @@ def count_parameters(module: nn.Module) -> int:
 
 def forward_input_names(module: nn.Module) -> list[str]:
     """Names of the positional arguments of ``module.forward`` (the ONNX input names)."""
-    params = inspect.signature(module.forward).parameters.values()
+    forward = module.forward
+    params = inspect.signature(forward).parameters.values()
     names = [
         p.name
         for p in params
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
-    return names or [next(iter(inspect.signature(module.forward).parameters))]
+    return names or [next(iter(inspect.signature(forward).parameters))]
 
 
 @dataclass
@@ -47,7 +102,11 @@ class LoadedModel:
     only: presso cannot export or transform it, but distils a student from it.
 
     ``dynamic_axes`` maps input names to the axes that vary (the row axis always,
-    the sequence axis for text). ``tokenizer`` is set for text models.
+    the sequence axis for text and, once exported, for sequences that held parity at
+    another length). ``tokenizer`` is set for text models. ``output`` names the forward
+    output presso works on (a dict key or tuple index; a graph output of an ONNX file);
+    None: the first. ``exporter`` says which ONNX exporter produced the baseline
+    ("torchscript" or "dynamo"; None before an export or for an ONNX file).
     """
 
     name: str
@@ -63,6 +122,8 @@ class LoadedModel:
     # Runtime's fusion needs (its auto-detection misses the attention of BERT exports).
     transformer: dict | None = None
     predict: Any = None  # a Python callable: one input array (or the inputs dict) -> outputs
+    output: str | None = None
+    exporter: str | None = None
 
     @property
     def kind(self) -> str:
@@ -96,6 +157,7 @@ class LoadedModel:
                 torch.from_numpy(np.ascontiguousarray(inputs[k][start : start + batch_size]))
                 for k in self.input_names
             ]
+            # A module given an output name answers with that tensor (with_output).
             outs.append(first_tensor(self.module(*args)).float().numpy())
         return np.concatenate(outs)
 
@@ -135,4 +197,9 @@ class LoadedModel:
         from presso.runtime.session import make_session, run_session
 
         assert self.onnx_path is not None  # neither a module nor a callable: loaded from an ONNX file
-        return run_session(make_session(self.onnx_path), inputs, 1)
+        session = make_session(self.onnx_path)
+        if self.output is None:
+            return run_session(session, inputs, 1)
+        n = len(next(iter(inputs.values())))
+        feeds = ({k: inputs[k][i : i + 1] for k in self.input_names} for i in range(n))
+        return np.concatenate([session.run([self.output], f)[0] for f in feeds]).astype(np.float32)

@@ -20,6 +20,45 @@ def fixed_batch_sizes(graph) -> dict[str, int]:
     }
 
 
+def graph_output_names(path: Path) -> list[str]:
+    """The graph outputs of the ONNX file ``path``, in order."""
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
+def keep_output(path: Path, name: str) -> None:
+    """Rewrite the ONNX file ``path`` so its graph has the one output ``name`` (what
+    ``--output`` chose); nodes that fed only the others go too."""
+    import onnx
+
+    from presso.files import atomic_path
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    kept = [o for o in graph.output if o.name == name]
+    del graph.output[:]
+    graph.output.extend(kept)
+    # Subgraphs (If, Loop) read outer names their node does not list: keep every node then.
+    if not any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        needed, nodes = {name}, []
+        for node in reversed(graph.node):  # nodes are topologically sorted: walk back from the output
+            if needed.intersection(node.output):
+                nodes.append(node)
+                needed.update(node.input)
+        del graph.node[:]
+        graph.node.extend(reversed(nodes))
+        initializers = [i for i in graph.initializer if i.name in needed]
+        del graph.initializer[:]
+        graph.initializer.extend(initializers)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
 def load_onnx(path: Path) -> LoadedModel:
     import onnx
 

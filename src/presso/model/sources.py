@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from presso.errors import PressoError
-from presso.model.loaded import LoadedModel, forward_input_names
+from presso.model.loaded import LoadedModel, forward_input_names, with_output
 
 _HOW = (
     "Give an .onnx file, a Hugging Face model folder (with config.json), "
@@ -24,16 +24,42 @@ _CALLABLE_NOTE = (
 )
 
 
-def load_model(model: Any, weights: str | Path | None = None) -> LoadedModel:
+def load_model(model: Any, weights: str | Path | None = None, output: str | None = None) -> LoadedModel:
     """Load ``model`` from any source presso supports.
 
-    The user's module is deep-copied, so presso never mutates it.
+    The user's module is deep-copied, so presso never mutates it. ``output`` names the
+    output presso works on when forward returns several (a dict / ModelOutput key or a
+    tuple index; for an ONNX file, a graph output name); None takes the first.
     """
     if isinstance(model, LoadedModel):
         return model
-    if isinstance(model, str | Path):
-        return _load_spec(str(model), weights)
-    return _load_object(model, weights)
+    loaded = (
+        _load_spec(str(model), weights) if isinstance(model, str | Path) else _load_object(model, weights)
+    )
+    if output is not None:
+        _choose_output(loaded, output)
+    return loaded
+
+
+def _choose_output(loaded: LoadedModel, output: str) -> None:
+    """Make ``loaded`` answer with its output ``output``: a module's forward returns that
+    tensor (checked when it first runs), an ONNX file's graph output is checked now."""
+    if loaded.module is not None:
+        with_output(loaded.module, output)
+    elif loaded.onnx_path is not None:
+        from presso.model.onnx_file import graph_output_names
+
+        names = graph_output_names(loaded.onnx_path)
+        if output not in names:
+            raise PressoError(
+                f"'{loaded.onnx_path.name}' has no output '{output}': its outputs are "
+                f"{', '.join(names)}. Pass one of those to --output, or drop it."
+            )
+    else:
+        raise PressoError(
+            "--output applies to PyTorch modules and ONNX files; a callable returns one output."
+        )
+    loaded.output = output
 
 
 def _load_object(model: Any, weights: str | Path | None) -> LoadedModel:

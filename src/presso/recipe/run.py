@@ -26,6 +26,7 @@ from presso.export.onnx_export import check_parity, export_onnx
 from presso.measure.bench import BenchSettings
 from presso.measure.metrics import check_target, evaluate, unresolved_budget
 from presso.model.loaded import LoadedModel
+from presso.model.onnx_file import keep_output
 from presso.model.sources import load_model
 from presso.progress import SILENT, Progress
 from presso.recipe.order import check_stage_order
@@ -116,6 +117,7 @@ class RunOptions(TypedDict, total=False):
     calibration_fraction: float | None
     seq_len: int
     bench: BenchSettings | None
+    output: str | None
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,9 @@ class RunSettings:
         Token length of text rows.
     bench
         Timing rounds, throughput batch and threads (:class:`presso.BenchSettings`).
+    output
+        Which output of the model to compress for: a dict / ModelOutput key or a tuple index
+        of forward's result, a graph output name of an ONNX file (default: the first).
     """
 
     task: str | None = None
@@ -156,6 +161,7 @@ class RunSettings:
     calibration_fraction: float | None = None
     seq_len: int = 128
     bench: BenchSettings | None = None
+    output: str | None = None
 
     @classmethod
     def of(cls, base: RunSettings | None, options: Mapping[str, Any], where: str) -> RunSettings:
@@ -191,7 +197,7 @@ def prepare(
     task, max_drop, seq_len = run.task or pinned.task, run.max_drop, run.seq_len
     metric = run.metric or pinned.metric
     progress.log("loading the model")
-    loaded = load_model(model, weights=run.weights)
+    loaded = load_model(model, weights=run.weights, output=run.output)
     data = resolve_data(data, loaded, target=run.target, seq_len=seq_len, group=run.group)
     if recipe is not None:
         check_stage_order(recipe, recipe.configs(), loaded)
@@ -352,6 +358,8 @@ def _baseline(run: Run) -> Path | None:
     if run.model.module is None:
         assert run.model.onnx_path is not None  # neither a module nor a callable: an ONNX file
         shutil.copyfile(run.model.onnx_path, path)
+        if run.model.output is not None:
+            keep_output(path, run.model.output)
         compact_names(path)
         run.baseline_eval = run.ref_eval
         return path

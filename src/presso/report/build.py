@@ -214,6 +214,7 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
         reference={
             "pytorch_fp32_latency_ms": torch_latency,
             "export_max_abs_diff": run.export_max_abs_diff,
+            "exporter": run.model.exporter,  # torchscript or dynamo; None for an ONNX file
             "outputs_compared_with": "the original model's outputs, taken before export",
         },
         machine={

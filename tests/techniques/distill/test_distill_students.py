@@ -231,7 +231,7 @@ def test_bert_depth_keeps_first_and_last_layer(tiny_bert):
     before = _state(teacher)
     student, notes = derive_student(teacher, inputs, StudentPlan(depth=2), transformer={"model_type": "bert"})
     _assert_same_state(before, _state(teacher))
-    assert len(find_encoder_layers(student)) == 2 and len(find_encoder_layers(teacher)) == 4
+    assert len(find_encoder_layers(student, inputs)) == 2 and len(find_encoder_layers(teacher, inputs)) == 4
     assert student.encoder.config.num_hidden_layers == 2 and teacher.encoder.config.num_hidden_layers == 4
     assert count_parameters(student) == BERT_PARAMS - 2 * BERT_LAYER == 23_520
     assert notes == ["kept encoder layers 0, 3 of 4: 40,608 -> 23,520 parameters"]
@@ -247,7 +247,7 @@ def test_bert_depth_keeps_first_and_last_layer(tiny_bert):
 def test_bert_width_halves_heads_and_ffn(tiny_bert):
     teacher, inputs = tiny_bert
     student, notes = derive_student(teacher, inputs, StudentPlan(width=0.5))
-    for _, layer in find_encoder_layers(student):
+    for _, layer in find_encoder_layers(student, inputs):
         assert layer.attention.self.num_attention_heads == 2
         assert layer.attention.self.query.out_features == 16 and layer.intermediate.dense.out_features == 32
     # per layer: 2 heads of 8 (3 x (16x32 + 16) + 32x16) and 32 neurons (32x32 + 32 + 32x32) removed
@@ -275,7 +275,7 @@ def test_bert_random_init_uses_the_models_scheme(tiny_bert):
 
 
 def test_transformer_flag_without_encoder_layers_is_refused():
-    with pytest.raises(PressoError, match="no BERT-style encoder layers"):
+    with pytest.raises(PressoError, match="no encoder blocks"):
         derive_student(_digits(), PIXELS, StudentPlan(depth=1), transformer={"model_type": "bert"})
 
 

@@ -134,9 +134,9 @@ def test_tiny_bert_counts_shape_and_masked_equivalence(attn):
 
 
 def test_find_encoder_layers_names_wrapped_layers():
-    names = [name for name, _ in find_encoder_layers(tiny_bert())]
+    names = [name for name, _ in find_encoder_layers(tiny_bert(), tiny_inputs())]
     assert names == ["encoder.encoder.layer.0", "encoder.encoder.layer.1"]
-    assert find_encoder_layers(nn.Sequential(nn.Linear(4, 4), nn.ReLU())) == []
+    assert find_encoder_layers(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), (torch.randn(2, 4),)) == []
 
 
 def test_l2_removes_the_smallest_norms():
@@ -322,8 +322,8 @@ def test_a_model_without_bert_layers_is_refused():
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     with pytest.raises(
         PressoError,
-        match=r"found no BERT-style encoder layer \(attention\.self\.query/key/"
-        r"value.*use the 'slim' channel pruning for CNNs/MLPs",
+        match=r"found no encoder block \(query/key/value Linears on one input read by an "
+        r"attention output Linear.*use the 'slim' channel pruning for CNNs/MLPs",
     ):
         prune_transformer(mlp, (torch.randn(2, 8),))
 

@@ -3,14 +3,18 @@
 :func:`derive_student` copies a PyTorch teacher (never changing it) and makes it
 
 * shallower (``depth``): keeps ``depth`` of the transformer encoder's layers (DistilBERT
-  style) or of the longest stack of same-shape blocks in an ``nn.Sequential`` /
+  style; the layers are found from the teacher's data flow, so BERT, RoBERTa, DistilBERT,
+  DeBERTa-v2, MPNet, ``nn.TransformerEncoder``... alike; ALBERT, whose layers share weights,
+  is refused) or of the longest stack of same-shape blocks in an ``nn.Sequential`` /
   ``nn.ModuleList``, evenly spaced: ``numpy.linspace(0, L - 1, depth).round()`` (numpy rounds
   halves to even), so the first and last are always kept: 6 -> 3 keeps 0, 2, 5; 4 -> 2 keeps
   0, 3; ``depth=1`` keeps the first;
 * narrower (``width``): presso's structured pruning physically removes channels / neurons
   (:func:`~presso.techniques.pruning.structured.prune_channels`, the output layer keeps its
   size) or attention heads and feed-forward neurons
-  (:func:`~presso.techniques.pruning.transformer.prune_transformer`). Depth goes first;
+  (:func:`~presso.techniques.pruning.transformer.prune_transformer`; where heads cannot go,
+  MPNet's shared relative bias or an ``nn.MultiheadAttention``, only the neurons, and the
+  note says why). Depth goes first;
 * MobileNet-style (``blocks="separable"``, Howard et al. 2017): every ``Conv1d`` / ``Conv2d``
   with a kernel > 1 in each dim, groups 1 and more than one input channel becomes a depthwise
   conv (one kernel per input channel, same stride / padding / dilation) then a 1x1 pointwise
@@ -50,7 +54,7 @@ from presso.errors import PressoError
 from presso.model.layers import Standardize, seeded
 from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.pruning.structured import prune_channels
-from presso.techniques.pruning.transformer import find_encoder_layers, prune_transformer
+from presso.techniques.pruning.transformer import find_encoder_blocks, prune_transformer, shared_refusal
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -119,28 +123,37 @@ def _keep_children(container: nn.Module, drop: set[int]) -> None:
 # ---------------------------------------------------------------- depth: transformers
 
 
-def _shallower_transformer(student: nn.Module, depth: int) -> str:
-    layers = find_encoder_layers(student)
-    parents = {name.rpartition(".")[0] for name, _ in layers}
-    parent = student.get_submodule(parents.pop()) if len(parents) == 1 else None
-    if not isinstance(parent, nn.ModuleList) or len(parent) != len(layers):
+def _shallower_transformer(student: nn.Module, depth: int, inputs: tuple) -> str:
+    blocks = find_encoder_blocks(student, inputs)
+    shared_refusal(blocks, "A student's depth")
+    parents = {b.name.rpartition(".")[0] for b in blocks}
+    owner = parents.pop() if len(parents) == 1 else None
+    parent = student.get_submodule(owner) if owner is not None else None
+    if not isinstance(parent, nn.ModuleList) or len(parent) != len(blocks):
         raise PressoError(
             "depth needs the encoder's layers in one nn.ModuleList of nothing else (as in "
             "BERT's encoder.layer); this model spreads them out — use width."
         )
-    keep = _evenly(len(layers), depth, "encoder layers")
-    _keep_children(parent, set(range(len(layers))) - set(keep))
+    count = len(blocks)
+    keep = _evenly(count, depth, "encoder layers")
+    _keep_children(parent, set(range(count)) - set(keep))
+    student.__dict__.pop("_presso_attention", None)  # where a pruned teacher's attentions were
     for new_idx, layer in enumerate(parent):  # cache slots of HF attention follow the layer's position
         for sub in layer.modules():
             if isinstance(getattr(sub, "layer_idx", None), int):
                 # setattr: torch types a Module's attributes as Tensor | Module, not int
                 setattr(sub, "layer_idx", new_idx)  # noqa: B010
-    path = layers[0][0].split(".")[:-2]  # modules from the root down to the ModuleList's owner
+    path = owner.split(".")[:-1] if owner else []  # modules from the root down to the list's owner
     for i in range(len(path) + 1):
-        config = getattr(student.get_submodule(".".join(path[:i])), "config", None)
+        holder = student.get_submodule(".".join(path[:i]))
+        config = getattr(holder, "config", None)
         if config is not None and hasattr(config, "num_hidden_layers"):
-            config.num_hidden_layers = len(keep)
-    return f"kept encoder layers {', '.join(map(str, keep))} of {len(layers)}"
+            config.num_hidden_layers = len(keep)  # DistilBERT's n_layers too (attribute_map)
+        if i == len(path):  # the list's owner may count its layers (nn.TransformerEncoder.num_layers)
+            for key, value in list(vars(holder).items()):
+                if key.endswith("layers") and isinstance(value, int) and value == count:
+                    setattr(holder, key, len(keep))
+    return f"kept encoder layers {', '.join(map(str, keep))} of {count}"
 
 
 # ---------------------------------------------------------------- depth: stacks of blocks
@@ -216,10 +229,12 @@ def _shallower_stack(student: nn.Module, depth: int, inputs: tuple) -> str:
 
 
 def _narrower_transformer(student: nn.Module, width: float, inputs: tuple) -> str:
+    blocks = find_encoder_blocks(student, inputs)
+    fixed = next((b for b in blocks if b.heads_refusal), None)
     report = prune_transformer(
         student,
         inputs,
-        heads_ratio=1 - width,
+        heads_ratio=0.0 if fixed else 1 - width,
         ffn_ratio=1 - width,
         importance="l2",
         scope="layer",
@@ -228,9 +243,13 @@ def _narrower_transformer(student: nn.Module, width: float, inputs: tuple) -> st
     rows = report.summary()
     heads = sorted({(r["heads_kept"], r["heads_kept"] + r["heads_removed"]) for r in rows})
     ffn = sorted({(r["ffn_kept"], r["ffn_kept"] + r["ffn_removed"]) for r in rows})
+    what = "FFN neurons" if fixed else "attention heads and FFN neurons"
+    kept_heads = (
+        f"all heads kept: {fixed.heads_refusal}" if fixed else ", ".join(f"{k} of {n}" for k, n in heads)
+    )
     return (
-        f"kept {width:.0%} of attention heads and FFN neurons per layer (heads "
-        f"{', '.join(f'{k} of {n}' for k, n in heads)}; FFN {', '.join(f'{k} of {n}' for k, n in ffn)}; "
+        f"kept {width:.0%} of {what} per layer (heads {kept_heads}; "
+        f"FFN {', '.join(f'{k} of {n}' for k, n in ffn)}; "
         f"fuse its ONNX export with attention_shape(student))"
     )
 
@@ -385,15 +404,15 @@ def _teacher_outputs(student: nn.Module, inputs: tuple) -> torch.Tensor:
         ) from err
 
 
-def _is_transformer(student: nn.Module, transformer: dict | None) -> bool:
-    """Whether depth and width work on encoder layers; a teacher marked as a transformer
-    without BERT-style layers is refused rather than shrunk as a plain stack."""
-    is_transformer = bool(find_encoder_layers(student))
+def _is_transformer(student: nn.Module, transformer: dict | None, inputs: tuple) -> bool:
+    """Whether depth and width work on encoder blocks (found from the data flow, any family);
+    a teacher marked as a transformer without them is refused rather than shrunk as a plain stack."""
+    is_transformer = bool(find_encoder_blocks(student, inputs))
     if transformer is not None and not is_transformer:
         raise PressoError(
-            "The teacher is marked as a transformer but has no BERT-style encoder layers "
-            "(attention.self.query/key/value, intermediate.dense, output.dense); "
-            "derive_student shrinks BERT-like encoders only — give a factory student."
+            "The teacher is marked as a transformer but has no encoder blocks (query/key/value "
+            "Linears read by an attention output, then a feed-forward Linear pair); "
+            "derive_student shrinks transformer encoders only — give a factory student."
         )
     return is_transformer
 
@@ -415,7 +434,7 @@ def _shrink(
         if step == "depth":
             assert plan.depth is not None  # wanted only with a depth
             note = (
-                _shallower_transformer(student, plan.depth)
+                _shallower_transformer(student, plan.depth, inputs)
                 if is_transformer
                 else _shallower_stack(student, plan.depth, inputs)
             )
@@ -463,8 +482,9 @@ def derive_student(
     plan : StudentPlan
         ``width``, ``depth``, ``blocks`` and ``init`` (see the module docstring for the rules).
     transformer : dict, optional
-        ``LoadedModel.transformer`` of a transformer encoder; BERT-like encoder layers found in
-        the model make it a transformer too.
+        ``LoadedModel.transformer`` of a transformer encoder; encoder blocks found in the
+        teacher's traced forward (any family, see ``find_encoder_blocks``) make it a
+        transformer too.
     seed : int
         Seed of ``init="random"``.
 
@@ -490,7 +510,7 @@ def derive_student(
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     student = copy.deepcopy(teacher).eval()
     ref = _teacher_outputs(student, inputs)
-    student, notes = _shrink(student, plan, inputs, _is_transformer(student, transformer))
+    student, notes = _shrink(student, plan, inputs, _is_transformer(student, transformer, inputs))
     _check_student(student, inputs, ref)
     if plan.init == "random":
         notes += _reinitialise(student, seed)

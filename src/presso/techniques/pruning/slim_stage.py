@@ -2,7 +2,8 @@
 feed-forward neurons of a transformer encoder), fine-tune, export a smaller, faster model.
 
 CNNs and MLPs go through ``structured.prune_channels`` (Torch-Pruning's dependency graph,
-with presso's equivalence checks and refusals); BERT-style encoders through
+with presso's equivalence checks and refusals); transformer encoders (a Hugging Face model, or
+any model whose data flow shows encoder blocks, e.g. ``nn.TransformerEncoder``) through
 ``transformer.prune_transformer``. ``schedule: iterative`` removes the same fraction of
 the remaining channels in each of ``rounds`` rounds, fine-tuning in between. If the budget
 breaks, milder ratios are retried (``with_backoff``).
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from presso.errors import PressoError
 from presso.model.loaded import count_parameters
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
@@ -45,6 +47,20 @@ def _layer_rows(before: dict, module: nn.Module, exported: Path) -> list[dict]:
             row["node"] = nodes[n]
         rows.append(row)
     return rows
+
+
+def _is_transformer(ctx: StageContext) -> bool:
+    """A model loaded as a transformer, or one whose traced forward shows encoder blocks."""
+    if ctx.transformer is not None:
+        return True
+    if ctx.module is None:
+        return False
+    from presso.techniques.pruning.transformer import find_encoder_blocks
+
+    try:
+        return bool(find_encoder_blocks(ctx.module, example_inputs(ctx)))
+    except PressoError:  # a model the trace cannot run: channel pruning says why, if it fails too
+        return False
 
 
 def heads_and_ffn(cfg: SlimConfig, fraction: float) -> tuple[float, float]:
@@ -102,7 +118,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
     rec = recovery_for(ctx, cfg, "slim")
     cfg = rec.cfg  # epochs and lr resolved for this model
     original = ctx.module
-    transformer = ctx.transformer is not None
+    transformer = _is_transformer(ctx)
     what = "attention heads and feed-forward neurons" if transformer else "channels / neurons"
     first = (cfg.ffn or cfg.heads) if transformer else cfg.ratio
 
@@ -140,7 +156,7 @@ def slim(onnx_path: Path, cfg: SlimConfig, ctx: StageContext) -> StageResult:
 
             # ONNX Runtime's attention fusion (int8 stage) must see the pruned head count, or it
             # fuses the heads wrongly without an error; 0 / 0 (uneven heads) disables the fusion.
-            cand.transformer = {**ctx.transformer, **attention_shape(module)}
+            cand.transformer = {**ctx.transformer, **attention_shape(module, example_inputs(ctx))}
         cand.score = ctx.score(dst)
         cand.layers = _layer_rows(before_shapes, module, dst)
         cand.note = f"parameters {before:,} -> {after:,} ({after / before:.2f}x)"

@@ -1,17 +1,25 @@
-"""Physically remove attention heads and feed-forward neurons of BERT-style encoders.
+"""Physically remove attention heads and feed-forward neurons of transformer encoders.
 
-A BERT layer (``BertLayer`` of transformers, also RoBERTa/ELECTRA/MiniLM) couples:
+The blocks are found from the model's data flow (:mod:`.transformer_find`), not from one
+family's attribute names: BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, MPNet, DeBERTa-v2 and
+PyTorch's ``nn.TransformerEncoder`` alike. In each block:
 
-* head ``h`` = rows ``h*d:(h+1)*d`` of ``attention.self.{query,key,value}`` and the same
-  columns of ``attention.output.dense`` (``d`` = ``attention_head_size``);
-* neuron ``n`` = row ``n`` of ``intermediate.dense`` and column ``n`` of ``output.dense``.
+* head ``h`` = rows ``h*d:(h+1)*d`` of every head projection (query, key, value, and
+  DeBERTa's relative-position projections) and the same columns of the attention output
+  projection (``d`` = the head size);
+* neuron ``n`` = row ``n`` of the up (and gate) projection and column ``n`` of the down one.
 
-The four concerns stay apart: analysis (:func:`find_encoder_layers`), scoring (one score per
+The four concerns stay apart: analysis (:func:`find_encoder_blocks`), scoring (one score per
 head / neuron, :func:`_scores`), policy (how many to remove, :func:`_plan`) and surgery
-(:func:`_cut_heads`, :func:`_cut_neurons`: given indices, no ratios). Each pruned layer is
+(:func:`_cut_heads`, :func:`_cut_neurons`: given indices, no ratios). Removing heads also
+updates the attention module's integer attributes that hold the head count (names ending in
+``heads``) or the all-heads width (``all_head_size``, ``dim``...). Each pruned layer is
 checked on the example inputs against the *masked* model (the removed heads' / neurons'
 columns of the output projections zeroed); a layer that fails is refused with a
-:class:`~presso.errors.PressoError` naming it and the model is left as it was.
+:class:`~presso.errors.PressoError` naming it and the model is left as it was. Refused with
+one line: heads of an attention that adds a per-head term shared by all layers (MPNet's
+relative position bias) or of an ``nn.MultiheadAttention`` (its head size is fixed), and
+any block whose weights serve several layers (ALBERT).
 
 >>> import torch
 >>> from transformers import BertConfig, BertModel
@@ -28,15 +36,32 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from presso.errors import PressoError
 from presso.model.loaded import count_parameters, first_tensor
+from presso.techniques.pruning.transformer_find import (
+    WIDTH_NAMES,
+    Block,
+    find_encoder_blocks,
+    shared_refusal,
+)
+
+__all__ = [
+    "IMPORTANCES",
+    "SCOPES",
+    "Block",
+    "TransformerPruneReport",
+    "attention_shape",
+    "find_encoder_blocks",
+    "find_encoder_layers",
+    "masked_transformer",
+    "prune_transformer",
+    "shared_refusal",
+]
 
 IMPORTANCES = ("l2", "taylor", "activation", "random")
 SCOPES = ("layer", "global")
@@ -55,6 +80,7 @@ class TransformerPruneReport:
     layer_names: tuple[str, ...] = ()  # qualified name of layer i
     heads_before: tuple[int, ...] = ()  # heads of layer i before pruning
     ffn_before: tuple[int, ...] = ()  # intermediate neurons of layer i before pruning
+    parts: tuple[tuple[str, str, int], ...] = ()  # layer i: attention output, FFN down, head size
 
     def summary(self) -> list[dict]:
         """Per layer: heads and feed-forward neurons kept and removed (for reports)."""
@@ -68,82 +94,6 @@ class TransformerPruneReport:
             }
             for i, name in enumerate(self.layer_names)
         ]
-
-
-def _path(m: nn.Module, path: str) -> Any:
-    """``m.a.b`` for ``path`` ``"a.b"``, by plain attribute access (AttributeError where it
-    fails). torch types ``Module.__getattr__`` as ``Tensor | Module``, so chained access to
-    a submodule does not type-check; callers declare what they expect to find."""
-    found: Any = m
-    for name in path.split("."):
-        found = getattr(found, name)
-    return found
-
-
-class _Layer:
-    """The six projections of one BERT layer, checked to line up."""
-
-    def __init__(self, name: str, layer: nn.Module) -> None:
-        self.name, self.layer = name, layer
-        # find_encoder_layers only returns layers whose six projections are nn.Linear.
-        self.attn: nn.Module = _path(layer, "attention.self")
-        self.q: nn.Linear = _path(self.attn, "query")
-        self.k: nn.Linear = _path(self.attn, "key")
-        self.v: nn.Linear = _path(self.attn, "value")
-        self.attn_out: nn.Linear = _path(layer, "attention.output.dense")
-        self.inter: nn.Linear = _path(layer, "intermediate.dense")
-        self.out: nn.Linear = _path(layer, "output.dense")
-        width = self.q.out_features
-        heads = getattr(self.attn, "num_attention_heads", None)
-        self.head_size = int(getattr(self.attn, "attention_head_size", 0) or width // max(heads or 1, 1))
-        if (
-            self.head_size < 1
-            or width % self.head_size
-            or self.k.out_features != width
-            or self.v.out_features != width
-            or self.attn_out.in_features != width
-            or self.inter.out_features != self.out.in_features
-        ):
-            raise PressoError(
-                f"Layer '{name}' looks BERT-like but its projections do not line up "
-                f"(query/key/value {self.q.out_features}/{self.k.out_features}/"
-                f"{self.v.out_features} wide, head size {self.head_size}, "
-                f"attention.output.dense reads {self.attn_out.in_features}); "
-                f"transformer pruning supports standard multi-head attention only."
-            )
-        self.n_heads, self.n_ffn = width // self.head_size, self.inter.out_features
-
-    def head_columns(self, heads: Iterable[int]) -> list[int]:
-        d = self.head_size
-        return [h * d + j for h in heads for j in range(d)]
-
-
-def _is_bert_layer(m: nn.Module) -> bool:
-    try:
-        parts = (
-            _path(m, "attention.self.query"),
-            _path(m, "attention.self.key"),
-            _path(m, "attention.self.value"),
-            _path(m, "attention.output.dense"),
-            _path(m, "intermediate.dense"),
-            _path(m, "output.dense"),
-        )
-    except AttributeError:
-        return False
-    return all(isinstance(p, nn.Linear) for p in parts)
-
-
-def find_encoder_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every BERT-like layer inside ``module``, with its qualified name, in module order.
-
-    A layer qualifies when it has ``attention.self.{query,key,value}``,
-    ``attention.output.dense``, ``intermediate.dense`` and ``output.dense`` (all Linear).
-
-    >>> from torch import nn
-    >>> find_encoder_layers(nn.Sequential(nn.Linear(4, 4)))
-    []
-    """
-    return [(name, m) for name, m in module.named_modules() if _is_bert_layer(m)]
 
 
 def _validate(heads_ratio, ffn_ratio, importance, scope, round_to) -> None:
@@ -172,27 +122,88 @@ def _run(module: nn.Module, inputs) -> torch.Tensor:
     return first_tensor(out)
 
 
+# ---------------------------------------------------------------- analysis
+
+
+def _linear(root: nn.Module, name: str) -> nn.Linear:
+    found = root.get_submodule(name)
+    if not isinstance(found, nn.Linear):  # a model other than the one analysed
+        raise PressoError(f"'{name}' is no longer an nn.Linear; analyse the model again.")
+    return found
+
+
+def _n_heads(root: nn.Module, name: str, head_size: int) -> int:
+    """Heads of the attention whose output projection is ``name``, as the model is now."""
+    found = root.get_submodule(name)
+    if isinstance(found, nn.MultiheadAttention):
+        return found.num_heads
+    return _linear(root, name).in_features // head_size
+
+
+def _remember(root: nn.Module, blocks: list[Block]) -> None:
+    """Keep where the attentions are on the model (deep copies keep it): :func:`attention_shape`
+    reads the pruned model without example inputs."""
+    root.__dict__["_presso_attention"] = tuple((b.attn_out, b.head_size) for b in blocks)
+
+
+def find_encoder_layers(module: nn.Module, example_inputs) -> list[tuple[str, nn.Module]]:
+    """Every encoder block inside ``module``, with its qualified name, in call order.
+
+    >>> from torch import nn
+    >>> find_encoder_layers(nn.Sequential(nn.Linear(4, 4)), (torch.randn(1, 4),))
+    []
+    """
+    inputs = _call_form(example_inputs)
+    return [(b.name, module.get_submodule(b.name)) for b in find_encoder_blocks(module, inputs)]
+
+
+def _blocks(module: nn.Module, inputs, heads: bool) -> list[Block]:
+    found = find_encoder_blocks(module, inputs)
+    if not found:
+        raise PressoError(
+            "Transformer pruning found no encoder block (query/key/value Linears on one input "
+            "read by an attention output Linear, then a feed-forward Linear pair) in this "
+            "model; use the 'slim' channel pruning for CNNs/MLPs."
+        )
+    shared_refusal(found, "Transformer pruning")
+    for b in found:
+        if heads and b.heads_refusal:
+            raise PressoError(
+                f"Transformer pruning cannot remove heads of '{b.name}': {b.heads_refusal}; "
+                f"set heads to 0 to remove feed-forward neurons only."
+            )
+    return found
+
+
 # ---------------------------------------------------------------- scoring
 
 
-def _group_sums(L: _Layer, f) -> tuple[torch.Tensor, torch.Tensor]:
+def _linears(root: nn.Module, B: Block) -> list[nn.Linear]:
+    heads = [*B.heads_in, B.attn_out] if not B.heads_refusal else []
+    return [_linear(root, n) for n in (*heads, *B.ffn_in, B.ffn_out)]
+
+
+def _group_sums(root: nn.Module, B: Block, f) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum ``f(param)`` (elementwise) over the weights of each head and each neuron."""
-    H, d = L.n_heads, L.head_size
-    heads = f(L.attn_out.weight).reshape(-1, H, d).sum((0, 2))  # columns of (C, H*d)
-    for lin in (L.q, L.k, L.v):
-        heads = heads + f(lin.weight).reshape(H, d, -1).sum((1, 2))  # rows of (H*d, C)
+    H, d = B.n_heads, B.head_size
+    heads = torch.zeros(H)
+    if not B.heads_refusal:
+        heads = f(_linear(root, B.attn_out).weight).reshape(-1, H, d).sum((0, 2))  # columns of (C, H*d)
+        for lin in (_linear(root, n) for n in B.heads_in):
+            heads = heads + f(lin.weight).reshape(H, d, -1).sum((1, 2))  # rows of (H*d, C)
+            if lin.bias is not None:
+                heads = heads + f(lin.bias).reshape(H, d).sum(1)
+    ffn = f(_linear(root, B.ffn_out).weight).sum(0)  # columns of (C, N)
+    for lin in (_linear(root, n) for n in B.ffn_in):
+        ffn = ffn + f(lin.weight).sum(1)  # rows of (N, C)
         if lin.bias is not None:
-            heads = heads + f(lin.bias).reshape(H, d).sum(1)
-    ffn = f(L.inter.weight).sum(1) + f(L.out.weight).sum(0)  # (N,)
-    if L.inter.bias is not None:
-        ffn = ffn + f(L.inter.bias)
+            ffn = ffn + f(lin.bias)
     return heads, ffn
 
 
-def _taylor_grads(module: nn.Module, layers: list[_Layer], inputs) -> dict:
-    params = [
-        p for L in layers for lin in (L.q, L.k, L.v, L.attn_out, L.inter, L.out) for p in lin.parameters()
-    ]
+def _taylor_grads(module: nn.Module, blocks: list[Block], inputs) -> dict:
+    params = [p for B in blocks for lin in _linears(module, B) for p in lin.parameters()]
+    params = list(dict.fromkeys(params))
     frozen = [p for p in params if not p.requires_grad]
     for p in frozen:
         p.requires_grad_(True)
@@ -206,52 +217,56 @@ def _taylor_grads(module: nn.Module, layers: list[_Layer], inputs) -> dict:
     return {p: torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)}
 
 
-def _activations(module: nn.Module, layers: list[_Layer], inputs) -> list[tuple]:
-    """Mean norm of each head's context vector and mean |activation| of each neuron."""
+def _activations(module: nn.Module, blocks: list[Block], inputs) -> list[tuple]:
+    """Mean norm of each head's context vector (the attention output projection's input) and
+    mean |activation| of each neuron (the down projection's input)."""
     seen: dict[tuple[int, str], torch.Tensor] = {}
 
-    def hook(i: int, kind: str, L: _Layer):
-        def record(_m, _args, out):
-            out = first_tensor(out).detach().float()
+    def hook(i: int, kind: str, B: Block):
+        def record(_m, args):
+            x = args[0].detach().float()
             if kind == "heads":  # (B, T, H*d)
-                out = out.reshape(*out.shape[:-1], L.n_heads, L.head_size).norm(dim=-1)
-            seen[(i, kind)] = out.abs().reshape(-1, out.shape[-1]).mean(0)
+                x = x.reshape(*x.shape[:-1], B.n_heads, B.head_size).norm(dim=-1)
+            seen[(i, kind)] = x.abs().reshape(-1, x.shape[-1]).mean(0)
 
         return record
 
     handles = []
-    for i, L in enumerate(layers):
-        handles.append(L.attn.register_forward_hook(hook(i, "heads", L)))
-        handles.append(_path(L.layer, "intermediate").register_forward_hook(hook(i, "ffn", L)))
+    for i, B in enumerate(blocks):
+        if not B.heads_refusal:
+            handles.append(_linear(module, B.attn_out).register_forward_pre_hook(hook(i, "heads", B)))
+        else:
+            seen[(i, "heads")] = torch.zeros(B.n_heads)
+        handles.append(_linear(module, B.ffn_out).register_forward_pre_hook(hook(i, "ffn", B)))
     try:
         with torch.no_grad():
             _run(module, inputs)
     finally:
         for h in handles:
             h.remove()
-    missing = [L.name for i, L in enumerate(layers) if (i, "heads") not in seen or (i, "ffn") not in seen]
+    missing = [B.name for i, B in enumerate(blocks) if (i, "heads") not in seen or (i, "ffn") not in seen]
     if missing:
         raise PressoError(
             f"The 'activation' importance saw no activations of layer '{missing[0]}' on "
             f"the example inputs; use importance 'l2' or 'taylor'."
         )
-    return [(seen[(i, "heads")], seen[(i, "ffn")]) for i in range(len(layers))]
+    return [(seen[(i, "heads")], seen[(i, "ffn")]) for i in range(len(blocks))]
 
 
 def _scores(
-    module: nn.Module, layers: list[_Layer], inputs, importance: str, seed: int
+    module: nn.Module, blocks: list[Block], inputs, importance: str, seed: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One score per head and per neuron of every layer (higher = more important)."""
+    """One score per head and per neuron of every block (higher = more important)."""
     if importance == "activation":
-        return _activations(module, layers, inputs)
+        return _activations(module, blocks, inputs)
     if importance == "random":
         g = torch.Generator().manual_seed(seed)
-        return [(torch.rand(L.n_heads, generator=g), torch.rand(L.n_ffn, generator=g)) for L in layers]
+        return [(torch.rand(B.n_heads, generator=g), torch.rand(B.n_ffn, generator=g)) for B in blocks]
     if importance == "taylor":
-        grads = _taylor_grads(module, layers, inputs)
-        sums = [_group_sums(L, lambda p: (p * grads[p]).detach().float()) for L in layers]
+        grads = _taylor_grads(module, blocks, inputs)
+        sums = [_group_sums(module, B, lambda p: (p * grads[p]).detach().float()) for B in blocks]
         return [(h.abs(), n.abs()) for h, n in sums]
-    sums = [_group_sums(L, lambda p: p.detach().float().pow(2)) for L in layers]
+    sums = [_group_sums(module, B, lambda p: p.detach().float().pow(2)) for B in blocks]
     return [(h.sqrt(), n.sqrt()) for h, n in sums]
 
 
@@ -323,61 +338,84 @@ def _set(undo: list, obj, attr: str, value) -> None:
     setattr(obj, attr, value)
 
 
-def _cut_heads(L: _Layer, removed: tuple[int, ...], undo: list) -> None:
-    """Remove heads ``removed``; the reshape reads ``attention_head_size`` (kept) and -1 heads."""
-    keep_heads = [h for h in range(L.n_heads) if h not in set(removed)]
-    cols = L.head_columns(keep_heads)
-    for attr in ("query", "key", "value"):
-        _set(undo, L.attn, attr, _sliced(getattr(L.attn, attr), cols, 0))
-    _set(undo, _path(L.layer, "attention.output"), "dense", _sliced(L.attn_out, cols, 1))
-    _set(undo, L.attn, "num_attention_heads", len(keep_heads))
-    _set(undo, L.attn, "all_head_size", len(cols))
+def _replace(root: nn.Module, name: str, keep: list[int], dim: int, undo: list) -> None:
+    """The Linear ``name`` replaced by its slice (rows ``dim=0`` or columns ``dim=1``)."""
+    parent, _, attr = name.rpartition(".")
+    _set(undo, root.get_submodule(parent), attr, _sliced(_linear(root, name), keep, dim))
 
 
-def _cut_neurons(L: _Layer, removed: tuple[int, ...], undo: list) -> None:
-    keep = [n for n in range(L.n_ffn) if n not in set(removed)]
-    _set(undo, _path(L.layer, "intermediate"), "dense", _sliced(L.inter, keep, 0))
-    _set(undo, _path(L.layer, "output"), "dense", _sliced(L.out, keep, 1))
+def _cut_heads(root: nn.Module, B: Block, removed: tuple[int, ...], undo: list) -> None:
+    """Remove heads ``removed``, and update the attention's head count and width attributes."""
+    keep_heads = [h for h in range(B.n_heads) if h not in set(removed)]
+    cols = B.head_columns(keep_heads)
+    for name in B.heads_in:
+        _replace(root, name, cols, 0, undo)
+    _replace(root, B.attn_out, cols, 1, undo)
+    width = B.n_heads * B.head_size
+    for m in root.get_submodule(B.attention).modules():
+        if isinstance(m, nn.Linear):
+            continue
+        for key, value in list(vars(m).items()):
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            if key.endswith("heads") and value == B.n_heads:
+                _set(undo, m, key, len(keep_heads))
+            elif (key in WIDTH_NAMES or key.endswith("all_head_size")) and value == width:
+                _set(undo, m, key, len(cols))
 
 
-def _zero_columns(L: _Layer, heads: tuple[int, ...], neurons: tuple[int, ...]) -> None:
+def _cut_neurons(root: nn.Module, B: Block, removed: tuple[int, ...], undo: list) -> None:
+    keep = [n for n in range(B.n_ffn) if n not in set(removed)]
+    for name in B.ffn_in:
+        _replace(root, name, keep, 0, undo)
+    _replace(root, B.ffn_out, keep, 1, undo)
+
+
+def _zero_columns(root: nn.Module, part: tuple[str, str, int], heads, neurons) -> None:
+    attn_out, ffn_out, d = part
     with torch.no_grad():
-        L.attn_out.weight[:, L.head_columns(heads)] = 0  # (C, H*d)
-        L.out.weight[:, list(neurons)] = 0  # (C, N)
+        if heads:
+            _linear(root, attn_out).weight[:, [h * d + j for h in heads for j in range(d)]] = 0  # (C, H*d)
+        _linear(root, ffn_out).weight[:, list(neurons)] = 0  # (C, N)
 
 
-def _masked_output(module: nn.Module, L: _Layer, heads, neurons, inputs) -> torch.Tensor:
-    """The outputs with layer ``L``'s removed heads / neurons cut off by zeroed columns."""
-    saved = (L.attn_out.weight.detach().clone(), L.out.weight.detach().clone())
+def _part(B: Block) -> tuple[str, str, int]:
+    return B.attn_out, B.ffn_out, B.head_size
+
+
+def _masked_output(module: nn.Module, B: Block, heads, neurons, inputs) -> torch.Tensor:
+    """The outputs with block ``B``'s removed heads / neurons cut off by zeroed columns."""
+    lins = [_linear(module, B.ffn_out)] + ([_linear(module, B.attn_out)] if heads else [])
+    saved = [lin.weight.detach().clone() for lin in lins]
     try:
-        _zero_columns(L, heads, neurons)
+        _zero_columns(module, _part(B), heads, neurons)
         with torch.no_grad():
             return _run(module, inputs)
     finally:
         with torch.no_grad():
-            L.attn_out.weight.copy_(saved[0])
-            L.out.weight.copy_(saved[1])
+            for lin, w in zip(lins, saved, strict=True):
+                lin.weight.copy_(w)
 
 
-def _check(module: nn.Module, L: _Layer, inputs, ref: torch.Tensor, expect: torch.Tensor) -> None:
+def _check(module: nn.Module, B: Block, inputs, ref: torch.Tensor, expect: torch.Tensor) -> None:
     try:
         with torch.no_grad():
             out = _run(module, inputs)
     except Exception as err:
         raise PressoError(
-            f"Transformer pruning broke layer '{L.name}': the model no longer runs "
+            f"Transformer pruning broke layer '{B.name}': the model no longer runs "
             f"({type(err).__name__}: {err}); its attention probably reshapes with a "
             f"fixed head count."
         ) from err
     if out.shape != ref.shape:
         raise PressoError(
-            f"Transformer pruning of layer '{L.name}' would change the model's output "
+            f"Transformer pruning of layer '{B.name}' would change the model's output "
             f"shape from {tuple(ref.shape)} to {tuple(out.shape)}."
         )
     if not torch.allclose(out, expect, rtol=_EQUIV_RTOL, atol=_EQUIV_ATOL):
         diff = (out - expect).abs().max().item()
         raise PressoError(
-            f"Transformer pruning of layer '{L.name}' changes the outputs of the kept "
+            f"Transformer pruning of layer '{B.name}' changes the outputs of the kept "
             f"heads / neurons (max difference {diff:.3g} from the masked model); its "
             f"attention does not lay heads out as contiguous blocks of query/key/value."
         )
@@ -386,20 +424,9 @@ def _check(module: nn.Module, L: _Layer, inputs, ref: torch.Tensor, expect: torc
 # ---------------------------------------------------------------- entry points
 
 
-def _layers(module: nn.Module) -> list[_Layer]:
-    found = find_encoder_layers(module)
-    if not found:
-        raise PressoError(
-            "Transformer pruning found no BERT-style encoder layer (attention.self.query/"
-            "key/value, attention.output.dense, intermediate.dense, output.dense) in this "
-            "model; use the 'slim' channel pruning for CNNs/MLPs."
-        )
-    return [_Layer(name, m) for name, m in found]
-
-
-def _sizes(layers: list[_Layer]) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+def _sizes(blocks: list[Block]) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
     """Names, head counts and feed-forward widths: what a report records of the unpruned model."""
-    return tuple(L.name for L in layers), tuple(L.n_heads for L in layers), tuple(L.n_ffn for L in layers)
+    return tuple(B.name for B in blocks), tuple(B.n_heads for B in blocks), tuple(B.n_ffn for B in blocks)
 
 
 def _call_form(example_inputs: tuple | dict | torch.Tensor) -> tuple | dict:
@@ -423,19 +450,19 @@ def _reference(module: nn.Module, inputs) -> torch.Tensor:
 
 
 def _cut_and_check(
-    module: nn.Module, layers: list[_Layer], heads: dict, neurons: dict, inputs, ref: torch.Tensor, undo: list
+    module: nn.Module, blocks: list[Block], heads: dict, neurons: dict, inputs, ref: torch.Tensor, undo: list
 ) -> None:
-    """Cut layer by layer, each checked before the next: a failure then names its layer, and
-    the masked reference of each layer is taken with the layers before it already cut."""
-    for i, L in enumerate(layers):
+    """Cut block by block, each checked before the next: a failure then names its block, and
+    the masked reference of each block is taken with the blocks before it already cut."""
+    for i, B in enumerate(blocks):
         if not heads[i] and not neurons[i]:
             continue
-        expect = _masked_output(module, L, heads[i], neurons[i], inputs)
+        expect = _masked_output(module, B, heads[i], neurons[i], inputs)
         if heads[i]:
-            _cut_heads(L, heads[i], undo)
+            _cut_heads(module, B, heads[i], undo)
         if neurons[i]:
-            _cut_neurons(L, neurons[i], undo)
-        _check(module, L, inputs, ref, expect)
+            _cut_neurons(module, B, neurons[i], undo)
+        _check(module, B, inputs, ref, expect)
 
 
 def prune_transformer(
@@ -448,13 +475,14 @@ def prune_transformer(
     round_to: int | None = 8,
     seed: int = 0,
 ) -> TransformerPruneReport:
-    """Remove attention heads and feed-forward neurons of every BERT-style layer, in place.
+    """Remove attention heads and feed-forward neurons of every encoder block, in place.
 
     Parameters
     ----------
     module : nn.Module
-        A model containing BERT-like layers (e.g. ``BertModel`` or presso's
-        ``MeanPooledEncoder``). Changed in place only if every layer passes its checks.
+        A model containing transformer encoder blocks (e.g. ``BertModel``, a
+        ``DistilBertForSequenceClassification``, an ``nn.TransformerEncoder`` or presso's
+        wrappers of them). Changed in place only if every block passes its checks.
     example_inputs : tuple of Tensor or dict
         What ``module`` is called with (positionally, or as keyword arguments).
     heads_ratio, ffn_ratio : float in [0, 1)
@@ -463,7 +491,7 @@ def prune_transformer(
         At least one head and ``round_to`` (or 1) neurons stay in every layer.
     importance : {"l2", "taylor", "activation", "random"}
         ``"l2"``: norm of the weights and biases removed with the head / neuron (its rows of
-        Q, K, V or ``intermediate.dense`` and columns of the output projection).
+        the head projections or of the up projection and columns of the output projection).
         ``"taylor"``: ``|sum w * grad|`` over those, for the mean squared output.
         ``"activation"``: mean norm of the head's context vector / mean ``|activation|`` of the
         neuron on ``example_inputs``. ``"random"``: seeded by ``seed``.
@@ -480,8 +508,10 @@ def prune_transformer(
     Raises
     ------
     PressoError
-        For bad options, a model without BERT-style layers, or a layer whose pruned form
-        no longer runs or differs from its masked form (the model is then left unchanged).
+        For bad options, a model without encoder blocks, heads asked of an attention whose
+        heads cannot go (see the module docstring), blocks that share weights across depth,
+        or a layer whose pruned form no longer runs or differs from its masked form (the
+        model is then left unchanged).
 
     Examples
     --------
@@ -495,26 +525,28 @@ def prune_transformer(
     """
     _validate(heads_ratio, ffn_ratio, importance, scope, round_to)
     inputs = _call_form(example_inputs)
-    layers = _layers(module)
     before = count_parameters(module)
     was_training = module.training
     module.eval()
     undo: list = []
     try:
         ref = _reference(module, inputs)
-        scores = _scores(module, layers, inputs, importance, seed)
+        blocks = _blocks(module, inputs, heads=heads_ratio > 0)
+        scores = _scores(module, blocks, inputs, importance, seed)
         heads, neurons = _plan(scores, float(heads_ratio), float(ffn_ratio), scope, round_to)
-        _cut_and_check(module, layers, heads, neurons, inputs, ref, undo)
+        _cut_and_check(module, blocks, heads, neurons, inputs, ref, undo)
     except BaseException:
         for obj, attr, old in reversed(undo):
             setattr(obj, attr, old)
         raise
     finally:
         module.train(was_training)
-    return TransformerPruneReport(before, count_parameters(module), heads, neurons, *_sizes(layers))
+    _remember(module, blocks)
+    parts = tuple(_part(B) for B in blocks)
+    return TransformerPruneReport(before, count_parameters(module), heads, neurons, *_sizes(blocks), parts)
 
 
-def attention_shape(module: nn.Module) -> dict[str, int]:
+def attention_shape(module: nn.Module, example_inputs: tuple | dict | None = None) -> dict[str, int]:
     """``{"num_heads", "hidden_size"}`` of the attention layers, as ONNX Runtime's fusion needs.
 
     BERT exports reshape Q/K/V to ``(B, T, -1, head_size)``, so ONNX Runtime's transformer
@@ -523,8 +555,21 @@ def attention_shape(module: nn.Module) -> dict[str, int]:
     pruning the config's values are wrong: the fused graph computes other heads (MiniLM-L6,
     9 of 12 heads left, fused with 12/384: embeddings off by 0.39). Layers left with different
     head counts share no value: ``{"num_heads": 0, "hidden_size": 0}`` (no Attention fusion).
+
+    Without ``example_inputs`` the attentions are those the last analysis of this model (or of
+    the model it was deep-copied from) found: :func:`prune_transformer` and students' depth /
+    width leave them on it.
     """
-    shapes = {(L.n_heads, L.head_size) for L in _layers(module)}
+    if example_inputs is not None:
+        parts = [(B.attn_out, B.head_size) for B in find_encoder_blocks(module, _call_form(example_inputs))]
+    else:
+        parts = list(module.__dict__.get("_presso_attention", ()))
+    if not parts:
+        raise PressoError(
+            "attention_shape found no attention in this model; pass its example inputs "
+            "(what its forward takes) so its encoder blocks can be traced."
+        )
+    shapes = {(_n_heads(module, name, d), d) for name, d in parts}
     if len(shapes) != 1:
         return {"num_heads": 0, "hidden_size": 0}
     heads, size = shapes.pop()
@@ -534,19 +579,24 @@ def attention_shape(module: nn.Module) -> dict[str, int]:
 def masked_transformer(original: nn.Module, report: TransformerPruneReport) -> nn.Module:
     """A copy of the *unpruned* ``original`` whose removed heads / neurons influence nothing.
 
-    The removed heads' columns of ``attention.output.dense`` and the removed neurons'
-    columns of ``output.dense`` are zeroed, so the copy's outputs equal the physically
+    The removed heads' columns of each attention output projection and the removed neurons'
+    columns of each down projection are zeroed, so the copy's outputs equal the physically
     pruned model's up to float rounding. ``original`` is a deep copy taken before
     :func:`prune_transformer` (which prunes in place).
     """
     masked = copy.deepcopy(original)
-    layers = _layers(masked)
-    if _sizes(layers) != (report.layer_names, report.heads_before, report.ffn_before):
+    try:
+        sizes = tuple(
+            (_n_heads(masked, o, d), _linear(masked, down).in_features) for o, down, d in report.parts
+        )
+    except (AttributeError, PressoError):
+        sizes = ()
+    if sizes != tuple(zip(report.heads_before, report.ffn_before, strict=True)):
         raise PressoError(
             "masked_transformer needs the model as it was before pruning (its layers, "
             "heads or feed-forward sizes differ from the report's); keep a "
             "copy.deepcopy of it before calling prune_transformer."
         )
-    for i, L in enumerate(layers):
-        _zero_columns(L, report.heads.get(i, ()), report.neurons.get(i, ()))
+    for i, part in enumerate(report.parts):
+        _zero_columns(masked, part, report.heads.get(i, ()), report.neurons.get(i, ()))
     return masked
