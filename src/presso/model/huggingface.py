@@ -1,9 +1,12 @@
 """Hugging Face model folders, loaded offline with transformers.
 
-An encoder (AutoModel) becomes an *embedding* model: the exported graph ends with
-attention-mask-weighted mean pooling, so ``model.onnx`` returns sentence embeddings
-directly. A folder whose config names a ``*ForSequenceClassification`` architecture
-becomes a *classification* model returning logits.
+An encoder (AutoModel) becomes an *embedding* model: the exported graph ends with the
+pooling the folder defines (sentence-transformers' modules.json: CLS, mean, max...,
+Dense, Normalize; plain mean pooling without it), so ``model.onnx`` returns what
+``SentenceTransformer(folder).encode`` returns. A folder whose config names a
+``*ForSequenceClassification`` architecture becomes a *classification* model returning
+logits. Which folders are taken is decided from config.json before any weight loads
+(:mod:`presso.model.hf_families`).
 """
 
 from __future__ import annotations
@@ -12,37 +15,41 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from presso.errors import PressoError
+from presso.model.hf_families import check_supported, is_classifier, model_inputs, transformer_shape
+from presso.model.hf_pooling import SentencePooling, read_pooling
 from presso.model.loaded import LoadedModel
 
 
-def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, C)
+class PooledEncoder(nn.Module):
+    """An encoder taking token_type_ids, pooled to one embedding per row."""
 
-
-class MeanPooledEncoder(nn.Module):
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, pooling: SentencePooling | None = None):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.pooling = encoder, pooling or SentencePooling()
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return _mean_pool(out[0], attention_mask)
+        return self.pooling(out[0], attention_mask)
 
 
-class MeanPooledEncoderNoTypes(nn.Module):
-    """For encoders whose tokenizer gives no token_type_ids (RoBERTa, DistilBERT...)."""
+class PooledEncoderNoTypes(nn.Module):
+    """An encoder without token types (DistilBERT, MPNet, RoBERTa's single type...)."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, pooling: SentencePooling | None = None):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.pooling = encoder, pooling or SentencePooling()
 
     def forward(self, input_ids, attention_mask):
-        return _mean_pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0], attention_mask)
+        return self.pooling(
+            self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0], attention_mask
+        )
+
+
+# The names other modules and tests know: mean pooling is the default pooling.
+MeanPooledEncoder, MeanPooledEncoderNoTypes = PooledEncoder, PooledEncoderNoTypes
 
 
 class SequenceClassifier(nn.Module):
@@ -68,10 +75,16 @@ def _quietly(fn, *args, **kwargs):
             hf_logging.enable_progress_bar()
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def load_hf_folder(path: Path) -> LoadedModel:
-    if not (path / "config.json").is_file():
+    layout = read_pooling(path)
+    where = layout.transformer
+    if not (where / "config.json").is_file():
         raise PressoError(
-            f"Folder '{path}' is not a Hugging Face model folder (no config.json). "
+            f"Folder '{where}' is not a Hugging Face model folder (no config.json). "
             "Give a folder saved with save_pretrained(), an .onnx file or a factory file.py:fn."
         )
     try:
@@ -80,31 +93,34 @@ def load_hf_folder(path: Path) -> LoadedModel:
         raise PressoError("Hugging Face models need transformers: pip install 'presso[hf]'.") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
     try:
-        config = json.loads((path / "config.json").read_text())
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-        is_classifier = any(
-            a.endswith("ForSequenceClassification") for a in config.get("architectures") or []
-        )
-        auto = transformers.AutoModelForSequenceClassification if is_classifier else transformers.AutoModel
+        config = json.loads((where / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PressoError(
+            f"Cannot read '{where / 'config.json'}': {_first_line(exc)}. Save the folder again."
+        ) from None
+    notes = check_supported(config, where)  # before any weight is read
+    classifier = is_classifier(config)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(where))
+        auto = transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModel
         # Eager attention exports to the MatMul/Softmax pattern that ONNX Runtime's
         # transformer optimizer fuses; the SDPA export fuses nothing (measured).
-        hf_model = _quietly(auto.from_pretrained, str(path), attn_implementation="eager")
+        hf_model = _quietly(auto.from_pretrained, str(where), attn_implementation="eager")
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PressoError(f"Cannot load Hugging Face model from '{path}': {first}") from exc
+        raise PressoError(f"Cannot load Hugging Face model from '{where}': {_first_line(exc)}") from exc
     hf_model.eval()
-    with_types = "token_type_ids" in tokenizer.model_input_names
+    names = model_inputs(hf_model, hf_model.config)
+    with_types = "token_type_ids" in names
     module: nn.Module
-    if is_classifier:
+    if classifier:
         module, task = SequenceClassifier(hf_model, with_types), "classification"
-        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])
-    elif with_types:
-        module, task = MeanPooledEncoder(hf_model), "embedding"
-        names = ["input_ids", "attention_mask", "token_type_ids"]
     else:
-        module, task = MeanPooledEncoderNoTypes(hf_model), "embedding"
-        names = ["input_ids", "attention_mask"]
+        module = (PooledEncoder if with_types else PooledEncoderNoTypes)(hf_model, layout.pooling)
+        task = "embedding"
+        if layout.from_modules_json:
+            notes.append(f"sentence-transformers modules: {layout.pooling.describe()}")
     module.eval()
+    shape = transformer_shape(hf_model.config)
     return LoadedModel(
         name=path.name,
         source=f"Hugging Face folder {path}",
@@ -113,12 +129,6 @@ def load_hf_folder(path: Path) -> LoadedModel:
         dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
         tokenizer=tokenizer,
         task_hint=task,
-        transformer={
-            "model_type": config.get("model_type", "bert"),
-            "num_heads": int(config.get("num_attention_heads", 0)),
-            "hidden_size": int(config.get("hidden_size", 0)),
-        },
-        notes=[
-            f"{config.get('model_type', 'transformer')} loaded with eager attention (fusable by ONNX Runtime)"
-        ],
+        transformer=shape,
+        notes=[f"{shape['model_type']} loaded with eager attention (fusable by ONNX Runtime)", *notes],
     )

@@ -113,29 +113,13 @@ def _preprocess(src: Path, dst: Path, log) -> Path:
         return src
 
 
-def _fuse_transformer(src: Path, dst: Path, shape: dict, log) -> tuple[Path, dict[str, int]]:
-    """ORT's BERT-family fusion (Attention, SkipLayerNorm, BiasGelu...) before quantizing.
+def _fuse_transformer(src: Path, dst: Path, shape: dict, log) -> tuple[Path, dict[str, int], str | None]:
+    """ORT's transformer fusion (Attention, SkipLayerNorm, BiasGelu...) for the model's family,
+    with the stage note saying what was fused and why attention was not
+    (``transformer_fusion.py``)."""
+    from presso.techniques.quantization.transformer_fusion import fuse_transformer
 
-    The head count and width are passed explicitly: with auto-detection (0, 0) ORT fuses
-    no Attention in a BERT export (measured on all-MiniLM-L6-v2: 0 vs 6 Attention).
-    """
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    try:
-        optimized = optimize_model(
-            str(src),
-            model_type="bert",
-            num_heads=shape.get("num_heads", 0),
-            hidden_size=shape.get("hidden_size", 0),
-            opt_level=0,
-            use_gpu=False,
-        )
-        stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-        optimized.save_model_to_file(str(dst))
-        return dst, stats
-    except Exception as exc:
-        log(f"transformer fusion failed ({type(exc).__name__}); quantizing the unfused graph")
-        return src, {}
+    return fuse_transformer(src, dst, shape, log)
 
 
 def _calibration_calls(ctx: StageContext, input_names: list[str]):
@@ -300,9 +284,9 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
     src = onnx_path
     if ctx.transformer is not None and cfg.fuse_transformer:
         # Fuse first: symbolic shape inference fails on the unfused BERT graph (measured).
-        src, fused = _fuse_transformer(src, work / "fused.onnx", ctx.transformer, ctx.log)
-        if fused:
-            notes.append("transformer fusion: " + ", ".join(f"{v} {k}" for k, v in sorted(fused.items())))
+        src, _, fusion_note = _fuse_transformer(src, work / "fused.onnx", ctx.transformer, ctx.log)
+        if fusion_note:
+            notes.append(fusion_note)
     src = _preprocess(src, work / "preprocessed.onnx", ctx.log)
     weighted = weighted_nodes(onnx.load(str(src), load_external_data=False))
 
