@@ -16,11 +16,22 @@ from presso.model import load_model
 from presso.report.schema import Report
 
 EXPECTED_METRICS = {
-    "digits": {"accuracy", "top3_accuracy", "f1_macro", "roc_auc", "agreement"},
-    "tabular": {"accuracy", "f1", "roc_auc", "agreement"},
+    "digits": {"accuracy", "balanced_accuracy", "top3_accuracy", "f1_macro", "roc_auc", "agreement"},
+    "tabular": {"accuracy", "balanced_accuracy", "f1", "roc_auc", "agreement"},
     "forecast": {"mae", "rmse", "mape", "r2", "r2_to_original", "max_abs_diff"},
     "anomaly": {"roc_auc", "average_precision", "r2_to_original"},
+    "ranking": {"ndcg@10", "mrr", "map"},
     "minilm": {"mean_cosine", "min_cosine", "top10_agreement"},
+}
+
+# The budget's metric and kind per example: balanced classes (digits, tabular's 37% malignant)
+# keep accuracy; the forecaster's budget is its MAE's relative increase.
+BUDGET = {
+    "digits": ("accuracy", "absolute"),
+    "tabular": ("accuracy", "absolute"),
+    "forecast": ("mae", "relative"),
+    "anomaly": ("roc_auc", "absolute"),
+    "ranking": ("ndcg@10", "absolute"),
 }
 
 
@@ -51,14 +62,14 @@ def _check_against_plain_ort(name, out, report):
     target = ev.target
     if target is not None and example.task in ("forecast", "regression"):
         target = target.reshape(reference.shape)
-    metrics = evaluate(report.task, outputs, reference, target, ev.inputs)
+    metrics = evaluate(report.task, outputs, reference, target, ev.inputs, ev.groups)
     for key, value in report.compressed.metrics.items():
         assert metrics[key] == pytest.approx(value, abs=1e-4), key
     return metrics
 
 
 @pytest.mark.int8_kernel
-@pytest.mark.parametrize("name", ["digits", "tabular", "forecast", "anomaly"])
+@pytest.mark.parametrize("name", ["digits", "tabular", "forecast", "anomaly", "ranking"])
 def test_example_int8(name, tmp_path):
     out, report = _compress_example(name, tmp_path)
     assert report.task == presso.load_example(name).task
@@ -66,6 +77,12 @@ def test_example_int8(name, tmp_path):
     b = report.budget
     assert b.passed and b.drop <= b.max_drop == 0.01
     assert b.baseline == report.baseline.metrics[b.primary_metric]
+    assert (b.primary_metric, b.kind) == BUDGET[name]
+    for key, ch in report.changes.items():  # every metric's change, absolute and relative
+        base, comp = report.baseline.metrics[key], report.compressed.metrics[key]
+        assert ch.absolute == pytest.approx(comp - base, abs=1e-12)
+        if ch.relative is not None:
+            assert ch.relative == pytest.approx((comp - base) / abs(base), abs=1e-12)
     if report.baseline.parameters > 5000:
         assert report.compressed.size_bytes < report.baseline.size_bytes
     else:  # a tiny graph may grow: the report must say so rather than hide it

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from presso.examples import _cache
 from presso.examples.registry import EXAMPLES
 
-NAMES = ["digits", "tabular", "forecast", "anomaly"]
+NAMES = ["digits", "tabular", "forecast", "anomaly", "ranking"]
 
 
 def _build(name: str) -> tuple:
@@ -167,3 +167,25 @@ def test_train_supervised_is_deterministic():
         assert not model.training
         weights.append(model.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
+
+
+def test_ranker_orders_each_heldout_travellers_modes(built):
+    from presso.examples import ranking
+    from presso.measure.metrics import evaluate
+
+    example, _ = built["ranking"]
+    data = example.data
+    assert example.task == "ranking" and len(data) == 84 * 4
+    # Whole travellers only, each with its four modes and one chosen; none seen in training.
+    ids, counts = np.unique(data.groups, return_counts=True)
+    assert (counts == 4).all() and all(data.target[data.groups == g].sum() == 1 for g in ids)
+    _, _, groups = ranking._rows()
+    train_ids, heldout_ids = ranking._travellers(groups)
+    assert set(ids.tolist()) == set(heldout_ids.tolist()) and not set(ids.tolist()) & set(train_ids.tolist())
+    scores = _outputs(example).numpy()
+    m = evaluate("ranking", scores, scores, data.target, None, data.groups)
+    assert m == pytest.approx(example.training["heldout"])
+    assert m["ndcg@10"] >= 0.9 and m["mrr"] >= 0.85
+    # Better than ranking by the cheapest generalised cost alone (column gc).
+    gc = data.inputs["x"][:, ranking.FEATURES.index("gc")]
+    assert m["mrr"] > evaluate("ranking", -gc, -gc, data.target, None, data.groups)["mrr"] + 0.2

@@ -168,7 +168,7 @@ CASES = {
         _stages("  - technique: int8") + "settings: {max_dorp: 0.1}\n",
         [
             ": settings: unknown setting 'max_dorp' (did you mean 'max_drop'?). ",
-            "Allowed settings: task, max_drop, seed, calibration_fraction.",
+            "Allowed settings: task, max_drop, metric, seed, calibration_fraction.",
         ],
     ),
     "calibration_fraction of 1": (

@@ -578,3 +578,52 @@ def test_help_has_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0 and f"presso {command} " in capsys.readouterr().out.split("examples:")[1]
+
+
+def test_a_relative_budget_is_reported_in_its_own_terms():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from presso.data.dataset import Dataset
+    from presso.report.build import budget, changes
+    from presso.report.table import budget_line, comparison_rows
+
+    def rows(n):
+        return Dataset({"x": np.zeros((n, 1), np.float32)}, target=np.arange(n) % 2)
+
+    run = SimpleNamespace(evaluation=rows(40), calibration=rows(20))
+    b = budget("mae", 0.01, 2.0, 2.03, run)
+    assert (b.kind, b.higher_is_better, b.passed) == ("relative", False, False)
+    assert b.drop == pytest.approx(0.015) and b.limit == pytest.approx(2.02)
+    assert budget_line(b) == "mae: 2.0000 -> 2.0300 (relative increase +1.50%, budget 1.00%)"
+    ok = budget("accuracy", 0.01, 0.9781, 0.9722, run)
+    assert (
+        ok.passed
+        and ok.limit == pytest.approx(0.9681)
+        and ok.one_row_drop == {"held-out": 0.025, "calibration": 0.05}
+    )
+    assert budget_line(ok) == "accuracy: 0.9781 -> 0.9722 (drop 0.0059, budget 0.01)"
+
+    report = make_report()
+    base = {"mae": 2.0, "rmse": 4.0, "r2": 0.9972, "max_abs_diff": 0.0}
+    comp = {"mae": 2.03, "rmse": 4.4, "r2": 0.9933, "max_abs_diff": 0.02}
+    report = report.model_copy(
+        update={
+            "budget": b,
+            "changes": changes(base, comp),
+            "baseline": report.baseline.model_copy(update={"metrics": base}),
+            "compressed": report.compressed.model_copy(update={"metrics": comp}),
+        }
+    )
+    rows = {r[0]: r[3] for r in comparison_rows(report)}
+    assert rows["mae (budget)"] == "+0.0300 (+1.5%)" and rows["rmse"] == "+0.4000 (+10.0%)"
+    assert rows["r2"] == "-0.0039 (-0.4%)" and rows["max_abs_diff"] == "+0.0200"  # no relative to ~0
+    assert report.changes["rmse"].relative == pytest.approx(0.1)
+    assert summary_line(report).endswith("mae +1.5%")
+    page = render_html(report)
+    assert "relative increase of mae on held-out rows" in page and "over budget" in page
+    assert (
+        "the dashed line is the budget&#x27;s limit, 2.02" in page
+        or "the dashed line is the budget's limit, 2.02" in page
+    )

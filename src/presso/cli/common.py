@@ -31,7 +31,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--example",
         metavar="NAME",
-        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, minilm",
+        help="a built-in example instead of MODEL/--data: digits, tabular, forecast, anomaly, ranking, minilm",
     )
 
 
@@ -44,13 +44,18 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--target", metavar="COLUMN", help="label column of a .csv/.parquet file")
     parser.add_argument(
+        "--group",
+        metavar="COLUMN",
+        help="query / session id column of a .csv/.parquet file, for --task ranking (an .npz: array 'group')",
+    )
+    parser.add_argument(
         "--weights",
         metavar="FILE",
         help="state dict (.pt, loaded weights-only, or .safetensors) for a factory model",
     )
     parser.add_argument(
         "--task",
-        choices=["classification", "regression", "forecast", "anomaly", "embedding"],
+        choices=["classification", "regression", "forecast", "anomaly", "embedding", "ranking"],
         help="what the model does (inferred when obvious)",
     )
     parser.add_argument(
@@ -68,7 +73,15 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="X",
-        help="largest allowed absolute drop of the primary metric (default 0.01)",
+        help="largest allowed drop of the budget's metric on held-out rows (default 0.01): absolute for "
+        "scores (accuracy, ROC-AUC, NDCG@10, R2), relative for errors (0.01 = 1%% more MAE/RMSE/MAPE)",
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        metavar="NAME",
+        help="the metric --max-drop applies to, any the task reports (default: accuracy, or "
+        "balanced_accuracy on imbalanced classes; mae; roc_auc; mean_cosine; ndcg@10)",
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of the calibration/evaluation split (default 0)"
@@ -132,7 +145,9 @@ def run_settings(args, task: str | None = None, weights: str | None = None):
     return RunSettings(
         task=task,
         max_drop=args.max_drop,
+        metric=args.metric,
         target=args.target,
+        group=args.group,
         weights=weights,
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,

@@ -19,9 +19,10 @@ def register(sub) -> None:
         help=".npz (X, optional y), .csv/.parquet (with --target) or .txt",
     )
     p.add_argument("--target", metavar="COLUMN", help="label column of a .csv/.parquet file")
+    p.add_argument("--group", metavar="COLUMN", help="query id column of a .csv/.parquet file (ranking)")
     p.add_argument(
         "--task",
-        choices=["classification", "regression", "forecast", "anomaly", "embedding"],
+        choices=["classification", "regression", "forecast", "anomaly", "embedding", "ranking"],
         help="defaults to the task in the artifact's report.json",
     )
     p.add_argument(
@@ -50,19 +51,29 @@ def run(args) -> int:
         raise PressoError("This model has no report.json naming its task: pass --task.")
     get_task(task)
     data = load_data(
-        args.data, model.input_names, target=args.target, tokenizer=model.tokenizer, seq_len=args.seq_len
+        args.data,
+        model.input_names,
+        target=args.target,
+        tokenizer=model.tokenizer,
+        seq_len=args.seq_len,
+        group=args.group,
     )
     outputs = model.predict(data.inputs)
     reference = load(args.vs).predict(data.inputs) if args.vs else outputs
     if reference.shape != outputs.shape:
         raise PressoError(f"--vs model outputs shape {reference.shape}, the artifact {outputs.shape}.")
     target = None if data.target is None else check_target(task, outputs, data.target)
-    metrics = evaluate(task, outputs, reference, target, data.inputs)
+    metrics = evaluate(task, outputs, reference, target, data.inputs, data.groups)
     result = {
         "task": task,
         "rows": len(data),
         "data": str(args.data),
-        "primary_metric": primary_metric(task, target is not None),
+        "primary_metric": primary_metric(
+            task,
+            target is not None,
+            labels=None if target is None or task != "classification" else target.tolist(),
+            n_classes=outputs.shape[1] if outputs.ndim == 2 else None,
+        ),
         "metrics": metrics,
         "reference": args.vs or "the artifact itself (fidelity metrics are trivially 1)",
     }

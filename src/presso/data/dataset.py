@@ -16,7 +16,9 @@ class Dataset:
 
     ``inputs`` maps an input name to an array whose first axis is the row; ``target``
     holds labels or regression targets (or ``None`` when the data has none); ``texts``
-    keeps the raw strings of a text dataset so reports can show examples.
+    keeps the raw strings of a text dataset so reports can show examples; ``groups`` holds
+    the query (or session) id of each row of ranking data, which :func:`split` keeps whole
+    and every subset carries along.
     """
 
     inputs: dict[str, np.ndarray]
@@ -24,6 +26,7 @@ class Dataset:
     source: str = "in-memory arrays"
     texts: list[str] | None = None
     feature_names: list[str] | None = field(default=None, repr=False)
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -31,6 +34,8 @@ class Dataset:
         lengths = {name: len(a) for name, a in self.inputs.items()}
         if self.target is not None:
             lengths["target"] = len(self.target)
+        if self.groups is not None:
+            lengths["groups"] = len(self.groups)
         if len(set(lengths.values())) != 1:
             raise PressoError(
                 f"The data's arrays have different numbers of rows: {lengths}. "
@@ -53,9 +58,12 @@ class Dataset:
             source=self.source,
             texts=None if self.texts is None else [self.texts[i] for i in index],
             feature_names=self.feature_names,
+            groups=None if self.groups is None else self.groups[index],
         )
 
     def head(self, n: int) -> Dataset:
+        """The first ``n`` rows, exactly: timing at batch 1 and export samples need that many
+        (their group ids come along, cut or not; no metric is measured on a head)."""
         return self.subset(np.arange(min(n, len(self))))
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -72,9 +80,11 @@ class Split:
     calibration_index: np.ndarray  # row numbers in the original data
     evaluation_index: np.ndarray
 
+    grouped: bool = False
+
     def describe(self) -> dict:
         return {
-            "method": "seeded random permutation",
+            "method": "seeded random permutation" + (" of whole groups" if self.grouped else ""),
             "seed": self.seed,
             "calibration_fraction": self.calibration_fraction,
             "calibration_rows": len(self.calibration),
@@ -94,9 +104,12 @@ def split(data: Dataset, calibration_fraction: float = 0.3, seed: int = 0) -> Sp
             f"The data has {n} rows; presso needs at least 4 (some to calibrate, "
             "some to evaluate). Give more rows."
         )
-    order = np.random.default_rng(seed).permutation(n)
-    n_cal = min(max(1, round(n * calibration_fraction)), n - 2)
-    cal, ev = np.sort(order[:n_cal]), np.sort(order[n_cal:])
+    if data.groups is not None:
+        cal, ev = _split_groups(data.groups, calibration_fraction, seed)
+    else:
+        order = np.random.default_rng(seed).permutation(n)
+        n_cal = min(max(1, round(n * calibration_fraction)), n - 2)
+        cal, ev = np.sort(order[:n_cal]), np.sort(order[n_cal:])
     return Split(
         calibration=data.subset(cal),
         evaluation=data.subset(ev),
@@ -104,4 +117,25 @@ def split(data: Dataset, calibration_fraction: float = 0.3, seed: int = 0) -> Sp
         calibration_fraction=calibration_fraction,
         calibration_index=cal,
         evaluation_index=ev,
+        grouped=data.groups is not None,
     )
+
+
+def _split_groups(
+    groups: np.ndarray, calibration_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the calibration and evaluation parts, whole groups each: groups in a
+    seeded order join the calibration part until it holds the fraction's share of rows (a
+    query split across both parts would let calibration see rows it is evaluated on)."""
+    ids, counts = np.unique(groups, return_counts=True)
+    if len(ids) < 2:
+        raise PressoError(
+            f"The data has {len(ids)} group; presso needs at least 2 (some to calibrate, some "
+            "to evaluate). Check --group."
+        )
+    order = np.random.default_rng(seed).permutation(len(ids))
+    filled = np.cumsum(counts[order])
+    n_groups = int(np.searchsorted(filled, len(groups) * calibration_fraction)) + 1
+    n_groups = min(max(1, n_groups), len(ids) - 1)
+    in_cal = np.isin(groups, ids[order[:n_groups]])
+    return np.flatnonzero(in_cal), np.flatnonzero(~in_cal)

@@ -13,7 +13,9 @@ from presso.errors import PressoError
 from presso.model.loaded import LoadedModel
 
 
-def resolve_data(data: Any, model: LoadedModel, target: str | None = None, seq_len: int = 128) -> Dataset:
+def resolve_data(
+    data: Any, model: LoadedModel, target: str | None = None, seq_len: int = 128, group: str | None = None
+) -> Dataset:
     if isinstance(data, Dataset):
         return data
     if data is None:
@@ -22,7 +24,9 @@ def resolve_data(data: Any, model: LoadedModel, target: str | None = None, seq_l
             "Pass --data FILE (.npz, .csv/.parquet with --target, .txt) or use --example NAME."
         )
     if isinstance(data, str | Path):
-        return load_data(data, model.input_names, target=target, tokenizer=model.tokenizer, seq_len=seq_len)
+        return load_data(
+            data, model.input_names, target=target, tokenizer=model.tokenizer, seq_len=seq_len, group=group
+        )
     if isinstance(data, list | tuple) and data and all(isinstance(t, str) for t in data):
         return from_texts(list(data), model.input_names, model.tokenizer, seq_len)
     if isinstance(data, tuple) and len(data) == 2:
@@ -40,6 +44,7 @@ def resolve_data(data: Any, model: LoadedModel, target: str | None = None, seq_l
         return Dataset(
             inputs={n: _cast(np.asarray(data[n])) for n in model.input_names},
             target=None if data.get("y") is None else np.asarray(data["y"]),
+            groups=None if data.get("group") is None else np.asarray(data["group"]),
         )
     raise PressoError(f"Cannot use a {type(data).__name__} as data: give a file path, arrays or a Dataset.")
 

@@ -11,7 +11,8 @@ from presso.data.dataset import Dataset
 from presso.errors import PressoError
 
 SUPPORTED = (
-    ".npz (arrays X and optional y), .csv or .parquet (with --target COLUMN), .txt (one text per line)"
+    ".npz (arrays X and optional y, group), .csv or .parquet (with --target COLUMN, --group COLUMN), "
+    ".txt (one text per line)"
 )
 
 
@@ -21,19 +22,25 @@ def load_data(
     target: str | None = None,
     tokenizer: Any = None,
     seq_len: int = 128,
+    group: str | None = None,
 ) -> Dataset:
+    """Rows of ``path``; ``target`` / ``group`` name a table's label and query-id columns
+    (an .npz holds them in arrays ``y`` and ``group``)."""
     path = Path(path)
     if not path.is_file():
         raise PressoError(f"Data file '{path}' not found. Supported: {SUPPORTED}.")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        if target is not None:
+        if target is not None or group is not None:
             raise PressoError(
-                "--target applies to .csv/.parquet data; an .npz holds its targets in array 'y'."
+                "--target and --group apply to .csv/.parquet data; an .npz holds its targets in "
+                "array 'y' and its query ids in array 'group'."
             )
         return _from_npz(path, input_names)
     if suffix in (".csv", ".parquet"):
-        return _from_table(path, input_names, target)
+        return _from_table(path, input_names, target, group)
+    if group is not None:
+        raise PressoError("--group applies to .csv/.parquet and .npz data, not to text files.")
     if suffix == ".txt":
         return from_texts(_read_lines(path), input_names, tokenizer, seq_len, source=str(path))
     raise PressoError(f"Unsupported data file '{path.name}'. Supported: {SUPPORTED}.")
@@ -86,10 +93,15 @@ def _from_npz(path: Path, input_names: list[str]) -> Dataset:
     inputs = {n: _as_model_dtype(a) for n, a in inputs.items()}
     if target is not None and np.issubdtype(target.dtype, np.floating):
         target = target.astype(np.float32)
-    return Dataset(inputs=inputs, target=target, source=str(path))
+    groups = arrays.get("group")
+    if groups is not None and groups.ndim != 1:
+        raise PressoError(
+            f"'{path}': array 'group' must hold one query id per row; it has shape {groups.shape}."
+        )
+    return Dataset(inputs=inputs, target=target, source=str(path), groups=groups)
 
 
-def _from_table(path: Path, input_names: list[str], target: str | None) -> Dataset:
+def _from_table(path: Path, input_names: list[str], target: str | None, group: str | None = None) -> Dataset:
     try:
         import pandas as pd
     except ImportError:
@@ -104,13 +116,10 @@ def _from_table(path: Path, input_names: list[str], target: str | None) -> Datas
         raise PressoError(
             f"A table feeds one input, but the model takes {input_names}. Use an .npz with one array per input."
         )
-    y = None
-    if target is not None:
-        if target not in frame.columns:
-            raise PressoError(
-                f"Column '{target}' not found in '{path}'. Columns: {', '.join(map(str, frame.columns))}."
-            )
-        y = frame.pop(target).to_numpy()
+    y = _pop_column(frame, target, "Column", path)
+    groups = _pop_column(frame, group, "Group column", path)
+    if groups is not None and pd.isna(groups).any():
+        raise PressoError(f"Group column '{group}' of '{path}' has missing values. Drop those rows.")
     non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
         raise PressoError(
@@ -127,8 +136,23 @@ def _from_table(path: Path, input_names: list[str], target: str | None) -> Datas
         y = y.astype(np.float32) if np.issubdtype(y.dtype, np.floating) else y
     x = frame.to_numpy(dtype=np.float32)
     return Dataset(
-        inputs={input_names[0]: x}, target=y, source=str(path), feature_names=[str(c) for c in frame.columns]
+        inputs={input_names[0]: x},
+        target=y,
+        source=str(path),
+        feature_names=[str(c) for c in frame.columns],
+        groups=groups,
     )
+
+
+def _pop_column(frame, name: str | None, what: str, path: Path) -> np.ndarray | None:
+    """The column ``name`` taken out of ``frame`` (None: no name given)."""
+    if name is None:
+        return None
+    if name not in frame.columns:
+        raise PressoError(
+            f"{what} '{name}' not found in '{path}'. Columns: {', '.join(map(str, frame.columns))}."
+        )
+    return frame.pop(name).to_numpy()
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -47,6 +47,10 @@ EXAMPLES: dict[str, tuple[str, str]] = {
         "presso.examples.anomaly",
         "autoencoder on benign breast-cancer rows; malignant rows are anomalies (ROC-AUC, average precision)",
     ),
+    "ranking": (
+        "presso.examples.ranking",
+        "MLP scoring travel modes per traveller on statsmodels' modechoice (NDCG@10, MRR, MAP)",
+    ),
     "minilm": (
         "presso.examples.minilm",
         "pretrained all-MiniLM-L6-v2 sentence encoder, offline (cosine, top-10 agreement)",

@@ -33,7 +33,7 @@ from presso.progress import SILENT, Progress
 from presso.recipe.order import check_stage_order
 from presso.recipe.schema import Recipe, Settings
 from presso.runtime.session import make_session, run_session
-from presso.tasks import get_task, primary_metric
+from presso.tasks import drop, get_task, primary_metric
 
 # Quality is measured one row at a time, as a real-time service runs the model: with
 # dynamic quantization a row's output depends on the other rows of its batch (the
@@ -65,15 +65,23 @@ class Run:
     # Parts of the data too small for the budget: one changed row already breaks it there.
     unresolved: list[str] = field(default_factory=list)
     export_max_abs_diff: float | None = None  # PyTorch vs the exported baseline, held-out rows
+    # The metric the budget applies to (--metric, else the task's default for this data).
+    metric: str = ""
 
     @property
     def primary(self) -> str:
-        return primary_metric(self.task, self.evaluation.has_labels)
+        return self.metric or primary_metric(self.task, self.evaluation.has_labels)
+
+    def drop(self, baseline: float, value: float) -> float:
+        """How much worse ``value`` is than ``baseline`` on the budget's metric, in its terms."""
+        return drop(self.primary, baseline, value)
 
     def metrics(self, outputs: np.ndarray, on: str) -> dict[str, float]:
         if on == "calibration":
-            return evaluate(self.task, outputs, self.ref_cal, self.y_cal, self.calibration.inputs)
-        return evaluate(self.task, outputs, self.ref_eval, self.y_eval, self.evaluation.inputs)
+            part, ref, y = self.calibration, self.ref_cal, self.y_cal
+        else:
+            part, ref, y = self.evaluation, self.ref_eval, self.y_eval
+        return evaluate(self.task, outputs, ref, y, part.inputs, part.groups)
 
     def baseline_metrics(self) -> dict[str, float]:
         """The fp32 baseline's metrics on the held-out rows."""
@@ -138,7 +146,9 @@ class RunOptions(TypedDict, total=False):
 
     task: str | None
     max_drop: float | None
+    metric: str | None
     target: str | None
+    group: str | None
     weights: str | Path | None
     seed: int | None
     calibration_fraction: float | None
@@ -155,10 +165,16 @@ class RunSettings:
     task
         classification, regression, forecast, anomaly or embedding; inferred if obvious.
     max_drop
-        Largest allowed absolute drop of the task's primary metric on held-out rows (default
-        per task, 0.01: one accuracy point, 0.01 of R^2, ROC-AUC or mean cosine).
+        Largest allowed drop of the budget's metric on held-out rows (default 0.01): an
+        absolute drop of a score (one point of accuracy, ROC-AUC, NDCG@10, mean cosine), a
+        relative increase of an error (1% more MAE, RMSE or MAPE); see :mod:`presso.tasks`.
+    metric
+        The metric the budget applies to (default per task: accuracy, or balanced accuracy
+        on imbalanced classes; MAE; ROC-AUC; mean cosine; NDCG@10), any the task reports.
     target
         The label column of a table file (csv / parquet).
+    group
+        The query / session id column of a table file, for ranking (an .npz: array 'group').
     weights
         A state dict for a factory model ``"file.py:fn"``.
     seed, calibration_fraction
@@ -174,7 +190,9 @@ class RunSettings:
 
     task: str | None = None
     max_drop: float | None = None
+    metric: str | None = None
     target: str | None = None
+    group: str | None = None
     weights: str | Path | None = None
     seed: int | None = None
     calibration_fraction: float | None = None
@@ -214,9 +232,10 @@ def prepare(
     seed = _first(run.seed, pinned.seed, 0)
     calibration_fraction = _first(run.calibration_fraction, pinned.calibration_fraction, 0.3)
     task, max_drop, seq_len = run.task or pinned.task, run.max_drop, run.seq_len
+    metric = run.metric or pinned.metric
     progress.log("loading the model")
     loaded = load_model(model, weights=run.weights, output=run.output)
-    data = resolve_data(data, loaded, target=run.target, seq_len=seq_len)
+    data = resolve_data(data, loaded, target=run.target, seq_len=seq_len, group=run.group)
     if recipe is not None:
         check_stage_order(recipe, recipe.configs(), loaded)
     workdir = new_workdir()
@@ -234,6 +253,7 @@ def prepare(
                 run.bench or BenchSettings(),
                 progress,
                 seq_len,
+                metric,
             )
             return Prepared(made, _baseline(made), seed, calibration_fraction)
     except BaseException:
@@ -257,8 +277,14 @@ def _prepare(
     bench: BenchSettings,
     progress: Progress,
     seq_len: int = 128,
+    metric: str | None = None,
 ) -> Run:
     """Check the data fits the model, take reference outputs, split, settle the task."""
+    if task == "ranking" and (data.groups is None or data.target is None):
+        raise PressoError(
+            "Ranking needs graded relevance labels and the query id of each row: give --target "
+            "COLUMN and --group COLUMN (an .npz: arrays 'y' and 'group')."
+        )
     progress.log("running the original model on the data")
     try:
         _reference_outputs(loaded, data.head(2))
@@ -281,13 +307,17 @@ def _prepare(
         raise PressoError(f"--max-drop must be >= 0 (an allowed drop of the primary metric). Got {max_drop}.")
     target = None if data.target is None else check_target(task, reference, data.target)
     if target is not None:
-        data = Dataset(inputs=data.inputs, target=target, source=data.source, texts=data.texts)
+        data = replace(data, target=target)
     parts = split(data, calibration_fraction, seed)
     split_info = {**parts.describe(), "evaluation_batch": EVAL_BATCH}
+    metric = _budget_metric(task, metric, reference[parts.evaluation_index], parts.evaluation, data.target)
     unresolved = unresolved_budget(
-        primary_metric(task, parts.evaluation.has_labels),
+        metric,
         float(max_drop),
         {"calibration": len(parts.calibration), "held-out": len(parts.evaluation)},
+        {"calibration": parts.calibration.target, "held-out": parts.evaluation.target}
+        if task == "classification"
+        else None,
     )
     for line in unresolved:
         progress.warn(line)
@@ -308,6 +338,29 @@ def _prepare(
         progress=progress,
         seq_len=seq_len,
         unresolved=unresolved,
+        metric=metric,
+    )
+
+
+def _budget_metric(
+    task: str, metric: str | None, ref_eval: np.ndarray, evaluation: Dataset, target: np.ndarray | None
+) -> str:
+    """The metric the budget applies to: the user's (checked against those the task reports
+    on the held-out rows) or the task's default; for classes imbalanced over all the rows
+    (not one part of the split), balanced accuracy."""
+    available = None
+    if metric is not None:
+        available = evaluate(
+            task, ref_eval, ref_eval, evaluation.target, evaluation.inputs, evaluation.groups
+        )
+    labels = target if task == "classification" else None
+    return primary_metric(
+        task,
+        evaluation.has_labels,
+        metric=metric,
+        available=available,
+        labels=None if labels is None else np.asarray(labels).tolist(),
+        n_classes=ref_eval.shape[1] if labels is not None and ref_eval.ndim == 2 else None,
     )
 
 
@@ -329,7 +382,7 @@ def _infer_task(loaded: LoadedModel, data: Dataset, outputs: np.ndarray) -> str:
         return "regression"
     raise PressoError(
         "Cannot infer the task from this model and data. Pass --task "
-        "classification|regression|forecast|anomaly|embedding."
+        "classification|regression|forecast|anomaly|embedding|ranking."
     )
 
 

@@ -60,10 +60,11 @@ def compress(
         rows and held-out evaluation rows; every reported metric uses the latter.
     settings : RunSettings, optional
         How the run reads the data and judges and times the result; any of its fields may
-        also be given as a keyword (``task=``, ``max_drop=``, ``target=``, ``weights=``,
-        ``seed=``, ``calibration_fraction=``, ``seq_len=``, ``bench=``): see
-        :class:`presso.RunSettings`. ``max_drop`` is the largest allowed drop of the task's
-        primary metric on held-out rows (default per task, 0.01).
+        also be given as a keyword (``task=``, ``max_drop=``, ``metric=``, ``target=``,
+        ``group=``, ``weights=``, ``seed=``, ``calibration_fraction=``, ``seq_len=``,
+        ``bench=``): see :class:`presso.RunSettings`. ``max_drop`` is the largest allowed
+        drop of the budget's metric on held-out rows (default 0.01): absolute for scores,
+        relative for errors (:func:`presso.tasks.drop`).
     pack : bool
         Also write the packed storage file (``model.packed``: sparse + low-bit +
         entropy-coded weights) and report its size; recipes with a ``pack`` stage do.
@@ -194,6 +195,7 @@ def _fingerprint(run: Run, recipe: Recipe, seed: int, calibration_fraction: floa
     settings = {
         "task": run.task,
         "max_drop": run.max_drop,
+        "metric": run.primary,
         "seed": seed,
         "seq_len": run.seq_len,
         "calibration_fraction": calibration_fraction,
@@ -224,6 +226,10 @@ def resolved_recipe(
         description=recipe.description,
         stages=pinned,
         settings=Settings(
-            task=run.task, max_drop=run.max_drop, seed=seed, calibration_fraction=calibration_fraction
+            task=run.task,
+            max_drop=run.max_drop,
+            metric=run.primary,
+            seed=seed,
+            calibration_fraction=calibration_fraction,
         ),
     )

@@ -40,6 +40,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str | None = None
     max_drop: float | None = Field(default=None, ge=0)
+    # The metric max_drop applies to (None: the task's default); pinned with it because the
+    # budget's meaning depends on it (an absolute drop of a score, a relative rise of an error).
+    metric: str | None = None
     seed: int | None = None
     calibration_fraction: float | None = Field(default=None, gt=0, lt=1)
 

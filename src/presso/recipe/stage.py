@@ -23,6 +23,7 @@ from presso.recipe.run import EVAL_BATCH, Run
 from presso.recipe.schema import Stage
 from presso.report.schema import StageReport
 from presso.runtime.session import make_session, run_session
+from presso.tasks import budget_words
 from presso.techniques.base import Candidate, Score, StageContext
 from presso.techniques.contract import Technique
 
@@ -141,7 +142,7 @@ def _stage_context(
     def score_outputs(out: np.ndarray) -> Score:
         metrics = run.metrics(np.asarray(out), "calibration")
         value = metrics[run.primary]
-        drop = baseline_cal - value
+        drop = run.drop(baseline_cal, value)
         return Score(run.primary, value, drop, drop <= run.max_drop + 1e-12, metrics)
 
     def score(path: Path) -> Score:
@@ -203,19 +204,20 @@ def _verify(run: Run, ranked: Iterable[Candidate], tried: list[Candidate], techn
         assert cand.path is not None  # a ranked candidate passed on calibration: its model was written
         out = run_session(make_session(cand.path), run.evaluation.inputs, EVAL_BATCH)
         metrics = run.metrics(out, "evaluation")
-        drop = baseline_value - metrics[run.primary]
+        drop = run.drop(baseline_value, metrics[run.primary])
         if drop <= run.max_drop + 1e-12:
             return cand, metrics
         cand.heldout_drop = drop
-        cand.note += f"; failed on held-out rows ({run.primary} drop {drop:.4f})"
+        cand.note += f"; failed on held-out rows ({budget_words(run.primary)} {drop:.4f})"
     lines = "; ".join(_refusal_line(c, run.primary) for c in tried)
+    what = budget_words(run.primary)
     if run.unresolved:  # a budget finer than one row: the reason to name first, with its fix
         raise BudgetError(
-            f"No {technique} variant keeps the {run.primary} drop within --max-drop {run.max_drop} on data "
+            f"No {technique} variant keeps the {what} within --max-drop {run.max_drop} on data "
             f"too small to resolve it: {'; '.join(run.unresolved)}. Variants tried: {lines}. Nothing was written."
         )
     raise BudgetError(
-        f"No {technique} variant keeps the {run.primary} drop within --max-drop {run.max_drop} "
+        f"No {technique} variant keeps the {what} within --max-drop {run.max_drop} "
         f"({lines}). Nothing was written. Raise --max-drop or try another recipe."
     )
 
@@ -223,9 +225,10 @@ def _verify(run: Run, ranked: Iterable[Candidate], tried: list[Candidate], techn
 def _refusal_line(c: Candidate, primary: str) -> str:
     if c.score is None:
         return f"{c.name}: {c.note[:120]}"
-    line = f"{c.name}: {primary} drop {c.score.drop:.4f} on calibration rows"
+    what = budget_words(primary)
+    line = f"{c.name}: {what} {c.score.drop:.4f} on calibration rows"
     if c.heldout_drop is not None:
-        line += f"; failed on held-out rows ({primary} drop {c.heldout_drop:.4f})"
+        line += f"; failed on held-out rows ({what} {c.heldout_drop:.4f})"
     return line
 
 

@@ -15,6 +15,7 @@ from presso.model.loaded import LoadedModel
 from presso.report.schema import (
     Budget,
     InputSpec,
+    MetricChange,
     ModelFigures,
     Report,
     RunMemory,
@@ -23,6 +24,7 @@ from presso.report.schema import (
     Stored,
 )
 from presso.runtime.cpu import cpu_features
+from presso.tasks import change, drop, metric_spec
 from presso.version import __version__
 
 
@@ -108,10 +110,53 @@ def size_note(baseline: dict, compressed: dict) -> str | None:
 def _one_row_drops(primary: str, run: RunRecord) -> dict[str, float] | None:
     """The drop one changed row makes on each part of the data (None: a continuous metric)."""
     steps = {
-        part: one_row_drop(primary, len(rows))
+        part: one_row_drop(primary, len(rows), rows.target)
         for part, rows in (("held-out", run.evaluation), ("calibration", run.calibration))
     }
     return {k: round(v, 6) for k, v in steps.items() if v is not None} or None
+
+
+def budget(metric: str, max_drop: float, baseline: float, compressed: float, run: RunRecord) -> Budget:
+    """The budget's verdict: ``metric``'s drop in its own terms (presso.tasks.drop)."""
+    spec = metric_spec(metric)
+    d = drop(metric, baseline, compressed)
+    allowed = max_drop * abs(baseline) if spec.relative else max_drop
+    if spec.relative:
+        meaning = (
+            f"relative {'drop' if spec.higher_is_better else 'increase'} of {metric} on held-out rows: "
+            f"(compressed - baseline) / baseline{' negated' if spec.higher_is_better else ''}"
+        )
+    else:
+        meaning = (
+            f"absolute drop of {metric} on held-out rows, baseline minus compressed"
+            if spec.higher_is_better
+            else f"absolute increase of {metric} on held-out rows, compressed minus baseline"
+        )
+    return Budget(
+        primary_metric=metric,
+        max_drop=max_drop,
+        baseline=baseline,
+        compressed=compressed,
+        drop=d,
+        passed=d <= max_drop + 1e-12,
+        meaning=meaning,
+        kind=spec.kind,
+        higher_is_better=spec.higher_is_better,
+        limit=baseline - allowed if spec.higher_is_better else baseline + allowed,
+        one_row_drop=_one_row_drops(metric, run),
+    )
+
+
+def changes(baseline: dict[str, float], compressed: dict[str, float]) -> dict[str, MetricChange]:
+    """Each metric both models report: compressed against baseline, absolute and relative."""
+    out = {}
+    for name, b in baseline.items():
+        if name in compressed:
+            absolute, relative = change(name, b, compressed[name])
+            out[name] = MetricChange(
+                absolute=absolute, relative=relative, higher_is_better=metric_spec(name).higher_is_better
+            )
+    return out
 
 
 def _input_specs(run: RunRecord) -> list[InputSpec]:
@@ -155,7 +200,6 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
         else f"the teacher's own {run.model.name} (Python)"
     )
     primary = run.primary
-    drop = base["metrics"][primary] - comp["metrics"][primary]
     return Report(
         presso_version=__version__,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -169,15 +213,8 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
             "split": run.split_info,
         },
         inputs=_input_specs(run),
-        budget=Budget(
-            primary_metric=primary,
-            max_drop=run.max_drop,
-            baseline=base["metrics"][primary],
-            compressed=comp["metrics"][primary],
-            drop=drop,
-            passed=drop <= run.max_drop + 1e-12,
-            one_row_drop=_one_row_drops(primary, run),
-        ),
+        budget=budget(primary, run.max_drop, base["metrics"][primary], comp["metrics"][primary], run),
+        changes=changes(base["metrics"], comp["metrics"]),
         baseline=ModelFigures(runtime=label, **base),
         compressed=ModelFigures(runtime=_runtime_label(stage_reports), **comp),
         ratios={

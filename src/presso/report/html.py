@@ -7,7 +7,7 @@ from typing import TypedDict
 from presso.report import svg
 from presso.report.html_parts import esc, figure, table
 from presso.report.schema import Report
-from presso.report.table import comparison_rows, memory_line
+from presso.report.table import budget_line, comparison_rows, memory_line
 
 CSS = """
 :root{--ink:#1b1f24;--muted:#57606a;--line:#d0d7de;--soft:#f6f8fa;--pass:#1a7f37;--fail:#cf222e}
@@ -97,6 +97,8 @@ def summary_line(report: Report) -> str:
     delta = b.compressed - b.baseline
     if delta == 0:
         parts.append(f"{b.primary_metric} unchanged")
+    elif b.kind == "relative" and b.baseline != 0:
+        parts.append(f"{b.primary_metric} {delta / abs(b.baseline):+.1%}")
     elif _points(b.primary_metric):
         parts.append(f"{b.primary_metric} {100 * delta:+.1f} points")
     else:
@@ -138,7 +140,11 @@ def _header(report: Report) -> str:
         (
             b.primary_metric,
             f"{b.baseline:.4f} \u2192 {b.compressed:.4f}",
-            f"drop {b.drop:.4f} of at most {b.max_drop:g} (held-out rows)",
+            (
+                f"{b.drop:+.2%} of at most {b.max_drop:.2%} ({b.kind}, held-out rows)"
+                if b.kind == "relative"
+                else f"drop {b.drop:.4f} of at most {b.max_drop:g} (held-out rows)"
+            ),
         )
     )
     if report.stored is not None:
@@ -174,8 +180,7 @@ def _summary(report: Report) -> str:
     return _section(
         "summary",
         "Baseline vs compressed",
-        f"<p>Budget: {esc(b.primary_metric)} may drop by at most {b.max_drop:g} (absolute, held-out rows). "
-        f"Baseline {b.baseline:.4f}, compressed {b.compressed:.4f}, drop {b.drop:.4f}: {verdict}.</p>",
+        f"<p>Budget ({esc(b.meaning)}): {esc(budget_line(b))}: {verdict}.</p>",
         table(["", report.baseline.runtime, report.compressed.runtime, "ratio"], comparison_rows(report)),
         "<h3>Notes</h3><ul>"
         + "".join(f"<li>{esc(n)}</li>" for n in report.notes)
@@ -196,7 +201,7 @@ def _steps(report: Report) -> str:
     size = [svg.Series("runnable (model.onnx)", [s.size_bytes for s in steps])]
     if any(s.stored_bytes is not None for s in steps):
         size.append(svg.Series("stored (packed)", [s.stored_bytes for s in steps]))
-    budget = b.baseline - b.max_drop
+    budget = b.limit if b.limit is not None else b.baseline - b.max_drop
     rows = report.data.get("split", {}).get("evaluation_rows")
     on = f"the {rows} held-out rows" if rows else "the held-out rows"
     small: _SmallChart = {"muted": muted, "width": _SMALL, "height": 250}
@@ -253,7 +258,7 @@ def _steps(report: Report) -> str:
                 ref=(budget, f"budget {budget:.4f}"),
                 **small,
             ),
-            f"{b.primary_metric} on {on}; the dashed line is the budget, baseline \u2212 {b.max_drop:g}.",
+            f"{b.primary_metric} on {on}; the dashed line is the budget's limit, {budget:.4g}.",
         ),
     ]
     return (

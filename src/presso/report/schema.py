@@ -39,9 +39,14 @@ class Budget(_Strict):
     max_drop: float
     baseline: float
     compressed: float
-    drop: float
+    drop: float  # in the budget's terms (``kind``): positive is worse
     passed: bool
     meaning: str = "absolute drop of the primary metric on held-out rows, baseline minus compressed"
+    # "absolute": a score's drop (baseline - compressed); "relative": an error's increase
+    # over the baseline ((compressed - baseline) / baseline). See presso.tasks.
+    kind: str = "absolute"
+    higher_is_better: bool = True
+    limit: float | None = None  # the worst value of the metric the budget allows
     # For metrics that count rows (accuracy, agreement): the drop one changed row makes on the
     # held-out rows and on the calibration rows (which screen the variants). Where it exceeds
     # max_drop the budget allows no changed row there, and the report says so.
@@ -56,6 +61,14 @@ class RunMemory(_Strict):
     # probes) are left out: on Linux a child's ru_maxrss starts from its parent's at fork.
     peak_rss_mb: float
     fp32_model_mb: float | None = None  # the baseline ONNX file (None: a callable teacher)
+
+
+class MetricChange(_Strict):
+    """One metric's change, compressed against baseline, on the held-out rows."""
+
+    absolute: float  # compressed - baseline
+    relative: float | None  # absolute / |baseline|; None where the baseline is 0
+    higher_is_better: bool
 
 
 class InputSpec(_Strict):
@@ -156,6 +169,8 @@ class Report(_Strict):
     machine: dict[str, Any]
     stages: list[StageReport]
     notes: list[str]
+    # Every metric's change against the original, absolute and relative (held-out rows).
+    changes: dict[str, MetricChange] = Field(default_factory=dict)
     steps: list[Step] = Field(default_factory=list)
     layer_sizes: dict[str, list[LayerSize]] = Field(default_factory=dict)  # "baseline" / "compressed"
     stored: Stored | None = None

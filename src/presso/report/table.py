@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from presso.report.schema import Report
+from presso.report.schema import Budget, Report
+from presso.tasks import change
 
 
 def _mb(n: int | None) -> str:
@@ -42,18 +43,34 @@ def comparison_rows(report: Report) -> list[list[str]]:
     ]
     for name in b.metrics:
         if name in c.metrics:
+            label = f"{name} (budget)" if name == report.budget.primary_metric else name
             rows.append(
                 [
-                    name,
+                    label,
                     f"{b.metrics[name]:.4f}",
                     f"{c.metrics[name]:.4f}",
-                    f"{c.metrics[name] - b.metrics[name]:+.4f}",
+                    metric_change(name, b.metrics[name], c.metrics[name]),
                 ]
             )
     torch_ms = (report.reference.get("pytorch_fp32_latency_ms") or {}).get("p50")
     if torch_ms is not None:
         rows.append(["PyTorch fp32 eager p50 (reference)", f"{torch_ms:.3f} ms", "", ""])
     return rows
+
+
+def metric_change(metric: str, baseline: float, compressed: float) -> str:
+    """'+0.0012 (+1.3%)': a metric's change in absolute and relative terms."""
+    delta, relative = change(metric, baseline, compressed)
+    return f"{delta:+.4f}" if relative is None else f"{delta:+.4f} ({relative:+.1%})"
+
+
+def budget_line(b: Budget) -> str:
+    """'mae: 0.1234 -> 0.1250 (relative increase +1.30%, budget 1.00%)': the verdict's figures."""
+    if b.kind == "relative":
+        what = "relative " + ("drop" if b.higher_is_better else "increase")
+        return f"{b.primary_metric}: {b.baseline:.4f} -> {b.compressed:.4f} ({what} {b.drop:+.2%}, budget {b.max_drop:.2%})"
+    what = "drop" if b.higher_is_better else "increase"
+    return f"{b.primary_metric}: {b.baseline:.4f} -> {b.compressed:.4f} ({what} {b.drop:.4f}, budget {b.max_drop:g})"
 
 
 def _mem(mb: float | None) -> str:

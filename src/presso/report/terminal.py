@@ -6,7 +6,7 @@ from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from presso.report.schema import Report
-from presso.report.table import comparison_rows, memory_line
+from presso.report.table import budget_line, comparison_rows, memory_line
 
 
 def print_summary(report: Report, console: Console, out_dir: str | None = None) -> None:
@@ -20,10 +20,7 @@ def print_summary(report: Report, console: Console, out_dir: str | None = None) 
     console.print(table)
     b = report.budget
     style = "green" if b.passed else "red"
-    console.print(
-        f"[{style}]{b.primary_metric}: {b.baseline:.4f} -> {b.compressed:.4f} "
-        f"(drop {b.drop:.4f}, budget {b.max_drop:g}) {'PASS' if b.passed else 'FAIL'}[/{style}]"
-    )
+    console.print(f"[{style}]{budget_line(b)} {'PASS' if b.passed else 'FAIL'}[/{style}]")
     for note in report.notes:
         console.print(f"• {note}")
     if report.run_memory is not None:

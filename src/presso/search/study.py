@@ -333,6 +333,7 @@ def _open_study(
         {
             "task": run.task,
             "max_drop": run.max_drop,
+            "metric": run.primary,  # a drop means something else under another metric
             "seed": prepared.seed,
             "seq_len": run.seq_len,
             "calibration_fraction": prepared.calibration_fraction,

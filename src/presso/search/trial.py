@@ -124,7 +124,7 @@ class TrialRunner:
                 recipe, done.outcomes, run, prepared.seed, prepared.calibration_fraction
             )
             skipped = [o.technique for o in done.outcomes if o.skipped]
-            drop = self.baseline_value - done.metrics[run.primary]
+            drop = run.drop(self.baseline_value, done.metrics[run.primary])
             paths = {"trial": done.path}
             if prepared.baseline is not None:
                 paths["baseline"] = prepared.baseline

@@ -25,7 +25,7 @@ class Score:
 
     primary: str
     value: float
-    drop: float
+    drop: float  # how much worse than the baseline, in the budget's terms (presso.tasks.drop)
     passed: bool
     metrics: dict[str, float]
 

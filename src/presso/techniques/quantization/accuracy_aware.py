@@ -293,7 +293,7 @@ def _ranked(
     scored = [(c, c.score) for c in first if c.score is not None]
     # A single first choice that cannot be written or run may still work with its
     # culprit layer float (the culprit measures maximally sensitive).
-    start = max(scored, key=lambda cs: cs[1].value)[0] if scored else (first[0] if len(first) == 1 else None)
+    start = min(scored, key=lambda cs: cs[1].drop)[0] if scored else (first[0] if len(first) == 1 else None)
     if start is None or not technique.layers:
         return
     attempt = functools.partial(technique.attempt, start)

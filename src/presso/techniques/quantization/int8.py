@@ -73,7 +73,7 @@ def _measured(c: Candidate) -> tuple[float, Timing, float]:
     """(p50 latency in ms, timing, calibration score) of a candidate to rank."""
     # decide() ranks only candidates that passed (so carry a score), after timing each
     assert c.latency_ms is not None and c.timing is not None and c.score is not None, c.name
-    return c.latency_ms, c.timing, c.score.value
+    return c.latency_ms, c.timing, -c.score.drop  # higher: more faithful, whatever the metric's direction
 
 
 def rank(passing: list[Candidate]) -> list[Candidate]:
