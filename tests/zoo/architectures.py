@@ -145,7 +145,9 @@ class GRUTimeMajor(nn.Module):
 
 
 class LSTMForecaster(nn.Module):
-    def __init__(self, hidden: int = 32):
+    """LSTM over a window of 32 -> the next value, as a change from the window's last value."""
+
+    def __init__(self, hidden: int = 16):
         super().__init__()
         torch.manual_seed(0)
         self.rnn = nn.LSTM(1, hidden, batch_first=True)
@@ -153,7 +155,7 @@ class LSTMForecaster(nn.Module):
 
     def forward(self, window):  # (B, 32)
         out, _ = self.rnn(window.unsqueeze(-1))  # (B, 32, H)
-        return self.head(out[:, -1])
+        return window[:, -1:] + self.head(out[:, -1])
 
 
 class EncoderClassifier(nn.Module):

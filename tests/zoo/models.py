@@ -185,7 +185,7 @@ def _gru_forecaster(_: Path) -> Case:
 
 def _lstm_forecaster(_: Path) -> Case:
     x, y = series_windows("sunspots", 32, n=260)
-    model = _regress(arch.LSTMForecaster(), {"window": x}, y, epochs=25, lr=1e-2)
+    model = _regress(arch.LSTMForecaster(), {"window": x}, y, epochs=15, lr=1e-2)
     return Case(model, {"window": x, "y": y}, "forecast", 0.02)
 
 
