@@ -78,13 +78,13 @@ def run(entry: Entry, technique: str, workdir: Path, case: Case | None = None) -
 def held_out(case: Case, model_inputs: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The held-out rows presso measured on: its seeded split (seed 0, 30% calibration) of
     the rows given, read here with numpy only (texts tokenized as presso's loader does)."""
-    if isinstance(case.data, list):  # texts
+    if isinstance(case.data, list | tuple):  # texts, or (texts, labels)
         from presso.data.sources import from_texts
         from presso.model.sources import load_model
 
+        texts, target = (case.data, None) if isinstance(case.data, list) else case.data
         loaded = load_model(case.model)
-        ds = from_texts(case.data, loaded.input_names, loaded.tokenizer, case.seq_len)
-        inputs, target = ds.inputs, None
+        inputs = from_texts(texts, loaded.input_names, loaded.tokenizer, case.seq_len).inputs
     else:
         inputs = {k: np.asarray(v) for k, v in case.data.items() if k != "y"}
         target = case.data.get("y")

@@ -12,15 +12,27 @@ import pytest
 from zoo.harness import held_out, onnx_outputs, reference, run, score
 from zoo.models import TECHNIQUES, ZOO, Case
 
-# Entries that need a parallel branch not merged yet; each still expects "works". Empty this
-# once wt-export (nn.TransformerEncoder export) and wt-hf (tests/hf_tiny.py, 8 families) land.
+# Temporary: "entry:technique" runs that need a parallel branch not merged yet; each still
+# expects "works". The lead empties this after merging those branches.
 PENDING = {
     # wt-export: the fast-path attention ops (aten::_transformer_encoder_layer_fwd,
     # aten::_native_multi_head_attention) have no ONNX export on main yet.
-    "transformer-encoder",
-    "multihead-attention",
+    "transformer-encoder:int8",
+    "transformer-encoder:structural",
+    "multihead-attention:int8",
+    "multihead-attention:structural",
+    # wt-struct: slim locates encoder blocks structurally; on main it prunes the wrapped
+    # ViTModel's v_proj as plain channels and refuses.
+    "vit:structural",
+    # wt-struct: on main, slim finds only BERT-style attribute names in HF encoders.
+    *[
+        f"hf-{family}-{kind}:structural"
+        for family in ("distilbert", "mpnet", "albert", "deberta-v2")
+        for kind in ("encoder", "classifier")
+    ],
 }
 
+_PENDING_MARK = pytest.mark.skip(reason="PENDING: needs a parallel branch not merged yet")
 _CASES: dict[str, Case] = {}
 
 
