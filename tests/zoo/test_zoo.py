@@ -48,10 +48,7 @@ def _params(technique: str):
     return [
         pytest.param(
             name,
-            marks=[
-                *marks,
-                *([pytest.mark.skip(reason="PENDING: parallel branch")] if name in PENDING else []),
-            ],
+            marks=[*marks, *([_PENDING_MARK] if f"{name}:{technique}" in PENDING else [])],
             id=name,
         )
         for name, entry in ZOO.items()
