@@ -344,6 +344,8 @@ ENTRIES = [
             f"Hugging Face {fam} {'ForSequenceClassification' if kind == 'classifier' else 'encoder'}",
             _hf(fam, kind == "classifier"),
             "slim",
+            # a classifier's logits move more than an encoder's embedding: longer, faster recovery
+            tune={"epochs": 20, "lr": 1e-3} if kind == "classifier" else {},
         )
         for fam in HF_FAMILIES
         for kind in ("encoder", "classifier")
