@@ -345,7 +345,7 @@ ENTRIES = [
             _hf(fam, kind == "classifier"),
             "slim",
             # a classifier's logits move more than an encoder's embedding: longer, faster recovery
-            tune={"epochs": 20, "lr": 1e-3} if kind == "classifier" else {},
+            tune={"epochs": 20, "lr": 1e-3, "ffn": 0.25, "backoff": 2} if kind == "classifier" else {},
         )
         for fam in HF_FAMILIES
         for kind in ("encoder", "classifier")
