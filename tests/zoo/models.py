@@ -344,7 +344,8 @@ ENTRIES = [
             f"Hugging Face {fam} {'ForSequenceClassification' if kind == 'classifier' else 'encoder'}",
             _hf(fam, kind == "classifier"),
             "slim",
-            # a classifier's logits move more than an encoder's embedding: longer, faster recovery
+            # a classifier's logits move more than an encoder's embedding: longer, faster recovery,
+            # milder cuts (hf_tiny's vocabulary, hence the model, differs per process)
             tune={"epochs": 20, "lr": 1e-3, "ffn": 0.25, "backoff": 2} if kind == "classifier" else {},
         )
         for fam in HF_FAMILIES
