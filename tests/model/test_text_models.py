@@ -201,3 +201,14 @@ def test_slim_pins_the_retried_heads_and_ffn_fractions(tiny_bert, sentences_file
     )
     pinned = result.recipe.stages[0].options
     assert (pinned["heads"], pinned["ffn"]) == (0.25, 0.25)
+
+
+def test_texts_with_labels_keep_the_asked_token_length(tiny_bert):
+    from presso.data.resolve import resolve_data
+    from presso.model.sources import load_model
+
+    loaded = load_model(tiny_bert)
+    texts = stdlib_sentences(6)
+    ds = resolve_data((texts, np.arange(6) % 2), loaded, seq_len=16)
+    assert ds.inputs["input_ids"].shape == (6, 16) and ds.texts == texts
+    assert ds.target is not None and list(ds.target) == [0, 1, 0, 1, 0, 1]

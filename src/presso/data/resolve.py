@@ -31,8 +31,8 @@ def resolve_data(
         return from_texts(list(data), model.input_names, model.tokenizer, seq_len)
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
-        ds = resolve_data(x, model)
-        return Dataset(inputs=ds.inputs, target=np.asarray(y), source=ds.source)
+        ds = resolve_data(x, model, seq_len=seq_len)  # texts keep the asked token length
+        return Dataset(inputs=ds.inputs, target=np.asarray(y), source=ds.source, texts=ds.texts)
     if isinstance(data, np.ndarray):
         if len(model.input_names) != 1:
             raise PressoError(f"The model takes inputs {model.input_names}: pass a dict of arrays.")

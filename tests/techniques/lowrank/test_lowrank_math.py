@@ -242,3 +242,16 @@ def test_a_rank_that_saves_nothing_is_left_whole_in_a_model_and_said_so():
     new, decision = factorize_linear(nn.Linear(64, 64), "fc", Selector(rank=16))
     assert decision.factorized and decision.parameters_after == 16 * 128 + 64 < decision.parameters_before
     assert decision.macs_after == 16 * 128 and decision.macs_before == 64 * 64
+
+
+def test_multihead_attention_out_proj_is_not_factorizable():
+    from presso.techniques.lowrank.factorize import factorizable
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.ffn = nn.Linear(16, 16)
+
+    # MultiheadAttention's forward reads out_proj.weight itself: a LowRankLinear there breaks it.
+    assert factorizable(Block()) == ["ffn"]

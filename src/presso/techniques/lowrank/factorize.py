@@ -286,11 +286,14 @@ def factorize_layers(
 
 
 def factorizable(model: nn.Module) -> list[str]:
-    """Names of the Linear / Conv layers not already factorized."""
+    """Names of the Linear / Conv layers not already factorized.
+
+    nn.MultiheadAttention's out_proj is left out: its forward reads ``out_proj.weight``
+    directly (F.multi_head_attention_forward), which a pair of thin layers does not have."""
     inside = {
         f"{n}.{c}"
         for n, m in model.named_modules()
-        if isinstance(m, LowRankLinear | TuckerConv)
+        if isinstance(m, LowRankLinear | TuckerConv | nn.MultiheadAttention)
         for c, _ in m.named_children()
     }
     return [
