@@ -204,14 +204,19 @@ def _attention(_: Path) -> Case:
 
 def _recommender(_: Path) -> Case:
     rng = np.random.default_rng(SEED)
-    users, items = rng.integers(0, 50, ROWS), rng.integers(0, 80, ROWS)
-    dense = rng.normal(size=(ROWS, 4)).astype(np.float32)
+    n = 2 * ROWS  # trained on the first half, handed to presso with the second: an error
+    # measured on the training rows is near 0 (memorised), and no relative budget holds on it
+    users, items = rng.integers(0, 50, n), rng.integers(0, 80, n)
+    dense = rng.normal(size=(n, 4)).astype(np.float32)
     ids = np.stack([users, items], 1).astype(np.int64)  # (N, 2) categorical
     u, it = rng.normal(size=(50, 3)), rng.normal(size=(80, 3))
-    rating = (np.sum(u[users] * it[items], 1) + dense[:, 0]).astype(np.float32)[:, None]
-    inputs = {"ids": ids, "dense": dense}
-    model = _regress(arch.Recommender(50, 80, 4), inputs, rating, epochs=150, lr=1e-2)
-    return Case(model, {**inputs, "y": rating}, "regression", 0.02)
+    noise = 0.3 * rng.normal(size=n)
+    rating = (np.sum(u[users] * it[items], 1) + dense[:, 0] + noise).astype(np.float32)[:, None]
+    train, held = slice(0, ROWS), slice(ROWS, n)
+    model = _regress(
+        arch.Recommender(50, 80, 4), {"ids": ids[train], "dense": dense[train]}, rating[train], 150, 1e-2
+    )
+    return Case(model, {"ids": ids[held], "dense": dense[held], "y": rating[held]}, "regression", 0.02)
 
 
 def _two_tower(_: Path) -> Case:
@@ -313,7 +318,14 @@ ENTRIES = [
         "cnn-depthwise", "depthwise-separable CNN, MobileNet-style (digits 8x8)", _cnn_depthwise, "lowrank"
     ),
     Entry("resnet", "ResNet-style, BatchNorm2d + residuals (digits 8x8)", _resnet, "slim"),
-    Entry("tcn", "1-D temporal CNN forecaster (CO2)", _tcn, "lowrank"),
+    Entry(
+        "tcn",
+        "1-D temporal CNN forecaster (CO2)",
+        _tcn,
+        "lowrank",
+        # halving the convolutions' ranks costs ~9% more MAE: more than the 2% budget allows
+        {"structural": "refused: No factorize variant keeps the mae relative increase"},
+    ),
     Entry(
         "lstm-classifier",
         "LSTM, 2 layers bidirectional, classifier",

@@ -62,7 +62,7 @@ def test_cli_compresses_a_zoo_factory(tmp_path, name, cls, args):
     assert [i["name"] for i in report["inputs"]] == [k for k in case.data if k != "y"]
     assert report["budget"]["passed"] and report["budget"]["drop"] <= case.max_drop
     assert report["reference"]["export_max_abs_diff"] < 1e-3
-    assert report["ratios"]["size"] > 1.2  # int8 weights of the MLP layers
+    assert report["ratios"]["size"] > 1.1  # int8 weights of the layers the budget lets go
 
 
 @pytest.mark.e2e
