@@ -187,7 +187,9 @@ def test_on_minilm_the_one_pass_ranking_follows_the_per_layer_drops(tmp_path):
         stage = run.workdir / "stage"
         stage.mkdir()
         ctx = _stage_context(run, stage, StageInput(prepared.baseline, None, run.model.transformer), 0, False)
-        src, _, _ = int8._fuse_transformer(prepared.baseline, stage / "fused.onnx", run.model.transformer, print)
+        src, _, _ = int8._fuse_transformer(
+            prepared.baseline, stage / "fused.onnx", run.model.transformer, print
+        )
         src = int8._preprocess(src, stage / "pre.onnx", print)
         names = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
         layers = weighted_nodes(onnx.load(str(src), load_external_data=False))
