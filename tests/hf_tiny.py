@@ -2,9 +2,10 @@
 
 ``tiny_hf_folder(family, classifier, path)`` saves a random model of that family (hidden 32,
 2 layers, 4 heads, intermediate 64, 128 usable positions) and the family's own tokenizer
-class, with a small vocabulary trained here on presso's offline example sentences with the
+class, with a small vocabulary made here from presso's offline example sentences for the
 family's algorithm (WordPiece, byte-level BPE or Unigram), so tokenizer quirks (no
-token_type_ids, ``<s>``/``</s>`` specials, pad id 1) are the real ones. Nothing is fetched.
+token_type_ids, ``<s>``/``</s>`` specials, pad id 1) are the real ones. The vocabulary is
+the same in every process (so is each random model built on it). Nothing is fetched.
 
 ``pooling=`` adds a sentence-transformers layout (modules.json, 1_Pooling, 2_Normalize) so
 ``SentenceTransformer(folder)`` loads the same folder; see :func:`write_pooling`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +71,49 @@ def _trained(algorithm: str, specials: tuple[str, ...]) -> dict[str, Any]:
         tok = Tokenizer(models.Unigram())
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         trainer = trainers.UnigramTrainer(vocab_size=VOCAB, special_tokens=list(specials), unk_token=unk)
+    if algorithm == "wordpiece":
+        return {"vocab": _counted_wordpiece(tok, specials)}
     tok.train_from_iterator(_sentences(), trainer)
     model = json.loads(tok.to_str())["model"]
-    if algorithm == "wordpiece":
-        return {"vocab": model["vocab"]}
-    if algorithm == "bpe":
+    if algorithm == "bpe":  # byte-level BPE training gives the same merges in every process
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         return {"vocab": model["vocab"], "merges": merges}
-    return {"vocab": [tuple(v) for v in model["vocab"]]}
+    # Unigram training breaks ties between equally likely pieces differently in each process
+    # (measured: another vocabulary per run), so the pieces are kept and re-ordered, and their
+    # scores replaced by counts: the same vocabulary, hence the same random model, every run.
+    pieces = sorted({p for p, _ in model["vocab"]} - set(specials))
+    counts = _piece_counts(tok, pieces)
+    ranked = sorted(pieces, key=lambda p: (-counts[p], p))
+    total = sum(counts.values()) + len(pieces)
+    scores = [(p, math.log((counts[p] + 1) / total)) for p in ranked]
+    return {"vocab": [*((s, 0.0) for s in specials), *scores]}
+
+
+def _counted_wordpiece(tok: Any, specials: tuple[str, ...]) -> dict[str, int]:
+    """A WordPiece vocabulary built by counting, not by WordPiece's trainer (which orders
+    equally frequent pieces differently in each process): the specials, every character
+    alone and as a ``##`` continuation, then the most frequent words, ties broken by name."""
+    from collections import Counter
+
+    words: Counter[str] = Counter()
+    for text in _sentences():
+        normal = tok.normalizer.normalize_str(text)
+        words.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(normal))
+    chars = sorted({c for w in words for c in w})
+    pieces = [*specials, *chars, *(f"##{c}" for c in chars)]
+    room = VOCAB - len(pieces)
+    pieces += [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:room]
+    return {p: i for i, p in enumerate(pieces)}
+
+
+def _piece_counts(tok: Any, pieces: list[str]) -> dict[str, int]:
+    """How often each piece occurs in the sentences' words (a Unigram score's evidence)."""
+    counts = dict.fromkeys(pieces, 0)
+    for text in _sentences():
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(text):
+            for piece in pieces:
+                counts[piece] += word.count(piece)
+    return counts
 
 
 def tiny_tokenizer(family: str) -> Any:
