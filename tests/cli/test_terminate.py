@@ -29,6 +29,9 @@ def _start(tmp_path: Path, temp: Path, out: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell that starts the tests in the background (nohup, CI) ignores SIGINT and its
+        # children inherit that; a user's terminal does not: give the run the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

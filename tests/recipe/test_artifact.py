@@ -61,6 +61,9 @@ def test_ctrl_c_during_compress(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell that starts the tests in the background (nohup, CI) ignores SIGINT and its
+        # children inherit that; a user's terminal does not: give the run the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     # Wait until real work has started, then interrupt as a user would.

@@ -301,10 +301,10 @@ def test_scores():
 
 
 def test_unknown_task_and_bad_temperature():
-    with pytest.raises(PressoError, match=r"Unknown task 'ranking'\. Choose one of: classification"):
-        teacher_loss("ranking")
-    with pytest.raises(PressoError, match=r"Unknown task 'ranking'"):
-        task_score("ranking")
+    with pytest.raises(PressoError, match=r"Unknown task 'translation'\. Choose one of: classification"):
+        teacher_loss("translation")
+    with pytest.raises(PressoError, match=r"Unknown task 'translation'"):
+        task_score("translation")
     with pytest.raises(PressoError, match=r"'temperature' option must be a positive number"):
         teacher_loss("classification", 0.0)
     with pytest.raises(PressoError, match=r"integers; for labels use .*cross_entropy"):
