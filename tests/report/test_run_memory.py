@@ -32,6 +32,10 @@ def test_the_summary_and_the_page_show_the_peak_against_the_fp32_model():
     line = "this run's peak memory: 1,700 MiB RSS (4.1x the fp32 model's 417.7 MiB)"
     assert line in out.getvalue()
     assert html.escape(line) in render_html(report)
+    # a small model: no ratio, which would only measure the interpreter and libraries
+    report.run_memory = RunMemory(peak_rss_mb=541.0, fp32_model_mb=0.1)
+    assert "x the fp32 model" not in render_html(report)
+    assert "541 MiB RSS (the fp32 model is 0.1 MiB" in render_html(report)
     # reports written before the field existed still load and render without the line
     old = report.model_copy(update={"run_memory": None})
     assert "this run" not in render_html(old)
