@@ -423,7 +423,7 @@ def test_minilm_prunes_heads_and_neurons(tmp_path):
     assert_allclose(sessions["pruned"].run(None, sample)[0], expect, atol=1e-4, rtol=0)
     # ONNX Runtime's transformer fusion (as the int8 stage runs it) with each model's head count.
     assert attention_shape(model) == {"num_heads": 9, "hidden_size": 288}
-    for name, shape in (("original", attention_shape(original)), ("pruned", attention_shape(model))):
+    for name, shape in (("original", attention_shape(original, inputs)), ("pruned", attention_shape(model))):
         optimized = optimize_model(
             str(tmp_path / f"{name}.onnx"), model_type="bert", opt_level=0, use_gpu=False, **shape
         )
