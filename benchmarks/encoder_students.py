@@ -26,6 +26,7 @@ import argparse
 import ast
 import dataclasses
 import hashlib
+import json
 import random
 import sys
 import tempfile
@@ -122,15 +123,31 @@ def package_sentences(seen: set[str]) -> list[str]:
     return out
 
 
-def training_texts(limit: int, held_out: list[str]) -> list[str]:
+def training_texts(limit: int, held_out: list[str], cache: Path) -> list[str]:
+    """Up to ``limit`` sentences, none of the example's; the pool is cached (reading every
+    package's sources takes minutes)."""
+    path = cache / f"sentences-py{sys.version_info.major}{sys.version_info.minor}.json"
+    if path.exists():
+        pool = json.loads(path.read_text())
+    else:
+        pool = sentence_pool(held_out)
+        cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(pool))
+    banned = {s.lower() for s in held_out}
+    return [s for s in pool if s.lower() not in banned][:limit]
+
+
+def sentence_pool(held_out: list[str]) -> list[str]:
     example = {s.lower() for s in stdlib_sentences(SENTENCES)}
     seen = set(example) | {s.lower() for s in held_out}
-    pool = [s for s in stdlib_sentences(100_000, seed=1, modules=all_stdlib_modules()) if s.lower() not in seen]
+    pool = [
+        s for s in stdlib_sentences(100_000, seed=1, modules=all_stdlib_modules()) if s.lower() not in seen
+    ]
     seen |= {s.lower() for s in pool}
     extra = package_sentences(seen)
     random.Random(1).shuffle(extra)
     print(f"training text: {len(pool)} stdlib + {len(extra)} package docstring sentences available")
-    return (pool + extra)[:limit]
+    return pool + extra
 
 
 # ---------------------------------------------------------------- batches of real length
@@ -198,7 +215,9 @@ def train(student, rows, targets, names, args, rank: float) -> dict:
     lengths = np.array([len(r["input_ids"]) for r in rows])
     steps_per_epoch = -(-len(rows) // args.batch_size)
     total = args.epochs * steps_per_epoch
-    if not args.train_embeddings:  # the teacher's token embeddings: half the weights, a third of a step's time
+    if (
+        not args.train_embeddings
+    ):  # the teacher's token embeddings: half the weights, a third of a step's time
         for name, p in student.named_parameters():
             if "word_embeddings" in name:
                 p.requires_grad_(False)
@@ -225,7 +244,10 @@ def train(student, rows, targets, names, args, rank: float) -> dict:
             losses.append(loss.item())
             step += 1
             if step % 100 == 0:
-                print(f"    step {step}/{total}: loss {np.mean(losses[-100:]):.4f}, {time.time() - t0:.0f} s", flush=True)
+                print(
+                    f"    step {step}/{total}: loss {np.mean(losses[-100:]):.4f}, {time.time() - t0:.0f} s",
+                    flush=True,
+                )
             if time.time() - t0 > args.minutes * 60:
                 return {"steps": step, "epochs": step / steps_per_epoch, "minutes": (time.time() - t0) / 60}
     return {"steps": step, "epochs": step / steps_per_epoch, "minutes": (time.time() - t0) / 60}
@@ -285,7 +307,7 @@ def main() -> None:
     parts = split(ex.data, 0.3, 0)
     cal_texts = [texts[i] for i in parts.calibration_index]
     ev_texts = [texts[i] for i in parts.evaluation_index]
-    train_texts = cal_texts + training_texts(args.sentences - len(cal_texts), ev_texts)
+    train_texts = cal_texts + training_texts(args.sentences - len(cal_texts), ev_texts, args.cache)
     rows = tokenize(model.tokenizer, train_texts)
     lengths = [len(r["input_ids"]) for r in rows]
     print(
@@ -308,13 +330,19 @@ def main() -> None:
         t0 = time.time()
         plan = StudentPlan(depth=depth, layers=layers, width=width)
         student, notes = derive_student(
-            model.module, tuple(t[:2] for t in calibration), plan, transformer=model.transformer, calibration=calibration
+            model.module,
+            tuple(t[:2] for t in calibration),
+            plan,
+            transformer=model.transformer,
+            calibration=calibration,
         )
         print(f"  derived in {time.time() - t0:.0f} s: {notes}")
         fit = train(student, rows, targets, names, args, rank)
         student.eval()
         shape = {**model.transformer, **attention_shape(student)} if width < 1 else model.transformer
-        loaded = dataclasses.replace(model, module=student, transformer=shape, name=f"student {spec}", notes=[])
+        loaded = dataclasses.replace(
+            model, module=student, transformer=shape, name=f"student {spec}", notes=[]
+        )
         path = export_onnx(loaded, parts.calibration.head(2).inputs, work / f"{spec.replace(':', '-')}.onnx")
         paths[f"{spec} fp32"] = path
         entry = {"notes": notes, "fit": fit, "fp32": held_out_fidelity(path, ev, reference, args.threads)}
@@ -337,15 +365,13 @@ def main() -> None:
         f"fp32 teacher; speed: batch 1 x {n1} tokens and batch 32 x {n32} tokens (real length), "
         f"{args.threads} threads, {args.rounds} interleaved rounds, load average {' '.join(load)} before timing\n"
     )
-    print("| model | parameters | mean cos | top-10 | p50 ms b1 | vs full int8 b1 | ms/row b32 | vs full int8 b32 |")
+    print(
+        "| model | parameters | mean cos | top-10 | p50 ms b1 | vs full int8 b1 | ms/row b32 | vs full int8 b32 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, path in paths.items():
         spec, _, kind = name.rpartition(" ")
-        m = (
-            table[spec][kind]
-            if spec in table
-            else held_out_fidelity(path, ev, reference, args.threads)
-        )
+        m = table[spec][kind] if spec in table else held_out_fidelity(path, ev, reference, args.threads)
         lat = timing[name]["latency_ms"]["p50"]
         per_row = 1 / timing[name]["throughput_per_s"]
         print(

@@ -158,7 +158,9 @@ def test_auto_layers_drops_a_layer_that_does_nothing():
             lin.bias.zero_()
     auto, notes = derive_student(teacher, inputs, StudentPlan(depth=2, layers="auto"))
     even, _ = derive_student(teacher, inputs, StudentPlan(depth=2, layers="even"))
-    assert notes[0].startswith("kept encoder layers 1, 2 of 3 (by greedy removal on the calibration inputs: dropped 0 (cosine 1.0000))")
+    assert notes[0].startswith(
+        "kept encoder layers 1, 2 of 3 (by greedy removal on the calibration inputs: dropped 0 (cosine 1.0000))"
+    )
     with torch.no_grad():
         ref = teacher(*inputs).last_hidden_state
         assert torch.allclose(auto(*inputs).last_hidden_state, ref, atol=1e-4)
@@ -169,11 +171,19 @@ def test_auto_layers_drops_a_layer_that_does_nothing():
 
 def test_auto_layers_measures_on_the_calibration_inputs():
     teacher, inputs = teacher_and_inputs("bert")
-    calibration = (torch.randint(3, 100, (6, 12), generator=torch.Generator().manual_seed(1)), torch.ones(6, 12, dtype=torch.long))
-    student, notes = derive_student(teacher, inputs, StudentPlan(depth=2, layers="auto"), calibration=calibration)
+    calibration = (
+        torch.randint(3, 100, (6, 12), generator=torch.Generator().manual_seed(1)),
+        torch.ones(6, 12, dtype=torch.long),
+    )
+    student, notes = derive_student(
+        teacher, inputs, StudentPlan(depth=2, layers="auto"), calibration=calibration
+    )
     cos = float(re.search(r"cosine ([\d.]+)", notes[0]).group(1))
     with torch.no_grad():
-        assert abs(_mean_cos(first_tensor(student(*calibration)), first_tensor(teacher(*calibration))) - cos) < 6e-5
+        assert (
+            abs(_mean_cos(first_tensor(student(*calibration)), first_tensor(teacher(*calibration))) - cos)
+            < 6e-5
+        )
 
 
 def test_listed_layers_are_kept_and_bad_lists_refused():
@@ -182,7 +192,9 @@ def test_listed_layers_are_kept_and_bad_lists_refused():
     assert notes[0].startswith("kept encoder layers 1, 2 of 3 (as listed)")
     assert _layer_count(student) == 2
     old = teacher.distilbert.transformer.layer[1].state_dict()
-    assert all(torch.equal(student.distilbert.transformer.layer[0].state_dict()[k], v) for k, v in old.items())
+    assert all(
+        torch.equal(student.distilbert.transformer.layer[0].state_dict()[k], v) for k, v in old.items()
+    )
     with pytest.raises(PressoError, match=r"name 3, but the teacher has 3 encoder layers \(indices 0 to 2\)"):
         derive_student(teacher, inputs, StudentPlan(layers=(0, 3)))
     with pytest.raises(PressoError, match="'depth' 1 differs from the 2 'layers' listed"):

@@ -70,7 +70,8 @@ def calibration_inputs(ctx: StageContext, rows: int = 128) -> tuple[torch.Tensor
     if mask is not None and mask.ndim == 2 and mask.any():
         length = int(np.flatnonzero(mask.any(axis=0)).max()) + 1
         arrays = [
-            np.ascontiguousarray(a[:, :length]) if a.ndim == 2 and a.shape == mask.shape else a for a in arrays
+            np.ascontiguousarray(a[:, :length]) if a.ndim == 2 and a.shape == mask.shape else a
+            for a in arrays
         ]
     return tuple(torch.from_numpy(a) for a in arrays)
 
