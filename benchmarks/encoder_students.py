@@ -293,6 +293,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--speed-only", action="store_true", help="untrained students: the speed columns only")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "presso-bench")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -307,14 +308,16 @@ def main() -> None:
     parts = split(ex.data, 0.3, 0)
     cal_texts = [texts[i] for i in parts.calibration_index]
     ev_texts = [texts[i] for i in parts.evaluation_index]
-    train_texts = cal_texts + training_texts(args.sentences - len(cal_texts), ev_texts, args.cache)
-    rows = tokenize(model.tokenizer, train_texts)
-    lengths = [len(r["input_ids"]) for r in rows]
-    print(
-        f"{len(rows)} training sentences (the example's {len(cal_texts)} calibration ones first), "
-        f"tokens: median {np.median(lengths):.0f}, mean {np.mean(lengths):.1f}, max {max(lengths)}"
-    )
-    targets = teacher_embeddings(model.module, rows, names, train_texts, args.cache)
+    rows, targets = [], np.zeros((0, 384), np.float32)
+    if not args.speed_only:  # speed depends on the architecture only: no training needed to time it
+        train_texts = cal_texts + training_texts(args.sentences - len(cal_texts), ev_texts, args.cache)
+        rows = tokenize(model.tokenizer, train_texts)
+        lengths = [len(r["input_ids"]) for r in rows]
+        print(
+            f"{len(rows)} training sentences (the example's {len(cal_texts)} calibration ones first), "
+            f"tokens: median {np.median(lengths):.0f}, mean {np.mean(lengths):.1f}, max {max(lengths)}"
+        )
+        targets = teacher_embeddings(model.module, rows, names, train_texts, args.cache)
     calibration = pad(tokenize(model.tokenizer, cal_texts[:128]), names)
     quick = BenchSettings(rounds=1, round_seconds=0.1, throughput_batch=2, threads=args.threads)
     keep: list = []  # compress results own their files
@@ -337,7 +340,7 @@ def main() -> None:
             calibration=calibration,
         )
         print(f"  derived in {time.time() - t0:.0f} s: {notes}")
-        fit = train(student, rows, targets, names, args, rank)
+        fit = None if args.speed_only else train(student, rows, targets, names, args, rank)
         student.eval()
         shape = {**model.transformer, **attention_shape(student)} if width < 1 else model.transformer
         loaded = dataclasses.replace(
