@@ -11,6 +11,7 @@ from pathlib import Path
 
 from presso.data.sources import from_texts
 from presso.errors import PressoError
+from presso.examples.corpus import corpus_file
 from presso.examples.registry import Example
 from presso.examples.texts import stdlib_sentences
 
@@ -44,6 +45,8 @@ def build(progress=None) -> Example:
         SEQ_LEN,
         source=f"{len(texts)} sentences from Python standard-library docstrings",
     )
+    # The student's training text: none of it is one of the sentences measured on.
+    data.train_texts = corpus_file("minilm", texts, progress)
     return Example(
         name="minilm",
         model=model,
