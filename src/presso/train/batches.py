@@ -67,7 +67,7 @@ class LengthBuckets:
         rng = np.random.default_rng(_seed_from(gen))
         order = rng.permutation(len(self.lengths))
         span = self.batch_size * self.window
-        batches = []
+        batches: list[np.ndarray] = []
         for start in range(0, len(order), span):
             chunk = order[start : start + span]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]

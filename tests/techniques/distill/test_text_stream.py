@@ -115,7 +115,9 @@ def _open(path, tokenizer, teacher, evaluation=None, cache=None):
 def test_streamed_outputs_match_the_teacher_and_are_cached(tmp_path, tokenizer):
     texts = _lines(300)
     path = tmp_path / "train.txt"
-    path.write_text("\n".join(texts[:150]) + "\n\n   \n" + "\n".join(texts[150:]) + "\n")  # blank lines skipped
+    path.write_text(
+        "\n".join(texts[:150]) + "\n\n   \n" + "\n".join(texts[150:]) + "\n"
+    )  # blank lines skipped
     calls: list[int] = []
     heldout = encode_texts(texts[:7], NAMES, tokenizer, SEQ_LEN)
     s = _open(path, tokenizer, _teacher(calls), heldout, tmp_path / "cache")
@@ -219,7 +221,9 @@ def test_a_fit_from_batches_resumes_exactly(tmp_path, tokenizer, one_thread):
 
     def source():
         empty = {k: v[:0] for k, v in rows.items()}
-        return text_batches(s, empty, np.zeros((0, 8), np.float32), None, tokenizer, SEQ_LEN, 32, lambda t, y: t, -1)
+        return text_batches(
+            s, empty, np.zeros((0, 8), np.float32), None, tokenizer, SEQ_LEN, 32, lambda t, y: t, -1
+        )
 
     settings = FitSettings(epochs=3, lr=0.01, seed=0, patience=None)
     loss = nn.functional.mse_loss
@@ -237,7 +241,16 @@ def test_a_fit_from_batches_resumes_exactly(tmp_path, tokenizer, one_thread):
     parted.load_state_dict(start)
     ckpt = tmp_path / "fit.pt"
     with pytest.raises(KeyboardInterrupt):
-        fit(parted, source(), val, loss, settings=settings, input_names=NAMES, on_epoch=stop_after_first, checkpoint=ckpt)
+        fit(
+            parted,
+            source(),
+            val,
+            loss,
+            settings=settings,
+            input_names=NAMES,
+            on_epoch=stop_after_first,
+            checkpoint=ckpt,
+        )
     resumed = fit(parted, source(), val, loss, settings=settings, input_names=NAMES, checkpoint=ckpt)
     assert resumed.resumed_from == 1
     for k, v in whole.state_dict().items():

@@ -19,9 +19,9 @@ from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.distill.config import DistillConfig
 from presso.techniques.distill.data import NO_LABEL, DistillData, distill_data, teacher_cache_dir
-from presso.techniques.distill.textstream import text_batches
 from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
 from presso.techniques.distill.search import DISTILL
+from presso.techniques.distill.textstream import text_batches
 from presso.techniques.recovery import example_inputs, with_backoff
 
 STAGE = "distill"
@@ -156,7 +156,7 @@ def train_student(
     """Fit ``student`` (in place) to the teacher; returns the :class:`presso.train.FitReport`."""
     from presso.train import FitSettings, fit
     from presso.train.batches import BatchSource
-    from presso.train.losses import loss_kind, looks_like_probabilities, teacher_logits_from
+    from presso.train.losses import looks_like_probabilities, loss_kind, teacher_logits_from
 
     kind = loss_kind(ctx.task) if cfg.loss == "auto" else cfg.loss
     teacher, val_teacher = data.teacher, data.val_teacher
@@ -167,7 +167,6 @@ def train_student(
     has_labels = kind == "kl" and data.labels is not None
     train: tuple | BatchSource = (data.train, target_rows(teacher, data.labels if has_labels else None))
     if data.stream is not None:
-
         # Decided once, on the calibration rows: a batch alone could look otherwise.
         probabilities = kind == "kl" and looks_like_probabilities(data.teacher)
 
