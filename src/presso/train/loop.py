@@ -243,13 +243,14 @@ def _train_batches(module, batches, loss_fn, opt, net: nn.Module | None = None) 
     Every rank draws the same batches (the source's order comes from the shared seeded
     generator) and trains on its shard of each, as :func:`_train_epoch` does."""
     (module if net is None else net).train()
-    total, seen = 0.0, 0.0
+    total, seen, steps = 0.0, 0.0, 0
     for xs, y in batches:
-        if len(y) == 1 and seen > 0:  # a lone row (BatchNorm cannot train on one), unless it is all
-            continue
+        if len(y) == 1 and steps > 0:  # a lone row (BatchNorm cannot train on one), unless it is all;
+            continue  # decided on the global batch, so all ranks skip it together
         loss, rows = _step(module, xs, y, loss_fn, opt, net)
         total += loss * rows
         seen += rows
+        steps += 1
     if net is not None:
         total, seen = _dist.all_sum([total, seen])
     return total / max(seen, 1)

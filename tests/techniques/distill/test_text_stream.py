@@ -108,8 +108,7 @@ def tokenizer():
 
 
 def _open(path, tokenizer, teacher, evaluation=None, cache=None):
-    probe = encode_texts(["A probe text."] * 2, NAMES, tokenizer, SEQ_LEN)
-    return open_text_stream(path, tokenizer, NAMES, SEQ_LEN, teacher, probe, evaluation, cache)
+    return open_text_stream(path, tokenizer, NAMES, SEQ_LEN, teacher, evaluation, cache)
 
 
 def test_streamed_outputs_match_the_teacher_and_are_cached(tmp_path, tokenizer):

@@ -195,7 +195,6 @@ def distill_data(
             list(train),
             ctx.seq_len,
             ctx.teacher_fn,
-            probe,
             ctx.evaluation_inputs,
             cache,
             ctx.log,

@@ -7,7 +7,7 @@ whether it repeats a held-out evaluation text (then it is never trained on); the
 pass runs the teacher on the chunk, lines of similar length together, and writes one
 output row per line into an ``.npy`` file in the teacher cache, read back as a memory map.
 Its name digests every line's token ids (the text, the tokenizer and the truncation) and
-the teacher's outputs on probe rows (its weights): a later run with the same file and
+the teacher's outputs on fixed probe texts (its weights): a later run with the same file and
 teacher reads it instead of running the teacher; any change misses.
 
 Training batches (:meth:`TextStream.batches`) are tokenized when drawn, each padded to its
@@ -33,6 +33,10 @@ from presso.files import atomic_path
 Inputs = dict[str, np.ndarray]
 CHUNK = 2048  # lines tokenized and labelled at a time: bounds the memory a pass takes
 TEACHER_BATCH = 64
+PROBE_TEXTS = (
+    "The teacher's outputs on these texts fingerprint its weights.",
+    "A second, longer probe sentence makes sure that padding and attention are part of it too.",
+)
 
 
 def real_lengths(inputs: Inputs) -> np.ndarray:
@@ -62,20 +66,20 @@ def heldout_digests(evaluation: Inputs | None) -> set[bytes]:
     return {_digest(ids[i, : lengths[i]]) for i in range(len(ids))}
 
 
-def _line_spans(path: Path) -> Iterator[list[tuple[int, int]]]:
-    """(start, end) byte spans of the non-empty lines of ``path``, ``CHUNK`` at a time."""
-    spans: list[tuple[int, int]] = []
+def _line_chunks(path: Path) -> Iterator[list[tuple[int, int, str]]]:
+    """(start, end, text) of the non-empty lines of ``path``, ``CHUNK`` lines at a time."""
+    chunk: list[tuple[int, int, str]] = []
     pos = 0
     with open(path, "rb") as f:
         for raw in f:
             if raw.strip():
-                spans.append((pos, pos + len(raw)))
-                if len(spans) == CHUNK:
-                    yield spans
-                    spans = []
+                chunk.append((pos, pos + len(raw), _decode(raw, path)))
+                if len(chunk) == CHUNK:
+                    yield chunk
+                    chunk = []
             pos += len(raw)
-    if spans:
-        yield spans
+    if chunk:
+        yield chunk
 
 
 def _decode(raw: bytes, path: Path) -> str:
@@ -117,7 +121,6 @@ def open_text_stream(
     input_names: list[str],
     seq_len: int,
     teacher_fn: Callable[[Inputs], Any],
-    probe: Inputs,
     evaluation: Inputs | None,
     cache: Path | None,
     log: Callable[[str], None] = lambda _m: None,
@@ -126,14 +129,14 @@ def open_text_stream(
     if not path.is_file():
         raise PressoError(f"train_data '{path}' does not exist. Give a text file, one text per line.")
     banned = heldout_digests(evaluation)
+    # Fixed probe texts, not the run's rows: another split or seed still finds the cache.
+    probe = encode_texts(list(PROBE_TEXTS), input_names, tokenizer, seq_len)
     fingerprint = np.ascontiguousarray(np.asarray(teacher_fn(probe), np.float32)).round(5)
     key = hashlib.sha1(fingerprint.tobytes() + f"{seq_len} {sorted(input_names)}".encode())
     starts, ends, lengths, keep = array.array("q"), array.array("q"), array.array("i"), array.array("q")
-    for spans in _line_spans(path):
-        with open(path, "rb") as f:
-            texts = [_decode(_read(f, s, e), path) for s, e in spans]
-        ids = tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"]
-        for (s, e), row in zip(spans, ids, strict=True):
+    for chunk in _line_chunks(path):
+        ids = tokenizer([text for _, _, text in chunk], truncation=True, max_length=seq_len)["input_ids"]
+        for (s, e, _), row in zip(chunk, ids, strict=True):
             d = _digest(row)
             key.update(d)
             if d not in banned:
@@ -168,11 +171,6 @@ def open_text_stream(
     log(f"distill: labelling {len(lengths)} lines of {path.name} with the teacher")
     stream.teacher = _label(stream, tokenizer, input_names, seq_len, teacher_fn, shape, file)
     return stream
-
-
-def _read(f, start: int, end: int) -> bytes:
-    f.seek(start)
-    return f.read(end - start)
 
 
 def _label(stream: TextStream, tokenizer, input_names, seq_len, teacher_fn, shape, file: Path | None):
