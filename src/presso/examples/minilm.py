@@ -7,6 +7,7 @@ the cosine of each sentence embedding to the original's, and top-10 retrieval ag
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from presso.data.sources import from_texts
@@ -45,8 +46,9 @@ def build(progress=None) -> Example:
         SEQ_LEN,
         source=f"{len(texts)} sentences from Python standard-library docstrings",
     )
-    # The student's training text: none of it is one of the sentences measured on.
-    data.train_texts = corpus_file("minilm", texts, progress)
+    # The student's training text, none of it one of the sentences measured on; built only
+    # when a distill stage asks for it (compress never does).
+    data.train_texts = functools.partial(corpus_file, "minilm", texts, progress)
     return Example(
         name="minilm",
         model=model,

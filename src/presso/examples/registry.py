@@ -31,8 +31,9 @@ class Example:
 
     @property
     def train_texts(self) -> Path | None:
-        """A file of extra training texts (one per line) a student distils on by default, or None."""
-        return self.data.train_texts
+        """A file of extra training texts (one per line) a student distils on by default, or
+        None; built on first use (the minilm corpus: about two minutes, then cached)."""
+        return None if self.data.train_texts is None else self.data.train_texts()
 
 
 # Explicit registry (no import-time magic): name -> (module, one-line description).

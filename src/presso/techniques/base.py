@@ -60,7 +60,7 @@ class StageContext:
     # and a file of further training texts the data came with (Dataset.train_texts).
     tokenizer: Any = None
     seq_len: int = 128
-    train_texts: Path | None = None
+    train_texts: Callable[[], Path] | None = None
 
 
 @dataclass

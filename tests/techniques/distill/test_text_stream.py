@@ -260,30 +260,39 @@ def test_a_fit_from_batches_resumes_exactly(tmp_path, tokenizer, one_thread):
 
 
 def test_distill_on_a_streamed_text_file_improves_the_student(tmp_path):
+    from presso.data.sources import from_texts
+    from presso.model.huggingface import load_hf_folder
+
     folder = tiny_hf_folder("bert", False, tmp_path / "folder")
     texts = stdlib_sentences(120)
     extra = [t for t in _lines(1200, seed=2) if t not in set(texts)][:1000] + texts  # all 120 in the file
     (tmp_path / "extra.txt").write_text("\n".join(extra) + "\n")
+    # The data's own training texts (as the minilm example brings its corpus), built on demand
+    loaded = load_hf_folder(folder)
+    data = from_texts(texts, loaded.input_names, loaded.tokenizer)
+    data.train_texts = lambda: tmp_path / "extra.txt"
 
-    def run(epochs):
+    def run(epochs, **options):
         r = presso.distill(
             str(folder),
-            texts,
+            data,
             depth=1,
             width=1.0,
             init="random",  # a student the teacher's weights do not already make nearly exact
             epochs=epochs,
             lr=1e-3,
-            train_data=str(tmp_path / "extra.txt"),
             bench=QUICK,
             max_drop=1.0,
+            **options,
         )
         return r.report.compressed.metrics["mean_cosine"], r.report
 
-    before, _ = run(0)
-    after, report = run(3)
+    before, default = run(0)  # no train_data: the data's training texts
+    after, report = run(3, train_data=str(tmp_path / "extra.txt"))
     n_eval = report.data["split"]["evaluation_rows"]
-    note = next(n for n in report.notes if "streamed from extra.txt" in n)
-    assert f"{1120 - n_eval} texts streamed from extra.txt at their own length ({n_eval} skipped" in note
+    for rep in (default, report):
+        note = next(n for n in rep.notes if "streamed from extra.txt" in n)
+        assert f"{1120 - n_eval} texts streamed from extra.txt at their own length ({n_eval} skipped" in note
+    assert "teacher outputs cached" in note  # the second run read the first one's labels
     # measured: 0.066 from random weights, 0.984 after 3 epochs over the 1000 streamed lines
     assert before < 0.5 and after > 0.95, (before, after)

@@ -140,7 +140,7 @@ def _text_file(cfg: DistillConfig, ctx: StageContext) -> Path | None:
     if cfg.train_data is not None:
         path = Path(cfg.train_data)
         return path if path.suffix.lower() == ".txt" else None
-    return ctx.train_texts
+    return None if ctx.train_texts is None else ctx.train_texts()
 
 
 def _checkpoint(cfg: DistillConfig, width: float, first: bool) -> Path | None:
