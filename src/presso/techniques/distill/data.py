@@ -198,6 +198,7 @@ def distill_data(
             ctx.evaluation_inputs,
             cache,
             ctx.log,
+            ctx.progress,
         )
     return DistillData(
         train,

@@ -29,6 +29,7 @@ import numpy as np
 from presso.data.sources import encode_texts
 from presso.errors import PressoError
 from presso.files import atomic_path
+from presso.progress import SILENT, Progress
 
 Inputs = dict[str, np.ndarray]
 CHUNK = 2048  # lines tokenized and labelled at a time: bounds the memory a pass takes
@@ -124,6 +125,7 @@ def open_text_stream(
     evaluation: Inputs | None,
     cache: Path | None,
     log: Callable[[str], None] = lambda _m: None,
+    progress: Progress = SILENT,
 ) -> TextStream:
     """Index ``path`` and label its lines with the teacher, or read the labels from ``cache``."""
     if not path.is_file():
@@ -169,11 +171,14 @@ def open_text_stream(
         except (OSError, ValueError):
             pass  # unreadable: labelled again below
     log(f"distill: labelling {len(lengths)} lines of {path.name} with the teacher")
-    stream.teacher = _label(stream, tokenizer, input_names, seq_len, teacher_fn, shape, file)
+    with progress.task(f"distill: labelling {path.name} with the teacher", total=len(lengths)) as advance:
+        stream.teacher = _label(stream, tokenizer, input_names, seq_len, teacher_fn, shape, file, advance)
     return stream
 
 
-def _label(stream: TextStream, tokenizer, input_names, seq_len, teacher_fn, shape, file: Path | None):
+def _label(
+    stream: TextStream, tokenizer, input_names, seq_len, teacher_fn, shape, file: Path | None, advance
+):
     """The teacher's outputs on every line, ``CHUNK`` lines at a time, similar lengths batched."""
 
     def fill(out: np.ndarray) -> None:
@@ -186,6 +191,7 @@ def _label(stream: TextStream, tokenizer, input_names, seq_len, teacher_fn, shap
                 longest = int(stream.lengths[part].max())
                 enc = encode_texts(texts[i : i + TEACHER_BATCH], input_names, tokenizer, seq_len, longest)
                 out[part] = np.asarray(teacher_fn(enc), np.float32).reshape(len(part), *shape[1:])
+                advance(len(part))
 
     if file is None:
         out = np.empty(shape, np.float32)
