@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from presso.runtime.session import default_threads, make_session
+from presso.runtime.session import default_threads, fit_length, make_session
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -139,7 +139,7 @@ def _sessions(paths: dict[str, Path], settings: BenchSettings) -> dict[str, ort.
 
 
 def _caller(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], object]:
-    feed = {i.name: feed[i.name] for i in sess.get_inputs()}
+    feed = fit_length(sess, {i.name: feed[i.name] for i in sess.get_inputs()})
     return lambda: sess.run(None, feed)
 
 
