@@ -36,6 +36,8 @@ class Predictor:
             self.session = make_session(self.model_path, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer, self.task, self.seq_len = tokenizer, task, seq_len
+        # Asked once: ORT builds new Python objects on every get_inputs() / get_outputs().
+        self._length_free = length_free(self.session)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.model_path)!r}, inputs={self.input_names}, task={self.task!r})"
@@ -54,16 +56,17 @@ class Predictor:
     def _predict_texts(self, texts: list[str], batch_size: int) -> np.ndarray:
         if self.tokenizer is None:
             raise PressoError("This model has no tokenizer; pass token arrays, not strings.")
-        from presso.data.text_batches import text_batches
+        from presso.data.text_batches import one_text, text_batches
 
-        fixed = None if length_free(self.session) else self._fixed_length()
+        fixed = None if self._length_free else self._fixed_length()
+        if len(texts) == 1 and fixed is None:  # the real-time path: no sorting, no padding
+            feed = one_text(texts[0], self.tokenizer, self.input_names, self.seq_len)
+            return self.session.run(None, feed)[0].astype(np.float32, copy=False)
         out: np.ndarray | None = None
         for rows, feed in text_batches(
             texts, self.tokenizer, self.input_names, self.seq_len, batch_size, fixed_length=fixed
         ):
             got = self.session.run(None, feed)[0]
-            if len(texts) == 1:
-                return got.astype(np.float32, copy=False)
             if out is None:
                 out = np.empty((len(texts), *got.shape[1:]), np.float32)
             out[rows] = got
