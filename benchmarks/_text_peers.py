@@ -8,7 +8,8 @@ packages pin an older transformers than presso's), which has no presso.
     python _text_peers.py serve      # requests on stdin, one JSON object a line:
         {"op": "load", "kind": KIND, "path": FOLDER, "threads": N, "preset": P}
         {"op": "texts", "texts": [...]}
-        {"op": "embed", "batch": 1 | 32, "out": "file.npy" | null}  -> {"seconds": [...]}
+        {"op": "embed", "batch": 1 | 32, "count": N | null, "out": "file.npy" | null}
+            -> {"seconds": [...]}   (the first N texts, or all; embeddings saved to "out")
         {"op": "quit"}
     python _text_peers.py prepare FOLDER PRESET   # ST's own ONNX, int8 and OpenVINO exports
 
@@ -29,6 +30,7 @@ import numpy as np
 
 KINDS = ("st-torch", "st-onnx", "st-int8", "st-openvino", "presso")
 OPENVINO_XML = "openvino/openvino_model.xml"
+PREPARED = "prepared"  # written when every export was made (or OpenVINO found missing)
 
 
 def int8_file(preset: str) -> str:
@@ -73,6 +75,30 @@ def _sentence_transformer(kind: str, path: Path, threads: int, preset: str):
         backend="openvino",
         model_kwargs={"file_name": "openvino_model.xml", "ov_config": config},
     )
+
+
+PACKAGES = (
+    "presso",
+    "sentence-transformers",
+    "transformers",
+    "torch",
+    "onnxruntime",
+    "openvino",
+    "optimum-onnx",
+)
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of what a pipeline runs on (the two venvs differ)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def load(kind: str, path: Path, threads: int, preset: str):
@@ -122,10 +148,11 @@ def serve() -> None:
                     request["kind"], Path(request["path"]), request["threads"], request.get("preset", "")
                 )
                 answer["load_s"] = time.perf_counter() - start
+                answer["versions"] = versions()
             elif op == "texts":
                 texts = request["texts"]
             elif op == "embed":
-                out, seconds = embed(encode, texts, request["batch"])
+                out, seconds = embed(encode, texts[: request.get("count")], request["batch"])
                 if request.get("out"):
                     np.save(request["out"], out)
                 answer["seconds"] = seconds
@@ -151,12 +178,19 @@ def prepare(folder: Path, preset: str) -> None:
         )
         export_dynamic_quantized_onnx_model(onnx, preset, str(folder))
     try:
-        import openvino  # noqa: F401
+        import optimum.intel  # noqa: F401
     except ImportError:
-        print("openvino is not installed: no OpenVINO export", file=sys.stderr)
-        return
-    if not (folder / OPENVINO_XML).is_file():
-        SentenceTransformer(str(folder), device="cpu", backend="openvino").save_pretrained(str(folder))
+        print("optimum-intel / openvino are not installed: no OpenVINO export", file=sys.stderr)
+    else:
+        if not (folder / OPENVINO_XML).is_file():
+            try:
+                SentenceTransformer(str(folder), device="cpu", backend="openvino").save_pretrained(
+                    str(folder)
+                )
+            except Exception:  # the ONNX pipelines are still worth measuring without it
+                traceback.print_exc()
+                print("the OpenVINO export failed: ST openvino will be left out", file=sys.stderr)
+    (folder / PREPARED).write_text(preset)
 
 
 if __name__ == "__main__":

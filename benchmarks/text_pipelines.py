@@ -14,12 +14,18 @@ texts and rounds), batch-32 throughput (the whole text set in one call at batch_
 the pipeline sorting by length itself; median over rounds) and the weights' size on disk.
 
 ST's ONNX and OpenVINO backends need optimum packages that pin transformers < 4.58 (presso
-runs 5.x), so they run in a separate venv built once under the presso cache folder
-(``bench-venvs/``, about 1.5 GB). With no ``--artifact``, the minilm example's int8 artifact
-is built once (``presso compress --example minilm --recipe int8``) and cached as well.
+runs 5.x, and sentence-transformers 6 needs 5.x), so they run with sentence-transformers 5.7
+in a separate venv built once under the presso cache folder (``bench-venvs/``, 2 GB, 4.5
+min here), with ST's exports in a copy of the model beside it (1.5 min); the reference runs
+presso's own sentence-transformers. With no ``--artifact``, the minilm example's int8
+artifact is built once (``presso compress --example minilm --recipe int8``) and cached too.
 
-    python benchmarks/text_pipelines.py [--rounds 3] [--threads N] [--artifact DIR ...]
+    python benchmarks/text_pipelines.py [--rounds 5] [--threads N] [--artifact DIR ...]
         [--texts FILE] [--limit N] [--json results.json]
+
+Run it on a quiet machine: with more runnable threads than cores, PyTorch's OpenMP threads
+wait on each other (ST PyTorch at 2 threads on a 2-core machine at load 8: 100-250 ms per
+short sentence, 27 ms at 1 thread), and the table measures the load, not the pipelines.
 """
 
 from __future__ import annotations
@@ -48,22 +54,26 @@ import _text_peers as peers  # noqa: E402
 
 WORKER = Path(peers.__file__).resolve()
 BATCH = 32
-# What ST's ONNX/OpenVINO backends resolve to with torch 2.13 (sentence-transformers 6.x
-# needs transformers 5, which no optimum-onnx release allows yet).
-PEER_REQUIREMENTS = (
-    "sentence-transformers[onnx,openvino]==5.7.0",
+# What ST's ONNX backend resolves to with torch 2.13: sentence-transformers 6 needs
+# transformers 5, which no optimum-onnx release allows yet. OpenVINO is installed second,
+# on top, so a platform without its wheels still gets the ONNX pipelines.
+ONNX_PEERS = (
+    "sentence-transformers[onnx]==5.7.0",
     "transformers==4.57.6",
     "optimum-onnx[onnxruntime]==0.1.0",
-    "optimum-intel[openvino]==1.27.0",
-    "openvino==2026.4.1",
     "onnxruntime==1.32.0",
 )
+OPENVINO_PEERS = ("optimum-intel[openvino]==1.27.0", "openvino==2026.4.1")
 ST_NAMES = {
     "st-torch": "ST PyTorch (the original)",
     "st-onnx": "ST onnx",
     "st-int8": "ST onnx int8 ({preset})",
     "st-openvino": "ST openvino",
 }
+
+
+def log(message: str) -> None:
+    print(f"[text_pipelines] {message}", file=sys.stderr, flush=True)
 
 
 def cpu_preset() -> str:
@@ -87,9 +97,9 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def peer_python(log) -> Path:
+def peer_python() -> Path:
     """The peers' interpreter: a venv keyed by its requirements, built on first use."""
-    key = hashlib.sha256(" ".join(PEER_REQUIREMENTS).encode()).hexdigest()[:10]
+    key = hashlib.sha256(" ".join(ONNX_PEERS + OPENVINO_PEERS).encode()).hexdigest()[:10]
     venv = cache_root() / "bench-venvs" / f"st-peers-{key}"
     python = venv / "bin" / "python"
     if (venv / "ready").is_file():
@@ -100,15 +110,18 @@ def peer_python(log) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "torch==2.13.0"], check=True)  # first: the CPU wheel, not a CUDA build
-    subprocess.run([*pip, *PEER_REQUIREMENTS], check=True)
-    (venv / "ready").write_text(
-        json.dumps({"requirements": PEER_REQUIREMENTS, "seconds": time.perf_counter() - start})
-    )
-    log(f"peers' venv ready in {time.perf_counter() - start:.0f} s")
+    subprocess.run([*pip, *ONNX_PEERS], check=True)
+    # ONNX_PEERS again, so that pip keeps their versions rather than resolving anew
+    openvino = subprocess.run([*pip, *ONNX_PEERS, *OPENVINO_PEERS]).returncode == 0
+    if not openvino:
+        log("OpenVINO could not be installed (pip's message above): ST openvino will be left out")
+    seconds = time.perf_counter() - start
+    (venv / "ready").write_text(json.dumps({"requirements": ONNX_PEERS + OPENVINO_PEERS, "seconds": seconds}))
+    log(f"peers' venv ready in {seconds:.0f} s")
     return python
 
 
-def prepare_peer_models(python: Path, preset: str, log) -> Path:
+def prepare_peer_models(python: Path, preset: str) -> Path:
     """A copy of all-MiniLM-L6-v2 beside the peers' venv with ST's own ONNX, int8 and
     OpenVINO exports in it (the package's folder itself stays untouched)."""
     from presso.examples.minilm import model_folder
@@ -116,15 +129,20 @@ def prepare_peer_models(python: Path, preset: str, log) -> Path:
     folder = python.parent.parent / "models" / "all-MiniLM-L6-v2"
     if not folder.is_dir():
         shutil.copytree(model_folder(), folder)
-    if not (folder / peers.int8_file(preset)).is_file():
-        log(f"exporting with ST's own tools into {folder}")
-    subprocess.run(
-        [str(python), str(WORKER), "prepare", str(folder), preset], check=True, env=worker_env(1, peer=True)
+    if (folder / peers.int8_file(preset)).is_file() and (folder / peers.PREPARED).is_file():
+        return folder
+    log(f"exporting with ST's own tools into {folder}")
+    done = subprocess.run(
+        [str(python), str(WORKER), "prepare", str(folder), preset], env=worker_env(1, peer=True)
     )
+    if done.returncode:
+        raise presso.PressoError(
+            f"ST's ONNX export failed (its message is above); delete {folder} and rerun."
+        )
     return folder
 
 
-def default_artifact(log) -> Path:
+def default_artifact() -> Path:
     """The minilm example's int8 artifact, built once per presso version."""
     out = cache_root() / "bench-artifacts" / f"minilm-int8-{presso.__version__}"
     if not (out / "report.json").is_file():
@@ -195,9 +213,10 @@ class Pipeline:
     error: str | None = None
     process: subprocess.Popen | None = None
     log: Path | None = None
+    versions: dict[str, str] = field(default_factory=dict)
 
     def start(self, threads: int, preset: str, texts: list[str], log_dir: Path) -> None:
-        stderr = (log_dir / f"{self.kind}-{abs(hash(self.name))}.log").open("w")
+        stderr = (log_dir / f"{self.name.split()[0]}-{self.kind}-{self.path.name}.log").open("w")
         self.process = subprocess.Popen(
             [str(self.python), str(WORKER), "serve"],
             stdin=subprocess.PIPE,
@@ -208,7 +227,8 @@ class Pipeline:
         )
         self.log = Path(stderr.name)
         load = {"op": "load", "kind": self.kind, "path": str(self.path), "threads": threads, "preset": preset}
-        self.load_s = self.ask(load).get("load_s", 0.0)
+        loaded = self.ask(load)
+        self.load_s, self.versions = loaded.get("load_s", 0.0), loaded.get("versions", {})
         self.ask({"op": "texts", "texts": texts})
 
     def ask(self, request: dict) -> dict:
@@ -229,16 +249,21 @@ class Pipeline:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            if not self.error:
-                self.ask({"op": "quit"})
+            assert self.process.stdin
+            try:
+                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.process.stdin.close()  # a worker that missed "quit" ends at end of input
+            except BrokenPipeError:
+                pass
             self.process.wait(timeout=30)
 
 
-def run_rounds(pipelines: list[Pipeline], rounds: int, work: Path, log) -> None:
+def run_rounds(pipelines: list[Pipeline], rounds: int, work: Path) -> None:
     """Warm every pipeline up, then round r: the batch-1 pass of every pipeline, then the
     batch-32 pass of every pipeline, both in an order rotated by r. Round 0's outputs are kept."""
-    for p in pipelines:
-        p.ask({"op": "embed", "batch": BATCH, "out": None})  # warm-up: allocators, kernels, caches
+    for p in pipelines:  # warm-up: allocators, kernels, caches, at both batch sizes
+        p.ask({"op": "embed", "batch": 1, "count": 8, "out": None})
+        p.ask({"op": "embed", "batch": BATCH, "out": None})
     for r in range(rounds):
         start = time.perf_counter()
         order = pipelines[r % len(pipelines) :] + pipelines[: r % len(pipelines)]
@@ -278,6 +303,7 @@ def summarise(pipelines: list[Pipeline], n: int, work: Path, preset: str) -> lis
                 },
                 "size_mb": sum(f.stat().st_size for f in peers.model_files(p.kind, p.path, preset)) / 1e6,
                 "load_s": p.load_s,
+                "versions": p.versions,
             }
         )
     st = [r for r in rows if r["kind"] != "presso"]
@@ -289,6 +315,16 @@ def summarise(pipelines: list[Pipeline], n: int, work: Path, preset: str) -> lis
             "batch32": r["batch32_texts_per_s"]["median"] / best32,
         }
     return rows
+
+
+def print_versions(rows: list[dict]) -> None:
+    """One line per distinct set of versions: the reference and the peers run different ones."""
+    seen: dict[str, list[str]] = {}
+    for r in rows:
+        line = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+        seen.setdefault(line, []).append(r["pipeline"])
+    for line, names in seen.items():
+        print(f"- {'; '.join(names)}: {line}")
 
 
 def print_table(rows: list[dict], header: str) -> None:
@@ -312,7 +348,7 @@ def print_table(rows: list[dict], header: str) -> None:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--artifact", action="append", default=[], help="a presso artifact folder (repeatable)"
@@ -321,38 +357,47 @@ def main() -> None:
         "--texts", help="a text file, one text a line (default: the minilm held-out sentences)"
     )
     parser.add_argument("--limit", type=int, default=None, help="use the first N texts")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--no-openvino", action="store_true", help="leave ST's OpenVINO backend out")
+    parser.add_argument(
+        "--peers-python",
+        help="an interpreter that has sentence-transformers[onnx,openvino] (default: the cached peers' venv)",
+    )
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args()
+    if args.texts and not Path(args.texts).is_file():
+        raise presso.PressoError(f"--texts {args.texts}: no such file; give a text file, one text a line.")
+    for a in args.artifact:
+        if not any((Path(a) / name).is_file() for name in ("model.onnx", "model.packed")):
+            raise presso.PressoError(
+                f"--artifact {a} is not a presso artifact folder (no model.onnx or model.packed)."
+            )
+    return args
 
-    def log(message: str) -> None:
-        print(f"[text_pipelines] {message}", file=sys.stderr, flush=True)
 
-    texts, source = load_texts(args.texts, args.limit)
-    if len(texts) < 2:
-        raise presso.PressoError(f"Benchmarking needs at least 2 texts; {source} gives {len(texts)}.")
-    lengths = token_lengths(texts)
-    preset = cpu_preset()
-    artifacts = [Path(a) for a in args.artifact] or [default_artifact(log)]
-    python = peer_python(log)
-    folder = prepare_peer_models(python, preset, log)
-
+def make_pipelines(args: argparse.Namespace, preset: str) -> list[Pipeline]:
+    """ST PyTorch first (the reference), ST's other backends, then each presso artifact."""
     from presso.examples.minilm import model_folder
 
+    artifacts = [Path(a) for a in args.artifact] or [default_artifact()]
+    python = Path(args.peers_python) if args.peers_python else peer_python()
+    folder = prepare_peer_models(python, preset)
     pipelines = [Pipeline(ST_NAMES["st-torch"], "st-torch", model_folder(), Path(sys.executable))]
     for kind in ("st-onnx", "st-int8", "st-openvino"):
         if kind == "st-openvino" and (args.no_openvino or not (folder / peers.OPENVINO_XML).is_file()):
-            log(
-                "ST openvino left out: "
-                + ("--no-openvino" if args.no_openvino else "openvino is not in the peers' venv")
+            why = (
+                "--no-openvino"
+                if args.no_openvino
+                else f"no OpenVINO export in {folder} (see the export's messages)"
             )
+            log(f"ST openvino left out: {why}")
             continue
         pipelines.append(Pipeline(ST_NAMES[kind].format(preset=preset), kind, folder, python))
-    for a in artifacts:
-        pipelines.append(Pipeline(f"presso {a.name}", "presso", a, Path(sys.executable)))
+    return pipelines + [Pipeline(f"presso {a.name}", "presso", a, Path(sys.executable)) for a in artifacts]
 
+
+def measure(pipelines: list[Pipeline], texts: list[str], args: argparse.Namespace, preset: str) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="presso-textbench-"))
     try:
         for p in pipelines:
@@ -360,39 +405,50 @@ def main() -> None:
             p.start(args.threads, preset, texts, work)
         if pipelines[0].error:
             raise presso.PressoError(f"The reference pipeline failed: {pipelines[0].error}")
-        run_rounds(pipelines, args.rounds, work, log)
-        rows = summarise(pipelines, len(texts), work, preset)
+        run_rounds(pipelines, args.rounds, work)
+        return summarise(pipelines, len(texts), work, preset)
     finally:
         for p in pipelines:
             p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    args = parse_args()
+    texts, source = load_texts(args.texts, args.limit)
+    if len(texts) < 2:
+        raise presso.PressoError(f"Benchmarking needs at least 2 texts; {source} gives {len(texts)}.")
+    lengths = token_lengths(texts)
+    preset = cpu_preset()
+    pipelines = make_pipelines(args, preset)
+    rows = measure(pipelines, texts, args, preset)
     header = (
         f"all-MiniLM-L6-v2 pipelines, {len(texts)} texts ({source}; tokens median "
         f"{np.median(lengths):.0f}, p95 {np.percentile(lengths, 95):.0f}, max {lengths.max()}), "
-        f"{args.threads} threads, {args.rounds} interleaved rounds, {cpu_name()} "
+        f"{args.threads} thread(s), {args.rounds} interleaved round(s), {cpu_name()} "
         f"(ST int8 preset {preset})"
     )
     print_table(rows, header)
-    failed = [p for p in pipelines if p.error]
-    for p in failed:
-        print(f"- {p.name} failed: {p.error}")
+    print_versions(rows)
+    failed = {p.name: p.error for p in pipelines if p.error}
+    for name, error in failed.items():
+        print(f"- {name} failed: {error}")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "header": header,
-                    "texts": {"count": len(texts), "source": source, "token_lengths": lengths.tolist()},
-                    "threads": args.threads,
-                    "rounds": args.rounds,
-                    "preset": preset,
-                    "peer_requirements": PEER_REQUIREMENTS,
-                    "rows": rows,
-                    "failed": {p.name: p.error for p in failed},
-                },
-                indent=1,
-            )
-        )
-    shutil.rmtree(work, ignore_errors=True)
+        results = {
+            "header": header,
+            "texts": {"count": len(texts), "source": source, "token_lengths": lengths.tolist()},
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "preset": preset,
+            "peer_requirements": ONNX_PEERS + OPENVINO_PEERS,
+            "rows": rows,
+            "failed": failed,
+        }
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except presso.PressoError as e:
+        sys.exit(f"error: {e}")
