@@ -43,14 +43,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _text_peers as peers
 import numpy as np
 
 import presso
 from presso.cache import cache_root
 from presso.measure.metrics import evaluate
-
-sys.path.insert(0, str(Path(__file__).parent))
-import _text_peers as peers  # noqa: E402
 
 WORKER = Path(peers.__file__).resolve()
 BATCH = 32
@@ -212,7 +210,7 @@ class Pipeline:
     load_s: float = 0.0
     error: str | None = None
     process: subprocess.Popen | None = None
-    log: Path | None = None
+    log_file: Path | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
     def start(self, threads: int, preset: str, texts: list[str], log_dir: Path) -> None:
@@ -223,9 +221,10 @@ class Pipeline:
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            env=worker_env(threads, peer=self.kind != "presso" and self.kind != "st-torch"),
+            env=worker_env(threads, peer=self.kind not in ("presso", "st-torch")),
         )
-        self.log = Path(stderr.name)
+        stderr.close()  # the worker holds its own copy
+        self.log_file = Path(stderr.name)
         load = {"op": "load", "kind": self.kind, "path": str(self.path), "threads": threads, "preset": preset}
         loaded = self.ask(load)
         self.load_s, self.versions = loaded.get("load_s", 0.0), loaded.get("versions", {})
@@ -243,7 +242,7 @@ class Pipeline:
         except BrokenPipeError:
             answer = {"ok": False, "error": "the worker exited"}
         if not answer["ok"]:
-            self.error = f"{answer['error']} (log: {self.log})"
+            self.error = f"{answer['error']} (log: {self.log_file})"
             print(f"  {self.name}: {self.error}", file=sys.stderr)
         return answer
 
@@ -406,6 +405,8 @@ def measure(pipelines: list[Pipeline], texts: list[str], args: argparse.Namespac
         if pipelines[0].error:
             raise presso.PressoError(f"The reference pipeline failed: {pipelines[0].error}")
         run_rounds(pipelines, args.rounds, work)
+        if pipelines[0].error:
+            raise presso.PressoError(f"The reference pipeline failed: {pipelines[0].error}")
         return summarise(pipelines, len(texts), work, preset)
     finally:
         for p in pipelines:
