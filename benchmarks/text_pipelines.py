@@ -15,10 +15,11 @@ the pipeline sorting by length itself; median over rounds) and the weights' size
 
 ST's ONNX and OpenVINO backends need optimum packages that pin transformers < 4.58 (presso
 runs 5.x, and sentence-transformers 6 needs 5.x), so they run with sentence-transformers 5.7
-in a separate venv built once under the presso cache folder (``bench-venvs/``, 2 GB, 4.5
-min here), with ST's exports in a copy of the model beside it (1.5 min); the reference runs
-presso's own sentence-transformers. With no ``--artifact``, the minilm example's int8
-artifact is built once (``presso compress --example minilm --recipe int8``) and cached too.
+in a separate venv built once under the presso cache folder (``bench-venvs/``, 2 GB; 4.5
+min here on first use, 1.3 min from pip's cache), with ST's exports in a copy of the model
+beside it (1.5 min); the reference runs presso's own sentence-transformers. With no
+``--artifact``, the minilm example's int8 artifact is built once (``presso compress
+--example minilm --recipe int8``, 7.5 min here under load) and cached too.
 
     python benchmarks/text_pipelines.py [--rounds 5] [--threads N] [--artifact DIR ...]
         [--texts FILE] [--limit N] [--json results.json]
