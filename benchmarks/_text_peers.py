@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("st-torch", "st-onnx", "st-int8", "st-openvino", "presso")
+KINDS = ("st-torch", "st-onnx", "st-int8", "st-openvino", "presso", "presso-by-hand")
 OPENVINO_XML = "openvino/openvino_model.xml"
 PREPARED = "prepared"  # written when every export was made (or OpenVINO found missing)
 
@@ -108,11 +108,43 @@ def load(kind: str, path: Path, threads: int, preset: str):
 
         predictor = presso.load(path, threads=threads)
         return lambda texts, batch: np.asarray(predictor.predict(texts, batch_size=batch), dtype=np.float32)
+    if kind == "presso-by-hand":
+        return _by_hand(path, threads)
     model = _sentence_transformer(kind, path, threads, preset)
     return lambda texts, batch: np.asarray(
         model.encode(texts, batch_size=batch, convert_to_numpy=True, show_progress_bar=False),
         dtype=np.float32,
     )
+
+
+def _by_hand(path: Path, threads: int):
+    """The artifact's model.onnx in a plain ONNX Runtime session, fed the tokenizer's
+    real-length ids as a user would by hand: one text unpadded, a list sorted by length
+    and padded per batch of its own longest text (what ST's encode does)."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+
+    def run(texts: list[str]) -> np.ndarray:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
+        return session.run(None, {n: enc[n] for n in names})[0]
+
+    def encode(texts: list[str], batch: int) -> np.ndarray:
+        if len(texts) == 1:
+            return run(texts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), session.get_outputs()[0].shape[-1]), np.float32)
+        for start in range(0, len(texts), batch):
+            rows = order[start : start + batch]
+            out[rows] = run([texts[i] for i in rows])
+        return out
+
+    return encode
 
 
 def embed(encode, texts: list[str], batch: int) -> tuple[np.ndarray, list[float]]:
