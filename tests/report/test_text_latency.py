@@ -175,3 +175,18 @@ def test_non_text_report_keeps_its_shape(mlp_project):
     assert "max_tokens" not in report.data and "held_out_tokens" not in report.data
     assert "latency-length" not in render_html(report)
     assert "basis" not in (report.reference["pytorch_fp32_latency_ms"] or {})
+
+
+def test_a_model_that_must_run_padded_says_so(bert, monkeypatch):
+    """A text model that cannot run cut rows (here: declared so) is timed on the stored rows,
+    and the report says they were padded to the limit instead of implying real lengths."""
+    from presso.measure import text_bench
+
+    monkeypatch.setattr(text_bench, "length_free", lambda session: False)
+    report = presso.compress(str(bert), INT8, data=TEXTS, seq_len=SEQ_LEN, max_drop=1.0, bench=QUICK).report
+    for figures in (report.baseline, report.compressed):
+        assert figures.latency_ms.basis == "fixed length" and figures.latency_ms.tokens == SEQ_LEN
+        assert figures.fixed_length is None and figures.latency_ms.sample_tokens == []
+    assert report.data["max_tokens"] == SEQ_LEN  # still text data: the limit is recorded
+    assert any(f"on texts padded to {SEQ_LEN} tokens" in n for n in report.notes)
+    assert "latency-length" not in render_html(report)

@@ -114,13 +114,26 @@ def _bench(
             timing = bench_callable_texts(run.model, path, texts, batch_n, run.bench, advance, between)
             if timing is not None:
                 return timing
-        return bench_with_callable(run.model, path, batch1, batch_n, run.bench, advance, latency_only=between)
+        timing = bench_with_callable(
+            run.model, path, batch1, batch_n, run.bench, advance, latency_only=between
+        )
+        return _padded(timing, texts)
     paths = {"baseline": baseline_path, "compressed": path}
     if texts is not None:
         timing = bench_onnx_texts(paths, texts, batch_n, run.bench, advance, between)
         if timing is not None:
             return timing
-    return bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance, latency_only=between)
+    return _padded(
+        bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance, latency_only=between), texts
+    )
+
+
+def _padded(timing: dict[str, Any], texts: HeldOutTexts | None) -> dict[str, Any]:
+    """``timing`` of text rows as stored says so: every call ran a row padded to the limit."""
+    if texts is not None:
+        for k in ("baseline", "compressed"):
+            timing[k]["latency_ms"].update(basis="fixed length", tokens=texts.max_tokens)
+    return timing
 
 
 def _texts(run: Run, timing: dict[str, Any]) -> HeldOutTexts | None:
