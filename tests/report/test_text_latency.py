@@ -190,3 +190,16 @@ def test_a_model_that_must_run_padded_says_so(bert, monkeypatch):
     assert report.data["max_tokens"] == SEQ_LEN  # still text data: the limit is recorded
     assert any(f"on texts padded to {SEQ_LEN} tokens" in n for n in report.notes)
     assert "latency-length" not in render_html(report)
+
+
+def test_compare_warns_when_texts_were_timed_differently():
+    from test_report_html import make_report
+
+    from presso.report.compare import Result, warnings
+
+    old = make_report()  # a report written before text was timed at its real length
+    lat = old.compressed.latency_ms.model_copy(update={"basis": "real length", "tokens": 21.0})
+    new = old.model_copy(update={"compressed": old.compressed.model_copy(update={"latency_ms": lat})})
+    assert warnings([Result("a", old), Result("b", old)]) == []
+    (warned,) = warnings([Result("a", old), Result("b", new)])
+    assert "rows as stored, real length, median 21 tokens" in warned and "not comparable" in warned

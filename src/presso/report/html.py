@@ -411,7 +411,7 @@ def _latency(report: Report) -> str:
     chart = svg.histogram(
         "latency", "Batch-1 call times", series, x_label="time per call", unit="ms", marks=marks, width=_WIDE
     )
-    texts = " (each call one held-out text at its real length)" if comp.basis == "real length" else ""
+    texts = ", each call one held-out text at its real length" if comp.basis == "real length" else ""
     histogram = figure(
         chart,
         f"How long single batch-1 calls took in the timing rounds{texts} (up to 200 per model, "
