@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from presso.errors import PressoError
+from presso.runtime.lengths import typical_row
 
 
 @dataclass
@@ -70,6 +71,11 @@ class Dataset:
         """The first ``n`` rows, exactly: timing at batch 1 and export samples need that many
         (their group ids come along, cut or not; no metric is measured on a head)."""
         return self.subset(np.arange(min(n, len(self))))
+
+    def timing_row(self) -> dict[str, np.ndarray]:
+        """One row to time models at batch 1: for text, a text of median length at its
+        real length (what users send; the padding of stored rows is not); else the first."""
+        return typical_row(self.inputs)
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), size):
