@@ -30,6 +30,7 @@ from presso.data.sources import encode_texts
 from presso.errors import PressoError
 from presso.files import atomic_path
 from presso.progress import SILENT, Progress
+from presso.runtime.lengths import real_lengths, trim
 
 Inputs = dict[str, np.ndarray]
 CHUNK = 2048  # lines tokenized and labelled at a time: bounds the memory a pass takes
@@ -40,19 +41,13 @@ PROBE_TEXTS = (
 )
 
 
-def real_lengths(inputs: Inputs) -> np.ndarray:
-    """Tokens per row of right-padded token arrays (the attention mask's count; all
-    columns without one). Stands in for ``presso.runtime.lengths.real_lengths``."""
-    mask = inputs.get("attention_mask")
-    n, width = len(next(iter(inputs.values()))), next(iter(inputs.values())).shape[1]
-    if mask is None:
-        return np.full(n, width, np.int64)
-    return np.asarray(mask).sum(1).astype(np.int64)
-
-
-def trimmed(inputs: Inputs, length: int) -> Inputs:
-    """Token arrays cut to their first ``length`` positions."""
-    return {k: v[:, :length] for k, v in inputs.items()}
+def row_lengths(inputs: Inputs) -> np.ndarray:
+    """Tokens per row of token arrays: the real lengths when right-padded, else the full width."""
+    lengths = real_lengths(inputs)
+    if lengths is None:
+        first = next(iter(inputs.values()))
+        return np.full(len(first), first.shape[1], np.int64)
+    return lengths
 
 
 def _digest(ids) -> bytes:
@@ -63,7 +58,7 @@ def heldout_digests(evaluation: Inputs | None) -> set[bytes]:
     """Digests of the held-out rows' token ids at their real length."""
     if evaluation is None or "input_ids" not in evaluation:
         return set()
-    ids, lengths = evaluation["input_ids"], real_lengths(evaluation)
+    ids, lengths = evaluation["input_ids"], row_lengths(evaluation)
     return {_digest(ids[i, : lengths[i]]) for i in range(len(ids))}
 
 
@@ -229,13 +224,15 @@ def text_batches(
 
     names = list(rows)
     n_rows, n_out = len(teacher), int(np.prod(teacher.shape[1:]))
-    lengths = np.concatenate([real_lengths(rows), stream.lengths[stream.keep]])
+    lengths = np.concatenate([row_lengths(rows), stream.lengths[stream.keep]])
 
     def fetch(batch: np.ndarray):
         batch = np.sort(batch)
         longest = int(lengths[batch].max())
         own, lines = batch[batch < n_rows], stream.keep[batch[batch >= n_rows] - n_rows]
-        parts = [trimmed({k: v[own] for k, v in rows.items()}, longest)] if len(own) else []
+        own_rows = {k: v[own] for k, v in rows.items()}
+        # without a mask every in-memory row counts as full width, so there is nothing to cut
+        parts = [trim(own_rows, longest) if "attention_mask" in own_rows else own_rows] if len(own) else []
         if len(lines):
             parts.append(encode_texts(stream.texts(lines), names, tokenizer, seq_len, longest))
         inputs = {k: np.concatenate([p[k] for p in parts]) for k in names}
