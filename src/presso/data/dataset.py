@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +20,10 @@ class Dataset:
     holds labels or regression targets (or ``None`` when the data has none); ``texts``
     keeps the raw strings of a text dataset so reports can show examples; ``groups`` holds
     the query (or session) id of each row of ranking data, which :func:`split` keeps whole
-    and every subset carries along.
+    and every subset carries along. ``train_texts`` gives (building it on its first call) a
+    file of further texts of the same kind, one per line, none equal to a row here (the
+    minilm example's corpus): a distill stage trains on it when given no ``train_data``
+    (subsets do not carry it).
     """
 
     inputs: dict[str, np.ndarray]
@@ -28,6 +32,7 @@ class Dataset:
     texts: list[str] | None = None
     feature_names: list[str] | None = field(default=None, repr=False)
     groups: np.ndarray | None = None
+    train_texts: Callable[[], Path] | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:

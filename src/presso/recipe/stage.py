@@ -186,6 +186,9 @@ def _stage_context(
         evaluation_inputs=run.evaluation.inputs,
         progress=run.progress,
         read_data=lambda path: resolve_data(path, run.model, seq_len=run.seq_len),
+        tokenizer=run.model.tokenizer,
+        seq_len=run.seq_len,
+        train_texts=run.data.train_texts,
     )
 
 

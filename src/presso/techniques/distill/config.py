@@ -39,7 +39,11 @@ class DistillConfig(BaseModel):
     Data: the calibration rows (a seeded ``validation_fraction`` held back for early stopping)
     plus ``train_data`` (a file of extra rows, labels optional: the teacher labels them) plus
     ``augment`` copies of mixup rows labelled by the teacher. Rows equal to held-out evaluation
-    rows are dropped from ``train_data``. ``checkpoint`` (a file) saves every epoch and resumes
+    rows are dropped from ``train_data``. For a text model a ``.txt`` ``train_data`` (one text
+    per line, up to millions) is streamed: labelled once by the teacher in chunks (cached on
+    disk), trained on in batches of similar length padded to their own longest text; without
+    ``train_data`` the data's own training texts are streamed when it has some (the minilm
+    example's docstring corpus). ``checkpoint`` (a file) saves every epoch and resumes
     an interrupted run from it.
     """
 
