@@ -149,7 +149,9 @@ def _add_training_options(group) -> None:
     group.add_argument(
         "--train-data",
         metavar="FILE",
-        help="extra rows to distil on (labels not needed); rows that repeat held-out rows are dropped",
+        help="extra rows to distil on (labels not needed); rows that repeat held-out rows are dropped. "
+        "A .txt for a text model is streamed (any size; teacher outputs cached); --example minilm "
+        "brings its own corpus",
     )
     group.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
     group.add_argument(

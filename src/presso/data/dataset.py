@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from presso.errors import PressoError
+from presso.runtime.lengths import typical_row
 
 
 @dataclass
@@ -18,7 +20,10 @@ class Dataset:
     holds labels or regression targets (or ``None`` when the data has none); ``texts``
     keeps the raw strings of a text dataset so reports can show examples; ``groups`` holds
     the query (or session) id of each row of ranking data, which :func:`split` keeps whole
-    and every subset carries along.
+    and every subset carries along. ``train_texts`` gives (building it on its first call) a
+    file of further texts of the same kind, one per line, none equal to a row here (the
+    minilm example's corpus): a distill stage trains on it when given no ``train_data``
+    (subsets do not carry it).
     """
 
     inputs: dict[str, np.ndarray]
@@ -27,6 +32,7 @@ class Dataset:
     texts: list[str] | None = None
     feature_names: list[str] | None = field(default=None, repr=False)
     groups: np.ndarray | None = None
+    train_texts: Callable[[], Path] | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -65,6 +71,11 @@ class Dataset:
         """The first ``n`` rows, exactly: timing at batch 1 and export samples need that many
         (their group ids come along, cut or not; no metric is measured on a head)."""
         return self.subset(np.arange(min(n, len(self))))
+
+    def timing_row(self) -> dict[str, np.ndarray]:
+        """One row to time models at batch 1: for text, a text of median length at its
+        real length (what users send; the padding of stored rows is not); else the first."""
+        return typical_row(self.inputs)
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), size):

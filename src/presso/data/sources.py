@@ -172,7 +172,19 @@ def from_texts(
         raise PressoError(f"'{source}' has no non-empty lines of text.")
     # Fixed-length padding: every row has the same shape, so batches and latency
     # measurements are comparable across models.
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+    inputs = encode_texts(texts, input_names, tokenizer, seq_len)
+    return Dataset(inputs=inputs, target=None, source=source, texts=list(texts))
+
+
+def encode_texts(
+    texts: list[str], input_names: list[str], tokenizer: Any, seq_len: int = 128, pad_to: int | None = None
+) -> dict[str, np.ndarray]:
+    """The model's inputs for ``texts``: truncated at ``seq_len`` tokens, padded to ``pad_to``
+    (default ``seq_len``; training batches pad to their own longest text)."""
+    length = seq_len if pad_to is None else pad_to
+    enc = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=min(seq_len, length), return_tensors="np"
+    )
     inputs = {}
     for name in input_names:
         if name in enc:
@@ -181,4 +193,4 @@ def from_texts(
             inputs[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
         else:
             raise PressoError(f"The tokenizer gives no '{name}' input for this model.")
-    return Dataset(inputs=inputs, target=None, source=source, texts=list(texts))
+    return inputs

@@ -7,10 +7,12 @@ the cosine of each sentence embedding to the original's, and top-10 retrieval ag
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from presso.data.sources import from_texts
 from presso.errors import PressoError
+from presso.examples.corpus import corpus_file
 from presso.examples.registry import Example
 from presso.examples.texts import stdlib_sentences
 
@@ -44,6 +46,9 @@ def build(progress=None) -> Example:
         SEQ_LEN,
         source=f"{len(texts)} sentences from Python standard-library docstrings",
     )
+    # The student's training text, none of it one of the sentences measured on; built only
+    # when a distill stage asks for it (compress never does).
+    data.train_texts = functools.partial(corpus_file, "minilm", texts, progress)
     return Example(
         name="minilm",
         model=model,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -27,6 +28,12 @@ class Example:
     task: str
     description: str
     training: dict = field(default_factory=dict)  # how the model was trained, for the report
+
+    @property
+    def train_texts(self) -> Path | None:
+        """A file of extra training texts (one per line) a student distils on by default, or
+        None; built on first use (the minilm corpus: about two minutes, then cached)."""
+        return None if self.data.train_texts is None else self.data.train_texts()
 
 
 # Explicit registry (no import-time magic): name -> (module, one-line description).

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import re
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -136,6 +137,22 @@ def _module_docs(module) -> list[str]:
     return docs
 
 
+def prose_sentences(doc: str, min_words: int = 6, max_words: int = 40) -> Iterator[str]:
+    """The prose sentences of a docstring: ``min_words`` to ``max_words`` words, capitalised,
+    ending with a full stop, nothing that looks like code (operators, brackets, calls, doctests)."""
+    for para in doc.split("\n\n"):
+        text = " ".join(para.split())
+        for sent in _SENTENCE_END.split(text):
+            words = sent.split()
+            if (
+                min_words <= len(words) <= max_words
+                and sent[0].isupper()
+                and sent.endswith(".")
+                and not _CODE_LIKE.search(sent)
+            ):
+                yield sent
+
+
 def stdlib_sentences(
     n: int = 800, seed: int = 0, min_words: int = 6, max_words: int = 40, modules: tuple[str, ...] = _MODULES
 ) -> list[str]:
@@ -143,18 +160,9 @@ def stdlib_sentences(
     seen, sentences = set(), []
     for name in modules:
         for doc in _docstrings(name):
-            for para in doc.split("\n\n"):
-                text = " ".join(para.split())
-                for sent in _SENTENCE_END.split(text):
-                    words = sent.split()
-                    if (
-                        min_words <= len(words) <= max_words
-                        and sent[0].isupper()
-                        and sent.endswith(".")
-                        and not _CODE_LIKE.search(sent)
-                        and sent.lower() not in seen
-                    ):
-                        seen.add(sent.lower())
-                        sentences.append(sent)
+            for sent in prose_sentences(doc, min_words, max_words):
+                if sent.lower() not in seen:
+                    seen.add(sent.lower())
+                    sentences.append(sent)
     order = np.random.default_rng(seed).permutation(len(sentences))
     return [sentences[i] for i in order[:n]]

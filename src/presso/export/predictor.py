@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from presso.errors import PressoError
-from presso.runtime.session import make_session, run_session
+from presso.runtime.session import length_free, make_session, run_session
 
 
 class Predictor:
@@ -36,27 +36,56 @@ class Predictor:
             self.session = make_session(self.model_path, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer, self.task, self.seq_len = tokenizer, task, seq_len
+        # Asked once: ORT builds new Python objects on every get_inputs() / get_outputs().
+        self._length_free = length_free(self.session)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.model_path)!r}, inputs={self.input_names}, task={self.task!r})"
 
     def predict(self, inputs: Any, batch_size: int = 256) -> np.ndarray:
+        """Outputs for ``inputs``, one row per input row, in the given order.
+
+        Texts are tokenized at their real length: sorted by length into batches of
+        ``batch_size``, each padded only to its longest text (none at batch 1), truncated
+        to the run's token limit (``seq_len``)."""
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+            return self._predict_texts(texts, batch_size)
         return run_session(self.session, self._feed(inputs), batch_size=batch_size)
 
-    def _feed(self, inputs: Any) -> dict[str, np.ndarray]:
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        if isinstance(inputs, list) and inputs and all(isinstance(t, str) for t in inputs):
-            if self.tokenizer is None:
-                raise PressoError("This model has no tokenizer; pass token arrays, not strings.")
-            from presso.data.sources import from_texts
+    def _predict_texts(self, texts: list[str], batch_size: int) -> np.ndarray:
+        if self.tokenizer is None:
+            raise PressoError("This model has no tokenizer; pass token arrays, not strings.")
+        from presso.data.text_batches import one_text, text_batches
 
-            return from_texts(inputs, self.input_names, self.tokenizer, self.seq_len).inputs
+        fixed = None if self._length_free else self._fixed_length()
+        if len(texts) == 1 and fixed is None:  # the real-time path: no sorting, no padding
+            feed = one_text(texts[0], self.tokenizer, self.input_names, self.seq_len)
+            return self.session.run(None, feed)[0].astype(np.float32, copy=False)
+        out: np.ndarray | None = None
+        for rows, feed in text_batches(
+            texts, self.tokenizer, self.input_names, self.seq_len, batch_size, fixed_length=fixed
+        ):
+            got = self.session.run(None, feed)[0]
+            if out is None:
+                out = np.empty((len(texts), *got.shape[1:]), np.float32)
+            out[rows] = got
+        assert out is not None  # texts is not empty
+        return out
+
+    def _fixed_length(self) -> int:
+        """The sequence length of a model whose inputs have a fixed one (else ``seq_len``)."""
+        dim = self.session.get_inputs()[0].shape
+        return dim[1] if len(dim) > 1 and isinstance(dim[1], int) and dim[1] > 0 else self.seq_len
+
+    def _feed(self, inputs: Any) -> dict[str, np.ndarray]:
         if isinstance(inputs, dict):
             missing = [n for n in self.input_names if n not in inputs]
             if missing:
                 raise PressoError(f"Missing inputs {missing}; the model takes {self.input_names}.")
             return {n: self._cast(n, np.asarray(inputs[n])) for n in self.input_names}
+        if isinstance(inputs, list) and not inputs:
+            raise PressoError("Nothing to predict: the list of inputs is empty.")
         if len(self.input_names) != 1:
             raise PressoError(f"The model takes inputs {self.input_names}: pass a dict of arrays.")
         return {self.input_names[0]: self._cast(self.input_names[0], np.asarray(inputs))}
@@ -70,7 +99,7 @@ def load(path: str | Path, threads: int | None = None) -> Predictor:
     """Load an artifact folder written by ``presso compress``, a bare ``.onnx`` file or a
     ``.packed`` file (``presso.export.packed``; a folder may hold ``model.packed`` alone)."""
     path = Path(path)
-    task, tokenizer = None, None
+    task, tokenizer, max_tokens = None, None, 128
     if path.is_dir():
         model = path / "model.onnx"
         if not model.is_file() and (path / "model.packed").is_file():
@@ -78,7 +107,9 @@ def load(path: str | Path, threads: int | None = None) -> Predictor:
         if not model.is_file():
             raise PressoError(f"'{path}' is not a presso artifact (no model.onnx or model.packed).")
         if (path / "report.json").is_file():
-            task = json.loads((path / "report.json").read_text()).get("task")
+            report = json.loads((path / "report.json").read_text())
+            task = report.get("task")
+            max_tokens = (report.get("data") or {}).get("max_tokens") or max_tokens
         if (path / "tokenizer").is_dir():
             from transformers import AutoTokenizer
 
@@ -90,4 +121,4 @@ def load(path: str | Path, threads: int | None = None) -> Predictor:
         load_onnx(path)  # a corrupt file gets presso's clear error, not ORT's
     elif path.suffix != ".packed" or not path.is_file():
         raise PressoError(f"'{path}' is neither an artifact folder, an .onnx file nor a .packed file.")
-    return Predictor(path, tokenizer=tokenizer, task=task, threads=threads)
+    return Predictor(path, tokenizer=tokenizer, task=task, threads=threads, seq_len=max_tokens)

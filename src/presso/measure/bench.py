@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from presso.runtime.session import default_threads, make_session
+from presso.runtime.session import default_threads, fit_length, make_session
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -95,8 +95,8 @@ def time_latency(
     paths: dict[str, Path], batch1: dict[str, np.ndarray], settings: BenchSettings
 ) -> dict[str, Timing]:
     """Batch-1 latency of each ONNX model, interleaved, for choosing between variants."""
-    sessions = _sessions(paths, settings)
-    timed = interleaved_rounds({k: _caller(s, batch1) for k, s in sessions.items()}, settings)
+    sessions = open_sessions(paths, settings)
+    timed = interleaved_rounds({k: session_call(s, batch1) for k, s in sessions.items()}, settings)
     return {
         k: Timing(
             round(float(np.percentile(np.concatenate(r) * 1e3, 50)), 4),
@@ -134,12 +134,12 @@ def summarize(times_batch1: list[float], times_batch_n: list[float], batch_n: in
     }
 
 
-def _sessions(paths: dict[str, Path], settings: BenchSettings) -> dict[str, ort.InferenceSession]:
+def open_sessions(paths: dict[str, Path], settings: BenchSettings) -> dict[str, ort.InferenceSession]:
     return {k: make_session(p, threads=settings.thread_count, spinning=False) for k, p in paths.items()}
 
 
-def _caller(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], object]:
-    feed = {i.name: feed[i.name] for i in sess.get_inputs()}
+def session_call(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    feed = fit_length(sess, {i.name: feed[i.name] for i in sess.get_inputs()})
     return lambda: sess.run(None, feed)
 
 
@@ -176,15 +176,15 @@ def bench_onnx(
 ) -> dict[str, dict]:
     """Latency at batch 1 and throughput at ``batch_n`` rows for each ONNX model (and
     batch-1 latency only for the ``latency_only`` models, in the same rounds)."""
-    sessions = _sessions(paths, settings)
-    extra = _sessions(latency_only or {}, settings)
+    sessions = open_sessions(paths, settings)
+    extra = open_sessions(latency_only or {}, settings)
     return bench_calls(
-        {k: _caller(s, batch1) for k, s in sessions.items()},
-        {k: _caller(s, batch_n) for k, s in sessions.items()},
+        {k: session_call(s, batch1) for k, s in sessions.items()},
+        {k: session_call(s, batch_n) for k, s in sessions.items()},
         len(next(iter(batch_n.values()))),
         settings,
         on_round,
-        {k: _caller(s, batch1) for k, s in extra.items()},
+        {k: session_call(s, batch1) for k, s in extra.items()},
     )
 
 
@@ -199,20 +199,20 @@ def bench_with_callable(
 ) -> dict[str, dict]:
     """A callable teacher (``baseline``: its own predict, called as the user calls it) and an
     ONNX model (``compressed``), timed in the same interleaved rounds."""
-    sess = _sessions({"compressed": path}, settings)["compressed"]
+    sess = open_sessions({"compressed": path}, settings)["compressed"]
 
     def own(feed: dict[str, np.ndarray]) -> Callable[[], object]:
         arg = teacher.predict_arg(feed)
         return lambda: teacher.predict(arg)
 
-    extra = _sessions(latency_only or {}, settings)
+    extra = open_sessions(latency_only or {}, settings)
     return bench_calls(
-        {"baseline": own(batch1), "compressed": _caller(sess, batch1)},
-        {"baseline": own(batch_n), "compressed": _caller(sess, batch_n)},
+        {"baseline": own(batch1), "compressed": session_call(sess, batch1)},
+        {"baseline": own(batch_n), "compressed": session_call(sess, batch_n)},
         len(next(iter(batch_n.values()))),
         settings,
         on_round,
-        {k: _caller(s, batch1) for k, s in extra.items()},
+        {k: session_call(s, batch1) for k, s in extra.items()},
     )
 
 

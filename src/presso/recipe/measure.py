@@ -3,7 +3,7 @@ peak memory in fresh processes, sizes, the per-stage waterfall, and the storage 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,12 @@ from pydantic import BaseModel
 from presso.measure.bench import bench_onnx, bench_torch, bench_with_callable
 from presso.measure.memory import peak_memory_mb
 from presso.measure.size import callable_size, file_size, layer_sizes, parameter_count
+from presso.measure.text_bench import (
+    HeldOutTexts,
+    bench_callable_texts,
+    bench_onnx_texts,
+    bench_torch_texts,
+)
 from presso.recipe.run import EVAL_BATCH, Run
 from presso.recipe.schema import Recipe
 from presso.recipe.stage import StagesRun, StepModel
@@ -45,21 +51,17 @@ def measure(
         "benchmarking baseline and compressed (interleaved rounds)",
         total=run.bench.rounds + max(3, run.bench.rounds // 2),
     ) as advance:
-        if baseline_path is None:  # a callable teacher, timed calling its own predict
-            timing = bench_with_callable(
-                run.model, done.path, batch1, batch_n, run.bench, advance, latency_only=between
-            )
-        else:
-            # paths with the baseline's file known to be there (a dict's values are not narrowed)
-            onnx_paths = {"baseline": baseline_path, "compressed": done.path}
-            timing = bench_onnx(
-                onnx_paths, batch1, batch_n, run.bench, on_round=advance, latency_only=between
-            )
+        timing = _bench(run, baseline_path, done.path, batch1, batch_n, advance, between)
     step_latency = {**timing.pop("latency_only"), "baseline": timing["baseline"]["latency_ms"]["p50"]}
     torch_latency = None
     if run.model.module is not None:
         with progress.task("timing PyTorch eager fp32 (reference)"):
-            torch_latency = bench_torch(run.model.module, run.model.input_names, batch1, run.bench)
+            texts = _texts(run, timing)
+            torch_latency = (
+                bench_torch(run.model.module, run.model.input_names, batch1, run.bench)
+                if texts is None
+                else bench_torch_texts(run.model.module, run.model.input_names, texts, batch_n, run.bench)
+            )
     with progress.task("measuring peak memory (fresh processes)"):
         memory = {
             k: None if p is None else peak_memory_mb(p, batch_n, run.bench.thread_count)
@@ -92,6 +94,52 @@ def measure(
         stored=stored,
     )
     return build_report(run, recipe, measured), packed_path
+
+
+def _bench(
+    run: Run,
+    baseline_path: Path | None,
+    path: Path,
+    batch1: dict[str, np.ndarray],
+    batch_n: dict[str, np.ndarray],
+    advance: Callable[[], None],
+    between: dict[str, Path],
+) -> dict[str, Any]:
+    """Latency and throughput of the baseline and ``path`` (and batch-1 latency of the models
+    ``between``), interleaved: text at its real length with the padded figure beside it when
+    every model allows it, else on the stored rows (``batch1``, ``batch_n``)."""
+    texts = HeldOutTexts.of(run.evaluation.inputs)
+    if baseline_path is None:  # a callable teacher, timed calling its own predict
+        if texts is not None:
+            timing = bench_callable_texts(run.model, path, texts, batch_n, run.bench, advance, between)
+            if timing is not None:
+                return timing
+        timing = bench_with_callable(
+            run.model, path, batch1, batch_n, run.bench, advance, latency_only=between
+        )
+        return _padded(timing, texts)
+    paths = {"baseline": baseline_path, "compressed": path}
+    if texts is not None:
+        timing = bench_onnx_texts(paths, texts, batch_n, run.bench, advance, between)
+        if timing is not None:
+            return timing
+    return _padded(
+        bench_onnx(paths, batch1, batch_n, run.bench, on_round=advance, latency_only=between), texts
+    )
+
+
+def _padded(timing: dict[str, Any], texts: HeldOutTexts | None) -> dict[str, Any]:
+    """``timing`` of text rows as stored says so: every call ran a row padded to the limit."""
+    if texts is not None:
+        for k in ("baseline", "compressed"):
+            timing[k]["latency_ms"].update(basis="fixed length", tokens=texts.max_tokens)
+    return timing
+
+
+def _texts(run: Run, timing: dict[str, Any]) -> HeldOutTexts | None:
+    """The held-out texts when the models were timed at their real length (PyTorch then is too)."""
+    real = timing["baseline"]["latency_ms"].get("basis") == "real length"
+    return HeldOutTexts.of(run.evaluation.inputs) if real else None
 
 
 def _figures(

@@ -118,7 +118,7 @@ def _not_paying(run: Run, keep_if: str, before: Path | None, after: Path) -> str
         b, a = file_size(before), file_size(after)
         return None if a < b else f"its file is not smaller ({a:,} vs {b:,} bytes; keep_if: smaller)"
     with run.progress.task("timing the stage's result against its input (interleaved rounds)"):
-        t = time_latency({"before": before, "after": after}, run.evaluation.head(1).inputs, run.bench)
+        t = time_latency({"before": before, "after": after}, run.evaluation.timing_row(), run.bench)
     after_ms, before_ms = t["after"].p50_ms, t["before"].p50_ms
     faster_rounds = sum(a < b for a, b in zip(t["after"].rounds_ms, t["before"].rounds_ms, strict=True))
     # A gain within timing noise is no gain: the stage must win by 3% and in most rounds.
@@ -151,7 +151,7 @@ def _stage_context(
     def time_models(paths: dict[str, Path]) -> dict[str, Timing]:
         quick = BenchSettings(rounds=6, round_seconds=0.1, threads=run.bench.threads)
         with run.progress.task("timing variants"):
-            return time_latency(paths, run.evaluation.head(1).inputs, quick)
+            return time_latency(paths, run.evaluation.timing_row(), quick)
 
     def export(trained, path: Path) -> Path:
         """Export a trained copy of the model like the baseline, checked against PyTorch."""
@@ -186,6 +186,9 @@ def _stage_context(
         evaluation_inputs=run.evaluation.inputs,
         progress=run.progress,
         read_data=lambda path: resolve_data(path, run.model, seq_len=run.seq_len),
+        tokenizer=run.model.tokenizer,
+        seq_len=run.seq_len,
+        train_texts=run.data.train_texts,
     )
 
 

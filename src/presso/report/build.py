@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from presso.data.dataset import Dataset
+from presso.data.token_lengths import token_lengths
 from presso.measure.bench import BenchSettings
 from presso.measure.memory import process_peak_mb
 from presso.measure.metrics import one_row_drop
@@ -24,6 +25,7 @@ from presso.report.schema import (
     Stored,
 )
 from presso.runtime.cpu import cpu_features
+from presso.runtime.lengths import MASK
 from presso.tasks import change, drop, metric_spec
 from presso.version import __version__
 
@@ -39,6 +41,7 @@ class RunRecord(Protocol):
     evaluation: Dataset
     split_info: dict
     bench: BenchSettings
+    seq_len: int
     unresolved: list[str]
     export_max_abs_diff: float | None
 
@@ -71,19 +74,35 @@ def _runtime_label(stage_reports: list[StageReport]) -> str:
 _STORAGE = ("sparse-storage", "pack")  # how the weights are stored, not what runs
 
 
+def timed_on(latency: dict) -> str:
+    """'at batch 1' and, for text, on what lengths: the texts' real ones or the padded one."""
+    if latency.get("basis") == "real length":
+        return f"at batch 1 on the held-out texts at their real length (median {latency['tokens']:g} tokens)"
+    if latency.get("basis") == "fixed length":
+        return f"at batch 1 on texts padded to {latency['tokens']:g} tokens"
+    return "at batch 1"
+
+
 def speed_note(baseline: dict, compressed: dict, label: str = "ONNX Runtime fp32") -> str:
     b, c = baseline["latency_ms"]["p50"], compressed["latency_ms"]["p50"]
     tb, tc = baseline["throughput_per_s"], compressed["throughput_per_s"]
+    at = timed_on(compressed["latency_ms"])
     if c < b:
-        return (
-            f"The compressed model is {b / c:.2f}x faster than {label} at batch 1 "
-            f"({c:.3f} ms vs {b:.3f} ms p50) and {tc / tb:.2f}x the throughput."
+        note = (
+            f"The compressed model is {b / c:.2f}x faster than {label} {at}: "
+            f"{c:.3f} ms vs {b:.3f} ms p50, and {tc / tb:.2f}x the throughput."
         )
-    return (
-        f"The compressed model is NOT faster than {label} on this machine at batch 1: "
-        f"{c:.3f} ms vs {b:.3f} ms p50 ({b / c:.2f}x); throughput {tc / tb:.2f}x. "
-        "It is smaller; for speed, try --recipe slim (structured pruning) or a smaller student."
-    )
+    else:
+        note = (
+            f"The compressed model is NOT faster than {label} on this machine {at}: "
+            f"{c:.3f} ms vs {b:.3f} ms p50 ({b / c:.2f}x); throughput {tc / tb:.2f}x. "
+            "It is smaller; for speed, try --recipe slim (structured pruning) or a smaller student."
+        )
+    bf, cf = baseline.get("fixed_length"), compressed.get("fixed_length")
+    if bf and cf:
+        fb, fc = bf["latency_ms"]["p50"], cf["latency_ms"]["p50"]
+        note += f" Padded to {cf['tokens']} tokens: {fc:.3f} ms vs {fb:.3f} ms p50 ({fb / fc:.2f}x)."
+    return note
 
 
 def torch_note(torch_latency: dict | None, compressed: dict) -> str | None:
@@ -91,7 +110,7 @@ def torch_note(torch_latency: dict | None, compressed: dict) -> str | None:
         return None
     return (
         f"PyTorch fp32 eager ({torch_latency['p50']:.3f} ms p50) is faster than the compressed "
-        f"ONNX model ({compressed['latency_ms']['p50']:.3f} ms) on this machine at batch 1."
+        f"ONNX model ({compressed['latency_ms']['p50']:.3f} ms) on this machine {timed_on(torch_latency)}."
     )
 
 
@@ -187,6 +206,36 @@ def _run_memory(baseline: dict) -> RunMemory:
     )
 
 
+def _data(run: RunRecord) -> dict[str, Any]:
+    """Where the rows came from and how they were split; for text, the token limit (what
+    ``presso.load`` truncates at) and the held-out texts' token lengths."""
+    data = {
+        "source": run.data.source,
+        "rows": len(run.data),
+        "has_labels": run.data.has_labels,
+        "split": run.split_info,
+    }
+    lengths = token_lengths(run.evaluation, run.model.tokenizer, run.seq_len)
+    if lengths is not None:
+        data["max_tokens"] = int(run.evaluation.inputs[MASK].shape[1])
+        data["held_out_tokens"] = lengths
+    return data
+
+
+def _ratios(base: dict, comp: dict) -> dict[str, float | None]:
+    """Compressed against baseline; a text model's also at the padded length."""
+    out = {
+        "size": None if base["size_bytes"] is None else round(base["size_bytes"] / comp["size_bytes"], 3),
+        "latency_speedup": round(base["latency_ms"]["p50"] / comp["latency_ms"]["p50"], 3),
+        "throughput": round(comp["throughput_per_s"] / base["throughput_per_s"], 3),
+    }
+    bf, cf = base.get("fixed_length"), comp.get("fixed_length")
+    if bf and cf:
+        out["latency_speedup_fixed_length"] = round(bf["latency_ms"]["p50"] / cf["latency_ms"]["p50"], 3)
+        out["throughput_fixed_length"] = round(cf["throughput_per_s"] / bf["throughput_per_s"], 3)
+    return out
+
+
 def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
     """The report of a run from what it measured (``recipe``: the recipe as run)."""
     import onnxruntime
@@ -206,22 +255,13 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
         task=run.task,
         recipe=recipe.model_dump(mode="json", exclude_none=True),
         model={"name": run.model.name, "source": run.model.source, "kind": run.model.kind},
-        data={
-            "source": run.data.source,
-            "rows": len(run.data),
-            "has_labels": run.data.has_labels,
-            "split": run.split_info,
-        },
+        data=_data(run),
         inputs=_input_specs(run),
         budget=budget(primary, run.max_drop, base["metrics"][primary], comp["metrics"][primary], run),
         changes=changes(base["metrics"], comp["metrics"]),
         baseline=ModelFigures(runtime=label, **base),
         compressed=ModelFigures(runtime=_runtime_label(stage_reports), **comp),
-        ratios={
-            "size": None if base["size_bytes"] is None else round(base["size_bytes"] / comp["size_bytes"], 3),
-            "latency_speedup": round(base["latency_ms"]["p50"] / comp["latency_ms"]["p50"], 3),
-            "throughput": round(comp["throughput_per_s"] / base["throughput_per_s"], 3),
-        },
+        ratios=_ratios(base, comp),
         reference={
             "pytorch_fp32_latency_ms": torch_latency,
             "export_max_abs_diff": run.export_max_abs_diff,

@@ -77,6 +77,12 @@ def warnings(results: list[Result]) -> list[str]:
             f"These results were measured on different machines ({', '.join(differ)} differ): "
             "their latencies are not comparable."
         )
+    bases = list(dict.fromkeys(_latency_basis(r) for r in results))
+    if len(bases) > 1:
+        out.append(
+            f"These results timed their texts differently ({', '.join(bases)}): "
+            "their latencies are not comparable."
+        )
     metrics = list(dict.fromkeys(r.report.budget.primary_metric for r in results))
     if len(metrics) > 1:
         out.append(
@@ -84,6 +90,17 @@ def warnings(results: list[Result]) -> list[str]:
             "their quality figures are not comparable."
         )
     return out
+
+
+def _latency_basis(result: Result) -> str:
+    """What a result's latency ran on: 'real length, median 21 tokens', 'padded to 128 tokens',
+    or 'rows as stored' (not text, or a report written before text was timed at real length)."""
+    lat = result.report.compressed.latency_ms
+    if lat.basis == "real length":
+        return f"real length, median {lat.tokens:g} tokens"
+    if lat.basis == "fixed length":
+        return f"padded to {lat.tokens:g} tokens"
+    return "rows as stored"
 
 
 def _same_baseline(results: list[Result]) -> bool:

@@ -6,8 +6,9 @@ from typing import TypedDict
 
 from presso.report import svg
 from presso.report.html_parts import esc, figure, table
+from presso.report.length_chart import length_chart
 from presso.report.schema import Report
-from presso.report.table import budget_line, comparison_rows, memory_line
+from presso.report.table import budget_line, comparison_rows, latency_basis, memory_line
 
 CSS = """
 :root{--ink:#1b1f24;--muted:#57606a;--line:#d0d7de;--soft:#f6f8fa;--pass:#1a7f37;--fail:#cf222e}
@@ -133,7 +134,7 @@ def _header(report: Report) -> str:
         (
             "speed",
             "n/a" if not speed else f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower",
-            f"{base.latency_ms.p50:.3g} \u2192 {comp.latency_ms.p50:.3g} ms p50, batch 1",
+            f"{base.latency_ms.p50:.3g} \u2192 {comp.latency_ms.p50:.3g} ms p50, {latency_basis(report)}",
         )
     )
     cards.append(
@@ -410,11 +411,13 @@ def _latency(report: Report) -> str:
     chart = svg.histogram(
         "latency", "Batch-1 call times", series, x_label="time per call", unit="ms", marks=marks, width=_WIDE
     )
-    return figure(
+    texts = ", each call one held-out text at its real length" if comp.basis == "real length" else ""
+    histogram = figure(
         chart,
-        "How long single batch-1 calls took in the timing rounds (up to 200 per model, "
+        f"How long single batch-1 calls took in the timing rounds{texts} (up to 200 per model, "
         "evenly subsampled in call order), with each model's p50 (dashed) and p95 (dotted).",
     )
+    return histogram + (length_chart(report, _WIDE) or "")
 
 
 def _storage(report: Report) -> str:
@@ -537,7 +540,21 @@ def _data(report: Report) -> str:
         f"{esc(split.get('method'))} (seed {esc(split.get('seed'))}) into "
         f"{esc(split.get('calibration_rows'))} calibration and "
         f"{esc(split.get('evaluation_rows'))} held-out evaluation rows. "
-        f"{esc(split.get('note', ''))}.</p>",
+        f"{esc(split.get('note', ''))}.</p>" + _token_lengths(d),
+    )
+
+
+def _token_lengths(data: dict) -> str:
+    """The held-out texts' lengths in tokens and the limit they were cut at (text data only)."""
+    t = data.get("held_out_tokens")
+    if not t:
+        return ""
+    cut = (
+        "" if t.get("truncated") is None else f"; {t['truncated']} of {t['texts']} were longer and truncated"
+    )
+    return (
+        f"<p>Held-out texts in tokens (special tokens included): median {t['median']:g}, "
+        f"p95 {t['p95']:g}, longest {t['max']}, limit {esc(data.get('max_tokens'))} (--seq-len){esc(cut)}.</p>"
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,23 @@ class Latency(_Strict):
     # Batch-1 call times in ms (at most 200, evenly subsampled in call order): the
     # distribution the report plots. Empty in reports written before it was recorded.
     samples: list[float] = Field(default_factory=list)
+    # Text models: the tokens of the text each sample ran (same order as ``samples``).
+    sample_tokens: list[int] = Field(default_factory=list)
+    # What the calls ran on. "real length": text models, one held-out text per call as long
+    # as it is (``tokens``: their median); "fixed length": text rows padded to ``tokens``.
+    # None: rows as stored (not text; also text reports written before this was recorded).
+    basis: Literal["real length", "fixed length"] | None = None
+    tokens: float | None = None
+
+
+class FixedLength(_Strict):
+    """A text model timed on rows padded to the run's token limit, in the same rounds as its
+    real-length headline figures: what a deployment with a fixed input shape pays."""
+
+    tokens: int
+    latency_ms: Latency
+    throughput_per_s: float
+    throughput_batch: int
 
 
 class ModelFigures(_Strict):
@@ -32,6 +49,8 @@ class ModelFigures(_Strict):
     # Bytes of the packed storage file (sparse + low-bit + entropy-coded weights, see
     # presso.export.packed) when the run wrote one; the runnable size is size_bytes.
     stored_bytes: int | None = None
+    # Text models timed at their real length (latency_ms.basis): the same at the padded length.
+    fixed_length: FixedLength | None = None
 
 
 class Budget(_Strict):

@@ -26,19 +26,7 @@ def comparison_rows(report: Report) -> list[list[str]]:
             f"{b.size_bytes / c.size_bytes:.2f}x smaller" if b.size_bytes and c.size_bytes else "",
         ],
         ["parameters", _count(b.parameters), _count(c.parameters), ""],
-        [
-            "latency p50 (batch 1)",
-            f"{b.latency_ms.p50:.3f} ms",
-            f"{c.latency_ms.p50:.3f} ms",
-            f"{b.latency_ms.p50 / c.latency_ms.p50:.2f}x faster",
-        ],
-        ["latency p95 (batch 1)", f"{b.latency_ms.p95:.3f} ms", f"{c.latency_ms.p95:.3f} ms", ""],
-        [
-            f"throughput (batch {b.throughput_batch})",
-            f"{b.throughput_per_s:,.0f}/s",
-            f"{c.throughput_per_s:,.0f}/s",
-            f"{c.throughput_per_s / b.throughput_per_s:.2f}x",
-        ],
+        *_speed_rows(report),
         ["peak memory", _mem(b.peak_memory_mb), _mem(c.peak_memory_mb), ""],
     ]
     for name in b.metrics:
@@ -52,9 +40,76 @@ def comparison_rows(report: Report) -> list[list[str]]:
                     metric_change(name, b.metrics[name], c.metrics[name]),
                 ]
             )
-    torch_ms = (report.reference.get("pytorch_fp32_latency_ms") or {}).get("p50")
-    if torch_ms is not None:
-        rows.append(["PyTorch fp32 eager p50 (reference)", f"{torch_ms:.3f} ms", "", ""])
+    torch = report.reference.get("pytorch_fp32_latency_ms") or {}
+    if torch.get("p50") is not None:
+        fixed = torch.get("fixed_length") or {}
+        rows.append(
+            [
+                f"PyTorch fp32 eager p50 (reference{', real length' if torch.get('basis') == 'real length' else ''})",
+                f"{torch['p50']:.3f} ms",
+                "",
+                f"{fixed['p50']:.3f} ms padded to {fixed['tokens']} tokens" if fixed else "",
+            ]
+        )
+    return rows
+
+
+def latency_basis(report: Report) -> str:
+    """What the headline latency ran on: 'batch 1', or for text 'batch 1, real length,
+    median 21 tokens' (the held-out texts as long as they are)."""
+    lat = report.compressed.latency_ms
+    if lat.basis == "real length" and lat.tokens is not None:
+        return f"batch 1, real length, median {lat.tokens:g} tokens"
+    if lat.basis == "fixed length" and lat.tokens is not None:
+        return f"batch 1, padded to {lat.tokens:g} tokens"
+    return "batch 1"
+
+
+def _speed_rows(report: Report) -> list[list[str]]:
+    """Latency and throughput; a text model's at its texts' real length, then padded."""
+    b, c = report.baseline, report.compressed
+    real = c.latency_ms.basis == "real length"
+    rows = [
+        [
+            f"latency p50 ({latency_basis(report)})",
+            f"{b.latency_ms.p50:.3f} ms",
+            f"{c.latency_ms.p50:.3f} ms",
+            f"{b.latency_ms.p50 / c.latency_ms.p50:.2f}x faster",
+        ],
+        [
+            f"latency p95 ({'batch 1, real length' if real else latency_basis(report)})",
+            f"{b.latency_ms.p95:.3f} ms",
+            f"{c.latency_ms.p95:.3f} ms",
+            "",
+        ],
+    ]
+    bf, cf = b.fixed_length, c.fixed_length
+    if bf is not None and cf is not None:
+        rows.append(
+            [
+                f"latency p50 (batch 1, padded to {cf.tokens} tokens)",
+                f"{bf.latency_ms.p50:.3f} ms",
+                f"{cf.latency_ms.p50:.3f} ms",
+                f"{bf.latency_ms.p50 / cf.latency_ms.p50:.2f}x faster",
+            ]
+        )
+    rows.append(
+        [
+            f"throughput (batch {b.throughput_batch}{', real length, length-sorted' if real else ''})",
+            f"{b.throughput_per_s:,.0f}/s",
+            f"{c.throughput_per_s:,.0f}/s",
+            f"{c.throughput_per_s / b.throughput_per_s:.2f}x",
+        ]
+    )
+    if bf is not None and cf is not None:
+        rows.append(
+            [
+                f"throughput (batch {bf.throughput_batch}, padded to {cf.tokens} tokens)",
+                f"{bf.throughput_per_s:,.0f}/s",
+                f"{cf.throughput_per_s:,.0f}/s",
+                f"{cf.throughput_per_s / bf.throughput_per_s:.2f}x",
+            ]
+        )
     return rows
 
 

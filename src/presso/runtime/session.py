@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from presso.runtime.lengths import MASK, length_batches, real_lengths, trim
+
 if TYPE_CHECKING:
     import onnx
     import onnxruntime as ort
@@ -71,14 +73,50 @@ def session_input_names(session: ort.InferenceSession) -> list[str]:
 def run_session(
     session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = 256
 ) -> np.ndarray:
-    """First output of ``session`` over all rows of ``inputs``, in batches."""
+    """First output of ``session`` over all rows of ``inputs``, in batches.
+
+    Padded token rows run at their real length (see :mod:`presso.runtime.lengths`) when
+    the model allows it: a dynamic sequence axis and an output of a fixed size per row."""
     names = session_input_names(session)
     missing = [n for n in names if n not in inputs]
     if missing:
         raise KeyError(f"missing inputs {missing}; have {sorted(inputs)}")
     n = len(inputs[names[0]])
+    lengths = real_lengths(inputs) if length_free(session) else None
+    if lengths is not None:
+        out: np.ndarray | None = None
+        for rows in length_batches(lengths, batch_size):
+            feed = trim({k: inputs[k][rows] for k in names}, int(lengths[rows].max()))
+            got = session.run(None, feed)[0]
+            if out is None:
+                out = np.empty((n, *got.shape[1:]), np.float32)
+            out[rows] = got
+        assert out is not None  # a dataset has rows
+        return out
     outs = []
     for start in range(0, n, batch_size):
         feed = {k: np.ascontiguousarray(inputs[k][start : start + batch_size]) for k in names}
         outs.append(session.run(None, feed)[0])
     return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def length_free(session: ort.InferenceSession) -> bool:
+    """Whether ``session`` may run token rows cut to their real length: it takes an
+    attention mask whose sequence axis is dynamic, and its first output has a fixed size
+    per row (a pooled embedding or logits; per-token outputs would change shape)."""
+    mask = next((i for i in session.get_inputs() if i.name == MASK), None)
+    if mask is None or len(mask.shape) != 2 or isinstance(mask.shape[1], int):
+        return False
+    return all(isinstance(d, int) and d > 0 for d in session.get_outputs()[0].shape[1:])
+
+
+def fit_length(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feed`` with token rows cut to their real length padded back (zeros) to the fixed
+    sequence length of a model exported with one; unchanged for any other model."""
+    out = dict(feed)
+    for spec in session.get_inputs():
+        a = feed.get(spec.name)
+        want = spec.shape[1] if len(spec.shape) == 2 else None
+        if a is not None and a.ndim == 2 and isinstance(want, int) and 0 < a.shape[1] < want:
+            out[spec.name] = np.pad(a, ((0, 0), (0, want - a.shape[1])))
+    return out

@@ -189,7 +189,7 @@ def _baseline_ms(prepared: Prepared, progress: Progress) -> float | None:
         return None
     run = prepared.run
     with progress.task("timing the baseline (the scale of every trial's latency)"):
-        timing = time_latency({"baseline": prepared.baseline}, run.evaluation.head(1).inputs, run.bench)
+        timing = time_latency({"baseline": prepared.baseline}, run.evaluation.timing_row(), run.bench)
     return timing["baseline"].p50_ms
 
 
@@ -279,7 +279,7 @@ def _check_latency_floor(prepared: Prepared, max_ms: float) -> None:
     from onnx import TensorProto, helper
 
     run = prepared.run
-    batch1 = run.evaluation.head(1).inputs
+    batch1 = run.evaluation.timing_row()
     first = run.model.input_names[0]
     dtype = {
         np.dtype("float32"): TensorProto.FLOAT,
@@ -584,7 +584,7 @@ def _retime(
     if prepared.baseline is not None:
         paths["baseline"] = prepared.baseline
     with progress.task(f"re-timing the front's {len(local)} candidate models together (interleaved rounds)"):
-        timing = time_latency(paths, run.evaluation.head(1).inputs, run.bench)
+        timing = time_latency(paths, run.evaluation.timing_row(), run.bench)
     scale = reference_ms / timing["baseline"].p50_ms if reference_ms and "baseline" in timing else 1.0
     for r in feasible:
         t = timing.get(str(r["number"]))

@@ -129,7 +129,7 @@ class TrialRunner:
             if prepared.baseline is not None:
                 paths["baseline"] = prepared.baseline
             quick = BenchSettings(rounds=self.rounds, round_seconds=0.2, threads=run.bench.threads)
-            timing = time_latency(paths, run.evaluation.head(1).inputs, quick)
+            timing = time_latency(paths, run.evaluation.timing_row(), quick)
             measured = timing["trial"].p50_ms
             latency = measured
             if self.reference_ms is not None and "baseline" in timing:

@@ -56,6 +56,11 @@ class StageContext:
     evaluation_inputs: dict | None = None  # the held-out rows: extra training rows must not repeat them
     read_data: Callable[[str], Dataset] | None = None  # a data file -> rows in the model's inputs
     progress: Progress = SILENT  # where long training shows its epochs
+    # Text models: their tokenizer and truncation length (training text is tokenized lazily),
+    # and a file of further training texts the data came with (Dataset.train_texts).
+    tokenizer: Any = None
+    seq_len: int = 128
+    train_texts: Callable[[], Path] | None = None
 
 
 @dataclass

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from presso.errors import PressoError
 from presso.tasks import get_task
 from presso.train import distributed as _dist
+from presso.train.batches import BatchSource
 from presso.train.checkpoint import FORMAT, fingerprint_of, read_checkpoint, save_atomic
 from presso.train.losses import (
     check_temperature,
@@ -207,27 +208,52 @@ def _train_epoch(
         idx = perm[start : start + batch_size]
         if len(idx) == 1 and n > 1 and batch_size > 1:  # a lone last row: BatchNorm cannot train on one
             continue  # decided on the global batch, so all ranks skip it together
-        if net is None:
-            loss = step = loss_fn(_first(module(*[x[idx] for x in xs])), y[idx])
-        else:
-            world = _dist.world_size()
-            lo, hi = _dist.shard(len(idx), _dist.rank(), world)
-            part, rows = idx[lo:hi], len(idx)
-            out = _first(net(*[x[part] for x in xs]))  # every rank calls DDP: it syncs in forward
-            if len(part):
-                loss = loss_fn(out, y[part])
-                step = loss * (len(part) * world / rows)
-            else:  # fewer rows than ranks: a zero gradient still joins the average
-                loss = step = out.sum() * 0.0
-            idx = part
-        opt.zero_grad(set_to_none=True)
-        step.backward()
-        opt.step()
-        total += float(loss.detach()) * len(idx)
-        seen += len(idx)
+        loss, rows = _step(module, [x[idx] for x in xs], y[idx], loss_fn, opt, net)
+        total += loss * rows
+        seen += rows
     if net is not None:
         total, seen = _dist.all_sum([total, seen])
     return total / seen
+
+
+def _step(module, xs: list[Tensor], y: Tensor, loss_fn, opt, net: nn.Module | None) -> tuple[float, int]:
+    """One optimizer step on a batch (this rank's shard of it under DDP); its loss and rows."""
+    if net is None:
+        loss = step = loss_fn(_first(module(*xs)), y)
+        rows = len(y)
+    else:
+        world = _dist.world_size()
+        lo, hi = _dist.shard(len(y), _dist.rank(), world)
+        out = _first(net(*[x[lo:hi] for x in xs]))  # every rank calls DDP: it syncs in forward
+        if hi > lo:
+            loss = loss_fn(out, y[lo:hi])
+            step = loss * ((hi - lo) * world / len(y))
+        else:  # fewer rows than ranks: a zero gradient still joins the average
+            loss = step = out.sum() * 0.0
+        rows = hi - lo
+    opt.zero_grad(set_to_none=True)
+    step.backward()
+    opt.step()
+    return float(loss.detach()), rows
+
+
+def _train_batches(module, batches, loss_fn, opt, net: nn.Module | None = None) -> float:
+    """One epoch over a :class:`BatchSource`'s batches (as tensors); the mean training loss.
+
+    Every rank draws the same batches (the source's order comes from the shared seeded
+    generator) and trains on its shard of each, as :func:`_train_epoch` does."""
+    (module if net is None else net).train()
+    total, seen, steps = 0.0, 0.0, 0
+    for xs, y in batches:
+        if len(y) == 1 and steps > 0:  # a lone row (BatchNorm cannot train on one), unless it is all;
+            continue  # decided on the global batch, so all ranks skip it together
+        loss, rows = _step(module, xs, y, loss_fn, opt, net)
+        total += loss * rows
+        seen += rows
+        steps += 1
+    if net is not None:
+        total, seen = _dist.all_sum([total, seen])
+    return total / max(seen, 1)
 
 
 def _better(score: float, best: float) -> bool:
@@ -236,7 +262,7 @@ def _better(score: float, best: float) -> bool:
 
 def fit(
     module: nn.Module,
-    train: Data,
+    train: Data | BatchSource,
     val: Data | None,
     loss_fn: LossFn,
     score_fn: ScoreFn | None = None,
@@ -255,7 +281,10 @@ def fit(
         (default: the order of the inputs dict). A tuple output counts by its first item.
     train, val : (dict of name -> array, array)
         Inputs (rows first) and targets: labels or a teacher's outputs. Without ``val``
-        every epoch runs (no early stopping) and the last weights are kept.
+        every epoch runs (no early stopping) and the last weights are kept. ``train`` may
+        also be a :class:`presso.train.batches.BatchSource` (rows read lazily, batches of
+        its own making, e.g. token sequences of similar length); ``input_names`` is then
+        required and ``settings.batch_size`` is the source's business.
     loss_fn : callable (outputs, targets) -> scalar tensor
         For example :func:`teacher_loss` or ``torch.nn.functional.cross_entropy``. A mean
         over rows, plus any terms that do not depend on the rows (weight penalties).
@@ -315,15 +344,24 @@ class _FitRun:
         self.settings = settings
         param = next(module.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
-        self.xs, self.y = _columns(train, input_names, "training", self.device)
-        names = input_names if input_names is not None else list(train[0])
+        self.source: BatchSource | None = train if isinstance(train, BatchSource) else None
+        if self.source is not None:
+            if input_names is None:
+                raise PressoError("fit needs input_names to train from a batch source (the call order).")
+            self.names, n_train = list(input_names), len(self.source)
+            if n_train == 0:
+                raise PressoError("The training data has no rows.")
+        else:
+            self.xs, self.y = _columns(train, input_names, "training", self.device)
+            self.names, n_train = (input_names if input_names is not None else list(train[0])), len(self.y)
+        names = self.names
         self.val_xs: list[Tensor] | None = None
         self.val_y: Tensor | None = None
         if val is not None:
             self.val_xs, self.val_y = _columns(val, names, "validation", self.device)
         self.path = Path(checkpoint) if checkpoint is not None else None
         self.fingerprint = fingerprint_of(
-            module, settings, len(self.y), None if self.val_y is None else len(self.val_y)
+            module, settings, n_train, None if self.val_y is None else len(self.val_y)
         )
         self.parallel, self.rank = _dist.active(), _dist.rank()
         self.opt = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
@@ -405,9 +443,15 @@ class _FitRun:
             self.best_score, self.best_state = self._validate(), self._snapshot()
             self.best_epoch, self.since_best = epoch - 1, 0
         batch_size = self.settings.batch_size
-        train_loss = _train_epoch(
-            self.module, self.xs, self.y, self.loss_fn, self.opt, batch_size, self.gen, net
-        )
+        if self.source is not None:
+            batches = (
+                _columns(batch, self.names, "training", self.device) for batch in self.source.epoch(self.gen)
+            )
+            train_loss = _train_batches(self.module, batches, self.loss_fn, self.opt, net)
+        else:
+            train_loss = _train_epoch(
+                self.module, self.xs, self.y, self.loss_fn, self.opt, batch_size, self.gen, net
+            )
         if self.parallel:
             _dist.broadcast_buffers(self.module)
         score = self._validate() if self.val is not None else None

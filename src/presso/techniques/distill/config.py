@@ -10,44 +10,48 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class DistillConfig(BaseModel):
     """Knowledge distillation: a smaller student learns to reproduce the teacher.
 
-        The teacher is the model presso was given: a PyTorch module, an ONNX file run by ONNX
-        Runtime, or any Python callable returning outputs (e.g. a scikit-learn model's
-        ``predict_proba``).
+    The teacher is the model presso was given: a PyTorch module, an ONNX file run by ONNX
+    Runtime, or any Python callable returning outputs (e.g. a scikit-learn model's
+    ``predict_proba``).
 
-        Student (``student``):
+    Student (``student``):
 
-        - ``auto``: derived from a PyTorch teacher: ``width`` keeps that fraction of every
-          layer's channels / neurons (attention heads and feed-forward neurons of a transformer),
-          ``depth`` keeps that many blocks / transformer layers, chosen by ``layers``: ``auto``
-          (the default for transformers) drops, one at a time, the layer whose removal keeps the
-          output on the calibration rows closest to the teacher's (mean cosine; the notes give each
-          step's figure), ``even`` spaces them evenly (the default for other stacks), a list of
-          indices keeps those (``depth`` may then be left out); ``init:
-          teacher`` starts from the teacher's surviving weights, ``random`` from scratch.
-          ``blocks: separable`` then makes every convolution with a kernel > 1 (groups 1, more
-          than one input channel) a MobileNet depthwise-separable pair: a per-channel depthwise
-          conv then a 1x1 pointwise conv, started from the best such approximation of the teacher's
-          kernel (rank 1 per input channel); ``standard`` keeps the convolutions as they are.
-        - ``mlp``: a plain MLP (``hidden`` sizes, inputs standardised) for flat float rows; for
-          teachers without a PyTorch architecture (ONNX, scikit-learn).
-        - ``file.py:fn`` / ``package.module:fn``: the user's own student (``student_weights``
-          optional), an ``nn.Module`` taking the same inputs and giving outputs of the teacher's shape.
+    - ``auto``: derived from a PyTorch teacher: ``width`` keeps that fraction of every
+      layer's channels / neurons (attention heads and feed-forward neurons of a transformer),
+      ``depth`` keeps that many blocks / transformer layers, chosen by ``layers``: ``auto``
+      (the default for transformers) drops, one at a time, the layer whose removal keeps the
+      output on the calibration rows closest to the teacher's (mean cosine; the notes give each
+      step's figure), ``even`` spaces them evenly (the default for other stacks), a list of
+      indices keeps those (``depth`` may then be left out); ``init:
+      teacher`` starts from the teacher's surviving weights, ``random`` from scratch.
+      ``blocks: separable`` then makes every convolution with a kernel > 1 (groups 1, more
+      than one input channel) a MobileNet depthwise-separable pair: a per-channel depthwise
+      conv then a 1x1 pointwise conv, started from the best such approximation of the teacher's
+      kernel (rank 1 per input channel); ``standard`` keeps the convolutions as they are.
+    - ``mlp``: a plain MLP (``hidden`` sizes, inputs standardised) for flat float rows; for
+      teachers without a PyTorch architecture (ONNX, scikit-learn).
+    - ``file.py:fn`` / ``package.module:fn``: the user's own student (``student_weights``
+      optional), an ``nn.Module`` taking the same inputs and giving outputs of the teacher's shape.
 
-        Loss (``loss: auto`` picks by task): ``kl`` for classification, the Hinton soft-target
-        loss ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))``
-        (labels where the data has them; rows without use the KL term alone); ``mse`` (forecasters,
-        autoencoders, regression); ``cosine`` (embeddings), plus ``rank_weight`` (default 1 for
+    Loss (``loss: auto`` picks by task): ``kl`` for classification, the Hinton soft-target
+    loss ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))``
+    (labels where the data has them; rows without use the KL term alone); ``mse`` (forecasters,
+    autoencoders, regression); ``cosine`` (embeddings), plus ``rank_weight`` (default 1 for
     embeddings) x a ranking term that keeps the teacher's neighbourhoods: within each batch, the
     student's cosine-similarity matrix against the teacher's (``rank_loss: kl``, per row the KL
     between softmaxes at ``rank_temperature``, or ``mse``). ``hints: [[student_layer, teacher_layer],
-        ...]`` adds ``hint_weight`` x the MSE between those layers' outputs (a learned projection
-        when their widths differ; FitNets).
+    ...]`` adds ``hint_weight`` x the MSE between those layers' outputs (a learned projection
+    when their widths differ; FitNets).
 
-        Data: the calibration rows (a seeded ``validation_fraction`` held back for early stopping)
-        plus ``train_data`` (a file of extra rows, labels optional: the teacher labels them) plus
-        ``augment`` copies of mixup rows labelled by the teacher. Rows equal to held-out evaluation
-        rows are dropped from ``train_data``. ``checkpoint`` (a file) saves every epoch and resumes
-        an interrupted run from it.
+    Data: the calibration rows (a seeded ``validation_fraction`` held back for early stopping)
+    plus ``train_data`` (a file of extra rows, labels optional: the teacher labels them) plus
+    ``augment`` copies of mixup rows labelled by the teacher. Rows equal to held-out evaluation
+    rows are dropped from ``train_data``. For a text model a ``.txt`` ``train_data`` (one text
+    per line, up to millions) is streamed: labelled once by the teacher in chunks (cached on
+    disk), trained on in batches of similar length padded to their own longest text; without
+    ``train_data`` the data's own training texts are streamed when it has some (the minilm
+    example's docstring corpus). ``checkpoint`` (a file) saves every epoch and resumes
+    an interrupted run from it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -2,8 +2,9 @@
 
 Rows: the calibration rows (a seeded part held back for early stopping), extra rows from a
 file (``train_data``; the teacher labels them, so they need no labels), and mixup rows
-labelled by the teacher. The held-out evaluation rows are never trained on: extra rows
-equal to one of them are dropped. Teacher outputs on extra rows are cached on disk, keyed
+labelled by the teacher; for a text model, a text file read lazily instead (see
+:mod:`presso.techniques.distill.textstream`). The held-out evaluation rows are never
+trained on: extra rows or lines equal to one of them are dropped. Teacher outputs on extra rows are cached on disk, keyed
 by the rows and by the teacher's outputs on a few probe rows (a changed teacher misses).
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 from presso.errors import PressoError
 from presso.files import atomic_path
 from presso.techniques.base import StageContext
+from presso.techniques.distill.textstream import TextStream, open_text_stream
 from presso.techniques.recovery import mixup_inputs, split_indices, teacher_split
 
 Inputs = dict[str, np.ndarray]
@@ -40,9 +42,17 @@ class DistillData:
     n_extra: int
     n_mixed: int
     n_dropped: int  # extra rows dropped because they repeat evaluation rows
+    stream: TextStream | None = None  # a text file read lazily (train_data of a text model)
 
     def describe(self) -> str:
         parts = [f"{self.n_calibration} calibration rows"]
+        if self.stream is not None:
+            s = self.stream
+            parts.append(
+                f"{len(s.keep)} texts streamed from {s.path.name} at their own length"
+                + (f" ({s.n_heldout} skipped: they repeat held-out texts)" if s.n_heldout else "")
+                + (", teacher outputs cached" if s.cached else "")
+            )
         if self.n_extra:
             parts.append(
                 f"{self.n_extra} extra rows labelled by the teacher"
@@ -134,8 +144,10 @@ def distill_data(
     augment: int,
     extra: tuple[Inputs, np.ndarray | None] | None = None,
     cache: Path | None = None,
+    text: Path | None = None,
 ) -> DistillData:
-    """Rows for distillation in the stage's context (see the module docstring)."""
+    """Rows for distillation in the stage's context (see the module docstring); ``text``: a
+    file of texts for a text model, streamed (:mod:`presso.techniques.distill.textstream`)."""
     (train, teacher), val = teacher_split(ctx, validation_fraction, "distill")
     y_train, y_val = _labels_for(ctx, validation_fraction)
     teacher = np.asarray(teacher, np.float32)
@@ -174,6 +186,20 @@ def distill_data(
         n_mixed = len(next(iter(mixed.values())))
         assert ctx.teacher_fn is not None  # the distill stage refuses a context without one
         add(mixed, np.asarray(ctx.teacher_fn(mixed), np.float32), None)
+    stream = None
+    if text is not None:
+        assert ctx.teacher_fn is not None  # the distill stage refuses a context without one
+        stream = open_text_stream(
+            text,
+            ctx.tokenizer,
+            list(train),
+            ctx.seq_len,
+            ctx.teacher_fn,
+            ctx.evaluation_inputs,
+            cache,
+            ctx.log,
+            ctx.progress,
+        )
     return DistillData(
         train,
         teacher,
@@ -185,4 +211,5 @@ def distill_data(
         n_extra,
         n_mixed,
         dropped,
+        stream,
     )

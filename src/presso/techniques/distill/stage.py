@@ -18,9 +18,10 @@ from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.distill.config import DistillConfig
-from presso.techniques.distill.data import DistillData, distill_data, teacher_cache_dir
+from presso.techniques.distill.data import NO_LABEL, DistillData, distill_data, teacher_cache_dir
 from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
 from presso.techniques.distill.search import DISTILL
+from presso.techniques.distill.textstream import text_batches
 from presso.techniques.recovery import example_inputs, with_backoff
 
 STAGE = "distill"
@@ -176,6 +177,17 @@ def rank_weight_for(cfg: DistillConfig, kind: str) -> float:
     return cfg.rank_weight
 
 
+def _text_file(cfg: DistillConfig, ctx: StageContext) -> Path | None:
+    """The text file a text model's student streams: ``train_data`` when it is a ``.txt``,
+    else the file of training texts the data came with (the minilm example's corpus)."""
+    if ctx.tokenizer is None:
+        return None
+    if cfg.train_data is not None:
+        path = Path(cfg.train_data)
+        return path if path.suffix.lower() == ".txt" else None
+    return None if ctx.train_texts is None else ctx.train_texts()
+
+
 def _checkpoint(cfg: DistillConfig, width: float, first: bool) -> Path | None:
     if cfg.checkpoint is None:
         return None
@@ -188,7 +200,8 @@ def train_student(
 ):
     """Fit ``student`` (in place) to the teacher; returns the :class:`presso.train.FitReport`."""
     from presso.train import FitSettings, fit
-    from presso.train.losses import loss_kind, teacher_logits_from
+    from presso.train.batches import BatchSource
+    from presso.train.losses import looks_like_probabilities, loss_kind, teacher_logits_from
 
     kind = loss_kind(ctx.task) if cfg.loss == "auto" else cfg.loss
     teacher, val_teacher = data.teacher, data.val_teacher
@@ -197,7 +210,27 @@ def train_student(
         val_teacher = None if val_teacher is None else teacher_logits_from(val_teacher).numpy()
     n_out = int(np.prod(teacher.shape[1:]))
     has_labels = kind == "kl" and data.labels is not None
-    train = (data.train, target_rows(teacher, data.labels if has_labels else None))
+    train: tuple | BatchSource = (data.train, target_rows(teacher, data.labels if has_labels else None))
+    if data.stream is not None:
+        # Decided once, on the calibration rows: a batch alone could look otherwise.
+        probabilities = kind == "kl" and looks_like_probabilities(data.teacher)
+
+        def targets(outputs: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+            if probabilities:
+                outputs = teacher_logits_from(outputs).numpy()
+            return target_rows(outputs, labels if has_labels else None)
+
+        train = text_batches(
+            data.stream,
+            data.train,
+            data.teacher,
+            data.labels,
+            ctx.tokenizer,
+            ctx.seq_len,
+            cfg.batch_size,
+            targets,
+            NO_LABEL,
+        )
     val = None
     if data.val is not None:
         assert val_teacher is not None  # distill_data gives validation rows with their outputs
@@ -269,12 +302,14 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
             "The distill stage trains a PyTorch student; put it first in the recipe, before ONNX stages."
         )
     cfg = _settings(cfg, ctx)
+    text = _text_file(cfg, ctx)
     data = distill_data(
         ctx,
         validation_fraction=cfg.validation_fraction,
         augment=cfg.augment,
-        extra=_extra_rows(cfg, ctx),
+        extra=None if text is not None else _extra_rows(cfg, ctx),
         cache=teacher_cache_dir(),
+        text=text,
     )
     n_out = int(np.prod(data.teacher.shape[1:]))
     teacher_params = None if ctx.module is None else count_parameters(ctx.module)
