@@ -18,6 +18,7 @@ from presso.train.losses import (
     hinton_loss,
     looks_like_probabilities,
     regression_loss,
+    similarity_loss,
     soft_target_loss,
     teacher_logits_from,
 )
@@ -349,3 +350,64 @@ def test_tap_of_layer_without_tensor_output():
         with FeatureTap(net, "0"):
             net(torch.zeros(1))
     assert len(net[0]._forward_hooks) == 0
+
+
+# ---------------------------------------------------------------- similarity (ranking) loss
+
+
+def _embeddings(n: int = 8, d: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_similarity_loss_is_zero_for_the_teachers_similarities(kind):
+    t = _embeddings()
+    scale = torch.rand(8, 1, generator=torch.Generator().manual_seed(1)) + 0.5
+    assert float(similarity_loss(t.clone(), t, kind=kind)) == pytest.approx(0.0, abs=1e-6)
+    assert float(similarity_loss(t * scale, t, kind=kind)) == pytest.approx(
+        0.0, abs=1e-6
+    )  # cosines unchanged
+    assert float(similarity_loss(t[:1], t[:1], kind=kind)) == 0.0  # one row has no neighbours
+    assert float(similarity_loss(_embeddings(seed=2), t, kind=kind)) > 1e-3
+
+
+def test_similarity_loss_mse_is_the_mean_squared_off_diagonal_gap():
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    s = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    # teacher cosines (0,1) 0, (0,2) .7071, (1,2) .7071; student 1, .7071, .7071: one pair off by 1 (twice)
+    assert float(similarity_loss(s, t, kind="mse")) == pytest.approx(2 / 6, abs=1e-6)
+
+
+def _similarity_gap(x: torch.Tensor, t: torch.Tensor) -> float:
+    u, v = F.normalize(x), F.normalize(t)
+    return float((u @ u.T - v @ v.T).abs().mean())
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_similarity_loss_gradient_moves_the_student_towards_the_teachers_neighbourhoods(kind):
+    t = _embeddings()
+    s = (t + 0.8 * _embeddings(seed=3)).requires_grad_(True)
+    before = similarity_loss(s, t, kind=kind)
+    before.backward()
+    with torch.no_grad():
+        stepped = s - 0.05 * s.grad / s.grad.norm()
+        assert float(similarity_loss(stepped, t, kind=kind)) < float(before)
+        assert _similarity_gap(stepped, t) < _similarity_gap(s, t)
+    assert float(s.grad.norm()) > 0
+
+
+def test_similarity_loss_kl_matches_numpy():
+    t, s = _embeddings(5, 4), _embeddings(5, 4, seed=4)
+    temperature = 0.1
+
+    def rows(x):
+        u = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+        sim = u @ u.T / temperature
+        off = sim[~np.eye(5, dtype=bool)].reshape(5, 4)
+        return off - np.log(np.exp(off).sum(axis=1, keepdims=True))  # log-softmax over the other rows
+
+    lt, ls = rows(t), rows(s)
+    expected = temperature**2 * (np.exp(lt) * (lt - ls)).sum(axis=1).mean()
+    assert float(similarity_loss(s, t, temperature=temperature)) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(PressoError, match="kind must be kl or mse"):
+        similarity_loss(s, t, kind="l1")

@@ -85,6 +85,14 @@ def _add_student_options(group) -> None:
         "--depth", type=int, default=None, help="auto: blocks / transformer layers kept (default all)"
     )
     group.add_argument(
+        "--layers",
+        type=_layers,
+        default=None,
+        metavar="auto|even|I,J,..",
+        help="auto: which layers --depth keeps: auto (measured: greedy removal on the calibration "
+        "rows; the default for transformers), even (evenly spaced) or indices, e.g. 0,4,5",
+    )
+    group.add_argument(
         "--init",
         choices=["teacher", "random"],
         default="teacher",
@@ -93,6 +101,17 @@ def _add_student_options(group) -> None:
     group.add_argument(
         "--hidden", type=int, nargs="+", default=None, metavar="N", help="mlp: hidden sizes (default 64 64)"
     )
+
+
+def _layers(text: str) -> str | list[int]:
+    if text in ("auto", "even"):
+        return text
+    try:
+        return [int(i) for i in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give auto, even or layer indices like 0,4,5; got {text!r}"
+        ) from None
 
 
 def _add_training_options(group) -> None:
@@ -110,6 +129,12 @@ def _add_training_options(group) -> None:
         help="weight of the teacher's soft targets against the labels (default 0.9; 1 = teacher only)",
     )
     group.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (default 4)")
+    group.add_argument(
+        "--rank-weight",
+        type=float,
+        default=None,
+        help="cosine: weight of the in-batch similarity-matrix (ranking) term (default 1 for embeddings)",
+    )
     group.add_argument("--epochs", type=int, default=None, help="default 60 (transformers 3)")
     group.add_argument(
         "--lr", type=float, default=None, help="AdamW step size (default 1e-3; transformers 1e-4)"
@@ -145,7 +170,18 @@ def _options(args, checkpoint: Path) -> dict:
         "augment": args.augment,
         "checkpoint": str(checkpoint),
     }
-    for key in ("width", "depth", "epochs", "lr", "hidden", "max_minutes", "student_weights", "train_data"):
+    for key in (
+        "width",
+        "depth",
+        "layers",
+        "rank_weight",
+        "epochs",
+        "lr",
+        "hidden",
+        "max_minutes",
+        "student_weights",
+        "train_data",
+    ):
         value = getattr(args, key)
         if value is not None:
             options[key] = value

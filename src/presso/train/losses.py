@@ -9,7 +9,8 @@ with student logits ``s``, teacher logits ``t``, labels ``y`` and temperature ``
 ``T`` shows the student more of the teacher's "dark knowledge" (how it ranks the wrong
 classes); the ``T**2`` keeps gradient sizes comparable across temperatures. Teachers with
 continuous outputs (forecasters, autoencoders, embedding models) use :func:`regression_loss`
-or :func:`cosine_loss`; :class:`HintLoss` with :class:`FeatureTap` matches intermediate
+or :func:`cosine_loss`; embedding models also :func:`similarity_loss`, which keeps the
+teacher's neighbourhoods within a batch; :class:`HintLoss` with :class:`FeatureTap` matches intermediate
 features (FitNets, Romero et al. 2015).
 
 Every loss takes batch-first tensors and returns a scalar tensor. The teacher is a fixed
@@ -37,6 +38,7 @@ __all__ = [
     "hinton_loss",
     "looks_like_probabilities",
     "regression_loss",
+    "similarity_loss",
     "soft_target_loss",
     "teacher_logits_from",
 ]
@@ -272,6 +274,53 @@ def cosine_loss(student: Tensor, teacher: Tensor) -> Tensor:
     t = _teacher(teacher, s, "teacher", "student")
     rows = len(s) if s.ndim else 1
     return 1.0 - F.cosine_similarity(s.reshape(rows, -1), t.reshape(rows, -1), dim=1, eps=1e-8).mean()
+
+
+SIMILARITY_KINDS = ("kl", "mse")
+
+
+def _cosine_matrix(x: Tensor) -> Tensor:
+    """(N, N) cosine similarities of the batch's rows (flattened)."""
+    unit = F.normalize(x.reshape(len(x), -1), dim=1, eps=1e-8)
+    return unit @ unit.T
+
+
+def similarity_loss(student: Tensor, teacher: Tensor, temperature: float = 0.05, kind: str = "kl") -> Tensor:
+    """How far the batch's student cosine-similarity matrix is from the teacher's: the
+    neighbourhoods retrieval sees (which rows are nearest to each row), not each row alone.
+
+    ``kl``: for each row, ``T^2 * KL(softmax(t_sim / T) || softmax(s_sim / T))`` over the other
+    rows (the diagonal, 1 for both, is left out), averaged over rows; a small ``T`` weighs the
+    nearest neighbours most, as a top-k ranking does. ``mse``: the mean squared difference of the
+    off-diagonal similarities, every pair alike. 0 when the student's similarities equal the
+    teacher's (e.g. identical embeddings up to a positive scale per row); 0 for a batch of one row.
+
+    Examples
+    --------
+    >>> t = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    >>> float(similarity_loss(2 * t, t))
+    0.0
+    >>> float(similarity_loss(t.flip(0), t, kind="mse")) > 0
+    True
+    """
+    s = _student(student, "student")
+    t = _teacher(teacher, s, "teacher", "student")
+    temperature = check_temperature(temperature)
+    if kind not in SIMILARITY_KINDS:
+        raise PressoError(f"The similarity loss kind must be kl or mse. Got {kind!r} instead.")
+    n = len(s) if s.ndim else 1
+    if n < 2:
+        return s.sum() * 0.0
+    s_sim, t_sim = _cosine_matrix(s), _cosine_matrix(t)
+    off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+    if kind == "mse":
+        return (s_sim - t_sim)[off].pow(2).mean()
+    s_logits = (s_sim / temperature)[off].reshape(n, n - 1)
+    t_logits = (t_sim / temperature)[off].reshape(n, n - 1)
+    kl = F.kl_div(
+        F.log_softmax(s_logits, dim=1), F.log_softmax(t_logits, dim=1), log_target=True, reduction="batchmean"
+    )
+    return kl * temperature**2
 
 
 class HintLoss(nn.Module):

@@ -4,6 +4,9 @@ outputs), the CLI and its checkpoint / resume contract."""
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +16,11 @@ from torch import nn
 import presso
 from presso.errors import PressoError
 from presso.measure.bench import BenchSettings
+from presso.techniques.distill.config import DistillConfig
 from presso.techniques.distill.data import NO_LABEL, cached_teacher_outputs, without_rows
 from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
-from presso.techniques.distill.stage import wider
+from presso.techniques.distill.stage import calibration_inputs, rank_weight_for, wider
+from presso.train.losses import cosine_loss, similarity_loss
 
 QUICK = BenchSettings(rounds=2, round_seconds=0.02, throughput_batch=16)
 
@@ -81,6 +86,44 @@ def test_cosine_and_mse_objectives_against_numpy():
     mse = distill_loss("mse", 2, alpha=1, temperature=1, has_labels=False, trainee=trainee, hint_weight=0)
     assert float(cos(s, torch.from_numpy(target_rows(t.numpy(), None)))) == pytest.approx(0.5)
     assert float(mse(s, t)) == pytest.approx(float(np.mean((s.numpy() - t.numpy()) ** 2)))
+
+
+def test_cosine_objective_adds_the_weighted_similarity_term():
+    s, t = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.randn(6, 4)
+    trainee = Trainee(nn.Identity(), None, [], (s,))
+    plain = distill_loss(
+        "cosine", 4, alpha=1, temperature=1, has_labels=False, trainee=trainee, hint_weight=0
+    )
+    ranked = distill_loss(
+        "cosine", 4, alpha=1, temperature=1, has_labels=False, trainee=trainee, hint_weight=0, rank_weight=0.5
+    )
+    expected = cosine_loss(s, t) + 0.5 * similarity_loss(s, t, 0.05, "kl")
+    assert float(ranked(s, t)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(ranked(s, t)) > float(plain(s, t)) > 0
+
+
+def test_rank_weight_defaults_to_one_for_embeddings_only():
+    assert rank_weight_for(DistillConfig(), "cosine") == 1.0
+    assert rank_weight_for(DistillConfig(), "kl") == 0.0
+    assert rank_weight_for(DistillConfig(rank_weight=0.0), "cosine") == 0.0
+    with pytest.raises(PressoError, match="this run's loss is mse"):
+        rank_weight_for(DistillConfig(rank_weight=2.0), "mse")
+
+
+def test_layer_search_rows_are_cut_to_the_longest_attended_token():
+    mask = np.zeros((3, 128), np.int64)
+    mask[0, :5], mask[1, :17], mask[2, :9] = 1, 1, 1
+    ids = np.arange(3 * 128).reshape(3, 128)
+    rows = {"input_ids": ids, "attention_mask": mask, "extra": np.ones((3, 4), np.float32)}
+    ctx = SimpleNamespace(
+        calibration=SimpleNamespace(
+            head=lambda n: SimpleNamespace(inputs={k: v[:n] for k, v in rows.items()})
+        ),
+        input_names=["input_ids", "attention_mask", "extra"],
+    )
+    ids_t, mask_t, extra_t = calibration_inputs(ctx, rows=2)
+    assert ids_t.shape == mask_t.shape == (2, 17) and extra_t.shape == (2, 4)
+    assert torch.equal(ids_t, torch.from_numpy(ids[:2, :17]))
 
 
 def test_wider_halves_the_gap_to_full_width():
@@ -228,7 +271,11 @@ def test_hints_train_a_projection_and_need_a_torch_teacher():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"student": "mlp", "width": 0.3}, "width and depth derive a student"),
+        ({"student": "mlp", "width": 0.3}, "width, depth and layers derive a student"),
+        ({"layers": [1, 1]}, "distinct layer indices"),
+        ({"depth": 2, "layers": [0]}, "depth 2 differs from the 1 layers listed"),
+        ({"layers": "best"}, "layers"),
+        ({"rank_weight": 1.0, "epochs": 1}, "rank_weight keeps an embedding model's neighbourhoods"),
         ({"alpha": 1.5}, "alpha"),
         ({"student": "nothing"}, "student must be auto, mlp or a factory"),
         ({"hints": [["a"]]}, "pairs"),
@@ -300,3 +347,30 @@ def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, caps
     out2.with_name("student2.checkpoint.pt").write_bytes(b"left by a killed run")
     assert main(["distill", *args2]) == 2
     assert "add --resume to continue it" in capsys.readouterr().err and not out2.exists()
+
+
+def test_cli_layers_option_reads_auto_even_or_indices():
+    import argparse
+
+    from presso.cli.distill import _layers
+
+    assert _layers("auto") == "auto" and _layers("even") == "even" and _layers("0,4,5") == [0, 4, 5]
+    with pytest.raises(argparse.ArgumentTypeError, match="auto, even or layer indices"):
+        _layers("first")
+
+
+def test_transformer_student_measures_its_layers_and_ranks_embeddings(tmp_path):
+    from hf_tiny import _sentences, tiny_hf_folder
+
+    folder = tiny_hf_folder("bert", False, tmp_path / "bert", pooling="mean+normalize")
+    result = presso.distill(
+        str(folder), list(_sentences())[:40], depth=1, epochs=1, task="embedding", max_drop=1.0, bench=QUICK
+    )
+    notes = " ".join(result.report.notes)
+    kept = re.search(
+        r"kept encoder layers (\d) of 2 \(by greedy removal on the calibration inputs: dropped (\d) \(cosine ([\d.]+)\)\)",
+        notes,
+    )
+    assert kept is not None and {kept.group(1), kept.group(2)} == {"0", "1"}
+    assert 0 < float(kept.group(3)) <= 1
+    assert "cosine to the teacher + 1 x batch similarity kl T=0.05" in notes

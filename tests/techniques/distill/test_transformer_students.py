@@ -4,13 +4,14 @@ removed), with the encoder blocks found from the teacher's data flow."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from presso.errors import PressoError
-from presso.model.loaded import count_parameters
+from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.distill.students import StudentPlan, derive_student
 from presso.techniques.pruning.transformer import attention_shape, find_encoder_blocks
 
@@ -124,3 +125,81 @@ def test_albert_students_are_refused(plan):
         PressoError, match=r"runs 3 times per forward \(its layers share weights, as in ALBERT\)"
     ):
         derive_student(teacher, inputs, plan)
+
+
+# ---------------------------------------------------------------- which layers: measured, listed
+
+
+def _mean_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_auto_layers_records_the_measured_cosine_of_each_step(family):
+    teacher, inputs = teacher_and_inputs(family)
+    student, notes = derive_student(teacher, inputs, StudentPlan(depth=1, layers="auto"))
+    steps = re.findall(r"(\d) \(cosine (-?[\d.]+)\)", notes[0])
+    kept = int(re.search(r"kept encoder layers (\d) of 3", notes[0]).group(1))
+    assert len(steps) == 2 and kept not in {int(k) for k, _ in steps}
+    with torch.no_grad():
+        measured = _mean_cos(first_tensor(student(*inputs)), first_tensor(teacher(*inputs)))
+    # the last step's figure is the student's own cosine to the teacher (4 decimals in the note)
+    assert abs(measured - float(steps[-1][1])) < 6e-5
+    assert float(steps[0][1]) >= float(steps[-1][1]) - 1e-9  # dropping more never measured closer here
+    assert _layer_count(student) == 1
+
+
+def test_auto_layers_drops_a_layer_that_does_nothing():
+    teacher, inputs = teacher_and_inputs("bert")
+    with torch.no_grad():  # layer 0 adds zero to its residual stream; post-LN of a normalised input: identity
+        for lin in (teacher.encoder.layer[0].attention.output.dense, teacher.encoder.layer[0].output.dense):
+            lin.weight.zero_()
+            lin.bias.zero_()
+    auto, notes = derive_student(teacher, inputs, StudentPlan(depth=2, layers="auto"))
+    even, _ = derive_student(teacher, inputs, StudentPlan(depth=2, layers="even"))
+    assert notes[0].startswith(
+        "kept encoder layers 1, 2 of 3 (by greedy removal on the calibration inputs: dropped 0 (cosine 1.0000))"
+    )
+    with torch.no_grad():
+        ref = teacher(*inputs).last_hidden_state
+        assert torch.allclose(auto(*inputs).last_hidden_state, ref, atol=1e-4)
+        auto_cos = _mean_cos(auto(*inputs).last_hidden_state, ref)
+        even_cos = _mean_cos(even(*inputs).last_hidden_state, ref)  # even spacing drops layer 1
+    assert auto_cos > 1 - 1e-6 and even_cos < auto_cos - 1e-5
+
+
+def test_auto_layers_measures_on_the_calibration_inputs():
+    teacher, inputs = teacher_and_inputs("bert")
+    calibration = (
+        torch.randint(3, 100, (6, 12), generator=torch.Generator().manual_seed(1)),
+        torch.ones(6, 12, dtype=torch.long),
+    )
+    student, notes = derive_student(
+        teacher, inputs, StudentPlan(depth=2, layers="auto"), calibration=calibration
+    )
+    cos = float(re.search(r"cosine ([\d.]+)", notes[0]).group(1))
+    with torch.no_grad():
+        assert (
+            abs(_mean_cos(first_tensor(student(*calibration)), first_tensor(teacher(*calibration))) - cos)
+            < 6e-5
+        )
+
+
+def test_listed_layers_are_kept_and_bad_lists_refused():
+    teacher, inputs = teacher_and_inputs("distilbert")
+    student, notes = derive_student(teacher, inputs, StudentPlan(layers=(2, 1)))
+    assert notes[0].startswith("kept encoder layers 1, 2 of 3 (as listed)")
+    assert _layer_count(student) == 2
+    old = teacher.distilbert.transformer.layer[1].state_dict()
+    assert all(
+        torch.equal(student.distilbert.transformer.layer[0].state_dict()[k], v) for k, v in old.items()
+    )
+    with pytest.raises(PressoError, match=r"name 3, but the teacher has 3 encoder layers \(indices 0 to 2\)"):
+        derive_student(teacher, inputs, StudentPlan(layers=(0, 3)))
+    with pytest.raises(PressoError, match="'depth' 1 differs from the 2 'layers' listed"):
+        StudentPlan(depth=1, layers=(0, 1))
+    with pytest.raises(PressoError, match="must list distinct layer indices"):
+        StudentPlan(layers=(1, 1))
+    with pytest.raises(PressoError, match="must be auto, even or a list"):
+        StudentPlan(depth=1, layers="best")

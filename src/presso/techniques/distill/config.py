@@ -18,7 +18,11 @@ class DistillConfig(BaseModel):
 
     - ``auto``: derived from a PyTorch teacher: ``width`` keeps that fraction of every
       layer's channels / neurons (attention heads and feed-forward neurons of a transformer),
-      ``depth`` keeps that many blocks / transformer layers (evenly spaced); ``init:
+      ``depth`` keeps that many blocks / transformer layers, chosen by ``layers``: ``auto``
+      (the default for transformers) drops, one at a time, the layer whose removal keeps the
+      output on the calibration rows closest to the teacher's (mean cosine; the notes give each
+      step's figure), ``even`` spaces them evenly (the default for other stacks), a list of
+      indices keeps those (``depth`` may then be left out); ``init:
       teacher`` starts from the teacher's surviving weights, ``random`` from scratch.
       ``blocks: separable`` then makes every convolution with a kernel > 1 (groups 1, more
       than one input channel) a MobileNet depthwise-separable pair: a per-channel depthwise
@@ -32,7 +36,10 @@ class DistillConfig(BaseModel):
     Loss (``loss: auto`` picks by task): ``kl`` for classification, the Hinton soft-target
     loss ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))``
     (labels where the data has them; rows without use the KL term alone); ``mse`` (forecasters,
-    autoencoders, regression); ``cosine`` (embeddings). ``hints: [[student_layer, teacher_layer],
+    autoencoders, regression); ``cosine`` (embeddings), plus ``rank_weight`` (default 1 for
+    embeddings) x a ranking term that keeps the teacher's neighbourhoods: within each batch, the
+    student's cosine-similarity matrix against the teacher's (``rank_loss: kl``, per row the KL
+    between softmaxes at ``rank_temperature``, or ``mse``). ``hints: [[student_layer, teacher_layer],
     ...]`` adds ``hint_weight`` x the MSE between those layers' outputs (a learned projection
     when their widths differ; FitNets).
 
@@ -54,6 +61,8 @@ class DistillConfig(BaseModel):
     # None: 0.45 for a derived student (DigitsCNN keeps 19.7% of its parameters; 0.5 would keep 25.6%)
     width: float | None = Field(default=None, gt=0, le=1)
     depth: int | None = Field(default=None, ge=1)
+    # None: auto for a transformer encoder (measured), even for other stacks of blocks
+    layers: Literal["auto", "even"] | list[int] | None = None
     init: Literal["teacher", "random"] = "teacher"
     blocks: Literal["standard", "separable"] = "standard"
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
@@ -62,6 +71,10 @@ class DistillConfig(BaseModel):
     temperature: float = Field(default=4.0, gt=0, le=100)
     hints: list[list[str]] = Field(default_factory=list)
     hint_weight: float = Field(default=1.0, ge=0, le=1000)
+    # None: 1 with the cosine loss (embeddings), else 0
+    rank_weight: float | None = Field(default=None, ge=0, le=1000)
+    rank_loss: Literal["kl", "mse"] = "kl"
+    rank_temperature: float = Field(default=0.05, gt=0, le=100)
     # None: 60 epochs at lr 1e-3, or for transformer encoders 4 epochs at 1e-4
     epochs: int | None = Field(default=None, ge=0, le=10000)
     lr: float | None = Field(default=None, gt=0, le=1.0)
@@ -101,12 +114,27 @@ class DistillConfig(BaseModel):
             )
         return v
 
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v):
+        if isinstance(v, list) and (not v or any(i < 0 for i in v) or len(set(v)) != len(v)):
+            raise ValueError(
+                f"layers must be auto, even or distinct layer indices >= 0, e.g. [0, 4, 5]; got {v}"
+            )
+        return v
+
     @model_validator(mode="after")
     def _check(self):
-        if self.student != "auto" and (self.width is not None or self.depth is not None):
+        if self.student != "auto" and (
+            self.width is not None or self.depth is not None or self.layers is not None
+        ):
             raise ValueError(
-                "width and depth derive a student from the teacher (student: auto); "
+                "width, depth and layers derive a student from the teacher (student: auto); "
                 f"they do not apply to student: {self.student}"
+            )
+        if isinstance(self.layers, list) and self.depth is not None and self.depth != len(self.layers):
+            raise ValueError(
+                f"depth {self.depth} differs from the {len(self.layers)} layers listed; give one of them"
             )
         if self.student != "auto" and self.blocks != "standard":
             raise ValueError(

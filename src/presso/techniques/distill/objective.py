@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from presso.errors import PressoError
-from presso.train.losses import FeatureTap, HintLoss, cosine_loss, regression_loss, soft_target_loss
+from presso.train.losses import (
+    FeatureTap,
+    HintLoss,
+    cosine_loss,
+    regression_loss,
+    similarity_loss,
+    soft_target_loss,
+)
 
 
 def target_rows(teacher: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -90,13 +97,18 @@ def distill_loss(
     has_labels: bool,
     trainee: Trainee,
     hint_weight: float,
+    rank_weight: float = 0.0,
+    rank_loss: str = "kl",
+    rank_temperature: float = 0.05,
 ):
     """Loss of student outputs against :func:`target_rows`.
 
     ``kl``: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)``, the
     cross-entropy over the batch's rows that have a label (mixup and extra rows have none;
     a batch without labelled rows counts the soft term alone). ``mse`` / ``cosine`` compare
-    with the teacher's outputs. Plus ``hint_weight`` x the hint loss."""
+    with the teacher's outputs; ``cosine`` plus ``rank_weight`` x :func:`similarity_loss` (the
+    batch's similarity matrices, ``rank_loss`` kl or mse at ``rank_temperature``). Plus
+    ``hint_weight`` x the hint loss."""
 
     def loss(out: Tensor, targets: Tensor) -> Tensor:
         t = targets[:, :n_out]
@@ -113,6 +125,8 @@ def distill_loss(
             value = regression_loss(out, t)
         else:
             value = cosine_loss(out, t)
+            if rank_weight > 0:
+                value = value + rank_weight * similarity_loss(out, t, rank_temperature, rank_loss)
         if trainee.hints and trainee.hint_value is not None and trainee.training:
             value = value + hint_weight * trainee.hint_value
         return value

@@ -54,6 +54,29 @@ def _factory_student(spec: str, weights: str | None) -> nn.Module:
     return module
 
 
+def _layers(cfg: DistillConfig, ctx: StageContext) -> str | tuple[int, ...]:
+    if isinstance(cfg.layers, list):
+        return tuple(cfg.layers)
+    if cfg.layers is None:  # measured for transformers (greedy removal beats even spacing on MiniLM)
+        return "auto" if ctx.transformer is not None else "even"
+    return cfg.layers
+
+
+def calibration_inputs(ctx: StageContext, rows: int = 128) -> tuple[torch.Tensor, ...]:
+    """Calibration rows ``layers: auto`` measures on; text is cut to its longest attended token
+    (padding to 128 would make the layer search several times slower and change nothing)."""
+    head = ctx.calibration.head(rows).inputs
+    arrays = [np.ascontiguousarray(head[n]) for n in ctx.input_names]
+    mask = head.get("attention_mask")
+    if mask is not None and mask.ndim == 2 and mask.any():
+        length = int(np.flatnonzero(mask.any(axis=0)).max()) + 1
+        arrays = [
+            np.ascontiguousarray(a[:, :length]) if a.ndim == 2 and a.shape == mask.shape else a
+            for a in arrays
+        ]
+    return tuple(torch.from_numpy(a) for a in arrays)
+
+
 def build_student(
     cfg: DistillConfig, ctx: StageContext, width: float, rows: dict[str, np.ndarray], n_out: int
 ) -> tuple[nn.Module, list[str]]:
@@ -67,8 +90,17 @@ def build_student(
             )
         from presso.techniques.distill.students import StudentPlan, derive_student
 
-        plan = StudentPlan(width=width, depth=cfg.depth, init=cfg.init, blocks=cfg.blocks)
-        student, notes = derive_student(ctx.module, example, plan, transformer=ctx.transformer, seed=ctx.seed)
+        plan = StudentPlan(
+            width=width, depth=cfg.depth, init=cfg.init, blocks=cfg.blocks, layers=_layers(cfg, ctx)
+        )
+        student, notes = derive_student(
+            ctx.module,
+            example,
+            plan,
+            transformer=ctx.transformer,
+            seed=ctx.seed,
+            calibration=calibration_inputs(ctx),
+        )
     elif cfg.student == "mlp":
         name = ctx.input_names[0]
         x = rows[name]
@@ -132,6 +164,19 @@ def _extra_rows(cfg: DistillConfig, ctx: StageContext):
     return ds.inputs, None if ds.target is None else np.asarray(ds.target)
 
 
+def rank_weight_for(cfg: DistillConfig, kind: str) -> float:
+    """The ranking term's weight: 1 for embeddings (cosine) unless set; it compares similarity
+    matrices of embeddings, so another loss refuses it."""
+    if cfg.rank_weight is None:
+        return 1.0 if kind == "cosine" else 0.0
+    if cfg.rank_weight > 0 and kind != "cosine":
+        raise PressoError(
+            f"rank_weight keeps an embedding model's neighbourhoods (loss: cosine); this run's loss is "
+            f"{kind}. Drop rank_weight or set loss: cosine."
+        )
+    return cfg.rank_weight
+
+
 def _text_file(cfg: DistillConfig, ctx: StageContext) -> Path | None:
     """The text file a text model's student streams: ``train_data`` when it is a ``.txt``,
     else the file of training texts the data came with (the minilm example's corpus)."""
@@ -191,6 +236,7 @@ def train_student(
         assert val_teacher is not None  # distill_data gives validation rows with their outputs
         val = (data.val, target_rows(val_teacher, data.val_labels if has_labels else None))
     trainee = Trainee(student, ctx.module if cfg.hints else None, cfg.hints, example_inputs(ctx))
+    rank_weight = rank_weight_for(cfg, kind)
     loss = distill_loss(
         kind,
         n_out,
@@ -199,6 +245,9 @@ def train_student(
         has_labels=has_labels,
         trainee=trainee,
         hint_weight=cfg.hint_weight,
+        rank_weight=rank_weight,
+        rank_loss=cfg.rank_loss,
+        rank_temperature=cfg.rank_temperature,
     )
     assert cfg.epochs is not None and cfg.lr is not None  # resolved by _settings
     settings = FitSettings(
@@ -285,7 +334,13 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
             "kl": f"soft targets T={cfg.temperature:g}, alpha {cfg.alpha:g}"
             + (" with labels" if data.labels is not None and cfg.alpha < 1 else ""),
             "mse": "mean squared error to the teacher",
-            "cosine": "cosine to the teacher",
+            "cosine": "cosine to the teacher"
+            + (
+                f" + {rank_weight_for(cfg, kind):g} x batch similarity {cfg.rank_loss}"
+                + (f" T={cfg.rank_temperature:g}" if cfg.rank_loss == "kl" else "")
+                if rank_weight_for(cfg, kind) > 0
+                else ""
+            ),
         }[kind]
         hints = f", hints on {len(cfg.hints)} layer pair(s)" if cfg.hints else ""
         note = (
