@@ -143,6 +143,22 @@ def _student_shape(cfg: DistillConfig, ctx: StageContext, student: nn.Module, wi
     return {**ctx.transformer, **attention_shape(student)}
 
 
+def settle_encoder(student: nn.Module) -> str:
+    """A derived encoder student trains without dropout (it should reproduce the teacher,
+    not regularise) and keeps the teacher's token embeddings frozen: they are about half
+    an encoder's weights and a third of a training step's time on all-MiniLM-L6-v2
+    (benchmarks/encoder_students.py trains the same way)."""
+    frozen = 0
+    for name, p in student.named_parameters():
+        if "word_embeddings" in name:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    for m in student.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return f"dropout off, token embeddings frozen ({frozen:,} parameters)" if frozen else "dropout off"
+
+
 def _settings(cfg: DistillConfig, ctx: StageContext) -> DistillConfig:
     big = ctx.transformer is not None
     return cfg.model_copy(
@@ -318,6 +334,8 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
     def attempt(width: float) -> Candidate:
         student, notes = build_student(cfg, ctx, width, data.train, n_out)
         params = count_parameters(student)
+        if ctx.transformer is not None and cfg.student == "auto":
+            notes.append(f"{STAGE}: {settle_encoder(student)}")
         report, kind = train_student(student, data, cfg, ctx, _checkpoint(cfg, width, width == widths[0]))
         if distributed.world_size() > 1 and not distributed.is_main():
             raise distributed.WorkerDone()  # rank 0 exports, verifies and writes; the others are done
