@@ -54,10 +54,16 @@ def _check_against_plain_ort(name, out, report):
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == list(ev.inputs)
     assert report.data["split"]["evaluation_batch"] == 1
-    rows = range(len(ev))
-    outputs = np.concatenate(
-        [sess.run(None, {k: v[i : i + 1] for k, v in ev.inputs.items()})[0] for i in rows]
-    )
+    mask = ev.inputs.get("attention_mask")
+
+    def row(i: int) -> dict[str, np.ndarray]:
+        """Row i as a user feeds it by hand: a text at its own length, no padding."""
+        if mask is None:
+            return {k: v[i : i + 1] for k, v in ev.inputs.items()}
+        n = int(mask[i].sum())
+        return {k: v[i : i + 1, :n] for k, v in ev.inputs.items()}
+
+    outputs = np.concatenate([sess.run(None, row(i))[0] for i in range(len(ev))])
     reference = load_model(example.model).run_torch(ev.inputs)
     target = ev.target
     if target is not None and example.task in ("forecast", "regression"):
