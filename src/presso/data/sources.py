@@ -185,12 +185,21 @@ def encode_texts(
     enc = tokenizer(
         texts, padding="max_length", truncation=True, max_length=min(seq_len, length), return_tensors="np"
     )
+    return model_inputs(enc, input_names)
+
+
+def model_inputs(enc: Any, input_names: list[str]) -> dict[str, np.ndarray]:
+    """The model's inputs from a tokenizer's arrays ``enc``: int64, and one segment of
+    ``token_type_ids`` when the tokenizer gives none."""
     inputs = {}
     for name in input_names:
         if name in enc:
-            inputs[name] = enc[name].astype(np.int64)
+            inputs[name] = enc[name].astype(np.int64, copy=False)
         elif name == "token_type_ids":
             inputs[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
         else:
-            raise PressoError(f"The tokenizer gives no '{name}' input for this model.")
+            raise PressoError(
+                f"The model takes input '{name}' that its tokenizer does not give "
+                f"({', '.join(enc)}); pass a dict of arrays instead of strings."
+            )
     return inputs

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from presso.data.sources import model_inputs
 from presso.errors import PressoError
 from presso.runtime.lengths import length_batches
 
@@ -26,18 +27,7 @@ def token_rows(texts: list[str], tokenizer: Any, max_tokens: int) -> dict[str, l
 def one_text(text: str, tokenizer: Any, input_names: list[str], max_tokens: int) -> dict[str, np.ndarray]:
     """The feed of one text at its real length (no padding to add)."""
     enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="np")
-    feed = {}
-    for name in input_names:
-        if name in enc:
-            feed[name] = enc[name].astype(np.int64, copy=False)
-        elif name == "token_type_ids":
-            feed[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
-        else:
-            raise PressoError(
-                f"The model takes input '{name}' that its tokenizer does not give "
-                f"({', '.join(enc)}); pass a dict of arrays instead of strings."
-            )
-    return feed
+    return model_inputs(enc, input_names)
 
 
 def _padded(rows: list[list[int]], length: int, value: int, left: bool) -> np.ndarray:
