@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import regression_rows
 from numpy.testing import assert_allclose
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from presso.errors import PressoError
 from presso.train import FitReport, FitSettings, fit, task_score, teacher_loss
@@ -242,11 +243,30 @@ def test_bad_data(train, match):
         ({"weight_decay": -0.1}, r"'weight_decay' option"),
         ({"max_seconds": 0}, r"'max_seconds' option"),
         ({"seed": 1.5}, r"'seed' option"),
+        ({"schedule": "cosine"}, r"'schedule' option .* one of constant, linear\. Got 'cosine'"),
+        ({"warmup": 1.0}, r"'warmup' option .* a fraction in \[0, 1\)"),
     ],
 )
 def test_bad_settings(kwargs, match):
     with pytest.raises(PressoError, match=match):
         FitSettings(**kwargs)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    train, _ = regression_rows()  # 192 rows: 12 steps of 16 per epoch, 36 in all
+    net = _mlp()
+    seen: list[float] = []
+    settings = FitSettings(epochs=3, lr=0.1, batch_size=16, patience=None, schedule="linear", warmup=0.25)
+    # the step size each optimizer step is taken with
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        fit(net, train, None, F.mse_loss, settings=settings)
+    finally:
+        hook.remove()
+    warm = 9  # a quarter of 36 steps
+    expected = [0.1 * (s + 1) / warm for s in range(warm)] + [0.1 * (36 - s) / 27 for s in range(warm, 36)]
+    assert_allclose(seen, expected, rtol=1e-12)
+    assert seen[warm - 1] == pytest.approx(0.1) and seen[-1] == pytest.approx(0.1 / 27)
 
 
 # --- teacher losses and scores ---------------------------------------------------------------

@@ -54,8 +54,12 @@ def _files(folder) -> list[str]:
 @pytest.mark.parametrize("kind", ["plain", "dropout", "batchnorm"])
 @pytest.mark.parametrize(
     "settings",
-    [SETTINGS, FitSettings(epochs=10, lr=0.05, batch_size=16, patience=2, seed=1)],
-    ids=["all-epochs", "early-stop"],
+    [
+        SETTINGS,
+        FitSettings(epochs=10, lr=0.05, batch_size=16, patience=2, seed=1),
+        FitSettings(epochs=5, lr=1e-2, batch_size=40, patience=None, seed=3, schedule="linear", warmup=0.2),
+    ],
+    ids=["all-epochs", "early-stop", "linear-schedule"],
 )
 def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path, kind, settings):
     train, val = regression_rows()

@@ -58,6 +58,7 @@ Data = tuple[dict[str, np.ndarray], np.ndarray]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 ScoreFn = Callable[[np.ndarray, np.ndarray], float]
 _EVAL_BATCH = 256
+SCHEDULES = ("constant", "linear")
 
 
 def _is_int(v) -> bool:
@@ -70,7 +71,11 @@ class FitSettings:
 
     ``patience``: stop after that many epochs without a better validation score (None:
     run every epoch). ``max_seconds``: stop after the epoch that crosses this wall-clock
-    time. Two fits with the same settings, module and data give identical weights.
+    time. ``schedule``: ``"constant"`` keeps ``lr``; ``"linear"`` warms up over the first
+    ``warmup`` fraction of the steps of all ``epochs`` and then decays linearly to zero at
+    the last step (BERT's schedule: fine-tuning a pretrained network from its weights wants
+    small first steps and an annealed end). Two fits with the same settings, module and
+    data give identical weights.
     """
 
     epochs: int = 10
@@ -80,6 +85,8 @@ class FitSettings:
     patience: int | None = 3
     seed: int = 0
     max_seconds: float | None = None
+    schedule: str = "constant"
+    warmup: float = 0.0
 
     def __post_init__(self):
         bad: tuple[str, str, object] | None = None  # (option, what it must be, the value given)
@@ -97,6 +104,10 @@ class FitSettings:
             bad = ("seed", "an int", self.seed)
         elif not (self.max_seconds is None or (finite_number(self.max_seconds) and self.max_seconds > 0)):
             bad = ("max_seconds", "a positive number or None", self.max_seconds)
+        elif self.schedule not in SCHEDULES:
+            bad = ("schedule", f"one of {', '.join(SCHEDULES)}", self.schedule)
+        elif not (finite_number(self.warmup) and 0 <= self.warmup < 1):
+            bad = ("warmup", "a fraction in [0, 1)", self.warmup)
         if bad:
             raise PressoError(
                 f"The '{bad[0]}' option of the fine-tuning settings must be {bad[1]}. Got {bad[2]!r} instead."
@@ -256,6 +267,27 @@ def _train_batches(module, batches, loss_fn, opt, net: nn.Module | None = None) 
     return total / max(seen, 1)
 
 
+def _scheduler(opt, settings: FitSettings, rows: int, source_batch: int | None):
+    """The step-size schedule of ``settings`` (None: constant), stepped after every optimizer
+    step by a hook, so the epoch loops stay as they are. Steps per epoch are counted as full
+    batches of the source's size; a source that makes a few more (length buckets end each
+    window with a short batch) spends them at step size zero."""
+    if settings.schedule == "constant":
+        return None
+    per_epoch = -(-rows // (source_batch or settings.batch_size))
+    total = max(1, settings.epochs * per_epoch)
+    warm = int(settings.warmup * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    opt.register_step_post_hook(lambda *_: sched.step())
+    return sched
+
+
 def _better(score: float, best: float) -> bool:
     return math.isfinite(score) and (not math.isfinite(best) or score > best)
 
@@ -365,6 +397,7 @@ class _FitRun:
         )
         self.parallel, self.rank = _dist.active(), _dist.rank()
         self.opt = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
+        self.sched = _scheduler(self.opt, settings, n_train, getattr(self.source, "batch_size", None))
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.was_training, self.start = module.training, time.monotonic()
         self.history: list[dict] = []
@@ -430,6 +463,8 @@ class _FitRun:
         """The optimizer and random-number states of an unfinished ``ckpt``: the next epochs
         are those of a fit that was never interrupted."""
         self.opt.load_state_dict(ckpt["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(ckpt["scheduler"])
         self.gen.set_state(ckpt["generator"])
         if len(ckpt["rng"]) == _dist.world_size():
             torch.set_rng_state(ckpt["rng"][self.rank])
@@ -524,6 +559,7 @@ class _FitRun:
             "stopped": stop or "",
             "module": self.module.state_dict(),
             "optimizer": self.opt.state_dict(),
+            "scheduler": None if self.sched is None else self.sched.state_dict(),
             "best_state": self.best_state,
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
