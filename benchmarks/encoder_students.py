@@ -16,7 +16,7 @@ Speed: every ONNX model (the full model and each student, fp32 and int8) is time
 interleaved rounds at batch 1 on a typical ~20-token sentence and at batch 32 real length
 (padded to the batch's longest), ``--threads`` threads.
 
-    python benchmarks/encoder_students.py --candidates 3:auto 3:even 4:auto 4:auto:0.5 \\
+    python benchmarks/encoder_students.py --candidates 3:auto 3:even 4:auto 4:auto:0.5 5:auto:0.5:1 \\
         [--sentences 20000] [--epochs 2] [--lr 1e-4] [--rank 1.0] [--minutes 12]
 """
 
@@ -271,11 +271,13 @@ def timing_inputs(tokenizer, names, texts: list[str]):
     return as_np([one]), as_np(batch), len(one["input_ids"]), int(lengths[:32].max())
 
 
-def parse_candidate(spec: str, rank: float) -> tuple[int, str, float, float]:
-    """``depth:layers[:width[:rank]]``, e.g. ``3:auto``, ``4:even``, ``4:auto:0.5``, ``3:auto:1:0``."""
+def parse_candidate(spec: str) -> StudentPlan:
+    """``depth:layers[:width[:heads]]``, e.g. ``3:auto``, ``4:even``, ``4:auto:0.5`` (heads and
+    FFN neurons), ``6:auto:0.5:1`` (FFN neurons only)."""
     parts = spec.split(":")
     width = float(parts[2]) if len(parts) > 2 else 1.0
-    return int(parts[0]), parts[1], width, float(parts[3]) if len(parts) > 3 else rank
+    heads = float(parts[3]) if len(parts) > 3 else None
+    return StudentPlan(depth=int(parts[0]), layers=parts[1], width=width, heads=heads)
 
 
 def main() -> None:
@@ -328,10 +330,9 @@ def main() -> None:
     table = {}
     work = Path(tempfile.mkdtemp(prefix="presso-students-"))
     for spec in args.candidates:
-        depth, layers, width, rank = parse_candidate(spec, args.rank)
+        plan = parse_candidate(spec)
         print(f"\n== {spec}", flush=True)
         t0 = time.time()
-        plan = StudentPlan(depth=depth, layers=layers, width=width)
         student, notes = derive_student(
             model.module,
             tuple(t[:2] for t in calibration),
@@ -340,9 +341,9 @@ def main() -> None:
             calibration=calibration,
         )
         print(f"  derived in {time.time() - t0:.0f} s: {notes}")
-        fit = None if args.speed_only else train(student, rows, targets, names, args, rank)
+        fit = None if args.speed_only else train(student, rows, targets, names, args, args.rank)
         student.eval()
-        shape = {**model.transformer, **attention_shape(student)} if width < 1 else model.transformer
+        shape = {**model.transformer, **attention_shape(student)} if plan.narrower else model.transformer
         loaded = dataclasses.replace(
             model, module=student, transformer=shape, name=f"student {spec}", notes=[]
         )

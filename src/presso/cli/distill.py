@@ -82,7 +82,17 @@ def _add_student_options(group) -> None:
         help="auto: fraction of channels / neurons / heads kept (default 0.45)",
     )
     group.add_argument(
-        "--depth", type=int, default=None, help="auto: blocks / transformer layers kept (default all)"
+        "--heads",
+        type=float,
+        default=None,
+        help="auto: fraction of a transformer's attention heads kept (default: --width; 1 with "
+        "--width < 1 narrows the feed-forward layers only)",
+    )
+    group.add_argument(
+        "--depth",
+        type=_depth,
+        default=None,
+        help="auto: blocks / transformer layers kept, or a fraction of them, e.g. 0.67 (default all)",
     )
     group.add_argument(
         "--layers",
@@ -100,6 +110,20 @@ def _add_student_options(group) -> None:
     )
     group.add_argument(
         "--hidden", type=int, nargs="+", default=None, metavar="N", help="mlp: hidden sizes (default 64 64)"
+    )
+
+
+def _depth(text: str) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value >= 1 and value.is_integer():
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"give a number of layers (an int >= 1) or a fraction of them in (0, 1), e.g. 4 or 0.67; got {text!r}"
     )
 
 
@@ -137,7 +161,11 @@ def _add_training_options(group) -> None:
     )
     group.add_argument("--epochs", type=int, default=None, help="default 60 (transformers 3)")
     group.add_argument(
-        "--lr", type=float, default=None, help="AdamW step size (default 1e-3; transformers 1e-4)"
+        "--lr",
+        type=float,
+        default=None,
+        help="AdamW step size (default 1e-3; transformers 2e-4, warmed up over 5%% of the steps "
+        "then decayed linearly to zero)",
     )
     group.add_argument("--batch-size", type=int, default=32)
     group.add_argument(
@@ -172,6 +200,7 @@ def _options(args, checkpoint: Path) -> dict:
     }
     for key in (
         "width",
+        "heads",
         "depth",
         "layers",
         "rank_weight",

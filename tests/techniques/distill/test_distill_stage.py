@@ -271,7 +271,10 @@ def test_hints_train_a_projection_and_need_a_torch_teacher():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"student": "mlp", "width": 0.3}, "width, depth and layers derive a student"),
+        ({"student": "mlp", "width": 0.3}, "width, heads, depth and layers derive a student"),
+        ({"depth": 1.5}, r"depth must be an int >= 1 \(layers kept\) or a float in \(0, 1\)"),
+        ({"depth": 0}, "depth must be an int >= 1"),
+        ({"heads": 0.0}, "heads"),
         ({"layers": [1, 1]}, "distinct layer indices"),
         ({"depth": 2, "layers": [0]}, "depth 2 differs from the 1 layers listed"),
         ({"layers": "best"}, "layers"),
@@ -357,6 +360,32 @@ def test_cli_layers_option_reads_auto_even_or_indices():
     assert _layers("auto") == "auto" and _layers("even") == "even" and _layers("0,4,5") == [0, 4, 5]
     with pytest.raises(argparse.ArgumentTypeError, match="auto, even or layer indices"):
         _layers("first")
+
+
+def test_cli_depth_reads_a_count_or_a_fraction():
+    import argparse
+
+    from presso.cli.distill import _depth
+
+    assert (_depth("4"), _depth("0.67")) == (4, 0.67) and isinstance(_depth("4"), int)
+    for bad in ("0", "1.5", "-1", "all"):
+        with pytest.raises(argparse.ArgumentTypeError, match="a fraction of them in \\(0, 1\\)"):
+            _depth(bad)
+
+
+def test_applies_to_encoders_skips_any_other_model_in_an_optional_stage(tmp_path):
+    X, y = _blobs(200)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "presso_recipe: 1\nname: enc\nstages:\n"
+        "  - technique: distill\n    optional: true\n    options: {applies_to: encoders, depth: 0.5}\n"
+        "  - technique: int8\n"
+    )
+    result = presso.compress(_teacher(X, y), str(recipe), data=(X, y), bench=QUICK)
+    first = result.report.stages[0]
+    assert first.skipped and first.chosen is None
+    assert "applies_to: encoders, and this model is not a transformer encoder" in first.notes[0]
+    assert result.report.stages[1].chosen is not None  # int8 ran on the teacher
 
 
 def test_transformer_student_measures_its_layers_and_ranks_embeddings(tmp_path):

@@ -45,7 +45,9 @@ def _assert_same_state(a: dict, b: dict) -> None:
         ({"width": 1.5}, "'width'"),
         ({"width": True}, "'width'"),
         ({"depth": 0}, "'depth'.*>= 1"),
-        ({"depth": 2.0}, "'depth'"),
+        ({"depth": 2.0}, "'depth'.*a float in \\(0, 1\\)"),
+        ({"depth": 1.0}, "'depth'"),
+        ({"heads": 1.5}, "'heads'.*\\(0, 1\\]"),
         ({"init": "zeros"}, "'init'.*teacher, random"),
         ({"blocks": "x"}, "'blocks'.*standard, separable.*Got 'x'"),
     ],
@@ -242,6 +244,16 @@ def test_bert_depth_keeps_first_and_last_layer(tiny_bert):
         assert student.encoder.encoder.layer[new].attention.self.layer_idx == new
     with torch.no_grad():
         assert student(*inputs).shape == teacher(*inputs).shape == (2, 32)
+
+
+def test_bert_depth_fraction_keeps_that_share_of_the_layers(tiny_bert):
+    teacher, inputs = tiny_bert
+    for fraction, kept in ((0.5, 2), (0.67, 3), (0.1, 1)):
+        student, _ = derive_student(
+            teacher, inputs, StudentPlan(depth=fraction, layers="even"), transformer={"model_type": "bert"}
+        )
+        assert len(find_encoder_layers(student, inputs)) == kept
+        assert count_parameters(student) == BERT_PARAMS - (4 - kept) * BERT_LAYER
 
 
 def test_bert_width_halves_heads_and_ffn(tiny_bert):

@@ -118,6 +118,24 @@ def test_width_halves_heads_and_neurons_where_heads_can_go(family):
         assert student(*inputs)[0].shape == teacher(*inputs)[0].shape
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_heads_1_narrows_the_feed_forward_layers_only(family):
+    teacher, inputs = teacher_and_inputs(family)
+    student, notes = derive_student(teacher, inputs, StudentPlan(width=0.5, heads=1.0))
+    assert count_parameters(teacher) - count_parameters(student) == 3 * FFN_CUT
+    assert {(b.n_heads, b.n_ffn) for b in find_encoder_blocks(student, inputs)} == {(HEADS, 32)}
+    assert "heads 4 of 4; FFN 32 of 64" in notes[0]
+
+
+def test_heads_alone_keeps_every_ffn_neuron():
+    teacher, inputs = teacher_and_inputs("bert")
+    student, notes = derive_student(teacher, inputs, StudentPlan(heads=0.5))
+    assert count_parameters(teacher) - count_parameters(student) == 3 * HEADS_CUT
+    assert {(b.n_heads, b.n_ffn) for b in find_encoder_blocks(student, inputs)} == {(2, FFN)}
+    with pytest.raises(PressoError, match=r"The 'heads' of a student must be a float in \(0, 1\]"):
+        StudentPlan(heads=0.0)
+
+
 @pytest.mark.parametrize("plan", [StudentPlan(depth=2), StudentPlan(width=0.5)], ids=["depth", "width"])
 def test_albert_students_are_refused(plan):
     teacher, inputs = teacher_and_inputs("albert")

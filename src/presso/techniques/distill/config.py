@@ -18,6 +18,8 @@ class DistillConfig(BaseModel):
 
     - ``auto``: derived from a PyTorch teacher: ``width`` keeps that fraction of every
       layer's channels / neurons (attention heads and feed-forward neurons of a transformer),
+      ``heads`` the fraction of attention heads (default: ``width``; ``heads: 1`` with
+      ``width`` < 1 narrows the feed-forward layers only),
       ``depth`` keeps that many blocks / transformer layers, chosen by ``layers``: ``auto``
       (the default for transformers) drops, one at a time, the layer whose removal keeps the
       output on the calibration rows closest to the teacher's (mean cosine; the notes give each
@@ -43,6 +45,9 @@ class DistillConfig(BaseModel):
     ...]`` adds ``hint_weight`` x the MSE between those layers' outputs (a learned projection
     when their widths differ; FitNets).
 
+    ``applies_to: encoders`` runs the stage on transformer encoders only (any other model skips
+    it; the ``fast`` recipe's first stage).
+
     Data: the calibration rows (a seeded ``validation_fraction`` held back for early stopping)
     plus ``train_data`` (a file of extra rows, labels optional: the teacher labels them) plus
     ``augment`` copies of mixup rows labelled by the teacher. Rows equal to held-out evaluation
@@ -60,7 +65,10 @@ class DistillConfig(BaseModel):
     student_weights: str | None = None
     # None: 0.45 for a derived student (DigitsCNN keeps 19.7% of its parameters; 0.5 would keep 25.6%)
     width: float | None = Field(default=None, gt=0, le=1)
-    depth: int | None = Field(default=None, ge=1)
+    # None: as width; 1 with width < 1 narrows a transformer's feed-forward layers only
+    heads: float | None = Field(default=None, gt=0, le=1)
+    # layers kept, or a float in (0, 1): that fraction of the teacher's layers
+    depth: int | float | None = None
     # None: auto for a transformer encoder (measured), even for other stacks of blocks
     layers: Literal["auto", "even"] | list[int] | None = None
     init: Literal["teacher", "random"] = "teacher"
@@ -75,9 +83,11 @@ class DistillConfig(BaseModel):
     rank_weight: float | None = Field(default=None, ge=0, le=1000)
     rank_loss: Literal["kl", "mse"] = "kl"
     rank_temperature: float = Field(default=0.05, gt=0, le=100)
-    # None: 60 epochs at lr 1e-3, or for transformer encoders 4 epochs at 1e-4
+    # None: 60 epochs at lr 1e-3, or for transformer encoders 3 epochs at 2e-4
     epochs: int | None = Field(default=None, ge=0, le=10000)
     lr: float | None = Field(default=None, gt=0, le=1.0)
+    # auto: linear (5% warm-up, then decay to zero) for transformer encoders, else constant
+    schedule: Literal["auto", "constant", "linear"] = "auto"
     batch_size: int = Field(default=32, ge=1, le=65536)
     patience: int | None = Field(default=10, ge=1)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -85,6 +95,9 @@ class DistillConfig(BaseModel):
     train_data: str | None = None
     max_minutes: float | None = Field(default=None, gt=0)
     checkpoint: str | None = None
+    # encoders: a transformer encoder only; any other model skips the stage (NothingToDo), so
+    # one recipe (fast) gives encoders a distilled shallower student and leaves the rest alone
+    applies_to: Literal["any", "encoders"] = "any"
     backoff: int = Field(
         default=1, ge=0, le=4
     )  # wider retries (width -> (1 + width) / 2) if the budget breaks
@@ -95,6 +108,16 @@ class DistillConfig(BaseModel):
         if v not in ("auto", "mlp") and ":" not in v:
             raise ValueError(
                 f"student must be auto, mlp or a factory 'file.py:fn' / 'package.module:fn'; got {v!r}"
+            )
+        return v
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: int | float | None) -> int | float | None:
+        if isinstance(v, float) and not 0 < v < 1 or isinstance(v, int) and v < 1:
+            raise ValueError(
+                f"depth must be an int >= 1 (layers kept) or a float in (0, 1) (the fraction of the "
+                f"teacher's layers kept); got {v}"
             )
         return v
 
@@ -126,10 +149,13 @@ class DistillConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self):
         if self.student != "auto" and (
-            self.width is not None or self.depth is not None or self.layers is not None
+            self.width is not None
+            or self.heads is not None
+            or self.depth is not None
+            or self.layers is not None
         ):
             raise ValueError(
-                "width, depth and layers derive a student from the teacher (student: auto); "
+                "width, heads, depth and layers derive a student from the teacher (student: auto); "
                 f"they do not apply to student: {self.student}"
             )
         if isinstance(self.layers, list) and self.depth is not None and self.depth != len(self.layers):

@@ -74,7 +74,11 @@ class StudentPlan:
     """How :func:`derive_student` shrinks the teacher; validated at construction.
 
     width : kept fraction of channels / neurons (of a transformer's heads and FFN neurons), (0, 1].
-    depth : blocks / transformer layers kept; None keeps all (or as many as ``layers`` lists).
+    heads : kept fraction of a transformer's attention heads, (0, 1]; None: ``width``. ``heads=1``
+        with ``width`` < 1 narrows the feed-forward layers only (heads carry more of an encoder's
+        fidelity per FLOP than FFN neurons at short text lengths).
+    depth : blocks / transformer layers kept, or a float in (0, 1): that fraction of them (rounded,
+        at least 1; ``0.67`` keeps 4 of 6, 8 of 12); None keeps all (or as many as ``layers`` lists).
     layers : which are kept: ``"even"`` (evenly spaced), ``"auto"`` (greedy removal measured on
         the calibration inputs) or a tuple of indices (0-based, in the teacher's order).
     init : ``"teacher"`` keeps the surviving weights; ``"random"``: same architecture, seeded init.
@@ -82,19 +86,23 @@ class StudentPlan:
     """
 
     width: float = 1.0
-    depth: int | None = None
+    depth: int | float | None = None
     init: str = "teacher"
     blocks: str = "standard"
     layers: str | tuple[int, ...] = "even"
+    heads: float | None = None
 
     def __post_init__(self) -> None:
-        w = self.width
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
-            raise PressoError(f"The 'width' of a student must be a float in (0, 1]. Got {w!r} instead.")
+        for name, w in (("width", self.width), ("heads", 1.0 if self.heads is None else self.heads)):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
+                raise PressoError(f"The '{name}' of a student must be a float in (0, 1]. Got {w!r} instead.")
         d = self.depth
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+        count = isinstance(d, int) and not isinstance(d, bool) and d >= 1
+        fraction = isinstance(d, float) and 0.0 < d < 1.0
+        if d is not None and not (count or fraction):
             raise PressoError(
-                f"The 'depth' of a student must be an int >= 1 or None (keep all). Got {d!r} instead."
+                "The 'depth' of a student must be an int >= 1 (layers kept), a float in (0, 1) "
+                f"(the fraction of the teacher's layers kept) or None (keep all). Got {d!r} instead."
             )
         if self.init not in INITS:
             raise PressoError(
@@ -110,8 +118,16 @@ class StudentPlan:
     def shallower(self) -> bool:
         return self.depth is not None or not isinstance(self.layers, str)
 
+    @property
+    def kept_heads(self) -> float:
+        return self.width if self.heads is None else self.heads
 
-def _check_layers(layers: object, depth: int | None) -> None:
+    @property
+    def narrower(self) -> bool:
+        return self.width < 1.0 or self.kept_heads < 1.0
+
+
+def _check_layers(layers: object, depth: int | float | None) -> None:
     if isinstance(layers, str):
         if layers not in LAYER_CHOICES:
             raise PressoError(
@@ -212,14 +228,15 @@ def _choose_layers(
             )
         return sorted(plan.layers), "as listed"
     assert plan.depth is not None  # shallower without a list means a depth
-    if plan.depth > count:
+    depth = plan.depth if isinstance(plan.depth, int) else max(1, round(plan.depth * count))
+    if depth > count:
         raise PressoError(
-            f"A student 'depth' of {plan.depth} exceeds the teacher's {count} {what}; "
+            f"A student 'depth' of {depth} exceeds the teacher's {count} {what}; "
             f"give a depth in [1, {count}]."
         )
     if plan.layers == "even":
-        return _evenly(count, plan.depth, what), "evenly spaced"
-    keep, steps = greedy_layers(container, groups, plan.depth, run)
+        return _evenly(count, depth, what), "evenly spaced"
+    keep, steps = greedy_layers(container, groups, depth, run)
     measured = ", then ".join(f"{k} (cosine {cos:.4f})" for k, cos in steps)
     how = f"by greedy removal on the calibration inputs: dropped {measured}" if steps else "all of them"
     return keep, how
@@ -349,27 +366,26 @@ def _shallower_stack(student: nn.Module, plan: StudentPlan, inputs: tuple, calib
 # ---------------------------------------------------------------- width
 
 
-def _narrower_transformer(student: nn.Module, width: float, inputs: tuple) -> str:
+def _narrower_transformer(student: nn.Module, width: float, heads: float, inputs: tuple) -> str:
     blocks = find_encoder_blocks(student, inputs)
     fixed = next((b for b in blocks if b.heads_refusal), None)
     report = prune_transformer(
         student,
         inputs,
-        heads_ratio=0.0 if fixed else 1 - width,
+        heads_ratio=0.0 if fixed else 1 - heads,
         ffn_ratio=1 - width,
         importance="l2",
         scope="layer",
         round_to=8,
     )
     rows = report.summary()
-    heads = sorted({(r["heads_kept"], r["heads_kept"] + r["heads_removed"]) for r in rows})
+    heads_kept = sorted({(r["heads_kept"], r["heads_kept"] + r["heads_removed"]) for r in rows})
     ffn = sorted({(r["ffn_kept"], r["ffn_kept"] + r["ffn_removed"]) for r in rows})
-    what = "FFN neurons" if fixed else "attention heads and FFN neurons"
     kept_heads = (
-        f"all heads kept: {fixed.heads_refusal}" if fixed else ", ".join(f"{k} of {n}" for k, n in heads)
+        f"all heads kept: {fixed.heads_refusal}" if fixed else ", ".join(f"{k} of {n}" for k, n in heads_kept)
     )
     return (
-        f"kept {width:.0%} of {what} per layer (heads {kept_heads}; "
+        f"kept {width:.0%} of FFN neurons per layer (heads {kept_heads}; "
         f"FFN {', '.join(f'{k} of {n}' for k, n in ffn)}; "
         f"fuse its ONNX export with attention_shape(student))"
     )
@@ -546,7 +562,7 @@ def _shrink(
     notes = []
     for step, wanted in (
         ("depth", plan.shallower),
-        ("width", plan.width < 1.0),
+        ("width", plan.narrower),
         ("blocks", plan.blocks == "separable"),
     ):
         if not wanted:
@@ -556,7 +572,10 @@ def _shrink(
             shallower = _shallower_transformer if is_transformer else _shallower_stack
             note = shallower(student, plan, inputs, calibration)
         elif step == "width":
-            note = (_narrower_transformer if is_transformer else _narrower)(student, plan.width, inputs)
+            if is_transformer:
+                note = _narrower_transformer(student, plan.width, plan.kept_heads, inputs)
+            else:
+                note = _narrower(student, plan.width, inputs)
         else:
             student, note = _separable(student, inputs)
         notes.append(f"{note}: {before:,} -> {count_parameters(student):,} parameters")
