@@ -305,14 +305,16 @@ def test_deep_compression_is_prune_kmeans_pack():
     assert all(not s.optional and s.keep_if == "always" for s in recipe.stages)
 
 
-def test_fast_is_optional_slim_factorize_int8_kept_only_if_faster():
+def test_fast_is_optional_encoder_student_slim_factorize_int8_kept_only_if_faster():
     recipe = load_recipe("fast")
     assert [(s.technique, s.optional, s.keep_if) for s in recipe.stages] == [
+        ("distill", True, "faster"),
         ("slim", True, "always"),
         ("factorize", True, "faster"),
         ("int8", True, "faster"),
     ]
-    (_, slim), (_, factorize), (_, int8) = recipe.configs()
+    (_, student), (_, slim), (_, factorize), (_, int8) = recipe.configs()
+    assert (student.applies_to, student.depth, student.width, student.backoff) == ("encoders", 0.67, 1.0, 0)
     assert (slim.ratios, slim.heads, slim.ffn) == ([0.8, 0.7, 0.65, 0.5], 0.25, 0.5)
     assert (factorize.rank, factorize.pays) == ("speed", "speed")
     assert int8.variants == "auto"
