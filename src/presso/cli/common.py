@@ -96,6 +96,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
 
 
+def add_train_texts_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--train-texts",
+        metavar="FILE",
+        help="a .txt of unlabeled texts (one a line, any size) a text model's students learn from: "
+        "the fast recipe's encoder student, --recipe auto's students (streamed, labelled by the "
+        "original model; --example minilm brings its own corpus)",
+    )
+
+
 def model_and_data(args, progress, what: str = "MODEL") -> tuple:
     """(model, data, task, name) from MODEL/--data or --example, with one-line errors."""
     import presso
@@ -154,6 +164,7 @@ def run_settings(args, task: str | None = None, weights: str | None = None):
         seq_len=args.seq_len,
         bench=bench_settings(args),
         output=getattr(args, "output", None),
+        train_texts=getattr(args, "train_texts", None),
     )
 
 

@@ -11,6 +11,7 @@ from presso.cli.common import (
     add_data_options,
     add_model_options,
     add_run_options,
+    add_train_texts_option,
     console,
     make_progress,
     model_and_data,
@@ -71,6 +72,7 @@ samplers, constraints and shared studies.""",
     )
     add_search_budget(p)
     add_run_options(p)
+    add_train_texts_option(p)
     add_bench_options(p)
     add_common(p)
     # --recipe auto hands these arguments to presso search's run, which reads its own options too

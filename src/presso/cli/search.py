@@ -11,6 +11,7 @@ from presso.cli.common import (
     add_data_options,
     add_model_options,
     add_run_options,
+    add_train_texts_option,
     console,
     make_progress,
     model_and_data,
@@ -63,6 +64,7 @@ def register(sub) -> None:
         help="search folder: artifact, study.db, trials/ (default: ./presso-NAME-search)",
     )
     add_run_options(p)
+    add_train_texts_option(p)
     add_bench_options(p)
     add_common(p)
     p.set_defaults(run=run)

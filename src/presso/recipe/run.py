@@ -155,6 +155,7 @@ class RunOptions(TypedDict, total=False):
     seq_len: int
     bench: BenchSettings | None
     output: str | None
+    train_texts: str | Path | None
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,10 @@ class RunSettings:
     output
         Which output of the model to compress for: a dict / ModelOutput key or a tuple index
         of forward's result, a graph output name of an ONNX file (default: the first).
+    train_texts
+        A ``.txt`` file of unlabeled texts (one a line, any size) for a text model: a
+        ``distill`` stage without its own ``train_data`` streams it (the ``fast`` recipe's
+        encoder student, ``--recipe auto``'s students), labelled by the teacher.
     """
 
     task: str | None = None
@@ -199,6 +204,7 @@ class RunSettings:
     seq_len: int = 128
     bench: BenchSettings | None = None
     output: str | None = None
+    train_texts: str | Path | None = None
 
     @classmethod
     def of(cls, base: RunSettings | None, options: Mapping[str, Any], where: str) -> RunSettings:
@@ -212,6 +218,21 @@ class RunSettings:
                 f"{where}() got an unknown option '{unknown[0]}'{hint}. Run options: {', '.join(known)}."
             )
         return replace(base or cls(), **options)
+
+
+def _train_texts(path: str | Path, loaded: LoadedModel):
+    """The data's further training texts: ``path``, checked before any slow work."""
+    file = Path(path)
+    if loaded.tokenizer is None:
+        raise PressoError(
+            f"--train-texts {path}: this model takes no text (no tokenizer); give extra rows to "
+            "presso distill --train-data instead."
+        )
+    if file.suffix.lower() != ".txt":
+        raise PressoError(f"--train-texts {path}: give a .txt file, one text a line.")
+    if not file.is_file():
+        raise PressoError(f"--train-texts {path}: no such file.")
+    return lambda: file
 
 
 def prepare(
@@ -236,6 +257,8 @@ def prepare(
     progress.log("loading the model")
     loaded = load_model(model, weights=run.weights, output=run.output)
     data = resolve_data(data, loaded, target=run.target, seq_len=seq_len, group=run.group)
+    if run.train_texts is not None:
+        data = replace(data, train_texts=_train_texts(run.train_texts, loaded))
     if recipe is not None:
         check_stage_order(recipe, recipe.configs(), loaded)
     workdir = new_workdir()

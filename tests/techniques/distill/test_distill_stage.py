@@ -403,3 +403,55 @@ def test_transformer_student_measures_its_layers_and_ranks_embeddings(tmp_path):
     assert kept is not None and {kept.group(1), kept.group(2)} == {"0", "1"}
     assert 0 < float(kept.group(3)) <= 1
     assert "cosine to the teacher + 1 x batch similarity kl T=0.05" in notes
+
+
+def test_fast_recipe_gives_an_encoder_a_distilled_student_from_train_texts(tmp_path):
+    from hf_tiny import _sentences, tiny_hf_folder
+
+    folder = tiny_hf_folder("bert", False, tmp_path / "bert", pooling="mean+normalize")
+    sentences = list(_sentences())
+    corpus = tmp_path / "more.txt"
+    corpus.write_text("\n".join(sentences[60:260]) + "\n")
+    result = presso.compress(
+        str(folder),
+        "fast",
+        data=sentences[:60],
+        task="embedding",
+        train_texts=str(corpus),
+        max_drop=1.0,
+        bench=QUICK,
+    )
+    first = result.report.stages[0]
+    assert first.technique == "distill"
+    (student,) = first.variants
+    assert "200 texts streamed from more.txt at their own length" in student["note"]
+    # two thirds of 2 layers: 1 (a tiny BERT layer holds 8,544 parameters)
+    assert "41,568 -> 33,024 parameters" in student["note"]
+    # kept unless its speed gain is lost in the timing noise of so small a model (keep_if: faster)
+    assert first.chosen == "student width 1" or "keep_if: faster" in first.notes[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("more.csv", "a\n", r"--train-texts .*more\.csv: give a \.txt file, one text a line"),
+        ("missing.txt", None, r"--train-texts .*missing\.txt: no such file"),
+    ],
+)
+def test_bad_train_texts_are_refused_before_any_work(tmp_path, name, content, match):
+    from hf_tiny import _sentences, tiny_hf_folder
+
+    folder = tiny_hf_folder("bert", False, tmp_path / "bert", pooling="mean+normalize")
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PressoError, match=match):
+        presso.compress(str(folder), "fast", data=list(_sentences())[:40], train_texts=str(path))
+
+
+def test_train_texts_need_a_text_model(tmp_path):
+    X, y = _blobs(60)
+    path = tmp_path / "t.txt"
+    path.write_text("a text\n")
+    with pytest.raises(PressoError, match="this model takes no text"):
+        presso.compress(_teacher(X, y), "int8", data=(X, y), train_texts=str(path))
