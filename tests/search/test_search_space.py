@@ -448,3 +448,22 @@ def test_warm_starts_are_points_of_the_space(prepared):
     assert warm_starts(SearchSpace.for_model(prepared, ["kmeans"])) == [
         {"weights": "kmeans", "kmeans.bits": 4}
     ]
+
+
+def test_transformer_students_keep_a_share_of_the_layers():
+    from presso.techniques.contract import SpaceModel
+    from presso.techniques.distill.search import DISTILL
+
+    model = SpaceModel(kind="transformer")
+    choices = {c.name: c.values for c in DISTILL.choices(model, lambda values: True)}
+    assert choices["distill.depth"] == (0.34, 0.5, 0.67, 0.83, 1.0)
+    base = {"distill.width": 1.0, "distill.temperature": 4.0, "distill.alpha": 1.0}
+    values = {**base, **{c: v[0] for c, v in choices.items() if c not in base and c != "distill.depth"}}
+    shallow = DISTILL.options({**values, "distill.depth": 0.67}, model)
+    whole = DISTILL.options({**values, "distill.depth": 1.0}, model)
+    assert shallow["depth"] == 0.67 and "depth" not in whole
+    assert DISTILL.describe(shallow) == "width 1 depth 0.67"
+    # the options make a valid distill config, depth as a fraction
+    from presso.techniques.distill.config import DistillConfig
+
+    assert DistillConfig(**shallow).depth == 0.67

@@ -35,7 +35,11 @@ def _choices(model: SpaceModel, on: Callable[[Values], bool]) -> list[Choice]:
             )
         ]
         if model.kind == "transformer":
-            out.append(Choice("distill.depth", (2, 3, 4, 6), on, "encoder layers the student keeps"))
+            # fractions of the teacher's layers (1.0: all), so any depth of encoder gets the same
+            # choices; two thirds is the fast recipe's student
+            out.append(
+                Choice("distill.depth", (0.34, 0.5, 0.67, 0.83, 1.0), on, "share of encoder layers kept")
+            )
         if _has_spatial_conv(model.module):
             out.append(
                 Choice(
@@ -58,7 +62,7 @@ def _options(values: Values, model: SpaceModel) -> dict[str, Any]:
         opts = {"student": "mlp", "hidden": [int(h) for h in str(values["distill.hidden"]).split("x")]}
     else:
         opts = {"width": values["distill.width"]}
-        if "distill.depth" in values:
+        if values.get("distill.depth", 1.0) < 1.0:
             opts["depth"] = values["distill.depth"]
         if values.get("distill.blocks", "standard") != "standard":
             opts["blocks"] = values["distill.blocks"]
