@@ -75,8 +75,9 @@ class StudentPlan:
 
     width : kept fraction of channels / neurons (of a transformer's heads and FFN neurons), (0, 1].
     heads : kept fraction of a transformer's attention heads, (0, 1]; None: ``width``. ``heads=1``
-        with ``width`` < 1 narrows the feed-forward layers only (heads carry more of an encoder's
-        fidelity per FLOP than FFN neurons at short text lengths).
+        with ``width`` < 1 narrows the feed-forward layers only (on all-MiniLM-L6-v2, halving
+        heads and FFN together cost far more fidelity than dropping a layer:
+        benchmarks/encoder_students.py).
     depth : blocks / transformer layers kept, or a float in (0, 1): that fraction of them (rounded,
         at least 1; ``0.67`` keeps 4 of 6, 8 of 12); None keeps all (or as many as ``layers`` lists).
     layers : which are kept: ``"even"`` (evenly spaced), ``"auto"`` (greedy removal measured on
