@@ -185,6 +185,13 @@ def test_depth_without_same_shape_blocks_is_refused():
         derive_student(_digits(), PIXELS, StudentPlan(depth=1))
 
 
+def test_heads_on_a_model_without_attention_is_refused():
+    with pytest.raises(
+        PressoError, match=r"'heads' \(0.5\) removes attention heads .* this model has none\. Use width"
+    ):
+        derive_student(_digits(), (torch.rand(2, 1, 8, 8),), StudentPlan(heads=0.5))
+
+
 def test_depth_above_the_block_count_is_refused():
     with pytest.raises(
         PressoError, match="'depth' of 5 exceeds the teacher's 4 same-shape blocks.*\\[1, 4\\]"

@@ -575,6 +575,11 @@ def _shrink(
         elif step == "width":
             if is_transformer:
                 note = _narrower_transformer(student, plan.width, plan.kept_heads, inputs)
+            elif plan.heads is not None and plan.heads < 1.0:
+                raise PressoError(
+                    f"A student's 'heads' ({plan.heads:g}) removes attention heads of a transformer "
+                    "encoder; this model has none. Use width."
+                )
             else:
                 note = _narrower(student, plan.width, inputs)
         else:
