@@ -380,14 +380,16 @@ def _narrower_transformer(student: nn.Module, width: float, heads: float, inputs
         round_to=8,
     )
     rows = report.summary()
-    heads_kept = sorted({(r["heads_kept"], r["heads_kept"] + r["heads_removed"]) for r in rows})
-    ffn = sorted({(r["ffn_kept"], r["ffn_kept"] + r["ffn_removed"]) for r in rows})
-    kept_heads = (
-        f"all heads kept: {fixed.heads_refusal}" if fixed else ", ".join(f"{k} of {n}" for k, n in heads_kept)
+    head_counts = sorted({(r["heads_kept"], r["heads_kept"] + r["heads_removed"]) for r in rows})
+    ffn_counts = sorted({(r["ffn_kept"], r["ffn_kept"] + r["ffn_removed"]) for r in rows})
+    heads_words = (
+        f"all heads kept: {fixed.heads_refusal}"
+        if fixed
+        else ", ".join(f"{k} of {n}" for k, n in head_counts)
     )
     return (
-        f"kept {width:.0%} of FFN neurons per layer (heads {kept_heads}; "
-        f"FFN {', '.join(f'{k} of {n}' for k, n in ffn)}; "
+        f"kept {width:.0%} of FFN neurons per layer (heads {heads_words}; "
+        f"FFN {', '.join(f'{k} of {n}' for k, n in ffn_counts)}; "
         f"fuse its ONNX export with attention_shape(student))"
     )
 
