@@ -209,9 +209,64 @@ def teacher_embeddings(module, rows, names, texts: list[str], cache: Path) -> np
 # ---------------------------------------------------------------- training
 
 
-def train(student, rows, targets, names, args, rank: float) -> dict:
+def kept_layers(student, teacher) -> list[int]:
+    """The teacher layer each student layer was copied from (equal query weights at derivation)."""
+    t_layers, s_layers = teacher.encoder.encoder.layer, student.encoder.encoder.layer
+    out = []
+    for s in s_layers:
+        q = s.attention.self.query.weight
+        out.append(
+            next(
+                i
+                for i, t in enumerate(t_layers)
+                if t.attention.self.query.weight.shape == q.shape
+                and torch.equal(t.attention.self.query.weight, q)
+            )
+        )
+    return out
+
+
+class LayerHints:
+    """Each student layer's output against the output of the teacher layer it was copied
+    from: MSE over real tokens, divided by the teacher's mean square (scale-free)."""
+
+    def __init__(self, student, teacher, mapping: str = "copied"):
+        self.teacher = teacher
+        kept = kept_layers(student, teacher)
+        if mapping == "next-input":  # the output the next kept layer took as input in the teacher
+            count = len(teacher.encoder.encoder.layer)
+            kept = [k - 1 for k in kept[1:]] + [count - 1]
+        self.pairs = list(enumerate(kept))
+        self.s_out: dict[int, torch.Tensor] = {}
+        self.t_out: dict[int, torch.Tensor] = {}
+        for j, i in self.pairs:
+            student.encoder.encoder.layer[j].register_forward_hook(self._keep(self.s_out, j))
+            teacher.encoder.encoder.layer[i].register_forward_hook(self._keep(self.t_out, i))
+
+    @staticmethod
+    def _keep(store, key):
+        def hook(_module, _inputs, output):
+            store[key] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def loss(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        with torch.no_grad():
+            self.teacher(*xs)
+        mask = xs[1].unsqueeze(-1).float()
+        total = 0.0
+        for j, i in self.pairs:
+            t = self.t_out[i]
+            scale = ((t**2) * mask).sum() / mask.sum() / t.shape[-1]
+            total = total + (((self.s_out[j] - t) ** 2) * mask).sum() / mask.sum() / t.shape[-1] / scale
+        return total / len(self.pairs)
+
+
+def train(student, rows, targets, names, args, rank: float, teacher=None) -> dict:
     """AdamW, linear warm-up (5%) and decay, dropout off (the student should reproduce the
-    teacher exactly, not regularise); stops at --minutes."""
+    teacher exactly, not regularise); stops at --minutes. ``--hints W`` adds W x the
+    layer-by-layer hidden-state loss (:class:`LayerHints`), running the teacher each step."""
+    hints = LayerHints(student, teacher, args.hint_map) if args.hints > 0 else None
     lengths = np.array([len(r["input_ids"]) for r in rows])
     steps_per_epoch = -(-len(rows) // args.batch_size)
     total = args.epochs * steps_per_epoch
@@ -237,6 +292,8 @@ def train(student, rows, targets, names, args, rank: float) -> dict:
             loss = cosine_loss(out, t)
             if rank > 0:
                 loss = loss + rank * similarity_loss(out, t, args.rank_temperature, args.rank_kind)
+            if hints is not None:
+                loss = loss + args.hints * hints.loss(pad([rows[j] for j in idx], names))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -291,6 +348,8 @@ def main() -> None:
     p.add_argument("--rank-kind", choices=["kl", "mse"], default="kl")
     p.add_argument("--rank-temperature", type=float, default=0.05)
     p.add_argument("--minutes", type=float, default=12.0, help="training budget per candidate")
+    p.add_argument("--hints", type=float, default=0.0, help="weight of the layer-by-layer hidden-state loss")
+    p.add_argument("--hint-map", choices=["copied", "next-input"], default="copied")
     p.add_argument("--train-embeddings", action="store_true", help="train the token embeddings too")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
@@ -341,7 +400,7 @@ def main() -> None:
             calibration=calibration,
         )
         print(f"  derived in {time.time() - t0:.0f} s: {notes}")
-        fit = None if args.speed_only else train(student, rows, targets, names, args, args.rank)
+        fit = None if args.speed_only else train(student, rows, targets, names, args, args.rank, model.module)
         student.eval()
         shape = {**model.transformer, **attention_shape(student)} if plan.narrower else model.transformer
         loaded = dataclasses.replace(

@@ -176,6 +176,15 @@ def test_hint_equal_widths_has_no_parameters_and_is_mse():
     assert_allclose(_f(hint(_t(s), _t(t))), np.mean((s - t) ** 2), rtol=1e-5)
 
 
+def test_hint_normalized_is_mse_over_the_teachers_mean_square_whatever_the_scale():
+    hint = HintLoss(6, 6, normalize=True)
+    s, t = np.random.default_rng(4).normal(size=(2, 3, 7, 6))
+    expected = np.mean((s - t) ** 2) / np.mean(t**2)
+    assert_allclose(_f(hint(_t(s), _t(t))), expected, rtol=1e-5)
+    assert_allclose(_f(hint(_t(50 * s), _t(50 * t))), expected, rtol=1e-5)  # hidden states of any scale
+    assert _f(hint(_t(t), _t(t))) == 0.0
+
+
 def test_hint_projects_last_axis_of_hidden_states():
     hint = HintLoss(3, 2)
     assert tuple(hint.proj.weight.shape) == (2, 3)

@@ -159,6 +159,13 @@ def _add_training_options(group) -> None:
         default=None,
         help="cosine: weight of the in-batch similarity-matrix (ranking) term (default 1 for embeddings)",
     )
+    group.add_argument(
+        "--hint-weight",
+        type=float,
+        default=None,
+        help="a student with fewer transformer layers also learns each kept layer's output from the "
+        "teacher layer it was copied from, at this weight (default 3; 0 = off)",
+    )
     group.add_argument("--epochs", type=int, default=None, help="default 60 (transformers 3)")
     group.add_argument(
         "--lr",
@@ -204,6 +211,7 @@ def _options(args, checkpoint: Path) -> dict:
         "depth",
         "layers",
         "rank_weight",
+        "hint_weight",
         "epochs",
         "lr",
         "hidden",

@@ -335,6 +335,8 @@ class HintLoss(nn.Module):
     ``(N, C, H, W)`` (a 1x1 convolution) and the last axis otherwise, as in transformer hidden
     states ``(N, T, C)``; ``True`` always uses axis 1 (e.g. conv1d ``(N, C, L)``), ``False``
     always the last axis. The other axes (spatial sizes, tokens) must match the teacher's.
+    ``normalize=True`` divides the MSE by the teacher features' mean square, so the loss is
+    the relative error whatever the layer's scale (transformer hidden states).
 
     Examples
     --------
@@ -346,7 +348,13 @@ class HintLoss(nn.Module):
     0.0
     """
 
-    def __init__(self, student_width: int, teacher_width: int, channels_first: bool | None = None):
+    def __init__(
+        self,
+        student_width: int,
+        teacher_width: int,
+        channels_first: bool | None = None,
+        normalize: bool = False,
+    ):
         super().__init__()
         for name, v in (("student_width", student_width), ("teacher_width", teacher_width)):
             if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1):
@@ -360,7 +368,7 @@ class HintLoss(nn.Module):
                 f"Got {channels_first!r} instead."
             )
         self.student_width, self.teacher_width = int(student_width), int(teacher_width)
-        self.channels_first = channels_first
+        self.channels_first, self.normalize = channels_first, bool(normalize)
         self.proj = (
             nn.Identity()
             if student_width == teacher_width
@@ -393,6 +401,8 @@ class HintLoss(nn.Module):
                 f"'teacher_feat' {tuple(t.shape)} differ; tap layers with the same batch and "
                 "spatial sizes, and set teacher_width to the teacher's width."
             )
+        if self.normalize:  # relative to the teacher's mean square: one weight fits any layer's scale
+            return F.mse_loss(p, t) / t.pow(2).mean().clamp_min(1e-12)
         return F.mse_loss(p, t)
 
 

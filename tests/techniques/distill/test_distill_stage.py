@@ -403,6 +403,24 @@ def test_transformer_student_measures_its_layers_and_ranks_embeddings(tmp_path):
     assert kept is not None and {kept.group(1), kept.group(2)} == {"0", "1"}
     assert 0 < float(kept.group(3)) <= 1
     assert "cosine to the teacher + 1 x batch similarity kl T=0.05" in notes
+    assert "+ 3 x each layer's output against the teacher layer it was copied from" in notes
+
+
+def test_layer_hints_by_default_for_shallower_transformer_students_only():
+    from presso.techniques.distill.stage import hint_pairs
+
+    pairs = [("encoder.layer.0", "encoder.layer.0"), ("encoder.layer.1", "encoder.layer.3")]
+    shallower, whole = nn.Linear(2, 2), nn.Linear(2, 2)
+    shallower.__dict__["_presso_copied_layers"] = pairs  # what derive_student records
+    torch_ctx = SimpleNamespace(module=nn.Linear(2, 2))
+    assert hint_pairs(DistillConfig(), torch_ctx, shallower) == (pairs, 3.0)
+    assert hint_pairs(DistillConfig(hint_weight=0.5), torch_ctx, shallower) == (pairs, 0.5)
+    assert hint_pairs(DistillConfig(), torch_ctx, whole) == ([], 0.0)
+    for off in (DistillConfig(hints="none"), DistillConfig(hint_weight=0)):  # nor run the teacher for nothing
+        assert hint_pairs(off, torch_ctx, shallower) == ([], 0.0)
+    assert hint_pairs(DistillConfig(), SimpleNamespace(module=None), shallower) == ([], 0.0)  # ONNX teacher
+    listed = DistillConfig(hints=[["a", "b"]])
+    assert hint_pairs(listed, torch_ctx, shallower) == ([["a", "b"]], 1.0)
 
 
 def test_fast_recipe_gives_an_encoder_a_distilled_student_from_train_texts(tmp_path):

@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from presso.errors import PressoError
 from presso.model.loaded import count_parameters, first_tensor
-from presso.techniques.distill.students import StudentPlan, derive_student
+from presso.techniques.distill.students import StudentPlan, copied_layers, derive_student
 from presso.techniques.pruning.transformer import attention_shape, find_encoder_blocks
 
 transformers = pytest.importorskip("transformers")
@@ -221,3 +222,45 @@ def test_listed_layers_are_kept_and_bad_lists_refused():
         StudentPlan(layers=(1, 1))
     with pytest.raises(PressoError, match="must be auto, even or a list"):
         StudentPlan(depth=1, layers="best")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_copied_layers_pair_each_kept_layer_with_its_teacher_layer(family):
+    teacher, inputs = teacher_and_inputs(family)
+    blocks = [b.name for b in find_encoder_blocks(teacher, inputs)]
+    student, _ = derive_student(teacher, inputs, StudentPlan(layers=(0, 2)))
+    pairs = copied_layers(student)
+    assert pairs == [(blocks[0], blocks[0]), (blocks[1], blocks[2])]
+    for s_name, t_name in pairs:  # the names lead to the same weights in student and teacher
+        s_state, t_state = (
+            student.get_submodule(s_name).state_dict(),
+            teacher.get_submodule(t_name).state_dict(),
+        )
+        assert all(torch.equal(s_state[k], v) for k, v in t_state.items())
+    # A student with every layer, or derived from that student, was copied from no other layer.
+    assert copied_layers(derive_student(teacher, inputs, StudentPlan(width=0.5))[0]) == []
+    assert copied_layers(derive_student(student, inputs, StudentPlan(width=0.5))[0]) == []
+    assert copied_layers(teacher) == []
+
+
+def test_layer_hints_are_each_copied_layers_relative_error_averaged():
+    """Trainee with the copied layers and normalize=True: the hint value is, per kept layer,
+    the MSE between its output and its teacher layer's relative to the teacher's mean square
+    (HF's own output_hidden_states as the reference), averaged over the layers."""
+    from presso.techniques.distill.objective import Trainee
+
+    teacher = hf("bert")
+    student, _ = derive_student(teacher, (IDS, MASK), StudentPlan(layers=(0, 2)))
+    with torch.no_grad():  # a student that no longer equals its teacher layers
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    trainee = Trainee(student, teacher, copied_layers(student), (IDS, MASK), normalize=True)
+    trainee(IDS, MASK)
+    with torch.no_grad():
+        s = student(IDS, attention_mask=MASK, output_hidden_states=True).hidden_states
+        t = teacher(IDS, attention_mask=MASK, output_hidden_states=True).hidden_states
+    expected = np.mean(
+        [float(((s[j + 1] - t[k + 1]) ** 2).mean() / (t[k + 1] ** 2).mean()) for j, k in ((0, 0), (1, 2))]
+    )
+    assert trainee.hint_value is not None
+    assert abs(trainee.hint_value.item() - expected) < 1e-5 * expected and expected > 1e-3

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# hint_weight of the automatic layer hints (see DistillConfig): measured on all-MiniLM-L6-v2
+LAYER_HINT_WEIGHT = 3.0
+
 
 class DistillConfig(BaseModel):
     """Knowledge distillation: a smaller student learns to reproduce the teacher.
@@ -42,8 +45,13 @@ class DistillConfig(BaseModel):
     embeddings) x a ranking term that keeps the teacher's neighbourhoods: within each batch, the
     student's cosine-similarity matrix against the teacher's (``rank_loss: kl``, per row the KL
     between softmaxes at ``rank_temperature``, or ``mse``). ``hints: [[student_layer, teacher_layer],
-    ...]`` adds ``hint_weight`` x the MSE between those layers' outputs (a learned projection
-    when their widths differ; FitNets).
+    ...]`` adds ``hint_weight`` (default 1) x the mean over the pairs of the MSE between those
+    layers' outputs (a learned projection when their widths differ; FitNets). ``hints: auto``
+    (the default) does it for a student with fewer transformer layers than the teacher: each
+    kept layer's output against the teacher layer it was copied from, token by token, each
+    MSE relative to the teacher's mean square, at ``hint_weight`` 3 (all-MiniLM-L6-v2 at 4
+    layers after 750 steps: mean cosine 0.9572 without, 0.9646 with; the teacher runs beside
+    the student, a step takes ~30% longer); ``none`` turns it off.
 
     ``applies_to: encoders`` runs the stage on transformer encoders only (any other model skips
     it; the ``fast`` recipe's first stage).
@@ -77,8 +85,10 @@ class DistillConfig(BaseModel):
     loss: Literal["auto", "kl", "mse", "cosine"] = "auto"
     alpha: float = Field(default=0.9, ge=0, le=1)
     temperature: float = Field(default=4.0, gt=0, le=100)
-    hints: list[list[str]] = Field(default_factory=list)
-    hint_weight: float = Field(default=1.0, ge=0, le=1000)
+    # auto: layer hints for a student with fewer transformer layers (copied_layers), else none
+    hints: Literal["auto", "none"] | list[list[str]] = "auto"
+    # None: 1 for listed pairs, LAYER_HINT_WEIGHT for auto layer hints
+    hint_weight: float | None = Field(default=None, ge=0, le=1000)
     # None: 1 with the cosine loss (embeddings), else 0
     rank_weight: float | None = Field(default=None, ge=0, le=1000)
     rank_loss: Literal["kl", "mse"] = "kl"
@@ -130,8 +140,8 @@ class DistillConfig(BaseModel):
 
     @field_validator("hints")
     @classmethod
-    def _hints(cls, v: list[list[str]]) -> list[list[str]]:
-        if any(len(pair) != 2 for pair in v):
+    def _hints(cls, v: str | list[list[str]]) -> str | list[list[str]]:
+        if isinstance(v, list) and any(len(pair) != 2 for pair in v):
             raise ValueError(
                 "hints must be pairs [student_layer, teacher_layer], e.g. [[features.2, features.2]]"
             )

@@ -39,7 +39,8 @@ class Trainee(nn.Module):
     when there are hints, the frozen teacher run on the same batch for its features.
 
     The teacher is kept out of the module tree (no parameters to train, not saved in
-    checkpoints); ``hint_value`` holds the last batch's weighted hint loss."""
+    checkpoints); ``hint_value`` holds the last batch's hint loss, the mean over the pairs
+    (``normalize``: each pair's MSE relative to the teacher's mean square)."""
 
     _teacher: nn.Module | None  # set with object.__setattr__: not a submodule
 
@@ -47,8 +48,9 @@ class Trainee(nn.Module):
         self,
         student: nn.Module,
         teacher: nn.Module | None,
-        hints: list[list[str]],
+        hints: list[list[str]] | list[tuple[str, str]],
         example: tuple[Tensor, ...],
+        normalize: bool = False,
     ):
         super().__init__()
         self.student = student
@@ -67,7 +69,7 @@ class Trainee(nn.Module):
             for s_name, t_name in self.hints:
                 s, t = s_feats[s_name], t_feats[t_name]
                 axis = 1 if s.ndim == 4 else -1
-                self.projections.append(HintLoss(int(s.shape[axis]), int(t.shape[axis])))
+                self.projections.append(HintLoss(int(s.shape[axis]), int(t.shape[axis]), normalize=normalize))
 
     def _features(self, xs) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         teacher = self._teacher
@@ -84,7 +86,7 @@ class Trainee(nn.Module):
         s_feats, t_feats = self._features(xs)
         self.hint_value = sum(
             proj(s_feats[s], t_feats[t]) for proj, (s, t) in zip(self.projections, self.hints, strict=True)
-        )
+        ) / len(self.hints)
         return self._out
 
 

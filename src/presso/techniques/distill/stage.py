@@ -17,7 +17,7 @@ from presso.errors import NothingToDo, PressoError
 from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
-from presso.techniques.distill.config import DistillConfig
+from presso.techniques.distill.config import LAYER_HINT_WEIGHT, DistillConfig
 from presso.techniques.distill.data import NO_LABEL, DistillData, distill_data, teacher_cache_dir
 from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
 from presso.techniques.distill.search import DISTILL
@@ -219,6 +219,21 @@ def _checkpoint(cfg: DistillConfig, width: float, first: bool) -> Path | None:
     return path if first else path.with_name(f"{path.stem}-width{width:g}{path.suffix}")
 
 
+def hint_pairs(cfg: DistillConfig, ctx: StageContext, student: nn.Module) -> tuple[list, float]:
+    """The (student layer, teacher layer) pairs the student is also fitted on, and their weight:
+    those listed, or with ``hints: auto`` each layer of a shallower transformer student
+    against the teacher layer it was copied from (none without a PyTorch teacher)."""
+    if isinstance(cfg.hints, list):
+        return cfg.hints, 1.0 if cfg.hint_weight is None else cfg.hint_weight
+    if cfg.hints == "none" or cfg.hint_weight == 0 or ctx.module is None:
+        return [], 0.0  # weight 0: no need to run the teacher beside the student
+    from presso.techniques.distill.students import copied_layers
+
+    pairs = copied_layers(student)
+    weight = LAYER_HINT_WEIGHT if cfg.hint_weight is None else cfg.hint_weight
+    return pairs, weight if pairs else 0.0
+
+
 def train_student(
     student: nn.Module, data: DistillData, cfg: DistillConfig, ctx: StageContext, checkpoint: Path | None
 ):
@@ -259,7 +274,10 @@ def train_student(
     if data.val is not None:
         assert val_teacher is not None  # distill_data gives validation rows with their outputs
         val = (data.val, target_rows(val_teacher, data.val_labels if has_labels else None))
-    trainee = Trainee(student, ctx.module if cfg.hints else None, cfg.hints, example_inputs(ctx))
+    pairs, weight = hint_pairs(cfg, ctx, student)
+    trainee = Trainee(
+        student, ctx.module if pairs else None, pairs, example_inputs(ctx), normalize=cfg.hints == "auto"
+    )
     rank_weight = rank_weight_for(cfg, kind)
     loss = distill_loss(
         kind,
@@ -268,7 +286,7 @@ def train_student(
         temperature=cfg.temperature,
         has_labels=has_labels,
         trainee=trainee,
-        hint_weight=cfg.hint_weight,
+        hint_weight=weight,
         rank_weight=rank_weight,
         rank_loss=cfg.rank_loss,
         rank_temperature=cfg.rank_temperature,
@@ -374,7 +392,12 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
                 else ""
             ),
         }[kind]
-        hints = f", hints on {len(cfg.hints)} layer pair(s)" if cfg.hints else ""
+        pairs, weight = hint_pairs(cfg, ctx, student)
+        hints = ""
+        if pairs and cfg.hints == "auto":
+            hints = f", + {weight:g} x each layer's output against the teacher layer it was copied from"
+        elif pairs:
+            hints = f", hints on {len(pairs)} layer pair(s)"
         note = (
             f"{size}; distilled ({loss_words}{hints}) for {report.epochs_run} epochs on {data.describe()} "
             f"(best epoch {report.best_epoch}, stopped: {report.stopped}"

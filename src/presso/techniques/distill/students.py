@@ -291,8 +291,21 @@ def _shallower_transformer(student: nn.Module, plan: StudentPlan, inputs: tuple,
             for key, value in list(vars(holder).items()):
                 if key.endswith("layers") and isinstance(value, int) and value == count:
                     setattr(holder, key, len(keep))
+    # Which teacher layer each student layer started as: layer hints compare them (copied_layers).
+    prefix = f"{owner}." if owner else ""
+    student.__dict__[_COPIED] = [(f"{prefix}{j}", f"{prefix}{k}") for j, k in enumerate(keep)]
     chosen = "" if how == "evenly spaced" else f" ({how})"
     return f"kept encoder layers {', '.join(map(str, keep))} of {count}{chosen}"
+
+
+_COPIED = "_presso_copied_layers"
+
+
+def copied_layers(student: nn.Module) -> list[tuple[str, str]]:
+    """``(student layer, teacher layer)`` names of a student derived with fewer transformer
+    layers: each kept layer and the teacher layer it was copied from (their outputs are
+    comparable token by token); empty for any other student."""
+    return list(student.__dict__.get(_COPIED, []))
 
 
 # ---------------------------------------------------------------- depth: stacks of blocks
@@ -657,6 +670,7 @@ def derive_student(
     """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     student = copy.deepcopy(teacher).eval()
+    student.__dict__.pop(_COPIED, None)  # a teacher that was itself a student: not this one's layers
     ref = _teacher_outputs(student, inputs)
     measured = inputs if calibration is None else tuple(calibration)
     student, notes = _shrink(student, plan, inputs, _is_transformer(student, transformer, inputs), measured)
