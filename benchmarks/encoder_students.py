@@ -287,13 +287,16 @@ def train(student, rows, targets, names, args, rank: float, teacher=None) -> dic
     t0, step, losses = time.time(), 0, []
     for epoch in range(args.epochs):
         for idx in length_batches(lengths, args.batch_size, seed=epoch):
-            out = student(*pad([rows[j] for j in idx], names))
+            xs = pad([rows[j] for j in idx], names)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                out = student(*xs)
+                hint = args.hints * hints.loss(xs) if hints is not None else 0.0
+            out = out.float()
             t = t_all[idx]
             loss = cosine_loss(out, t)
             if rank > 0:
                 loss = loss + rank * similarity_loss(out, t, args.rank_temperature, args.rank_kind)
-            if hints is not None:
-                loss = loss + args.hints * hints.loss(pad([rows[j] for j in idx], names))
+            loss = loss + hint
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -349,6 +352,7 @@ def main() -> None:
     p.add_argument("--rank-temperature", type=float, default=0.05)
     p.add_argument("--minutes", type=float, default=12.0, help="training budget per candidate")
     p.add_argument("--hints", type=float, default=0.0, help="weight of the layer-by-layer hidden-state loss")
+    p.add_argument("--bf16", action="store_true", help="forward passes under bfloat16 autocast")
     p.add_argument("--hint-map", choices=["copied", "next-input"], default="copied")
     p.add_argument("--train-embeddings", action="store_true", help="train the token embeddings too")
     p.add_argument("--threads", type=int, default=2)

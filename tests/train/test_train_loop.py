@@ -269,6 +269,42 @@ def test_linear_schedule_warms_up_then_decays_to_zero_at_the_last_step():
     assert seen[warm - 1] == pytest.approx(0.1) and seen[-1] == pytest.approx(0.1 / 27)
 
 
+def test_bf16_runs_the_forward_under_autocast_and_keeps_float32_weights_and_loss():
+    train, val = regression_rows()
+    settings = {"epochs": 1, "lr": 0.01, "batch_size": 16, "patience": None}
+    dtypes: list[torch.dtype] = []
+
+    def loss(out, y):
+        dtypes.append(out.dtype)
+        return F.mse_loss(out, y)
+
+    nets = {}
+    for precision in ("fp32", "bf16"):
+        nets[precision] = net = _mlp()
+        # the first Linear's output dtype in the training forward: bf16 under autocast
+        seen: list[torch.dtype] = []
+
+        def record(module, _inputs, out, seen=seen):
+            if module.training:
+                seen.append(out.dtype)
+
+        handle = net[0].register_forward_hook(record)
+        fit(net, train, val, loss, settings=FitSettings(**settings, precision=precision))
+        handle.remove()
+        assert set(seen) == {torch.float32 if precision == "fp32" else torch.bfloat16}
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert set(dtypes) == {torch.float32}  # the loss always sees float32 outputs
+    # the same 12 steps: bf16 rounding moves the weights a little, not the training
+    fp32, bf16 = _state(nets["fp32"]), _state(nets["bf16"])
+    assert not _same(fp32, bf16)
+    assert max(float((fp32[k] - bf16[k]).abs().max()) for k in fp32) < 0.02
+    assert _neg_mse(nets["bf16"], val) == pytest.approx(_neg_mse(nets["fp32"], val), rel=0.05)
+    with pytest.raises(
+        PressoError, match="'precision' option of the fine-tuning settings must be one of fp32, bf16"
+    ):
+        FitSettings(precision="fp16")
+
+
 # --- teacher losses and scores ---------------------------------------------------------------
 
 

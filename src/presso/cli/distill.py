@@ -176,6 +176,13 @@ def _add_training_options(group) -> None:
     )
     group.add_argument("--batch-size", type=int, default=32)
     group.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="training forward passes: auto = bf16 for a transformer student on a CPU with native "
+        "bfloat16 (AVX-512 BF16 / AMX: ~1.7x faster), else fp32",
+    )
+    group.add_argument(
         "--augment",
         type=int,
         default=8,
@@ -202,6 +209,7 @@ def _options(args, checkpoint: Path) -> dict:
         "alpha": args.alpha,
         "temperature": args.temperature,
         "batch_size": args.batch_size,
+        "precision": args.precision,
         "augment": args.augment,
         "checkpoint": str(checkpoint),
     }

@@ -31,6 +31,7 @@ class CpuFeatures:
     avx2: bool
     avx512: bool
     vnni: bool  # the CPU's flags (AVX-512 VNNI or AVX-VNNI)
+    bf16: bool  # native bfloat16 arithmetic (AVX-512 BF16 or AMX): bf16 training pays off
     int8_saturates: bool  # probed: ORT's u8 x s8 products saturate in pairs at int16
 
     @property
@@ -45,6 +46,7 @@ class CpuFeatures:
             "avx2": self.avx2,
             "avx512": self.avx512,
             "vnni": self.vnni,
+            "bf16": self.bf16,
             "int8_kernel": self.int8_kernel,
         }
 
@@ -67,6 +69,7 @@ def cpu_features() -> CpuFeatures:
         avx2="avx2" in flags,
         avx512="avx512f" in flags,
         vnni=bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"}),
+        bf16=bool(flags & {"avx512_bf16", "amx_bf16"}),
         int8_saturates=int8_products_saturate(),
     )
 

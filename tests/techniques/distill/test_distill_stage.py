@@ -473,3 +473,20 @@ def test_train_texts_need_a_text_model(tmp_path):
     path.write_text("a text\n")
     with pytest.raises(PressoError, match="this model takes no text"):
         presso.compress(_teacher(X, y), "int8", data=(X, y), train_texts=str(path))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_for_transformer_students_on_a_cpu_with_native_bf16(monkeypatch, native):
+    import dataclasses
+
+    from presso.runtime import cpu
+    from presso.techniques.distill.stage import _settings
+
+    features = dataclasses.replace(cpu.cpu_features(), bf16=native)
+    monkeypatch.setattr(cpu, "cpu_features", lambda: features)
+    encoder, other = SimpleNamespace(transformer={"num_heads": 4}), SimpleNamespace(transformer=None)
+    assert _settings(DistillConfig(), encoder).precision == ("bf16" if native else "fp32")
+    assert _settings(DistillConfig(), other).precision == "fp32"
+    for chosen in ("fp32", "bf16"):  # asked for: kept whatever the CPU
+        assert _settings(DistillConfig(precision=chosen), encoder).precision == chosen
+        assert _settings(DistillConfig(precision=chosen), other).precision == chosen

@@ -154,7 +154,7 @@ def test_dynamic_smooth_splices_seven_bit_weights_where_this_cpu_saturates(tmp_p
     )
     BertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-    saturating = CpuFeatures("test", avx2=True, avx512=False, vnni=False, int8_saturates=True)
+    saturating = CpuFeatures("test", avx2=True, avx512=False, vnni=False, bf16=False, int8_saturates=True)
     monkeypatch.setattr(int8, "cpu_features", lambda: saturating)
     recipe = Recipe(name="smooth", stages=[Stage(technique="int8", options={"variants": ["dynamic-smooth"]})])
     result = presso.compress(

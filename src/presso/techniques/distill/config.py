@@ -98,6 +98,8 @@ class DistillConfig(BaseModel):
     lr: float | None = Field(default=None, gt=0, le=1.0)
     # auto: linear (5% warm-up, then decay to zero) for transformer encoders, else constant
     schedule: Literal["auto", "constant", "linear"] = "auto"
+    # auto: bf16 for transformer students on a CPU with native bfloat16 (see FitSettings), else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     batch_size: int = Field(default=32, ge=1, le=65536)
     patience: int | None = Field(default=10, ge=1)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
