@@ -16,8 +16,12 @@ Speed: every ONNX model (the full model and each student, fp32 and int8) is time
 interleaved rounds at batch 1 on a typical ~20-token sentence and at batch 32 real length
 (padded to the batch's longest), ``--threads`` threads.
 
+``--hints W`` adds W x each student layer's relative MSE to the teacher layer it was copied
+from (``--hint-map next-input``: to the teacher layer before the next kept one), the teacher
+run beside the student; ``--bf16`` runs the forward passes under bfloat16 autocast.
+
     python benchmarks/encoder_students.py --candidates 3:auto 3:even 4:auto 4:auto:0.5 5:auto:0.5:1 \\
-        [--sentences 20000] [--epochs 2] [--lr 1e-4] [--rank 1.0] [--minutes 12]
+        [--sentences 20000] [--epochs 2] [--lr 1e-4] [--rank 1.0] [--minutes 12] [--hints 3] [--bf16]
 """
 
 from __future__ import annotations
