@@ -244,11 +244,12 @@ def _train_epoch(
 
 def _forward(module, xs: list[Tensor], precision: str) -> Tensor:
     """``module``'s first output, the forward under bfloat16 autocast with ``precision`` bf16;
-    float32 either way, so the loss is computed in float32."""
+    a bfloat16 output comes back as float32 so the loss is computed in float32 (any other
+    dtype, float64 included, is left as the module gave it)."""
     device = xs[0].device.type if xs else "cpu"
     with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = _first(module(*xs))
-    return out.float() if out.is_floating_point() else out
+    return out.float() if out.dtype == torch.bfloat16 else out
 
 
 def _step(
