@@ -569,34 +569,46 @@ def _retime(
 
     The candidates are the points no other one beats by more than ``LATENCY_NOISE``
     (:func:`near_front`), so a point that only a noisy trial timing put behind another is
-    timed again beside it. Returns the factor that brings the new timings to the trials'
+    timed again beside it. Should a point left out become a front point once its dominator's
+    re-timing came out slower (the noise was wider than ``LATENCY_NOISE``), it joins the
+    candidates and the whole set is timed again: every front point with a model here is
+    compared within one run. Returns the factor that brings the new timings to the trials'
     scale (the baseline's time at the start of the search over its time now).
     """
     run = prepared.run
-    local = {
-        r["number"]: models / f"{r['number']}.onnx"
-        for r in near_front(feasible, LATENCY_NOISE)
-        if (models / f"{r['number']}.onnx").is_file()
-    }
-    if len(local) < 1:
-        return 1.0
-    paths = {str(n): p for n, p in local.items()}
-    if prepared.baseline is not None:
-        paths["baseline"] = prepared.baseline
-    with progress.task(f"re-timing the front's {len(local)} candidate models together (interleaved rounds)"):
-        timing = time_latency(paths, run.evaluation.timing_row(), run.bench)
-    scale = reference_ms / timing["baseline"].p50_ms if reference_ms and "baseline" in timing else 1.0
-    for r in feasible:
-        t = timing.get(str(r["number"]))
-        if t is None:
-            continue
-        r["retimed_ms"] = t.p50_ms
-        if c.max_latency_ms is not None and t.p50_ms > c.max_latency_ms:
-            r["feasible"] = False
-            r["reason"] = (
-                f"re-timed with the front at {t.p50_ms:.4f} ms > --max-latency-ms {c.max_latency_ms:g}"
-            )
-    return scale
+    numbers = {r["number"] for r in near_front(feasible, LATENCY_NOISE)}
+    scale = 1.0
+    while True:
+        local = {n: models / f"{n}.onnx" for n in sorted(numbers) if (models / f"{n}.onnx").is_file()}
+        if not local:
+            return scale
+        paths = {str(n): p for n, p in local.items()}
+        if prepared.baseline is not None:
+            paths["baseline"] = prepared.baseline
+        with progress.task(
+            f"re-timing the front's {len(local)} candidate models together (interleaved rounds)"
+        ):
+            timing = time_latency(paths, run.evaluation.timing_row(), run.bench)
+        scale = reference_ms / timing["baseline"].p50_ms if reference_ms and "baseline" in timing else 1.0
+        for r in feasible:
+            t = timing.get(str(r["number"]))
+            if t is None:
+                continue
+            r["retimed_ms"] = t.p50_ms
+            if c.max_latency_ms is not None and t.p50_ms > c.max_latency_ms:
+                r["feasible"] = False
+                r["reason"] = (
+                    f"re-timed with the front at {t.p50_ms:.4f} ms > --max-latency-ms {c.max_latency_ms:g}"
+                )
+        front = _front([r for r in feasible if r["feasible"]], scale)
+        missed = {
+            r["number"]
+            for r in front
+            if r.get("retimed_ms") is None and (models / f"{r['number']}.onnx").is_file()
+        }
+        if not missed:
+            return scale
+        numbers |= missed
 
 
 def _timed_together(rows: list[dict], scale: float) -> list[dict]:
