@@ -42,6 +42,18 @@ def test_lengths_from_the_mask():
     assert row["input_ids"].shape == (1, 3)  # the median length (3), cut to it
 
 
+def test_max_padding_splits_batches_where_padding_would_be_large():
+    lengths = np.array([40, 12, 39, 11, 10, 30, 3])
+    # by length alone one batch of 8: 3 tokens padded to 40
+    assert [b.tolist() for b in length_batches(lengths, 8)] == [[0, 2, 5, 1, 3, 4, 6]]
+    # 40 -> 30 is within 1.5x; 30 -> 12 is not; 12 -> 3 pads 9 tokens, more than the slack of 8
+    batches = [b.tolist() for b in length_batches(lengths, 8, max_padding=1.5)]
+    assert batches == [[0, 2, 5], [1, 3, 4], [6]]
+    assert [b.tolist() for b in length_batches(lengths, 2, max_padding=1.5)] == [[0, 2], [5], [1, 3], [4, 6]]
+    # short texts: 6 -> 2 is 3x but only 4 pad tokens, cheaper than another run
+    assert [b.tolist() for b in length_batches(np.array([2, 6, 5]), 8, max_padding=1.5)] == [[1, 2, 0]]
+
+
 def test_padding_free_batches_equal_one_text_at_a_time(encoder):
     path, tokenizer = encoder
     predictor = Predictor(path, tokenizer=tokenizer, seq_len=64)
@@ -50,6 +62,8 @@ def test_padding_free_batches_equal_one_text_at_a_time(encoder):
     one_by_one = np.concatenate([predictor.predict(t) for t in TEXTS])
     assert batched.shape == (len(TEXTS), 32)
     np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
+    grouped = predictor.predict(TEXTS, batch_size=64, max_padding=1.5)  # a server's mixed batch
+    np.testing.assert_allclose(grouped, one_by_one, atol=2e-5)
     # the same as every text padded to the limit and run alone (the old fixed-length path)
     padded = from_texts(TEXTS, predictor.input_names, tokenizer, 64).inputs
     alone = np.concatenate(

@@ -47,9 +47,11 @@ def text_batches(
     max_tokens: int,
     batch_size: int,
     fixed_length: int | None = None,
+    max_padding: float | None = None,
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """``(row numbers, feed)`` per batch; ``fixed_length`` pads every batch to that length
-    (a model exported with a fixed sequence length)."""
+    (a model exported with a fixed sequence length); ``max_padding``: see
+    :func:`presso.runtime.lengths.length_batches`."""
     tokens = token_rows(texts, tokenizer, min(max_tokens, fixed_length or max_tokens))
     unknown = [n for n in input_names if n not in tokens and n != "token_type_ids"]
     if unknown:
@@ -60,7 +62,7 @@ def text_batches(
     lengths = np.fromiter((len(r) for r in tokens["input_ids"]), np.int64, len(texts))
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     left = getattr(tokenizer, "padding_side", "right") == "left"
-    for rows in length_batches(lengths, batch_size):
+    for rows in length_batches(lengths, batch_size, None if fixed_length else max_padding):
         length = fixed_length or int(lengths[rows].max())
         feed = {}
         for name in input_names:

@@ -42,18 +42,19 @@ class Predictor:
     def __repr__(self) -> str:
         return f"Predictor({str(self.model_path)!r}, inputs={self.input_names}, task={self.task!r})"
 
-    def predict(self, inputs: Any, batch_size: int = 256) -> np.ndarray:
+    def predict(self, inputs: Any, batch_size: int = 256, max_padding: float | None = None) -> np.ndarray:
         """Outputs for ``inputs``, one row per input row, in the given order.
 
         Texts are tokenized at their real length: sorted by length into batches of
         ``batch_size``, each padded only to its longest text (none at batch 1), truncated
-        to the run's token limit (``seq_len``)."""
+        to the run's token limit (``seq_len``). ``max_padding`` (e.g. 1.5) also starts a
+        new batch before a text the batch would pad beyond that many times its length."""
         texts = [inputs] if isinstance(inputs, str) else inputs
         if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
-            return self._predict_texts(texts, batch_size)
+            return self._predict_texts(texts, batch_size, max_padding)
         return run_session(self.session, self._feed(inputs), batch_size=batch_size)
 
-    def _predict_texts(self, texts: list[str], batch_size: int) -> np.ndarray:
+    def _predict_texts(self, texts: list[str], batch_size: int, max_padding: float | None) -> np.ndarray:
         if self.tokenizer is None:
             raise PressoError("This model has no tokenizer; pass token arrays, not strings.")
         from presso.data.text_batches import one_text, text_batches
@@ -64,7 +65,13 @@ class Predictor:
             return self.session.run(None, feed)[0].astype(np.float32, copy=False)
         out: np.ndarray | None = None
         for rows, feed in text_batches(
-            texts, self.tokenizer, self.input_names, self.seq_len, batch_size, fixed_length=fixed
+            texts,
+            self.tokenizer,
+            self.input_names,
+            self.seq_len,
+            batch_size,
+            fixed_length=fixed,
+            max_padding=max_padding,
         ):
             got = self.session.run(None, feed)[0]
             if out is None:

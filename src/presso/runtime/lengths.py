@@ -40,12 +40,32 @@ def trim(inputs: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
     }
 
 
-def length_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+def length_batches(
+    lengths: np.ndarray, batch_size: int, max_padding: float | None = None, slack: int = 8
+) -> Iterator[np.ndarray]:
     """Row indices in batches of ``batch_size``, longest rows first (a too-large batch
-    fails on the first one, not after minutes), ties in row order."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    fails on the first one, not after minutes), ties in row order.
+
+    ``max_padding`` also closes a batch before a row it would pad to more than that many
+    times its length (and by more than ``slack`` tokens: a few pad tokens cost less than
+    another run of the model), so a server's mixed batch of short and long texts runs as a
+    few batches of similar lengths instead of every text padded to the longest.
+    """
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    if max_padding is None:
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+        return
+    start = 0
+    for i in range(1, len(order) + 1):
+        if i == len(order):
+            yield order[start:i]
+            break
+        longest, length = int(lengths[order[start]]), int(lengths[order[i]])
+        if i - start >= batch_size or (longest > max_padding * length and longest - length > slack):
+            yield order[start:i]
+            start = i
 
 
 def typical_row(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
