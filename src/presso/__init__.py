@@ -20,6 +20,8 @@ _FUNCTIONS = {
     "fake_quantize": "presso.techniques.quantization.quantizers",
     "load": "presso.export.predictor",
     "load_example": "presso.examples",
+    "serve": "presso.serving.server",
+    "serve_app": "presso.serving.app",
     "unpack": "presso.export.packed",
 }
 # The technique configs a recipe is written with in Python:

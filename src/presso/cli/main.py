@@ -13,9 +13,9 @@ import signal
 import sys
 import threading
 
-from presso.cli import bench, compress, distill, evaluate, recipes, report, search
+from presso.cli import bench, compress, distill, evaluate, recipes, report, search, serve
 
-COMMANDS = (compress, search, distill, bench, evaluate, recipes, report)
+COMMANDS = (compress, search, distill, bench, evaluate, recipes, report, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from presso.errors import PressoError
-from presso.runtime.session import length_free, make_session, run_session
+from presso.runtime.session import INPUT_DTYPES, length_free, make_session, run_session
 
 
 class Predictor:
@@ -99,7 +99,7 @@ class Predictor:
 
     def _cast(self, name: str, a: np.ndarray) -> np.ndarray:
         kind = next(i.type for i in self.session.get_inputs() if i.name == name)
-        return a.astype(np.int64) if "int64" in kind else a.astype(np.float32)
+        return a.astype(INPUT_DTYPES.get(kind, np.float32), copy=False)
 
 
 def load(path: str | Path, threads: int | None = None) -> Predictor:

@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 SESSION_CONFIG_KEY = "presso.ort_session_config"
 
 
+# ONNX Runtime's input type names and the numpy dtype that feeds each.
+INPUT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
 def default_threads() -> int:
     """Cores this process may use (affinity-aware), the intra-op thread count presso pins."""
     try:

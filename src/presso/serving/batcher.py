@@ -1,0 +1,186 @@
+"""Dynamic micro-batching: requests that arrive close together run as one batch.
+
+One model, one batch at a time, run in a worker thread (ONNX Runtime releases the GIL, so
+the event loop keeps taking requests meanwhile, and those queue up for the next batch).
+A batch takes the waiting requests in arrival order up to ``max_batch`` rows, of one
+group (texts, or arrays of one row shape); each caller gets exactly its own rows back.
+
+When to run: a lone client must not wait for company that never comes, and a crowd must
+not run as a string of one-request batches. So a batch waits (at most ``max_wait_ms``)
+only for as many requests as the previous batch held: one client sees no wait at all;
+32 clients that each send again as soon as they are answered fill the next batch as
+fast as they come back. The queue is bounded: past ``queue_limit`` waiting requests a
+caller gets :class:`QueueFull` (HTTP 429) at once instead of a growing delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from presso.serving.payload import BadInput, Rows, merge
+
+
+class QueueFull(Exception):
+    """The server has ``queue_limit`` requests waiting already."""
+
+
+class Closed(Exception):
+    """The server is shutting down and takes no new requests."""
+
+
+@dataclass
+class _Waiting:
+    rows: Rows
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """What the batcher reports to the metrics after each batch."""
+
+    requests: int
+    rows: int
+    seconds: float
+
+
+class MicroBatcher:
+    """Queues requests and runs them in batches through ``run`` (merged rows -> outputs)."""
+
+    def __init__(
+        self,
+        run: Callable[[Rows], np.ndarray],
+        max_batch: int,
+        max_wait_ms: float,
+        queue_limit: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
+        self._run, self.max_batch, self.queue_limit = run, max_batch, queue_limit
+        self._max_wait = max_wait_ms / 1000
+        self._on_batch = on_batch
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presso-batch")
+        self._expected = 1  # requests the last batch held: how many the next one waits for
+        self._closing = False
+        self._task: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the model."""
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="presso-batcher")
+
+    async def submit(self, rows: Rows) -> np.ndarray:
+        """The outputs of ``rows`` (one per row), once their batch has run."""
+        if self._closing:
+            raise Closed()
+        if len(self._waiting) >= self.queue_limit:
+            raise QueueFull()
+        waiting = _Waiting(rows, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        self._arrived.set()
+        return await waiting.future
+
+    async def close(self) -> None:
+        """Take no more requests, answer every waiting one, then stop."""
+        self._closing = True
+        self._arrived.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiting:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._gather()
+            batch = self._take()
+            started = time.perf_counter()
+            results = await loop.run_in_executor(self._executor, self._outputs, [w.rows for w in batch])
+            for waiting, result in zip(batch, results, strict=True):
+                if waiting.future.done():  # the caller went away
+                    continue
+                if isinstance(result, BaseException):
+                    waiting.future.set_exception(result)
+                else:
+                    waiting.future.set_result(result)
+            self._expected = max(1, len(batch))
+            if self._on_batch is not None:
+                self._on_batch(
+                    BatchStats(len(batch), sum(w.rows.n for w in batch), time.perf_counter() - started)
+                )
+
+    async def _gather(self) -> None:
+        """Wait (up to ``max_wait_ms`` from the first waiting request) until as many requests
+        wait as the last batch held, or a full batch does."""
+        deadline = self._waiting[0].arrived + self._max_wait
+        while not self._closing:
+            rows = sum(w.rows.n for w in self._waiting)
+            left = deadline - time.perf_counter()
+            if len(self._waiting) >= self._expected or rows >= self.max_batch or left <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Waiting]:
+        """The first waiting request and those after it of its group, up to ``max_batch`` rows
+        (a request larger than that runs alone: the model splits it)."""
+        first = self._waiting.popleft()
+        batch, rows, group = [first], first.rows.n, first.rows.group()
+        skipped: list[_Waiting] = []
+        while self._waiting and rows < self.max_batch:
+            nxt = self._waiting.popleft()
+            if nxt.rows.group() != group or rows + nxt.rows.n > self.max_batch:
+                skipped.append(nxt)
+                if len(skipped) > 64:  # keep the order of the rest for the next batch
+                    break
+                continue
+            batch.append(nxt)
+            rows += nxt.rows.n
+        self._waiting.extendleft(reversed(skipped))
+        return batch
+
+    def _outputs(self, requests: list[Rows]) -> list[np.ndarray | BaseException]:
+        """Each request's outputs from one run of the merged rows. Should the batch fail,
+        each request runs alone, so that one that cannot run fails by itself."""
+        try:
+            out = self._run(merge(requests))
+        except Exception as exc:
+            if len(requests) == 1:
+                return [_refused(exc)]
+            return [self._alone(r) for r in requests]
+        split = np.cumsum([r.n for r in requests])[:-1]
+        return list(np.split(out, split))
+
+    def _alone(self, rows: Rows) -> np.ndarray | BaseException:
+        try:
+            return self._run(rows)
+        except Exception as exc:
+            return _refused(exc)
+
+
+def _refused(exc: Exception) -> BaseException:
+    """A request the model could not run: checked inputs that still break it (a token id
+    beyond the vocabulary, an empty sequence) are the caller's to fix, answered 422."""
+    if isinstance(exc, BadInput):
+        return exc
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BadInput(422, f"The model could not run on these inputs: {first[:300]}")

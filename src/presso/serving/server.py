@@ -1,0 +1,104 @@
+"""Running the app under uvicorn: one process, or ``workers`` processes on one port.
+
+uvicorn owns the signals: on SIGINT or SIGTERM it stops accepting connections, lets the
+requests in flight finish (the batcher answers every queued one), runs the app's
+shutdown, and returns; :func:`serve` then returns normally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from presso.errors import PressoError
+from presso.runtime.session import default_threads
+from presso.serving.settings import ServeSettings
+
+# A worker process finds what to serve here (uvicorn starts workers from an import string).
+WORKER_ENV = "PRESSO_SERVE_WORKER"
+GRACE_SECONDS = 30  # in-flight requests get this long to finish after SIGTERM
+
+
+def serve(
+    artifact: str | Path, settings: ServeSettings | None = None, quiet: bool = False, **options: Any
+) -> None:
+    """Serve ``artifact`` over HTTP until SIGINT / SIGTERM (blocks). ``options`` are
+    :class:`ServeSettings` fields (``port=8080, max_batch=64, ...``)."""
+    from presso.export.predictor import load
+    from presso.serving.app import serve_app
+
+    settings = settings or ServeSettings(**options)
+    if settings.workers > 1 and settings.threads is None:  # the cores shared among the workers
+        settings = settings.model_copy(update={"threads": max(1, default_threads() // settings.workers)})
+    predictor = load(artifact, threads=settings.threads)  # a bad artifact fails here, in one line
+    sock = _bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    _log_to_stderr(quiet)
+    logging.getLogger("presso.serve").info(
+        "presso: serving %s on http://%s:%s (POST /predict, docs at /docs); Ctrl-C to stop",
+        artifact,
+        host,
+        port,
+    )
+    if settings.workers == 1:
+        import uvicorn
+
+        app = serve_app(artifact, settings, predictor=predictor)
+        uvicorn.Server(_config(app, settings)).run(sockets=[sock])
+        return
+    del predictor
+    os.environ[WORKER_ENV] = json.dumps({"artifact": str(artifact), "settings": settings.model_dump()})
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(_config("presso.serving.server:worker_app", settings), sockets=[sock]).run()
+
+
+def _config(app: Any, settings: ServeSettings):
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        workers=settings.workers,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
+
+
+def worker_app():
+    """The app of one worker process (``--workers N``)."""
+    from presso.serving.app import serve_app
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    return serve_app(spec["artifact"], ServeSettings(**spec["settings"]))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PressoError(
+            f"Cannot listen on {host}:{port} ({exc.strerror or exc}): choose another --port or --host."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    logger = logging.getLogger("presso.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
