@@ -163,3 +163,49 @@ def test_concurrent_callers_each_get_their_own_rows(artifacts):
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     batches = next(s.value for s in families["presso_batch_requests"].samples if s.name.endswith("_count"))
     assert batches < 64  # some requests ran together
+
+
+class HeldPredictor:
+    """The artifact's predictor, holding every batch until released: the queue fills."""
+
+    def __init__(self, folder):
+        import threading
+
+        self.inner = presso.load(folder, threads=1)
+        self.release = threading.Event()
+        self.session, self.tokenizer, self.task = self.inner.session, self.inner.tokenizer, self.inner.task
+
+    def predict(self, inputs, **kwargs):
+        self.release.wait(60)
+        return self.inner.predict(inputs, **kwargs)
+
+
+def test_a_full_queue_is_answered_429_with_retry_after(artifacts):
+    held = HeldPredictor(artifacts["classification"])
+    held.release.set()  # the warm-up runs freely
+    app = presso.serve_app(
+        artifacts["classification"], ServeSettings(max_batch=1, max_wait_ms=0, queue_limit=2), predictor=held
+    )
+
+    async def clients(url: str):
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def one(i: int):
+                return await client.post(f"{url}/predict", json={"inputs": rows(1, seed=i).tolist()})
+
+            running = asyncio.ensure_future(one(0))  # runs, held
+            await asyncio.sleep(0.3)
+            queued = [asyncio.ensure_future(one(i)) for i in (1, 2)]  # wait in the queue
+            await asyncio.sleep(0.3)
+            refused = await one(3)  # the queue holds 2 already
+            held.release.set()
+            return refused, await asyncio.gather(running, *queued)
+
+    with ServerThread(app) as url:
+        held.release.clear()
+        refused, answered = asyncio.run(clients(url))
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "queue is full" in refused.json()["error"]
+    assert [a.status_code for a in answered] == [200, 200, 200]
+    for i, a in zip((0, 1, 2), answered, strict=True):
+        np.testing.assert_allclose(a.json()["outputs"], held.inner.predict(rows(1, seed=i)), atol=1e-6)

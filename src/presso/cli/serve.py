@@ -68,6 +68,19 @@ Ctrl-C or SIGTERM: stop accepting, finish the requests in flight, exit 0.""",
         default=d.max_body_mb,
         help=f"request body size at most (default {d.max_body_mb:g})",
     )
+    ray = p.add_argument_group("Ray Serve (beyond one machine)")
+    ray.add_argument(
+        "--ray", action="store_true", help="deploy on Ray Serve instead (a local Ray, or --ray-address)"
+    )
+    ray.add_argument(
+        "--replicas", type=int, default=1, help="--ray: replicas, each a copy of the model (default 1)"
+    )
+    ray.add_argument(
+        "--autoscale", metavar="MIN:MAX", help="--ray: scale replicas with the load between MIN and MAX"
+    )
+    ray.add_argument(
+        "--ray-address", metavar="ADDR", help="--ray: the cluster to join, e.g. ray://head:10001 or auto"
+    )
     p.add_argument("--quiet", action="store_true", help="no start-up line on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(run=run)
@@ -107,10 +120,43 @@ def run(args) -> int:
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise PressoError(f"presso serve needs {', '.join(missing)}: pip install 'presso[serve]'.")
-    from presso.serving.server import serve
-
+    ray_only = [
+        f"--{n}" for n in ("replicas", "autoscale", "ray_address") if getattr(args, n) not in (None, 1)
+    ]
+    if ray_only and not args.ray:
+        raise PressoError(f"{', '.join(o.replace('_', '-') for o in ray_only)} need --ray.")
+    settings = settings_from(args)
     try:
-        serve(args.artifact, settings_from(args), quiet=args.quiet)
+        if args.ray:
+            _serve_on_ray(args, settings)
+        else:
+            from presso.serving.server import serve
+
+            serve(args.artifact, settings, quiet=args.quiet)
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the signal it stopped on, after a clean shutdown
     return 0
+
+
+def _serve_on_ray(args, settings) -> None:
+    import importlib.util
+    import sys
+
+    from presso.errors import PressoError
+    from presso.serving.ray_serve import parse_autoscale, serve_on_ray
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise PressoError("presso serve --ray needs Ray Serve: pip install 'presso[ray]'.")
+    if args.replicas < 1:
+        raise PressoError(f"--replicas {args.replicas}: give at least 1.")
+    if args.autoscale and args.replicas != 1:
+        raise PressoError("--replicas and --autoscale exclude each other: give one.")
+    if settings.workers != 1:
+        raise PressoError("--workers is for the single-machine server; with --ray give --replicas.")
+    autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    serve_on_ray(args.artifact, settings, args.replicas, autoscale, args.ray_address, log=log)

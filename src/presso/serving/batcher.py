@@ -159,22 +159,34 @@ class MicroBatcher:
         return batch
 
     def _outputs(self, requests: list[Rows]) -> list[np.ndarray | BaseException]:
-        """Each request's outputs from one run of the merged rows. Should the batch fail,
-        each request runs alone, so that one that cannot run fails by itself."""
-        try:
-            out = self._run(merge(requests))
-        except Exception as exc:
-            if len(requests) == 1:
-                return [_refused(exc)]
-            return [self._alone(r) for r in requests]
-        split = np.cumsum([r.n for r in requests])[:-1]
-        return list(np.split(out, split))
+        return outputs_of(self._run, requests)
 
-    def _alone(self, rows: Rows) -> np.ndarray | BaseException:
+
+def outputs_of(run: Callable[[Rows], np.ndarray], requests: list[Rows]) -> list[np.ndarray | BaseException]:
+    """Each request's outputs (or the reason it could not run), the requests of each
+    :meth:`Rows.group` merged into one run. Should a run fail, its requests run alone, so
+    that one that cannot run fails by itself."""
+    results: list[np.ndarray | BaseException | None] = [None] * len(requests)
+    groups: dict[object, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.group(), []).append(i)
+    for members in groups.values():
+        part = [requests[i] for i in members]
         try:
-            return self._run(rows)
+            out = run(merge(part))
+            got: list[np.ndarray | BaseException] = list(np.split(out, np.cumsum([r.n for r in part])[:-1]))
         except Exception as exc:
-            return _refused(exc)
+            got = [_refused(exc)] if len(part) == 1 else [_alone(run, r) for r in part]
+        for i, g in zip(members, got, strict=True):
+            results[i] = g
+    return [r for r in results if r is not None]
+
+
+def _alone(run: Callable[[Rows], np.ndarray], rows: Rows) -> np.ndarray | BaseException:
+    try:
+        return run(rows)
+    except Exception as exc:
+        return _refused(exc)
 
 
 def _refused(exc: Exception) -> BaseException:
