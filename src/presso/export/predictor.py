@@ -114,13 +114,15 @@ def load(path: str | Path, threads: int | None = None) -> Predictor:
         if not model.is_file():
             raise PressoError(f"'{path}' is not a presso artifact (no model.onnx or model.packed).")
         if (path / "report.json").is_file():
-            report = json.loads((path / "report.json").read_text())
+            report = _report(path / "report.json")
             task = report.get("task")
             max_tokens = (report.get("data") or {}).get("max_tokens") or max_tokens
         if (path / "tokenizer").is_dir():
-            from transformers import AutoTokenizer
+            tokenizer = _tokenizer(path / "tokenizer")
+        if model.suffix == ".onnx":
+            from presso.model.onnx_file import load_onnx
 
-            tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+            load_onnx(model)  # a corrupt file gets presso's clear error, not ORT's
         path = model
     elif path.suffix == ".onnx" and path.is_file():
         from presso.model.onnx_file import load_onnx
@@ -129,3 +131,23 @@ def load(path: str | Path, threads: int | None = None) -> Predictor:
     elif path.suffix != ".packed" or not path.is_file():
         raise PressoError(f"'{path}' is neither an artifact folder, an .onnx file nor a .packed file.")
     return Predictor(path, tokenizer=tokenizer, task=task, threads=threads, seq_len=max_tokens)
+
+
+def _report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PressoError(f"'{path}' is not a readable report ({exc}); re-run presso compress.") from None
+    if not isinstance(report, dict):
+        raise PressoError(f"'{path}' is not a presso report (not a JSON object); re-run presso compress.")
+    return report
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... by file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise PressoError(f"The artifact's tokenizer in '{folder}' does not load ({first}).") from None

@@ -194,7 +194,11 @@ def _check_range(raw: np.ndarray, spec: InputSpec) -> None:
         if raw.dtype.kind == "f" and not bool((raw == np.round(raw)).all()):
             raise BadInput(422, f"Input '{spec.name}' takes whole numbers (token ids); got fractions.")
         info = np.iinfo(spec.dtype)
-        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+        # float(info.max) rounds up to 2**63 for int64: a float at or past max + 1 is out
+        if raw.size and (
+            raw.min() < info.min
+            or (raw.max() >= float(info.max) + 1 if raw.dtype.kind == "f" else raw.max() > info.max)
+        ):
             raise BadInput(
                 422, f"Input '{spec.name}' has numbers out of the range of {np.dtype(spec.dtype)}."
             )

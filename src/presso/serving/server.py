@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,56 @@ def serve(
         import uvicorn
 
         app = serve_app(artifact, settings, predictor=predictor)
-        uvicorn.Server(_config(app, settings)).run(sockets=[sock])
+        server = uvicorn.Server(_config(app, settings))
+        server.shutdown = types.MethodType(_draining_shutdown, server)  # type: ignore[method-assign]
+        server.run(sockets=[sock])
         return
     del predictor
     os.environ[WORKER_ENV] = json.dumps({"artifact": str(artifact), "settings": settings.model_dump()})
     from uvicorn.supervisors import Multiprocess
 
     Multiprocess(_config("presso.serving.server:worker_app", settings), sockets=[sock]).run()
+
+
+async def _draining_shutdown(self, sockets=None) -> None:
+    """uvicorn's shutdown, first answering the connections a client had already opened.
+
+    uvicorn closes the listening socket (the kernel then resets the connections waiting in
+    its accept queue) and at once closes every connection whose request it has not read
+    yet, though the client sent it: under load a SIGTERM lost such requests (5 runs in 10
+    of tests/serving/test_serve_process.py). Here the accept queue is taken in first, and
+    just-accepted connections get half a second to deliver their request; then uvicorn's
+    own shutdown waits for every request in flight.
+    """
+    import asyncio
+
+    import uvicorn
+
+    loop, accepted = asyncio.get_running_loop(), []
+    for sock in sockets or []:
+        while True:
+            try:
+                conn, _ = sock.accept()  # non-blocking (asyncio's): raises once the queue is empty
+            except OSError:
+                break
+            accepted.append(conn)
+    for server in self.servers:
+        server.close()
+    for sock in sockets or []:
+        sock.close()
+    config = self.config
+
+    def protocol():
+        return config.http_protocol_class(
+            config=config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
+    for conn in accepted:
+        conn.setblocking(False)
+        await loop.connect_accepted_socket(protocol, conn)
+    await asyncio.sleep(0.5)
+    original = getattr(uvicorn.Server, "_presso_original_shutdown", uvicorn.Server.shutdown)
+    await original(self, sockets)
 
 
 def _config(app: Any, settings: ServeSettings):
@@ -74,7 +118,15 @@ def _config(app: Any, settings: ServeSettings):
 
 def worker_app():
     """The app of one worker process (``--workers N``)."""
+    import uvicorn
+
     from presso.serving.app import serve_app
+
+    # uvicorn built this process's Server before loading the app; its shutdown is looked up
+    # on the class when SIGTERM comes, so the worker drains as the single process does.
+    if not hasattr(uvicorn.Server, "_presso_original_shutdown"):
+        uvicorn.Server._presso_original_shutdown = uvicorn.Server.shutdown  # type: ignore[attr-defined]
+        uvicorn.Server.shutdown = _draining_shutdown  # type: ignore[method-assign]
 
     spec = json.loads(os.environ[WORKER_ENV])
     return serve_app(spec["artifact"], ServeSettings(**spec["settings"]))
