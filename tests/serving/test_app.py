@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
-from conftest import TEXTS, ServerThread, rows
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import TEXTS, ServerThread, artifacts_fixture, rows  # noqa: F401 (the artifacts fixture)
 
 import presso
 from presso.serving.settings import ServeSettings

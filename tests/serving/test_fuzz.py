@@ -21,10 +21,10 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-from conftest import FEATURES, ServerThread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from serve_helpers import FEATURES, ServerThread, artifacts_fixture  # noqa: F401 (the artifacts fixture)
 
 import presso
 from presso.serving.settings import ServeSettings

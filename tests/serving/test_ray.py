@@ -13,7 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import rows
+from serve_helpers import artifacts_fixture, rows  # noqa: F401 (the artifacts fixture)
 
 import presso
 from presso.serving.settings import ServeSettings

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import rows, start_cli_server, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import artifacts_fixture, rows, start_cli_server, wait_ready  # noqa: F401 (the artifacts fixture)
 
 import presso
 

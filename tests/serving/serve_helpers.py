@@ -1,4 +1,6 @@
-"""Artifacts to serve, one per task, built in seconds: small PyTorch modules exported to
+"""Helpers of the serving tests, and the ``artifacts`` fixture they import (no conftest.py
+here: ``from conftest import`` in the other test folders means the root one). Artifacts to
+serve, one per task, built in seconds: small PyTorch modules exported to
 ONNX beside a report.json naming the task (what ``presso.load`` reads), and a tiny BERT
 with its tokenizer for text. A server serves any artifact; these keep the tests fast."""
 
@@ -77,8 +79,8 @@ def rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, FEATURES)).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
+@pytest.fixture(scope="module", name="artifacts")
+def artifacts_fixture(tmp_path_factory) -> dict[str, Path]:
     """task -> artifact folder."""
     root = tmp_path_factory.mktemp("serve-artifacts")
     x = {"x": rows(4)}
