@@ -56,11 +56,13 @@ def killed_run(tmp_path_factory):
     recipe = tmp / "two.yaml"
     recipe.write_text(RECIPE)
     out = tmp / "out"
+    temp = tmp / "tmp"  # SIGKILL leaves the run's work folder: here, not in the system's
+    temp.mkdir()
     proc = subprocess.Popen(
         _cli("--recipe", str(recipe), "--out", str(out)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ},
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     ckpt = tmp / "out.checkpoint"
     deadline = time.monotonic() + 300

@@ -156,8 +156,11 @@ def _search_argv(*args: str) -> list[str]:
 
 
 def _start_worker(out: Path, url: str, study: str, log: Path) -> subprocess.Popen:
+    temp = out.parent / f"{out.name}-tmp"  # a SIGKILLed worker cannot remove its work folder
+    temp.mkdir(exist_ok=True)
     env = {
         **os.environ,
+        "TMPDIR": str(temp),
         "PRESSO_SEARCH_HEARTBEAT_SECONDS": str(HEARTBEAT),
         "PRESSO_SEARCH_GRACE_SECONDS": str(GRACE),
     }
