@@ -119,17 +119,13 @@ def load(path: str | Path, threads: int | None = None) -> Predictor:
             max_tokens = (report.get("data") or {}).get("max_tokens") or max_tokens
         if (path / "tokenizer").is_dir():
             tokenizer = _tokenizer(path / "tokenizer")
-        if model.suffix == ".onnx":
-            from presso.model.onnx_file import load_onnx
-
-            load_onnx(model)  # a corrupt file gets presso's clear error, not ORT's
         path = model
-    elif path.suffix == ".onnx" and path.is_file():
+    elif path.suffix not in (".onnx", ".packed") or not path.is_file():
+        raise PressoError(f"'{path}' is neither an artifact folder, an .onnx file nor a .packed file.")
+    if path.suffix == ".onnx":
         from presso.model.onnx_file import load_onnx
 
         load_onnx(path)  # a corrupt file gets presso's clear error, not ORT's
-    elif path.suffix != ".packed" or not path.is_file():
-        raise PressoError(f"'{path}' is neither an artifact folder, an .onnx file nor a .packed file.")
     return Predictor(path, tokenizer=tokenizer, task=task, threads=threads, seq_len=max_tokens)
 
 

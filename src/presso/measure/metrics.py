@@ -18,7 +18,8 @@ RETRIEVAL_K = 10
 RANKING_K = 10
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits`` (N, k), in their dtype."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -85,7 +86,7 @@ def _classification(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None) -> d
     m = {"agreement": float(np.mean(pred == ref_pred))}
     if y is None:
         return m
-    probs, n_classes = _softmax(out), out.shape[1]
+    probs, n_classes = softmax(out), out.shape[1]
     m["accuracy"] = float(skm.accuracy_score(y, pred))
     # The mean of per-class recalls: what accuracy hides when one class dominates.
     with warnings.catch_warnings():  # it warns when a prediction names a class the labels lack

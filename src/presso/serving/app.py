@@ -85,13 +85,11 @@ class Service:
         self.batcher: MicroBatcher | None = None
 
     def run(self, rows: Rows) -> np.ndarray:
-        inputs: Any = rows.texts if rows.texts is not None else rows.arrays
-        s = self.settings
-        return self.predictor.predict(inputs, batch_size=s.max_batch, max_padding=s.max_padding)
+        return predict_rows(self.predictor, rows, self.settings)
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
-        _warm_up(self.predictor, self.spec)
+        warm_up(self.predictor, self.spec)
         s = self.settings
         batcher = MicroBatcher(
             self.run, s.max_batch, s.max_wait_ms, s.queue_limit, on_batch=self.metrics.batch
@@ -111,7 +109,9 @@ class Service:
         try:
             if self.batcher is None or self.status != "ready":
                 raise Closed()
-            parsed = parse_inputs(await _inputs(request, self.settings), self.spec, self.settings.max_rows)
+            parsed = parse_inputs(
+                await read_inputs(request, self.settings), self.spec, self.settings.max_rows
+            )
             rows = parsed.n
             out = await self.batcher.submit(parsed)
             answer: Response = Response(
@@ -182,7 +182,7 @@ def serve_app(
     return app
 
 
-async def _inputs(request: Request, settings: ServeSettings) -> Any:
+async def read_inputs(request: Request, settings: ServeSettings) -> Any:
     """The request's ``inputs``, the body read up to the size limit."""
     limit = settings.max_body_bytes
     length = request.headers.get("content-length", "")
@@ -212,7 +212,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _warm_up(predictor: Any, spec: ModelSpec) -> None:
+def predict_rows(predictor: Any, rows: Rows, settings: ServeSettings) -> np.ndarray:
+    """One run of the model on a batch's merged rows."""
+    inputs: Any = rows.texts if rows.texts is not None else rows.arrays
+    return predictor.predict(inputs, batch_size=settings.max_batch, max_padding=settings.max_padding)
+
+
+def warm_up(predictor: Any, spec: ModelSpec) -> None:
     """One prediction before the server says it is ready: ONNX Runtime's first run
     allocates and plans, and a client should not pay for it."""
     try:

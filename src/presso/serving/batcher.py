@@ -111,7 +111,9 @@ class MicroBatcher:
             await self._gather()
             batch = self._take()
             started = time.perf_counter()
-            results = await loop.run_in_executor(self._executor, self._outputs, [w.rows for w in batch])
+            results = await loop.run_in_executor(
+                self._executor, outputs_of, self._run, [w.rows for w in batch]
+            )
             for waiting, result in zip(batch, results, strict=True):
                 if waiting.future.done():  # the caller went away
                     continue
@@ -157,9 +159,6 @@ class MicroBatcher:
             rows += nxt.rows.n
         self._waiting.extendleft(reversed(skipped))
         return batch
-
-    def _outputs(self, requests: list[Rows]) -> list[np.ndarray | BaseException]:
-        return outputs_of(self._run, requests)
 
 
 def outputs_of(run: Callable[[Rows], np.ndarray], requests: list[Rows]) -> list[np.ndarray | BaseException]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from presso.measure.metrics import anomaly_scores
+from presso.measure.metrics import anomaly_scores, softmax
 from presso.runtime.session import INPUT_DTYPES
 
 
@@ -237,7 +237,7 @@ def response_body(task: str | None, out: np.ndarray, rows: Rows) -> bytes:
     """The JSON answer to one request: its outputs, one per row, and what its task adds."""
     body: dict[str, Any] = {"task": task, "outputs": _listed(out)}
     if task == "classification" and out.ndim == 2 and out.shape[1] >= 2:
-        probs = out if _probabilities(out) else _softmax(out)
+        probs = out if _probabilities(out) else softmax(out.astype(np.float64)).astype(np.float32)
         body["labels"] = probs.argmax(axis=1).tolist()
         body["probabilities"] = _listed(probs)
     elif task == "anomaly":
@@ -252,12 +252,6 @@ def response_body(task: str | None, out: np.ndarray, rows: Rows) -> bytes:
 
 def _probabilities(out: np.ndarray) -> bool:
     return bool((out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _listed(a: np.ndarray) -> Any:

@@ -27,7 +27,7 @@ def _deployment_class():
     from starlette.responses import JSONResponse, Response
 
     from presso.export.predictor import load
-    from presso.serving.app import _inputs, _warm_up
+    from presso.serving.app import predict_rows, read_inputs, warm_up
     from presso.serving.batcher import outputs_of
     from presso.serving.payload import BadInput, ModelSpec, Rows, parse_inputs, response_body
     from presso.serving.summary import artifact_summary
@@ -38,7 +38,7 @@ def _deployment_class():
             self.predictor = load(artifact, threads=self.settings.threads)
             self.spec = ModelSpec.of(self.predictor)
             self.summary = artifact_summary(Path(artifact), self.predictor, self.settings)
-            _warm_up(self.predictor, self.spec)
+            warm_up(self.predictor, self.spec)
             self.replica = str(serve.get_replica_context().replica_id.unique_id)
             # Ray's batcher, sized like the single-machine one (rows per batch, wait in s)
             self._batch = serve.batch(
@@ -51,9 +51,7 @@ def _deployment_class():
             return outputs_of(self._run, requests)
 
         def _run(self, rows: Rows):
-            inputs: Any = rows.texts if rows.texts is not None else rows.arrays
-            s = self.settings
-            return self.predictor.predict(inputs, batch_size=s.max_batch, max_padding=s.max_padding)
+            return predict_rows(self.predictor, rows, self.settings)
 
         async def __call__(self, request: Request) -> Response:
             headers = {"x-presso-replica": self.replica}
@@ -65,7 +63,9 @@ def _deployment_class():
             if path != "/predict" or request.method != "POST":
                 return JSONResponse({"error": "Not found: POST /predict"}, status_code=404, headers=headers)
             try:
-                rows = parse_inputs(await _inputs(request, self.settings), self.spec, self.settings.max_rows)
+                rows = parse_inputs(
+                    await read_inputs(request, self.settings), self.spec, self.settings.max_rows
+                )
                 out = await self._batch(rows)
                 if isinstance(out, BaseException):
                     raise out
