@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from presso.serving.batcher import Closed, MicroBatcher, QueueFull
+from presso.serving.batcher import INLINE_MAX_S, Closed, MicroBatcher, QueueFull
 from presso.serving.payload import BadInput, Rows
 
 
@@ -20,14 +21,18 @@ def array_rows(values) -> Rows:
 class Model:
     """Doubles its input; records the rows of every batch; can hold a batch until released."""
 
-    def __init__(self, hold: bool = False):
+    def __init__(self, hold: bool = False, seconds: float = 0.0):
         self.batches: list[list[float]] = []
+        self.threads: list[str] = []  # where each batch ran
+        self.seconds = seconds  # how long each batch takes
         self.release = threading.Event()
         if not hold:
             self.release.set()
 
     def __call__(self, rows: Rows) -> np.ndarray:
         self.release.wait(30)
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.seconds)
         if rows.texts is not None:
             self.batches.append(list(rows.texts))
             return np.array([[len(t)] for t in rows.texts], np.float32)
@@ -188,3 +193,43 @@ def test_after_a_crowd_a_batch_waits_for_as_many_requests_as_the_last_one_held()
 
     run(main())
     assert model.batches == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+
+
+def test_a_lone_request_to_a_quick_model_runs_on_the_event_loop_and_a_crowd_still_batches():
+    model = Model()
+
+    async def main():
+        loop_thread = threading.current_thread().name
+        b = MicroBatcher(model, max_batch=64, max_wait_ms=2_000, queue_limit=100)
+        b.start()
+        await b.submit(array_rows([1]))  # the model's speed is not known yet: the worker
+        np.testing.assert_array_equal(await b.submit(array_rows([2])), [[4]])  # now: inline
+        with pytest.raises(BadInput, match="negative input"):  # fails alone, inline too
+            await b.submit(array_rows([-1]))
+        crowd = await asyncio.gather(*(b.submit(array_rows([v])) for v in range(10, 15)))
+        await b.submit(array_rows([3]))  # after a batch of 5: waits for company, in the worker
+        await b.submit(array_rows([4]))  # the last batch held one request: inline again
+        await b.close()
+        return loop_thread, crowd
+
+    loop_thread, crowd = run(main())
+    assert [c.tolist() for c in crowd] == [[[2.0 * v]] for v in range(10, 15)]
+    assert model.batches == [[1.0], [2.0], [-1.0], [10.0, 11.0, 12.0, 13.0, 14.0], [3.0], [4.0]]
+    inline = [t == loop_thread for t in model.threads]
+    assert inline == [False, True, True, False, False, True]
+
+
+def test_a_slow_model_never_blocks_the_event_loop():
+    model = Model(seconds=2 * INLINE_MAX_S)
+
+    async def main():
+        loop_thread = threading.current_thread().name
+        b = MicroBatcher(model, max_batch=64, max_wait_ms=0, queue_limit=100)
+        b.start()
+        for v in range(4):
+            await b.submit(array_rows([v]))
+        await b.close()
+        return loop_thread
+
+    loop_thread = run(main())
+    assert len(model.threads) == 4 and loop_thread not in model.threads
