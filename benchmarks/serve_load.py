@@ -15,9 +15,15 @@ Per model, the servers run side by side on 127.0.0.1, each started once and kept
   FastAPI, starlette, pydantic, uvicorn, httptools and uvloop, at the versions presso's venv
   has (once; a ``serve-stack.json`` in the venv records them), so every server runs
   the same HTTP stack;
-- ``noop`` (1 client only): the same stack answering a constant small JSON: the HTTP overhead;
+- ``noop`` (1 and 32 clients): the same stack answering a constant small JSON: the HTTP
+  overhead at 1 client, and at 32 the most answers per second any server on this stack
+  and machine could give;
 - ``direct`` (1 client only): ``presso.load(artifact).predict`` of one input in this
   process, no HTTP.
+- ``ceiling`` (32 clients only): ``presso.load(artifact).predict`` of 32 inputs per call in
+  this process, split by length as ``presso serve`` splits a batch (its default
+  ``max_padding``): the inputs per second a batching server could reach with no HTTP at
+  all, which bounds what batching can give over the per-request peer on this CPU.
 
 Every server gets the same ``--threads`` (ONNX Runtime's intra-op threads, torch's for ST,
 OMP_NUM_THREADS; default: the cores). Models: ``minilm`` (the minilm example's int8
@@ -48,7 +54,7 @@ no-op's p50 at 1 client was 0.19 ms with raw streams and 1.05 ms with httpx. The
 has the client's CPU per request of every cell, and each table is followed by its median.
 
     python benchmarks/serve_load.py [--models minilm,digits] [--clients 1,8,32,128]
-        [--servers presso,presso-b1,ort,st,noop,direct] [--seconds 30] [--rounds 3]
+        [--servers presso,presso-b1,ort,st,noop,direct,ceiling] [--seconds 30] [--rounds 3]
         [--threads N] [--artifact-minilm DIR] [--artifact-digits DIR] [--st-int8]
         [--client raw|httpx] [--json results.json]
 
@@ -100,8 +106,12 @@ from presso.cache import cache_root
 
 PEERS = Path(__file__).resolve().parent / "_serve_peers.py"
 MODELS = ("minilm", "digits")
-SERVERS = ("presso", "presso-b1", "ort", "st", "noop", "direct")
-ONE_CLIENT_ONLY = ("noop", "direct")  # what a request costs apart from load
+SERVERS = ("presso", "presso-b1", "ort", "st", "noop", "direct", "ceiling")
+CEILING_CLIENTS = 32  # the ceiling runs at this load level, batches of this many inputs
+# What a request costs apart from load (1 client), and the bounds of any server (32):
+# contenders that run at these client counts only.
+ONLY_AT = {"noop": (1, CEILING_CLIENTS), "direct": (1,), "ceiling": (CEILING_CLIENTS,)}
+IN_PROCESS = ("direct", "ceiling")
 SERVE_STACK = ("fastapi", "starlette", "pydantic", "uvicorn", "httptools", "uvloop")
 START_TIMEOUT_S = 300  # ST's imports take a while on a busy machine
 STOP_TIMEOUT_S = 15
@@ -538,6 +548,36 @@ def direct_window(predictor: Any, model: Model, warmup: float, seconds: float) -
     return window
 
 
+def ceiling_window(predictor: Any, model: Model, warmup: float, seconds: float) -> Window:
+    """``predict`` of :data:`CEILING_CLIENTS` inputs per call, as a full batch of the server
+    runs; each input counts as one answer, with its call's latency."""
+    from presso.serving.settings import ServeSettings
+
+    n, settings = CEILING_CLIENTS, ServeSettings()
+    inputs = model.direct_inputs
+    calls = [_batch_of([inputs[(i + k) % len(inputs)] for k in range(n)]) for i in range(0, len(inputs), n)]
+    start = time.perf_counter() + warmup
+    end = start + seconds
+    window = Window(seconds)
+    for i in itertools.count():
+        sent_at = time.perf_counter()
+        if sent_at >= end:
+            break
+        predictor.predict(calls[i % len(calls)], batch_size=n, max_padding=settings.max_padding)
+        done = time.perf_counter()
+        window.sent += n
+        if start <= done < end:
+            window.latencies.extend([done - sent_at] * n)
+    return window
+
+
+def _batch_of(inputs: list[Any]) -> Any:
+    """One call's input: texts as one list, arrays stacked on the first axis."""
+    if isinstance(inputs[0], list):
+        return [t for one in inputs for t in one]
+    return np.concatenate(inputs)
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -548,19 +588,21 @@ def measure(model: Model, servers: list[Server], names: list[str], args: argpars
     """For each client count, ``--rounds`` rounds, each running every contender in an order
     rotated by the round; ``seconds / rounds`` of load per cell."""
     by_name = {s.name: s for s in servers}
-    direct = "direct" in names and 1 in args.clients
+    direct = any(n in names and set(ONLY_AT[n]) & set(args.clients) for n in IN_PROCESS)
     predictor = presso.load(model.artifact, threads=args.threads) if direct else None
     seconds = args.seconds / args.rounds
     cells: Cells = {}
     for clients in args.clients:
-        here = [n for n in names if n not in ONE_CLIENT_ONLY or clients == 1]
+        here = [n for n in names if clients in ONLY_AT.get(n, (clients,))]
         for r in range(args.rounds):
             k = r % max(1, len(here))
             for name in here[k:] + here[:k]:
                 server = by_name.get(name)
                 if server is not None and not server.alive():
                     continue
-                if server is None:
+                if name == "ceiling":
+                    window = ceiling_window(predictor, model, args.warmup, seconds)
+                elif server is None:
                     window = direct_window(predictor, model, args.warmup, seconds)
                 else:
                     window = http_window(server, model, clients, args, seconds)
@@ -605,7 +647,7 @@ def summarise(cells: Cells, labels: dict[str, str], failed: set[str]) -> list[Ro
         seconds = sum(w.seconds for w in windows)
         errors = sum((w.errors for w in windows), Counter())
         sent, cpu = sum(w.sent for w in windows), sum(w.client_cpu_s for w in windows)
-        http = name != "direct" and sent > 0
+        http = name not in IN_PROCESS and sent > 0
         rows.append(
             Row(
                 name,
@@ -667,6 +709,16 @@ def check_lines(rows: list[Row]) -> list[str]:
         )
     else:
         lines.append("32 clients: not measured (needs presso and ort at 32 clients)")
+    for bound, what in (
+        ("ceiling", f"the model alone, {CEILING_CLIENTS} inputs per call in-process"),
+        ("noop", "the HTTP stack alone (no-op)"),
+    ):
+        c = cell.get((bound, CEILING_CLIENTS))
+        if p and o and c:
+            lines.append(
+                f"Ceiling at {CEILING_CLIENTS} clients, {what}: {c.req_per_s:.0f} /s = {c.req_per_s / o.req_per_s:.2f} x "
+                f"the naive peer; presso serve reaches {100 * p.req_per_s / c.req_per_s:.0f}% of it"
+            )
     return lines
 
 
@@ -735,7 +787,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix=f"presso-serveload-{name}-"))
     try:
         start_all(servers, model, logs)
-        up = [n for n in names if n == "direct" or any(s.name == n and not s.error for s in servers)]
+        up = [n for n in names if n in IN_PROCESS or any(s.name == n and not s.error for s in servers)]
         cells = measure(model, servers, up, args)
     finally:
         stop_all(servers)
@@ -743,6 +795,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(logs, ignore_errors=True)
     labels = {s.name: s.label + (" (failed, see below)" if s.error else "") for s in servers}
     labels["direct"] = "presso.load().predict, in-process"
+    labels["ceiling"] = f"presso.load().predict, in-process, {CEILING_CLIENTS} inputs per call (the ceiling)"
     rows = summarise(cells, labels, {s.name for s in servers if s.error})
     header = (
         f"{name} ({model.artifact}): {model.source}, one per request; closed-loop clients, "
