@@ -533,19 +533,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def direct_window(predictor: Any, model: Model, warmup: float, seconds: float) -> Window:
     """``predict`` of one input at a time in this process, the same inputs in turn."""
-    start = time.perf_counter() + warmup
-    end = start + seconds
-    window = Window(seconds)
-    for i in itertools.count():
-        sent_at = time.perf_counter()
-        if sent_at >= end:
-            break
-        predictor.predict(model.direct_inputs[i % len(model.direct_inputs)])
-        done = time.perf_counter()
-        window.sent += 1
-        if start <= done < end:
-            window.latencies.append(done - sent_at)
-    return window
+    inputs = model.direct_inputs
+    return timed_calls(lambda i: predictor.predict(inputs[i % len(inputs)]), 1, warmup, seconds)
 
 
 def ceiling_window(predictor: Any, model: Model, warmup: float, seconds: float) -> Window:
@@ -553,9 +542,20 @@ def ceiling_window(predictor: Any, model: Model, warmup: float, seconds: float) 
     runs; each input counts as one answer, with its call's latency."""
     from presso.serving.settings import ServeSettings
 
-    n, settings = CEILING_CLIENTS, ServeSettings()
+    n, padding = CEILING_CLIENTS, ServeSettings().max_padding
     inputs = model.direct_inputs
     calls = [_batch_of([inputs[(i + k) % len(inputs)] for k in range(n)]) for i in range(0, len(inputs), n)]
+    return timed_calls(
+        lambda i: predictor.predict(calls[i % len(calls)], batch_size=n, max_padding=padding),
+        n,
+        warmup,
+        seconds,
+    )
+
+
+def timed_calls(call: Callable[[int], Any], answers: int, warmup: float, seconds: float) -> Window:
+    """``call(0), call(1), ...`` for ``warmup`` s unmeasured then ``seconds`` s measured; each
+    call counts ``answers`` answers, each with the call's latency."""
     start = time.perf_counter() + warmup
     end = start + seconds
     window = Window(seconds)
@@ -563,11 +563,11 @@ def ceiling_window(predictor: Any, model: Model, warmup: float, seconds: float) 
         sent_at = time.perf_counter()
         if sent_at >= end:
             break
-        predictor.predict(calls[i % len(calls)], batch_size=n, max_padding=settings.max_padding)
+        call(i)
         done = time.perf_counter()
-        window.sent += n
+        window.sent += answers
         if start <= done < end:
-            window.latencies.extend([done - sent_at] * n)
+            window.latencies.extend([done - sent_at] * answers)
     return window
 
 

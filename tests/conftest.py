@@ -15,6 +15,15 @@ import torch
 FAST_BENCH = ["--rounds", "2", "--batch", "16", "--quiet"]
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The generated cases each robustness surface tried (tests/robustness/fuzz_cases.py)."""
+    cases = sys.modules.get("fuzz_cases")
+    if cases is not None and cases.tried:
+        terminalreporter.section("generated cases tried, by surface")
+        for surface, n in sorted(cases.tried.items()):
+            terminalreporter.write_line(f"{surface}: {n}")
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path_factory):
     # Examples train into a per-session cache, never the user's; nothing reaches a hub.

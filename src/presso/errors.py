@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class PressoError(ValueError):
     """Bad input or an unsupported request.
@@ -23,3 +25,22 @@ class BudgetError(PressoError):
 class NothingToDo(PressoError):
     """A stage finds nothing it could change for the better (e.g. no layer whose factors
     would pay). A recipe stage marked ``optional`` is then skipped instead of failing."""
+
+
+# Control, format, private, unassigned and surrogate characters and the line / paragraph
+# separators: what can break a line or drive a terminal. Spaces of any kind stay.
+_ESCAPED = {"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"}
+
+
+def one_line(text: str) -> str:
+    """``text`` safe to print as one terminal line: line breaks, escape sequences and
+    other control characters (a file or key name may hold any of them) shown escaped,
+    as Python writes them in a string literal, instead of acting on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if unicodedata.category(c) in _ESCAPED
+        else c
+        for c in text
+    )

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from presso.errors import PressoError
+    from presso.errors import PressoError, one_line
 
     debug = getattr(args, "debug", False) or os.environ.get("PRESSO_DEBUG") == "1"
     try:
@@ -74,7 +74,7 @@ def _run(args) -> int:
             if log is not None and log.is_file():
                 sys.stderr.write(log.read_text(encoding="utf-8", errors="replace"))
             raise
-        print(f"presso: error: {exc}", file=sys.stderr)
+        print(f"presso: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         hint = getattr(args, "checkpoint_hint", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import reprlib
 import types
 import typing
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails
 
-from presso.errors import PressoError
+from presso.errors import PressoError, one_line
 from presso.techniques.registry import techniques
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -64,7 +65,7 @@ class Recipe(BaseModel):
             tech = known.get(stage.technique)
             if tech is None:
                 raise PressoError(
-                    f"{where}, stage {i}: unknown technique '{stage.technique}'"
+                    f"{where}, stage {i}: unknown technique {brief(stage.technique)}"
                     f"{_did_you_mean(stage.technique, known)}. "
                     f"Allowed: {', '.join(known)}."
                 )
@@ -85,28 +86,52 @@ def _first_error(exc: ValidationError, model: type[BaseModel], what: str) -> str
     unknown key is reported first: a typo also makes the intended key look missing."""
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    # Union members and validator wrappers add parts like "literal['auto']" or "int" to the
-    # location; the user wrote only the key.
-    loc = [
-        p
-        for p in err["loc"]
-        if isinstance(p, int)
-        or ("[" not in str(p) and str(p) not in _TYPE_TAGS and not str(p).startswith("function-"))
-    ]
+    loc = _written(err["loc"])
     key = ".".join(str(p) for p in loc) or what
     if err["type"] == "extra_forbidden":
         known = list(model.model_fields)
+        # the unknown key is the location's last part, whatever it is called ("int", "[x]")
+        unknown = err["loc"][-1] if err["loc"] else what
+        key = ".".join(str(p) for p in [*_written(err["loc"][:-1]), unknown])
         return (
-            f"unknown {what} '{key}'{_did_you_mean(str(loc[-1]), known)}. "
+            f"unknown {what} {brief(key)}{_did_you_mean(str(unknown), known)}. "
             f"Allowed {what}s: {', '.join(known)}."
         )
     field = model.model_fields.get(str(loc[0])) if loc else None
     allowed = f" Allowed: {_allowed(field)}." if field is not None and len(loc) == 1 else ""
     if err["type"] == "missing":
-        return f"{what} '{key}' is required.{allowed}"
+        return f"{what} {brief(key)} is required.{allowed}"
     union = len(loc) < len(err["loc"]) and not any(str(p).startswith("function-") for p in err["loc"])
     msg = "not an allowed value" if union else err["msg"].removeprefix("Value error, ")
-    return f"{what} '{key}': {msg} (got {err.get('input')!r}).{allowed}"
+    return f"{what} {brief(key)}: {msg} (got {brief(err.get('input'))}).{allowed}"
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxdict = 3, 6, 6, 6
+_BRIEF.maxstring, _BRIEF.maxother = 80, 80
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to a readable length: what a user wrote may be a megabyte, nested
+    billions deep through YAML aliases (a full repr never ends), or an integer too long
+    for ``repr`` at all."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        return _BRIEF.repr(value)
+    except ValueError:  # an integer inside a container, past the digit limit
+        return f"a {type(value).__name__}"
+
+
+def _written(loc) -> list:
+    """The parts of a location the user wrote: pydantic adds union members and validator
+    wrappers like "literal['auto']", "int" or "function-after[...]"."""
+    return [
+        p
+        for p in loc
+        if isinstance(p, int)
+        or ("[" not in str(p) and str(p) not in _TYPE_TAGS and not str(p).startswith("function-"))
+    ]
 
 
 _TYPE_TAGS = {
@@ -245,6 +270,27 @@ def builtin_names() -> list[str]:
 RecipeSpec = str | Path | Recipe | Sequence[BaseModel]
 
 
+def read_yaml(path: Path, where: str) -> Any:
+    """The YAML document in ``path``, safely loaded (no Python objects are ever built), or
+    one line saying why it cannot be read."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PressoError(
+            f"{where} is not UTF-8 text (byte {exc.start}): give a recipe .yaml file."
+        ) from None
+    except OSError as exc:
+        raise PressoError(f"{where} cannot be read: {exc.strerror or exc}.") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PressoError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # an integer past Python's 4300-digit limit, say
+        raise PressoError(f"{where} holds a value YAML cannot read: {str(exc).splitlines()[0]}") from None
+    except RecursionError:  # brackets nested thousands deep
+        raise PressoError(f"{where} is nested too deeply to read.") from None
+
+
 def load_recipe(spec: RecipeSpec) -> Recipe:
     """A built-in recipe by name, a recipe YAML file by path, or a list of stages."""
     if isinstance(spec, Recipe):
@@ -255,23 +301,20 @@ def load_recipe(spec: RecipeSpec) -> Recipe:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise PressoError(f"Recipe file '{spec}' not found.")
-        where = str(path)
+            raise PressoError(f"Recipe file '{one_line(spec)}' not found.")
+        where = one_line(str(path))
     elif (found := builtin_path(spec)) is not None:
         path, where = found, f"built-in recipe '{spec}'"
     else:
         raise PressoError(
-            f"Unknown recipe '{spec}'. Built-in recipes: {', '.join(builtin_names())}; "
+            f"Unknown recipe '{one_line(spec)}'. Built-in recipes: {', '.join(builtin_names())}; "
             "or give the path of a recipe .yaml file."
         )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PressoError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_yaml(path, where)
     if not isinstance(raw, dict):
         raise PressoError(f"{where} must be a mapping with 'name' and 'stages'.")
     try:
-        recipe = Recipe(**raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         raise PressoError(f"{where}: {_recipe_error(exc)}") from None
     recipe.configs(where)  # validate every stage's options now, before any work
