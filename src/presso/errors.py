@@ -15,6 +15,13 @@ class PressoError(ValueError):
 
     exit_code = 2
 
+    def __init__(self, *args: object):
+        # A message quotes what the user gave (file, column, key names): whatever those
+        # hold, the message stays one line and drives no terminal.
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (one_line(args[0]),)
+        super().__init__(*args)
+
 
 class BudgetError(PressoError):
     """No compressed variant meets the quality budget; nothing is written (exit code 1)."""

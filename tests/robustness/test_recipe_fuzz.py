@@ -25,7 +25,12 @@ from presso.errors import PressoError
 from presso.recipe.schema import Recipe, builtin_names, builtin_path, load_recipe
 from presso.techniques.registry import techniques
 
-FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 LONG = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 TOP_KEYS = ["presso_recipe", "name", "description", "stages", "settings"]

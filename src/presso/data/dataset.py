@@ -12,6 +12,15 @@ from presso.errors import PressoError
 from presso.runtime.lengths import typical_row
 
 
+def rows_of(name: str, array: np.ndarray) -> int:
+    """The rows of ``array`` (its first axis), or one line saying it has none."""
+    if np.ndim(array) == 0:
+        raise PressoError(
+            f"Array {name!r} is a single value (shape ()); give one row per example on the first axis."
+        )
+    return len(array)
+
+
 @dataclass
 class Dataset:
     """Rows of model inputs, keyed by the model's input names.
@@ -37,11 +46,8 @@ class Dataset:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise PressoError("The dataset has no input arrays: give at least one array of rows.")
-        lengths = {name: len(a) for name, a in self.inputs.items()}
-        if self.target is not None:
-            lengths["target"] = len(self.target)
-        if self.groups is not None:
-            lengths["groups"] = len(self.groups)
+        arrays = {**self.inputs, "target": self.target, "groups": self.groups}
+        lengths = {name: rows_of(name, a) for name, a in arrays.items() if a is not None}
         if len(set(lengths.values())) != 1:
             raise PressoError(
                 f"The data's arrays have different numbers of rows: {lengths}. "

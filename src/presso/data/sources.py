@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from presso.data.dataset import Dataset
+from presso.data.dataset import Dataset, rows_of
 from presso.errors import PressoError
 
 SUPPORTED = (
@@ -57,9 +57,16 @@ def _check_finite(name: str, array: np.ndarray, source: Path | str) -> None:
             )
 
 
-def _as_model_dtype(array: np.ndarray) -> np.ndarray:
+def _as_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) or array.dtype == bool:
-        return array.astype(np.float32)
+        with np.errstate(over="ignore"):
+            out = array.astype(np.float32)
+        if array.dtype != bool and not np.isfinite(out).all():  # finite in float64, not in 32 bits
+            raise PressoError(
+                f"Array {name!r} has values beyond float32's range (largest magnitude "
+                f"{float(np.abs(array).max()):.3g}, float32 stops at 3.4e38): rescale them."
+            )
+        return out
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.int64)
     raise PressoError(f"Arrays must be numeric; got dtype {array.dtype}.")
@@ -89,8 +96,9 @@ def _from_npz(path: Path, input_names: list[str]) -> Dataset:
         )
     target = arrays.get("y")
     for name, a in {**inputs, **({"y": target} if target is not None else {})}.items():
+        rows_of(name, a)
         _check_finite(name, a, path)
-    inputs = {n: _as_model_dtype(a) for n, a in inputs.items()}
+    inputs = {n: _as_model_dtype(a, n) for n, a in inputs.items()}
     if target is not None and np.issubdtype(target.dtype, np.floating):
         target = target.astype(np.float32)
     groups = arrays.get("group")
