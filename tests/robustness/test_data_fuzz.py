@@ -98,6 +98,25 @@ def test_an_npz_holding_pickled_objects_is_refused_without_unpickling(tmp_path):
     assert not proof.exists()
 
 
+@pytest.mark.parametrize(
+    "name, write, says",
+    [
+        ("0-d array", lambda p: np.savez(p / "d.npz", X=np.float32(1.0)), "single value"),
+        ("0-d target", lambda p: np.savez(p / "d.npz", X=np.ones((3, 2)), y=np.int64(1)), "single value"),
+        ("past float32", lambda p: np.savez(p / "d.npz", X=np.array([[1e300, 0.0]])), "beyond float32"),
+        ("csv inf", lambda p: (p / "d.csv").write_text("a,b\n1,inf\n2,3\n"), "infinite values"),
+        ("csv past float32", lambda p: (p / "d.csv").write_text("a,b\n1,1e300\n2,3\n"), "beyond float32"),
+        ("csv newline in a name", lambda p: (p / "d.csv").write_text('"a\nb",c\nx,1\n'), "non-numeric"),
+    ],
+)
+def test_what_the_fuzzing_found_is_refused_in_one_line(tmp_path, name, write, says):
+    write(tmp_path)
+    (path,) = tmp_path.glob("d.*")
+    with pytest.raises(PressoError, match=says) as exc:
+        load_data(path, INPUT)
+    assert "\n" not in str(exc.value)
+
+
 @st.composite
 def tables(draw) -> str:
     header = draw(st.lists(column_names, min_size=0, max_size=5))
@@ -147,3 +166,21 @@ def test_the_cli_refuses_bad_data_with_exit_2_one_line_and_nothing_written(
     out = tmp_path / "out"
     argv = ["compress", mlp_project["factory"], "--data", str(path), "--recipe", "int8", "--out", str(out)]
     refused_by_the_cli(argv, out, capsys)
+
+
+LONG = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.slow
+@LONG
+@given(content=st.dictionaries(names, arrays, max_size=4), text=tables(), target=st.none() | column_names)
+def test_long_profile_generated_data_files(tmp_path, content, text, target):
+    npz, csv = tmp_path / "data.npz", tmp_path / "data.csv"
+    try:
+        np.savez(npz, **content)
+    except (ValueError, TypeError, OSError):
+        pass
+    else:
+        check(lambda: load_data(npz, INPUT), "data: long profile, .npz")
+    csv.write_text(text, encoding="utf-8")
+    check(lambda: load_data(csv, INPUT, target=target), "data: long profile, .csv")

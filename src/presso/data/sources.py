@@ -142,7 +142,17 @@ def _from_table(path: Path, input_names: list[str], target: str | None, group: s
         if pd.isna(y).any():
             raise PressoError(f"Target column '{target}' of '{path}' has missing values. Drop those rows.")
         y = y.astype(np.float32) if np.issubdtype(y.dtype, np.floating) else y
-    x = frame.to_numpy(dtype=np.float32)
+        if y.dtype == np.float32 and not np.isfinite(y).all():
+            raise PressoError(f"Target column '{target}' of '{path}' has infinite values. Drop those rows.")
+    with np.errstate(over="ignore"):
+        x = frame.to_numpy(dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        cols = [str(frame.columns[j]) for j in np.nonzero(bad.any(axis=0))[0]]
+        raise PressoError(
+            f"'{path}' has infinite values, or values beyond float32's range (3.4e38), in columns "
+            f"{cols}. Drop or rescale them first."
+        )
     return Dataset(
         inputs={input_names[0]: x},
         target=y,
