@@ -148,10 +148,10 @@ def _from_table(path: Path, input_names: list[str], target: str | None, group: s
         x = frame.to_numpy(dtype=np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
-        cols = [str(frame.columns[j]) for j in np.nonzero(bad.any(axis=0))[0]]
+        infinite = [str(frame.columns[j]) for j in np.nonzero(bad.any(axis=0))[0]]
         raise PressoError(
             f"'{path}' has infinite values, or values beyond float32's range (3.4e38), in columns "
-            f"{cols}. Drop or rescale them first."
+            f"{infinite}. Drop or rescale them first."
         )
     return Dataset(
         inputs={input_names[0]: x},
