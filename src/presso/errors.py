@@ -51,3 +51,10 @@ def one_line(text: str) -> str:
         else c
         for c in text
     )
+
+
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (its type name when the message is empty), cut
+    to ``limit`` characters: what a one-line error quotes of a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from presso.data.dataset import Dataset, rows_of
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 
 SUPPORTED = (
     ".npz (arrays X and optional y, group), .csv or .parquet (with --target COLUMN, --group COLUMN), "
@@ -119,7 +119,7 @@ def _from_table(path: Path, input_names: list[str], target: str | None, group: s
     except ImportError:
         raise PressoError("Reading .parquet needs pyarrow: pip install 'presso[data]'.") from None
     except Exception as exc:
-        raise PressoError(f"Cannot read '{path}': {str(exc).splitlines()[0]}") from exc
+        raise PressoError(f"Cannot read '{path}': {reason(exc)}") from exc
     if len(input_names) != 1:
         raise PressoError(
             f"A table feeds one input, but the model takes {input_names}. Use an .npz with one array per input."

@@ -28,12 +28,20 @@ class Predictor:
         seq_len: int = 128,
     ):
         self.model_path = Path(model_path)
-        if self.model_path.suffix == ".packed":  # unpacked in memory, never on disk
-            from presso.export.packed import unpack
+        try:
+            if self.model_path.suffix == ".packed":  # unpacked in memory, never on disk
+                from presso.export.packed import unpack
 
-            self.session = make_session(unpack(self.model_path).SerializeToString(), threads=threads)
-        else:
-            self.session = make_session(self.model_path, threads=threads)
+                self.session = make_session(unpack(self.model_path).SerializeToString(), threads=threads)
+            else:
+                self.session = make_session(self.model_path, threads=threads)
+        except PressoError:
+            raise
+        except Exception as exc:  # ORT's InvalidArgument, InvalidGraph, Fail ... share no base class
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise PressoError(
+                f"ONNX Runtime cannot load '{self.model_path}' ({first}): is it a whole, valid ONNX model?"
+            ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer, self.task, self.seq_len = tokenizer, task, seq_len
         # Asked once: ORT builds new Python objects on every get_inputs() / get_outputs().

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 
 # sentence-transformers' order of concatenation when a config enables several modes.
 MODES = {
@@ -181,9 +181,7 @@ def _dense(where: Path) -> nn.Module:
             {k.removeprefix("linear."): v for k, v in state.items() if k.startswith("linear.")}
         )
     except RuntimeError as exc:
-        raise PressoError(
-            f"The weights in '{where}' do not match its config.json: {str(exc).splitlines()[0]}"
-        ) from None
+        raise PressoError(f"The weights in '{where}' do not match its config.json: {reason(exc)}") from None
     return nn.Sequential(linear, activation())
 
 

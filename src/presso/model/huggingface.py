@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 from presso.model.hf_families import check_supported, is_classifier, model_inputs, transformer_shape
 from presso.model.hf_pooling import SentencePooling, read_pooling
 from presso.model.loaded import LoadedModel
@@ -76,7 +76,7 @@ def _quietly(fn, *args, **kwargs):
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return reason(exc)
 
 
 def load_hf_folder(path: Path) -> LoadedModel:

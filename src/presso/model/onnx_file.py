@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 from presso.model.loaded import LoadedModel
 
 
@@ -68,9 +68,9 @@ def load_onnx(path: Path) -> LoadedModel:
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = reason(exc)
         raise PressoError(
-            f"'{path}' is not a valid ONNX model ({reason}). Re-export it, e.g. with torch.onnx.export."
+            f"'{path}' is not a valid ONNX model ({why}). Re-export it, e.g. with torch.onnx.export."
         ) from exc
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]

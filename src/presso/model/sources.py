@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 from presso.model.loaded import LoadedModel, forward_input_names, with_output
 
 _HOW = (
@@ -196,7 +196,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PressoError(
-            f"Cannot read weights '{path}': {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            f"Cannot read weights '{path}': {type(exc).__name__}: {reason(exc)}. "
             "Give a state dict saved with torch.save(model.state_dict(), ...) or a .safetensors file."
         ) from exc
     if not isinstance(state, dict):

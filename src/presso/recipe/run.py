@@ -21,7 +21,7 @@ from typing_extensions import Unpack
 
 from presso.data.dataset import Dataset, split
 from presso.data.resolve import resolve_data
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 from presso.export.compact import compact_names
 from presso.export.onnx_export import check_parity, export_onnx
 from presso.measure.bench import BenchSettings
@@ -315,7 +315,7 @@ def _prepare(
         raise
     except Exception as exc:
         shapes = {k: list(v.shape[1:]) for k, v in data.inputs.items()}
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        msg = reason(exc, 200)
         raise PressoError(
             f"The data does not fit the model: {msg}. Data rows have shapes {shapes} "
             f"for inputs {loaded.input_names}; reshape the data to what the model expects."

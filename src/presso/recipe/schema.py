@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails
 
-from presso.errors import PressoError, one_line
+from presso.errors import PressoError, one_line, reason
 from presso.techniques.registry import techniques
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -284,9 +284,9 @@ def read_yaml(path: Path, where: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PressoError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise PressoError(f"{where} is not valid YAML: {reason(exc)}") from None
     except ValueError as exc:  # an integer past Python's 4300-digit limit, say
-        raise PressoError(f"{where} holds a value YAML cannot read: {str(exc).splitlines()[0]}") from None
+        raise PressoError(f"{where} holds a value YAML cannot read: {reason(exc)}") from None
     except RecursionError:  # brackets nested thousands deep
         raise PressoError(f"{where} is nested too deeply to read.") from None
 

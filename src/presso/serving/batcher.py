@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from presso.errors import reason
 from presso.serving.payload import BadInput, Rows, merge
 
 # The longest run a lone request may block the event loop for (other requests wait that
@@ -251,5 +252,5 @@ def _refused(exc: Exception) -> BaseException:
     beyond the vocabulary, an empty sequence) are the caller's to fix, answered 422."""
     if isinstance(exc, BadInput):
         return exc
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = reason(exc)
     return BadInput(422, f"The model could not run on these inputs: {first[:300]}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from presso.errors import NothingToDo, PressoError
+from presso.errors import NothingToDo, PressoError, reason
 from presso.model.loaded import count_parameters, first_tensor
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
@@ -128,7 +128,7 @@ def build_student(
     except Exception as exc:
         raise PressoError(
             f"The student does not run on the model's inputs {ctx.input_names}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            f"{type(exc).__name__}: {reason(exc, 200)}"
         ) from exc
     if out[0].numel() != n_out:
         raise PressoError(

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 from presso.measure.bench import Timing, clearly_slower
 from presso.model.onnx_file import fixed_batch_sizes
 from presso.runtime.cpu import cpu_features
@@ -324,7 +324,7 @@ def _quantize_int8(onnx_path: Path, cfg: Int8Config, ctx: StageContext) -> Stage
         try:
             cand.score = ctx.score(dst)
         except Exception as exc:  # a graph ORT cannot run is a failed variant, not a crash
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = reason(exc)
             cand.path, cand.note = None, f"does not run on ONNX Runtime: {msg[:160]}"
         return cand
 
