@@ -128,3 +128,45 @@ def test_damaged_onnx_files_are_run_or_refused_in_one_line_never_crash(tmp_path)
 @pytest.mark.slow
 def test_long_profile_damaged_onnx_files(tmp_path):
     check_damaged_models(tmp_path, LONG_CASES, seed=1, surface="models: long profile, damaged .onnx")
+
+
+class Touch:
+    """Unpickled, it creates a file: proof that a weights file ran code."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_weights_file_holding_pickled_code_is_refused_without_running_it(tmp_path, mlp_project):
+    import torch
+
+    from presso.errors import PressoError
+    from presso.model.sources import load_factory
+
+    path, proof = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"layer.weight": Touch(proof)}, path)
+    torch.load(path, weights_only=False)  # the payload works when unpickled...
+    assert proof.exists()
+    proof.unlink()
+    with pytest.raises(PressoError, match="Cannot read weights") as exc:
+        load_factory(mlp_project["factory"], path)
+    assert not proof.exists() and "\n" not in str(exc.value)  # ...and presso never unpickles it
+
+
+def test_a_safetensors_header_lying_about_sizes_is_refused_in_one_line(tmp_path, mlp_project):
+    import struct
+
+    from presso.errors import PressoError
+    from presso.model.sources import load_factory
+
+    header = json.dumps(
+        {"layer.weight": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}}
+    )
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 16)  # 16 bytes, not 4 MB
+    with pytest.raises(PressoError, match="Cannot read weights") as exc:
+        load_factory(mlp_project["factory"], path)
+    assert "\n" not in str(exc.value)
