@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -63,6 +64,33 @@ def test_a_signal_mid_stage_removes_everything_and_exits_with_its_code(tmp_path,
     # No presso-work-*, no ort.quant.*: only what a completed run leaves there too (ONNX
     # Runtime's 51-byte session id file and torch's per-user compile cache folder).
     assert {p.name for p in temp.iterdir()} <= PERSISTENT
+
+
+@pytest.mark.e2e
+def test_signals_at_random_moments_leave_an_artifact_whole_or_absent_and_no_temporary_files(tmp_path):
+    """SIGTERM or Ctrl-C at seeded random moments across a run (start-up, loading, the stage,
+    measuring, writing): exit 143 / 130 with nothing written, or a finished run's whole
+    artifact; never a partial one, never temporary files left behind."""
+    rng = random.Random(21)
+    outcomes = []
+    for k in range(6):
+        sig, code = rng.choice([(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+        temp, out = tmp_path / f"tmp{k}", tmp_path / f"art{k}"
+        temp.mkdir()
+        proc = _start(tmp_path, temp, out)
+        try:
+            proc.wait(timeout=rng.uniform(0.5, 14.0))  # done before the signal came: fine too
+        except subprocess.TimeoutExpired:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            assert {p.name for p in out.iterdir()} >= {"model.onnx", "report.json", "report.html"}
+        else:
+            assert proc.returncode == code and "Traceback" not in err, err[-2000:]
+            assert not out.exists()
+        assert {p.name for p in temp.iterdir()} <= PERSISTENT, (k, sorted(p.name for p in temp.iterdir()))
+        outcomes.append(proc.returncode)
+    assert any(c != 0 for c in outcomes)  # the signals did land inside runs
 
 
 def test_temporary_files_go_into_the_work_folder_and_new_work_folders_do_not(tmp_path, monkeypatch):
