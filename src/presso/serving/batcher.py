@@ -109,10 +109,13 @@ class MicroBatcher:
                 self._inline_pending = False
             if self._idle():
                 return self._run_inline(rows)
-            waiting = _Waiting(rows, asyncio.get_running_loop().create_future())
-            self._waiting.appendleft(waiting)  # it came first
+            first = True  # not alone after all: it joins the queue, at the front (it came first)
         else:
-            waiting = _Waiting(rows, asyncio.get_running_loop().create_future())
+            first = False
+        waiting = _Waiting(rows, asyncio.get_running_loop().create_future())
+        if first:
+            self._waiting.appendleft(waiting)
+        else:
             self._waiting.append(waiting)
         self._arrived.set()
         return await waiting.future
@@ -252,5 +255,4 @@ def _refused(exc: Exception) -> BaseException:
     beyond the vocabulary, an empty sequence) are the caller's to fix, answered 422."""
     if isinstance(exc, BadInput):
         return exc
-    first = reason(exc)
-    return BadInput(422, f"The model could not run on these inputs: {first[:300]}")
+    return BadInput(422, f"The model could not run on these inputs: {reason(exc)}")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 from presso.progress import SILENT, Progress
 from presso.techniques.quantization.observers import (
     OBSERVERS,
@@ -280,7 +280,7 @@ def _collect(
             sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT's error classes share no base but Exception
             raise PressoError(
-                f"ONNX Runtime cannot load {model_path} for calibration: {_first_line(exc)}"
+                f"ONNX Runtime cannot load {model_path} for calibration: {reason(exc)}"
             ) from None
         n_batches = 0
         with progress.task("calibrating activation ranges (batches)", total=batches) as advance:
@@ -290,7 +290,7 @@ def _collect(
                     values = sess.run(fetch, feed)  # one batch of every fetched activation
                 except Exception as exc:  # noqa: BLE001 - as above
                     raise PressoError(
-                        f"ONNX Runtime could not run calibration batch {i}: {_first_line(exc)}. "
+                        f"ONNX Runtime could not run calibration batch {i}: {reason(exc)}. "
                         f"Feed the model's inputs ({', '.join(inputs)}) with their dtypes and shapes."
                     ) from None
                 for name, value in zip(fetch, values, strict=True):
@@ -398,11 +398,6 @@ def _ort_reads_calibration_cache() -> bool:
     from onnxruntime.quantization import quantize_static
 
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _check_activation_type(activation_type) -> None:
