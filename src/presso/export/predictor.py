@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from presso.errors import PressoError
+from presso.errors import PressoError, reason
 from presso.runtime.session import INPUT_DTYPES, length_free, make_session, run_session
 
 
@@ -38,9 +38,8 @@ class Predictor:
         except PressoError:
             raise
         except Exception as exc:  # ORT's InvalidArgument, InvalidGraph, Fail ... share no base class
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise PressoError(
-                f"ONNX Runtime cannot load '{self.model_path}' ({first}): is it a whole, valid ONNX model?"
+                f"ONNX Runtime cannot load '{self.model_path}' ({reason(exc)}): is it a whole, valid ONNX model?"
             ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer, self.task, self.seq_len = tokenizer, task, seq_len
@@ -153,5 +152,6 @@ def _tokenizer(folder: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... by file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise PressoError(f"The artifact's tokenizer in '{folder}' does not load ({first}).") from None
+        raise PressoError(
+            f"The artifact's tokenizer in '{folder}' does not load ({reason(exc, 200)})."
+        ) from None
