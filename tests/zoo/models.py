@@ -315,7 +315,13 @@ ENTRIES = [
     Entry("mlp-batchnorm", "MLP + BatchNorm1d (breast cancer)", _mlp_batchnorm, "lowrank"),
     Entry("mlp-layernorm", "MLP + LayerNorm (digits)", _mlp_layernorm, "slim"),
     Entry(
-        "cnn-depthwise", "depthwise-separable CNN, MobileNet-style (digits 8x8)", _cnn_depthwise, "lowrank"
+        "cnn-depthwise",
+        "depthwise-separable CNN, MobileNet-style (digits 8x8)",
+        _cnn_depthwise,
+        "lowrank",
+        # factorize's default two milder retries: on one CPU's training of this model the
+        # second variant (keep 75%) lost 0.038 on the held-out rows after the short fine-tune.
+        tune={"backoff": 2},
     ),
     Entry("resnet", "ResNet-style, BatchNorm2d + residuals (digits 8x8)", _resnet, "slim"),
     Entry(
