@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -16,6 +17,19 @@ def digits_artifact(tmp_path_factory):
     done = run_cli("compress", "--example", "digits", "--out", str(out), *FAST_BENCH)
     assert done.returncode == 0, done.stderr[-2000:]
     return out
+
+
+def test_the_report_records_where_it_came_from(digits_artifact):
+    from importlib.metadata import version
+
+    report = json.loads((digits_artifact / "report.json").read_text())
+    command = ["-m", "presso.cli.main", "compress", "--example", "digits", "--out", str(digits_artifact)]
+    assert report["command"].endswith(shlex.join(command + FAST_BENCH))
+    machine = report["machine"]
+    for package in ("torch", "onnxruntime", "onnx"):
+        assert machine[package] == version(package)
+    assert report["presso_version"] == version("presso")
+    assert machine["cpu"] and machine["threads"] >= 1 and isinstance(machine["avx2"], bool)
 
 
 @pytest.mark.parametrize("command", ["compress", "bench", "eval", "recipes"])

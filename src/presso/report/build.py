@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
+import shlex
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +31,17 @@ from presso.runtime.cpu import cpu_features
 from presso.runtime.lengths import MASK
 from presso.tasks import change, drop, metric_spec
 from presso.version import __version__
+
+
+def command_line() -> str:
+    """This process's command line, shell-quoted, the program by its file name only:
+    ``presso compress ...``, ``python3 -m presso.cli.main ...``, ``python3 train.py``."""
+    if sys.argv and os.path.basename(sys.argv[0]) == "presso":  # the console script
+        argv = ["presso", *sys.argv[1:]]
+    else:  # the interpreter's own arguments keep "-m module" and the script's name
+        argv = list(getattr(sys, "orig_argv", None) or sys.argv) or ["python"]
+        argv[0] = os.path.basename(argv[0])
+    return shlex.join(argv)
 
 
 class RunRecord(Protocol):
@@ -238,6 +252,7 @@ def _ratios(base: dict, comp: dict) -> dict[str, float | None]:
 
 def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
     """The report of a run from what it measured (``recipe``: the recipe as run)."""
+    import onnx
     import onnxruntime
     import torch
 
@@ -273,6 +288,7 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
             "threads": run.bench.thread_count,
             "ort_thread_spinning": False,
             "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
@@ -287,4 +303,5 @@ def build_report(run: RunRecord, recipe: Any, measured: Measured) -> Report:
         layer_sizes=measured.layer_sizes,
         stored=None if measured.stored is None else Stored(**measured.stored),
         run_memory=_run_memory(base),
+        command=command_line(),
     )

@@ -587,7 +587,15 @@ def render_html(report: Report) -> str:
         _section("variants", "Variants tried", *_variant_tables(report)),
         _section("layers", "Per-layer tables", *_layer_tables(report)),
         _data(report),
-        _section("machine", "Machine", table(["", "value"], [[k, v] for k, v in report.machine.items()])),
+        _section(
+            "machine",
+            "Machine",
+            table(
+                ["", "value"],
+                [[k, v] for k, v in report.machine.items()]
+                + ([["command", report.command]] if report.command else []),
+            ),
+        ),
         _section("recipe", "Recipe", f"<pre>{esc(yaml.safe_dump(report.recipe, sort_keys=False))}</pre>"),
         f"<footer>Written by presso {esc(report.presso_version)} as one self-contained file (no scripts, "
         "no network). Hover a mark for its exact value.</footer>",

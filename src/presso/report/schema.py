@@ -195,3 +195,6 @@ class Report(_Strict):
     stored: Stored | None = None
     search: Search | None = None  # present when an automatic search chose the recipe
     run_memory: RunMemory | None = None  # absent in reports written before it was recorded
+    # The process's command line (a CLI run: "presso compress ..."), for provenance; kept out
+    # of ``machine``, which compare reads as "measured where".
+    command: str | None = None
