@@ -71,6 +71,7 @@ def _bench(args, settings, scratch: Path) -> int:
     from presso.measure.memory import peak_memory_mb
     from presso.measure.size import file_size, parameter_count
     from presso.measure.synthetic import synthetic_inputs
+    from presso.report.terminal import shown
     from presso.runtime.session import make_session
 
     stored: dict[str, Path] = {}  # what was given: the packed file or the .onnx
@@ -109,7 +110,7 @@ def _bench(args, settings, scratch: Path) -> int:
         table.add_column(col, justify="left" if col == "model" else "right")
     for key, r in results.items():
         table.add_row(
-            key,
+            shown(key),
             f"{r['size_bytes'] / 1e6:.3f} MB",
             f"{r['parameters']:,}",
             f"{r['latency_ms']['p50']:.3f}",

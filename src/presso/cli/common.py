@@ -181,16 +181,21 @@ class RichProgress(Progress):
     def __init__(self, enabled: bool = True):
         from rich.console import Console
 
+        from presso.report.terminal import shown
+
         self.console = Console(stderr=True)
         self.enabled = enabled
+        self.shown = shown  # messages carry the user's names: escaped for the terminal
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.console.print(f"[dim]· {message}[/dim]")
+            self.console.print(f"[dim]· {self.shown(message)}[/dim]")
 
     def warn(self, message: str) -> None:
         if self.enabled:
-            self.console.print(f"[yellow]warning: {message}[/yellow]", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[yellow]warning: {self.shown(message)}[/yellow]", highlight=False, soft_wrap=True
+            )
 
     @contextmanager
     def task(self, description: str, total: int | None = None):
@@ -205,12 +210,11 @@ class RichProgress(Progress):
             columns.append(BarColumn())
         columns.append(TimeElapsedColumn())
         with Bar(*columns, console=self.console, transient=False) as bar:
-            task_id = bar.add_task(description, total=total)
+            task_id = bar.add_task(self.shown(description), total=total)
 
             def advance(n=1, description=None):
-                bar.update(
-                    task_id, advance=n, **({} if description is None else {"description": description})
-                )
+                shown = None if description is None else self.shown(description)
+                bar.update(task_id, advance=n, description=shown)
 
             yield advance
             if total:

@@ -43,6 +43,7 @@ def run(args) -> int:
     from presso.errors import PressoError
     from presso.export.predictor import load
     from presso.measure.metrics import check_target, evaluate
+    from presso.report.terminal import shown
     from presso.tasks import get_task, primary_metric
 
     model = load(args.artifact)
@@ -83,6 +84,6 @@ def run(args) -> int:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
-        table.add_row(k + (" (primary)" if k == result["primary_metric"] else ""), f"{v:.4f}")
+        table.add_row(shown(k + (" (primary)" if k == result["primary_metric"] else "")), f"{v:.4f}")
     console(args).print(table)
     return 0

@@ -285,17 +285,18 @@ def render_compare(results: list[Result]) -> str:
 def print_comparison(results: list[Result], console) -> None:
     """The same table in the terminal, PASS in green and FAIL in red, after any warning."""
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
+    from presso.report.terminal import shown
+
     for w in warnings(results):
-        console.print(f"[yellow]warning: {escape(w)}[/yellow]")
+        console.print(f"[yellow]warning: {shown(w)}[/yellow]")
     header, rows = table(results)
     # A light box and no padding (columns are still a space apart): nine columns fit 80 characters.
     out = Table(title=f"presso compare \u00b7 {len(results)} results", box=box.SIMPLE_HEAD, padding=(0, 0))
     for k, h in enumerate(header):
         out.add_column(
-            h,
+            shown(h),
             justify="left" if k < 2 else "right",
             overflow="fold",
             min_width=10 if k < 2 else None,
@@ -303,5 +304,5 @@ def print_comparison(results: list[Result], console) -> None:
         )
     for row in rows:
         verdict = "[green]PASS[/green]" if row[4] == "PASS" else "[red]FAIL[/red]"
-        out.add_row(*(verdict if k == 4 else escape(c) for k, c in enumerate(row)))
+        out.add_row(*(verdict if k == 4 else shown(c) for k, c in enumerate(row)))
     console.print(out)

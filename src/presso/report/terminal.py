@@ -3,37 +3,47 @@
 from __future__ import annotations
 
 from rich.console import Console, JustifyMethod
+from rich.markup import escape
 from rich.table import Table
 
+from presso.errors import one_line
 from presso.report.schema import Report
 from presso.report.table import budget_line, comparison_rows, memory_line
 
 
+def shown(text: object) -> str:
+    """The user's text (model, recipe, file, layer and column names) for a rich console:
+    line breaks and escape sequences shown escaped instead of acting on the terminal, and
+    square brackets drawn instead of read as rich markup (``[/]`` would raise)."""
+    return escape(one_line(str(text)))
+
+
 def print_summary(report: Report, console: Console, out_dir: str | None = None) -> None:
-    table = Table(title=f"{report.model['name']} · {report.task} · recipe {report.recipe['name']}")
+    title = f"{report.model['name']} · {report.task} · recipe {report.recipe['name']}"
+    table = Table(title=shown(title))
     table.add_column("")
-    table.add_column(report.baseline.runtime, justify="right")
-    table.add_column(report.compressed.runtime, justify="right")
+    table.add_column(shown(report.baseline.runtime), justify="right")
+    table.add_column(shown(report.compressed.runtime), justify="right")
     table.add_column("compressed vs baseline", justify="right")
     for row in comparison_rows(report):
-        table.add_row(*row)
+        table.add_row(*map(shown, row))
     console.print(table)
     b = report.budget
     style = "green" if b.passed else "red"
-    console.print(f"[{style}]{budget_line(b)} {'PASS' if b.passed else 'FAIL'}[/{style}]")
+    console.print(f"[{style}]{shown(budget_line(b))} {'PASS' if b.passed else 'FAIL'}[/{style}]")
     for note in report.notes:
-        console.print(f"• {note}")
+        console.print(f"• {shown(note)}")
     if report.run_memory is not None:
-        console.print(f"• {memory_line(report)}")
+        console.print(f"• {shown(memory_line(report))}")
     for stage in report.stages:
         summary = _layer_summary(stage.layers)
         if summary:
-            console.print(f"• {stage.technique}: {summary} (per-layer table in report.html)")
+            console.print(f"• {shown(stage.technique)}: {shown(summary)} (per-layer table in report.html)")
     if out_dir:
         packed = ", model.packed" if report.stored is not None else ""
         console.print(
-            f"Artifact written to [bold]{out_dir}[/bold] (model.onnx{packed}, report.json, report.html, "
-            "recipe.yaml)"
+            f"Artifact written to [bold]{shown(out_dir)}[/bold] (model.onnx{packed}, report.json, "
+            "report.html, recipe.yaml)"
         )
 
 
@@ -66,7 +76,7 @@ def print_front(report: Report, console: Console) -> None:
     if s is None:
         return
     metric = report.budget.primary_metric
-    table = Table(title=f"Pareto front · study {s.study} · {s.sampler} · pick {s.pick}")
+    table = Table(title=shown(f"Pareto front · study {s.study} · {s.sampler} · pick {s.pick}"))
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("trial", "right"),
         ("recipe", "left"),
@@ -82,7 +92,7 @@ def print_front(report: Report, console: Console) -> None:
         mark = " ←" if t.number == s.picked else ""
         table.add_row(
             f"{t.number}{mark}",
-            t.summary,
+            shown(t.summary),
             f"{t.drop:+.4f}",
             f"{t.latency_ms:.4f}",
             "-" if t.retimed_ms is None else f"{t.retimed_ms:.4f}",
