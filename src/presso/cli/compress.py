@@ -102,6 +102,7 @@ def run(args) -> int:
             "--trials and --timeout size an automatic search: use them with --recipe auto (or presso search)."
         )
     import presso
+    from presso.files import output_lock
     from presso.recipe.result import check_output_dir
     from presso.recipe.schema import load_recipe
     from presso.report.terminal import print_summary
@@ -112,20 +113,21 @@ def run(args) -> int:
     weights = args.weights
     recipe_name = Path(args.recipe).stem if args.recipe.endswith((".yaml", ".yml")) else args.recipe
     out = Path(args.out or f"presso-{name}-{recipe_name}")
-    check_output_dir(out)  # fail before minutes of work, not after
-    checkpoint = checkpoint_dir(out)
-    args.checkpoint_hint = checkpoint  # for the interrupted message (cli/main.py)
-    result = presso.compress(
-        model,
-        recipe,
-        data=data,
-        settings=run_settings(args, task, weights),
-        progress=progress,
-        pack=args.packed,
-        checkpoint=checkpoint,
-        resume=args.resume,
-    )
-    result.save(out)
+    with output_lock(out):  # a second run writing this folder fails now, not at the end
+        check_output_dir(out)  # fail before minutes of work, not after
+        checkpoint = checkpoint_dir(out)
+        args.checkpoint_hint = checkpoint  # for the interrupted message (cli/main.py)
+        result = presso.compress(
+            model,
+            recipe,
+            data=data,
+            settings=run_settings(args, task, weights),
+            progress=progress,
+            pack=args.packed,
+            checkpoint=checkpoint,
+            resume=args.resume,
+        )
+        result.save(out)
     if args.json:
         print_json(result.report_json())
     print_summary(result.report, console(args), out_dir=str(out))

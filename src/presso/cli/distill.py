@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from presso.cli.common import (
@@ -240,12 +241,8 @@ def _checkpoints(checkpoint: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    import presso
-    from presso.errors import PressoError
+    from presso.files import output_lock
     from presso.progress import SILENT
-    from presso.recipe.result import check_output_dir
-    from presso.recipe.schema import Recipe, Stage
-    from presso.report.terminal import print_summary
     from presso.train import distributed
 
     distributed.init_from_env()
@@ -253,6 +250,18 @@ def run(args) -> int:
     progress = make_progress(args) if main else SILENT  # rank 0 alone reports
     model, data, task, name = model_and_data(args, progress, "TEACHER")
     out = Path(args.out or f"presso-{name}-student")
+    with output_lock(out) if main else contextlib.nullcontext():  # a second run fails now
+        return _run(args, model, data, task, out, progress, main)
+
+
+def _run(args, model, data, task: str, out: Path, progress, main: bool) -> int:
+    import presso
+    from presso.errors import PressoError
+    from presso.recipe.result import check_output_dir
+    from presso.recipe.schema import Recipe, Stage
+    from presso.report.terminal import print_summary
+    from presso.train import distributed
+
     if main:
         check_output_dir(out)
     checkpoint = out.with_name(out.name + ".checkpoint.pt")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from presso.errors import PressoError, reason
+from presso.files import pinned_folder
 from presso.runtime.session import INPUT_DTYPES, length_free, make_session, run_session
 
 
@@ -111,8 +112,42 @@ class Predictor:
 
 def load(path: str | Path, threads: int | None = None) -> Predictor:
     """Load an artifact folder written by ``presso compress``, a bare ``.onnx`` file or a
-    ``.packed`` file (``presso.export.packed``; a folder may hold ``model.packed`` alone)."""
+    ``.packed`` file (``presso.export.packed``; a folder may hold ``model.packed`` alone).
+
+    A folder is read through one handle on it, so a run replacing the artifact meanwhile
+    never gives a mix of its old and new files; when the old folder is removed while it
+    is read, the new one is read instead."""
     path = Path(path)
+    if not path.is_dir():
+        return _load(path, threads)
+    attempts = 5  # each one lost only to a replacement that landed while it read
+    for attempt in range(attempts):
+        folder, inode = path, None
+        try:
+            with pinned_folder(path) as folder:
+                inode = folder.stat().st_ino
+                predictor = _load(folder, threads)
+                if attempt < attempts - 1 and _replaced(path, inode):  # some files may be gone
+                    continue
+        except (OSError, PressoError) as exc:
+            if attempt < attempts - 1 and inode is not None and _replaced(path, inode):
+                continue  # the folder was swapped for a new artifact while it was read
+            if isinstance(exc, PressoError) and folder != path:  # name it as the user did
+                raise PressoError(str(exc).replace(str(folder), str(path))) from None
+            raise
+        predictor.model_path = path / predictor.model_path.name
+        return predictor
+    raise AssertionError("unreachable")
+
+
+def _replaced(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino != inode
+    except OSError:
+        return False
+
+
+def _load(path: Path, threads: int | None) -> Predictor:
     task, tokenizer, max_tokens = None, None, 128
     if path.is_dir():
         model = path / "model.onnx"

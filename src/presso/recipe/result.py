@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from presso.errors import PressoError
+from presso.files import replace_folder
 from presso.recipe.schema import Recipe
 from presso.report.schema import Report
 
@@ -56,8 +57,9 @@ class CompressionResult:
         """Write model.onnx, report.json, report.html, recipe.yaml (and tokenizer/, model.packed)
         to ``out``.
 
-        Everything is written to a temporary folder beside ``out`` and renamed into
-        place, so an interrupted save leaves no half-written artifact. An existing
+        Everything is written to a temporary folder beside ``out`` and swapped into
+        place (:func:`presso.files.replace_folder`), so an interrupted save leaves no
+        half-written artifact and a reader of ``out`` sees the old artifact or the new one. An existing
         presso artifact at ``out`` is replaced; any other non-empty folder is refused.
         """
         out = Path(out)
@@ -66,13 +68,7 @@ class CompressionResult:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             self._write(tmp)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
+            replace_folder(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
