@@ -137,13 +137,8 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_settings(args):
-    from presso.errors import PressoError
     from presso.measure.bench import BenchSettings
 
-    if args.threads is not None and args.threads < 1:
-        raise PressoError(f"--threads must be >= 1. Got {args.threads}.")
-    if args.rounds < 1 or args.batch < 1:
-        raise PressoError("--rounds and --batch must be >= 1.")
     return BenchSettings(rounds=args.rounds, throughput_batch=args.batch, threads=args.threads)
 
 

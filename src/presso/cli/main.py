@@ -12,16 +12,27 @@ import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 from presso.cli import bench, compress, distill, evaluate, recipes, report, search, serve
 
 COMMANDS = (compress, search, distill, bench, evaluate, recipes, report, serve)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like presso's own: the problem and where help
+    is, not the usage block first (a sub-command's usage runs to a dozen lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        from presso.errors import one_line
+
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from presso import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="presso",
         description="Compress trained models for fast CPU inference on ONNX Runtime, and prove it: "
         "every result comes with quality, latency, throughput and size measured "

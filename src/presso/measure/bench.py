@@ -8,6 +8,7 @@ session does not keep cores busy while another one is timed.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from presso.errors import PressoError
 from presso.runtime.session import default_threads, fit_length, make_session
 
 if TYPE_CHECKING:
@@ -37,6 +39,16 @@ class BenchSettings:
     round_seconds: float = 0.25  # target time of one model's share of one round
     throughput_batch: int = 64
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.throughput_batch < 1:
+            raise PressoError(
+                f"--rounds and --batch must be >= 1. Got {self.rounds} and {self.throughput_batch}."
+            )
+        if self.threads is not None and self.threads < 1:
+            raise PressoError(f"--threads must be >= 1. Got {self.threads}.")
+        if not (math.isfinite(self.round_seconds) and self.round_seconds > 0):
+            raise PressoError(f"round_seconds must be a finite number > 0. Got {self.round_seconds}.")
 
     @property
     def thread_count(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -205,6 +206,24 @@ class RunSettings:
     bench: BenchSettings | None = None
     output: str | None = None
     train_texts: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        """Values no run can use are refused here, before the model is even loaded (the
+        CLI builds these settings from its options first)."""
+        if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise PressoError(
+                f"--max-drop (max_drop) must be a finite number >= 0 (an allowed drop of the "
+                f"primary metric). Got {self.max_drop}."
+            )
+        if self.calibration_fraction is not None and not 0 < self.calibration_fraction < 1:
+            raise PressoError(
+                "--calibration-fraction (calibration_fraction) must be between 0 and 1, e.g. 0.3. "
+                f"Got {self.calibration_fraction}."
+            )
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise PressoError(f"--seed (seed) must be an integer from 0 to 2**32 - 1. Got {self.seed}.")
+        if self.seq_len < 1:
+            raise PressoError(f"--seq-len (seq_len) must be >= 1 tokens. Got {self.seq_len}.")
 
     @classmethod
     def of(cls, base: RunSettings | None, options: Mapping[str, Any], where: str) -> RunSettings:
