@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -115,9 +116,58 @@ class Prepared:
 _OUTER: list[str] = []
 
 
+_OWNED: dict[Path, int] = {}  # this process's work folders -> the descriptor holding their lock
+
+
 def new_workdir() -> Path:
-    """A new ``presso-work-*`` folder in the system's temporary folder."""
-    return Path(tempfile.mkdtemp(prefix="presso-work-", dir=_OUTER[0] if _OUTER else None))
+    """A new ``presso-work-*`` folder in the system's temporary folder, held by this process
+    (a lock on its ``.owner`` file) while it lives. Work folders whose run was killed without
+    a chance to clean up (SIGKILL, a power cut) hold no lock any more: they are removed here."""
+    parent = Path(_OUTER[0] if _OUTER else tempfile.gettempdir())
+    _remove_abandoned(parent)
+    folder = Path(tempfile.mkdtemp(prefix="presso-work-", dir=parent))
+    fd = _locked_owner_file(folder)
+    if fd is not None:
+        _OWNED[folder] = fd
+    return folder
+
+
+def _locked_owner_file(folder: Path) -> int | None:
+    """Lock a new file and only then name it ``.owner``: a sweeper never finds it unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): folders are only removed by their own run
+        return None
+    draft = folder / ".owner.draft"
+    fd = os.open(draft, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.replace(draft, folder / ".owner")
+    return fd
+
+
+def _remove_abandoned(parent: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        return
+    for folder in parent.glob("presso-work-*"):
+        if folder in _OWNED:
+            if not folder.exists():  # removed by its run: let go of its lock
+                os.close(_OWNED.pop(folder))
+            continue
+        try:
+            fd = os.open(folder / ".owner", os.O_RDWR)
+        except OSError:  # no owner file (another user's, or a run of an older presso): not ours to judge
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its run is alive
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
