@@ -122,4 +122,4 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_artifact(
 
 @pytest.mark.slow
 def test_long_profile_sigkill_then_resume(tmp_path):
-    check_kills(tmp_path, kills=20, seed=2021)
+    check_kills(tmp_path, kills=12, seed=2021)
