@@ -93,6 +93,35 @@ def test_rerun_without_resume_is_refused(killed_run, capsys):
     assert _finished_stages(ckpt) == 1  # the refusal leaves the checkpoint alone
 
 
+class _Payload:
+    """Unpickling this creates ``marker``: proof that a file was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_stage_file_replaced_since_the_run_wrote_it_is_not_unpickled(killed_run, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    recipe, _, ckpt = killed_run
+    out = tmp_path / "out"
+    copy = tmp_path / "out.checkpoint"  # the checkpoint a run on --out tmp_path/out resumes
+    shutil.copytree(ckpt, copy)
+    marker = tmp_path / "unpickled"
+    torch.save(_Payload(marker), copy / "stage1.pt")
+    code = main(
+        ["compress", "--example", "digits", "--recipe", str(recipe), "--out", str(out), "--resume", "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "is not the one this run wrote" in err, err[-500:]
+    assert not marker.exists() and not out.exists()
+
+
 @pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_resume_continues_after_the_last_finished_stage(killed_run):
@@ -132,7 +161,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     ex = presso.load_example("tabular")
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "state.json").write_text(json.dumps({"format": 1, "fingerprint": "another run", "stages": []}))
+    (ckpt / "state.json").write_text(json.dumps({"format": 2, "fingerprint": "another run", "stages": []}))
     with pytest.raises(PressoError, match="different run"):
         presso.compress(ex.model, "int8", data=ex.data, task=ex.task, checkpoint=ckpt, resume=True)
     assert (ckpt / "state.json").is_file()

@@ -25,7 +25,7 @@ from presso.errors import PressoError
 from presso.files import atomic_path, write_text_atomic
 from presso.report.schema import StageReport
 
-FORMAT = 1
+FORMAT = 2  # 2: each stage's pickled module is recorded with its sha256
 
 
 @dataclass
@@ -122,6 +122,7 @@ class RunCheckpoint:
             entry["module"] = f"stage{index}.pt"
             with atomic_path(self.folder / entry["module"]) as tmp:
                 torch.save(outcome.module, tmp)
+            entry["module_sha256"] = _sha256(self.folder / entry["module"])
         self.stages = self.stages[: index - 1] + [entry]
         self._write_state()
 
@@ -131,12 +132,20 @@ class RunCheckpoint:
         path = module = None
         if entry["model"]:
             path = workdir / f"stage{index}-{entry['technique']}-restored.onnx"
-            shutil.copyfile(self.folder / entry["model"], path)
+            shutil.copyfile(self.folder / f"stage{index}.onnx", path)  # never a name state.json gives
         if entry["module"]:
             import torch
 
-            # presso's own file, loaded on the user's --resume (see the module docstring).
-            module = torch.load(self.folder / entry["module"], weights_only=False)
+            # presso's own file, loaded on the user's --resume (see the module docstring):
+            # only under the name this stage gives it, in this folder, and only when its bytes
+            # are those recorded when it was written (a file put there since is not unpickled).
+            file = self.folder / f"stage{index}.pt"
+            if entry["module"] != file.name or entry.get("module_sha256") != _sha256(file):
+                raise PressoError(
+                    f"The checkpoint file '{file}' is not the one this run wrote; delete "
+                    f"'{self.folder}' to start over."
+                )
+            module = torch.load(file, weights_only=False)
         report = StageReport(**{**entry["report"], "resumed": True})
         return StageOutcome(
             entry["technique"],
@@ -162,3 +171,11 @@ class RunCheckpoint:
                 default=str,
             ),
         )
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
