@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,92 @@ def test_a_safetensors_header_lying_about_sizes_is_refused_in_one_line(tmp_path,
     with pytest.raises(PressoError, match="Cannot read weights") as exc:
         load_factory(mlp_project["factory"], path)
     assert "\n" not in str(exc.value)
+
+
+def _external_data_missing(folder: Path) -> Path:
+    model = onnx.load_from_string(small_model())
+    path = folder / "model.onnx"
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    (folder / "weights.bin").unlink()
+    return path
+
+
+def _opset(version: int) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        model = onnx.load_from_string(small_model())
+        model.opset_import[0].version = version
+        path = folder / "model.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    return make
+
+
+def _integer_output(folder: Path) -> Path:
+    """A classifier exported with its argmax: the output is int64 class ids, not scores."""
+    model = onnx.load_from_string(small_model())
+    model.graph.node.append(helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]))
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _no_outputs(folder: Path) -> Path:
+    model = onnx.load_from_string(small_model())
+    del model.graph.output[:]
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+MALFORMED: dict[str, Callable[[Path], Path]] = {
+    "external data file missing": _external_data_missing,
+    "opset newer than ONNX Runtime knows": _opset(99),
+    "opset 0": _opset(0),
+    "integer output (argmax)": _integer_output,
+    "no outputs": _no_outputs,
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_onnx_model_is_refused_in_one_line_or_compressed(case, tmp_path, capsys):
+    """Each is refused in one line before any work, or (a model that is valid after all)
+    compressed whole: never a traceback, never a partial artifact."""
+    from presso.cli.main import main
+
+    model = MALFORMED[case](tmp_path)
+    data = tmp_path / "rows.npz"
+    np.savez(data, X=np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    argv = ["compress", str(model), "--data", str(data), "--out", str(out), "--rounds", "2", "--quiet"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    tried["models: malformed .onnx through `presso compress`"] += 1
+    assert "Traceback" not in err
+    if code == 0:
+        assert (out / "model.onnx").is_file() and (out / "report.json").is_file()
+        return
+    assert code == 2 and err.count("\n") == 1 and err.startswith("presso: error: "), err[-800:]
+    assert not out.exists()
+
+
+def test_a_model_with_integer_outputs_still_loads_and_runs_outside_compress(tmp_path):
+    """Refused for compression (nothing to compare), but presso.load runs it: serving or timing
+    a classifier that outputs class ids is a fair use."""
+    import onnxruntime as ort
+
+    import presso
+
+    model, rows = _integer_output(tmp_path), np.eye(8, dtype=np.float32)
+    labels = presso.load(model).predict(rows)
+    direct = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": rows})[0]
+    assert direct.dtype == np.int64 and np.array_equal(labels, direct)

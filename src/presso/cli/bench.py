@@ -54,7 +54,7 @@ def _model_file(spec: str, scratch: Path) -> tuple[Path, Path]:
         return path, runnable
     elif path.suffix != ".onnx":
         raise PressoError(f"'{spec}' is neither an artifact folder, an .onnx file nor a .packed file.")
-    load_onnx(path)  # clear error for missing/corrupt files
+    load_onnx(path, scores=False)  # clear error for missing/corrupt files; any outputs may be timed
     return path, path
 
 

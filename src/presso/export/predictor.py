@@ -167,7 +167,7 @@ def _load(path: Path, threads: int | None) -> Predictor:
     if path.suffix == ".onnx":
         from presso.model.onnx_file import load_onnx
 
-        load_onnx(path)  # a corrupt file gets presso's clear error, not ORT's
+        load_onnx(path, scores=False)  # a corrupt file gets presso's clear error, not ORT's
     return Predictor(path, tokenizer=tokenizer, task=task, threads=threads, seq_len=max_tokens)
 
 

@@ -59,7 +59,48 @@ def keep_output(path: Path, name: str) -> None:
         onnx.save(proto, str(tmp))
 
 
-def load_onnx(path: Path) -> LoadedModel:
+_FLOATS = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def check_runnable(proto, path: Path, scores: bool = True) -> None:
+    """What onnx's checker lets through but no run can use: an opset newer than this onnx
+    knows, no outputs, or (``scores``: to be compressed) only non-float outputs (class ids,
+    strings: nothing a quality budget can compare)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise PressoError(
+                f"'{path}' needs ONNX opset {opset.version}; this onnx knows up to {newest}. "
+                f"Re-export it with opset_version={newest} or lower."
+            )
+    outputs = list(proto.graph.output)
+    if not outputs:
+        raise PressoError(f"'{path}' has no graph outputs. Re-export it with its outputs named.")
+    kinds = {o.name: o.type.tensor_type.elem_type for o in outputs}
+    if scores and not any(k in _FLOATS for k in kinds.values()):
+        described = ", ".join(f"{name} ({_dtype_name(k)})" for name, k in kinds.items())
+        raise PressoError(
+            f"'{path}' outputs no floating-point scores ({described}): presso compares a model's "
+            "scores, logits or embeddings. Export it without its final argmax / post-processing."
+        )
+
+
+def _dtype_name(elem_type: int) -> str:
+    import onnx
+
+    if not elem_type:
+        return "not a tensor"
+    try:
+        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):  # a type number onnx does not know
+        return f"element type {elem_type}"
+
+
+def load_onnx(path: Path, scores: bool = True) -> LoadedModel:
+    """``path`` checked and described; ``scores=False`` (to run it, not compress it) lets a
+    model whose outputs are class ids or strings through."""
     import onnx
 
     if not path.is_file():
@@ -72,6 +113,7 @@ def load_onnx(path: Path) -> LoadedModel:
         raise PressoError(
             f"'{path}' is not a valid ONNX model ({why}). Re-export it, e.g. with torch.onnx.export."
         ) from exc
+    check_runnable(proto, path, scores)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     dynamic = {}
