@@ -379,3 +379,35 @@ def test_batch_size_one_trains_every_row():
         settings=FitSettings(epochs=2, lr=0.05, batch_size=1),
     )
     assert r.epochs_run == 2 and np.isfinite(r.history[-1]["train_loss"])
+
+
+def test_a_long_epoch_over_a_batch_source_reports_its_rows_as_it_goes(monkeypatch):
+    """An epoch over a large corpus takes most of an hour on two cores: the fit says how far
+    it has come in between (here: after every batch), ending at the epoch's row count."""
+    from presso.train import loop
+    from presso.train.batches import LengthBuckets
+
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+    x = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
+    y = x[:, :2] * 2.0
+
+    def fetch(rows):
+        return {"x": x[rows]}, y[rows]
+
+    source = LengthBuckets(np.ones(100, int), fetch, batch_size=16)
+    heard: list[tuple[int, int, int]] = []
+    fit(
+        _mlp(),
+        source,
+        None,
+        F.mse_loss,
+        settings=FitSettings(epochs=2, lr=0.01),
+        input_names=["x"],
+        on_rows=lambda *r: heard.append(r),
+    )
+    for epoch in (1, 2):
+        rows = [seen for e, seen, total in heard if e == epoch]
+        # after each of the 7 batches (six of 16 rows, one of 4, in a shuffled order)
+        steps = np.diff([0, *rows])
+        assert len(rows) == 7 and rows[-1] == 100 and sorted(steps) == [4] + [16] * 6
+        assert {total for e, _, total in heard if e == epoch} == {100}

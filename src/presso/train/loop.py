@@ -275,15 +275,27 @@ def _step(
     return float(loss.detach()), rows
 
 
+PROGRESS_SECONDS = 2.0  # how often a long epoch over a batch source reports its rows
+
+
 def _train_batches(
-    module, batches, loss_fn, opt, net: nn.Module | None = None, precision: str = "fp32"
+    module,
+    batches,
+    loss_fn,
+    opt,
+    net: nn.Module | None = None,
+    precision: str = "fp32",
+    on_rows: Callable[[int], None] | None = None,
 ) -> float:
     """One epoch over a :class:`BatchSource`'s batches (as tensors); the mean training loss.
 
     Every rank draws the same batches (the source's order comes from the shared seeded
-    generator) and trains on its shard of each, as :func:`_train_epoch` does."""
+    generator) and trains on its shard of each, as :func:`_train_epoch` does. ``on_rows``
+    hears the rows trained on so far in this epoch, at most every ``PROGRESS_SECONDS``
+    (an epoch of a large text corpus takes most of an hour on two cores)."""
     (module if net is None else net).train()
     total, seen, steps = 0.0, 0.0, 0
+    reported = time.monotonic()
     for xs, y in batches:
         if len(y) == 1 and steps > 0:  # a lone row (BatchNorm cannot train on one), unless it is all;
             continue  # decided on the global batch, so all ranks skip it together
@@ -291,6 +303,9 @@ def _train_batches(
         total += loss * rows
         seen += rows
         steps += 1
+        if on_rows is not None and time.monotonic() - reported >= PROGRESS_SECONDS:
+            on_rows(int(seen))
+            reported = time.monotonic()
     if net is not None:
         total, seen = _dist.all_sum([total, seen])
     return total / max(seen, 1)
@@ -332,6 +347,7 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     before_epoch: Callable[[int], bool | None] | None = None,
     checkpoint: str | Path | None = None,
+    on_rows: Callable[[int, int, int], None] | None = None,
 ) -> FitReport:
     """Fine-tune ``module`` in place on ``train``; keep the weights that score best on ``val``.
 
@@ -362,6 +378,8 @@ def fit(
         validated again and become the reference that later epochs must beat. On resume
         it is called again for the finished epochs (its answer ignored) before the saved
         weights are loaded, so it should depend on the epoch only.
+    on_rows : callable (epoch, rows so far, rows per epoch), optional
+        With a :class:`BatchSource`, told every few seconds how far the epoch has come.
     checkpoint : str or Path, optional
         A file written (atomically) after every epoch with all that the next epochs need:
         weights, optimizer, best weights so far, history and random-number states. If it
@@ -393,6 +411,7 @@ def fit(
     (3, True)
     """
     run = _FitRun(module, train, val, loss_fn, score_fn, settings, input_names, checkpoint)
+    run.on_rows = on_rows
     return run.run(before_epoch, on_epoch)
 
 
@@ -434,6 +453,7 @@ class _FitRun:
         self.best_score: float = math.nan
         self.best_state: dict[str, Tensor] | None = None
         self.done = 0
+        self.on_rows: Callable[[int, int, int], None] | None = None
 
     def run(self, before_epoch, on_epoch) -> FitReport:
         """Resume or start, train until a stopping rule says so, and leave the module with
@@ -511,7 +531,9 @@ class _FitRun:
             batches = (
                 _columns(batch, self.names, "training", self.device) for batch in self.source.epoch(self.gen)
             )
-            train_loss = _train_batches(self.module, batches, self.loss_fn, self.opt, net, precision)
+            source, on_rows = self.source, self.on_rows
+            heard = None if on_rows is None else (lambda rows: on_rows(epoch, rows, len(source)))
+            train_loss = _train_batches(self.module, batches, self.loss_fn, self.opt, net, precision, heard)
         else:
             train_loss = _train_epoch(
                 self.module, self.xs, self.y, self.loss_fn, self.opt, batch_size, self.gen, net, precision

@@ -323,6 +323,9 @@ def train_student(
             advance(1, description=line)
             ctx.log(line)
 
+        def on_rows(epoch: int, rows: int, total: int) -> None:
+            advance(0, description=f"{STAGE}: epoch {epoch}/{cfg.epochs}, {rows:,} of {total:,} rows")
+
         report = fit(
             trainee,
             train,
@@ -333,6 +336,7 @@ def train_student(
             input_names=ctx.input_names,
             on_epoch=on_epoch,
             checkpoint=checkpoint,
+            on_rows=on_rows,
         )
     return report, kind
 
