@@ -32,6 +32,16 @@ def test_the_report_records_where_it_came_from(digits_artifact):
     assert machine["cpu"] and machine["threads"] >= 1 and isinstance(machine["avx2"], bool)
 
 
+def test_the_recorded_command_line_hides_passwords_in_urls(monkeypatch):
+    from presso.report.build import command_line
+
+    url = "postgresql://presso:s3cret@db:5432/studies"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/presso", "search", "--storage", url, "--storage=" + url])
+    hidden = "postgresql://presso:***@db:5432/studies"
+    assert command_line() == shlex.join(["presso", "search", "--storage", hidden, "--storage=" + hidden])
+    assert "s3cret" not in command_line()
+
+
 @pytest.mark.parametrize("command", ["compress", "bench", "eval", "recipes"])
 def test_help(command):
     done = run_cli(command, "--help")

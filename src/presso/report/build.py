@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -32,16 +33,20 @@ from presso.runtime.lengths import MASK
 from presso.tasks import change, drop, metric_spec
 from presso.version import __version__
 
+# user:password@ in a URL (a --storage database, a data URL): the password is not recorded.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s]*@")
+
 
 def command_line() -> str:
     """This process's command line, shell-quoted, the program by its file name only:
-    ``presso compress ...``, ``python3 -m presso.cli.main ...``, ``python3 train.py``."""
+    ``presso compress ...``, ``python3 -m presso.cli.main ...``, ``python3 train.py``;
+    passwords in URLs shown as ``***``."""
     if sys.argv and os.path.basename(sys.argv[0]) == "presso":  # the console script
         argv = ["presso", *sys.argv[1:]]
     else:  # the interpreter's own arguments keep "-m module" and the script's name
         argv = list(getattr(sys, "orig_argv", None) or sys.argv) or ["python"]
         argv[0] = os.path.basename(argv[0])
-    return shlex.join(argv)
+    return shlex.join(_URL_PASSWORD.sub(r"\g<head>***@", a) for a in argv)
 
 
 class RunRecord(Protocol):
