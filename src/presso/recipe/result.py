@@ -57,9 +57,9 @@ class CompressionResult:
         """Write model.onnx, report.json, report.html, recipe.yaml (and tokenizer/, model.packed)
         to ``out``.
 
-        Everything is written to a temporary folder beside ``out`` and swapped into
-        place (:func:`presso.files.replace_folder`), so an interrupted save leaves no
-        half-written artifact and a reader of ``out`` sees the old artifact or the new one. An existing
+        Everything is written to a temporary folder beside ``out`` and swapped into place
+        (:func:`presso.files.replace_folder`), so an interrupted save leaves no half-written
+        artifact and a reader of ``out`` sees the old artifact or the new one. An existing
         presso artifact at ``out`` is replaced; any other non-empty folder is refused.
         """
         out = Path(out)
@@ -87,11 +87,8 @@ class CompressionResult:
             entries = sorted(tmp.iterdir(), key=lambda e: e.name == "report.json")
             for entry in entries:
                 target = out / entry.name
-                if entry.is_dir() and target.exists():
-                    old = out / f".{entry.name}.old-{os.getpid()}"
-                    os.replace(target, old)
-                    os.replace(entry, target)
-                    shutil.rmtree(old, ignore_errors=True)
+                if entry.is_dir():
+                    replace_folder(entry, target)
                 else:
                     os.replace(entry, target)
         finally:

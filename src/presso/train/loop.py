@@ -411,8 +411,7 @@ def fit(
     (3, True)
     """
     run = _FitRun(module, train, val, loss_fn, score_fn, settings, input_names, checkpoint)
-    run.on_rows = on_rows
-    return run.run(before_epoch, on_epoch)
+    return run.run(before_epoch, on_epoch, on_rows)
 
 
 class _FitRun:
@@ -453,9 +452,8 @@ class _FitRun:
         self.best_score: float = math.nan
         self.best_state: dict[str, Tensor] | None = None
         self.done = 0
-        self.on_rows: Callable[[int, int, int], None] | None = None
 
-    def run(self, before_epoch, on_epoch) -> FitReport:
+    def run(self, before_epoch, on_epoch, on_rows=None) -> FitReport:
         """Resume or start, train until a stopping rule says so, and leave the module with
         the best weights and its training mode (also when an exception propagates)."""
         module, path = self.module, self.path
@@ -478,7 +476,7 @@ class _FitRun:
                 if ckpt is None and self.val is not None:
                     self.best_score, self.best_state = self._validate(), self._snapshot()
                 for epoch in range(self.done + 1, self.settings.epochs + 1):
-                    stop = self._epoch(epoch, net, before_epoch, on_epoch)
+                    stop = self._epoch(epoch, net, before_epoch, on_epoch, on_rows)
                     if stop is not None:
                         self.stopped = stop
                         break
@@ -520,7 +518,7 @@ class _FitRun:
         else:  # resumed with another number of processes: fresh streams, not bit for bit
             torch.manual_seed(self.settings.seed + self.rank + 7919 * self.done)
 
-    def _epoch(self, epoch: int, net: nn.Module | None, before_epoch, on_epoch) -> str | None:
+    def _epoch(self, epoch: int, net: nn.Module | None, before_epoch, on_epoch, on_rows=None) -> str | None:
         """Train, validate and checkpoint one epoch; why the fit stops after it (None: it goes on)."""
         if before_epoch is not None and before_epoch(epoch) and self.val is not None:
             # the module computes something else now: its current weights are the reference
@@ -531,7 +529,7 @@ class _FitRun:
             batches = (
                 _columns(batch, self.names, "training", self.device) for batch in self.source.epoch(self.gen)
             )
-            source, on_rows = self.source, self.on_rows
+            source = self.source
             heard = None if on_rows is None else (lambda rows: on_rows(epoch, rows, len(source)))
             train_loss = _train_batches(self.module, batches, self.loss_fn, self.opt, net, precision, heard)
         else:
