@@ -501,3 +501,41 @@ def test_a_point_that_comes_on_the_front_at_the_re_timing_is_re_timed_with_it(tm
     assert runs == [["0", "baseline"], ["0", "1", "baseline"]]
     assert scale == 1.0 and [r["retimed_ms"] for r in rows] == [2.0, 1.4]
     assert [r["number"] for r in study_module._front(rows, scale)] == [1]
+
+
+def test_a_failed_or_interrupted_trial_prints_no_optuna_traceback():
+    """The search reports a failed trial in one line of its own; Optuna's warning with the
+    whole traceback (printed even when Ctrl-C lands inside a trial) is dropped."""
+    import logging
+
+    from presso.search.study import _drop_failed_trial_record, _quiet_failed_trials
+
+    # an earlier search in this process installed it; the control below needs Optuna's own
+    logging.getLogger("optuna.study._optimize").removeFilter(_drop_failed_trial_record)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    optuna_logger = logging.getLogger("optuna")
+    optuna_logger.addHandler(handler)
+    try:
+
+        def crash(trial):
+            trial.suggest_categorical("bits", [4, 8])
+            raise RuntimeError("a broken trial")
+
+        def interrupted(trial):
+            raise KeyboardInterrupt
+
+        study = optuna.create_study()
+        study.optimize(crash, n_trials=1, catch=(Exception,))
+        assert any("failed" in r.getMessage() and r.exc_info for r in seen)  # Optuna's own warning
+
+        seen.clear()
+        _quiet_failed_trials()
+        study.optimize(crash, n_trials=1, catch=(Exception,))
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(interrupted, n_trials=1)
+        assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
+        assert [r.getMessage() for r in seen if r.levelno >= logging.WARNING] == []
+    finally:
+        optuna_logger.removeHandler(handler)

@@ -18,6 +18,7 @@ The flow (:func:`search`):
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -327,6 +328,7 @@ def _open_study(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_failed_trials()
     run = prepared.run
     fingerprint = run_fingerprint(
         space.digest(),
@@ -387,6 +389,19 @@ def _existing_trials(storage, name: str) -> int:
     except KeyError:
         return 0
     return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def _drop_failed_trial_record(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Trial ")
+
+
+def _quiet_failed_trials() -> None:
+    """Optuna warns of each failed trial with the whole traceback (and again with its value);
+    _log_trial already reports it in one line, and a Ctrl-C that lands inside a trial must not
+    print a traceback of Optuna's storage code."""
+    logger = logging.getLogger("optuna.study._optimize")
+    if _drop_failed_trial_record not in logger.filters:
+        logger.addFilter(_drop_failed_trial_record)
 
 
 def _optimize(
