@@ -65,3 +65,25 @@ def test_parameter_count_survives_compaction(tmp_path):
         assert parameter_count(path) == n_params
         compact_names(path)
         assert parameter_count(path) == n_params
+
+
+def test_unnamed_nodes_get_distinct_names(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"]),
+            helper.make_node("Relu", ["a"], ["b"], name="Relu_1"),  # the name the first pick would take
+            helper.make_node("MatMul", ["b", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [w],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    compact_names(path)
+    names = [n.name for n in onnx.load(str(path)).graph.node]
+    assert names == ["MatMul_0", "Relu_1", "MatMul_2"]

@@ -139,7 +139,7 @@ def test_split_keeps_whole_groups():
 
 
 def test_group_column_of_a_table(tmp_path):
-    from presso.data.sources import load_data
+    from presso.data.resolve import load_data
 
     path = tmp_path / "rank.csv"
     path.write_text("q,f1,f2,rel\n1,0.5,1,2\n1,0.1,0,0\n2,0.3,1,1\n2,0.2,0,0\n")

@@ -240,6 +240,13 @@ def test_missing_file_and_unknown_builtin(tmp_path):
     assert msg.endswith("; or give the path of a recipe .yaml file.")
 
 
+def test_data_given_where_the_recipe_goes_is_named():
+    import numpy as np
+
+    with pytest.raises(PressoError, match=r"got a ndarray\. Data goes third or by name"):
+        load_recipe(np.zeros((400, 16)))  # compress(model, rows): once an OSError, 'File name too long'
+
+
 def test_configs_errors_start_with_where_the_recipe_came_from():
     # load_recipe passes the file path or "built-in recipe 'NAME'" as ``where``.
     recipe = Recipe(name="r", stages=[Stage(technique="prune", options={"sparsity": 1.5})])

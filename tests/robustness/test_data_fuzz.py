@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from presso.data.dataset import Dataset
-from presso.data.sources import load_data
+from presso.data.resolve import load_data
 from presso.errors import PressoError
 
 FAST = settings(
@@ -73,7 +73,9 @@ def test_generated_npz_files_are_read_or_refused_in_one_line(tmp_path, content):
         np.savez(path, **{k: v for k, v in content.items() if k.isidentifier() or k})
     except (ValueError, TypeError, OSError):  # names numpy cannot save
         return
-    check(lambda: load_data(path, INPUT), "data: .npz")
+    whole = check(lambda: load_data(path, INPUT), "data: .npz")
+    streamed = check(lambda: load_data(path, INPUT, memory_budget=1), "data: .npz, streamed")
+    assert (whole is None) == (streamed is None)  # the streamed reader refuses what the other does
 
 
 class Touch:
@@ -135,7 +137,9 @@ def tables(draw) -> str:
 def test_generated_csv_files_are_read_or_refused_in_one_line(tmp_path, text, target):
     path = tmp_path / "data.csv"
     path.write_text(text, encoding="utf-8")
-    check(lambda: load_data(path, INPUT, target=target), "data: .csv")
+    whole = check(lambda: load_data(path, INPUT, target=target), "data: .csv")
+    streamed = check(lambda: load_data(path, INPUT, target=target, memory_budget=1), "data: .csv, streamed")
+    assert (whole is None) == (streamed is None)
 
 
 @FAST

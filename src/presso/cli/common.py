@@ -94,6 +94,24 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="share of rows used to calibrate, choose variants and train (default 0.3)",
     )
     parser.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
+    parser.add_argument(
+        "--data-memory",
+        type=data_memory,
+        default=None,
+        metavar="SIZE",
+        help="memory the data's rows may take, e.g. 512MB (default 2GB): a larger --data file is "
+        "streamed and a seeded uniform sample of its rows that fits is used (the report says so)",
+    )
+
+
+def data_memory(text: str) -> int:
+    from presso.data.sample import parse_bytes
+    from presso.errors import PressoError
+
+    try:
+        return parse_bytes(text)
+    except PressoError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--data-memory: ")) from None
 
 
 def add_train_texts_option(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +178,7 @@ def run_settings(args, task: str | None = None, weights: str | None = None):
         bench=bench_settings(args),
         output=getattr(args, "output", None),
         train_texts=getattr(args, "train_texts", None),
+        data_memory=args.data_memory,
     )
 
 

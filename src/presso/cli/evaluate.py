@@ -39,7 +39,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from rich.table import Table
 
-    from presso.data.sources import load_data
+    from presso.data.resolve import load_data
     from presso.errors import PressoError
     from presso.export.predictor import load
     from presso.measure.metrics import check_target, evaluate
@@ -69,6 +69,7 @@ def run(args) -> int:
         "task": task,
         "rows": len(data),
         "data": str(args.data),
+        **({"sample": data.sample.describe()} if data.sample is not None else {}),
         "primary_metric": primary_metric(
             task,
             target is not None,

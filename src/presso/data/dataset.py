@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from presso.data.sample import SampleInfo
 from presso.errors import PressoError
 from presso.runtime.lengths import typical_row
 
@@ -42,6 +43,7 @@ class Dataset:
     feature_names: list[str] | None = field(default=None, repr=False)
     groups: np.ndarray | None = None
     train_texts: Callable[[], Path] | None = None
+    sample: SampleInfo | None = None  # set when the rows are a sample of a larger file
 
     def __post_init__(self) -> None:
         if not self.inputs:

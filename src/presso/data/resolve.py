@@ -7,15 +7,25 @@ from typing import Any
 
 import numpy as np
 
+from presso.data import streamed
 from presso.data.dataset import Dataset
-from presso.data.sources import from_texts, load_data
+from presso.data.sample import DEFAULT_MEMORY_BUDGET
+from presso.data.sources import SUPPORTED, from_npz, from_table, from_texts
 from presso.errors import PressoError
 from presso.model.loaded import LoadedModel
 
 
 def resolve_data(
-    data: Any, model: LoadedModel, target: str | None = None, seq_len: int = 128, group: str | None = None
+    data: Any,
+    model: LoadedModel,
+    target: str | None = None,
+    seq_len: int = 128,
+    group: str | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    seed: int = 0,
 ) -> Dataset:
+    """``memory_budget`` and ``seed``: how many bytes of a file's rows to keep, and the seed
+    of the sample taken when they do not all fit (:func:`load_data`)."""
     if isinstance(data, Dataset):
         return data
     if data is None:
@@ -25,7 +35,14 @@ def resolve_data(
         )
     if isinstance(data, str | Path):
         return load_data(
-            data, model.input_names, target=target, tokenizer=model.tokenizer, seq_len=seq_len, group=group
+            data,
+            model.input_names,
+            target=target,
+            tokenizer=model.tokenizer,
+            seq_len=seq_len,
+            group=group,
+            memory_budget=memory_budget,
+            seed=seed,
         )
     if isinstance(data, list | tuple) and data and all(isinstance(t, str) for t in data):
         return from_texts(list(data), model.input_names, model.tokenizer, seq_len)
@@ -55,3 +72,41 @@ def _cast(a: np.ndarray) -> np.ndarray:
             raise PressoError("The data has NaN/inf values. Drop or impute them first.")
         return a.astype(np.float32)
     return a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a
+
+
+def load_data(
+    path: str | Path,
+    input_names: list[str],
+    target: str | None = None,
+    tokenizer: Any = None,
+    seq_len: int = 128,
+    group: str | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    seed: int = 0,
+) -> Dataset:
+    """Rows of ``path``; ``target`` / ``group`` name a table's label and query-id columns
+    (an .npz holds them in arrays ``y`` and ``group``). A file whose rows would take more
+    than ``memory_budget`` bytes is streamed, and a seeded uniform sample of its rows that
+    fits is kept (:mod:`presso.data.sample`; the dataset's ``sample`` says so)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PressoError(f"Data file '{path}' not found. Supported: {SUPPORTED}.")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        if target is not None or group is not None:
+            raise PressoError(
+                "--target and --group apply to .csv/.parquet data; an .npz holds its targets in "
+                "array 'y' and its query ids in array 'group'."
+            )
+        if streamed.npz_bytes(path, input_names) > memory_budget:
+            return streamed.sampled_npz(path, input_names, memory_budget, seed)
+        return from_npz(path, input_names)
+    if suffix in (".csv", ".parquet"):
+        if streamed.table_bytes(path) > memory_budget:
+            return streamed.sampled_table(path, input_names, target, group, memory_budget, seed)
+        return from_table(path, input_names, target, group)
+    if group is not None:
+        raise PressoError("--group applies to .csv/.parquet and .npz data, not to text files.")
+    if suffix == ".txt":
+        return streamed.sampled_texts(path, input_names, tokenizer, seq_len, memory_budget, seed)
+    raise PressoError(f"Unsupported data file '{path.name}'. Supported: {SUPPORTED}.")

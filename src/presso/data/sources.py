@@ -1,4 +1,5 @@
-"""Reading user data files into a :class:`Dataset` keyed by the model's input names."""
+"""Reading user data files that fit in memory into a :class:`Dataset` keyed by the model's
+input names, and the checks the streamed readers (:mod:`presso.data.streamed`) share."""
 
 from __future__ import annotations
 
@@ -16,48 +17,18 @@ SUPPORTED = (
 )
 
 
-def load_data(
-    path: str | Path,
-    input_names: list[str],
-    target: str | None = None,
-    tokenizer: Any = None,
-    seq_len: int = 128,
-    group: str | None = None,
-) -> Dataset:
-    """Rows of ``path``; ``target`` / ``group`` name a table's label and query-id columns
-    (an .npz holds them in arrays ``y`` and ``group``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PressoError(f"Data file '{path}' not found. Supported: {SUPPORTED}.")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        if target is not None or group is not None:
-            raise PressoError(
-                "--target and --group apply to .csv/.parquet data; an .npz holds its targets in "
-                "array 'y' and its query ids in array 'group'."
-            )
-        return _from_npz(path, input_names)
-    if suffix in (".csv", ".parquet"):
-        return _from_table(path, input_names, target, group)
-    if group is not None:
-        raise PressoError("--group applies to .csv/.parquet and .npz data, not to text files.")
-    if suffix == ".txt":
-        return from_texts(_read_lines(path), input_names, tokenizer, seq_len, source=str(path))
-    raise PressoError(f"Unsupported data file '{path.name}'. Supported: {SUPPORTED}.")
-
-
-def _check_finite(name: str, array: np.ndarray, source: Path | str) -> None:
+def check_finite(name: str, array: np.ndarray, source: Path | str, first_row: int = 0) -> None:
     if np.issubdtype(array.dtype, np.floating):
         bad = ~np.isfinite(array)
         if bad.any():
             rows = np.unique(np.nonzero(bad.reshape(len(array), -1))[0])
             raise PressoError(
                 f"'{source}': array '{name}' has {int(bad.sum())} NaN/inf values in "
-                f"{len(rows)} rows (first row {rows[0]}). Drop or impute them first."
+                f"{len(rows)} rows (first row {first_row + rows[0]}). Drop or impute them first."
             )
 
 
-def _as_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
+def as_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) or array.dtype == bool:
         with np.errstate(over="ignore"):
             out = array.astype(np.float32)
@@ -72,58 +43,84 @@ def _as_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
     raise PressoError(f"Arrays must be numeric; got dtype {array.dtype}.")
 
 
-def _from_npz(path: Path, input_names: list[str]) -> Dataset:
+def from_npz(path: Path, input_names: list[str]) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:
         raise PressoError(f"Cannot read '{path}' as .npz: {exc}") from exc
+    inputs = {n: arrays[a] for n, a in npz_inputs(list(arrays), input_names, path).items()}
+    target = arrays.get("y")
+    for name, a in {**inputs, **({"y": target} if target is not None else {})}.items():
+        rows_of(name, a)
+        check_finite(name, a, path)
+    inputs = {n: as_model_dtype(a, n) for n, a in inputs.items()}
+    if target is not None and np.issubdtype(target.dtype, np.floating):
+        target = target.astype(np.float32)
+    groups = arrays.get("group")
+    if groups is not None:
+        check_group_ids(groups.shape, path)
+    return Dataset(inputs=inputs, target=target, source=str(path), groups=groups)
+
+
+def npz_inputs(arrays: list[str], input_names: list[str], path: Path) -> dict[str, str]:
+    """Which array of the .npz feeds each of the model's inputs."""
     if set(input_names) <= set(arrays):
-        inputs = {n: arrays[n] for n in input_names}
-    elif len(input_names) == 1 and "X" in arrays:
-        inputs = {input_names[0]: arrays["X"]}
-    elif len(input_names) == 1:
+        return {n: n for n in input_names}
+    if len(input_names) == 1 and "X" in arrays:
+        return {input_names[0]: "X"}
+    if len(input_names) == 1:
         raise PressoError(
             f"'{path}' has arrays {sorted(arrays)}; the model needs an array 'X'. "
             "Save with np.savez(path, X=inputs, y=targets)."
         )
-    else:
-        missing = [n for n in input_names if n not in arrays]
-        save = ", ".join(f"{n}=..." for n in input_names)
-        raise PressoError(
-            f"'{path}' has no array for the model's input(s) {missing}: it has {sorted(arrays)}, and "
-            f"forward takes {input_names}. Save one array per input: np.savez(path, {save}, y=targets)."
-        )
-    target = arrays.get("y")
-    for name, a in {**inputs, **({"y": target} if target is not None else {})}.items():
-        rows_of(name, a)
-        _check_finite(name, a, path)
-    inputs = {n: _as_model_dtype(a, n) for n, a in inputs.items()}
-    if target is not None and np.issubdtype(target.dtype, np.floating):
-        target = target.astype(np.float32)
-    groups = arrays.get("group")
-    if groups is not None and groups.ndim != 1:
-        raise PressoError(
-            f"'{path}': array 'group' must hold one query id per row; it has shape {groups.shape}."
-        )
-    return Dataset(inputs=inputs, target=target, source=str(path), groups=groups)
+    missing = [n for n in input_names if n not in arrays]
+    save = ", ".join(f"{n}=..." for n in input_names)
+    raise PressoError(
+        f"'{path}' has no array for the model's input(s) {missing}: it has {sorted(arrays)}, and "
+        f"forward takes {input_names}. Save one array per input: np.savez(path, {save}, y=targets)."
+    )
 
 
-def _from_table(path: Path, input_names: list[str], target: str | None, group: str | None = None) -> Dataset:
+def check_group_ids(shape: tuple, path: Path) -> None:
+    if len(shape) != 1:
+        raise PressoError(f"'{path}': array 'group' must hold one query id per row; it has shape {shape}.")
+
+
+def pandas_module():
     try:
         import pandas as pd
     except ImportError:
         raise PressoError("Reading .csv/.parquet needs pandas: pip install 'presso[data]'.") from None
+    return pd
+
+
+def from_table(path: Path, input_names: list[str], target: str | None, group: str | None = None) -> Dataset:
+    pd = pandas_module()
+    one_table_input(input_names)
     try:
         frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except ImportError:
         raise PressoError("Reading .parquet needs pyarrow: pip install 'presso[data]'.") from None
     except Exception as exc:
         raise PressoError(f"Cannot read '{path}': {reason(exc)}") from exc
+    x, y, groups, names = table_columns(frame, target, group, path)
+    return Dataset(inputs={input_names[0]: x}, target=y, source=str(path), feature_names=names, groups=groups)
+
+
+def one_table_input(input_names: list[str]) -> None:
     if len(input_names) != 1:
         raise PressoError(
             f"A table feeds one input, but the model takes {input_names}. Use an .npz with one array per input."
         )
+
+
+def table_columns(
+    frame, target: str | None, group: str | None, path: Path
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+    """(features as float32, target, group ids, feature names) of a table's rows, each
+    checked: numeric features, no missing or infinite values."""
+    pd = pandas_module()
     y = _pop_column(frame, target, "Column", path)
     groups = _pop_column(frame, group, "Group column", path)
     if groups is not None and pd.isna(groups).any():
@@ -153,13 +150,7 @@ def _from_table(path: Path, input_names: list[str], target: str | None, group: s
             f"'{path}' has infinite values, or values beyond float32's range (3.4e38), in columns "
             f"{infinite}. Drop or rescale them first."
         )
-    return Dataset(
-        inputs={input_names[0]: x},
-        target=y,
-        source=str(path),
-        feature_names=[str(c) for c in frame.columns],
-        groups=groups,
-    )
+    return x, y, groups, [str(c) for c in frame.columns]
 
 
 def _pop_column(frame, name: str | None, what: str, path: Path) -> np.ndarray | None:
@@ -171,14 +162,6 @@ def _pop_column(frame, name: str | None, what: str, path: Path) -> np.ndarray | 
             f"{what} '{name}' not found in '{path}'. Columns: {', '.join(map(str, frame.columns))}."
         )
     return frame.pop(name).to_numpy()
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise PressoError(f"'{path}' is not UTF-8 text. Save it as UTF-8, one text per line.") from None
-    return [ln for ln in lines if ln]
 
 
 def from_texts(

@@ -3,15 +3,15 @@
 Exporters and quantizers name every tensor after its path in the model
 (``/net/net.0/Gemm_output_0_QuantizeLinear_Output``), and each name is stored once per
 use. On small models these names are a large share of the file (digits int8: 10% of
-48.8 kB). Node names are kept (reports and ``keep_float`` options refer to them), as
-are the graph's input and output names.
+48.8 kB). Node names are kept (reports and ``keep_float`` options refer to them), and
+unnamed nodes get one (``MatMul_3``); the graph's input and output names are kept.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from presso.files import atomic_path
+from presso.runtime.onnx_files import save_onnx
 
 _QPARAM_SUFFIXES = ("_scale", "_zero_point")
 
@@ -45,12 +45,17 @@ def compact_names(path: str | Path) -> Path:
     for init in graph.initializer:
         init.name = rename(init.name)
         init.doc_string = ""
-    for node in graph.node:
+    named = {node.name for node in graph.node}
+    for i, node in enumerate(graph.node):
+        if not node.name:  # the per-layer tables and keep_float need a name to point at
+            node.name = next(
+                n for n in (f"{node.op_type}_{i}", f"{node.op_type}_{i}_{len(named)}") if n not in named
+            )
+            named.add(node.name)
         node.input[:] = [rename(n) for n in node.input]
         node.output[:] = [rename(n) for n in node.output]
         node.doc_string = ""
     del graph.value_info[:]  # shape annotations of renamed tensors; ORT infers them again
     model.doc_string = ""
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
+    save_onnx(model, path)
     return path

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from presso.runtime.onnx_files import save_onnx
+
 OPSET = 17  # TorchScript exporter
 DYNAMO_OPSET = 18  # the dynamo exporter's lowest well-supported opset (onnxscript)
 OUTPUT = "output"
@@ -156,4 +158,4 @@ def tidy_dynamo_graph(path: Path, max_elements: int = 1 << 16) -> None:
                 copies.append(copy)
                 node.input[k] = copy.name
     graph.initializer.extend(copies)
-    onnx.save(proto, str(path))
+    save_onnx(proto, path)

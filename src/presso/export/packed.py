@@ -57,6 +57,7 @@ from onnx import numpy_helper
 
 from presso.errors import PressoError
 from presso.files import write_bytes_atomic
+from presso.runtime.onnx_files import save_onnx
 
 MAGIC = b"PRESSO-PACK\x01"
 _HEAD = struct.Struct("<IQI")
@@ -391,7 +392,7 @@ def unpack(path: str | Path) -> onnx.ModelProto:
 def unpack_to(path: str | Path, onnx_dst: str | Path) -> Path:
     """Write the model packed in ``path`` as a runnable ONNX file (under protobuf's 2 GB limit)."""
     onnx_dst = Path(onnx_dst)
-    onnx.save(unpack(path), str(onnx_dst))
+    save_onnx(unpack(path), onnx_dst)
     return onnx_dst
 
 

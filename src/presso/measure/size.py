@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from presso.runtime.onnx_files import model_bytes
+
 if TYPE_CHECKING:
     import onnx
 
@@ -28,18 +30,7 @@ _QPARAM_SLOTS = {
 
 def file_size(path: str | Path) -> int:
     """Bytes of an ONNX file plus its external-data files next to it."""
-    import onnx
-
-    path = Path(path)
-    total = path.stat().st_size
-    proto = onnx.load(str(path), load_external_data=False)
-    seen = set()
-    for init in proto.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location" and entry.value not in seen:
-                seen.add(entry.value)
-                total += (path.parent / entry.value).stat().st_size
-    return total
+    return model_bytes(path)
 
 
 def parameter_count(path: str | Path) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from presso.errors import PressoError, reason
 from presso.model.loaded import LoadedModel
+from presso.runtime.onnx_files import save_onnx
 
 
 def fixed_batch_sizes(graph) -> dict[str, int]:
@@ -32,8 +33,6 @@ def keep_output(path: Path, name: str) -> None:
     ``--output`` chose); nodes that fed only the others go too."""
     import onnx
 
-    from presso.files import atomic_path
-
     proto = onnx.load(str(path))
     graph = proto.graph
     kept = [o for o in graph.output if o.name == name]
@@ -55,8 +54,7 @@ def keep_output(path: Path, name: str) -> None:
         initializers = [i for i in graph.initializer if i.name in needed]
         del graph.initializer[:]
         graph.initializer.extend(initializers)
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+    save_onnx(proto, path)
 
 
 _FLOATS = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16

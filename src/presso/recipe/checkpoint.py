@@ -24,6 +24,7 @@ import numpy as np
 from presso.errors import PressoError
 from presso.files import atomic_path, write_text_atomic
 from presso.report.schema import StageReport
+from presso.runtime.onnx_files import copy_onnx
 
 FORMAT = 2  # 2: each stage's pickled module is recorded with its sha256
 
@@ -115,7 +116,7 @@ class RunCheckpoint:
         }
         if outcome.path is not None:
             entry["model"] = f"stage{index}.onnx"
-            shutil.copyfile(outcome.path, self.folder / entry["model"])
+            copy_onnx(outcome.path, self.folder / entry["model"])
         if outcome.module is not None:
             import torch
 
@@ -132,7 +133,7 @@ class RunCheckpoint:
         path = module = None
         if entry["model"]:
             path = workdir / f"stage{index}-{entry['technique']}-restored.onnx"
-            shutil.copyfile(self.folder / f"stage{index}.onnx", path)  # never a name state.json gives
+            copy_onnx(self.folder / f"stage{index}.onnx", path)  # never a name state.json gives
         if entry["module"]:
             import torch
 

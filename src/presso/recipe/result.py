@@ -14,6 +14,7 @@ from presso.errors import PressoError
 from presso.files import replace_folder
 from presso.recipe.schema import Recipe
 from presso.report.schema import Report
+from presso.runtime.onnx_files import copy_onnx
 
 
 class CompressionResult:
@@ -98,7 +99,7 @@ class CompressionResult:
     def _write(self, folder: Path) -> None:
         from presso.report.html import render_html
 
-        shutil.copyfile(self.model_path, folder / "model.onnx")
+        copy_onnx(self.model_path, folder / "model.onnx")
         (folder / "recipe.yaml").write_text(self.recipe.to_yaml())
         (folder / "report.html").write_text(render_html(self.report))
         (folder / "report.json").write_text(self.report_json())

@@ -23,6 +23,7 @@ from typing_extensions import Unpack
 
 from presso.data.dataset import Dataset, split
 from presso.data.resolve import resolve_data
+from presso.data.sample import DEFAULT_MEMORY_BUDGET
 from presso.errors import PressoError, reason
 from presso.export.compact import compact_names
 from presso.export.onnx_export import check_parity, export_onnx
@@ -34,6 +35,7 @@ from presso.model.sources import load_model
 from presso.progress import SILENT, Progress
 from presso.recipe.order import check_stage_order
 from presso.recipe.schema import Recipe, Settings
+from presso.runtime.onnx_files import copy_onnx
 from presso.runtime.session import make_session, run_session
 from presso.tasks import drop, get_task, primary_metric
 
@@ -207,6 +209,7 @@ class RunOptions(TypedDict, total=False):
     bench: BenchSettings | None
     output: str | None
     train_texts: str | Path | None
+    data_memory: int | None
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,9 @@ class RunSettings:
         A ``.txt`` file of unlabeled texts (one a line, any size) for a text model: a
         ``distill`` stage without its own ``train_data`` streams it (the ``fast`` recipe's
         encoder student, ``--recipe auto``'s students), labelled by the teacher.
+    data_memory
+        Bytes of rows a run keeps from a data file (default 2 GB): a larger file is streamed
+        and a seeded uniform sample of its rows that fits is used (the report says how many).
     """
 
     task: str | None = None
@@ -256,6 +262,7 @@ class RunSettings:
     bench: BenchSettings | None = None
     output: str | None = None
     train_texts: str | Path | None = None
+    data_memory: int | None = None
 
     def __post_init__(self) -> None:
         """Values no run can use are refused here, before the model is even loaded (the
@@ -274,6 +281,8 @@ class RunSettings:
             raise PressoError(f"--seed (seed) must be an integer from 0 to 2**32 - 1. Got {self.seed}.")
         if self.seq_len < 1:
             raise PressoError(f"--seq-len (seq_len) must be >= 1 tokens. Got {self.seq_len}.")
+        if self.data_memory is not None and self.data_memory < 1:
+            raise PressoError(f"--data-memory (data_memory) must be a positive size. Got {self.data_memory}.")
 
     @classmethod
     def of(cls, base: RunSettings | None, options: Mapping[str, Any], where: str) -> RunSettings:
@@ -325,7 +334,21 @@ def prepare(
     metric = run.metric or pinned.metric
     progress.log("loading the model")
     loaded = load_model(model, weights=run.weights, output=run.output)
-    data = resolve_data(data, loaded, target=run.target, seq_len=seq_len, group=run.group)
+    data = resolve_data(
+        data,
+        loaded,
+        target=run.target,
+        seq_len=seq_len,
+        group=run.group,
+        memory_budget=run.data_memory or DEFAULT_MEMORY_BUDGET,
+        seed=seed,
+    )
+    if data.sample is not None:
+        progress.log(
+            f"data: {data.source} holds {data.sample.rows_in_file:,} rows, more than "
+            f"--data-memory ({data.sample.memory_budget_bytes / 1e6:,.0f} MB) holds: using a seeded "
+            f"uniform sample of {len(data):,} of them"
+        )
     if run.train_texts is not None:
         data = replace(data, train_texts=_train_texts(run.train_texts, loaded))
     if recipe is not None:
@@ -487,7 +510,7 @@ def _baseline(run: Run) -> Path | None:
         return None
     if run.model.module is None:
         assert run.model.onnx_path is not None  # neither a module nor a callable: an ONNX file
-        shutil.copyfile(run.model.onnx_path, path)
+        copy_onnx(run.model.onnx_path, path)
         if run.model.output is not None:
             keep_output(path, run.model.output)
         compact_names(path)

@@ -297,6 +297,12 @@ def load_recipe(spec: RecipeSpec) -> Recipe:
         return spec
     if isinstance(spec, Sequence) and not isinstance(spec, str):
         return recipe_of(list(spec))
+    if not isinstance(spec, str | Path):
+        # compress(model, rows) puts the data where the recipe goes
+        raise PressoError(
+            f"The recipe must be a name, a .yaml path, a Recipe or a list of stage configs; got a "
+            f"{type(spec).__name__}. Data goes third or by name: compress(model, 'int8', data)."
+        )
     spec = str(spec)
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():

@@ -234,6 +234,8 @@ def _data(run: RunRecord) -> dict[str, Any]:
         "has_labels": run.data.has_labels,
         "split": run.split_info,
     }
+    if run.data.sample is not None:
+        data["sample"] = run.data.sample.describe()
     lengths = token_lengths(run.evaluation, run.model.tokenizer, run.seq_len)
     if lengths is not None:
         data["max_tokens"] = int(run.evaluation.inputs[MASK].shape[1])

@@ -533,10 +533,17 @@ def _variant_tables(report: Report) -> list[str]:
 
 def _data(report: Report) -> str:
     d, split = report.data, report.data.get("split", {})
+    sample = d.get("sample")
+    sampled = (
+        f" (a seeded uniform sample of the file's {esc(sample.get('rows_in_file'))} rows: all of "
+        f"them take more memory than --data-memory, {esc(sample.get('memory_budget_bytes'))} bytes)"
+        if sample
+        else ""
+    )
     return _section(
         "data",
         "Data",
-        f"<p>{esc(d.get('source'))}: {esc(d.get('rows'))} rows, split by "
+        f"<p>{esc(d.get('source'))}: {esc(d.get('rows'))} rows{sampled}, split by "
         f"{esc(split.get('method'))} (seed {esc(split.get('seed'))}) into "
         f"{esc(split.get('calibration_rows'))} calibration and "
         f"{esc(split.get('evaluation_rows'))} held-out evaluation rows. "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from presso.errors import PressoError
+from presso.runtime.onnx_files import save_onnx
 from presso.techniques.graph import float_weight_plans, input_uses, to_opset
 
 SPARSE_OPSET = 13  # Slice / Reshape / CumSum with tensor inputs
@@ -184,5 +185,5 @@ def write_sparse(src, dst, min_sparsity: float = 0.5, keep: set[str] | frozenset
         nodes = list(model.graph.node)
         del model.graph.node[:]
         model.graph.node.extend(new_nodes + nodes)  # weights rebuilt before any consumer
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return rows

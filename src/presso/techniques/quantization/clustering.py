@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from presso.runtime.onnx_files import save_onnx
 from presso.techniques.base import StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.quantization.config import KMeansConfig
@@ -192,7 +193,7 @@ def write_kmeans(
     del model.graph.node[:]
     model.graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
     mark_session_config(model, WEIGHT_ONLY_SESSION)  # fold the rebuild once, at load
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return rows
 
 

@@ -48,6 +48,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from presso.errors import PressoError
+from presso.runtime.onnx_files import save_onnx
 from presso.techniques.base import StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.quantization.hashing_config import HashedConfig
@@ -314,7 +315,7 @@ def write_hashed(
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return rows
 
 

@@ -16,6 +16,7 @@ from presso.errors import PressoError, reason
 from presso.measure.bench import Timing, clearly_slower
 from presso.model.onnx_file import fixed_batch_sizes
 from presso.runtime.cpu import cpu_features
+from presso.runtime.onnx_files import too_large_for_one_file
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.graph import float_weight_nodes, weighted_nodes
@@ -198,6 +199,7 @@ def _quantize(
                 # Fused transformer ops (com.microsoft domain) defeat ORT's type inference;
                 # their tensors are float.
                 extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                use_external_data_format=too_large_for_one_file(source),
             )
             return target
 
@@ -247,6 +249,7 @@ def _quantize(
         weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude or None,
         extra_options=extra,
+        use_external_data_format=too_large_for_one_file(src),
         **kwargs,
     )
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from presso.progress import SILENT, Progress
+from presso.runtime.onnx_files import save_onnx
 
 
 def layer_errors(
@@ -93,7 +94,7 @@ def _expose(src: Path, tensors: list[str], dst: Path) -> None:
     have = {o.name for o in model.graph.output}
     # A name alone is enough: ONNX Runtime infers the type of a graph output.
     model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in have)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
 
 
 def _session(path: Path):

@@ -27,6 +27,7 @@ import numpy as np
 
 from presso.runtime.cpu import cpu_features
 from presso.runtime.int8_gemm import dynamic_matmul, quantize_s8_columns
+from presso.runtime.onnx_files import save_onnx
 from presso.techniques.quantization.activations import CALLS, per_call_inputs
 
 ALPHAS = (0.3, 0.5, 0.7)  # SmoothQuant's range; 0.85 cut the mean error but raised the worst row (MiniLM)
@@ -132,7 +133,7 @@ def smooth_matmuls(
         and producer.get(n.input[0], "") in _AFTER
     ]
     if not targets:
-        onnx.save(model, str(dst))
+        save_onnx(model, dst)
         return []
     acts = per_call_inputs(src, sorted({n.input[0] for n in targets}), feeds, _CALLS)
     rows, muls = [], []
@@ -165,5 +166,5 @@ def smooth_matmuls(
         nodes += [before[node.name], node] if node.name in before else [node]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return rows

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from presso.errors import PressoError
+from presso.runtime.onnx_files import save_onnx
 from presso.runtime.session import mark_session_config
 from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
@@ -360,7 +361,7 @@ def _write(
     del model.graph.node[:]
     model.graph.node.extend(new_nodes + nodes)  # rebuild weights before any consumer
     mark_session_config(model, WEIGHT_ONLY_SESSION)  # DequantizeLinear folded once, at load
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return rows
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from presso.runtime.int8_gemm import dynamic_matmul, quantize_s8_columns
+from presso.runtime.onnx_files import save_onnx
 from presso.techniques.quantization.activations import per_call_inputs
 
 _ROWS_PER_CALL = 32  # rows of each call the error is computed on (the range uses all rows)
@@ -109,5 +110,5 @@ def splice(full: Path, reduced: Path, weights: list[str], dst: Path) -> list[str
             for n in names:
                 mine[n].CopyFrom(theirs[n])
             done.append(w)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return done
