@@ -66,3 +66,26 @@ def test_terminal_layer_summary_per_kind_of_stage():
     )
     assert _layer_summary([{"layer": "fc", "outputs": "64 -> 22"}]) == "1 layer reshaped"
     assert _layer_summary([]) == ""
+
+
+def test_dynamic_int8_layers_have_stored_bytes_too():
+    """ORT's dynamic quantizer names each integer node NAME_quant; the per-layer rows name
+    the float layer: every row still gets its stored bytes (int8 weights + scales + bias)."""
+    from presso.techniques.quantization.config import Int8Config
+
+    ex = presso.load_example("tabular")
+    result = presso.compress(
+        ex.model,
+        [Int8Config(variants=["dynamic"])],
+        data=ex.data,
+        task=ex.task,
+        max_drop=1.0,
+        bench=BenchSettings(rounds=1, throughput_batch=8),
+    )
+    layers = result.report.stages[0].layers
+    assert [row["node"] for row in layers] == ["/net/net.0/Gemm", "/net/net.2/Gemm", "/net/net.4/Gemm"]
+    linears = [m for m in ex.model.net if isinstance(m, nn.Linear)]
+    for row, linear in zip(layers, linears, strict=True):
+        # int8 weights, a float scale and an int8 zero point per output, the float bias
+        out_features = linear.out_features
+        assert row["stored_bytes"] == linear.weight.numel() + out_features * (4 + 1 + 4)
