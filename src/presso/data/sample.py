@@ -112,7 +112,7 @@ def parse_bytes(text: str) -> int:
     s = text.strip().upper().replace(" ", "")
     binary = s.endswith("IB")
     s = s[:-2] if binary else s[:-1] if s.endswith("B") else s
-    unit = s[-1:] if s[-1:] in units and s[-1:] else ""
+    unit = s[-1] if s and s[-1] in "KMGT" else ""
     number = s[: len(s) - len(unit)]
     try:
         value = float(number)

@@ -101,7 +101,34 @@ def layer_storage_bytes(path: str | Path, nodes: list[str]) -> dict[str, int]:
     """
     import onnx
 
+    return _storage_bytes(onnx.load(str(path), load_external_data=False), nodes)
+
+
+def layer_family_bytes(path: str | Path, layers: list[str]) -> dict[str, int]:
+    """:func:`layer_storage_bytes` of each layer named as it was before quantization: ONNX
+    Runtime's quantizers name the nodes a layer becomes after it (NAME_quant, a MatMulInteger
+    or QLinearConv; for a Gemm, NAME_MatMul_quant, its scale's NAME_MatMul_quant_scales_mul
+    and the bias's NAME_Add), so a layer counts its whole family: the nodes whose name
+    extends its own, other layers' nodes excepted. Layers with no node in the model are
+    left out."""
+    import onnx
+
     proto = onnx.load(str(path), load_external_data=False)
+    names = [n.name for n in proto.graph.node]
+    named = set(layers)
+    family = {
+        layer: [m for m in names if m == layer or (m.startswith(layer + "_") and m not in named)]
+        for layer in layers
+    }
+    sizes = _storage_bytes(proto, sorted({m for members in family.values() for m in members}))
+    return {
+        layer: sum(sizes[m] for m in members)
+        for layer, members in family.items()
+        if any(m in sizes for m in members)
+    }
+
+
+def _storage_bytes(proto: onnx.ModelProto, nodes: list[str]) -> dict[str, int]:
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {out: n for n in graph.node for out in n.output}

@@ -17,7 +17,7 @@ from presso.errors import BudgetError, NothingToDo
 from presso.export.compact import compact_names
 from presso.export.onnx_export import check_parity, export_onnx
 from presso.measure.bench import BenchSettings, Timing, time_latency
-from presso.measure.size import file_size, layer_storage_bytes
+from presso.measure.size import file_size, layer_family_bytes
 from presso.recipe.checkpoint import StageOutcome
 from presso.recipe.run import EVAL_BATCH, Run
 from presso.recipe.schema import Stage
@@ -194,24 +194,10 @@ def _stage_context(
 
 def _with_storage(layers: list[dict], path: Path) -> list[dict]:
     """Per-layer rows plus the bytes each layer's weights take in the stage's model."""
-    import onnx
-
-    names = [row["node"] for row in layers if "node" in row]
-    # ONNX Runtime's quantizers name the nodes a layer becomes after it: NAME_quant (a
-    # MatMulInteger, QLinearConv...), and for a Gemm, NAME_MatMul_quant, its scale's
-    # NAME_MatMul_quant_scales_mul and the bias's NAME_Add. A layer counts its whole family
-    # (the nodes whose name extends its own, other layers' nodes excepted).
-    graph_names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
-    rows = set(names)
-    family = {
-        n: [m for m in graph_names if m == n or (m.startswith(n + "_") and m not in rows)] for n in names
-    }
-    sizes = layer_storage_bytes(path, sorted({m for members in family.values() for m in members}))
-    out = []
-    for row in layers:
-        members = [m for m in family.get(row.get("node", ""), []) if m in sizes]
-        out.append({**row, "stored_bytes": sum(sizes[m] for m in members)} if members else row)
-    return out
+    sizes = layer_family_bytes(path, [row["node"] for row in layers if "node" in row])
+    return [
+        {**row, "stored_bytes": sizes[row["node"]]} if row.get("node") in sizes else row for row in layers
+    ]
 
 
 def _verify(run: Run, ranked: Iterable[Candidate], tried: list[Candidate], technique: str):
