@@ -143,6 +143,33 @@ def test_eval_on_npz(digits_artifact, tmp_path):
     assert result["metrics"]["accuracy"] >= 0.95
 
 
+@pytest.mark.int8_kernel
+def test_eval_samples_data_past_its_memory_budget(digits_artifact, tmp_path):
+    import numpy as np
+
+    import presso
+
+    ex = presso.load_example("digits")
+    x = ex.data.inputs["x"].astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=x, y=ex.data.target)
+    budget = x.nbytes // 2  # the sample may take an eighth of it: about 1/16 of the rows
+    done = run_cli(
+        "eval",
+        str(digits_artifact),
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--data-memory",
+        str(budget),
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["sample"]["rows_in_file"] == len(x)
+    assert 0 < result["rows"] <= len(x) // 16 + 1
+    assert "evaluating a seeded uniform sample" in done.stderr
+    assert result["metrics"]["accuracy"] >= 0.85
+
+
 @pytest.mark.e2e
 @pytest.mark.int8_kernel
 def test_rerun_saved_recipe_reproduces_choice(digits_artifact, tmp_path):

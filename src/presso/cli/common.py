@@ -94,6 +94,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="share of rows used to calibrate, choose variants and train (default 0.3)",
     )
     parser.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
+    add_data_memory_option(parser)
+
+
+def add_data_memory_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-memory",
         type=data_memory,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from presso.cli.common import add_common, console, print_json
+from presso.cli.common import add_common, add_data_memory_option, console, print_json
 
 HELP = "measure an artifact's quality on data, optionally against a reference model (--vs)"
 
@@ -32,6 +32,7 @@ def register(sub) -> None:
         "for fidelity metrics (agreement, cosine); default: the artifact itself",
     )
     p.add_argument("--seq-len", type=int, default=128, help="token length for text data (default 128)")
+    add_data_memory_option(p)
     add_common(p)
     p.set_defaults(run=run)
 
@@ -40,6 +41,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from presso.data.resolve import load_data
+    from presso.data.sample import DEFAULT_MEMORY_BUDGET
     from presso.errors import PressoError
     from presso.export.predictor import load
     from presso.measure.metrics import check_target, evaluate
@@ -58,7 +60,15 @@ def run(args) -> int:
         tokenizer=model.tokenizer,
         seq_len=args.seq_len,
         group=args.group,
+        memory_budget=args.data_memory or DEFAULT_MEMORY_BUDGET,
     )
+    if data.sample is not None:
+        said = (
+            f"data: {args.data} holds {data.sample.rows_in_file:,} rows, more than --data-memory "
+            f"({data.sample.memory_budget_bytes / 1e6:,.0f} MB) holds: evaluating a seeded uniform "
+            f"sample of {len(data):,} of them"
+        )
+        console(args).print(f"[dim]· {shown(said)}[/dim]", soft_wrap=True)
     outputs = model.predict(data.inputs)
     reference = load(args.vs).predict(data.inputs) if args.vs else outputs
     if reference.shape != outputs.shape:
