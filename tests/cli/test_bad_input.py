@@ -88,6 +88,28 @@ def test_corrupt_onnx(tmp_path, out):
     _assert_refused(done, out, "not a valid ONNX model")
 
 
+def test_onnx_that_onnx_runtime_refuses_is_named_as_the_models_fault(tmp_path, out):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # onnx's checker accepts a float64 weight beside a float32 input; ONNX Runtime does not.
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(np.ones((4, 2), np.float64), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "mixed.onnx")
+    np.savez(tmp_path / "rows.npz", X=np.zeros((50, 4), np.float32))
+    done = run_cli(
+        "compress", str(tmp_path / "mixed.onnx"), "--data", str(tmp_path / "rows.npz"), "--out", str(out)
+    )
+    _assert_refused(done, out, "ONNX Runtime cannot load 'mixed.onnx'", "Re-export")
+    assert "does not fit" not in done.stderr
+
+
 def test_data_shape_does_not_fit(mlp_project, tmp_path, out):
     np.savez(tmp_path / "wrong.npz", X=np.zeros((50, 7), np.float32), y=np.zeros(50, np.int64))
     done = run_cli(
