@@ -33,7 +33,9 @@ _EPILOG = """examples:
 student trains on (plus --train-data and mixup rows, all labelled by the teacher) and
 held-out rows every reported figure uses. Like compress, presso writes nothing if the
 student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
-(OUT.checkpoint.pt); after an interruption, run the same command with --resume."""
+(OUT.checkpoint.pt); after an interruption, run the same command with --resume. A student
+that breaks --max-drop keeps its checkpoint: --resume with a higher --max-drop uses it
+without training again."""
 
 
 def register(sub) -> None:
@@ -256,7 +258,7 @@ def run(args) -> int:
 
 def _run(args, model, data, task: str, out: Path, progress, main: bool) -> int:
     import presso
-    from presso.errors import PressoError
+    from presso.errors import BudgetError, PressoError
     from presso.recipe.result import check_output_dir
     from presso.recipe.schema import Recipe, Stage
     from presso.report.terminal import print_summary
@@ -284,6 +286,16 @@ def _run(args, model, data, task: str, out: Path, progress, main: bool) -> int:
         )
     except distributed.WorkerDone:
         return 0  # another rank writes the result
+    except BudgetError as exc:
+        kept = [str(path) for path in _checkpoints(checkpoint) if path.exists()]
+        if not (main and kept):
+            raise
+        # Hours of training must not be lost to a budget missed by a hair: the checkpoint
+        # holds the trained student, and --resume goes straight to its verification.
+        raise BudgetError(
+            f"{exc} The trained student is kept in {', '.join(kept)}: the same command with "
+            "--resume and a higher --max-drop uses it without training again."
+        ) from exc
     finally:
         distributed.shutdown()
     result.save(out)

@@ -4,6 +4,7 @@ outputs), the CLI and its checkpoint / resume contract."""
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
@@ -350,6 +351,29 @@ def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, caps
     out2.with_name("student2.checkpoint.pt").write_bytes(b"left by a killed run")
     assert main(["distill", *args2]) == 2
     assert "add --resume to continue it" in capsys.readouterr().err and not out2.exists()
+
+    # A student that misses the budget leaves its checkpoint, and says how to use it.
+    out3 = tmp_path / "student3"
+    strict = [a if a != str(out) else str(out3) for a in args]
+    strict[strict.index("--max-drop") + 1] = "0"
+    strict[strict.index("--width") + 1] = "0.05"
+    # rows spread across the teacher's decision boundaries: a 3-unit student disagrees somewhere
+    np.savez(
+        tmp_path / "spread.npz",
+        X=np.random.default_rng(1).normal(scale=4.0, size=(300, 6)).astype(np.float32),
+    )
+    strict[strict.index("--data") + 1] = str(tmp_path / "spread.npz")
+    strict += ["--task", "classification"]
+    assert main(["distill", *strict]) == 1
+    err = capsys.readouterr().err
+    kept = out3.with_name("student3.checkpoint.pt")
+    assert "The trained student is kept in" in err and "--resume" in err and not out3.exists()
+    assert kept.is_file()
+    strict[strict.index("--max-drop") + 1] = "1"
+    assert main(["distill", *strict, "--resume"]) == 0
+    report = json.loads((out3 / "report.json").read_text())
+    assert "resumed after epoch 3" in report["stages"][0]["variants"][0]["note"]
+    assert not kept.exists()
 
 
 def test_cli_layers_option_reads_auto_even_or_indices():
