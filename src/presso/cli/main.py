@@ -78,6 +78,9 @@ def _run(args) -> int:
 
     debug = getattr(args, "debug", False) or os.environ.get("PRESSO_DEBUG") == "1"
     try:
+        from presso.runtime.held_import import held_import
+
+        held_import("onnxruntime")  # every command runs it; imported here, a Ctrl-C cannot break it
         return args.run(args) or 0
     except PressoError as exc:
         if debug:

@@ -47,7 +47,9 @@ def make_session(
     ``spinning=False`` stops idle worker threads from busy-waiting, so sessions measured
     in the same process do not steal each other's cores.
     """
-    import onnxruntime as ort
+    from presso.runtime.held_import import held_import
+
+    ort = held_import("onnxruntime")
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
