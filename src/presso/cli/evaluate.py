@@ -63,11 +63,7 @@ def run(args) -> int:
         memory_budget=args.data_memory or DEFAULT_MEMORY_BUDGET,
     )
     if data.sample is not None:
-        said = (
-            f"data: {args.data} holds {data.sample.rows_in_file:,} rows, more than --data-memory "
-            f"({data.sample.memory_budget_bytes / 1e6:,.0f} MB) holds: evaluating a seeded uniform "
-            f"sample of {len(data):,} of them"
-        )
+        said = data.sample.said(args.data, len(data), doing="evaluating")
         console(args).print(f"[dim]· {shown(said)}[/dim]", soft_wrap=True)
     outputs = model.predict(data.inputs)
     reference = load(args.vs).predict(data.inputs) if args.vs else outputs

@@ -27,6 +27,14 @@ class SampleInfo:
     rows_in_file: int
     memory_budget_bytes: int
 
+    def said(self, source: object, kept: int, doing: str = "using") -> str:
+        """The line a command prints when it works on this sample of ``source``."""
+        return (
+            f"data: {source} holds {self.rows_in_file:,} rows, more than --data-memory "
+            f"({self.memory_budget_bytes / 1e6:,.0f} MB) holds: {doing} a seeded uniform sample "
+            f"of {kept:,} of them"
+        )
+
     def describe(self) -> dict:
         return {
             "rows_in_file": self.rows_in_file,

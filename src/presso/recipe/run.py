@@ -344,11 +344,7 @@ def prepare(
         seed=seed,
     )
     if data.sample is not None:
-        progress.log(
-            f"data: {data.source} holds {data.sample.rows_in_file:,} rows, more than "
-            f"--data-memory ({data.sample.memory_budget_bytes / 1e6:,.0f} MB) holds: using a seeded "
-            f"uniform sample of {len(data):,} of them"
-        )
+        progress.log(data.sample.said(data.source, len(data)))
     if run.train_texts is not None:
         data = replace(data, train_texts=_train_texts(run.train_texts, loaded))
     if recipe is not None:
