@@ -35,7 +35,7 @@ held-out rows every reported figure uses. Like compress, presso writes nothing i
 student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
 (OUT.checkpoint.pt); after an interruption, run the same command with --resume. A student
 that breaks --max-drop keeps its checkpoint: --resume with a higher --max-drop uses it
-without training again."""
+without training again, and --start-from trains it further (more epochs, other text)."""
 
 
 def register(sub) -> None:
@@ -202,6 +202,13 @@ def _add_training_options(group) -> None:
     group.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
     )
+    group.add_argument(
+        "--start-from",
+        metavar="CHECKPOINT",
+        help="start the student from the weights of an earlier run's checkpoint (OUT.checkpoint.pt, "
+        "same --depth/--width/--layers), with a fresh schedule: train a finished student longer or "
+        "on other text",
+    )
 
 
 def _options(args, checkpoint: Path) -> dict:
@@ -229,6 +236,7 @@ def _options(args, checkpoint: Path) -> dict:
         "max_minutes",
         "student_weights",
         "train_data",
+        "start_from",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -267,6 +275,11 @@ def _run(args, model, data, task: str, out: Path, progress, main: bool) -> int:
     if main:
         check_output_dir(out)
     checkpoint = out.with_name(out.name + ".checkpoint.pt")
+    if args.start_from and Path(args.start_from).resolve() in {p.resolve() for p in _checkpoints(checkpoint)}:
+        raise PressoError(
+            f"--start-from {args.start_from} is this run's own checkpoint, which it overwrites every "
+            "epoch: copy it to another file first, or give another --out."
+        )
     if main and not args.resume and any(p.exists() for p in _checkpoints(checkpoint)):
         raise PressoError(
             f"An interrupted run left a checkpoint at {checkpoint}: add --resume to continue it, or "

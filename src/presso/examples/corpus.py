@@ -1,9 +1,11 @@
-"""An offline training corpus for text students: prose from installed packages' docstrings.
+"""An offline training corpus for text students: prose from the docstrings of the Python
+standard library and of installed packages.
 
 A student encoder learns little from the minilm example's 240 calibration sentences; it
 needs tens of thousands of texts, and nothing may be downloaded. The packages presso
 installs with (numpy, scipy, scikit-learn, torch, transformers, ...) carry that much
-English prose in their docstrings. Their sources are parsed with :mod:`ast`, never
+English prose in their docstrings, and the standard library more (of the kind the example
+measures on: its sentences come from the stdlib's docstrings). Their sources are parsed with :mod:`ast`, never
 imported (fast, and no import side effects), filtered like the example's own sentences
 (:func:`presso.examples.texts.prose_sentences`), deduplicated, stripped of every sentence
 the example measures on, and shuffled with a fixed seed: the same file for the same
@@ -15,7 +17,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import platform
 import sys
+import sysconfig
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
@@ -28,12 +32,22 @@ from presso.examples.texts import prose_sentences
 from presso.files import write_text_atomic
 
 # Bump when the selection below changes, so a stale cached corpus is never read.
-CORPUS_VERSION = 1
+# 2: the standard library's own sources joined the packages.
+CORPUS_VERSION = 2
+
+# The Python standard library's sources, read like a package's (its version is Python's).
+# They hold the largest part of the offline prose that reads like the minilm example's
+# sentences (which come from the same docstrings and are excluded by text).
+STDLIB = "(stdlib)"
+# Folders not read: test suites (their docstrings describe test cases, not the library) and
+# the packages installed inside the stdlib's tree.
+_SKIPPED_FOLDERS = {"test", "tests", "site-packages", "dist-packages", "__pycache__"}
 
 # Import name -> distribution name, for the version in the cache key. Whatever is not
 # installed is left out; the order is fixed so the corpus is too. (sympy is left out: its
 # docstrings are mostly formulae, and parsing it took a fifth of the time.)
 PACKAGES: dict[str, str] = {
+    STDLIB: "python",
     "numpy": "numpy",
     "scipy": "scipy",
     "sklearn": "scikit-learn",
@@ -62,8 +76,15 @@ PACKAGES: dict[str, str] = {
 }
 
 
+def stdlib_folder() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def package_folder(name: str) -> Path | None:
-    """Where the top-level package ``name`` is installed, found without importing it."""
+    """Where the top-level package ``name`` (or :data:`STDLIB`) is installed, found without importing it."""
+    if name == STDLIB:
+        folder = stdlib_folder()
+        return folder if folder.is_dir() else None
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
@@ -89,8 +110,11 @@ def source_docstrings(source: str) -> Iterator[str]:
 
 
 def package_sentences(folder: Path) -> Iterator[str]:
-    """Prose sentences of every ``.py`` file under ``folder``, in sorted path order."""
+    """Prose sentences of every ``.py`` file under ``folder``, in sorted path order (none from
+    test suites or from packages installed inside it, as in the stdlib's site-packages)."""
     for path in sorted(folder.rglob("*.py")):
+        if _SKIPPED_FOLDERS.intersection(path.relative_to(folder).parts[:-1]):
+            continue
         try:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
@@ -104,6 +128,9 @@ def installed_packages() -> list[tuple[str, str]]:
     found = []
     for name, dist in PACKAGES.items():
         if package_folder(name) is None:
+            continue
+        if name == STDLIB:
+            found.append((name, platform.python_version()))
             continue
         try:
             version = metadata.version(dist)
@@ -145,7 +172,9 @@ def corpus_file(
     if path.is_file():
         return path
     if progress:
-        progress(f"collecting a training corpus from the docstrings of {len(packages)} installed packages")
+        others = sum(p != STDLIB for p, _ in packages)
+        stdlib = "the Python standard library and " if others < len(packages) else ""
+        progress(f"collecting a training corpus from the docstrings of {stdlib}{others} installed packages")
     sentences = docstring_corpus([p for p, _ in packages], exclude, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "".join(s + "\n" for s in sentences))

@@ -39,15 +39,32 @@ def fingerprint_of(module: nn.Module, settings, train_rows: int, val_rows: int |
     }
 
 
-def read_checkpoint(path: Path, fingerprint: dict) -> dict:
-    """The checkpoint at ``path``, refused unless it was written by a fit like this one."""
-    fix = "delete it or pick another checkpoint path"
+def _load(path: Path, fix: str) -> dict:
     try:  # tensors, numbers, strings, lists and dicts only: no code runs while loading
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PressoError(f"The checkpoint {path} does not exist; {fix}.") from None
     except Exception as e:
         raise PressoError(f"The checkpoint {path} could not be read ({type(e).__name__}); {fix}.") from e
     if not (isinstance(ckpt, dict) and ckpt.get("format") == FORMAT):
         raise PressoError(f"The file {path} is not a presso fine-tuning checkpoint; {fix}.")
+    return ckpt
+
+
+def trained_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The best weights a fit's checkpoint holds (its last ones when it validated nothing),
+    and the epochs it had run: to start a new fit from, whatever that fit's settings were."""
+    ckpt = _load(path, "give a checkpoint (.checkpoint.pt) an earlier run wrote")
+    state = ckpt.get("best_state") or ckpt.get("module")
+    if not isinstance(state, dict) or not state:
+        raise PressoError(f"The checkpoint {path} holds no weights; give one an earlier run wrote.")
+    return state, int(ckpt.get("epoch", 0))
+
+
+def read_checkpoint(path: Path, fingerprint: dict) -> dict:
+    """The checkpoint at ``path``, refused unless it was written by a fit like this one."""
+    fix = "delete it or pick another checkpoint path"
+    ckpt = _load(path, fix)
     saved = ckpt.get("fingerprint", {})
     for key, what in (
         ("settings", "fine-tuning settings"),

@@ -376,6 +376,54 @@ def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, caps
     assert not kept.exists()
 
 
+def test_start_from_begins_where_an_earlier_student_ended(tmp_path):
+    X, y = _blobs()
+    teacher = _teacher(X, y)
+    ckpt = tmp_path / "first.checkpoint.pt"
+    run = dict(width=0.25, bench=QUICK, max_drop=1.0)
+    first = presso.distill(teacher, (X, y), epochs=6, checkpoint=str(ckpt), **run)
+    assert ckpt.is_file()  # the API keeps it (the CLI deletes it once the artifact is written)
+    probe = X[:64]
+
+    def outputs(result):
+        return result.predictor().predict(probe)
+
+    # No epoch of its own: the student is the earlier one's best weights, output for output...
+    again = presso.distill(teacher, (X, y), epochs=0, start_from=str(ckpt), **run)
+    np.testing.assert_allclose(outputs(again), outputs(first), rtol=1e-5, atol=1e-5)
+    assert any("started from first.checkpoint.pt (after its 6 epochs)" in n for n in again.report.notes)
+    assert again.recipe.stages[0].options["start_from"] == str(ckpt)
+    # ...where the same run without it is the untrained student copied from the teacher.
+    fresh = presso.distill(teacher, (X, y), epochs=0, **run)
+    assert np.abs(outputs(fresh) - outputs(first)).max() > 0.1
+    # More epochs go on from there: a fresh schedule, the earlier weights.
+    more = presso.distill(teacher, (X, y), epochs=2, start_from=str(ckpt), **run)
+    assert more.report.budget.drop <= first.report.budget.drop + 0.01
+
+    with pytest.raises(PressoError, match="another shape than this run's .*--width"):
+        presso.distill(teacher, (X, y), epochs=0, start_from=str(ckpt), **{**run, "width": 0.5})
+    with pytest.raises(PressoError, match="does not exist"):
+        presso.distill(teacher, (X, y), epochs=0, start_from=str(tmp_path / "none.pt"), **run)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(PressoError, match="could not be read"):
+        presso.distill(teacher, (X, y), epochs=0, start_from=str(tmp_path / "junk.pt"), **run)
+
+
+def test_cli_start_from_refuses_the_runs_own_checkpoint(tmp_path, capsys):
+    from presso.cli.main import main
+
+    own = tmp_path / "student.checkpoint.pt"
+    own.write_bytes(b"an earlier run's student")
+    code = main(
+        ["distill", "--example", "digits", "--out", str(tmp_path / "student"), "--start-from", str(own)]
+    )
+    assert code == 2
+    assert (
+        "is this run's own checkpoint" in capsys.readouterr().err
+        and own.read_bytes() == b"an earlier run's student"
+    )
+
+
 def test_cli_layers_option_reads_auto_even_or_indices():
     import argparse
 

@@ -3,6 +3,7 @@ teacher outputs, length-bucketed batches, and a streamed distill run end to end.
 
 from __future__ import annotations
 
+import platform
 import textwrap
 import tracemalloc
 
@@ -80,6 +81,27 @@ def test_corpus_file_is_deterministic_and_disjoint_from_the_example_texts(fake_p
     assert again == lines  # same seed, same order
     assert corpus.corpus_file("ex", held) == path  # reused, keyed by versions and exclusions
     assert corpus.corpus_file("ex", []) != path
+
+
+def test_corpus_reads_the_stdlib_without_its_tests_or_installed_packages(tmp_path, monkeypatch):
+    lib = tmp_path / "python3.x"
+    for folder, sentence in (
+        ("", "The library module sentence has enough words to pass."),
+        ("email", "A sentence of a stdlib subpackage with enough words."),
+        ("test", "A test suite sentence that must not be read."),
+        ("email/tests", "A nested test sentence that must not be read."),
+        ("site-packages/other", "An installed package sentence that must not be read."),
+    ):
+        (lib / folder).mkdir(parents=True, exist_ok=True)
+        (lib / folder / "mod.py").write_text(f'"""{sentence}"""\n')
+    monkeypatch.setattr(corpus, "stdlib_folder", lambda: lib)
+    monkeypatch.setattr(corpus, "PACKAGES", {corpus.STDLIB: "python"})
+    assert sorted(corpus.docstring_corpus([corpus.STDLIB])) == [
+        "A sentence of a stdlib subpackage with enough words.",
+        "The library module sentence has enough words to pass.",
+    ]
+    # keyed by Python's version, like a package by its own
+    assert corpus.installed_packages() == [(corpus.STDLIB, platform.python_version())]
 
 
 # --- streaming ----------------------------------------------------------------------------

@@ -64,7 +64,9 @@ class DistillConfig(BaseModel):
     disk), trained on in batches of similar length padded to their own longest text; without
     ``train_data`` the data's own training texts are streamed when it has some (the minilm
     example's docstring corpus). ``checkpoint`` (a file) saves every epoch and resumes
-    an interrupted run from it.
+    an interrupted run from it. ``start_from`` (the checkpoint of an earlier run, finished or
+    not, with a student of this run's shape) starts the student from its best weights, with a
+    fresh optimizer and schedule: to train a finished student longer, or on other text.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -107,6 +109,7 @@ class DistillConfig(BaseModel):
     train_data: str | None = None
     max_minutes: float | None = Field(default=None, gt=0)
     checkpoint: str | None = None
+    start_from: str | None = None
     # encoders: a transformer encoder only; any other model skips the stage (NothingToDo), so
     # one recipe (fast) gives encoders a distilled shallower student and leaves the rest alone
     applies_to: Literal["any", "encoders"] = "any"

@@ -244,10 +244,36 @@ def hint_pairs(cfg: DistillConfig, ctx: StageContext, student: nn.Module) -> tup
     return pairs, weight if pairs else 0.0
 
 
+def warm_start(trainee: Trainee, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load an earlier run's weights (``start_from``) into ``trainee``: every student weight
+    must be there with this student's shape; hint projections are taken where they match."""
+    own = trainee.state_dict()
+    student = {k for k in own if k.startswith("student.")}
+    missing = sorted(student - set(state))
+    wrong = sorted(k for k in student & set(state) if state[k].shape != own[k].shape)
+    extra = sorted(k for k in state if k.startswith("student.") and k not in student)
+    if missing or wrong or extra:
+        first = (missing or wrong or extra)[0].removeprefix("student.")
+        raise PressoError(
+            f"The student in {path} has another shape than this run's ({len(missing)} weights missing, "
+            f"{len(wrong)} of another shape, {len(extra)} unknown; first: {first}). Give the "
+            "--depth, --width, --heads and --layers the earlier run used."
+        )
+    trainee.load_state_dict(
+        {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False
+    )
+
+
 def train_student(
-    student: nn.Module, data: DistillData, cfg: DistillConfig, ctx: StageContext, checkpoint: Path | None
+    student: nn.Module,
+    data: DistillData,
+    cfg: DistillConfig,
+    ctx: StageContext,
+    checkpoint: Path | None,
+    start: dict[str, torch.Tensor] | None = None,
 ):
-    """Fit ``student`` (in place) to the teacher; returns the :class:`presso.train.FitReport`."""
+    """Fit ``student`` (in place) to the teacher, from the weights ``start`` (``start_from``'s)
+    when given; returns the :class:`presso.train.FitReport`."""
     from presso.train import FitSettings, fit
     from presso.train.batches import BatchSource
     from presso.train.losses import looks_like_probabilities, loss_kind, teacher_logits_from
@@ -288,6 +314,9 @@ def train_student(
     trainee = Trainee(
         student, ctx.module if pairs else None, pairs, example_inputs(ctx), normalize=cfg.hints == "auto"
     )
+    if start is not None:
+        assert cfg.start_from is not None
+        warm_start(trainee, start, Path(cfg.start_from))
     rank_weight = rank_weight_for(cfg, kind)
     loss = distill_loss(
         kind,
@@ -365,6 +394,12 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
             f"{STAGE}: applies_to: encoders, and this model is not a transformer encoder (nothing to distil)"
         )
     cfg = _settings(cfg, ctx)
+    start, started = None, ""
+    if cfg.start_from is not None:  # read before minutes of labelling: a wrong file fails now
+        from presso.train.checkpoint import trained_weights
+
+        start, epochs = trained_weights(Path(cfg.start_from))
+        started = f", started from {Path(cfg.start_from).name} (after its {epochs} epochs)"
     text = _text_file(cfg, ctx)
     data = distill_data(
         ctx,
@@ -376,14 +411,18 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
     )
     n_out = int(np.prod(data.teacher.shape[1:]))
     teacher_params = None if ctx.module is None else count_parameters(ctx.module)
-    widths = wider(cfg.student_width, cfg.backoff) if cfg.student == "auto" else [1.0]
+    # A wider retry could not start from start_from's weights: they fit this width only.
+    backoff = cfg.backoff if start is None else 0
+    widths = wider(cfg.student_width, backoff) if cfg.student == "auto" else [1.0]
 
     def attempt(width: float) -> Candidate:
         student, notes = build_student(cfg, ctx, width, data.train, n_out)
         params = count_parameters(student)
         if ctx.transformer is not None and cfg.student == "auto":
             notes.append(f"{STAGE}: {settle_encoder(student)}")
-        report, kind = train_student(student, data, cfg, ctx, _checkpoint(cfg, width, width == widths[0]))
+        report, kind = train_student(
+            student, data, cfg, ctx, _checkpoint(cfg, width, width == widths[0]), start
+        )
         if distributed.world_size() > 1 and not distributed.is_main():
             raise distributed.WorkerDone()  # rank 0 exports, verifies and writes; the others are done
         name = f"student width {width:g}" if cfg.student == "auto" else "student"
@@ -418,9 +457,10 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
             f"{size}; distilled ({loss_words}{hints}{bf16}) for {report.epochs_run} epochs on {data.describe()} "
             f"(best epoch {report.best_epoch}, stopped: {report.stopped}"
             + (f", resumed after epoch {report.resumed_from}" if getattr(report, "resumed_from", 0) else "")
-            + ")"
+            + f"{started})"
         )
         # The checkpoint belongs to this run only; the pinned recipe starts afresh.
+        # start_from stays in the pinned recipe: without it the recipe trains another student.
         options = {"width": width, "checkpoint": None} if cfg.student == "auto" else {"checkpoint": None}
         return Candidate(
             name=name,
