@@ -108,6 +108,12 @@ def test_onnx_that_onnx_runtime_refuses_is_named_as_the_models_fault(tmp_path, o
     )
     _assert_refused(done, out, "ONNX Runtime cannot load 'mixed.onnx'", "Re-export")
     assert "does not fit" not in done.stderr
+    # presso.load / Predictor say the same of the same file (one wrap, in make_session)
+    from presso.errors import PressoError
+    from presso.export.predictor import Predictor
+
+    with pytest.raises(PressoError, match="ONNX Runtime cannot load 'mixed.onnx': .*Re-export"):
+        Predictor(tmp_path / "mixed.onnx")
 
 
 def test_data_shape_does_not_fit(mlp_project, tmp_path, out):

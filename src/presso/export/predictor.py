@@ -36,11 +36,12 @@ class Predictor:
                 self.session = make_session(unpack(self.model_path).SerializeToString(), threads=threads)
             else:
                 self.session = make_session(self.model_path, threads=threads)
-        except PressoError:
+        except PressoError:  # make_session names a model ONNX Runtime refuses
             raise
-        except Exception as exc:  # ORT's InvalidArgument, InvalidGraph, Fail ... share no base class
+        except Exception as exc:  # a .packed file that does not unpack
             raise PressoError(
-                f"ONNX Runtime cannot load '{self.model_path}' ({reason(exc)}): is it a whole, valid ONNX model?"
+                f"'{self.model_path}' does not unpack to an ONNX model ({reason(exc)}): is it a whole "
+                "file presso wrote?"
             ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer, self.task, self.seq_len = tokenizer, task, seq_len

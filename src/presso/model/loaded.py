@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from presso.errors import PressoError, reason
+from presso.errors import PressoError
 
 
 def first_tensor(out: Any) -> torch.Tensor:
@@ -197,15 +197,7 @@ class LoadedModel:
         from presso.runtime.session import make_session, run_session
 
         assert self.onnx_path is not None  # neither a module nor a callable: loaded from an ONNX file
-        try:
-            session = make_session(self.onnx_path)
-        except Exception as exc:  # onnxruntime's own error types: InvalidGraph, Fail, NotImplemented
-            # The model, not the data, is at fault: say so (a float64 weight beside float32
-            # inputs passes onnx's checker and is refused here).
-            raise PressoError(
-                f"ONNX Runtime cannot load '{self.onnx_path.name}': {reason(exc, 200)}. Re-export the "
-                "model (e.g. torch.onnx.export) or fix the graph so ONNX Runtime accepts it."
-            ) from exc
+        session = make_session(self.onnx_path)  # a file ORT refuses is named as the model's fault
         if self.output is None:
             return run_session(session, inputs, 1)
         n = len(next(iter(inputs.values())))

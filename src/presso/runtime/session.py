@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from presso.errors import PressoError, reason
 from presso.runtime.lengths import MASK, length_batches, real_lengths, trim
 
 if TYPE_CHECKING:
@@ -61,12 +62,23 @@ def make_session(
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
-    wanted = session.get_modelmeta().custom_metadata_map.get(SESSION_CONFIG_KEY)
-    if wanted:  # the model asks for session settings (see mark_session_config): rebuild with them
-        for key, value in json.loads(wanted).items():
-            opts.add_session_config_entry(key, str(value))
+    try:
         session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        wanted = session.get_modelmeta().custom_metadata_map.get(SESSION_CONFIG_KEY)
+        if wanted:  # the model asks for session settings (see mark_session_config): rebuild with them
+            for key, value in json.loads(wanted).items():
+                opts.add_session_config_entry(key, str(value))
+            session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    except MemoryError:
+        raise
+    except Exception as exc:  # ORT's InvalidGraph, Fail, NotImplemented ... share no base class
+        # The model, not the data, is at fault: say so (a float64 weight beside float32
+        # inputs passes onnx's checker and is refused here).
+        name = "the model" if isinstance(model, bytes) else f"'{Path(model).name}'"
+        raise PressoError(
+            f"ONNX Runtime cannot load {name}: {reason(exc, 200)}. Re-export the model (e.g. "
+            "torch.onnx.export) or fix the graph so ONNX Runtime accepts it."
+        ) from exc
     return session
 
 
