@@ -400,7 +400,7 @@ def test_start_from_begins_where_an_earlier_student_ended(tmp_path):
     more = presso.distill(teacher, (X, y), epochs=2, start_from=str(ckpt), **run)
     assert more.report.budget.drop <= first.report.budget.drop + 0.01
 
-    with pytest.raises(PressoError, match="another shape than this run's .*--width"):
+    with pytest.raises(PressoError, match="another shape than this run's .*same depth, width"):
         presso.distill(teacher, (X, y), epochs=0, start_from=str(ckpt), **{**run, "width": 0.5})
     with pytest.raises(PressoError, match="does not exist"):
         presso.distill(teacher, (X, y), epochs=0, start_from=str(tmp_path / "none.pt"), **run)

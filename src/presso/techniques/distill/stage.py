@@ -257,7 +257,7 @@ def warm_start(trainee: Trainee, state: dict[str, torch.Tensor], path: Path) -> 
         raise PressoError(
             f"The student in {path} has another shape than this run's ({len(missing)} weights missing, "
             f"{len(wrong)} of another shape, {len(extra)} unknown; first: {first}). Give the "
-            "--depth, --width, --heads and --layers the earlier run used."
+            "same depth, width, heads and layers as the earlier run."
         )
     trainee.load_state_dict(
         {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False
