@@ -35,7 +35,8 @@ held-out rows every reported figure uses. Like compress, presso writes nothing i
 student breaks --max-drop (exit code 1). Training saves a checkpoint every epoch
 (OUT.checkpoint.pt); after an interruption, run the same command with --resume. A student
 that breaks --max-drop keeps its checkpoint: --resume with a higher --max-drop uses it
-without training again, and --start-from trains it further (more epochs, other text)."""
+without training again. A written student's training state stays in OUT.student.pt:
+--start-from OUT.student.pt trains it further (more epochs, other text)."""
 
 
 def register(sub) -> None:
@@ -312,9 +313,28 @@ def _run(args, model, data, task: str, out: Path, progress, main: bool) -> int:
     finally:
         distributed.shutdown()
     result.save(out)
-    for path in _checkpoints(checkpoint):
-        path.unlink(missing_ok=True)
+    student = _keep_student(checkpoint, out, result.recipe.stages[0].options.get("width"))
     if args.json:
         print_json(result.report_json())
     print_summary(result.report, console(args), out_dir=str(out))
+    if student is not None:
+        progress.log(
+            f"the student's float32 training state is kept in {student}: --start-from {student} trains it "
+            "further (delete it when done)"
+        )
     return 0
+
+
+def _keep_student(checkpoint: Path, out: Path, width: float | None) -> Path | None:
+    """Move the written student's checkpoint to ``OUT.student.pt`` (the others go): the artifact
+    holds the exported, perhaps int8, model, and hours of training must stay resumable with
+    --start-from. Not ``OUT.checkpoint.pt``, which would read as an interrupted run."""
+    chosen = checkpoint.with_name(f"{checkpoint.stem}-width{width:g}{checkpoint.suffix}") if width else None
+    source = chosen if chosen is not None and chosen.exists() else checkpoint
+    kept = None
+    if source.exists():
+        kept = out.with_name(out.name + ".student.pt")
+        source.replace(kept)  # the same folder: an atomic rename
+    for path in _checkpoints(checkpoint):
+        path.unlink(missing_ok=True)
+    return kept

@@ -346,6 +346,16 @@ def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, caps
     ]
     assert main(["distill", *args]) == 0
     assert (out / "model.onnx").is_file() and not out.with_name("student.checkpoint.pt").exists()
+    # the written student's training state stays, under a name that is no interrupted run's
+    kept = out.with_name("student.student.pt")
+    assert kept.is_file()
+    out4 = tmp_path / "more"
+    more = [a if a != str(out) else str(out4) for a in args] + ["--start-from", str(kept)]
+    assert main(["distill", *more]) == 0
+    report = json.loads((out4 / "report.json").read_text())
+    assert (
+        "started from student.student.pt (after its 3 epochs)" in report["stages"][0]["variants"][0]["note"]
+    )
     out2 = tmp_path / "student2"
     args2 = [a if a != str(out) else str(out2) for a in args]
     out2.with_name("student2.checkpoint.pt").write_bytes(b"left by a killed run")
@@ -373,7 +383,7 @@ def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, caps
     assert main(["distill", *strict, "--resume"]) == 0
     report = json.loads((out3 / "report.json").read_text())
     assert "resumed after epoch 3" in report["stages"][0]["variants"][0]["note"]
-    assert not kept.exists()
+    assert not kept.exists() and out3.with_name("student3.student.pt").is_file()
 
 
 def test_start_from_begins_where_an_earlier_student_ended(tmp_path):
