@@ -206,9 +206,9 @@ def _add_training_options(group) -> None:
     group.add_argument(
         "--start-from",
         metavar="CHECKPOINT",
-        help="start the student from the weights of an earlier run's checkpoint (OUT.checkpoint.pt, "
-        "same --depth/--width/--layers), with a fresh schedule: train a finished student longer or "
-        "on other text",
+        help="start the student from an earlier run's weights (its OUT.student.pt, or an "
+        "OUT.checkpoint.pt it left; same --depth/--width/--layers) with a fresh schedule: train a "
+        "finished student longer or on other text",
     )
 
 

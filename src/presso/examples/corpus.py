@@ -5,11 +5,11 @@ A student encoder learns little from the minilm example's 240 calibration senten
 needs tens of thousands of texts, and nothing may be downloaded. The packages presso
 installs with (numpy, scipy, scikit-learn, torch, transformers, ...) carry that much
 English prose in their docstrings, and the standard library more (of the kind the example
-measures on: its sentences come from the stdlib's docstrings). Their sources are parsed with :mod:`ast`, never
-imported (fast, and no import side effects), filtered like the example's own sentences
-(:func:`presso.examples.texts.prose_sentences`), deduplicated, stripped of every sentence
-the example measures on, and shuffled with a fixed seed: the same file for the same
-installed versions. It is written once into presso's cache folder.
+measures on: its sentences come from the stdlib's docstrings). Their sources are parsed
+with :mod:`ast`, never imported (fast, and no import side effects), filtered like the
+example's own sentences (:func:`presso.examples.texts.prose_sentences`), deduplicated,
+stripped of every sentence the example measures on, and shuffled with a fixed seed: the
+same file for the same installed versions. It is written once into presso's cache folder.
 """
 
 from __future__ import annotations

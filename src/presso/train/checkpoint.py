@@ -54,7 +54,7 @@ def _load(path: Path, fix: str) -> dict:
 def trained_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
     """The best weights a fit's checkpoint holds (its last ones when it validated nothing),
     and the epochs it had run: to start a new fit from, whatever that fit's settings were."""
-    ckpt = _load(path, "give a checkpoint (.checkpoint.pt) an earlier run wrote")
+    ckpt = _load(path, "give the .student.pt or .checkpoint.pt file an earlier run wrote")
     state = ckpt.get("best_state") or ckpt.get("module")
     if not isinstance(state, dict) or not state:
         raise PressoError(f"The checkpoint {path} holds no weights; give one an earlier run wrote.")
