@@ -14,8 +14,11 @@ time.sleep(0.2)
 DONE = True
 """
 
+# The default Ctrl-C handler, set explicitly: a process started in the background by a
+# non-interactive shell (as CI may be) inherits SIGINT ignored, and Python then keeps it so.
 SCRIPT = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {folder!r})
 from presso.runtime.held_import import held_import
 try:
