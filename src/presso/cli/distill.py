@@ -329,7 +329,9 @@ def _keep_student(checkpoint: Path, out: Path, width: float | None) -> Path | No
     """Move the written student's checkpoint to ``OUT.student.pt`` (the others go): the artifact
     holds the exported, perhaps int8, model, and hours of training must stay resumable with
     --start-from. Not ``OUT.checkpoint.pt``, which would read as an interrupted run."""
-    chosen = checkpoint.with_name(f"{checkpoint.stem}-width{width:g}{checkpoint.suffix}") if width else None
+    from presso.techniques.distill.stage import width_checkpoint
+
+    chosen = width_checkpoint(checkpoint, width) if width else None
     source = chosen if chosen is not None and chosen.exists() else checkpoint
     kept = None
     if source.exists():

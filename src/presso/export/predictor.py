@@ -29,20 +29,21 @@ class Predictor:
         seq_len: int = 128,
     ):
         self.model_path = Path(model_path)
-        try:
-            if self.model_path.suffix == ".packed":  # unpacked in memory, never on disk
-                from presso.export.packed import unpack
+        source: Path | bytes = self.model_path
+        if self.model_path.suffix == ".packed":  # unpacked in memory, never on disk
+            from presso.export.packed import unpack
 
-                self.session = make_session(unpack(self.model_path).SerializeToString(), threads=threads)
-            else:
-                self.session = make_session(self.model_path, threads=threads)
-        except PressoError:  # make_session names a model ONNX Runtime refuses
-            raise
-        except Exception as exc:  # a .packed file that does not unpack
-            raise PressoError(
-                f"'{self.model_path}' does not unpack to an ONNX model ({reason(exc)}): is it a whole "
-                "file presso wrote?"
-            ) from None
+            try:
+                source = unpack(self.model_path).SerializeToString()
+            except PressoError:
+                raise
+            except Exception as exc:  # protobuf's errors share no base class with presso's
+                raise PressoError(
+                    f"'{self.model_path}' does not unpack to an ONNX model ({reason(exc)}): is it a "
+                    "whole file presso wrote?"
+                ) from None
+        # make_session names a model ONNX Runtime refuses as the model's fault
+        self.session = make_session(source, threads=threads, name=self.model_path.name)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer, self.task, self.seq_len = tokenizer, task, seq_len
         # Asked once: ORT builds new Python objects on every get_inputs() / get_outputs().

@@ -41,9 +41,12 @@ def default_threads() -> int:
 
 
 def make_session(
-    model: str | Path | bytes, threads: int | None = None, spinning: bool = True
+    model: str | Path | bytes, threads: int | None = None, spinning: bool = True, name: str | None = None
 ) -> ort.InferenceSession:
     """An ORT CPU session with ``threads`` intra-op threads and full graph optimisation.
+
+    A model ONNX Runtime refuses raises a :class:`PressoError` naming it (``name``, else the
+    file's name) as the model's fault.
 
     ``spinning=False`` stops idle worker threads from busy-waiting, so sessions measured
     in the same process do not steal each other's cores.
@@ -74,9 +77,10 @@ def make_session(
     except Exception as exc:  # ORT's InvalidGraph, Fail, NotImplemented ... share no base class
         # The model, not the data, is at fault: say so (a float64 weight beside float32
         # inputs passes onnx's checker and is refused here).
-        name = "the model" if isinstance(model, bytes) else f"'{Path(model).name}'"
+        label = name or (None if isinstance(model, bytes) else Path(model).name)
+        shown = f"'{label}'" if label else "the model"
         raise PressoError(
-            f"ONNX Runtime cannot load {name}: {reason(exc, 200)}. Re-export the model (e.g. "
+            f"ONNX Runtime cannot load {shown}: {reason(exc, 200)}. Re-export the model (e.g. "
             "torch.onnx.export) or fix the graph so ONNX Runtime accepts it."
         ) from exc
     return session

@@ -222,11 +222,16 @@ def _text_file(cfg: DistillConfig, ctx: StageContext) -> Path | None:
     return None if ctx.train_texts is None else ctx.train_texts()
 
 
+def width_checkpoint(path: Path, width: float) -> Path:
+    """The checkpoint of a wider retry (``backoff``) beside the run's own ``path``."""
+    return path.with_name(f"{path.stem}-width{width:g}{path.suffix}")
+
+
 def _checkpoint(cfg: DistillConfig, width: float, first: bool) -> Path | None:
     if cfg.checkpoint is None:
         return None
     path = Path(cfg.checkpoint)
-    return path if first else path.with_name(f"{path.stem}-width{width:g}{path.suffix}")
+    return path if first else width_checkpoint(path, width)
 
 
 def hint_pairs(cfg: DistillConfig, ctx: StageContext, student: nn.Module) -> tuple[list, float]:
