@@ -120,8 +120,9 @@ def test_int8_falls_back_the_outlier_layers_found_in_one_pass(quantized_bert, mo
     assert chosen.score is not None and chosen.score.drop <= tight.max_drop
     fell_back = set(chosen.options["keep_float"])
     assert 1 <= len(fell_back) <= 3 and fell_back <= OUTLIER_NODES
-    # 1 variant + doubling/bisection over 16 layers; the old way cost 1 + 16 + that
-    assert len(scored) <= 1 + 2 * math.ceil(math.log2(len(layers))) + 1
+    # 1 variant + doubling/bisection over 16 layers + a try at putting back each of the
+    # (at most 3) layers but one; the old way cost 1 + 16 + doubling/bisection
+    assert len(scored) <= 1 + 2 * math.ceil(math.log2(len(layers))) + 1 + 2
     rows = {r["node"]: r for r in chosen.layers}
     assert all("output_error" in rows[n] for n in layers)
     assert all("largest output error" in rows[n]["reason"] for n in fell_back)
@@ -131,6 +132,18 @@ def _timing():
     from presso.measure.bench import Timing
 
     return Timing(p50_ms=1.0, rounds_ms=(1.0,))
+
+
+def _timed_context(tmp_path, max_drop: float) -> StageContext:
+    """A stage context for driving decide() with scored, file-less candidates."""
+    return StageContext(
+        workdir=tmp_path,
+        calibration=None,
+        score=None,
+        time_models=lambda paths: {n: _timing() for n in paths},
+        transformer=None,
+        max_drop=max_drop,
+    )
 
 
 def test_the_mechanism_asks_the_one_pass_instead_of_scoring_each_layer(tmp_path):
@@ -151,21 +164,77 @@ def test_the_mechanism_asks_the_one_pass_instead_of_scoring_each_layer(tmp_path)
     technique = Technique(
         layers=list(costs), fallbacks=[FP32], attempt=attempt, finish=lambda *a: None, one_pass=one_pass
     )
-    ctx = StageContext(
-        workdir=tmp_path,
-        calibration=None,
-        score=None,
-        time_models=lambda paths: {n: _timing() for n in paths},
-        transformer=None,
-        max_drop=0.021,
-    )
+    ctx = _timed_context(tmp_path, 0.021)
     first = attempt(None, "q", {})
     chosen = next(iter(decide([first], technique, ctx).ranked))
     assert len(costs) > FULL_MEASURE_MAX and asked == [list(costs)]
     # the three costliest (0.28 of 0.30) fall back, leaving 0.020 <= 0.021
     assert chosen.name == "q+3-fp32" and abs(chosen.score.drop - 0.02) < 1e-9
-    # the first choice, then doubling (1, 2, 4) and bisection (3); no per-layer scoring
-    assert calls == ["q", "q+1-fp32", "q+2-fp32", "q+4-fp32", "q+3-fp32"]
+    # the first choice, then doubling (1, 2, 4) and bisection (3); no per-layer scoring;
+    # then each of the three is tried back: without l16 is q+2 (measured), without l15
+    # (0.07) and without l14 (0.22) miss the budget
+    assert calls == ["q", "q+1-fp32", "q+2-fp32", "q+4-fp32", "q+3-fp32", "q+2-fp32-p1", "q+2-fp32-p2"]
+
+
+# The proxy ranks three cheap layers above the one that matters (l0): the fewest top-k
+# count moves all four; putting layers back leaves l0 alone.
+MISRANKED = {"l0": 0.03, "l1": 0.001, "l2": 0.001, "l3": 0.001, **{f"l{i}": 0.0005 for i in range(4, 12)}}
+PROXY = {"l0": 0.5, "l1": 0.9, "l2": 0.8, "l3": 0.7, **{f"l{i}": 0.01 for i in range(4, 12)}}
+
+
+def _misranked(tmp_path, calls: list[str], budget: float = 0.0105):
+    def attempt(_first, name, precision):
+        calls.append(name)
+        drop = sum(c for n, c in MISRANKED.items() if precision.get(n) != FP32)
+        cand = Candidate(name, tmp_path / name, options={"keep_float": sorted(precision)})
+        cand.score = Score("accuracy", 1 - drop, drop, drop <= budget, {})
+        return cand
+
+    technique = Technique(
+        layers=list(MISRANKED),
+        fallbacks=[FP32],
+        attempt=attempt,
+        finish=lambda *a: None,
+        one_pass=lambda _first, layers: {n: PROXY[n] for n in layers},
+    )
+    ctx = _timed_context(tmp_path, budget)
+    return decide([attempt(None, "q", {})], technique, ctx)
+
+
+def test_layers_a_one_pass_ranking_moved_without_need_are_put_back(tmp_path):
+    calls: list[str] = []
+    chosen = next(iter(_misranked(tmp_path, calls).ranked))
+    assert chosen.options["keep_float"] == ["l0"]
+    assert chosen.score is not None and abs(chosen.score.drop - 0.007) < 1e-9
+    assert "of the 4 with the largest one-pass output error" in chosen.note
+    # doubling (1, 2, 4) and bisection (3) over the proxy order l1 l2 l3 l0; then l0 back
+    # is q+3 (measured, fails), l3, l2 and l1 back each keep the budget
+    assert calls == [
+        "q",
+        "q+1-fp32",
+        "q+2-fp32",
+        "q+4-fp32",
+        "q+3-fp32",
+        "q+3-fp32-p1",
+        "q+2-fp32-p2",
+        "q+1-fp32-p3",
+    ]
+
+
+def test_a_put_back_mix_that_fails_held_out_gives_way_to_a_safer_one(tmp_path):
+    calls: list[str] = []
+    result = _misranked(tmp_path, calls)
+    ranked = iter(result.ranked)
+    first = next(ranked)
+    # held out, the cheap layers cost twice as much: l0 alone float loses 0.014 there
+    first.heldout_drop = 0.014
+    second = next(ranked)
+    # the next mix keeps a calibration drop <= 0.0105 - (0.014 - 0.007) = 0.0035 and
+    # starts from the four layers the failed mix came from: l1 l2 l3 l0 float (0.004)
+    # misses it, so doubling goes on to 8 and bisection to 5; nothing can be put back
+    assert second.score is not None and second.score.drop <= 0.0035 + 1e-9
+    assert {"l0", "l1", "l2", "l3"} <= set(second.options["keep_float"])
+    assert len(second.options["keep_float"]) == 5
 
 
 @pytest.mark.slow
@@ -230,14 +299,7 @@ def test_a_one_pass_that_finds_no_layer_gives_way_to_measuring_each(tmp_path):
         finish=lambda *a: None,
         one_pass=lambda _first, layers: dict.fromkeys(layers, math.inf),
     )
-    ctx = StageContext(
-        workdir=tmp_path,
-        calibration=None,
-        score=None,
-        time_models=lambda paths: {n: _timing() for n in paths},
-        transformer=None,
-        max_drop=0.3,
-    )
+    ctx = _timed_context(tmp_path, 0.3)
     chosen = next(iter(decide([attempt(None, "q", {})], technique, ctx).ranked))
     assert sum("-only-" in c for c in calls) == len(costs)  # each layer measured alone
     assert chosen.score.passed and chosen.name == "q+2-fp32"  # l9, l8 float: 0.45 - 0.17 = 0.28
