@@ -14,6 +14,7 @@ from presso.examples.minilm import model_folder
 from presso.examples.texts import stdlib_sentences
 from presso.recipe.run import prepare
 from presso.recipe.stage import StageInput, _stage_context
+from presso.runtime.cpu import cpu_features
 from presso.techniques.base import Candidate, Score, StageContext
 from presso.techniques.graph import weighted_nodes
 from presso.techniques.quantization import int8
@@ -35,6 +36,12 @@ OUTLIER_NODES = {
     "/encoder/encoder/layer.1/intermediate/dense/MatMul",
     "/encoder/encoder/layer.2/output/dense/MatMul",
 }
+
+# The dynamic int8 these tests rank layers in. Where ORT's u8 x s8 products saturate in
+# pairs (no VNNI, presso.runtime.cpu), a layer's error is that of the saturation its large
+# raw activations meet, not of the rounding of its weights: there, the 7-bit weights presso
+# gives those CPUs (dynamic-reduce-range) leave the rounding error to rank.
+DYNAMIC = "dynamic-reduce-range" if cpu_features().int8_saturates else "dynamic"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +76,7 @@ def quantized_bert(tmp_path_factory):
     src = int8._preprocess(src, stage / "pre.onnx", print)
     names = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
     full = stage / "full.onnx"
-    int8._quantize("dynamic", src, full, Int8Config(), ctx, names, [], 16)
+    int8._quantize(DYNAMIC, src, full, Int8Config(), ctx, names, [], 16)
     yield src, full, ctx, names, weighted_nodes(onnx.load(str(src), load_external_data=False))
     prepared.close()
 
@@ -102,10 +109,14 @@ def test_int8_falls_back_the_outlier_layers_found_in_one_pass(quantized_bert, mo
     src, full, ctx, names, layers = quantized_bert
     whole = ctx.score(full).drop
     kept = ctx.workdir / "outliers-float.onnx"
-    int8._quantize("dynamic", src, kept, Int8Config(), ctx, names, sorted(OUTLIER_NODES), 16)
+    int8._quantize(DYNAMIC, src, kept, Int8Config(), ctx, names, sorted(OUTLIER_NODES), 16)
     budget = ctx.score(kept).drop
     assert budget < whole / 2, (budget, whole)  # the outlier layers carry most of the drop
-    tight = StageContext(**{**ctx.__dict__, "max_drop": budget})
+    # A little room above that mix's drop: with the outliers float, the other layers' drops
+    # are ~1e-5 of cosine on this random model, and one more layer float can move the total
+    # either way by ~1e-7 (measured on an AVX2 EPYC), which an exact budget would turn into a
+    # fourth layer kept float.
+    tight = StageContext(**{**ctx.__dict__, "max_drop": budget + 0.05 * (whole - budget)})
     scored: list[str] = []
 
     def score(path):
@@ -115,7 +126,7 @@ def test_int8_falls_back_the_outlier_layers_found_in_one_pass(quantized_bert, mo
 
     tight.score = score
     tight.time_models = lambda paths: {n: _timing() for n in paths}
-    result = int8.quantize_int8(src, Int8Config(variants=["dynamic"]), tight)
+    result = int8.quantize_int8(src, Int8Config(variants=[DYNAMIC]), tight)
     chosen = next(iter(result.ranked))
     assert chosen.score is not None and chosen.score.drop <= tight.max_drop
     fell_back = set(chosen.options["keep_float"])
@@ -264,7 +275,7 @@ def test_on_minilm_the_one_pass_ranking_follows_the_per_layer_drops(tmp_path):
         layers = weighted_nodes(onnx.load(str(src), load_external_data=False))
 
         def quantized(exclude, dst):
-            int8._quantize("dynamic", src, dst, Int8Config(), ctx, names, exclude, 16)
+            int8._quantize(DYNAMIC, src, dst, Int8Config(), ctx, names, exclude, 16)
             return dst
 
         full = quantized([], stage / "full.onnx")
