@@ -35,7 +35,9 @@ def distill(
         ``"auto"`` (derived from a PyTorch teacher: ``width``, ``depth``, ``init``),
         ``"mlp"`` (``hidden``), or a factory ``"file.py:fn"`` returning an ``nn.Module``.
     int8 : bool
-        Quantize the student to int8 afterwards (accuracy-aware, like the int8 recipe).
+        Quantize the student to int8 afterwards (accuracy-aware, like the int8 recipe);
+        the option ``int8_aware=True`` (train the student as ONNX Runtime's dynamic int8
+        will compute it) implies it.
     settings : RunSettings, optional
         The run settings (task, max_drop, seed, ...), as for :func:`presso.compress`;
         its fields may also be given as keywords.
@@ -66,7 +68,7 @@ def distill(
     run = RunSettings.of(settings, {k: v for k, v in options.items() if k in run_fields}, "distill")
     technique = {k: v for k, v in options.items() if k not in run_fields}
     stages = [Stage(technique="distill", options={"student": student, **technique})]
-    if int8:
+    if int8 or technique.get("int8_aware"):
         stages.append(Stage(technique="int8"))
     recipe = Recipe(name="student", description="knowledge distillation (presso.distill)", stages=stages)
     return compress(teacher, recipe, data=data, settings=run, progress=progress)

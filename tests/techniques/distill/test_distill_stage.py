@@ -350,12 +350,14 @@ def test_cli_distill_writes_an_artifact_and_guards_its_checkpoint(tmp_path, caps
     kept = out.with_name("student.student.pt")
     assert kept.is_file()
     out4 = tmp_path / "more"
-    more = [a if a != str(out) else str(out4) for a in args] + ["--start-from", str(kept)]
+    # the usual way to make a finished student int8-friendly: a few int8-aware epochs from it
+    more = [a if a != str(out) else str(out4) for a in args] + ["--start-from", str(kept), "--int8-aware"]
     assert main(["distill", *more]) == 0
     report = json.loads((out4 / "report.json").read_text())
-    assert (
-        "started from student.student.pt (after its 3 epochs)" in report["stages"][0]["variants"][0]["note"]
-    )
+    note = report["stages"][0]["variants"][0]["note"]
+    assert "started from student.student.pt (after its 3 epochs)" in note
+    assert "computing as ONNX Runtime's dynamic int8" in note
+    assert [s["technique"] for s in report["stages"]] == ["distill", "int8"]  # --int8-aware implies --int8
     out2 = tmp_path / "student2"
     args2 = [a if a != str(out) else str(out2) for a in args]
     out2.with_name("student2.checkpoint.pt").write_bytes(b"left by a killed run")

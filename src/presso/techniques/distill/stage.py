@@ -7,6 +7,7 @@ student that breaks the budget is retried wider (``backoff``), like pruning's mi
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from presso.techniques.base import Candidate, StageContext, StageResult
 from presso.techniques.contract import technique
 from presso.techniques.distill.config import LAYER_HINT_WEIGHT, DistillConfig
 from presso.techniques.distill.data import NO_LABEL, DistillData, distill_data, teacher_cache_dir
+from presso.techniques.distill.int8_aware import int8_aware
 from presso.techniques.distill.objective import Trainee, distill_loss, target_rows
 from presso.techniques.distill.search import DISTILL
 from presso.techniques.distill.textstream import text_batches
@@ -360,18 +362,19 @@ def train_student(
         def on_rows(epoch: int, rows: int, total: int) -> None:
             advance(0, description=f"{STAGE}: epoch {epoch}/{cfg.epochs}, {rows:,} of {total:,} rows")
 
-        report = fit(
-            trainee,
-            train,
-            val,
-            loss,
-            None,
-            settings,
-            input_names=ctx.input_names,
-            on_epoch=on_epoch,
-            checkpoint=checkpoint,
-            on_rows=on_rows,
-        )
+        with int8_aware(student) if cfg.int8_aware else contextlib.nullcontext():
+            report = fit(
+                trainee,
+                train,
+                val,
+                loss,
+                None,
+                settings,
+                input_names=ctx.input_names,
+                on_epoch=on_epoch,
+                checkpoint=checkpoint,
+                on_rows=on_rows,
+            )
     return report, kind
 
 
@@ -457,9 +460,11 @@ def distill_stage(onnx_path: Path | None, cfg: DistillConfig, ctx: StageContext)
             hints = f", + {weight:g} x each layer's output against the teacher layer it was copied from"
         elif pairs:
             hints = f", hints on {len(pairs)} layer pair(s)"
-        bf16 = ", bfloat16 forward passes" if cfg.precision == "bf16" else ""
+        arithmetic = ", bfloat16 forward passes" if cfg.precision == "bf16" else ""
+        if cfg.int8_aware:
+            arithmetic += ", its Linear layers computing as ONNX Runtime's dynamic int8"
         note = (
-            f"{size}; distilled ({loss_words}{hints}{bf16}) for {report.epochs_run} epochs on {data.describe()} "
+            f"{size}; distilled ({loss_words}{hints}{arithmetic}) for {report.epochs_run} epochs on {data.describe()} "
             f"(best epoch {report.best_epoch}, stopped: {report.stopped}"
             + (f", resumed after epoch {report.resumed_from}" if getattr(report, "resumed_from", 0) else "")
             + f"{started})"
