@@ -164,8 +164,10 @@ def test_length_bins_take_medians_per_band():
 
 
 def test_non_text_report_keeps_its_shape(mlp_project):
+    # the report's shape is checked, not fidelity: a budget both int8 kernels meet (where u8 x s8
+    # products saturate, plain dynamic loses 0.06 of balanced accuracy here held out)
     report = presso.compress(
-        mlp_project["model"], INT8, data=(mlp_project["x"], mlp_project["y"]), bench=QUICK
+        mlp_project["model"], INT8, data=(mlp_project["x"], mlp_project["y"]), max_drop=1.0, bench=QUICK
     ).report
     for figures in (report.baseline, report.compressed):
         assert figures.latency_ms.basis is None and figures.latency_ms.sample_tokens == []

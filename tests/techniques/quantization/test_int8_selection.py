@@ -90,7 +90,9 @@ def test_int8_leaves_the_process_as_it_found_it(mlp_project, tmp_path, monkeypat
             [presso.Int8(variants=["dynamic", "static-s8s8"])],
             data=(mlp_project["x"], mlp_project["y"]),
             bench=BenchSettings(rounds=1, throughput_batch=8),
-            max_drop=0.05,
+            # what is checked is the process, not fidelity: a budget both int8 kernels meet
+            # (where u8 x s8 products saturate, plain dynamic loses 0.06 here held out)
+            max_drop=0.2,
         )
         logging.getLogger("app").warning("the application's own warning")
     finally:
