@@ -168,6 +168,22 @@ def smoothing_rows(ctx: StageContext) -> dict[str, dict]:
     return _rows_of(ctx, "smoothing.json")
 
 
+def _dynamic_exclusions(src: Path, exclude: list[str]) -> list[str]:
+    """``exclude`` as ORT's dynamic quantizer must be told it.
+
+    Before quantizing, ``quantize_dynamic`` rewrites each Gemm as a MatMul named
+    ``NAME_MatMul`` (plus an Add) and only then matches ``nodes_to_exclude``: a Gemm
+    excluded by its own name, as every layer of an MLP or a classifier head exports, is
+    quantized all the same (onnxruntime 1.32, ``ONNXQuantizer.__init__``), and the layer a
+    fallback kept float would silently be int8. Both names are given."""
+    import onnx
+
+    if not exclude:
+        return []
+    gemms = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "Gemm"}
+    return [*exclude, *(f"{n}_MatMul" for n in exclude if n in gemms)]
+
+
 def _quantize(
     variant: str,
     src: Path,
@@ -195,7 +211,7 @@ def _quantize(
                 per_channel=cfg.per_channel,
                 reduce_range=reduce_range,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude or None,
+                nodes_to_exclude=_dynamic_exclusions(source, exclude) or None,
                 # Fused transformer ops (com.microsoft domain) defeat ORT's type inference;
                 # their tensors are float.
                 extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
