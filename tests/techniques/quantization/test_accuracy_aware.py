@@ -289,3 +289,99 @@ def test_a_backup_verified_on_held_out_rows_replaces_a_calibration_pass_that_fai
     assert result.recipe.stages[0].options["precision"] == {"/b/Gemm": "8-bit"}
     assert result.report.budget.passed and result.report.budget.drop == 0.0
     assert list(variants) == ["kmeans", "kmeans+1-8-bit"]
+
+
+def test_layers_whose_metric_drops_tie_are_ranked_by_their_output_error(tmp_path):
+    """No layer alone changes a calibration row (every drop 0.0) yet the held-out rows fail:
+    the layers' one-pass output errors order them, so the first mix keeps l3 float, the
+    one that matters, instead of l0 (graph order)."""
+    calls: list[str] = []
+    attempt = _additive(dict.fromkeys(["l0", "l1", "l2", "l3"], 0.0), calls)
+    asked: list[list[str]] = []
+
+    def one_pass(_first, layers):
+        asked.append(list(layers))
+        return {"l0": 0.01, "l1": 0.02, "l2": 0.01, "l3": 0.3}
+
+    technique = Technique(
+        ["l0", "l1", "l2", "l3"], [FP32], attempt, finish=lambda *_: None, one_pass=one_pass
+    )
+    result = decide([attempt(None, "q", {})], technique, _context(tmp_path))
+    chosen = _verify(result.ranked, {"l3": 0.03})
+    assert chosen is not None and chosen.options["keep_float"] == ["l3"]
+    assert asked == [["l0", "l1", "l2", "l3"]]  # one pass, after the four sensitivities tied
+    # (no calibration drop can show a 0.03 miss: the mixes measured are tried fewest first)
+    assert calls[:6] == ["q", *(f"q-only-{n}" for n in ["l0", "l1", "l2", "l3"]), "q+1-fp32"]
+
+
+def test_distinct_metric_drops_need_no_output_error(tmp_path):
+    calls: list[str] = []
+    technique = Technique(
+        list(CALIBRATION),
+        [FP32],
+        _additive(CALIBRATION, calls),
+        finish=lambda *_: None,
+        one_pass=lambda *_: pytest.fail("the drops already rank the layers"),
+    )
+    result = decide([technique.attempt(None, "q", {})], technique, _context(tmp_path))
+    chosen = _verify(result.ranked, {**CALIBRATION, "l1": 0.008, "l3": 0.004})
+    assert chosen.options["keep_float"] == ["l1"]
+
+
+class _GemmMLP(nn.Module):
+    """Linear layers on 2-D rows: each exports as one ONNX Gemm node."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+
+    def forward(self, features):
+        return self.net(features)
+
+
+def test_a_gemm_layer_kept_float_stays_float_in_dynamic_int8(tmp_path):
+    """ORT's dynamic quantizer renames each Gemm before it reads the layers to leave out: the
+    two layers kept float must still be float, and the output equal to the first two layers
+    in float32 followed by the third in ORT's dynamic int8 (presso's numpy model of it)."""
+    from presso.runtime.cpu import cpu_features
+    from presso.runtime.int8_gemm import dynamic_matmul
+
+    model = _GemmMLP().eval()
+    x = np.random.default_rng(0).normal(size=(240, 12)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    kept = ["/net/net.0/Gemm", "/net/net.2/Gemm"]
+    result = presso.compress(
+        model, [presso.Int8(variants=["dynamic"], keep_float=kept)], data=(x, y), max_drop=1.0, bench=QUICK
+    )
+    result.save(tmp_path / "art")
+    path = tmp_path / "art" / "model.onnx"
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulInteger") == 1 and ops.count("MatMul") == 2
+    layers = [m for m in model.net if isinstance(m, nn.Linear)]
+    w = [(m.weight.detach().numpy().T.astype(np.float64), m.bias.detach().numpy()) for m in layers]
+    h = np.maximum(x @ w[0][0] + w[0][1], 0)
+    h = np.maximum(h @ w[1][0] + w[1][1], 0).astype(np.float32)
+    rows = x[:16]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    saturating = cpu_features().int8_saturates
+    for i, row in enumerate(rows):  # one row per call: the dynamic range is the row's own
+        got = session.run(None, {session.get_inputs()[0].name: row[None]})[0][0]
+        want = dynamic_matmul(h[i : i + 1], w[2][0], saturating=saturating)[0] + w[2][1]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_per_layer_table_says_the_output_error_broke_the_tie():
+    from presso.techniques.quantization.accuracy_aware import MixedSearch, annotate
+
+    found = MixedSearch(
+        chosen=None, sensitivity={"a": 0.0, "b": 0.0, "c": 0.02}, output_error={"a": 0.3, "b": 0.1}
+    )
+    rows = annotate([{"node": n} for n in "abc"], found, {"a": FP32, "c": FP32})
+    reasons = {r["node"]: r.get("reason", "") for r in rows}
+    assert "as much as other layers; its output error when quantized ranked it (0.3000" in reasons["a"]
+    assert reasons["c"].endswith("costs 0.0200 of the primary metric")  # no tie: its drop says it
+    assert reasons["b"] == "" and rows[1]["output_error"] == 0.1  # not fallen back

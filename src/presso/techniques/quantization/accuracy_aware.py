@@ -156,7 +156,24 @@ class LayerFallback:
             return sorted(self.layers, key=lambda n: -errors[n])
         sens = sensitivities(self.layers, self.base, self.attempt, self.name, self.ctx)
         self.found.sensitivity.update(sens)
-        return sorted(self.layers, key=lambda n: -sens[n])
+        tie = self._tie_break(sens)
+        return sorted(self.layers, key=lambda n: (-sens[n], -tie.get(n, 0.0)))
+
+    def _tie_break(self, sens: dict[str, float]) -> dict[str, float]:
+        """Each layer's one-pass output error where layers' metric drops tie (empty if none do).
+
+        A coarse metric on few calibration rows often measures no drop for any layer alone
+        (0.0 each: no row changes class) while the held-out rows still fail; ranked in graph
+        order then, the layer that matters may be the last one tried. Its own output error,
+        one more pass, orders the tied layers by what they change."""
+        if self.one_pass is None or len(set(sens.values())) == len(sens):
+            return {}
+        errors = self.one_pass(self.layers)
+        if errors is None or all(math.isinf(e) for e in errors.values()):
+            return {}
+        self.found.output_error.update(errors)
+        self.ctx.log(f"{self.name}: layers with equal metric drops ranked by their one-pass output error")
+        return errors
 
     def _measure(self, name: str, moved: list[str], level: str, task: str, words: str) -> Candidate:
         """The first choice with ``moved`` at ``level``, scored once and recorded as tried;
@@ -420,6 +437,12 @@ def annotate(rows: list[dict], found: MixedSearch, precision: dict[str, str] | N
                 f"fell back to {fell_back[node]}: quantized alone it costs "
                 f"{found.sensitivity[node]:.4f} of the primary metric"
             )
+            drop = found.sensitivity[node]
+            if node in found.output_error and list(found.sensitivity.values()).count(drop) > 1:
+                row["reason"] += (
+                    f", as much as other layers; its output error when quantized ranked it "
+                    f"({found.output_error[node]:.4f} relative, one pass over the calibration rows)"
+                )
         elif node in fell_back and node in found.output_error:
             row["reason"] = (
                 f"fell back to {fell_back[node]}: among the layers with the largest output error "
