@@ -328,29 +328,15 @@ def test_distinct_metric_drops_need_no_output_error(tmp_path):
     assert chosen.options["keep_float"] == ["l1"]
 
 
-class _GemmMLP(nn.Module):
-    """Linear layers on 2-D rows: each exports as one ONNX Gemm node."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
-
-    def forward(self, features):
-        return self.net(features)
-
-
-def test_a_gemm_layer_kept_float_stays_float_in_dynamic_int8(tmp_path):
+def test_a_gemm_layer_kept_float_stays_float_in_dynamic_int8(mlp_project, tmp_path):
     """ORT's dynamic quantizer renames each Gemm before it reads the layers to leave out: the
     two layers kept float must still be float, and the output equal to the first two layers
     in float32 followed by the third in ORT's dynamic int8 (presso's numpy model of it)."""
     from presso.runtime.cpu import cpu_features
     from presso.runtime.int8_gemm import dynamic_matmul
 
-    model = _GemmMLP().eval()
-    x = np.random.default_rng(0).normal(size=(240, 12)).astype(np.float32)
-    with torch.no_grad():
-        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    # its Linear layers take 2-D rows: each exports as one ONNX Gemm node
+    model, x, y = mlp_project["model"].eval(), mlp_project["x"], mlp_project["y"]
     kept = ["/net/net.0/Gemm", "/net/net.2/Gemm"]
     result = presso.compress(
         model, [presso.Int8(variants=["dynamic"], keep_float=kept)], data=(x, y), max_drop=1.0, bench=QUICK
